@@ -1,0 +1,1 @@
+"""tap-wellsky: a Singer tap for the WellSky EHR."""

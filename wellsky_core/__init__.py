@@ -1,0 +1,1 @@
+"""Shared core of tap-wellsky and target-wellsky: auth, transport, channels and canonical records."""

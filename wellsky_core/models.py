@@ -1,0 +1,262 @@
+"""Canonical records: one shape per entity, whatever WellSky product or channel the data came from.
+
+These models are the contract of the whole project. Every channel (REST, FHIR, HL7 over SFTP, exports,
+portal) normalizes into them, the tap publishes them as the JSON schemas in ``schemas/``, and the target
+accepts them. The sandbox's test oracle (``/_sandbox/truth``) uses the same field names, so a test can
+compare what the connector produced with what the emulated tenant holds, field by field.
+
+Conventions:
+- ``id`` is the WellSky id of the record *as the tenant's product spells it*, as a string
+  (home health ``HH-P000123``, hospice a UUID, personal care an integer rendered as ``"123"``).
+  Foreign keys (``patient_id``...) use the same spelling.
+- Timestamps are timezone-aware and normalized to UTC; dates are plain calendar dates.
+- ``updated_at`` is the replication key of every stream; records are ordered by ``(updated_at, id)``.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _require_utc(value: datetime) -> datetime:
+    """Refuse naive datetimes: a timestamp without an offset is ambiguous across agencies' time zones."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("timestamp must carry a UTC offset (e.g. 2026-01-31T14:00:00Z)")
+    return value
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_require_utc)]
+
+Discipline = Literal["SN", "PT", "OT", "ST", "MSW", "HHA"]
+"""Home-health disciplines; personal-care caregivers are HHA (aides)."""
+
+Gender = Literal["male", "female", "other", "unknown"]
+
+
+class Product(StrEnum):
+    """The WellSky product line a tenant runs; each speaks its own native record shapes."""
+
+    HOME_HEALTH = "home_health"
+    HOSPICE = "hospice"
+    PERSONAL_CARE = "personal_care"
+
+
+class CanonicalModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, str_strip_whitespace=True)
+
+
+class Address(CanonicalModel):
+    line1: str
+    line2: str | None = None
+    city: str
+    state: str = Field(min_length=2, max_length=2, description="USPS two-letter state code")
+    postal_code: str
+
+
+class PatientCoverage(CanonicalModel):
+    """The payers on a patient's face sheet, in order of benefits."""
+
+    payer_id: str
+    payer_name: str
+    member_id: str
+    order: int = Field(ge=1, description="1 = primary, 2 = secondary, ...")
+
+
+class Patient(CanonicalModel):
+    id: str
+    mrn: str | None = Field(default=None, description="Agency medical record number; natural key for writes")
+    medicare_mbi: str | None = None
+    medicaid_id: str | None = None
+    first_name: str
+    last_name: str
+    birth_date: date
+    gender: Gender
+    phone: str | None = None
+    address: Address | None = None
+    status: Literal["pending", "active", "discharged", "inactive"]
+    coverage: list[PatientCoverage] = Field(default_factory=list)
+    updated_at: UtcDatetime
+
+
+class Practitioner(CanonicalModel):
+    id: str
+    npi: str | None = Field(default=None, pattern=r"^\d{10}$")
+    first_name: str
+    last_name: str
+    credentials: str | None = Field(default=None, description="e.g. RN, LPN, PT, OTR, HHA")
+    roles: list[str] = Field(default_factory=list, description="e.g. clinician, case_manager, aide")
+    disciplines: list[Discipline] = Field(default_factory=list)
+    specialties: list[str] = Field(default_factory=list)
+    active: bool = True
+    updated_at: UtcDatetime
+
+
+class Appointment(CanonicalModel):
+    """A scheduled visit (home health), hospice visit, or shift (personal care)."""
+
+    id: str
+    external_id: str | None = Field(
+        default=None, description="Id in the system that booked it; natural key for writes when set"
+    )
+    patient_id: str
+    practitioner_id: str | None = None
+    payer_id: str | None = Field(default=None, description="Payer whose authorization covers the visit")
+    start: UtcDatetime
+    end: UtcDatetime
+    status: Literal["scheduled", "completed", "cancelled", "missed"]
+    discipline: Discipline
+    service_code: str = Field(description="HCPCS code billed for the visit, e.g. G0299 (SN), G0151 (PT), T1019")
+    location: Address | None = None
+    updated_at: UtcDatetime
+
+
+class Diagnosis(CanonicalModel):
+    code: str = Field(description="ICD-10-CM code, e.g. I50.9")
+    description: str | None = None
+    rank: int = Field(ge=1, description="1 = primary diagnosis")
+
+
+class Procedure(CanonicalModel):
+    code: str
+    system: Literal["HCPCS", "CPT"]
+    description: str | None = None
+
+
+class Vitals(CanonicalModel):
+    temperature_f: float | None = None
+    pulse_bpm: int | None = None
+    respiratory_rate: int | None = None
+    bp_systolic: int | None = None
+    bp_diastolic: int | None = None
+    spo2_pct: int | None = None
+    weight_lb: float | None = None
+
+
+class Encounter(CanonicalModel):
+    """A documented visit: what was done, found and billed."""
+
+    id: str
+    patient_id: str
+    practitioner_id: str | None = None
+    appointment_id: str | None = None
+    start: UtcDatetime
+    end: UtcDatetime | None = None
+    discipline: Discipline
+    status: Literal["in_progress", "completed", "cancelled"]
+    diagnoses: list[Diagnosis] = Field(default_factory=list)
+    procedures: list[Procedure] = Field(default_factory=list)
+    vitals: Vitals | None = None
+    note_summary: str | None = None
+    finalized: bool
+    updated_at: UtcDatetime
+
+
+class Goal(CanonicalModel):
+    description: str
+    status: Literal["proposed", "in_progress", "achieved", "not_achieved"]
+    target_date: date | None = None
+
+
+class Intervention(CanonicalModel):
+    description: str
+    discipline: Discipline
+    frequency: str | None = Field(default=None, description="Visit frequency as ordered, e.g. 2W4 (2/week for 4 weeks)")
+
+
+class Outcome(CanonicalModel):
+    description: str
+    achieved: bool
+    recorded_on: date
+
+
+class CarePlan(CanonicalModel):
+    id: str
+    patient_id: str
+    status: Literal["draft", "active", "completed", "revoked"]
+    period_start: date
+    period_end: date | None = None
+    goals: list[Goal] = Field(default_factory=list)
+    interventions: list[Intervention] = Field(default_factory=list)
+    outcomes: list[Outcome] = Field(default_factory=list)
+    updated_at: UtcDatetime
+
+
+class Authorization(CanonicalModel):
+    """A payer's prior authorization: which services, how many units, over which dates."""
+
+    id: str
+    patient_id: str
+    payer_id: str
+    payer_name: str
+    member_id: str
+    service_codes: list[str] = Field(description="Disciplines and/or HCPCS codes the authorization covers")
+    unit_type: Literal["visit", "hour", "15min"]
+    rounding: Literal["up", "down", "nearest"] = Field(
+        default="nearest", description="Payer rule for rounding hour and 15-minute units"
+    )
+    units_authorized: int = Field(ge=0)
+    units_used: int = Field(ge=0)
+    start_date: date
+    end_date: date
+    status: Literal["pending", "active", "expired", "denied"]
+    updated_at: UtcDatetime
+
+
+class Referral(CanonicalModel):
+    id: str
+    patient_id: str
+    source_name: str = Field(description="Referring physician or facility")
+    source_npi: str | None = None
+    reason: str
+    priority: Literal["routine", "urgent", "stat"]
+    status: Literal["received", "accepted", "declined", "pending"]
+    received_date: date
+    accepted_date: date | None = None
+    updated_at: UtcDatetime
+
+
+class Coverage(CanonicalModel):
+    id: str
+    patient_id: str
+    payer_id: str
+    payer_name: str
+    plan_name: str | None = None
+    member_id: str
+    order: int = Field(ge=1)
+    period_start: date
+    period_end: date | None = None
+    status: Literal["active", "cancelled"]
+    updated_at: UtcDatetime
+
+
+class EntitySpec(BaseModel):
+    """What the tap, target and channels need to know about one stream."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    name: str
+    model: type[CanonicalModel]
+    primary_key: tuple[str, ...] = ("id",)
+    replication_key: str = "updated_at"
+    natural_key: tuple[str, ...] | None = None
+    """Fields a writer matches on when a record carries no WellSky id."""
+    writable: bool = False
+
+
+ENTITIES: dict[str, EntitySpec] = {
+    spec.name: spec
+    for spec in (
+        EntitySpec(name="patients", model=Patient, natural_key=("mrn",), writable=True),
+        EntitySpec(name="practitioners", model=Practitioner),
+        EntitySpec(name="appointments", model=Appointment, natural_key=("external_id",), writable=True),
+        EntitySpec(name="encounters", model=Encounter),
+        EntitySpec(name="care_plans", model=CarePlan),
+        EntitySpec(name="authorizations", model=Authorization),
+        EntitySpec(name="referrals", model=Referral),
+        EntitySpec(name="coverage", model=Coverage),
+    )
+}

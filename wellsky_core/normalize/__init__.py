@@ -1,0 +1,1 @@
+"""Normalization of each product's native shapes (and FHIR / HL7) into canonical records."""
