@@ -1,0 +1,476 @@
+"""Connector configuration: one flat model shared by the tap, the target, Airbyte and Meltano.
+
+The keys are exactly those of docs/architecture.md ("Configuration keys"). Secrets are ``SecretStr`` so they
+never show in reprs, logs or exceptions. :meth:`WellSkyConfig.load` is the entry point: it fills missing keys
+from ``WELLSKY_<KEY>`` environment variables, validates everything at once and raises one
+:class:`~wellsky_core.errors.ConfigError` that lists every bad key with its fix, before any request is made.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import difflib
+import ipaddress
+import json
+import os
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import httpx
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from wellsky_core.errors import ConfigError, ConfigProblem
+
+ENV_PREFIX = "WELLSKY_"
+
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+SourceName = Literal["api", "fhir", "hl7_sftp", "export", "portal"]
+
+SDK_BUILTIN_KEYS = frozenset(
+    {
+        # Keys singer-sdk, Meltano and Airbyte add to a connector's config on their own; not ours to reject.
+        "stream_maps",
+        "stream_map_config",
+        "flattening_enabled",
+        "flattening_max_depth",
+        "faker_config",
+        "batch_config",
+        "add_record_metadata",
+        "load_method",
+        "validate_records",
+        "hard_delete",
+        "batch_size_rows",
+        "process_activate_version_messages",
+        "default_target_schema",
+    }
+)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Loopback is the only place plain http is acceptable (the local sandbox, a tunnel on this machine)."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_base32(secret: str) -> str:
+    """Normalize a TOTP secret as authenticator apps show it (spaces, lower case) and prove it decodes."""
+    cleaned = secret.replace(" ", "").replace("-", "").upper()
+    if not cleaned:
+        raise ValueError("is empty; paste the base32 secret shown when MFA was enrolled")
+    try:
+        base64.b32decode(cleaned + "=" * (-len(cleaned) % 8))
+    except (binascii.Error, ValueError):
+        raise ValueError(
+            "is not valid base32 (letters A-Z and digits 2-7); copy the secret from the MFA enrollment "
+            "screen, not the 6-digit code"
+        ) from None
+    return cleaned
+
+
+class WellSkyConfig(BaseModel):
+    """Everything needed to reach one WellSky tenant. See docs/architecture.md for the meaning of each key."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, hide_input_in_errors=True)
+
+    base_url: str | None = Field(
+        default=None,
+        description="Tenant API root, e.g. https://agency.wellsky.example/api. https:// is required except "
+        "for loopback hosts. Empty: the tap starts the embedded sandbox.",
+    )
+    product: Literal["home_health", "hospice", "personal_care"] | None = Field(
+        default=None, description="WellSky product line; empty: detected with GET /tenant."
+    )
+    auth_method: Literal["session", "oauth_client_credentials", "oauth_private_key_jwt"] = Field(
+        default="session", description="How to authenticate."
+    )
+    username: str | None = Field(default=None, description="Login for auth_method=session.")
+    password: SecretStr | None = Field(default=None, description="Password for auth_method=session.")
+    mfa_method: Literal["none", "totp", "sms", "email"] = Field(
+        default="none", description="Second factor the tenant asks for at login."
+    )
+    totp_secret: SecretStr | None = Field(default=None, description="Base32 TOTP secret for mfa_method=totp.")
+    mfa_code_source: Literal["command", "file", "sandbox_outbox"] = Field(
+        default="command", description="Where SMS/email codes come from."
+    )
+    mfa_code_command: str | None = Field(
+        default=None, description="Shell command that prints the 6-digit code (mfa_code_source=command)."
+    )
+    mfa_code_file: str | None = Field(
+        default=None, description="File a fresh 6-digit code is written to (mfa_code_source=file)."
+    )
+    mfa_code_timeout_seconds: float = Field(
+        default=120, gt=0, description="How long to wait for an MFA code."
+    )
+    client_id: str | None = Field(default=None, description="OAuth2 client id.")
+    client_secret: SecretStr | None = Field(
+        default=None, description="OAuth2 client secret (auth_method=oauth_client_credentials)."
+    )
+    private_key: SecretStr | None = Field(
+        default=None,
+        description="PEM private key signing the JWT assertion (auth_method=oauth_private_key_jwt).",
+    )
+    private_key_path: str | None = Field(
+        default=None, description="Path to the PEM private key instead of private_key."
+    )
+    private_key_id: str | None = Field(default=None, description="kid of the registered public key.")
+    jwt_algorithm: Literal["RS384", "ES384"] = Field(default="RS384", description="JWT assertion algorithm.")
+    oauth_scopes: str | None = Field(
+        default=None, description="Space-separated scopes, e.g. 'system/*.read system/*.write'."
+    )
+    token_url: str | None = Field(
+        default=None, description="OAuth2 token endpoint; default {base_url}/oauth/token."
+    )
+    timeout_seconds: float = Field(default=30, gt=0, description="Per-request timeout.")
+    max_retries: int = Field(default=6, ge=0, le=50, description="Retries per request before giving up.")
+    backoff_base_seconds: float = Field(
+        default=0.5, ge=0, description="First retry backoff (doubles each retry)."
+    )
+    backoff_max_seconds: float = Field(default=30, ge=0, description="Longest backoff between retries.")
+    max_requests_per_second: float = Field(
+        default=50, ge=0, description="Client-side rate limit; 0 disables it."
+    )
+    page_size: int = Field(default=500, ge=1, le=1000, description="Records per page (1-1000).")
+    verify_tls: bool = Field(default=True, description="Verify the server certificate.")
+    ca_bundle: str | None = Field(default=None, description="PEM CA bundle for a private CA.")
+    start_date: datetime | None = Field(default=None, description="Earliest updated_at to sync.")
+    source: SourceName = Field(default="api", description="Default channel for every stream.")
+    stream_sources: dict[str, SourceName] = Field(
+        default_factory=dict,
+        description='Channel per stream, overriding source, e.g. {"encounters": "fhir"}.',
+    )
+    sftp_host: str | None = Field(default=None, description="SFTP host for the hl7_sftp and export channels.")
+    sftp_port: int = Field(default=22, ge=1, le=65535, description="SFTP port.")
+    sftp_username: str | None = Field(default=None, description="SFTP login.")
+    sftp_password: SecretStr | None = Field(default=None, description="SFTP password.")
+    sftp_private_key: SecretStr | None = Field(default=None, description="SFTP private key (PEM/OpenSSH).")
+    sftp_host_key: str | None = Field(
+        default=None, description="Expected SFTP host key ('ssh-ed25519 AAAA...')."
+    )
+    sftp_known_hosts: str | None = Field(default=None, description="known_hosts file for the SFTP host.")
+    sftp_hl7_dir: str = Field(default="/outbound/hl7", description="Remote directory of HL7 files.")
+    sftp_export_dir: str = Field(default="/outbound/exports", description="Remote directory of export files.")
+    sftp_after_read: Literal["keep", "archive", "delete"] = Field(
+        default="keep", description="What to do with a remote file once read."
+    )
+    chromium_path: str = Field(
+        default="/usr/bin/chromium", description="Chromium binary for the portal channel."
+    )
+    dead_letter_path: str | None = Field(
+        default=None, description="JSONL file for records that could not be read or written."
+    )
+
+    # --- field validators -------------------------------------------------------------------------------
+
+    @field_validator("base_url", "token_url")
+    @classmethod
+    def _https_or_loopback(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        try:
+            url = httpx.URL(value)
+        except (httpx.InvalidURL, TypeError):
+            raise ValueError("is not a URL; use e.g. https://agency.wellsky.example/api") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("must be an absolute http(s) URL such as https://agency.wellsky.example/api")
+        if url.scheme == "http" and not is_loopback_host(url.host):
+            raise ValueError(
+                "uses plain http:// for a non-loopback host; use https:// (http is only allowed for "
+                "localhost, 127.0.0.1 and ::1)"
+            )
+        if url.query or url.fragment:
+            raise ValueError("must not carry a query string or fragment; give the API root only")
+        return str(url).rstrip("/")
+
+    @field_validator("totp_secret")
+    @classmethod
+    def _valid_base32(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        return SecretStr(_check_base32(value.get_secret_value()))
+
+    @field_validator("oauth_scopes", mode="before")
+    @classmethod
+    def _scopes_as_string(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return " ".join(str(v) for v in value)
+        return value
+
+    @field_validator("stream_sources", mode="before")
+    @classmethod
+    def _stream_sources_json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError:
+                raise ValueError('must be a JSON object such as {"encounters": "fhir"}') from None
+        return value
+
+    @field_validator("ca_bundle", "private_key_path", "mfa_code_file", "sftp_known_hosts")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    # --- cross-field rules --------------------------------------------------------------------------------
+
+    @model_validator(mode="after")
+    def _cross_fields(self) -> Self:
+        problems = self.cross_field_problems()
+        if problems:
+            raise ValueError("; ".join(str(p) for p in problems))
+        return self
+
+    def cross_field_problems(self) -> list[ConfigProblem]:
+        """Rules involving several keys; separate so :meth:`load` can report them with field errors."""
+        problems: list[ConfigProblem] = []
+
+        def need(field: str, why: str) -> None:
+            if getattr(self, field, None) in (None, ""):
+                problems.append(
+                    ConfigProblem(field, f"required {why}; set `{field}` or {ENV_PREFIX}{field.upper()}")
+                )
+
+        if self.auth_method == "session":
+            need("username", "when auth_method=session")
+            need("password", "when auth_method=session")
+            if self.mfa_method == "totp":
+                need("totp_secret", "when mfa_method=totp (the base32 secret from MFA enrollment)")
+            elif self.mfa_method in ("sms", "email"):
+                if self.mfa_code_source == "command":
+                    need("mfa_code_command", f"when mfa_method={self.mfa_method} and mfa_code_source=command")
+                elif self.mfa_code_source == "file":
+                    need("mfa_code_file", f"when mfa_method={self.mfa_method} and mfa_code_source=file")
+        else:
+            need("client_id", f"when auth_method={self.auth_method}")
+            if self.auth_method == "oauth_client_credentials":
+                need("client_secret", "when auth_method=oauth_client_credentials")
+            else:
+                if self.private_key is None and not self.private_key_path:
+                    problems.append(
+                        ConfigProblem(
+                            "private_key",
+                            "required when auth_method=oauth_private_key_jwt; set `private_key` (PEM) or "
+                            "`private_key_path`",
+                        )
+                    )
+                else:
+                    problem = self._private_key_problem()
+                    if problem:
+                        problems.append(problem)
+                need(
+                    "private_key_id",
+                    "when auth_method=oauth_private_key_jwt (the kid the key was registered with)",
+                )
+        if self.ca_bundle and not Path(self.ca_bundle).is_file():
+            problems.append(
+                ConfigProblem("ca_bundle", "file does not exist; give the path of a PEM CA bundle")
+            )
+        if self.backoff_max_seconds < self.backoff_base_seconds:
+            problems.append(
+                ConfigProblem(
+                    "backoff_max_seconds", "must be >= backoff_base_seconds; raise it or lower the base"
+                )
+            )
+        return problems
+
+    def _private_key_problem(self) -> ConfigProblem | None:
+        """Fail at config time, not at the first token request, when the key cannot sign."""
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+        field = "private_key" if self.private_key is not None else "private_key_path"
+        try:
+            pem = self.private_key_pem()
+        except OSError:
+            return ConfigProblem(
+                "private_key_path", "cannot read the file; give the path of a PEM private key"
+            )
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        try:
+            key = load_pem_private_key(pem, password=None)
+        except (ValueError, TypeError):
+            return ConfigProblem(field, "is not an unencrypted PEM private key (-----BEGIN PRIVATE KEY-----)")
+        if self.jwt_algorithm == "RS384" and not isinstance(key, rsa.RSAPrivateKey):
+            return ConfigProblem(
+                "jwt_algorithm", "RS384 needs an RSA key; set jwt_algorithm=ES384 for an EC key"
+            )
+        if self.jwt_algorithm == "ES384" and not isinstance(key, ec.EllipticCurvePrivateKey):
+            return ConfigProblem(
+                "jwt_algorithm", "ES384 needs an EC P-384 key; set jwt_algorithm=RS384 for RSA"
+            )
+        return None
+
+    # --- helpers --------------------------------------------------------------------------------------------
+
+    def private_key_pem(self) -> bytes:
+        """The signing key as PEM bytes, from ``private_key`` or ``private_key_path``."""
+        if self.private_key is not None:
+            return self.private_key.get_secret_value().encode()
+        if self.private_key_path:
+            return Path(self.private_key_path).expanduser().read_bytes()
+        raise ConfigError("private_key", "set `private_key` (PEM) or `private_key_path`")
+
+    def resolved_token_url(self) -> str:
+        """The OAuth2 token endpoint: ``token_url`` or ``{base_url}/oauth/token``."""
+        if self.token_url:
+            return self.token_url
+        if not self.base_url:
+            raise ConfigError("token_url", "set `token_url` or `base_url`")
+        return f"{self.base_url}/oauth/token"
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret in clear, for the log redaction filter (never log this list)."""
+        values: list[str] = []
+        for name, field in type(self).model_fields.items():
+            if _is_secret_annotation(field.annotation):
+                value = getattr(self, name)
+                if value is not None and value.get_secret_value():
+                    values.append(value.get_secret_value())
+        return values
+
+    def source_for(self, stream: str) -> str:
+        """The channel a stream reads from: ``stream_sources[stream]`` or ``source``."""
+        return self.stream_sources.get(stream, self.source)
+
+    @classmethod
+    def load(
+        cls,
+        mapping: Mapping[str, Any] | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        ignore_keys: frozenset[str] = SDK_BUILTIN_KEYS,
+    ) -> Self:
+        """Validate a config mapping (plus ``WELLSKY_<KEY>`` environment fallbacks) or raise ConfigError.
+
+        Keys in ``ignore_keys`` (settings singer-sdk/Meltano add on their own) are dropped silently; any
+        other unknown key is an error naming the nearest valid key, so a typo never passes unnoticed.
+        """
+        environ = os.environ if env is None else env
+        data: dict[str, Any] = {}
+        for key, value in (mapping or {}).items():
+            if key in ignore_keys:
+                continue
+            if value is None:
+                continue
+            data[key] = value
+        for name in cls.model_fields:
+            if name not in data:
+                env_value = environ.get(f"{ENV_PREFIX}{name.upper()}")
+                if env_value is not None and env_value != "":
+                    data[name] = env_value
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = _problems_from_validation(cls, exc)
+            bad = {p.field for p in problems}
+            valid_subset = {k: v for k, v in data.items() if k not in bad and k in cls.model_fields}
+            try:
+                partial = cls.model_construct(**valid_subset)
+                problems += [p for p in partial.cross_field_problems() if p.field not in bad]
+            except Exception:
+                pass
+            raise ConfigError.from_problems(problems) from None
+
+
+class TargetConfig(WellSkyConfig):
+    """The target's settings: everything the core needs plus how writes are governed."""
+
+    authorization_policy: Literal["enforce", "warn", "off"] = Field(
+        default="enforce",
+        description="enforce: refuse appointments the payer authorization does not cover; warn: write and "
+        "log; off: do not check.",
+    )
+    dry_run: bool = Field(default=False, description="Validate and resolve every write but send nothing.")
+    write_concurrency: int = Field(default=8, ge=1, le=64, description="Parallel writes.")
+    audit_log_path: str | None = Field(default=None, description="JSONL audit log of every write.")
+    strict: bool = Field(default=False, description="Unknown streams are errors instead of warnings.")
+
+
+def _is_secret_annotation(annotation: Any) -> bool:
+    return annotation is SecretStr or SecretStr in getattr(annotation, "__args__", ())
+
+
+def secret_fields(model: type[BaseModel]) -> list[str]:
+    """Names of the SecretStr keys of a config model."""
+    return [name for name, field in model.model_fields.items() if _is_secret_annotation(field.annotation)]
+
+
+def _problems_from_validation(model: type[BaseModel], exc: ValidationError) -> list[ConfigProblem]:
+    """Turn pydantic errors into (field, fix) without ever echoing the input value (it may be a secret)."""
+    problems: list[ConfigProblem] = []
+    valid = list(model.model_fields)
+    for err in exc.errors(include_input=False, include_url=False):
+        loc = err.get("loc") or ()
+        if not loc:
+            continue  # cross-field rule: recomputed by the caller with structure intact
+        field = str(loc[0])
+        if err["type"] == "extra_forbidden":
+            near = difflib.get_close_matches(field, valid, n=1, cutoff=0.6)
+            hint = (
+                f"did you mean `{near[0]}`?"
+                if near
+                else "remove it (see docs/architecture.md for valid keys)"
+            )
+            problems.append(ConfigProblem(field, f"unknown setting; {hint}"))
+            continue
+        msg = err.get("msg", "invalid value")
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        if len(loc) > 1:
+            msg = f"{'.'.join(str(p) for p in loc[1:])}: {msg}"
+        problems.append(ConfigProblem(field, f"{msg}; fix `{field}` or {ENV_PREFIX}{field.upper()}"))
+    return problems
+
+
+def config_json_schema(model: type[BaseModel] = WellSkyConfig) -> dict[str, Any]:
+    """A flat JSON schema of the config for the Singer, Airbyte and Meltano faces.
+
+    Optional fields become ``"type": [X, "null"]`` (what Singer and Airbyte UIs understand), secrets
+    carry ``"secret": true`` (Singer SDK / Meltano) and ``"airbyte_secret": true``. No key is required by
+    the schema: every key may also come from the environment, and :meth:`WellSkyConfig.load` checks the
+    combinations.
+    """
+    raw = model.model_json_schema()
+    secrets = set(secret_fields(model))
+    properties: dict[str, Any] = {}
+    for name, prop in raw.get("properties", {}).items():
+        prop = dict(prop)
+        options = prop.pop("anyOf", None)
+        if options:
+            non_null = [o for o in options if o.get("type") != "null"]
+            if len(non_null) == 1:
+                inner = dict(non_null[0])
+                if "type" in inner:
+                    inner["type"] = [inner["type"], "null"]
+                prop = {**inner, **prop}
+            else:
+                prop["anyOf"] = options
+        prop.pop("writeOnly", None)
+        if name in secrets:
+            prop["secret"] = True
+            prop["airbyte_secret"] = True
+            prop["writeOnly"] = True
+            prop.pop("format", None)
+        properties[name] = prop
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "title": raw.get("title", model.__name__),
+        "type": "object",
+        "properties": properties,
+    }

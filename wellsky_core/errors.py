@@ -1,0 +1,148 @@
+"""The one exception hierarchy of the core.
+
+Every error a tap, target or Airbyte face can see from WellSky derives from :class:`WellSkyError`, so callers
+can catch one type. Messages say *what* setting or request was wrong and *how* to fix it; they never carry
+secrets (passwords, tokens, cookies) or patient data (names, dates of birth, MRNs): URLs are reduced to their
+path with query values masked, and normalization errors name the field, never the value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import httpx
+
+
+class WellSkyError(Exception):
+    """Base class of every error raised by the core."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One bad configuration key and what to do about it."""
+
+    field: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.fix}"
+
+
+class ConfigError(WellSkyError):
+    """The configuration cannot work; raised before any request is made (fail fast)."""
+
+    def __init__(self, field: str, fix: str, *, problems: Sequence[ConfigProblem] = ()) -> None:
+        self.problems: tuple[ConfigProblem, ...] = tuple(problems) or (ConfigProblem(field, fix),)
+        self.field = self.problems[0].field
+        self.fix = self.problems[0].fix
+        if len(self.problems) == 1:
+            message = f"invalid configuration: {self.problems[0]}"
+        else:
+            lines = "\n".join(f"  - {p}" for p in self.problems)
+            message = f"invalid configuration ({len(self.problems)} problems):\n{lines}"
+        super().__init__(message)
+
+    @classmethod
+    def from_problems(cls, problems: Iterable[ConfigProblem]) -> ConfigError:
+        """Build one error that lists every bad key, so a user fixes them all in one round trip."""
+        items = tuple(problems)
+        if not items:
+            raise ValueError("ConfigError needs at least one problem")
+        return cls(items[0].field, items[0].fix, problems=items)
+
+    @property
+    def fields(self) -> list[str]:
+        return [p.field for p in self.problems]
+
+
+class AuthError(WellSkyError):
+    """WellSky refused the credentials (login, MFA or OAuth token request)."""
+
+    def __init__(self, message: str, *, setting: str | None = None, status: int | None = None) -> None:
+        self.setting = setting
+        self.status = status
+        super().__init__(message)
+
+
+class MfaError(AuthError):
+    """No usable MFA code: none arrived in time, or the tenant rejected it."""
+
+    def __init__(self, message: str, *, method: str, setting: str | None = None) -> None:
+        self.method = method
+        super().__init__(message, setting=setting)
+
+
+def redact_url(url: str | httpx.URL) -> str:
+    """The URL with every query value masked: cursors, MRN filters and signatures stay out of messages."""
+    parsed = httpx.URL(str(url))
+    base = f"{parsed.scheme}://{parsed.netloc.decode('ascii')}{parsed.path}" if parsed.scheme else parsed.path
+    if not parsed.query:
+        return base
+    keys = [key for key, _ in parsed.params.multi_items()]
+    return base + "?" + "&".join(f"{key}=***" for key in keys)
+
+
+class TransportError(WellSkyError):
+    """The request could not get a usable answer within the retry budget (or could not connect at all)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | httpx.URL,
+        status: int | None = None,
+        attempts: int = 1,
+        reason: str | None = None,
+    ) -> None:
+        self.url = redact_url(url)
+        self.status = status
+        self.attempts = attempts
+        self.reason = reason
+        detail = f"status {status}" if status is not None else (reason or "no response")
+        super().__init__(f"{message} [{self.url}; {detail}; {attempts} attempt(s)]")
+
+
+class RemoteError(WellSkyError):
+    """WellSky answered with an error the connector cannot retry away (4xx, or a body it cannot read)."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str | None,
+        message: str | None,
+        *,
+        url: str | httpx.URL | None = None,
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.server_message = message
+        self.url = redact_url(url) if url is not None else None
+        where = f" from {self.url}" if self.url else ""
+        text = f"WellSky returned {status}{where}"
+        if code:
+            text += f" [{code}]"
+        if message:
+            text += f": {message}"
+        super().__init__(text)
+
+
+class NormalizationError(WellSkyError):
+    """A native record could not be mapped to its canonical model. Names the field, never the value."""
+
+    def __init__(self, entity: str, field: str, reason: str, *, record_id: str | None = None) -> None:
+        self.entity = entity
+        self.field = field
+        self.reason = reason
+        self.record_id = record_id
+        where = f" (record {record_id})" if record_id else ""
+        super().__init__(f"cannot normalize {entity}.{field}{where}: {reason}")
+
+
+class AuthorizationRefused(WellSkyError):
+    """A write was refused because the payer authorization does not cover it (or policy forbids it)."""
+
+    def __init__(self, reason: str, *, code: str | None = None) -> None:
+        self.reason = reason
+        self.code = code
+        super().__init__(f"authorization refused{f' [{code}]' if code else ''}: {reason}")
