@@ -14,6 +14,7 @@ import difflib
 import ipaddress
 import json
 import os
+import ssl
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -325,6 +326,12 @@ class WellSkyConfig(BaseModel):
         if self.private_key_path:
             return Path(self.private_key_path).expanduser().read_bytes()
         raise ConfigError("private_key", "set `private_key` (PEM) or `private_key_path`")
+
+    def tls_verify(self) -> bool | ssl.SSLContext:
+        """What httpx should verify the server with: a context for a private CA bundle, else verify_tls."""
+        if self.ca_bundle and self.verify_tls:
+            return ssl.create_default_context(cafile=self.ca_bundle)
+        return self.verify_tls
 
     def resolved_token_url(self) -> str:
         """The OAuth2 token endpoint: ``token_url`` or ``{base_url}/oauth/token``."""
