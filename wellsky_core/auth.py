@@ -1,0 +1,540 @@
+"""httpx ``Auth`` flows for WellSky: password sessions with MFA, and OAuth2 (client secret or key JWT).
+
+Every flow shares one shape (:class:`RefreshingAuth`): make sure a credential exists (logging in through the
+same pooled client if not), send the request, and on a 401 log in again *once* and replay the request. A
+lock serializes logins and a generation counter makes sure that when eight threads see the same expiry, one
+of them logs in and the other seven just replay with the new credential.
+
+Login and token requests that meet a transient failure (5xx, 429, a truncated body) raise
+:class:`RetryableAuthFailure`, which :class:`~wellsky_core.transport.WellSkyClient` retries (and counts)
+like any other transient failure. Definitive refusals raise :class:`~wellsky_core.errors.AuthError` naming
+the settings to check.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Generator
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import jwt
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from pydantic import SecretStr
+
+from wellsky_core.errors import AuthError, ConfigError, MfaError, RemoteError
+from wellsky_core.mfa import Challenge, CodeSource, build_code_source
+from wellsky_core.redaction import register_secret
+
+if TYPE_CHECKING:
+    from wellsky_core.config import WellSkyConfig
+    from wellsky_core.metrics import Metrics
+
+SESSION_COOKIE = "wsk_session"
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+SESSION_RENEW_MARGIN_SECONDS = 5.0
+TOKEN_RENEW_MARGIN_SECONDS = 60.0
+
+Flow = Generator[httpx.Request, httpx.Response, None]
+
+
+class RetryableAuthFailure(Exception):  # a signal to the transport, never surfaced to users
+    """A login or token request got a transient answer; the transport retries the whole request."""
+
+    def __init__(self, reason: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(f"transient failure during authentication ({reason})")
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date); None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _error_fields(response: httpx.Response) -> tuple[str | None, str | None]:
+    """The server's ``error`` code and ``message`` (WellSky's documented error shape), if any."""
+    try:
+        body = response.json()
+    except (ValueError, UnicodeDecodeError):
+        return None, None
+    if not isinstance(body, dict):
+        return None, None
+    code = body.get("error")
+    message = body.get("message") or body.get("error_description")
+    return (str(code) if code else None), (str(message) if message else None)
+
+
+def _raise_if_transient(response: httpx.Response) -> None:
+    status = response.status_code
+    if status >= 500 or status in (408, 429):
+        raise RetryableAuthFailure(
+            str(status), status=status, retry_after=parse_retry_after(response.headers.get("retry-after"))
+        )
+
+
+def _json_body(response: httpx.Response) -> dict[str, Any]:
+    """The JSON object of a successful auth response; a truncated body is transient, so retry."""
+    try:
+        body = response.json()
+    except (ValueError, UnicodeDecodeError):
+        raise RetryableAuthFailure("malformed", status=response.status_code) from None
+    if not isinstance(body, dict):
+        raise RetryableAuthFailure("malformed", status=response.status_code)
+    return body
+
+
+class RefreshingAuth(httpx.Auth):
+    """Ensure a credential, apply it, and on 401 refresh it once and replay. Thread-safe."""
+
+    requires_response_body = True
+    credential_settings = ""
+    """Config keys to check when the server rejects the credential (used in messages)."""
+
+    def __init__(self, *, timeout: float = 30.0, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics
+        self.timeout = httpx.Timeout(timeout)
+        self._login_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._generation = 0
+        self.logins = 0
+        self.reauths = 0
+
+    # -- hooks for subclasses ---------------------------------------------------------------------------
+    def _current(self) -> str | None:
+        """The credential to send, or None when there is none or it is about to expire."""
+        raise NotImplementedError
+
+    def _login(self) -> Flow:
+        """Obtain a new credential, yielding the requests it takes."""
+        raise NotImplementedError
+
+    def _apply(self, request: httpx.Request, credential: str) -> None:
+        raise NotImplementedError
+
+    def _observe(self, response: httpx.Response, generation: int) -> None:
+        """Look at every authenticated response (e.g. follow cookie rotation)."""
+
+    def invalidate(self) -> None:
+        """Forget the credential so the next request logs in (e.g. after a logout)."""
+        with self._state_lock:
+            self._forget()
+            self._generation += 1
+
+    def _forget(self) -> None:
+        raise NotImplementedError
+
+    # -- the flow ---------------------------------------------------------------------------------------
+    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Request:
+        """A login/token request carrying the client's timeout (a bare Request would have none)."""
+        request = httpx.Request(method, url, **kwargs)
+        request.extensions["timeout"] = self.timeout.as_dict()
+        request.headers.setdefault("accept", "application/json")
+        return request
+
+    def _ensure(
+        self, stale_generation: int | None
+    ) -> Generator[httpx.Request, httpx.Response, tuple[str, int]]:
+        with self._login_lock:
+            with self._state_lock:
+                generation = self._generation
+                current = self._current()
+            refreshed_by_other = stale_generation is not None and generation != stale_generation
+            if current is not None and (stale_generation is None or refreshed_by_other):
+                return current, generation
+            if stale_generation is not None:
+                self.reauths += 1
+                if self.metrics is not None:
+                    self.metrics.add_reauth()
+            yield from self._login()
+            self.logins += 1
+            with self._state_lock:
+                self._generation += 1
+                current = self._current()
+                generation = self._generation
+            if current is None:
+                raise AuthError(
+                    "login succeeded but yielded no usable credential; the tenant may be misconfigured",
+                    setting=self.credential_settings,
+                )
+            return current, generation
+
+    def auth_flow(self, request: httpx.Request) -> Flow:
+        credential, generation = yield from self._ensure(None)
+        self._apply(request, credential)
+        response = yield request
+        self._observe(response, generation)
+        if response.status_code != 401:
+            return
+        credential, generation = yield from self._ensure(generation)
+        self._apply(request, credential)
+        response = yield request
+        self._observe(response, generation)
+
+
+class SessionAuth(RefreshingAuth):
+    """Username/password login (``POST /sessions``) with optional MFA, carried as the ``wsk_session`` cookie.
+
+    The cookie rotates: every response may carry a new ``Set-Cookie`` value, which replaces the old one (the
+    old one only works for a grace period). Sessions also expire; the flow logs in again shortly before the
+    announced expiry, or on a 401, and replays the request once.
+    """
+
+    credential_settings = "username, password"
+
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        password: SecretStr | str,
+        *,
+        code_source: CodeSource | None = None,
+        timeout: float = 30.0,
+        metrics: Metrics | None = None,
+    ) -> None:
+        super().__init__(timeout=timeout, metrics=metrics)
+        self.base_url = base_url.rstrip("/")
+        self.username = username
+        self._password = password if isinstance(password, SecretStr) else SecretStr(password)
+        register_secret(self._password)
+        self.code_source = code_source
+        self._cookie: str | None = None
+        self._expires_at: float | None = None
+        self.rotations = 0
+
+    def _current(self) -> str | None:
+        if self._cookie is None:
+            return None
+        expires_at = self._expires_at
+        if expires_at is not None and time.monotonic() >= expires_at - SESSION_RENEW_MARGIN_SECONDS:
+            return None
+        return self._cookie
+
+    def _forget(self) -> None:
+        self._cookie = None
+        self._expires_at = None
+
+    def _apply(self, request: httpx.Request, credential: str) -> None:
+        request.headers["cookie"] = f"{SESSION_COOKIE}={credential}"
+
+    @staticmethod
+    def _session_cookie(response: httpx.Response) -> tuple[bool, str | None]:
+        """(present, value) of ``wsk_session`` in Set-Cookie; value None when the server deletes it."""
+        found, value = False, None
+        for header in response.headers.get_list("set-cookie"):
+            first, _, attributes = header.partition(";")
+            name, sep, raw = first.partition("=")
+            if not sep or name.strip() != SESSION_COOKIE:
+                continue
+            found = True
+            raw = raw.strip().strip('"')
+            attrs = attributes.lower().replace(" ", "")
+            value = None if (not raw or "max-age=0" in attrs) else raw
+        return found, value
+
+    def _observe(self, response: httpx.Response, generation: int) -> None:
+        found, value = self._session_cookie(response)
+        if not found:
+            return
+        with self._state_lock:
+            if generation != self._generation:
+                return  # an answer to a request of an older session: never let it undo a newer login
+            if value is None:
+                self._forget()
+            elif value != self._cookie:
+                self._cookie = value
+                self.rotations += 1
+
+    def _accept(self, response: httpx.Response) -> None:
+        body = _json_body(response)
+        found, value = self._session_cookie(response)
+        if not found or value is None:
+            raise AuthError(
+                f"login answered {response.status_code} without a {SESSION_COOKIE} cookie; "
+                "check base_url points at the WellSky API root",
+                setting="base_url",
+                status=response.status_code,
+            )
+        ttl = body.get("session_expires_in")
+        with self._state_lock:
+            self._cookie = value
+            valid_ttl = isinstance(ttl, int | float) and ttl > 0
+            self._expires_at = time.monotonic() + float(ttl) if valid_ttl else None
+
+    def _login(self) -> Flow:
+        response = yield self._request(
+            "POST",
+            f"{self.base_url}/sessions",
+            json={"username": self.username, "password": self._password.get_secret_value()},
+        )
+        _raise_if_transient(response)
+        if response.status_code in (200, 201):
+            self._accept(response)
+            return
+        if response.status_code == 202:
+            yield from self._mfa(_json_body(response))
+            return
+        code, message = _error_fields(response)
+        if response.status_code in (400, 401, 403):
+            raise AuthError(
+                f"WellSky refused the login ({response.status_code} {code or ''}: {message or 'no detail'}); "
+                "check `username` and `password`",
+                setting="password",
+                status=response.status_code,
+            )
+        raise RemoteError(response.status_code, code, message, url=response.request.url)
+
+    def _mfa(self, challenge_body: dict[str, Any]) -> Flow:
+        challenge_id = str(challenge_body.get("challenge_id") or "")
+        offered = [str(m) for m in challenge_body.get("methods") or []]
+        source = self.code_source
+        if source is None:
+            raise MfaError(
+                f"the tenant asks for a second factor ({', '.join(offered) or 'unspecified'}); "
+                "set `mfa_method` (and totp_secret or an mfa_code_source)",
+                method="none",
+                setting="mfa_method",
+            )
+        method = source.method
+        if offered and method not in offered:
+            raise MfaError(
+                f"mfa_method={method} is not offered by this tenant (it offers {', '.join(offered)}); "
+                "change `mfa_method`",
+                method=method,
+                setting="mfa_method",
+            )
+        issued_at = time.time()
+        if method in ("sms", "email"):
+            sent = yield self._request(
+                "POST", f"{self.base_url}/sessions/{challenge_id}/send", json={"method": method}
+            )
+            _raise_if_transient(sent)
+            if sent.status_code >= 400:
+                code, message = _error_fields(sent)
+                raise MfaError(
+                    f"WellSky could not send the {method} code ({sent.status_code} {code or ''}: "
+                    f"{message or 'no detail'}); check `mfa_method`",
+                    method=method,
+                    setting="mfa_method",
+                )
+        challenge = Challenge(challenge_id, method, self.username, issued_at)
+        code_value = source.get_code(challenge)
+        for attempt in (1, 2):
+            response = yield self._request(
+                "POST",
+                f"{self.base_url}/sessions/{challenge_id}/mfa",
+                json={"method": method, "code": code_value},
+            )
+            _raise_if_transient(response)
+            if response.status_code in (200, 201):
+                self._accept(response)
+                return
+            error, message = _error_fields(response)
+            if attempt == 1 and method == "totp" and response.status_code == 401 and error != "mfa_locked":
+                # the 30 s step may have turned between computing and checking: try the next code once
+                code_value = source.get_code(challenge, previous=code_value)
+                continue
+            raise MfaError(
+                f"WellSky rejected the {method} code ({response.status_code} {error or ''}: "
+                f"{message or 'no detail'}); check `{source.setting}`",
+                method=method,
+                setting=source.setting,
+            )
+
+
+class _TokenAuth(RefreshingAuth):
+    """OAuth2 bearer tokens from ``POST /oauth/token``, cached until shortly before they expire."""
+
+    def __init__(
+        self,
+        token_url: str,
+        client_id: str,
+        *,
+        scopes: str | None = None,
+        timeout: float = 30.0,
+        metrics: Metrics | None = None,
+    ) -> None:
+        super().__init__(timeout=timeout, metrics=metrics)
+        self.token_url = token_url
+        self.client_id = client_id
+        self.scopes = scopes
+        self._token: str | None = None
+        self._renew_at = 0.0
+        self.granted_scopes: str | None = None
+
+    def _current(self) -> str | None:
+        if self._token is None or time.monotonic() >= self._renew_at:
+            return None
+        return self._token
+
+    def _forget(self) -> None:
+        self._token = None
+
+    def _apply(self, request: httpx.Request, credential: str) -> None:
+        request.headers["authorization"] = f"Bearer {credential}"
+
+    def _form(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def _login(self) -> Flow:
+        form = {"grant_type": "client_credentials", **self._form()}
+        if self.scopes:
+            form["scope"] = self.scopes
+        response = yield self._request("POST", self.token_url, data=form)
+        _raise_if_transient(response)
+        if response.status_code != 200:
+            code, message = _error_fields(response)
+            if response.status_code in (400, 401, 403):
+                raise AuthError(
+                    f"WellSky refused the token request ({response.status_code} {code or ''}: "
+                    f"{message or 'no detail'}); check {self.credential_settings}",
+                    setting=self.credential_settings,
+                    status=response.status_code,
+                )
+            raise RemoteError(response.status_code, code, message, url=response.request.url)
+        body = _json_body(response)
+        token = body.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise RetryableAuthFailure("malformed", status=response.status_code)
+        expires_in = body.get("expires_in")
+        lifetime = float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else 300.0
+        margin = min(TOKEN_RENEW_MARGIN_SECONDS, lifetime / 2)
+        register_secret(token)
+        with self._state_lock:
+            self._token = token
+            self._renew_at = time.monotonic() + lifetime - margin
+            self.granted_scopes = body.get("scope")
+
+
+class ClientCredentialsAuth(_TokenAuth):
+    """``grant_type=client_credentials`` with ``client_id`` + ``client_secret`` as form fields."""
+
+    credential_settings = "`client_id` and `client_secret`"
+
+    def __init__(self, token_url: str, client_id: str, client_secret: SecretStr | str, **kwargs: Any) -> None:
+        super().__init__(token_url, client_id, **kwargs)
+        self._secret = client_secret if isinstance(client_secret, SecretStr) else SecretStr(client_secret)
+        register_secret(self._secret)
+
+    def _form(self) -> dict[str, str]:
+        return {"client_id": self.client_id, "client_secret": self._secret.get_secret_value()}
+
+
+class PrivateKeyJwtAuth(_TokenAuth):
+    """SMART backend services: a short-lived JWT assertion signed with the client's private key.
+
+    Claims: ``iss`` = ``sub`` = client_id, ``aud`` = token URL, ``exp`` = now + 300 s, a fresh ``jti``
+    (uuid4, so the server's replay check passes), and the key's ``kid`` in the header.
+    """
+
+    credential_settings = "`client_id`, `private_key`/`private_key_path` and `private_key_id`"
+
+    def __init__(
+        self,
+        token_url: str,
+        client_id: str,
+        private_key_pem: bytes | str | SecretStr,
+        key_id: str,
+        *,
+        algorithm: str = "RS384",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(token_url, client_id, **kwargs)
+        if isinstance(private_key_pem, SecretStr):
+            private_key_pem = private_key_pem.get_secret_value()
+        if isinstance(private_key_pem, str):
+            private_key_pem = private_key_pem.encode()
+        try:
+            self._key = load_pem_private_key(private_key_pem, password=None)
+        except (ValueError, TypeError):
+            raise ConfigError("private_key", "is not an unencrypted PEM private key") from None
+        if algorithm not in ("RS384", "ES384"):
+            raise ConfigError("jwt_algorithm", "must be RS384 or ES384")
+        self.key_id = key_id
+        self.algorithm = algorithm
+
+    def assertion(self) -> str:
+        """A freshly signed client assertion (each one single-use: new jti)."""
+        now = int(time.time())
+        claims = {
+            "iss": self.client_id,
+            "sub": self.client_id,
+            "aud": self.token_url,
+            "iat": now,
+            "exp": now + 300,
+            "jti": str(uuid.uuid4()),
+        }
+        return jwt.encode(claims, self._key, algorithm=self.algorithm, headers={"kid": self.key_id})
+
+    def _form(self) -> dict[str, str]:
+        return {
+            "client_id": self.client_id,
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": self.assertion(),
+        }
+
+
+def build_auth(config: WellSkyConfig, *, metrics: Metrics | None = None) -> RefreshingAuth:
+    """The auth flow ``config`` describes; also registers its secrets with the log redaction filter."""
+    register_secret(*config.secret_values())
+    common: dict[str, Any] = {"timeout": config.timeout_seconds, "metrics": metrics}
+    if config.auth_method == "session":
+        if not config.base_url:
+            raise ConfigError("base_url", "required to log in; set the tenant API root")
+        if not config.username or config.password is None:
+            raise ConfigError("password", "auth_method=session needs `username` and `password`")
+        return SessionAuth(
+            config.base_url,
+            config.username,
+            config.password,
+            code_source=build_code_source(config),
+            **common,
+        )
+    if not config.client_id:
+        raise ConfigError("client_id", f"required when auth_method={config.auth_method}")
+    token_url = config.resolved_token_url()
+    if config.auth_method == "oauth_client_credentials":
+        if config.client_secret is None:
+            raise ConfigError("client_secret", "required when auth_method=oauth_client_credentials")
+        return ClientCredentialsAuth(
+            token_url, config.client_id, config.client_secret, scopes=config.oauth_scopes, **common
+        )
+    if not config.private_key_id:
+        raise ConfigError("private_key_id", "required when auth_method=oauth_private_key_jwt")
+    return PrivateKeyJwtAuth(
+        token_url,
+        config.client_id,
+        config.private_key_pem(),
+        config.private_key_id,
+        algorithm=config.jwt_algorithm,
+        scopes=config.oauth_scopes,
+        **common,
+    )
+
+
+__all__ = [
+    "ClientCredentialsAuth",
+    "PrivateKeyJwtAuth",
+    "RefreshingAuth",
+    "RetryableAuthFailure",
+    "SessionAuth",
+    "build_auth",
+    "parse_retry_after",
+]
