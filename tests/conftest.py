@@ -1,0 +1,34 @@
+"""Shared fixtures: real sandbox tenants on loopback ports (no mocks of the server)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from wellsky_sandbox.testing import SandboxServer
+
+
+@pytest.fixture
+def sandbox_factory(tmp_path: Path) -> Iterator[Callable[..., SandboxServer]]:
+    """Start any number of tenants: ``sandbox_factory(product="hospice", mfa=True, scale=100)``."""
+    started: list[SandboxServer] = []
+
+    def make(**kw: Any) -> SandboxServer:
+        kw.setdefault("scale", 100)
+        kw.setdefault("data_dir", tmp_path / f"tenant-{len(started)}")
+        server = SandboxServer(**kw).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.cleanup()
+
+
+@pytest.fixture
+def sandbox(sandbox_factory: Callable[..., SandboxServer]) -> SandboxServer:
+    """A small home-health tenant (100 patients, about 1k records), fresh for each test."""
+    return sandbox_factory()

@@ -1,0 +1,106 @@
+"""``wellsky-sandbox serve|generate``: run an emulated WellSky tenant from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .faults import FaultPlan
+from .generator import PRODUCTS, scale_to_patients
+from .server import SandboxServer
+from .store import Store
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wellsky-sandbox", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="start a tenant on loopback and print its URL and demo credentials")
+    gen = sub.add_parser("generate", help="only generate a tenant's data file (and report how long it took)")
+    for p in (serve, gen):
+        p.add_argument("--scale", default="S", help="XS, S (1k patients), M (5k), L (100k) or a patient count")
+        p.add_argument("--product", default="home_health", choices=PRODUCTS)
+        p.add_argument("--seed", type=int, default=42)
+        p.add_argument(
+            "--data-dir",
+            type=Path,
+            default=None,
+            help="where tenant.sqlite lives (default: .sandbox/<product>-<scale>-<seed>)",
+        )
+    serve.add_argument("--port", type=int, default=0, help="HTTP port (0 = pick a free one)")
+    serve.add_argument("--sftp-port", type=int, default=0, help="SFTP port (0 = pick a free one)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--mfa", action="store_true", help="require TOTP/SMS/email MFA at login")
+    serve.add_argument("--read-only", action="store_true", help="refuse writes with 403")
+    serve.add_argument("--faults", default="", help='e.g. "error=0.1,429=0.05,reset=0.02,slow=0.02,expire_every=50"')
+    serve.add_argument("--ready-file", type=Path, help="also write the JSON line to this file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        patients = scale_to_patients(args.scale)
+        if args.command == "serve":
+            FaultPlan.parse(args.faults)
+    except ValueError as exc:
+        print(f"wellsky-sandbox: {exc}", file=sys.stderr)
+        return 2
+    data_dir = args.data_dir or Path(".sandbox") / f"{args.product}-{args.scale}-{args.seed}"
+    if args.command == "generate":
+        started = time.perf_counter()
+        store = Store(data_dir / "tenant.sqlite")
+        try:
+            counts = store.seed(args.product, patients, args.seed)
+        except ValueError as exc:
+            print(f"wellsky-sandbox: {exc}", file=sys.stderr)
+            return 2
+        print(
+            json.dumps(
+                {
+                    "data_dir": str(data_dir),
+                    "counts": counts,
+                    "records": sum(counts.values()),
+                    "seconds": round(time.perf_counter() - started, 2),
+                }
+            )
+        )
+        return 0
+    server = SandboxServer(
+        scale=patients,
+        product=args.product,
+        seed=args.seed,
+        data_dir=data_dir,
+        port=args.port,
+        sftp_port=args.sftp_port,
+        mfa=args.mfa,
+        read_only=args.read_only,
+        faults=args.faults or None,
+        host=args.host,
+    )
+    try:
+        server.start()
+    except ValueError as exc:
+        print(f"wellsky-sandbox: {exc}", file=sys.stderr)
+        return 2
+    assert server.tenant is not None
+    line = json.dumps(
+        {**server.credentials(), "mfa": args.mfa, "counts": server.tenant.counts, "data_dir": str(data_dir)}
+    )
+    print(line, flush=True)
+    if args.ready_file:
+        args.ready_file.write_text(line + "\n")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
