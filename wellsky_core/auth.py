@@ -216,20 +216,19 @@ class SessionAuth(RefreshingAuth):
         register_secret(self._password)
         self.code_source = code_source
         self._cookie: str | None = None
-        self._expires_at: float | None = None
+        self._renew_at: float | None = None
         self.rotations = 0
 
     def _current(self) -> str | None:
         if self._cookie is None:
             return None
-        expires_at = self._expires_at
-        if expires_at is not None and time.monotonic() >= expires_at - SESSION_RENEW_MARGIN_SECONDS:
+        if self._renew_at is not None and time.monotonic() >= self._renew_at:
             return None
         return self._cookie
 
     def _forget(self) -> None:
         self._cookie = None
-        self._expires_at = None
+        self._renew_at = None
 
     def _apply(self, request: httpx.Request, credential: str) -> None:
         request.headers["cookie"] = f"{SESSION_COOKIE}={credential}"
@@ -275,8 +274,11 @@ class SessionAuth(RefreshingAuth):
         ttl = body.get("session_expires_in")
         with self._state_lock:
             self._cookie = value
-            valid_ttl = isinstance(ttl, int | float) and ttl > 0
-            self._expires_at = time.monotonic() + float(ttl) if valid_ttl else None
+            if isinstance(ttl, int | float) and ttl > 0:
+                # renew a little before the announced expiry; short test sessions keep most of their life
+                self._renew_at = time.monotonic() + float(ttl) - min(SESSION_RENEW_MARGIN_SECONDS, ttl * 0.1)
+            else:
+                self._renew_at = None
 
     def _login(self) -> Flow:
         response = yield self._request(

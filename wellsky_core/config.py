@@ -322,7 +322,8 @@ class WellSkyConfig(BaseModel):
     def private_key_pem(self) -> bytes:
         """The signing key as PEM bytes, from ``private_key`` or ``private_key_path``."""
         if self.private_key is not None:
-            return self.private_key.get_secret_value().encode()
+            key = self.private_key  # a plain str when built by model_construct in load()
+            return (key.get_secret_value() if isinstance(key, SecretStr) else str(key)).encode()
         if self.private_key_path:
             return Path(self.private_key_path).expanduser().read_bytes()
         raise ConfigError("private_key", "set `private_key` (PEM) or `private_key_path`")
@@ -390,8 +391,13 @@ class WellSkyConfig(BaseModel):
             try:
                 partial = cls.model_construct(**valid_subset)
                 problems += [p for p in partial.cross_field_problems() if p.field not in bad]
-            except Exception:
+            except Exception:  # the partial model is best effort; field errors are already listed
                 pass
+            if not problems:  # a cross-field rule failed but could not be recomputed: report it as is
+                problems = [
+                    ConfigProblem("config", e["msg"].removeprefix("Value error, "))
+                    for e in exc.errors(include_input=False, include_url=False)
+                ]
             raise ConfigError.from_problems(problems) from None
 
 

@@ -1,0 +1,166 @@
+"""Configuration: fail fast, name every bad key and its fix, never echo a secret."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from wellsky_core.config import TargetConfig, WellSkyConfig, config_json_schema, secret_fields
+from wellsky_core.errors import ConfigError
+
+BASE = {"base_url": "https://agency.wellsky.example/api", "username": "ops@agency.test", "password": "pw-Secret-123"}
+TOTP = "JBSWY3DPEHPK3PXP"
+
+
+def load(**overrides):
+    return WellSkyConfig.load({**BASE, **overrides}, env={})
+
+
+def test_valid_config_defaults_and_normalization():
+    cfg = load(base_url="https://agency.wellsky.example/api/", totp_secret="jbsw y3dp ehpk 3pxp", mfa_method="totp")
+    assert cfg.base_url == "https://agency.wellsky.example/api"
+    assert cfg.totp_secret is not None and cfg.totp_secret.get_secret_value() == TOTP
+    assert (cfg.max_retries, cfg.page_size, cfg.timeout_seconds, cfg.source) == (6, 500, 30, "api")
+    assert cfg.resolved_token_url() == "https://agency.wellsky.example/api/oauth/token"
+
+
+def test_missing_password_names_the_field_and_the_fix():
+    with pytest.raises(ConfigError) as info:
+        WellSkyConfig.load({"base_url": BASE["base_url"], "username": "u"}, env={})
+    assert info.value.fields == ["password"]
+    assert "auth_method=session" in str(info.value) and "WELLSKY_PASSWORD" in str(info.value)
+
+
+def test_bad_totp_secret_is_named_and_not_echoed():
+    secret = "not-base32-1890!"
+    with pytest.raises(ConfigError) as info:
+        load(mfa_method="totp", totp_secret=secret)
+    assert info.value.fields == ["totp_secret"]
+    assert "base32" in str(info.value)
+    assert secret not in str(info.value) and secret not in repr(info.value.problems)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_totp_required_for_totp_method():
+    with pytest.raises(ConfigError) as info:
+        load(mfa_method="totp")
+    assert info.value.fields == ["totp_secret"]
+
+
+@pytest.mark.parametrize("url", ["http://agency.wellsky.example", "http://10.0.0.5:8080", "ftp://x.example"])
+def test_plain_http_outside_loopback_is_refused(url):
+    with pytest.raises(ConfigError) as info:
+        load(base_url=url)
+    assert info.value.fields == ["base_url"]
+    assert "https://" in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8123", "http://localhost:9/api", "http://[::1]:8080"])
+def test_plain_http_on_loopback_is_allowed(url):
+    assert load(base_url=url).base_url == url.rstrip("/")
+
+
+def test_base_url_may_be_empty_for_the_embedded_sandbox():
+    assert WellSkyConfig.load({"username": "u", "password": "p"}, env={}).base_url is None
+
+
+def test_every_problem_is_listed_at_once_with_typo_hint():
+    with pytest.raises(ConfigError) as info:
+        WellSkyConfig.load(
+            {"base_url": "http://example.com", "usernam": "u", "page_size": 5000, "mfa_method": "totp"}, env={}
+        )
+    fields = set(info.value.fields)
+    assert {"base_url", "usernam", "page_size", "password", "totp_secret"} <= fields
+    assert "did you mean `username`?" in str(info.value)
+
+
+def test_environment_fallback_and_mapping_precedence():
+    env = {
+        "WELLSKY_PASSWORD": "from-env-pw",
+        "WELLSKY_MAX_RETRIES": "2",
+        "WELLSKY_USERNAME": "env-user",
+        "WELLSKY_STREAM_SOURCES": '{"encounters": "fhir"}',
+        "WELLSKY_VERIFY_TLS": "false",
+    }
+    cfg = WellSkyConfig.load({"base_url": BASE["base_url"], "username": "cfg-user"}, env=env)
+    assert cfg.password is not None and cfg.password.get_secret_value() == "from-env-pw"
+    assert (cfg.username, cfg.max_retries, cfg.verify_tls) == ("cfg-user", 2, False)
+    assert cfg.source_for("encounters") == "fhir" and cfg.source_for("patients") == "api"
+
+
+def test_sdk_builtin_keys_are_ignored():
+    cfg = WellSkyConfig.load({**BASE, "stream_maps": {}, "flattening_enabled": False}, env={})
+    assert cfg.username == BASE["username"]
+
+
+def test_oauth_requirements():
+    with pytest.raises(ConfigError) as info:
+        WellSkyConfig.load({"base_url": BASE["base_url"], "auth_method": "oauth_client_credentials"}, env={})
+    assert set(info.value.fields) == {"client_id", "client_secret"}
+    with pytest.raises(ConfigError) as info:
+        WellSkyConfig.load(
+            {"base_url": BASE["base_url"], "auth_method": "oauth_private_key_jwt", "client_id": "c"}, env={}
+        )
+    assert set(info.value.fields) == {"private_key", "private_key_id"}
+
+
+def test_private_key_must_match_algorithm(tmp_path):
+    pem = (
+        ec.generate_private_key(ec.SECP384R1())
+        .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        .decode()
+    )
+    cfg = {
+        "base_url": BASE["base_url"],
+        "auth_method": "oauth_private_key_jwt",
+        "client_id": "c",
+        "private_key_id": "k",
+    }
+    with pytest.raises(ConfigError) as info:
+        WellSkyConfig.load({**cfg, "private_key": pem}, env={})
+    assert info.value.fields == ["jwt_algorithm"]
+    assert pem not in str(info.value)
+    ok = WellSkyConfig.load({**cfg, "private_key": pem, "jwt_algorithm": "ES384"}, env={})
+    assert ok.private_key_pem().strip() == pem.encode().strip()
+    key_file = tmp_path / "key.pem"
+    key_file.write_text(pem)
+    assert WellSkyConfig.load({**cfg, "private_key_path": str(key_file), "jwt_algorithm": "ES384"}, env={})
+    with pytest.raises(ConfigError) as info:
+        WellSkyConfig.load({**cfg, "private_key": "-----BEGIN PRIVATE KEY-----\nnope\n"}, env={})
+    assert info.value.fields == ["private_key"]
+
+
+def test_sms_email_need_a_code_source():
+    with pytest.raises(ConfigError) as info:
+        load(mfa_method="sms")
+    assert info.value.fields == ["mfa_code_command"]
+    with pytest.raises(ConfigError) as info:
+        load(mfa_method="email", mfa_code_source="file")
+    assert info.value.fields == ["mfa_code_file"]
+    assert load(mfa_method="email", mfa_code_source="sandbox_outbox").mfa_code_source == "sandbox_outbox"
+
+
+def test_secrets_never_in_repr():
+    cfg = load(mfa_method="totp", totp_secret=TOTP, client_secret="cs-very-secret")
+    text = repr(cfg) + str(cfg) + str(cfg.model_dump())
+    for secret in ("pw-Secret-123", TOTP, "cs-very-secret"):
+        assert secret not in text
+    assert sorted(cfg.secret_values()) == sorted(["pw-Secret-123", TOTP, "cs-very-secret"])
+
+
+def test_json_schema_flags_secrets_and_lists_every_key():
+    schema = config_json_schema(WellSkyConfig)
+    props = schema["properties"]
+    assert set(props) == set(WellSkyConfig.model_fields)
+    for name in secret_fields(WellSkyConfig):
+        assert props[name]["secret"] is True and props[name]["airbyte_secret"] is True
+    assert set(secret_fields(WellSkyConfig)) == {
+        "password", "totp_secret", "client_secret", "private_key", "sftp_password", "sftp_private_key"
+    }
+    assert props["base_url"]["type"] == ["string", "null"]
+    assert props["auth_method"]["enum"] == ["session", "oauth_client_credentials", "oauth_private_key_jwt"]
+    assert "secret" not in props["username"]
+    target = config_json_schema(TargetConfig)["properties"]
+    assert {"authorization_policy", "dry_run", "write_concurrency", "audit_log_path", "strict"} <= set(target)
+    assert TargetConfig.load({**BASE}, env={}).write_concurrency == 8

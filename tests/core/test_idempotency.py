@@ -1,0 +1,75 @@
+"""Idempotency keys: deterministic from (tenant, resource, natural key, canonical body)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+from wellsky_core.idempotency import canonical_json, idempotency_key
+
+BODY = {
+    "mrn": "MRN-1001",
+    "name": {"first": "Ada", "last": "Lovelace"},
+    "birthDate": "1950-03-12",
+    "lastModified": "2026-01-01T00:00:00Z",
+    "updated_at": "2026-01-02T00:00:00Z",
+}
+
+
+def test_key_ignores_key_order_and_whitespace():
+    shuffled = json.loads(json.dumps(dict(reversed(list(BODY.items())))))
+    shuffled["name"] = {"last": "Lovelace", "first": "Ada"}
+    assert idempotency_key("t1", "patients", "MRN-1001", BODY) == idempotency_key(
+        "t1", "patients", "MRN-1001", shuffled
+    )
+    assert canonical_json({"b": 1, "a": [1, {"d": 2, "c": 3}]}) == '{"a":[1,{"c":3,"d":2}],"b":1}'
+
+
+def test_every_component_changes_the_key():
+    base = idempotency_key("t1", "patients", "MRN-1001", BODY)
+    assert base.startswith("wsk1-") and len(base) == 5 + 64
+    assert idempotency_key("t2", "patients", "MRN-1001", BODY) != base
+    assert idempotency_key("t1", "appointments", "MRN-1001", BODY) != base
+    assert idempotency_key("t1", "patients", "MRN-1002", BODY) != base
+    assert idempotency_key("t1", "patients", "MRN-1001", {**BODY, "mrn": "x"}) != base
+
+
+def test_volatile_fields_are_excluded_by_choice():
+    changed = {**BODY, "updated_at": "2027-01-01T00:00:00Z"}
+    assert idempotency_key("t", "patients", "k", BODY) == idempotency_key("t", "patients", "k", changed)
+    assert idempotency_key("t", "patients", "k", BODY, exclude=()) != idempotency_key(
+        "t", "patients", "k", changed, exclude=()
+    )
+    moved = {**BODY, "lastModified": "2030-01-01T00:00:00Z"}
+    assert idempotency_key("t", "patients", "k", BODY, exclude=("updated_at", "lastModified")) == idempotency_key(
+        "t", "patients", "k", moved, exclude=("updated_at", "lastModified")
+    )
+
+
+def test_rich_values_and_tuple_keys():
+    body = {"when": datetime(2026, 1, 1, 14, 0, tzinfo=UTC), "day": date(2026, 1, 1), "units": Decimal("1.50")}
+    key = idempotency_key("t", "appointments", ("EXT", "42"), body)
+    assert key == idempotency_key("t", "appointments", ["EXT", "42"], dict(reversed(list(body.items()))))
+
+
+def test_stable_across_processes():
+    """Another interpreter with another hash seed computes the very same key."""
+    code = (
+        "import json,sys; from wellsky_core.idempotency import idempotency_key as k; "
+        "print(k('t1','patients','MRN-1001', json.loads(sys.argv[1])))"
+    )
+    keys = set()
+    for seed in ("1", "987"):
+        out = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(BODY)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        )
+        keys.add(out.stdout.strip())
+    assert keys == {idempotency_key("t1", "patients", "MRN-1001", BODY)}
