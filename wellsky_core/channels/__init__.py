@@ -1,1 +1,38 @@
-"""Channels: the ways WellSky data can be reached (REST, FHIR R4, HL7 over SFTP, exports, portal)."""
+"""Source channels: every way of reaching a tenant's data, behind one interface (``base.Channel``).
+
+``open_channel(name, config, client, product)`` builds one by its ``source`` name. Imports are lazy so that
+a REST-only sync never loads Playwright, paramiko or hl7apy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .base import Channel
+
+if TYPE_CHECKING:
+    from ..config import WellSkyConfig
+    from ..transport import WellSkyClient
+
+CHANNELS = {
+    "api": "wellsky_core.channels.rest:RestChannel",
+    "fhir": "wellsky_core.channels.fhir:FhirChannel",
+    "hl7_sftp": "wellsky_core.channels.hl7_sftp:Hl7SftpChannel",
+    "export": "wellsky_core.channels.export:ExportChannel",
+    "portal": "wellsky_core.channels.portal:PortalChannel",
+}
+
+
+def open_channel(
+    name: str, config: WellSkyConfig, client: WellSkyClient | None, product: str, **kwargs: Any
+) -> Channel:
+    """The channel called ``name`` (a ``source`` value) for one tenant of ``product``."""
+    if name not in CHANNELS:
+        raise ValueError(f"unknown source {name!r}; use one of {', '.join(CHANNELS)}")
+    module_name, _, cls_name = CHANNELS[name].partition(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls(config=config, client=client, product=product, **kwargs)
+
+
+__all__ = ["CHANNELS", "Channel", "open_channel"]

@@ -1,0 +1,399 @@
+"""Native REST records of each WellSky product -> canonical records (and back, for writes).
+
+The three product lines disagree on almost everything: key style, entity words (patient/client,
+clinician/staff/caregiver, visit/shift), id types, timestamp and date formats, code lists. A ``Dialect`` holds
+one product's conventions as data (see the table in ``docs/architecture.md``); the two functions
+``to_canonical`` and ``to_native`` interpret it. Adding a product means adding a dialect, not code.
+
+Every record is validated by its pydantic model, so a malformed body raises ``NormalizationError`` naming
+the entity and the field (never the value, which may be PHI).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pydantic import ValidationError
+
+from ..errors import NormalizationError
+from ..models import ENTITIES
+
+_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+def _snake(name: str) -> str:
+    return _CAMEL.sub("_", name).lower()
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+def _restyle(value: Any, fn: Callable[[str], str]) -> Any:
+    if isinstance(value, dict):
+        return {fn(k): _restyle(v, fn) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restyle(v, fn) for v in value]
+    return value
+
+
+DISCIPLINE_WORDS = {
+    "Skilled Nursing": "SN",
+    "Physical Therapy": "PT",
+    "Occupational Therapy": "OT",
+    "Speech Therapy": "ST",
+    "Social Work": "MSW",
+    "Home Health Aide": "HHA",
+}
+TIMESTAMP_FIELDS = frozenset({"updated_at", "start", "end"})
+DATE_FIELDS = frozenset(
+    {"birth_date", "start_date", "end_date", "period_start", "period_end", "target_date", "recorded_on",
+     "received_date", "accepted_date"}
+)
+ID_FIELDS = frozenset({"id", "patient_id", "practitioner_id", "appointment_id"})
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """One product's native conventions, as documented by the vendor."""
+
+    product: str
+    camel_case: bool
+    timestamps: str  # "iso_utc" | "epoch" | "iso_local"
+    dates: str  # "iso" | "mdy"
+    integer_ids: bool
+    renames: dict[str, dict[str, str]]  # entity ("*" = all) -> native snake key -> canonical key
+    gender: dict[str, str]
+    patient_status: dict[str, str]
+    appointment_status: dict[str, str]
+    discipline: Callable[[str], str]
+    name_style: str  # "nested" | "flat_short" | "flat_long"
+    address_style: str  # "nested" | "flat" | "list"
+    local_tz: ZoneInfo | None = None
+    reverse_cache: dict[str, dict[str, str]] = field(default_factory=dict, compare=False)
+
+    def renames_for(self, entity: str) -> dict[str, str]:
+        return {**self.renames.get("*", {}), **self.renames.get(entity, {})}
+
+    def reverse_renames(self, entity: str) -> dict[str, str]:
+        """Canonical key -> native snake key (for writes)."""
+        if entity not in self.reverse_cache:
+            self.reverse_cache[entity] = {v: k for k, v in self.renames_for(entity).items()}
+        return self.reverse_cache[entity]
+
+
+def _upper_discipline(value: str) -> str:
+    return value.upper()
+
+
+def _word_discipline(value: str) -> str:
+    return DISCIPLINE_WORDS.get(value, value)
+
+
+DIALECTS: dict[str, Dialect] = {
+    "home_health": Dialect(
+        product="home_health",
+        camel_case=True,
+        timestamps="iso_utc",
+        dates="iso",
+        integer_ids=False,
+        renames={
+            "*": {"last_modified": "updated_at", "clinician_id": "practitioner_id"},
+            "appointments": {"visit_id": "id", "scheduled_start": "start", "scheduled_end": "end"},
+            "practitioners": {"clinician_id": "id"},
+        },
+        gender={"M": "male", "F": "female", "O": "other", "U": "unknown"},
+        patient_status={"Pending": "pending", "Admitted": "active", "Discharged": "discharged",
+                        "Non-Admit": "inactive"},
+        appointment_status={"Scheduled": "scheduled", "Completed": "completed", "Cancelled": "cancelled",
+                            "Missed": "missed"},
+        discipline=str,
+        name_style="nested",
+        address_style="nested",
+    ),
+    "hospice": Dialect(
+        product="hospice",
+        camel_case=False,
+        timestamps="epoch",
+        dates="iso",
+        integer_ids=False,
+        renames={
+            "*": {"modified_at": "updated_at", "staff_id": "practitioner_id"},
+            "patients": {"medical_record_number": "mrn"},
+            "appointments": {"start_time": "start", "end_time": "end"},
+        },
+        gender={"male": "male", "female": "female", "other": "other", "unknown": "unknown"},
+        patient_status={"pending": "pending", "active": "active", "discharged": "discharged", "inactive": "inactive"},
+        appointment_status={"scheduled": "scheduled", "completed": "completed", "cancelled": "cancelled",
+                            "missed": "missed"},
+        discipline=_upper_discipline,
+        name_style="flat_long",
+        address_style="flat",
+    ),
+    "personal_care": Dialect(
+        product="personal_care",
+        camel_case=False,
+        timestamps="iso_local",
+        dates="mdy",
+        integer_ids=True,
+        renames={
+            "*": {"updated": "updated_at", "client_id": "patient_id", "caregiver_id": "practitioner_id"},
+            "patients": {"client_number": "mrn", "mbi": "medicare_mbi"},
+            "appointments": {"shift_start": "start", "shift_end": "end", "service_type": "discipline"},
+            "practitioners": {"skills": "disciplines"},
+        },
+        gender={"Male": "male", "Female": "female", "Other": "other", "Unknown": "unknown"},
+        patient_status={"Prospect": "pending", "Active": "active", "Discharged": "discharged", "Inactive": "inactive"},
+        appointment_status={"Scheduled": "scheduled", "Completed": "completed", "Cancelled": "cancelled",
+                            "No Show": "missed"},
+        discipline=_word_discipline,
+        name_style="flat_short",
+        address_style="list",
+        local_tz=ZoneInfo("America/Chicago"),
+    ),
+}
+
+
+def dialect(product: str) -> Dialect:
+    try:
+        return DIALECTS[product]
+    except KeyError:
+        raise NormalizationError("tenant", "product", f"unknown product; expected one of {sorted(DIALECTS)}") from None
+
+
+# -- native -> canonical --------------------------------------------------------------------------------
+class _Bad(Exception):
+    def __init__(self, field: str, reason: str) -> None:
+        self.field, self.reason = field, reason
+
+
+def _ts(d: Dialect, value: Any, name: str) -> str | None:
+    if value is None:
+        return None
+    if d.timestamps == "epoch":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _Bad(name, "expected epoch seconds")
+        return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if not isinstance(value, str):
+        raise _Bad(name, "expected an ISO 8601 timestamp")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise _Bad(name, "expected an ISO 8601 timestamp") from None
+    if parsed.tzinfo is None:
+        raise _Bad(name, "timestamp has no UTC offset")
+    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _date(d: Dialect, value: Any, name: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _Bad(name, "expected a date string")
+    try:
+        if d.dates == "mdy":
+            return datetime.strptime(value, "%m/%d/%Y").date().isoformat()
+        return date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise _Bad(name, "expected MM/DD/YYYY" if d.dates == "mdy" else "expected YYYY-MM-DD") from None
+
+
+def _id(value: Any, name: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise _Bad(name, "expected a string or integer id")
+    return str(value)
+
+
+def _lookup(table: dict[str, str], value: Any, name: str) -> str:
+    if value not in table:
+        raise _Bad(name, f"unexpected code; expected one of {sorted(table)}")
+    return table[value]
+
+
+def _address(d: Dialect, rec: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """Pop the native address parts for ``key`` ("address" or "location") and build a canonical address."""
+    if d.address_style == "nested":
+        raw = rec.pop(key, None)
+        if raw is None:
+            return None
+        if not isinstance(raw, dict):
+            raise _Bad(key, "expected an object")
+        return {"line1": raw.get("street"), "line2": raw.get("street2"), "city": raw.get("city"),
+                "state": raw.get("state"), "postal_code": raw.get("zip")}
+    if d.address_style == "flat":
+        prefix = "" if key == "address" else f"{key}_"
+        parts = {k: rec.pop(prefix + k, None) for k in ("address_line1", "address_line2", "city", "state",
+                                                        "postal_code")}
+        if rec.pop(key, None) is not None:
+            raise _Bad(key, "unexpected nested address")
+        if all(v is None for v in parts.values()):
+            return None
+        return {"line1": parts["address_line1"], "line2": parts["address_line2"], "city": parts["city"],
+                "state": parts["state"], "postal_code": parts["postal_code"]}
+    items = rec.get("addresses")
+    if items is None:
+        return None
+    if not isinstance(items, list):
+        raise _Bad("addresses", "expected a list")
+    kind = "home" if key == "address" else "service"
+    raw = next((a for a in items if isinstance(a, dict) and a.get("type") == kind), None)
+    if raw is None:
+        return None
+    return {"line1": raw.get("line1"), "line2": raw.get("line2"), "city": raw.get("city"), "state": raw.get("state"),
+            "postal_code": raw.get("zip")}
+
+
+def _nested_list(d: Dialect, items: Any, name: str) -> Any:
+    if not isinstance(items, list):
+        return items
+    out = []
+    for item in items:
+        if isinstance(item, dict):
+            item = dict(item)
+            for k in list(item):
+                if k in DATE_FIELDS:
+                    item[k] = _date(d, item[k], f"{name}.{k}")
+                elif k == "discipline" and isinstance(item[k], str):
+                    item[k] = d.discipline(item[k])
+        out.append(item)
+    return out
+
+
+def native_to_fields(d: Dialect, entity: str, native: dict[str, Any]) -> dict[str, Any]:
+    """Translate one native record into canonical field names and conventions (not yet validated)."""
+    rec = _restyle(native, _snake) if d.camel_case else dict(native)
+    out: dict[str, Any] = {}
+    if entity in ("patients", "appointments"):
+        key = "address" if entity == "patients" else "location"
+        out[key] = _address(d, rec, key)
+        rec.pop("addresses", None)
+    if entity == "patients":
+        if d.name_style == "nested":
+            name = rec.pop("name", None) or {}
+            if not isinstance(name, dict):
+                raise _Bad("name", "expected an object {first, last}")
+            out["first_name"], out["last_name"] = name.get("first"), name.get("last")
+        elif d.name_style == "flat_short":
+            out["first_name"], out["last_name"] = rec.pop("first", None), rec.pop("last", None)
+    renames = d.renames_for(entity)
+    for nkey, value in rec.items():
+        key = renames.get(nkey, nkey)
+        if key in TIMESTAMP_FIELDS:
+            value = _ts(d, value, nkey)
+        elif key in DATE_FIELDS:
+            value = _date(d, value, nkey)
+        elif key in ID_FIELDS:
+            value = _id(value, nkey)
+        elif key == "discipline" and isinstance(value, str):
+            value = d.discipline(value)
+        elif key == "disciplines" and isinstance(value, list):
+            value = [d.discipline(v) if isinstance(v, str) else v for v in value]
+        elif key == "gender" and entity == "patients":
+            value = _lookup(d.gender, value, nkey)
+        elif key == "status" and entity == "patients":
+            value = _lookup(d.patient_status, value, nkey)
+        elif key == "status" and entity == "appointments":
+            value = _lookup(d.appointment_status, value, nkey)
+        elif key in ("goals", "interventions", "outcomes"):
+            value = _nested_list(d, value, nkey)
+        out[key] = value
+    return out
+
+
+def to_canonical(product: str, entity: str, native: Any) -> dict[str, Any]:
+    """One native record -> one validated canonical record (JSON-ready dict)."""
+    spec = ENTITIES[entity]
+    if not isinstance(native, dict):
+        raise NormalizationError(entity, "$", "record is not a JSON object")
+    d = dialect(product)
+    try:
+        fields = native_to_fields(d, entity, native)
+        return spec.model.model_validate(fields).model_dump(mode="json")
+    except _Bad as bad:
+        label = ".".join(_camel(p) for p in bad.field.split(".")) if d.camel_case else bad.field
+        raise NormalizationError(entity, label, bad.reason, record_id=_safe_id(native)) from None
+    except ValidationError as exc:
+        err = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in err["loc"]) or "$"
+        raise NormalizationError(entity, where, err["msg"], record_id=_safe_id(native)) from None
+
+
+def _safe_id(native: dict[str, Any]) -> str | None:
+    """A record id is not PHI and helps support find the record; nothing else of the record is quoted."""
+    for key in ("id", "visitId", "clinicianId"):
+        value = native.get(key)
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            return str(value)[:64]
+    return None
+
+
+# -- canonical -> native (writes) -----------------------------------------------------------------------
+def to_native(product: str, entity: str, record: dict[str, Any]) -> dict[str, Any]:
+    """A canonical record (fields present only) -> the product's native write body."""
+    d = dialect(product)
+    renames = d.reverse_renames(entity)
+    words = {v: k for k, v in DISCIPLINE_WORDS.items()}
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if key == "updated_at":
+            continue
+        if key in TIMESTAMP_FIELDS and value is not None:
+            dt = datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(UTC)
+            if d.timestamps == "epoch":
+                value = int(dt.timestamp())
+            elif d.timestamps == "iso_local":
+                assert d.local_tz is not None
+                value = dt.astimezone(d.local_tz).isoformat()
+            else:
+                value = dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+        elif key in DATE_FIELDS and value is not None and d.dates == "mdy":
+            y, m, dd = str(value).split("-")
+            value = f"{m}/{dd}/{y}"
+        elif key in ID_FIELDS and value is not None and d.integer_ids:
+            value = int(value)
+        elif key == "discipline" and value is not None:
+            value = words[value] if d.product == "personal_care" else value.lower() if d.product == "hospice" else value
+        elif key == "gender" and entity == "patients":
+            value = {v: k for k, v in d.gender.items()}[value]
+        elif key == "status" and entity == "patients":
+            value = {v: k for k, v in d.patient_status.items()}[value]
+        elif key == "status" and entity == "appointments":
+            value = {v: k for k, v in d.appointment_status.items()}[value]
+        elif key in ("address", "location"):
+            out.update(_address_out(d, value, key))
+            continue
+        elif entity == "patients" and key in ("first_name", "last_name") and d.name_style != "flat_long":
+            part = "first" if key == "first_name" else "last"
+            target = out.setdefault("name", {}) if d.name_style == "nested" else out
+            target[part] = value
+            continue
+        out[renames.get(key, key)] = value
+    return _restyle(out, _camel) if d.camel_case else out
+
+
+def _address_out(d: Dialect, addr: dict[str, Any] | None, key: str) -> dict[str, Any]:
+    if d.address_style == "nested":
+        if addr is None:
+            return {key: None}
+        return {key: {"street": addr["line1"], "street2": addr.get("line2"), "city": addr["city"],
+                      "state": addr["state"], "zip": addr["postal_code"]}}
+    if d.address_style == "flat":
+        if addr is None:
+            return {}
+        prefix = "" if key == "address" else f"{key}_"
+        return {f"{prefix}address_line1": addr["line1"], f"{prefix}address_line2": addr.get("line2"),
+                f"{prefix}city": addr["city"], f"{prefix}state": addr["state"],
+                f"{prefix}postal_code": addr["postal_code"]}
+    if addr is None:
+        return {"addresses": []}
+    kind = "home" if key == "address" else "service"
+    return {"addresses": [{"type": kind, "line1": addr["line1"], "line2": addr.get("line2"), "city": addr["city"],
+                           "state": addr["state"], "zip": addr["postal_code"]}]}
