@@ -349,16 +349,21 @@ class SessionAuth(RefreshingAuth):
                 self._accept(response)
                 return
             error, message = _error_fields(response)
-            if attempt == 1 and method == "totp" and response.status_code == 401 and error != "mfa_locked":
-                # the 30 s step may have turned between computing and checking: try the next code once
-                code_value = source.get_code(challenge, previous=code_value)
-                continue
-            raise MfaError(
+            rejected = MfaError(
                 f"WellSky rejected the {method} code ({response.status_code} {error or ''}: "
                 f"{message or 'no detail'}); check `{source.setting}`",
                 method=method,
                 setting=source.setting,
             )
+            if attempt == 1 and method == "totp" and response.status_code == 401 and error != "mfa_locked":
+                # the 30 s step may have turned between computing and checking, or the server refuses a
+                # code twice: try the next step's code once (bounded by mfa_code_timeout_seconds)
+                try:
+                    code_value = source.get_code(challenge, previous=code_value)
+                except MfaError:
+                    raise rejected from None
+                continue
+            raise rejected
 
 
 class _TokenAuth(RefreshingAuth):

@@ -159,8 +159,7 @@ class FileSource(CodeSource):
 
     def get_code(self, challenge: Challenge, *, previous: str | None = None) -> str:
         deadline = time.monotonic() + self.timeout_seconds
-        # mtime resolution differs per filesystem; accept writes from just before the request was sent
-        fresh_after = challenge.issued_at - 1.0
+        fresh_after = challenge.issued_at  # written after the code was requested: never a stale code
         while True:
             try:
                 stat = self.path.stat()
