@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import abc
+import queue
+import threading
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
+
+T = TypeVar("T")
 
 
 class Channel(abc.ABC):
@@ -31,3 +35,43 @@ class Channel(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def prefetch(pages: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """Fetch the next pages in a background thread while the caller processes the current one.
+
+    Overlapping network/server time with normalization and Singer output is most of the speed of a sync.
+    Order is preserved; an exception in the producer is re-raised in the consumer at the same position;
+    closing the consumer stops the producer.
+    """
+    slots: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in pages:
+                while not stop.is_set():
+                    try:
+                        slots.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put(("done", None))
+        except BaseException as exc:
+            slots.put(("error", exc))
+
+    worker = threading.Thread(target=produce, name="wellsky-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = slots.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        worker.join(timeout=5)

@@ -1,0 +1,127 @@
+"""tap-wellsky: a Singer tap for the WellSky EHR (home health, hospice, personal care)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from functools import cached_property
+from typing import Any
+
+from singer_sdk import Tap
+from singer_sdk.exceptions import ConfigValidationError
+
+from wellsky_core.config import SDK_BUILTIN_KEYS, WellSkyConfig, config_json_schema
+from wellsky_core.connection import Connection
+from wellsky_core.errors import ConfigError, WellSkyError
+from wellsky_core.redaction import install_redaction
+
+from .embedded import embedded_sandbox_config
+from .streams import STREAM_TYPES
+
+TAP_ONLY_KEYS = {
+    "sandbox_scale": {
+        "type": ["string", "null"],
+        "description": "Embedded sandbox size when base_url is unset (XS, S, M, L or a patient count; default S).",
+    },
+    "sandbox_seed": {"type": ["integer", "null"], "description": "Embedded sandbox data seed (default 42)."},
+}
+
+
+def _config_schema() -> dict[str, Any]:
+    schema = config_json_schema(WellSkyConfig)
+    schema["properties"].update(TAP_ONLY_KEYS)
+    return schema
+
+
+class TapWellSky(Tap):
+    """Streams every WellSky entity incrementally, from whichever channel each stream is configured to use."""
+
+    name = "tap-wellsky"
+    config_jsonschema = _config_schema()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        install_redaction()
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the progress log
+        super().__init__(*args, **kwargs)
+        self._started = time.monotonic()
+        if self.input_catalog:
+            known = {cls.name for cls in STREAM_TYPES}
+            unknown = sorted(set(self.input_catalog) - known)
+            if unknown:
+                raise ConfigError(
+                    "catalog",
+                    f"names unknown stream(s) {', '.join(unknown)}; valid streams are {', '.join(sorted(known))} "
+                    "(run --discover for a fresh catalog)",
+                )
+
+    @cached_property
+    def settings(self) -> WellSkyConfig:
+        """The validated connector config (the embedded sandbox fills in the connection when base_url is unset)."""
+        raw = dict(self.config)
+        if not raw.get("base_url") and not _env_base_url():
+            raw.update(embedded_sandbox_config(raw))
+        return WellSkyConfig.load(raw, ignore_keys=SDK_BUILTIN_KEYS | set(TAP_ONLY_KEYS))
+
+    @cached_property
+    def connection(self) -> Connection:
+        return Connection(self.settings)
+
+    def discover_streams(self) -> list[Any]:
+        return [cls(tap=self) for cls in STREAM_TYPES]
+
+    def run_connection_test(self) -> bool:
+        tenant = self.connection.tenant()
+        self.logger.info("connected to %s (%s)", tenant.get("name", "tenant"), self.connection.product)
+        return super().run_connection_test()
+
+    def sync_all(self) -> None:  # type: ignore[misc]  # extended, not replaced: adds the summary
+        started = time.monotonic()
+        try:
+            super().sync_all()
+        finally:
+            self.print_summary(time.monotonic() - started)
+            if "connection" in self.__dict__:
+                self.connection.close()
+
+    def print_summary(self, seconds: float) -> None:
+        """A human summary on stderr (stdout is the Singer stream)."""
+        rows = [(s.name, s.summary) for s in self.streams.values() if getattr(s, "summary", {}).get("source")]
+        if not rows:
+            return
+        metrics = self.connection.metrics.snapshot() if "connection" in self.__dict__ else {}
+        lines = [
+            f"tap-wellsky sync summary ({seconds:.1f}s, product {self.settings.product or '?'}):",
+            f"  {'stream':<16}{'source':<10}{'records':>10}{'seconds':>10}{'rec/s':>10}",
+        ]
+        total = 0
+        for name, s in rows:
+            total += s["records"]
+            rate = s["records"] / s["seconds"] if s["seconds"] else 0.0
+            lines.append(f"  {name:<16}{s['source']:<10}{s['records']:>10}{s['seconds']:>10.2f}{rate:>10.0f}")
+        lines.append(
+            f"  total {total} records; {metrics.get('pages', 0)} pages, {metrics.get('requests', 0)} requests, "
+            f"{metrics.get('retries', 0)} retries {metrics.get('retries_by_reason') or ''}, "
+            f"{metrics.get('reauths', 0)} re-logins"
+        )
+        print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _env_base_url() -> str | None:
+    import os
+
+    return os.environ.get("WELLSKY_BASE_URL") or None
+
+
+def main() -> None:
+    """Console entry point: Singer CLI, with our errors printed as one actionable line instead of a traceback."""
+    try:
+        TapWellSky.cli()
+    except (WellSkyError, ConfigValidationError) as exc:
+        detail = exc if isinstance(exc, WellSkyError) else "; ".join(getattr(exc, "errors", []) or [str(exc)])
+        print(f"tap-wellsky: error: {detail}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""One tenant connection shared by tap, target and the Airbyte face: client, product and channels."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .channels import Channel, open_channel
+from .config import WellSkyConfig
+from .errors import ConfigError, RemoteError
+from .metrics import Metrics
+from .transport import WellSkyClient
+
+log = logging.getLogger(__name__)
+
+PRODUCTS = ("home_health", "hospice", "personal_care")
+
+
+class Connection:
+    """Lazily opened: discovery and ``--about`` never touch the network."""
+
+    def __init__(self, config: WellSkyConfig, *, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self._client: WellSkyClient | None = None
+        self._product: str | None = config.product
+        self._tenant: dict[str, Any] | None = None
+        self._channels: dict[str, Channel] = {}
+
+    @property
+    def client(self) -> WellSkyClient:
+        if self._client is None:
+            self._client = WellSkyClient(self.config, metrics=self.metrics)
+        return self._client
+
+    def tenant(self) -> dict[str, Any]:
+        """``GET /tenant`` once: proves URL, TLS and credentials, and tells the product."""
+        if self._tenant is None:
+            self._tenant = self.client.tenant()
+        return self._tenant
+
+    @property
+    def product(self) -> str:
+        if self._product is None:
+            found = self.tenant().get("product")
+            if found not in PRODUCTS:
+                raise RemoteError(
+                    200,
+                    "unknown_product",
+                    f"GET /tenant did not name a known product; set `product` to one of {', '.join(PRODUCTS)}",
+                    url="/tenant",
+                )
+            self._product = found
+        return self._product
+
+    def channel(self, stream: str) -> Channel:
+        """The channel configured for ``stream`` (``stream_sources`` or ``source``), opened once and shared."""
+        name = self.config.source_for(stream)
+        if name not in self._channels:
+            client = self.client if name in ("api", "fhir", "export", "portal") else self._client_if_configured()
+            try:
+                self._channels[name] = open_channel(name, self.config, client, self.product)
+            except ValueError as exc:
+                raise ConfigError("source", str(exc)) from None
+        return self._channels[name]
+
+    def _client_if_configured(self) -> WellSkyClient | None:
+        return self.client if self.config.base_url else None
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+        if self._client is not None:
+            self._client.close()
+            self._client = None

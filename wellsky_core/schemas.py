@@ -1,0 +1,106 @@
+"""JSON schemas of the canonical records, generated from the pydantic models so the two never drift.
+
+``schemas/<stream>.json`` are the published copies (what a warehouse team reads); the tap builds the same
+dicts at runtime from the models. ``python -m wellsky_core.schemas --write`` regenerates the files and
+``--check`` (run by CI) fails when they differ from the models.
+
+The schemas are Singer-friendly: no ``$ref``, nullable fields as ``"type": [X, "null"]``, timestamps as
+``format: date-time`` and dates as ``format: date``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .models import ENTITIES
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+_DROP = {"title", "default"}
+
+
+def _inline(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, list):
+        return [_inline(n, defs) for n in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = defs[node["$ref"].rsplit("/", 1)[-1]]
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return _inline(merged, defs)
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROP or key == "$defs":
+            continue
+        if key == "properties":
+            out[key] = {name: _inline(prop, defs) for name, prop in value.items()}
+        else:
+            out[key] = _inline(value, defs)
+    options = out.pop("anyOf", None)
+    if options is not None:
+        non_null = [o for o in options if o.get("type") != "null"]
+        nullable = len(non_null) != len(options)
+        if len(non_null) == 1:
+            inner = dict(non_null[0])
+            if nullable and "type" in inner:
+                inner["type"] = [inner["type"], "null"] if isinstance(inner["type"], str) else [*inner["type"], "null"]
+            if nullable and "enum" in inner:
+                inner["enum"] = [*inner["enum"], None]
+            out = {**inner, **out}
+        else:
+            out["anyOf"] = options
+    if out.get("type") == "object" and "properties" in out:
+        out.setdefault("additionalProperties", False)
+    return out
+
+
+def stream_schema(stream: str) -> dict[str, Any]:
+    """The Singer/JSON schema of one stream's canonical records."""
+    spec = ENTITIES[stream]
+    raw = spec.model.model_json_schema(mode="serialization")
+    schema = _inline(raw, raw.get("$defs", {}))
+    schema.pop("description", None)
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "description": (spec.model.__doc__ or stream).strip().splitlines()[0],
+        **schema,
+    }
+
+
+def render(stream: str) -> str:
+    return json.dumps(stream_schema(stream), indent=2, sort_keys=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m wellsky_core.schemas", description=__doc__)
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--write", action="store_true", help="regenerate schemas/*.json from the models")
+    mode.add_argument("--check", action="store_true", help="fail if schemas/*.json differ from the models")
+    args = parser.parse_args(argv)
+    stale = []
+    for stream in ENTITIES:
+        path = SCHEMA_DIR / f"{stream}.json"
+        text = render(stream)
+        if args.write:
+            SCHEMA_DIR.mkdir(exist_ok=True)
+            path.write_text(text)
+        elif not path.exists() or path.read_text() != text:
+            stale.append(path.name)
+    extra = sorted(p.name for p in SCHEMA_DIR.glob("*.json") if p.stem not in ENTITIES) if SCHEMA_DIR.exists() else []
+    if stale or extra:
+        print(
+            f"schemas out of date: {', '.join(stale + extra)}; run `python -m wellsky_core.schemas --write` "
+            "and commit the result",
+            file=sys.stderr,
+        )
+        return 1
+    if args.check:
+        print(f"schemas/ matches the models ({len(ENTITIES)} streams)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
