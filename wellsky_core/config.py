@@ -471,6 +471,8 @@ def config_json_schema(model: type[BaseModel] = WellSkyConfig) -> dict[str, Any]
                 inner = dict(non_null[0])
                 if "type" in inner:
                     inner["type"] = [inner["type"], "null"]
+                if "enum" in inner:
+                    inner["enum"] = [*inner["enum"], None]
                 prop = {**inner, **prop}
             else:
                 prop["anyOf"] = options
