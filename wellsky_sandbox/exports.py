@@ -1,0 +1,350 @@
+"""Nightly CSV exports: files on SFTP (``/outbound/exports``) and over HTTP with HMAC-signed, expiring URLs.
+
+Every export run ("night") writes one CSV per entity that changed since the previous run (the first run: one
+per entity, everything), named ``<entity>_<YYYYMMDDTHHMMSSZ>_<run>.csv`` where the stamp is the newest
+``updated_at`` in the run — names of one entity sort by time. A run happens when a client lists the exports
+and the tenant changed since the last run, so ``/_sandbox/advance`` followed by a listing yields new files;
+files already written never change; rows stream to disk (flat memory). The
+state lives in the tenant's SQLite file (``feed_files``,
+``feed_emitted``), so a restart keeps it.
+
+CSV format (RFC 4180, UTF-8, header row, ``\\r\\n`` line ends, as the ``csv`` module writes by default):
+
+- one column per logical field, in the order of ``EXPORT_COLUMNS``; field names are WellSky's export names,
+  which are the logical (canonical) ones;
+- ``null`` is an empty cell; booleans are ``true``/``false``; dates and timestamps ISO 8601 (timestamps in
+  UTC with ``Z``); numbers as written by ``str()``;
+- nested values (objects and lists: ``address``, ``coverage``, ``diagnoses``, ``vitals``, ``goals``,
+  ``service_codes`` ...) are one compact JSON document in their cell (a list stays a list, ``[]`` when empty).
+
+HTTP: ``GET /exports`` (same authentication as the REST API: session cookie or bearer token) lists
+``[{name, entity, size, sha256, created_at, url}]``; ``url`` is ``/exports/files/{name}?expires=<unix>&
+signature=<hex hmac-sha256(key, "<name>:<expires>")>``, valid for ``url_ttl_seconds`` (default 300, set with
+``POST /_sandbox/exports {"url_ttl_seconds": n}``). Expired -> 410 ``url_expired``; bad signature -> 403
+``invalid_signature``. Files stream from disk in chunks (constant memory).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import io
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from .hl7 import feeds_for, stamp
+
+if TYPE_CHECKING:
+    from .hl7 import BatchFeeds
+    from .tenant import Tenant
+
+DEFAULT_URL_TTL_SECONDS = 300.0
+EXPORT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "patients": (
+        "id",
+        "mrn",
+        "medicare_mbi",
+        "medicaid_id",
+        "first_name",
+        "last_name",
+        "birth_date",
+        "gender",
+        "phone",
+        "address",
+        "status",
+        "coverage",
+        "updated_at",
+    ),
+    "practitioners": (
+        "id",
+        "npi",
+        "first_name",
+        "last_name",
+        "credentials",
+        "roles",
+        "disciplines",
+        "specialties",
+        "active",
+        "updated_at",
+    ),
+    "appointments": (
+        "id",
+        "external_id",
+        "patient_id",
+        "practitioner_id",
+        "payer_id",
+        "start",
+        "end",
+        "status",
+        "discipline",
+        "service_code",
+        "location",
+        "updated_at",
+    ),
+    "encounters": (
+        "id",
+        "patient_id",
+        "practitioner_id",
+        "appointment_id",
+        "start",
+        "end",
+        "discipline",
+        "status",
+        "diagnoses",
+        "procedures",
+        "vitals",
+        "note_summary",
+        "finalized",
+        "updated_at",
+    ),
+    "care_plans": (
+        "id",
+        "patient_id",
+        "status",
+        "period_start",
+        "period_end",
+        "goals",
+        "interventions",
+        "outcomes",
+        "updated_at",
+    ),
+    "authorizations": (
+        "id",
+        "patient_id",
+        "payer_id",
+        "payer_name",
+        "member_id",
+        "service_codes",
+        "unit_type",
+        "rounding",
+        "units_authorized",
+        "units_used",
+        "start_date",
+        "end_date",
+        "status",
+        "updated_at",
+    ),
+    "referrals": (
+        "id",
+        "patient_id",
+        "source_name",
+        "source_npi",
+        "reason",
+        "priority",
+        "status",
+        "received_date",
+        "accepted_date",
+        "updated_at",
+    ),
+    "coverage": (
+        "id",
+        "patient_id",
+        "payer_id",
+        "payer_name",
+        "plan_name",
+        "member_id",
+        "order",
+        "period_start",
+        "period_end",
+        "status",
+        "updated_at",
+    ),
+}
+_NAME = re.compile(r"^[a-z_]+_\d{8}T\d{6}Z_\d{4}\.csv$")
+
+
+def cell(value: Any) -> str:
+    """One CSV cell per the flattening rules in the module docstring."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+class ExportFeed:
+    """Materializes nightly CSV exports of one tenant under ``root/outbound/exports``."""
+
+    feed = "exports"
+
+    def __init__(self, feeds: BatchFeeds) -> None:
+        self.feeds = feeds
+        self.dir = feeds.root / "outbound" / "exports"
+        fdb = feeds.fdb
+        with fdb.lock:
+            key = fdb.meta("exports:signing_key")
+            if key is None:
+                key = secrets.token_hex(32)
+                fdb.set_meta("exports:signing_key", key)
+        self._key = bytes.fromhex(key)
+        self.url_ttl_seconds = DEFAULT_URL_TTL_SECONDS
+
+    def refresh(self) -> list[str]:
+        """Run one "night" if anything changed since the last one; returns the new file names."""
+        fdb = self.feeds.fdb
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with fdb.lock:
+            run = int(fdb.meta("feed:exports:seq") or 0) + 1
+            mark = int(fdb.meta("feed:exports:watermark") or -1)
+            changes = fdb.changes(self.feed, tuple(EXPORT_COLUMNS))
+            if mark >= 0:
+                changes = iter(list(changes))  # small delta: read fully before writing emission rows
+            open_files: dict[str, tuple[Any, Any, Path, int]] = {}
+            newest = ""
+            emitted: list[tuple[str, dict[str, Any]]] = []
+            try:
+                for entity, rec, _ in changes:
+                    if entity not in open_files:
+                        tmp = self.dir / f".{entity}.run{run}.tmp"
+                        fh = open(tmp, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed below
+                        writer = csv.writer(fh)
+                        writer.writerow(EXPORT_COLUMNS[entity])
+                        open_files[entity] = (fh, writer, tmp, 0)
+                    fh, writer, tmp, n = open_files[entity]
+                    writer.writerow([cell(rec.get(c)) for c in EXPORT_COLUMNS[entity]])
+                    open_files[entity] = (fh, writer, tmp, n + 1)
+                    if rec["updated_at"] != newest:  # ordered by updated_at: only the last second is kept
+                        newest, emitted = rec["updated_at"], []
+                    emitted.append((entity, rec))
+            finally:
+                for fh, *_ in open_files.values():
+                    fh.close()
+            if not open_files:
+                return []
+            names = []
+            fdb.db.execute("BEGIN IMMEDIATE")
+            try:
+                for entity, (_, _, tmp, n) in open_files.items():
+                    name = f"{entity}_{stamp(newest)}_{run:04d}.csv"
+                    os.replace(tmp, self.dir / name)
+                    fdb.add_file(self.feed, name, entity, self.dir / name, n)
+                    names.append(name)
+                for entity, rec in emitted:  # the watermark second may still get new changes
+                    fdb.emitted(self.feed, entity, rec)
+                top = int(_epoch(newest))
+                fdb.set_meta("feed:exports:watermark", str(max(mark, top)))
+                fdb.set_meta("feed:exports:seq", str(run))
+                fdb.db.execute("COMMIT")
+            except BaseException:
+                fdb.db.execute("ROLLBACK")
+                raise
+            return sorted(names)
+
+    # -- signed URLs ----------------------------------------------------------------------------------
+    def sign(self, name: str, expires: int) -> str:
+        return hmac.new(self._key, f"{name}:{expires}".encode(), hashlib.sha256).hexdigest()
+
+    def url(self, name: str, now: float | None = None) -> str:
+        expires = int((now or time.time()) + self.url_ttl_seconds)
+        return f"/exports/files/{name}?expires={expires}&signature={self.sign(name, expires)}"
+
+    def listing(self, base_url: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": f["name"],
+                "entity": f["entity"],
+                "size": f["size"],
+                "sha256": f["sha256"],
+                "created_at": f["created_at"],
+                "url": base_url.rstrip("/") + self.url(f["name"]),
+            }
+            for f in self.feeds.fdb.files(self.feed)
+        ]
+
+
+def _epoch(iso_value: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso_value.replace("Z", "+00:00")).timestamp()
+
+
+def write_csv_bytes(entity: str, records: list[dict[str, Any]]) -> bytes:
+    """An export file's bytes for ``records`` (used by tests to build expected output)."""
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf)
+    writer.writerow(EXPORT_COLUMNS[entity])
+    for rec in records:
+        writer.writerow([cell(rec.get(c)) for c in EXPORT_COLUMNS[entity]])
+    return buf.getvalue().encode()
+
+
+def routes(tenant: Tenant) -> list[BaseRoute]:
+    """``GET /exports``, ``GET /exports/files/{name}``, ``POST /_sandbox/exports`` and SFTP key registration."""
+    from .app import Api, ORJSONResponse, error
+
+    api = Api(tenant)
+
+    async def list_exports(request: Request) -> Response:
+        _, rotated = api.authenticate(request)
+        feeds = feeds_for(tenant)
+        await run_in_threadpool(feeds.refresh)
+        base = str(request.base_url)
+        return api.with_cookie(ORJSONResponse(feeds.exports.listing(base)), rotated)
+
+    async def download(request: Request) -> Response:
+        name = request.path_params["name"]
+        feed = feeds_for(tenant).exports
+        q = request.query_params
+        if not _NAME.match(name):
+            return error(404, "not_found", "no export file with that name; list them with GET /exports")
+        try:
+            expires = int(q.get("expires", ""))
+        except ValueError:
+            return error(403, "invalid_signature", "expires and signature are required; use the url from GET /exports")
+        given = q.get("signature", "")
+        if not hmac.compare_digest(given, feed.sign(name, expires)):
+            return error(403, "invalid_signature", "signature does not match; use the url from GET /exports unchanged")
+        if expires < time.time():
+            return error(410, "url_expired", "this download URL has expired; list GET /exports again for a fresh one")
+        path = feed.dir / name
+        known = {f["name"] for f in feed.feeds.fdb.files(feed.feed)}
+        if name not in known or not path.exists():
+            return error(404, "not_found", "export file no longer available; list GET /exports again")
+        return FileResponse(path, media_type="text/csv", filename=name, chunk_size=64 * 1024)
+
+    async def settings(request: Request) -> Response:
+        body = await api.json_body(request)
+        feed = feeds_for(tenant).exports
+        if not isinstance(body, dict):
+            return error(400, "invalid_request", 'body must be {"url_ttl_seconds": n}')
+        if "url_ttl_seconds" in body:
+            ttl = body["url_ttl_seconds"]
+            if not isinstance(ttl, int | float) or ttl <= 0:
+                return error(400, "invalid_request", "url_ttl_seconds must be a positive number")
+            feed.url_ttl_seconds = float(ttl)
+        return ORJSONResponse({"url_ttl_seconds": feed.url_ttl_seconds})
+
+    async def add_key(request: Request) -> Response:
+        body = await api.json_body(request)
+        from .sftp import add_authorized_key
+
+        if not isinstance(body, dict) or not isinstance(body.get("public_key"), str):
+            return error(400, "invalid_request", 'body must be {"public_key": "ssh-ed25519 AAAA..."}')
+        try:
+            add_authorized_key(tenant, body["public_key"], body.get("username"))
+        except ValueError as exc:
+            return error(400, "invalid_public_key", str(exc))
+        return ORJSONResponse({"registered": True}, status_code=201)
+
+    return [
+        Route("/exports", list_exports, methods=["GET"]),
+        Route("/exports/files/{name}", download, methods=["GET"]),
+        Route("/_sandbox/exports", settings, methods=["POST"]),
+        Route("/_sandbox/sftp/authorized-keys", add_key, methods=["POST"]),
+    ]
+
+
+__all__ = ["EXPORT_COLUMNS", "ExportFeed", "cell", "routes", "write_csv_bytes"]
