@@ -43,10 +43,10 @@ DEFAULT_LOGGERS = (
     "httpcore",
 )
 
-_SENSITIVE_KEYS = (
-    "password|passwd|pwd|secret|client_secret|client_assertion|totp_secret|private_key|access_token|"
-    "refresh_token|id_token|token|api_key|apikey|wsk_session|wsk_portal|session|code|signature|"
-    "mrn|ssn|dob|birth_date|birthdate|first_name|last_name|medicare_mbi|medicaid_id|member_id|phone"
+_SENSITIVE_KEYS = (  # ``_?`` so snake_case and camelCase spellings (birth_date, birthDate) both match
+    "password|passwd|pwd|secret|client_?secret|client_?assertion|totp_?secret|private_?key|access_?token|"
+    "refresh_?token|id_?token|token|api_?key|wsk_session|wsk_portal|session|code|signature|"
+    "mrn|ssn|dob|birth_?date|first_?name|last_?name|medicare_?mbi|medicaid_?id|member_?id|phone"
 )
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Authorization: Bearer xyz / Basic xyz / Cookie: a=b; c=d / Set-Cookie: ...
@@ -56,7 +56,10 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]+=*"), r"\1 ***"),
     (re.compile(r"\beyJ[\w-]*\.[\w-]+\.[\w-]*"), MASK),
-    (re.compile(rf"(?i)\b({_SENSITIVE_KEYS})(['\"]?\s*[:=]\s*['\"]?)([^\s'\"&;,}}\])]+)"), r"\1\2***"),
+    (
+        re.compile(rf"(?i)\b({_SENSITIVE_KEYS})(['\"]?\s*[:=]\s*)('[^'\n]*'|\"[^\"\n]*\"|[^\s'\"&;,}}\])]+)"),
+        r"\1\2***",
+    ),
 )
 _WORD = re.compile(r"\w+(?:['\-./]\w+)*")
 _PART = re.compile(r"\w+")

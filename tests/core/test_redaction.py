@@ -1,0 +1,112 @@
+"""Log redaction: secrets and patient data never reach captured log output."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from wellsky_core import redaction
+from wellsky_core.config import WellSkyConfig
+from wellsky_core.redaction import (
+    PHI_MASK,
+    RedactionFilter,
+    install_redaction,
+    redact,
+    register_phi,
+    register_secret,
+)
+from wellsky_core.transport import WellSkyClient
+
+
+@pytest.fixture(autouse=True)
+def clean_registry():
+    redaction.clear_registry()
+    yield
+    redaction.clear_registry()
+
+
+def test_registered_secrets_and_credential_shapes_are_masked():
+    register_secret("hunter2-very-secret", None, "ab")
+    text = redact(
+        "login password=hunter2-very-secret again hunter2-very-secret; Authorization: Bearer abc.def-ghi "
+        'Cookie: wsk_session=Zm9vYmFy; {"access_token": "tok123", "client_secret": "cs-1"} '
+        "assertion eyJhbGciOiJSUzM4NCJ9.eyJpc3MiOiJ4In0.c2ln"
+    )
+    for leaked in ("hunter2-very-secret", "abc.def-ghi", "Zm9vYmFy", "tok123", "cs-1", "eyJhbGci"):
+        assert leaked not in text
+    assert "ab" in redact("about ab"), "values shorter than 3 chars are not registered (keeps logs readable)"
+
+
+def test_phi_masked_as_whole_words_case_insensitively():
+    register_phi("Mary Ann", "Okafor", "1950-03-12", "MRN00123", None)
+    text = redact("patient MARY okafor-smith born 1950-03-12 mrn MRN00123; Maryland and Annex stay readable")
+    assert "MARY" not in text and "okafor" not in text and "1950-03-12" not in text and "MRN00123" not in text
+    assert "Maryland" in text and "Annex" in text and text.count(PHI_MASK) == 4
+    assert redact("GET /patients?mrn=Z-77&limit=5") == "GET /patients?mrn=***&limit=5"
+
+
+def test_phi_set_is_bounded(monkeypatch):
+    monkeypatch.setattr(redaction._registry, "max_phi", 100)
+    register_phi(*[f"name{i}" for i in range(1000)])
+    assert len(redaction._registry.phi) == 100
+    assert redact("name999") == PHI_MASK and redact("name0") == "name0"
+
+
+def test_filter_redacts_args_exceptions_and_child_loggers(caplog):
+    install_redaction()
+    register_secret("pw-in-a-traceback")
+    register_phi("Quixote")
+    log = logging.getLogger("wellsky_core.normalize.deep.child")
+    caplog.set_level(logging.DEBUG)
+    log.info("patient %s logged in with %s", "Quixote", "pw-in-a-traceback")
+    try:
+        raise ValueError("bad record for Quixote with pw-in-a-traceback")
+    except ValueError:
+        log.exception("failed")
+    logging.getLogger("tap_wellsky.streams").warning("name=%s", "Quixote")
+    logging.getLogger("httpx").info("HTTP Request: GET /patients?mrn=%s", "Quixote")
+    output = caplog.text + "".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
+    assert "Quixote" not in output and "pw-in-a-traceback" not in output
+    assert output.count(PHI_MASK) >= 3
+
+
+def test_filter_on_a_handler_covers_foreign_loggers():
+    register_secret("foreign-secret-value")
+    record = logging.LogRecord("somelib", logging.INFO, __file__, 1, "x=%s", ("foreign-secret-value",), None)
+    assert RedactionFilter().filter(record) is True
+    assert record.getMessage() == "x=***"
+
+
+def test_a_whole_session_sync_logs_no_secret_and_no_patient_name(sandbox_factory, caplog):
+    """Log everything at DEBUG (httpx, httpcore, retries under faults, MFA) and grep for every sensitive value."""
+    sb = sandbox_factory(scale=30, mfa=True, sftp_port=None, faults="error=0.2,reset=0.2,retry_after=0,seed=7")
+    install_redaction()
+    caplog.set_level(logging.DEBUG)
+    cfg = WellSkyConfig.load(
+        {
+            "base_url": sb.base_url,
+            "username": sb.username,
+            "password": sb.password,
+            "mfa_method": "totp",
+            "totp_secret": sb.totp_secret,
+            "backoff_base_seconds": 0.01,
+            "backoff_max_seconds": 0.02,
+            "max_retries": 10,
+        },
+        env={},
+    )
+    patients = sb.truth("patients")
+    with WellSkyClient(cfg) as client:
+        for page in client.iter_pages("/patients", {"limit": 5}):
+            for native in page:
+                register_phi(native["name"]["first"], native["name"]["last"], native.get("mrn"))
+                logging.getLogger("wellsky_core.normalize").debug("normalized %s", native)
+        cookie = client.auth._cookie
+        assert sum(client.metrics.retries.values()) > 0
+    output = caplog.text
+    assert "wellsky_core.transport" in output and "HTTP Request" in output
+    sensitive = [sb.password, sb.totp_secret, cookie] + [p["last_name"] for p in patients[:20]]
+    sensitive += [p["mrn"] for p in patients[:20] if p.get("mrn")]
+    leaked = [value for value in sensitive if value and value in output]
+    assert not leaked, f"{len(leaked)} sensitive values leaked into the logs"
