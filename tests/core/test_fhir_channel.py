@@ -1,0 +1,168 @@
+"""FhirChannel against real sandbox tenants: FHIR-read canonical records equal the tenant's logical truth."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from wellsky_core.channels import open_channel
+from wellsky_core.channels.fhir import FhirChannel, fhir_instant
+from wellsky_core.config import WellSkyConfig
+from wellsky_core.errors import NormalizationError, RemoteError
+from wellsky_core.models import ENTITIES
+from wellsky_core.normalize import fhir as fhir_norm
+from wellsky_core.transport import WellSkyClient
+from wellsky_sandbox.testing import SandboxServer
+
+UNSUPPORTED = {"personal_care": {"care_plans"}, "hospice": {"referrals"}, "home_health": set()}
+
+
+def canonical(entity: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    model = ENTITIES[entity].model
+    return [model.model_validate(r).model_dump(mode="json") for r in records]
+
+
+def make_channel(server: SandboxServer, page_size: int = 37) -> tuple[FhirChannel, WellSkyClient]:
+    config = WellSkyConfig.load(
+        {
+            "base_url": server.base_url,
+            "auth_method": "oauth_client_credentials",
+            "client_id": server.client_id,
+            "client_secret": server.client_secret,
+            "page_size": page_size,
+            "max_requests_per_second": 0,
+        },
+        env={},
+    )
+    client = WellSkyClient(config)
+    channel = open_channel("fhir", config, client, server.product)
+    assert isinstance(channel, FhirChannel)
+    return channel, client
+
+
+@pytest.fixture
+def tenant(request: pytest.FixtureRequest, sandbox_factory: Callable[..., SandboxServer]) -> SandboxServer:
+    return sandbox_factory(product=request.param, scale=60)
+
+
+@pytest.fixture
+def channel(tenant: SandboxServer) -> Iterator[FhirChannel]:
+    chan, client = make_channel(tenant)
+    yield chan
+    chan.close()
+    client.close()
+
+
+@pytest.mark.parametrize("tenant", ["home_health", "hospice", "personal_care"], indirect=True)
+def test_every_entity_equals_truth_field_by_field(tenant: SandboxServer, channel: FhirChannel) -> None:
+    for entity in ENTITIES:
+        if entity in UNSUPPORTED[tenant.product]:
+            assert not channel.supports(entity)
+            with pytest.raises(RemoteError, match="source=api"):
+                list(channel.iter_records(entity, None))
+            continue
+        assert channel.supports(entity), entity
+        got = list(channel.iter_records(entity, None))
+        want = canonical(entity, tenant.truth(entity))
+        assert len(got) == len(want) > 0, entity
+        for mine, theirs in zip(got, want, strict=True):
+            for field in ENTITIES[entity].model.model_fields:
+                assert mine[field] == theirs[field], (entity, mine["id"], field)
+        keys = [(r["updated_at"], r["id"]) for r in got]
+        assert keys == sorted(keys), f"{entity} not in (updated_at, id) order"
+
+
+@pytest.mark.parametrize("tenant", ["home_health"], indirect=True)
+def test_children_are_present_and_not_fetched_per_record(tenant: SandboxServer, channel: FhirChannel) -> None:
+    before = tenant.stats()
+    encounters = list(channel.iter_records("encounters", None))
+    after = tenant.stats()
+    assert any(e["diagnoses"] and e["procedures"] and e["vitals"] for e in encounters)
+    requests = _requests(after) - _requests(before)
+    pages = -(-len(encounters) // 37)
+    assert requests <= pages + 2, f"{requests} requests for {len(encounters)} encounters: N+1 fetching"
+    care_plans = list(channel.iter_records("care_plans", None))
+    assert any(cp["goals"] for cp in care_plans)
+    practitioners = list(channel.iter_records("practitioners", None))
+    assert all(p["disciplines"] for p in practitioners)
+
+
+def _requests(stats: dict[str, Any]) -> int:
+    return int(stats["data_requests"])
+
+
+@pytest.mark.parametrize("tenant", ["hospice"], indirect=True)
+def test_since_filters_inclusively_and_sees_changes(tenant: SandboxServer, channel: FhirChannel) -> None:
+    truth = tenant.truth("appointments")
+    pivot = truth[len(truth) // 2]["updated_at"]
+    since = datetime.fromisoformat(pivot.replace("Z", "+00:00"))
+    got = list(channel.iter_records("appointments", since))
+    assert got == canonical("appointments", tenant.truth("appointments", updated_since=pivot))
+    assert got[0]["updated_at"] == pivot.replace("+00:00", "Z")
+    # a sub-second `since` just after the pivot excludes it
+    later = list(channel.iter_records("appointments", since + timedelta(milliseconds=500)))
+    assert all(r["updated_at"] > pivot for r in later)
+
+    result = tenant.advance(count=40, seed=7)
+    changed_since = datetime.fromisoformat(result["updated_at"].replace("Z", "+00:00"))
+    for entity in ("patients", "appointments", "encounters", "authorizations"):
+        fresh = list(channel.iter_records(entity, changed_since))
+        assert fresh == canonical(entity, tenant.truth(entity, updated_since=result["updated_at"]))
+    exposed = [e for e in ENTITIES if channel.supports(e)]
+    seen = sum(len(list(channel.iter_records(e, changed_since))) for e in exposed)
+    assert seen == sum(len(tenant.truth(e, updated_since=result["updated_at"])) for e in exposed) > 0
+
+
+def test_fhir_instant_keeps_subseconds() -> None:
+    assert fhir_instant(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2026-01-02T03:04:05Z"
+    assert fhir_instant(datetime(2026, 1, 2, 3, 4, 5, 250000, tzinfo=UTC)) == "2026-01-02T03:04:05.250000Z"
+
+
+def test_normalizer_names_the_field_never_the_value() -> None:
+    bad = {
+        "resourceType": "Patient",
+        "id": "p1",
+        "meta": {"lastUpdated": "2026-01-01T00:00:00Z"},
+        "name": [{"family": "Secretname", "given": ["Hidden"]}],
+        "gender": "female",
+        "birthDate": "1931-13-45",
+        "extension": [{"url": fhir_norm.EXT + "patient-status", "valueCode": "active"}],
+    }
+    with pytest.raises(NormalizationError) as info:
+        fhir_norm.patient(bad)
+    assert info.value.field == "birth_date"
+    assert "1931" not in str(info.value) and "Secretname" not in str(info.value)
+    enc = {
+        "resourceType": "Encounter",
+        "id": "e1",
+        "meta": {"lastUpdated": "2026-01-01T00:00:00Z"},
+        "status": "finished",
+        "subject": {"reference": "Patient/p1"},
+        "diagnosis": [{"condition": {"reference": "Condition/missing"}, "rank": 1}],
+    }
+    with pytest.raises(NormalizationError) as info:
+        fhir_norm.encounter(enc, {})
+    assert info.value.field == "diagnoses.0"
+
+
+@pytest.mark.parametrize("tenant", ["home_health"], indirect=True)
+def test_session_auth_with_totp_reads_fhir(tenant: SandboxServer) -> None:
+    tenant.set_tenant(mfa=True)
+    config = WellSkyConfig.load(
+        {
+            "base_url": tenant.base_url,
+            "username": tenant.username,
+            "password": tenant.password,
+            "mfa_method": "totp",
+            "totp_secret": tenant.totp_secret,
+        },
+        env={},
+    )
+    with WellSkyClient(config) as client:
+        chan = FhirChannel(config=config, client=client, product=tenant.product)
+        assert list(chan.iter_records("coverage", None)) == canonical("coverage", tenant.truth("coverage"))
+    assert httpx.get(tenant.base_url + "/fhir/metadata").status_code == 401

@@ -1,0 +1,208 @@
+"""The FHIR channel: the tenant's FHIR R4 API, searched by ``_lastUpdated`` and normalized to canonical records.
+
+Which entities a tenant serves comes from its CapabilityStatement (products differ: personal care has no
+CarePlan, hospice no ServiceRequest). Child resources ride along with their parent in the same Bundle page
+(``_revinclude`` of an encounter's Conditions/Procedures/Observations and a practitioner's PractitionerRole,
+``_include`` of a care plan's Goals), so an entity costs one request per page, never one per record.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+from ..deadletter import DeadLetter
+from ..errors import NormalizationError, RemoteError
+from ..normalize import fhir as fhir_norm
+from .base import Channel, prefetch
+
+if TYPE_CHECKING:
+    from ..config import WellSkyConfig
+    from ..transport import WellSkyClient
+
+log = logging.getLogger(__name__)
+
+INCLUDES: dict[str, list[tuple[str, str, str]]] = {
+    # entity -> [(search parameter, value, resource type it brings)]
+    "practitioners": [("_revinclude", "PractitionerRole:practitioner", "PractitionerRole")],
+    "encounters": [
+        ("_revinclude", "Condition:encounter", "Condition"),
+        ("_revinclude", "Procedure:encounter", "Procedure"),
+        ("_revinclude", "Observation:encounter", "Observation"),
+    ],
+    "care_plans": [("_include", "CarePlan:goal", "Goal")],
+}
+"""Children each entity needs; the encounter's diagnoses, procedures and vitals are required for a full record."""
+
+
+def fhir_instant(moment: datetime) -> str:
+    """A FHIR instant in UTC; sub-second precision is kept so ``ge`` never drops a record at the boundary."""
+    utc = moment.astimezone(UTC)
+    if utc.microsecond:
+        return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class FhirChannel(Channel):
+    """``GET /fhir/<Type>?_lastUpdated=ge…&_sort=_lastUpdated&_count=…`` following Bundle ``next`` links."""
+
+    name = "fhir"
+    ordered = True
+
+    def __init__(
+        self,
+        *,
+        config: WellSkyConfig,
+        client: WellSkyClient | None,
+        product: str,
+        dead_letter: DeadLetter | None = None,
+    ) -> None:
+        if client is None:
+            raise ValueError("the fhir channel needs a WellSkyClient")
+        self.config = config
+        self.client = client
+        self.product = product
+        self.dead_letter = dead_letter or DeadLetter(config.dead_letter_path)
+        self._capability: dict[str, dict[str, Any]] | None = None
+
+    # -- capability -----------------------------------------------------------------------------------------
+    def capability(self) -> dict[str, dict[str, Any]]:
+        """Resource type -> its CapabilityStatement entry (fetched once per channel)."""
+        if self._capability is None:
+            body = self.client.get_json("/fhir/metadata")
+            if not isinstance(body, Mapping) or body.get("resourceType") != "CapabilityStatement":
+                raise RemoteError(200, "unexpected_shape", "/fhir/metadata is not a CapabilityStatement")
+            resources: dict[str, dict[str, Any]] = {}
+            for rest in body.get("rest") or []:
+                if isinstance(rest, Mapping) and rest.get("mode", "server") == "server":
+                    for res in rest.get("resource") or []:
+                        if isinstance(res, Mapping) and isinstance(res.get("type"), str):
+                            resources[res["type"]] = dict(res)
+            self._capability = resources
+        return self._capability
+
+    def _searchable(self, resource_type: str) -> bool:
+        entry = self.capability().get(resource_type)
+        if entry is None:
+            return False
+        codes = {i.get("code") for i in entry.get("interaction") or [] if isinstance(i, Mapping)}
+        return not codes or "search-type" in codes
+
+    def supports(self, entity: str) -> bool:
+        resource_type = fhir_norm.ENTITY_TYPES.get(entity)
+        return resource_type is not None and self._searchable(resource_type)
+
+    def _include_params(self, entity: str, resource_type: str) -> list[tuple[str, str]]:
+        entry = self.capability()[resource_type]
+        offered = {
+            "_include": set(entry.get("searchInclude") or []),
+            "_revinclude": set(entry.get("searchRevInclude") or []),
+        }
+        params = []
+        for param, value, child in INCLUDES.get(entity, []):
+            if value in offered[param]:
+                params.append((param, value))
+            elif child in self.capability() and entity != "practitioners":
+                raise RemoteError(
+                    200,
+                    "include_not_supported",
+                    f"the tenant's FHIR server exposes {child} but not {param}={value} on {resource_type}, so "
+                    f"{entity} cannot be read completely over FHIR; use source=api for {entity}",
+                )
+        return params
+
+    # -- records --------------------------------------------------------------------------------------------
+    def iter_records(self, entity: str, since: datetime | None) -> Iterator[dict[str, Any]]:
+        if not self.supports(entity):
+            raise RemoteError(
+                404,
+                "not_supported",
+                f"this {self.product} tenant does not expose {fhir_norm.ENTITY_TYPES.get(entity, entity)} over "
+                f"FHIR (see /fhir/metadata); read {entity} with source=api",
+            )
+        resource_type = fhir_norm.ENTITY_TYPES[entity]
+        params: list[tuple[str, str]] = [("_sort", "_lastUpdated"), ("_count", str(self.config.page_size))]
+        if since is not None:
+            params.append(("_lastUpdated", "ge" + fhir_instant(since)))
+        params += self._include_params(entity, resource_type)
+        floor = since.astimezone(UTC) if since is not None else None
+        # _include/_revinclude repeat, which a params mapping cannot express (and httpx replaces a path's query
+        # when params are given), so the whole query is encoded into the path.
+        bundles = self.client.iter_fhir_bundles(f"/fhir/{resource_type}?{urlencode(params)}")
+        for bundle in prefetch(bundles):
+            for record in self._records(entity, resource_type, bundle):
+                if floor is not None and datetime.fromisoformat(record["updated_at"]) < floor:
+                    continue
+                yield record
+
+    def _records(self, entity: str, resource_type: str, bundle: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """One Bundle page -> canonical records in (updated_at, id) order."""
+        matches: list[dict[str, Any]] = []
+        by_ref: dict[str, dict[str, Any]] = {}
+        children: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+        for entry in bundle.get("entry") or []:
+            res = entry.get("resource") if isinstance(entry, Mapping) else None
+            if not isinstance(res, Mapping):
+                continue
+            mode = (entry.get("search") or {}).get("mode")
+            kind = res.get("resourceType")
+            if mode == "match" or (mode is None and kind == resource_type):
+                matches.append(dict(res))
+                continue
+            by_ref[f"{kind}/{res.get('id')}"] = dict(res)
+            parent = _parent_ref(res)
+            if parent:
+                children[parent][str(kind)].append(dict(res))
+        out = []
+        for res in matches:
+            ref = f"{resource_type}/{res.get('id')}"
+            try:
+                out.append(self._normalize(entity, res, by_ref, children[ref]))
+            except NormalizationError as exc:
+                self.reject(entity, exc, res)
+        out.sort(key=lambda r: (r["updated_at"], r["id"]))
+        return out
+
+    @staticmethod
+    def _normalize(
+        entity: str,
+        res: dict[str, Any],
+        by_ref: Mapping[str, Mapping[str, Any]],
+        kids: Mapping[str, list[dict[str, Any]]],
+    ) -> dict[str, Any]:
+        if entity == "practitioners":
+            roles = kids.get("PractitionerRole") or []
+            return fhir_norm.practitioner(res, roles[0] if roles else None)
+        if entity == "encounters":
+            return fhir_norm.encounter(
+                res,
+                {f"Condition/{c.get('id')}": c for c in kids.get("Condition") or []} or by_ref,
+                kids.get("Procedure") or [],
+                kids.get("Observation") or [],
+            )
+        if entity == "care_plans":
+            return fhir_norm.care_plan(res, by_ref)
+        return fhir_norm.SIMPLE[entity](res)
+
+    def reject(self, entity: str, exc: NormalizationError, resource: Any) -> None:
+        """Dead-letter a resource that cannot be normalized; without a dead-letter file, stop (never drop)."""
+        if self.dead_letter.path is None:
+            raise exc
+        self.dead_letter.write(
+            stage="read", stream=entity, reason=str(exc), payload=resource, context={"channel": self.name}
+        )
+        log.warning("dead-lettered one %s resource: %s", entity, exc)
+
+
+def _parent_ref(res: Mapping[str, Any]) -> str | None:
+    """The record an included child belongs to (``Encounter/…`` or ``Practitioner/…``)."""
+    for key in ("encounter", "practitioner"):
+        ref = res.get(key)
+        if isinstance(ref, Mapping) and isinstance(ref.get("reference"), str):
+            parts = ref["reference"].rstrip("/").split("/")
+            return "/".join(parts[-2:])
+    return None
