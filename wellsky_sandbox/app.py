@@ -40,8 +40,9 @@ RESOURCE_PATHS = {
 }
 PERSONAL_CARE_ALIASES = {"clients": "patients", "caregivers": "practitioners", "shifts": "appointments"}
 FILTERS = {
-    "patients": {"mrn": "natural_key", "patient_id": "patient_id"},
+    "patients": {"mrn": "natural_key"},
     "appointments": {"external_id": "natural_key", "patient_id": "patient_id"},
+    **{e: {"patient_id": "patient_id"} for e in ("encounters", "care_plans", "authorizations", "referrals", "coverage")},
 }
 
 

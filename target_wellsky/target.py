@@ -1,0 +1,228 @@
+"""target-wellsky: idempotent, authorization-aware write-back of patients and appointments to WellSky."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import Counter
+from functools import cached_property
+from typing import Any, ClassVar
+
+import orjson
+from singer_sdk import Target
+from singer_sdk.exceptions import ConfigValidationError
+from singer_sdk.io_base import SingerReader
+
+from wellsky_core.audit import AuditLog
+from wellsky_core.config import SDK_BUILTIN_KEYS, TargetConfig, config_json_schema
+from wellsky_core.connection import Connection
+from wellsky_core.deadletter import DeadLetter
+from wellsky_core.errors import ConfigError, WellSkyError
+from wellsky_core.redaction import install_redaction
+from wellsky_core.writes import WRITABLE, WriteRefused, WriteResult
+
+from .sinks import IgnoredStreamSink, WellSkySink
+
+
+class SingerInputError(WellSkyError):
+    """The Singer input itself is broken; the message names the line (never echoes its content)."""
+
+
+class LineNumberingReader(SingerReader):
+    """Counts input lines so every error can name one, and never echoes a line (it may hold patient data)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.line_number = 0
+
+    def deserialize_json(self, line: str) -> dict:
+        self.line_number += 1
+        try:
+            message = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise SingerInputError(
+                f"input line {self.line_number} is not valid JSON ({exc.msg}); every line must be one Singer message"
+            ) from None
+        if not isinstance(message, dict):
+            raise SingerInputError(
+                f"input line {self.line_number} is JSON but not an object; expected a Singer message"
+            )
+        return message
+
+    def assert_line_requires(self, line_dict: dict, requires: set[str]) -> None:  # type: ignore[override]
+        missing = sorted(requires - set(line_dict))
+        if missing:
+            kind = str(line_dict.get("type", "untyped"))[:30]
+            raise SingerInputError(
+                f"input line {self.line_number} ({kind} message) lacks required key(s) {', '.join(missing)}"
+            )
+
+    def _process_unknown_message(self, message_dict: dict) -> None:
+        raise SingerInputError(
+            f"input line {self.line_number}: unknown Singer message type "
+            f"{str(message_dict.get('type'))[:30]!r}; expected SCHEMA, RECORD, STATE, BATCH or "
+            "ACTIVATE_VERSION"
+        )
+
+
+class TargetWellSky(Target):
+    """Writes ``patients`` and ``appointments`` streams to a WellSky tenant."""
+
+    name = "target-wellsky"
+    config_jsonschema = config_json_schema(TargetConfig)
+    default_sink_class = WellSkySink
+    message_reader_class = LineNumberingReader
+    last_run: ClassVar[TargetWellSky | None] = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        install_redaction()
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        self.results: Counter[str] = Counter()
+        self.rejected_by_code: Counter[str] = Counter()
+        self.ignored: Counter[str] = Counter()
+        self._started = time.monotonic()
+        super().__init__(*args, **kwargs)
+        TargetWellSky.last_run = self
+
+    # -- configuration and shared objects ----------------------------------------------------------------
+    @cached_property
+    def settings(self) -> TargetConfig:
+        return TargetConfig.load(dict(self.config), ignore_keys=SDK_BUILTIN_KEYS)
+
+    @cached_property
+    def connection(self) -> Connection:
+        return Connection(self.settings)
+
+    @cached_property
+    def writer(self) -> Any:
+        from wellsky_core.writes import RecordWriter
+
+        return RecordWriter(
+            self.connection, authorization_policy=self.settings.authorization_policy, dry_run=self.settings.dry_run
+        )
+
+    @cached_property
+    def dead_letter(self) -> DeadLetter:
+        return DeadLetter(self.settings.dead_letter_path)
+
+    @cached_property
+    def audit(self) -> AuditLog:
+        return AuditLog(self.settings.audit_log_path)
+
+    def get_sink_class(self, stream_name: str) -> type[Any]:
+        if stream_name in WRITABLE:
+            self.settings  # noqa: B018 - fail fast on bad config before the first record is read
+            return WellSkySink
+        if self.settings.strict:
+            raise ConfigError(
+                "strict",
+                f"stream {stream_name!r} (line {self.line_number}) cannot be written to "
+                f"WellSky; only {', '.join(WRITABLE)} can. Remove it or set strict=false to skip it",
+            )
+        self.logger.warning(
+            "stream %r cannot be written to WellSky (only %s); its records are counted and skipped",
+            stream_name,
+            ", ".join(WRITABLE),
+        )
+        return IgnoredStreamSink
+
+    # -- Singer input: line numbers and PHI-free errors ----------------------------------------------------
+    @property
+    def line_number(self) -> int:
+        return self.message_reader.line_number  # type: ignore[attr-defined,no-any-return]
+
+    def _assert_line_requires(self, line_dict: dict, requires: set[str]) -> None:
+        self.message_reader.assert_line_requires(line_dict, requires)
+
+    def _assert_sink_exists(self, stream_name: str) -> None:
+        if not self.sink_exists(stream_name):
+            raise SingerInputError(
+                f"input line {self.line_number}: RECORD for stream {stream_name!r} arrived before "
+                "its SCHEMA message; the tap must send SCHEMA first"
+            )
+
+    def _process_unknown_message(self, message_dict: dict) -> None:
+        raise SingerInputError(
+            f"input line {self.line_number}: unknown Singer message type "
+            f"{str(message_dict.get('type'))[:30]!r}; expected SCHEMA, RECORD, STATE or "
+            "ACTIVATE_VERSION"
+        )
+
+    # -- results --------------------------------------------------------------------------------------------
+    def account(self, stream: str, line: int, record: dict[str, Any], result: WriteResult) -> None:
+        """Count, audit and (when refused) dead-letter one write decision."""
+        self.results[f"{stream}:{result.action}"] += 1
+        self.audit.record(
+            stream=stream,
+            action=result.action,
+            wellsky_id=result.wellsky_id,
+            idempotency_key=result.idempotency_key,
+            key_hash=result.key_hash,
+            code=result.code,
+            line=line,
+        )
+        if result.action == "rejected":
+            self.rejected_by_code[result.code or "error"] += 1
+            self.dead_letter.write(
+                stage="write",
+                stream=stream,
+                reason=result.reason or "rejected",
+                payload=record,
+                context={"input_line": line, "code": result.code},
+            )
+            if self.dead_letter.path is None:
+                raise WriteRefused(
+                    result.code or "rejected",
+                    f"input line {line}: {result.reason} (set dead_letter_path "
+                    "to keep going and collect refused records)",
+                )
+            self.logger.warning("input line %d: %s record refused: %s", line, stream, result.reason)
+
+    @property
+    def rejected(self) -> int:
+        return sum(v for k, v in self.results.items() if k.endswith(":rejected"))
+
+    def process_endofpipe(self) -> None:
+        try:
+            super().process_endofpipe()
+        finally:
+            self.print_summary()
+            self.audit.close()
+            self.dead_letter.close()
+            if "connection" in self.__dict__:
+                self.connection.close()
+
+    def print_summary(self) -> None:
+        seconds = time.monotonic() - self._started
+        mode = " (dry run: nothing written)" if "settings" in self.__dict__ and self.settings.dry_run else ""
+        lines = [f"target-wellsky summary{mode} ({self.line_number} input lines, {seconds:.1f}s):"]
+        for stream in WRITABLE:
+            parts = [f"{a.split(':')[1]} {n}" for a, n in sorted(self.results.items()) if a.startswith(stream + ":")]
+            if parts:
+                lines.append(f"  {stream:<14}" + ", ".join(parts))
+        for stream, n in sorted(self.ignored.items()):
+            lines.append(f"  {stream:<14}skipped {n} (not writable)")
+        if self.rejected:
+            where = self.settings.dead_letter_path if "settings" in self.__dict__ else None
+            lines.append(
+                f"  rejected {self.rejected} ({dict(self.rejected_by_code)})"
+                + (f" -> dead letters in {where}" if where else "")
+            )
+        print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    """Console entry point: exit 0 when every record landed, 3 when some were refused (see the dead-letter file)."""
+    try:
+        TargetWellSky.cli(standalone_mode=False)
+    except (WellSkyError, ConfigValidationError) as exc:
+        detail = exc if isinstance(exc, WellSkyError) else "; ".join(getattr(exc, "errors", []) or [str(exc)])
+        print(f"target-wellsky: error: {detail}", file=sys.stderr)
+        sys.exit(2)
+    run = TargetWellSky.last_run
+    sys.exit(3 if run is not None and run.rejected else 0)
+
+
+if __name__ == "__main__":
+    main()

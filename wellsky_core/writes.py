@@ -1,0 +1,287 @@
+"""Idempotent write-back of canonical patients and appointments (the target's engine, kept in the core).
+
+For each record: validate it, find the record it refers to (WellSky id, else natural key: MRN / external
+id), skip it when nothing changed, check the payer authorization for bookings, then create or update with a
+deterministic ``Idempotency-Key``. A re-run, a replayed batch or an overlapping run therefore creates
+nothing twice: the natural-key lookup finds what an earlier run created, and the server replays the original
+response for a write it already committed but whose answer was lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError, create_model
+
+from .connection import Connection
+from .errors import AuthorizationRefused, RemoteError, WellSkyError
+from .idempotency import idempotency_key
+from .models import ENTITIES, UtcDatetime
+from .normalize.native import to_canonical, to_native
+from .scheduling import AuthorizationLedger, Reservation, current_charge
+
+log = logging.getLogger(__name__)
+
+WRITABLE = ("patients", "appointments")
+Action = Literal["created", "updated", "unchanged", "rejected", "would_create", "would_update"]
+
+
+@dataclass
+class WriteResult:
+    stream: str
+    action: Action
+    wellsky_id: str | None = None
+    idempotency_key: str | None = None
+    reason: str | None = None
+    code: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    key_hash: str | None = None
+    """A hash of the natural key: lets the audit trail correlate writes without holding an MRN."""
+
+
+class WriteRefused(WellSkyError):
+    """A record that cannot be written; ``code`` is machine-readable, the message says why and how to fix it."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+def _write_model(entity: str) -> type[BaseModel]:
+    """The canonical model with ``id`` and ``updated_at`` optional: new records have neither yet."""
+    base = ENTITIES[entity].model
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        f"{base.__name__}Write", __base__=base, id=(str | None, None), updated_at=(UtcDatetime | None, None)
+    )
+
+
+WRITE_MODELS = {entity: _write_model(entity) for entity in WRITABLE}
+
+
+def validate_for_write(entity: str, record: dict[str, Any]) -> dict[str, Any]:
+    """Validate a record as sent by a tap; the error names the field and the rule, never the value."""
+    try:
+        model = WRITE_MODELS[entity].model_validate(record)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc']) or '$'}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
+        raise WriteRefused(
+            "validation_error", "record does not match the canonical schema: " + "; ".join(problems)
+        ) from None
+    return model.model_dump(mode="json", exclude_unset=True)
+
+
+class RecordWriter:
+    """Writes canonical records to one tenant. Thread-safe; share one per run."""
+
+    def __init__(self, connection: Connection, *, authorization_policy: str = "enforce", dry_run: bool = False) -> None:
+        self.connection = connection
+        self.client = connection.client
+        self.policy = authorization_policy
+        self.dry_run = dry_run
+        self.ledger = AuthorizationLedger()
+        self._auth_cache: dict[str, list[dict[str, Any]]] = {}
+        self._auth_lock = threading.Lock()
+        self.tenant_key = connection.config.base_url or "tenant"
+
+    @property
+    def product(self) -> str:
+        return self.connection.product
+
+    def write(self, stream: str, record: dict[str, Any]) -> WriteResult:
+        if stream not in WRITABLE:
+            raise ValueError(f"{stream} is not writable")
+        try:
+            desired = validate_for_write(stream, record)
+            if stream == "patients":
+                return self._write_patient(desired)
+            return self._write_appointment(desired)
+        except WriteRefused as exc:
+            return WriteResult(stream, "rejected", reason=str(exc), code=exc.code, wellsky_id=record.get("id"))
+        except AuthorizationRefused as exc:
+            return WriteResult(stream, "rejected", reason=str(exc), code=exc.code, wellsky_id=record.get("id"))
+        except RemoteError as exc:
+            if exc.status >= 500:
+                raise
+            return WriteResult(
+                stream, "rejected", reason=str(exc), code=exc.code or str(exc.status), wellsky_id=record.get("id")
+            )
+
+    # -- lookups ----------------------------------------------------------------------------------------
+    def _get(self, entity: str, rid: str) -> dict[str, Any] | None:
+        path = "/" + entity.replace("_", "-") + f"/{rid}"
+        response = self.client.request("GET", path, expected=(404,))
+        if response.status_code == 404:
+            return None
+        return to_canonical(self.product, entity, response.json())
+
+    def _find(self, entity: str, **filters: str) -> dict[str, Any] | None:
+        page = self.client.get_json("/" + entity.replace("_", "-"), {**filters, "limit": 2})
+        data = page.get("data") if isinstance(page, dict) else None
+        if not isinstance(data, list):
+            raise RemoteError(200, "unexpected_shape", f"lookup on /{entity} did not answer a page", url=f"/{entity}")
+        if len(data) > 1:
+            raise WriteRefused(
+                "ambiguous_natural_key",
+                f"{len(data)}+ existing {entity} share this {', '.join(filters)}; fix the duplicates in "
+                "WellSky or send the WellSky id",
+            )
+        return to_canonical(self.product, entity, data[0]) if data else None
+
+    def _resolve(self, entity: str, desired: dict[str, Any], natural: str) -> dict[str, Any] | None:
+        if desired.get("id"):
+            existing = self._get(entity, desired["id"])
+            if existing is None:
+                raise WriteRefused(
+                    "unknown_id",
+                    f"{entity} id {desired['id']} does not exist in this tenant; drop the "
+                    f"id to create the record or fix it",
+                )
+            return existing
+        if desired.get(natural):
+            return self._find(entity, **{natural: desired[natural]})
+        return None
+
+    @staticmethod
+    def _changed(existing: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in desired.items() if k not in ("id", "updated_at") and existing.get(k) != v}
+
+    # -- patients ---------------------------------------------------------------------------------------
+    def _write_patient(self, desired: dict[str, Any]) -> WriteResult:
+        existing = self._resolve("patients", desired, "mrn")
+        return self._upsert("patients", "mrn", desired, existing, reservation=None)
+
+    # -- appointments -----------------------------------------------------------------------------------
+    def _write_appointment(self, desired: dict[str, Any]) -> WriteResult:
+        existing = self._resolve("appointments", desired, "external_id")
+        merged = {**(existing or {}), **desired}
+        if existing is not None and not self._changed(existing, desired):
+            return self._result("appointments", "unchanged", existing["id"], None, desired)
+        warnings: list[str] = []
+        reservation = None
+        moving = existing is None or any(
+            k in self._changed(existing, desired)
+            for k in ("start", "end", "status", "service_code", "discipline", "payer_id", "patient_id")
+        )
+        if self.policy != "off" and moving:
+            try:
+                release = self._existing_reservation(existing)
+                reservation = self.ledger.reserve(merged, self._authorizations(merged["patient_id"]), release=release)
+            except AuthorizationRefused as exc:
+                if self.policy == "enforce":
+                    raise
+                warnings.append(str(exc))
+                log.warning("authorization check failed (policy=warn, writing anyway): %s", exc)
+        try:
+            result = self._upsert("appointments", "external_id", desired, existing, reservation=reservation)
+        except BaseException:
+            self.ledger.cancel(reservation)
+            raise
+        if result.action == "rejected":
+            self.ledger.cancel(reservation)
+        result.warnings += warnings
+        return result
+
+    def _existing_reservation(self, existing: dict[str, Any] | None) -> Reservation | None:
+        """What the booking being moved already holds (it comes back when the move is written)."""
+        if existing is None:
+            return None
+        return current_charge(existing, self._authorizations(existing["patient_id"]))
+
+    def _authorizations(self, patient_id: str) -> list[dict[str, Any]]:
+        """The patient's authorizations as of this run's first look (the ledger adds what the run booked)."""
+        with self._auth_lock:
+            cached = self._auth_cache.get(patient_id)
+        if cached is not None:
+            return cached
+        found: list[dict[str, Any]] = []
+        for page in self.client.iter_pages("/authorizations", {"patient_id": patient_id, "limit": 1000}):
+            found += [to_canonical(self.product, "authorizations", n) for n in page]
+        with self._auth_lock:
+            return self._auth_cache.setdefault(patient_id, found)
+
+    # -- shared upsert ----------------------------------------------------------------------------------
+    def _upsert(
+        self,
+        entity: str,
+        natural: str,
+        desired: dict[str, Any],
+        existing: dict[str, Any] | None,
+        *,
+        reservation: Reservation | None,
+    ) -> WriteResult:
+        if existing is not None:
+            changes = self._changed(existing, desired)
+            if not changes:
+                return self._result(entity, "unchanged", existing["id"], None, desired)
+            body = to_native(
+                self.product, entity, {**changes, "id": existing["id"]} if entity == "appointments" else changes
+            )
+            key = idempotency_key(self.tenant_key, entity, existing["id"], body)
+            if self.dry_run:
+                return self._result(entity, "would_update", existing["id"], key, desired)
+            path = f"/patients/{existing['id']}" if entity == "patients" else "/appointments"
+            method = "PUT" if entity == "patients" else "POST"
+            response = self.client.request(method, path, json=body, idempotency_key=key, expected=(409, 422, 404))
+            return self._answer(entity, "updated", response, key, desired)
+        body = to_native(self.product, entity, {k: v for k, v in desired.items() if k != "id"})
+        key = idempotency_key(self.tenant_key, entity, desired.get(natural), body)
+        if self.dry_run:
+            return self._result(entity, "would_create", None, key, desired)
+        response = self.client.request("POST", f"/{entity}", json=body, idempotency_key=key, expected=(409, 422))
+        if response.status_code == 409 and _error_code(response) in ("duplicate_mrn", "duplicate_external_id"):
+            # another run created it between our lookup and our write: update that record instead
+            found = self._get(entity, str(response.json().get("existing_id")))
+            if found is not None:
+                return self._upsert(entity, natural, desired, found, reservation=reservation)
+        return self._answer(entity, "created", response, key, desired)
+
+    def _answer(self, entity: str, action: Action, response: Any, key: str, desired: dict[str, Any]) -> WriteResult:
+        if response.status_code >= 400:
+            code = _error_code(response) or str(response.status_code)
+            message = _error_message(response)
+            return WriteResult(
+                entity,
+                "rejected",
+                wellsky_id=desired.get("id"),
+                idempotency_key=key,
+                reason=f"WellSky refused the write ({response.status_code} {code}): {message}",
+                code=code,
+                key_hash=self._key_hash(entity, desired),
+            )
+        saved = to_canonical(self.product, entity, response.json())
+        return self._result(entity, action, saved["id"], key, desired)
+
+    def _result(
+        self, entity: str, action: Action, wid: str | None, key: str | None, desired: dict[str, Any]
+    ) -> WriteResult:
+        return WriteResult(
+            entity, action, wellsky_id=wid, idempotency_key=key, key_hash=self._key_hash(entity, desired)
+        )
+
+    @staticmethod
+    def _key_hash(entity: str, desired: dict[str, Any]) -> str | None:
+        natural = desired.get("mrn" if entity == "patients" else "external_id") or desired.get("id")
+        return hashlib.sha256(str(natural).encode()).hexdigest()[:16] if natural else None
+
+
+def _error_code(response: Any) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body.get("error") if isinstance(body, dict) else None
+
+
+def _error_message(response: Any) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return "non-JSON error body"
+    return str(body.get("message", "")) if isinstance(body, dict) else "unexpected error body"
