@@ -1,0 +1,170 @@
+"""GET /exports with signed expiring URLs, and signed webhook deliveries with retries (real HTTP, loopback)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import io
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+from wellsky_sandbox.testing import SandboxServer
+
+
+@contextmanager
+def login(sandbox: SandboxServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=sandbox.base_url, timeout=30) as client:
+        r = client.post("/sessions", json={"username": sandbox.username, "password": sandbox.password})
+        assert r.status_code == 201
+        yield client
+
+
+def test_exports_listing_download_and_checksums(sandbox: SandboxServer) -> None:
+    assert httpx.get(sandbox.base_url + "/exports").status_code == 401
+    with login(sandbox) as client:
+        listing = client.get("/exports").json()
+        assert {f["entity"] for f in listing} >= {"patients", "appointments", "encounters"}
+        patients = next(f for f in listing if f["entity"] == "patients")
+        body = httpx.get(patients["url"]).content  # the signed URL needs no session
+    assert len(body) == patients["size"] and hashlib.sha256(body).hexdigest() == patients["sha256"]
+    rows = list(csv.DictReader(io.StringIO(body.decode())))
+    truth = {r["id"]: r for r in sandbox.truth("patients")}
+    assert {r["id"] for r in rows} == set(truth)
+    row = rows[0]
+    rec = truth[row["id"]]
+    assert json.loads(row["coverage"]) == rec["coverage"]
+    assert (row["phone"] or None) == rec["phone"] and row["updated_at"] == rec["updated_at"]
+
+
+def test_signed_url_tampering_and_expiry(sandbox: SandboxServer) -> None:
+    with login(sandbox) as client:
+        url = client.get("/exports").json()[0]["url"]
+        base, _, query = url.partition("?")
+        params = dict(p.split("=") for p in query.split("&"))
+        forged = dict(params, expires=str(int(params["expires"]) + 3600))
+        r = httpx.get(base, params=forged)
+        assert r.status_code == 403 and r.json()["error"] == "invalid_signature"
+        other = base.rsplit("/", 1)[0] + "/encounters_20261031T235849Z_0001.csv"
+        assert httpx.get(other, params=params).status_code in (403, 404)
+        assert httpx.get(base, params=dict(params, signature="0" * 64)).status_code == 403
+        assert httpx.get(base).status_code == 403
+        assert sandbox.control("POST", "/_sandbox/exports", json={"url_ttl_seconds": 1}) == {"url_ttl_seconds": 1.0}
+        short = client.get("/exports").json()[0]["url"]
+    assert httpx.get(short).status_code == 200
+    time.sleep(2.1)
+    r = httpx.get(short)
+    assert r.status_code == 410 and r.json()["error"] == "url_expired"
+
+
+def test_advance_produces_a_new_night(sandbox: SandboxServer) -> None:
+    with login(sandbox) as client:
+        first = {f["name"] for f in client.get("/exports").json()}
+        assert {f["name"] for f in client.get("/exports").json()} == first  # no change, no new night
+        sandbox.advance(count=40, seed=5)
+        second = client.get("/exports").json()
+    new = [f for f in second if f["name"] not in first]
+    assert new and all(f["name"].endswith("_0002.csv") for f in new)
+    changed = sum(len(list(csv.DictReader(io.StringIO(httpx.get(f["url"]).text)))) for f in new)
+    assert changed >= 40
+
+
+class Receiver:
+    """A tiny independent webhook endpoint: records requests, fails the first ``fail_first`` with 500."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.fail_first = fail_first
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                outer.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                status = 500 if len(outer.requests) <= outer.fail_first else 200
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def wait(self, n: int, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.requests) < n:
+            assert time.monotonic() < deadline, f"only {len(self.requests)} of {n} webhook requests arrived"
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    rx = Receiver()
+    yield rx
+    rx.httpd.shutdown()
+
+
+def test_webhook_events_are_signed_and_filtered(sandbox: SandboxServer, receiver: Receiver) -> None:
+    with login(sandbox) as client:
+        assert client.post("/webhooks", json={"url": "ftp://x"}).status_code == 400
+        sub = client.post("/webhooks", json={"url": receiver.url, "events": ["appointment.*", "encounter.updated"]})
+        assert sub.status_code == 201
+        secret, wid = sub.json()["secret"], sub.json()["id"]
+        assert all("secret" not in s for s in client.get("/webhooks").json()["data"])
+        result = sandbox.advance(count=40, seed=2)
+    expected = result["by_entity"].get("appointments", 0) + result["by_entity"].get("encounters", 0)
+    assert expected > 0
+    receiver.wait(expected)
+    time.sleep(0.3)
+    assert len(receiver.requests) == expected  # patients/authorizations not subscribed
+    truth = {r["id"]: r for r in sandbox.truth("appointments")}
+    for headers, body in receiver.requests:
+        t, v1 = (p.split("=", 1)[1] for p in headers["x-wellsky-signature"].split(","))
+        assert hmac.compare_digest(v1, hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest())
+        assert abs(int(t) - time.time()) < 30
+        event = json.loads(body)
+        assert set(event) == {"id", "type", "occurred_at", "entity", "record"}
+        if event["entity"] == "appointments":
+            assert event["record"] == truth[event["record"]["id"]]
+    with login(sandbox) as client:
+        assert client.delete(f"/webhooks/{wid}").status_code == 204
+        assert client.delete(f"/webhooks/{wid}").status_code == 404
+    sandbox.advance(count=10, seed=9)
+    time.sleep(0.5)
+    assert len(receiver.requests) == expected
+
+
+def test_failed_deliveries_are_retried_with_backoff(sandbox: SandboxServer) -> None:
+    rx = Receiver(fail_first=2)
+    try:
+        with login(sandbox) as client:
+            client.post("/webhooks", json={"url": rx.url, "events": ["patient.*"]})
+            r = client.post(
+                "/patients", json={"name": {"first": "Test", "last": "Hook"}, "birthDate": "1950-01-02", "gender": "F"}
+            )
+            assert r.status_code == 201, r.text
+        rx.wait(3)
+        ids = {json.loads(body)["id"] for _, body in rx.requests}
+        assert len(ids) == 1  # one event, three attempts
+        attempts = [h["x-wellsky-delivery-attempt"] for h, _ in rx.requests]
+        assert attempts == ["1", "2", "3"]
+        time.sleep(0.2)
+        log = sandbox.control("GET", "/_sandbox/webhooks/deliveries")["deliveries"]
+        assert [(d["attempt"], d["status_code"], d["delivered"]) for d in log] == [
+            (1, 500, False),
+            (2, 500, False),
+            (3, 200, True),
+        ]
+    finally:
+        rx.httpd.shutdown()

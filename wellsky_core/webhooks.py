@@ -1,0 +1,265 @@
+"""Webhook receiver: accept WellSky's signed change events, store them durably, replay them in order.
+
+WellSky POSTs ``{"id", "type", "occurred_at", "entity", "record"}`` with ``X-WellSky-Signature:
+t=<unix>,v1=<hex hmac-sha256(secret, "<t>.<body>")>``. The receiver checks the signature over the raw body
+with a constant-time compare and refuses timestamps more than ``tolerance_seconds`` away from now (a captured
+request cannot be replayed later). Accepted events are committed to SQLite (``synchronous=FULL``) *before* the
+200 answer, so an acknowledged event is never lost; redeliveries of the same event id are acknowledged but
+stored once. ``EventStore.iter_events(since_seq)`` replays them in arrival order — the ``webhook_events``
+stream's bookmark is the ``seq``.
+
+Run it::
+
+    WELLSKY_WEBHOOK_SECRET=... python -m wellsky_core.webhooks serve --port 8787 --store events.sqlite
+
+(``--secret`` also works, but the environment keeps the secret out of ``ps``.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from .errors import WellSkyError
+
+log = logging.getLogger("wellsky_core.webhooks")
+
+SIGNATURE_HEADER = "X-WellSky-Signature"
+DEFAULT_TOLERANCE_SECONDS = 300
+MAX_BODY_BYTES = 5 * 1024 * 1024
+
+
+class SignatureError(WellSkyError):
+    """A webhook request whose signature is missing, malformed, wrong or too old. Never holds the secret."""
+
+
+def verify_signature(
+    secret: str,
+    header: str | None,
+    body: bytes,
+    *,
+    tolerance_seconds: float = DEFAULT_TOLERANCE_SECONDS,
+    now: float | None = None,
+) -> int:
+    """Check ``header`` against ``body``; returns the signed timestamp or raises :class:`SignatureError`."""
+    if not header:
+        raise SignatureError(f"missing {SIGNATURE_HEADER} header")
+    parts: dict[str, list[str]] = {}
+    for item in header.split(","):
+        key, sep, value = item.strip().partition("=")
+        if not sep:
+            raise SignatureError(f"malformed {SIGNATURE_HEADER}: expected t=<unix>,v1=<hex>")
+        parts.setdefault(key, []).append(value)
+    try:
+        timestamp = int(parts["t"][0])
+    except (KeyError, ValueError):
+        raise SignatureError(f"{SIGNATURE_HEADER} has no valid t=<unix timestamp>") from None
+    if "v1" not in parts:
+        raise SignatureError(f"{SIGNATURE_HEADER} has no v1 signature")
+    current = time.time() if now is None else now
+    if abs(current - timestamp) > tolerance_seconds:
+        raise SignatureError(
+            f"signature timestamp is {int(current - timestamp)} s away from now (tolerance {tolerance_seconds:g} s); "
+            "a replayed request or a clock out of sync"
+        )
+    expected = hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+    if not any(hmac.compare_digest(expected, candidate) for candidate in parts["v1"]):
+        raise SignatureError("signature does not match the body; check the webhook secret")
+    return timestamp
+
+
+class EventStore:
+    """Durable, de-duplicated, ordered event log in SQLite (one writer lock, any number of readers)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,"
+            " type TEXT NOT NULL, entity TEXT, occurred_at TEXT, received_at TEXT NOT NULL, body BLOB NOT NULL)"
+        )
+        self.lock = threading.Lock()
+
+    def add(self, event: dict[str, Any], raw: bytes) -> tuple[int, bool]:
+        """Store one event; returns (seq, True) when new, (existing seq, False) for a redelivery."""
+        event_id = event["id"]
+        with self.lock:
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO events (event_id, type, entity, occurred_at, received_at, body) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    event_id,
+                    event["type"],
+                    event.get("entity"),
+                    event.get("occurred_at"),
+                    datetime.now(UTC).isoformat(),
+                    raw,
+                ),
+            )
+            if cur.rowcount:
+                return int(cur.lastrowid or 0), True
+            row = self.db.execute("SELECT seq FROM events WHERE event_id = ?", (event_id,)).fetchone()
+            return int(row[0]), False
+
+    def iter_events(self, since_seq: int = 0, *, batch: int = 500) -> Iterator[dict[str, Any]]:
+        """Events with ``seq > since_seq`` in arrival order: ``{seq, received_at, **event}``."""
+        last = since_seq
+        while True:
+            with self.lock:
+                rows = self.db.execute(
+                    "SELECT seq, received_at, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (last, batch)
+                ).fetchall()
+            if not rows:
+                return
+            for seq, received_at, body in rows:
+                yield {"seq": seq, "received_at": received_at, **json.loads(body)}
+                last = seq
+
+    def count(self) -> int:
+        with self.lock:
+            return int(self.db.execute("SELECT count(*) FROM events").fetchone()[0])
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+
+class WebhookReceiver:
+    """HTTP receiver (stdlib, threaded) in front of an :class:`EventStore`; use ``start()``/``stop()`` or ``with``."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        secret: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tolerance_seconds: float = DEFAULT_TOLERANCE_SECONDS,
+    ) -> None:
+        if not secret:
+            raise WellSkyError("webhook secret is empty; pass the secret returned by POST /webhooks")
+        self.store = store
+        self._secret = secret
+        self.tolerance_seconds = tolerance_seconds
+        self.rejected = 0
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, fmt: str, *args: Any) -> None:  # quiet: request lines can carry ids only
+                log.debug("webhook %s", fmt % args)
+
+            def _answer(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                if length <= 0 or length > MAX_BODY_BYTES:
+                    self._answer(400, {"error": "invalid_body", "message": "a JSON body up to 5 MiB is required"})
+                    return
+                raw = self.rfile.read(length)
+                try:
+                    verify_signature(
+                        receiver._secret,
+                        self.headers.get(SIGNATURE_HEADER),
+                        raw,
+                        tolerance_seconds=receiver.tolerance_seconds,
+                    )
+                except SignatureError as exc:
+                    receiver.rejected += 1
+                    self._answer(401, {"error": "invalid_signature", "message": str(exc)})
+                    return
+                try:
+                    event = json.loads(raw)
+                    if not isinstance(event, dict) or not isinstance(event.get("id"), str) or "type" not in event:
+                        raise ValueError("not an event")
+                except ValueError:
+                    self._answer(400, {"error": "invalid_event", "message": 'body must be {"id", "type", ...}'})
+                    return
+                seq, new = receiver.store.add(event, raw)
+                self._answer(200, {"seq": seq, "duplicate": not new})
+
+        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd.daemon_threads = True
+        self.host, self.port = self._httpd.server_address[0], self._httpd.server_address[1]
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/webhooks"
+
+    def start(self) -> WebhookReceiver:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True, name="wellsky-webhooks-rx")
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._httpd.serve_forever()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> WebhookReceiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m wellsky_core.webhooks", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="receive and store signed webhook events")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8787)
+    serve.add_argument("--secret", default=None, help="webhook secret (default: $WELLSKY_WEBHOOK_SECRET)")
+    serve.add_argument("--store", default="webhook-events.sqlite", help="SQLite file the events are kept in")
+    serve.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE_SECONDS, help="max clock skew, s")
+    replay = sub.add_parser("replay", help="print stored events after a sequence number as JSON lines")
+    replay.add_argument("--store", default="webhook-events.sqlite")
+    replay.add_argument("--since", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.command == "replay":
+        store = EventStore(args.store)
+        for event in store.iter_events(args.since):
+            sys.stdout.write(json.dumps(event) + "\n")
+        return 0
+    secret = args.secret or os.environ.get("WELLSKY_WEBHOOK_SECRET", "")
+    if not secret:
+        parser.error("the webhook secret is required: set WELLSKY_WEBHOOK_SECRET or pass --secret")
+    receiver = WebhookReceiver(
+        EventStore(args.store), secret, host=args.host, port=args.port, tolerance_seconds=args.tolerance
+    )
+    sys.stdout.write(json.dumps({"url": receiver.url, "store": str(Path(args.store).resolve())}) + "\n")
+    sys.stdout.flush()
+    with contextlib.suppress(KeyboardInterrupt):
+        receiver.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
