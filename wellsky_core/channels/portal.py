@@ -1,0 +1,388 @@
+"""The portal channel: a real headless Chromium (Playwright) signs in to the agency's web portal and reads the
+portal-only reports: the authorization utilization report (as its CSV download) and the care-plan report (HTML
+table pages).
+
+Portals change without notice, so every element the channel relies on is checked; a missing one raises
+:class:`PortalLayoutChanged` naming the page and the selector, and no record of the entity is yielded: rows are
+collected completely before the first one is handed out, so a layout change never produces half the data.
+The browser session's cookies are exposed (:meth:`PortalChannel.cookies`) so the core can reuse the session for
+API calls instead of logging in twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode, urlsplit
+
+import pyotp
+
+from ..deadletter import DeadLetter
+from ..errors import AuthError, ConfigError, MfaError, NormalizationError, WellSkyError
+from ..normalize.fhir import validated
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, BrowserContext, Locator, Page, Playwright
+
+    from ..config import WellSkyConfig
+    from ..transport import WellSkyClient
+
+from .base import Channel
+
+log = logging.getLogger(__name__)
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+"""Flags that let Debian's Chromium run headless in containers and CI (no user namespaces, small /dev/shm)."""
+
+SELECTORS = {
+    "username": "#username",
+    "password": "#password",
+    "sign_in": "#sign-in",
+    "login_error": "#login-error",
+    "code": "#code",
+    "verify": "#verify",
+    "mfa_error": "#mfa-error",
+    "authorizations_table": "table#authorizations-report",
+    "care_plans_table": "table#care-plans-report",
+    "csv_link": "a#download-csv",
+    "next": "a#next-page",
+    "any_next": "a[rel=next]",
+}
+AUTH_CSV_COLUMNS = {
+    "Authorization #": "id",
+    "Patient ID": "patient_id",
+    "Payer ID": "payer_id",
+    "Payer": "payer_name",
+    "Member ID": "member_id",
+    "Service Codes": "service_codes",
+    "Unit Type": "unit_type",
+    "Rounding": "rounding",
+    "Units Authorized": "units_authorized",
+    "Units Used": "units_used",
+    "Start Date": "start_date",
+    "End Date": "end_date",
+    "Status": "status",
+    "Last Updated": "updated_at",
+}
+CARE_PLAN_FIELDS = (
+    "id",
+    "patient_id",
+    "status",
+    "period_start",
+    "period_end",
+    "goals",
+    "interventions",
+    "outcomes",
+    "updated_at",
+)
+PER_PAGE = 200
+
+_EXTRACT_ROWS = """
+(rows) => rows.map((tr) => {
+  const out = {};
+  for (const td of tr.querySelectorAll('td[data-field]')) {
+    const time = td.querySelector('time');
+    out[td.dataset.field] = {
+      text: td.textContent.trim(),
+      datetime: time ? time.getAttribute('datetime') : null,
+      items: Array.from(td.querySelectorAll('li')).map((li) => ({text: li.textContent.trim(), data: {...li.dataset}})),
+    };
+  }
+  return out;
+})
+"""
+
+
+class PortalLayoutChanged(WellSkyError):
+    """An element the portal channel relies on is missing: the vendor changed the page. Names page and selector."""
+
+    def __init__(self, page: str, selector: str) -> None:
+        self.page = page
+        self.selector = selector
+        super().__init__(
+            f"portal layout changed: {selector} not found on {page}; the portal channel needs updating for the "
+            "new layout (no records were emitted for this stream)"
+        )
+
+
+def us_date(value: str, entity: str, field: str) -> str | None:
+    """``MM/DD/YYYY`` (the portal's spelling) -> ISO date; empty -> None."""
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        return datetime.strptime(value, "%m/%d/%Y").date().isoformat()
+    except ValueError:
+        raise NormalizationError(entity, field, "expected a date as MM/DD/YYYY") from None
+
+
+class PortalChannel(Channel):
+    """Authorizations and care plans read through the portal in headless Chromium."""
+
+    name = "portal"
+    ordered = False
+    ENTITIES = ("authorizations", "care_plans")
+
+    def __init__(
+        self,
+        *,
+        config: WellSkyConfig,
+        client: WellSkyClient | None = None,
+        product: str,
+        dead_letter: DeadLetter | None = None,
+    ) -> None:
+        missing = [
+            key for key in ("base_url", "username", "password", "totp_secret") if getattr(config, key, None) is None
+        ]
+        if missing:
+            raise ConfigError(missing[0], "required by the portal channel (login, password and TOTP secret)")
+        if not Path(config.chromium_path).exists():
+            raise ConfigError("chromium_path", "no browser at that path; install chromium or point chromium_path at it")
+        self.config = config
+        self.client = client
+        self.product = product
+        self.dead_letter = dead_letter or DeadLetter(config.dead_letter_path)
+        self.base_url = str(config.base_url).rstrip("/")
+        self._playwright: Playwright | None = None
+        self._browser: Browser | None = None
+        self._context: BrowserContext | None = None
+        self._page: Page | None = None
+
+    def supports(self, entity: str) -> bool:
+        return entity in self.ENTITIES
+
+    # -- browser session ----------------------------------------------------------------------------------
+    def _open(self) -> Page:
+        if self._page is not None:
+            return self._page
+        from playwright.sync_api import sync_playwright
+
+        self._playwright = sync_playwright().start()
+        try:
+            self._browser = self._playwright.chromium.launch(
+                executable_path=self.config.chromium_path, headless=True, args=CHROMIUM_ARGS
+            )
+            self._context = self._browser.new_context(accept_downloads=True)
+            page = self._context.new_page()
+            page.set_default_timeout(self.config.timeout_seconds * 1000)
+            self._page = page
+            self._login(page)
+        except BaseException:
+            self.close()
+            raise
+        return page
+
+    def _login(self, page: Page) -> None:
+        assert self.config.password is not None and self.config.totp_secret is not None
+        page.goto(self.base_url + "/portal/login")
+        self._require(page, SELECTORS["username"]).fill(self.config.username or "")
+        self._require(page, SELECTORS["password"]).fill(self.config.password.get_secret_value())
+        with page.expect_navigation():
+            self._require(page, SELECTORS["sign_in"]).click()
+        if page.locator(SELECTORS["login_error"]).count():
+            raise AuthError(
+                "the portal refused the username or password; check username and password", setting="password"
+            )
+        try:
+            code = pyotp.TOTP(self.config.totp_secret.get_secret_value()).now()
+        except ValueError:  # pyotp's message is safe, but say which setting and what it needs
+            raise ConfigError(
+                "totp_secret", "must be a base32 secret of at least 112 bits (from MFA enrollment)"
+            ) from None
+        self._require(page, SELECTORS["code"]).fill(code)
+        with page.expect_navigation():
+            self._require(page, SELECTORS["verify"]).click()
+        if page.locator(SELECTORS["mfa_error"]).count() or page.locator(SELECTORS["login_error"]).count():
+            raise MfaError(
+                "the portal refused the TOTP code; check totp_secret and the machine clock",
+                method="totp",
+                setting="totp_secret",
+            )
+        if not urlsplit(page.url).path.startswith("/portal/reports"):
+            raise PortalLayoutChanged(_where(page), "redirect to /portal/reports after verification")
+        log.info("signed in to the portal")
+
+    @staticmethod
+    def _require(page: Page, selector: str) -> Locator:
+        locator = page.locator(selector)
+        if locator.count() == 0:
+            raise PortalLayoutChanged(_where(page), selector)
+        return locator.first
+
+    def cookies(self) -> list[dict[str, Any]]:
+        """The signed-in browser session's cookies (Playwright's cookie dicts), e.g. ``wsk_session`` for the API."""
+        self._open()
+        assert self._context is not None
+        return [dict(c) for c in self._context.cookies(self.base_url)]
+
+    def close(self) -> None:
+        for closer in (self._context, self._browser):
+            if closer is not None:
+                try:
+                    closer.close()
+                except Exception:  # the browser may already be gone; closing is best effort
+                    log.debug("closing the portal browser failed", exc_info=True)
+        if self._playwright is not None:
+            self._playwright.stop()
+        self._playwright = self._browser = self._context = self._page = None
+
+    # -- records --------------------------------------------------------------------------------------------
+    def iter_records(self, entity: str, since: datetime | None) -> Iterator[dict[str, Any]]:
+        if not self.supports(entity):
+            raise ValueError(f"the portal channel reads {', '.join(self.ENTITIES)}, not {entity}; use source=api")
+        rows = self._authorizations(since) if entity == "authorizations" else self._care_plans(since)
+        floor = since.astimezone(UTC) if since is not None else None
+        records = []
+        for row in rows:  # all rows are read before any record is yielded: never half the data
+            try:
+                record = self._authorization(row) if entity == "authorizations" else self._care_plan(row)
+            except NormalizationError as exc:
+                self.reject(entity, exc, row)
+                continue
+            if floor is None or datetime.fromisoformat(record["updated_at"]) >= floor:
+                records.append(record)
+        yield from records
+
+    def _report_url(self, path: str, since: datetime | None) -> str:
+        params: dict[str, str] = {"per_page": str(PER_PAGE)}
+        if since is not None:  # floor to the second: the portal filters inclusively, the channel exactly
+            params["updated_since"] = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return f"{self.base_url}{path}?{urlencode(params)}"
+
+    def _authorizations(self, since: datetime | None) -> list[dict[str, str]]:
+        """The report page must show its table and CSV link; the CSV (all rows) is downloaded by clicking it."""
+        page = self._open()
+        page.goto(self._report_url("/portal/reports/authorizations", since))
+        self._require(page, SELECTORS["authorizations_table"])
+        link = self._require(page, SELECTORS["csv_link"])
+        with page.expect_download() as info:
+            link.click()
+        download = info.value
+        failure = download.failure()
+        if failure:
+            raise WellSkyError(f"the portal's authorization CSV download failed ({failure}); retry the sync")
+        with open(download.path(), newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            header = reader.fieldnames or []
+            for label in AUTH_CSV_COLUMNS:
+                if label not in header:
+                    raise PortalLayoutChanged("/portal/reports/authorizations.csv", f'CSV column "{label}"')
+            return [{AUTH_CSV_COLUMNS[k]: (v or "") for k, v in row.items() if k in AUTH_CSV_COLUMNS} for row in reader]
+
+    def _care_plans(self, since: datetime | None) -> list[dict[str, Any]]:
+        """Walk the care-plan report through its "next page" links, checking the layout on every page."""
+        page = self._open()
+        page.goto(self._report_url("/portal/reports/care-plans", since))
+        rows: list[dict[str, Any]] = []
+        for _ in range(100_000):
+            table = SELECTORS["care_plans_table"]
+            self._require(page, table)
+            for field in CARE_PLAN_FIELDS:
+                self._require(page, f'{table} th[data-field="{field}"]')
+            rows.extend(page.eval_on_selector_all(f"{table} tbody tr", _EXTRACT_ROWS))
+            nxt = page.locator(SELECTORS["next"])
+            if nxt.count() == 0:
+                if page.locator(SELECTORS["any_next"]).count():
+                    raise PortalLayoutChanged(_where(page), SELECTORS["next"])
+                return rows
+            href = nxt.first.get_attribute("href")
+            if not href:
+                raise PortalLayoutChanged(_where(page), SELECTORS["next"] + "[href]")
+            page.goto(_join(page.url, href))
+        raise WellSkyError("the care-plan report never ended (over 100000 pages); the portal is misbehaving")
+
+    # -- normalization --------------------------------------------------------------------------------------
+    def _authorization(self, row: dict[str, str]) -> dict[str, Any]:
+        entity = "authorizations"
+
+        def units(field: str) -> int:
+            try:
+                return int(row[field])
+            except ValueError:
+                raise NormalizationError(entity, field, "expected a whole number", record_id=row["id"]) from None
+
+        data = {
+            "id": row["id"],
+            "patient_id": row["patient_id"],
+            "payer_id": row["payer_id"],
+            "payer_name": row["payer_name"],
+            "member_id": row["member_id"],
+            "service_codes": [c.strip() for c in row["service_codes"].split(";") if c.strip()],
+            "unit_type": row["unit_type"].strip().lower(),
+            "rounding": row["rounding"].strip().lower() or "nearest",
+            "units_authorized": units("units_authorized"),
+            "units_used": units("units_used"),
+            "start_date": us_date(row["start_date"], entity, "start_date"),
+            "end_date": us_date(row["end_date"], entity, "end_date"),
+            "status": row["status"].strip().lower(),
+            "updated_at": row["updated_at"],
+        }
+        return validated(entity, data, row["id"])
+
+    def _care_plan(self, row: dict[str, Any]) -> dict[str, Any]:
+        entity = "care_plans"
+
+        def text(field: str) -> str:
+            return str((row.get(field) or {}).get("text") or "")
+
+        def items(field: str) -> list[dict[str, Any]]:
+            return list((row.get(field) or {}).get("items") or [])
+
+        rid = text("id")
+        data = {
+            "id": rid,
+            "patient_id": text("patient_id"),
+            "status": text("status").lower(),
+            "period_start": us_date(text("period_start"), entity, "period_start"),
+            "period_end": us_date(text("period_end"), entity, "period_end"),
+            "goals": [
+                {
+                    "description": g["text"],
+                    "status": g["data"].get("status"),
+                    "target_date": g["data"].get("targetDate"),
+                }
+                for g in items("goals")
+            ],
+            "interventions": [
+                {
+                    "description": i["text"],
+                    "discipline": i["data"].get("discipline"),
+                    "frequency": i["data"].get("frequency"),
+                }
+                for i in items("interventions")
+            ],
+            "outcomes": [
+                {
+                    "description": o["text"],
+                    "achieved": {"yes": True, "no": False}.get(o["data"].get("achieved", "")),
+                    "recorded_on": o["data"].get("recordedOn"),
+                }
+                for o in items("outcomes")
+            ],
+            "updated_at": (row.get("updated_at") or {}).get("datetime"),
+        }
+        return validated(entity, data, rid)
+
+    def reject(self, entity: str, exc: NormalizationError, row: Any) -> None:
+        """Dead-letter an unreadable row; without a dead-letter file, stop (never drop)."""
+        if self.dead_letter.path is None:
+            raise exc
+        self.dead_letter.write(
+            stage="read", stream=entity, reason=str(exc), payload=row, context={"channel": self.name}
+        )
+        log.warning("dead-lettered one %s portal row: %s", entity, exc)
+
+
+def _where(page: Page) -> str:
+    """The page's path (no query: cursors and filters stay out of messages)."""
+    return urlsplit(page.url).path or page.url
+
+
+def _join(current: str, href: str) -> str:
+    from urllib.parse import urljoin
+
+    return urljoin(current, href)
