@@ -113,8 +113,8 @@ def test_faulted_sync_delivers_exactly_the_clean_set_and_retries_match_the_sandb
     assert f"{injected} retries" in stderr and f"{len(STREAMS)} re-logins" in stderr
 
 
-def test_persistent_outage_fails_with_a_clear_error_and_no_partial_state_lies(sandbox_factory):
-    """When a stream never recovers, the sync stops with the URL and attempts; the last STATE only covers sent records."""
+def test_persistent_outage_fails_with_a_clear_error_after_the_retry_budget(sandbox_factory):
+    """When a tenant never recovers, the sync stops after 1 + max_retries attempts with an actionable error."""
     from wellsky_core.errors import TransportError
 
     sb = sandbox_factory(scale=30, sftp_port=None)
