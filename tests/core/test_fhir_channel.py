@@ -166,3 +166,31 @@ def test_session_auth_with_totp_reads_fhir(tenant: SandboxServer) -> None:
         chan = FhirChannel(config=config, client=client, product=tenant.product)
         assert list(chan.iter_records("coverage", None)) == canonical("coverage", tenant.truth("coverage"))
     assert httpx.get(tenant.base_url + "/fhir/metadata").status_code == 401
+
+
+@pytest.mark.parametrize("tenant", ["home_health", "personal_care"], indirect=True)
+def test_api_and_fhir_sources_yield_the_same_records(tenant: SandboxServer, channel: FhirChannel) -> None:
+    """The tap's ``source: api`` and ``source: fhir`` must be interchangeable, field for field."""
+    rest = open_channel("api", channel.config, channel.client, tenant.product)
+    for entity in ENTITIES:
+        if not channel.supports(entity):
+            continue
+        via_api = list(rest.iter_records(entity, None))
+        via_fhir = list(channel.iter_records(entity, None))
+        assert via_api == via_fhir, entity
+
+
+@pytest.mark.parametrize("tenant", ["hospice"], indirect=True)
+def test_faulty_tenant_still_yields_exact_records(tenant: SandboxServer) -> None:
+    """5xx, 429 and truncated Bundles are retried by the transport; the records stay exactly the truth."""
+    chan, client = make_channel(tenant, page_size=25)
+    client.config.backoff_base_seconds = 0.01
+    client.config.backoff_max_seconds = 0.05
+    tenant.set_faults("error=0.15,429=0.02,malformed=0.05")
+    try:
+        for entity in ("encounters", "care_plans"):
+            assert list(chan.iter_records(entity, None)) == canonical(entity, tenant.truth(entity))
+    finally:
+        tenant.set_faults(None)
+        client.close()
+    assert tenant.stats()["faults_total"] > 0
