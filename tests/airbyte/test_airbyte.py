@@ -1,0 +1,293 @@
+"""source-wellsky end to end: the console script against a sandbox tenant, every message checked by the official
+Airbyte protocol models (airbyte-protocol-models-pdv2)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airbyte_protocol.models import AirbyteMessage, ConfiguredAirbyteCatalog, Type
+
+from wellsky_core.models import ENTITIES
+
+SOURCE = str(Path(sys.executable).with_name("source-wellsky"))
+PAGE = 40  # small pages, so streams of ~100-400 records checkpoint several times mid-stream
+
+
+def run_source(*args: str, expect_rc: int = 0) -> list[AirbyteMessage]:
+    """Run the console script; every stdout line must be a valid AirbyteMessage (nothing else may be there)."""
+    proc = subprocess.run([SOURCE, *args], capture_output=True, text=True, timeout=120)
+    detail = f"rc={proc.returncode}\nstderr:\n{proc.stderr[-3000:]}\nstdout:{proc.stdout[-3000:]}"
+    assert proc.returncode == expect_rc, detail
+    messages = []
+    for line in proc.stdout.splitlines():
+        messages.append(AirbyteMessage.model_validate_json(line))
+    assert messages, "no Airbyte message on stdout"
+    return messages
+
+
+def of_type(messages: list[AirbyteMessage], kind: Type) -> list[AirbyteMessage]:
+    return [m for m in messages if m.type == kind]
+
+
+def write_json(path: Path, data: Any) -> str:
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+@pytest.fixture
+def config_file(sandbox, tmp_path: Path) -> str:
+    creds = sandbox.credentials()
+    config = {
+        "base_url": creds["base_url"],
+        "username": creds["username"],
+        "password": creds["password"],
+        "page_size": PAGE,
+    }
+    return write_json(tmp_path / "config.json", config)
+
+
+def configured_catalog(tmp_path: Path, config: str, sync_mode: str = "incremental", name: str = "catalog") -> str:
+    """A ConfiguredAirbyteCatalog selecting every discovered stream (as the platform would build it)."""
+    catalog = of_type(run_source("discover", "--config", config), Type.CATALOG)[0].catalog
+    configured = {
+        "streams": [
+            {
+                "stream": stream.model_dump(mode="json", exclude_none=True),
+                "sync_mode": sync_mode,
+                "destination_sync_mode": "append_dedup" if sync_mode == "incremental" else "overwrite",
+                "cursor_field": ["updated_at"],
+                "primary_key": [["id"]],
+            }
+            for stream in catalog.streams
+        ]
+    }
+    ConfiguredAirbyteCatalog.model_validate(configured)
+    return write_json(tmp_path / f"{name}.json", configured)
+
+
+def records_by_stream(messages: list[AirbyteMessage]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for m in of_type(messages, Type.RECORD):
+        out[m.record.stream].append(m.record.data)
+    return out
+
+
+def final_states(messages: list[AirbyteMessage]) -> list[dict[str, Any]]:
+    """The last STATE per stream, in the per-stream list format a platform hands back to --state."""
+    last: dict[str, dict[str, Any]] = {}
+    for m in of_type(messages, Type.STATE):
+        body = m.state.model_dump(mode="json", exclude_none=True, by_alias=True)
+        last[m.state.stream.stream_descriptor.name] = body
+    return list(last.values())
+
+
+def truth_ids(sandbox, stream: str, since: str | None = None) -> list[str]:
+    return sorted(str(r["id"]) for r in sandbox.truth(stream, updated_since=since))
+
+
+# --- spec / check / discover -----------------------------------------------------------------------------------
+
+
+def test_spec_marks_secrets_and_lists_every_setting():
+    from wellsky_core.config import WellSkyConfig, secret_fields
+
+    [message] = run_source("spec")
+    assert message.type == Type.SPEC
+    props = message.spec.connectionSpecification["properties"]
+    assert set(WellSkyConfig.model_fields) <= set(props)
+    secrets = {name for name, p in props.items() if p.get("airbyte_secret")}
+    assert secrets == set(secret_fields(WellSkyConfig))
+    assert {"password", "client_secret", "totp_secret"} <= secrets
+    assert message.spec.supportsIncremental is True
+
+
+def test_check_succeeds_with_good_credentials(config_file):
+    messages = run_source("check", "--config", config_file)
+    [status] = of_type(messages, Type.CONNECTION_STATUS)
+    assert status.connectionStatus.status.value == "SUCCEEDED", status.connectionStatus.message
+    assert "home_health" in status.connectionStatus.message
+
+
+def test_check_fails_with_bad_password_and_never_echoes_it(sandbox, tmp_path):
+    creds = sandbox.credentials()
+    wrong = "Wr0ng-Passw0rd-xyz"
+    config = write_json(
+        tmp_path / "bad.json",
+        {"base_url": creds["base_url"], "username": creds["username"], "password": wrong, "max_retries": 0},
+    )
+    proc = subprocess.run([SOURCE, "check", "--config", config], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0  # the protocol reports a failed check as a FAILED status, not a crash
+    messages = [AirbyteMessage.model_validate_json(line) for line in proc.stdout.splitlines()]
+    [status] = of_type(messages, Type.CONNECTION_STATUS)
+    assert status.connectionStatus.status.value == "FAILED"
+    assert "password" in status.connectionStatus.message.lower()
+    assert wrong not in proc.stdout + proc.stderr
+
+
+def test_check_fails_on_unreachable_tenant_naming_base_url(tmp_path):
+    config = write_json(
+        tmp_path / "down.json",
+        {"base_url": "http://127.0.0.1:9", "username": "u", "password": "p", "max_retries": 0},
+    )
+    [status] = of_type(run_source("check", "--config", config), Type.CONNECTION_STATUS)
+    assert status.connectionStatus.status.value == "FAILED"
+    assert "base_url" in status.connectionStatus.message
+
+
+def test_discover_catalog_from_the_canonical_models(config_file):
+    from wellsky_core.schemas import stream_schema
+
+    [message] = run_source("discover", "--config", config_file)
+    streams = {s.name: s for s in message.catalog.streams}
+    assert list(streams) == list(ENTITIES)
+    for name, stream in streams.items():
+        assert {m.value for m in stream.supported_sync_modes} == {"full_refresh", "incremental"}
+        assert stream.source_defined_cursor is True
+        assert stream.default_cursor_field == ["updated_at"]
+        assert stream.source_defined_primary_key == [["id"]]
+        assert stream.json_schema == stream_schema(name)
+
+
+def test_bad_config_is_a_config_error_trace(tmp_path):
+    config = write_json(tmp_path / "typo.json", {"base_url": "http://127.0.0.1:9", "usernme": "u", "password": "p"})
+    messages = run_source("discover", "--config", config, expect_rc=1)
+    [trace] = of_type(messages, Type.TRACE)
+    error = trace.trace.error
+    assert error.failure_type.value == "config_error"
+    assert "usernme" in error.message and "username" in error.message
+
+
+def test_catalog_naming_unknown_stream_is_a_config_error(config_file, tmp_path):
+    catalog = write_json(
+        tmp_path / "unknown.json",
+        {
+            "streams": [
+                {
+                    "stream": {"name": "invoices", "json_schema": {}, "supported_sync_modes": ["full_refresh"]},
+                    "sync_mode": "full_refresh",
+                    "destination_sync_mode": "overwrite",
+                }
+            ]
+        },
+    )
+    messages = run_source("read", "--config", config_file, "--catalog", catalog, expect_rc=1)
+    [trace] = of_type(messages, Type.TRACE)
+    assert trace.trace.error.failure_type.value == "config_error"
+    assert "invoices" in trace.trace.error.message and "patients" in trace.trace.error.message
+    assert not of_type(messages, Type.RECORD)
+
+
+# --- read --------------------------------------------------------------------------------------------------------
+
+
+def assert_checkpoints_never_pass_unsent_records(messages: list[AirbyteMessage]) -> None:
+    """Each STATE names exactly the updated_at of the stream's last emitted record (ordered REST channel)."""
+    last_seen: dict[str, str] = {}
+    for m in messages:
+        if m.type == Type.RECORD:
+            previous = last_seen.get(m.record.stream)
+            current = m.record.data["updated_at"]
+            assert previous is None or previous <= current, "records must come in updated_at order"
+            last_seen[m.record.stream] = current
+        elif m.type == Type.STATE:
+            stream = m.state.stream.stream_descriptor.name
+            cursor = m.state.stream.stream_state.model_dump().get("updated_at")
+            assert cursor == last_seen.get(stream), f"{stream}: checkpoint {cursor} is not the last record sent"
+
+
+def test_full_read_then_incremental_after_advance(sandbox, config_file, tmp_path):
+    catalog = configured_catalog(tmp_path, config_file)
+    first = run_source("read", "--config", config_file, "--catalog", catalog)
+
+    records = records_by_stream(first)
+    for stream in ENTITIES:
+        ids = sorted(str(r["id"]) for r in records[stream])
+        assert ids == truth_ids(sandbox, stream), f"{stream}: records differ from the sandbox truth"
+    # stream status: STARTED, RUNNING, COMPLETE per stream, in order
+    statuses: dict[str, list[str]] = defaultdict(list)
+    for m in of_type(first, Type.TRACE):
+        if m.trace.stream_status:
+            statuses[m.trace.stream_status.stream_descriptor.name].append(m.trace.stream_status.status.value)
+    assert all(statuses[s] == ["STARTED", "RUNNING", "COMPLETE"] for s in ENTITIES), dict(statuses)
+    assert_checkpoints_never_pass_unsent_records(first)
+    appointment_states = [
+        m for m in of_type(first, Type.STATE) if m.state.stream.stream_descriptor.name == "appointments"
+    ]
+    assert len(appointment_states) > 2, "a checkpoint should follow every page's worth of records"
+    assert sum(m.state.sourceStats.recordCount for m in appointment_states) == len(records["appointments"])
+    assert of_type(first, Type.LOG), "progress and summary go out as LOG messages"
+
+    # Round trip: the platform stores the last per-stream states and passes them back after the tenant changed.
+    states = final_states(first)
+    state_file = write_json(tmp_path / "state.json", states)
+    bookmarks = {s["stream"]["stream_descriptor"]["name"]: s["stream"]["stream_state"]["updated_at"] for s in states}
+    changed = sandbox.advance(fraction=0.05)
+    assert changed
+    second = run_source("read", "--config", config_file, "--catalog", catalog, "--state", state_file)
+    again = records_by_stream(second)
+    total = 0
+    for stream in ENTITIES:
+        expected = truth_ids(sandbox, stream, since=bookmarks[stream])  # changed + records at the bookmark
+        got = sorted(str(r["id"]) for r in again.get(stream, []))
+        assert got == expected, f"{stream}: incremental read is not exactly the changed records"
+        total += len(got)
+    assert 0 < total < sum(len(v) for v in records.values()) / 2
+
+    # The legacy dict state ({stream: {updated_at}}) resumes the same way.
+    legacy = write_json(tmp_path / "legacy.json", {name: {"updated_at": value} for name, value in bookmarks.items()})
+    third = run_source("read", "--config", config_file, "--catalog", catalog, "--state", legacy)
+    assert {k: sorted(str(r["id"]) for r in v) for k, v in records_by_stream(third).items()} == {
+        k: sorted(str(r["id"]) for r in v) for k, v in again.items()
+    }
+
+
+def test_resume_from_a_mid_stream_checkpoint_loses_nothing(sandbox, config_file, tmp_path):
+    """Cut the output at a mid-stream STATE (as if killed there): resuming from it delivers the rest."""
+    catalog = configured_catalog(tmp_path, config_file)
+    messages = run_source("read", "--config", config_file, "--catalog", catalog)
+    states = of_type(messages, Type.STATE)
+    cut = next(i for i, m in enumerate(messages) if m is states[len(states) // 2])
+    delivered = records_by_stream(messages[: cut + 1])
+    kept: dict[str, dict[str, Any]] = {}
+    for m in of_type(messages[: cut + 1], Type.STATE):
+        kept[m.state.stream.stream_descriptor.name] = m.state.model_dump(mode="json", exclude_none=True)
+    state_file = write_json(tmp_path / "cut.json", list(kept.values()))
+
+    resumed = records_by_stream(
+        run_source("read", "--config", config_file, "--catalog", catalog, "--state", state_file)
+    )
+    for stream in ENTITIES:
+        union = {str(r["id"]) for r in delivered.get(stream, [])} | {str(r["id"]) for r in resumed.get(stream, [])}
+        assert sorted(union) == truth_ids(sandbox, stream), f"{stream}: a record was lost across the resume"
+    cut_stream = states[len(states) // 2].state.stream.stream_descriptor.name
+    assert len(resumed[cut_stream]) < len(truth_ids(sandbox, cut_stream)), "resume should not restart the stream"
+
+
+def test_full_refresh_reads_everything_without_state(sandbox, config_file, tmp_path):
+    catalog = configured_catalog(tmp_path, config_file, sync_mode="full_refresh", name="full")
+    stale = write_json(tmp_path / "state.json", {"patients": {"updated_at": "2100-01-01T00:00:00Z"}})
+    messages = run_source("read", "--config", config_file, "--catalog", catalog, "--state", stale)
+    assert not of_type(messages, Type.STATE)
+    patients = records_by_stream(messages)["patients"]
+    assert sorted(str(r["id"]) for r in patients) == truth_ids(sandbox, "patients")
+
+
+def test_read_failure_is_a_trace_and_nonzero_exit(sandbox, config_file, tmp_path):
+    catalog = configured_catalog(tmp_path, config_file)
+    creds = sandbox.credentials()
+    bad = write_json(
+        tmp_path / "badpw.json",
+        {"base_url": creds["base_url"], "username": creds["username"], "password": "nope-nope", "max_retries": 0},
+    )
+    messages = run_source("read", "--config", bad, "--catalog", catalog, expect_rc=1)
+    errors = [m.trace.error for m in of_type(messages, Type.TRACE) if m.trace.error]
+    assert errors and errors[0].failure_type.value == "config_error"
+    assert errors[0].stream_descriptor.name == "patients"
+    statuses = [m.trace.stream_status.status.value for m in of_type(messages, Type.TRACE) if m.trace.stream_status]
+    assert statuses == ["STARTED", "INCOMPLETE"]
