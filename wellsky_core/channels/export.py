@@ -1,0 +1,328 @@
+"""The ``export`` channel: WellSky's nightly CSV exports, from SFTP or from ``GET /exports`` signed URLs.
+
+Files are named ``<entity>_<YYYYMMDDTHHMMSSZ>_<run>.csv``; the stamp is the newest ``updated_at`` in the file,
+so files stamped before ``since`` are skipped unread. Files are read oldest first and the latest row per id
+wins; records with ``updated_at >= since`` are yielded in (updated_at, id) order.
+
+Where from: ``via="sftp"`` reads ``sftp_export_dir`` (host key pinned, see ``hl7_sftp.connect_sftp``);
+``via="http"`` lists ``GET /exports`` with the tenant client and downloads each signed URL before it
+expires — a 410 (expired) re-lists and retries with the fresh URL, and size and sha256 are verified when the
+listing gives them. ``via="auto"`` (default) uses SFTP when ``sftp_host`` is set, otherwise HTTP.
+
+Memory stays flat per file: HTTP downloads stream to a temporary file (verified before any row is used), and
+rows are parsed one at a time with the ``csv`` module over a text stream. Cell rules (the export format):
+empty = null, ``true``/``false`` booleans, nested objects and lists as one JSON document per cell; every row
+is validated against the canonical model. A malformed row (wrong column count, bad JSON, a value the model
+refuses) goes to the dead-letter file with the file name and row number (header = row 1); a file whose
+header lacks required columns is dead-lettered whole.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import csv
+import hashlib
+import json
+import logging
+import re
+import tempfile
+import typing
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from ..deadletter import DeadLetter
+from ..errors import ConfigError, RemoteError, TransportError
+from ..models import ENTITIES
+from .base import Channel
+
+if TYPE_CHECKING:
+    import paramiko
+
+    from ..config import WellSkyConfig
+    from ..transport import WellSkyClient
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^(?P<entity>[a-z_]+)_(?P<stamp>\d{8}T\d{6}Z)_(?P<run>\d+)\.csv$")
+MAX_RELISTS = 3
+csv.field_size_limit(16 * 1024 * 1024)
+
+
+def _nested_fields(model: type[BaseModel]) -> set[str]:
+    """Fields whose cells hold JSON: lists and sub-models (optional or not)."""
+    nested = set()
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        candidates = typing.get_args(ann) if typing.get_origin(ann) in (typing.Union, type(int | None)) else (ann,)
+        for c in candidates:
+            if typing.get_origin(c) is list or (isinstance(c, type) and issubclass(c, BaseModel)):
+                nested.add(name)
+    return nested
+
+
+def _stamp_epoch(stamp: str) -> float:
+    return datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
+
+
+class ExportChannel(Channel):
+    """Nightly CSV exports; unordered across files, so the tap bookmarks only after a full read."""
+
+    name = "export"
+    ordered = False
+
+    def __init__(
+        self,
+        *,
+        config: WellSkyConfig,
+        client: WellSkyClient | None = None,
+        product: str | None = None,
+        dead_letter: DeadLetter | None = None,
+        via: str = "auto",
+    ) -> None:
+        if via == "auto":
+            via = "sftp" if config.sftp_host else "http"
+        if via not in ("sftp", "http"):
+            raise ValueError("via must be 'auto', 'sftp' or 'http'")
+        if via == "http" and client is None:
+            raise ConfigError("base_url", "the export channel over HTTP needs the tenant API (or set sftp_host)")
+        self.config = config
+        self.client = client
+        self.product = product
+        self.via = via
+        self.dead_letter = dead_letter or DeadLetter(config.dead_letter_path)
+        self._own_dead_letter = dead_letter is None
+        self._sftp: tuple[paramiko.Transport, paramiko.SFTPClient] | None = None
+        self._http: httpx.Client | None = None
+        self.files_read: list[str] = []
+        self.relists = 0
+
+    def supports(self, entity: str) -> bool:
+        return entity in ENTITIES
+
+    # -- listing --------------------------------------------------------------------------------------
+    def _list(self) -> list[dict[str, Any]]:
+        """``[{name, entity, stamp, size?, sha256?, url?}]`` sorted by name."""
+        out = []
+        if self.via == "sftp":
+            from .hl7_sftp import connect_sftp, list_files
+
+            if self._sftp is None:
+                self._sftp = connect_sftp(self.config)
+            for attr in list_files(self._sftp[1], self.config.sftp_export_dir, ".csv"):
+                out.append({"name": attr.filename, "size": attr.st_size})
+        else:
+            assert self.client is not None
+            listing = self.client.get_json("/exports")
+            if not isinstance(listing, list):
+                raise RemoteError(200, "invalid_listing", "GET /exports did not return a list", url="/exports")
+            out = [dict(item) for item in listing if isinstance(item, dict) and isinstance(item.get("name"), str)]
+        files = []
+        for item in out:
+            m = _NAME.match(item["name"])
+            if m is None:
+                log.warning("export: skipping a file whose name is not <entity>_<stamp>_<run>.csv")
+                continue
+            files.append({**item, "entity": m["entity"], "stamp": m["stamp"]})
+        return sorted(files, key=lambda f: f["name"])
+
+    # -- reading --------------------------------------------------------------------------------------
+    def iter_records(self, entity: str, since: datetime | None) -> Iterator[dict[str, Any]]:
+        if not self.supports(entity):
+            raise ValueError(f"unknown entity {entity!r}")
+        floor = since.timestamp() if since is not None else float("-inf")
+        latest: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
+        files = [f for f in self._list() if f["entity"] == entity and _stamp_epoch(f["stamp"]) >= floor]
+        for file_no, info in enumerate(files):
+            for row_no, rec in self._rows(entity, info):
+                current = latest.get(rec["id"])
+                if current is None or (rec["updated_at"], file_no, row_no) >= (current[1]["updated_at"], *current[0]):
+                    latest[rec["id"]] = ((file_no, row_no), rec)
+            self.files_read.append(info["name"])
+        chosen = [
+            rec
+            for _, rec in latest.values()
+            if since is None or datetime.fromisoformat(rec["updated_at"].replace("Z", "+00:00")) >= since
+        ]
+        chosen.sort(key=lambda r: (r["updated_at"], r["id"]))
+        yield from chosen
+
+    def _rows(self, entity: str, info: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]:
+        if self.via == "sftp":
+            assert self._sftp is not None
+            path = f"{self.config.sftp_export_dir.rstrip('/')}/{info['name']}"
+            with self._sftp[1].open(path, "rb") as fh:
+                fh.prefetch(info.get("size"))
+                yield from self._parse(entity, info["name"], fh)
+        else:
+            with self._download(info) as fh:
+                yield from self._parse(entity, info["name"], fh)
+
+    def _download(self, info: dict[str, Any]) -> typing.IO[bytes]:
+        """The file in a temporary spool, verified; re-lists on 410 (URL expired) up to MAX_RELISTS times."""
+        if self._http is None:
+            self._http = httpx.Client(timeout=self.config.timeout_seconds, verify=self.config.tls_verify())
+        for _ in range(MAX_RELISTS + 1):
+            url = info.get("url")
+            if not url:
+                raise RemoteError(200, "invalid_listing", f"export {info['name']} has no url", url="/exports")
+            spool = tempfile.TemporaryFile()  # noqa: SIM115 - returned to the caller, closed by its `with`
+            digest, size = hashlib.sha256(), 0
+            try:
+                with self._http.stream("GET", url) as response:
+                    if response.status_code == 410:
+                        spool.close()
+                        self.relists += 1
+                        fresh = {f["name"]: f for f in self._list()}
+                        if info["name"] not in fresh:
+                            raise RemoteError(404, "not_found", f"export {info['name']} disappeared", url=url)
+                        info = fresh[info["name"]]
+                        continue
+                    if response.status_code != 200:
+                        response.read()
+                        code = None
+                        with contextlib.suppress(ValueError):
+                            code = response.json().get("error")
+                        raise RemoteError(response.status_code, code, "export download refused", url=url)
+                    for chunk in response.iter_bytes(64 * 1024):
+                        digest.update(chunk)
+                        size += len(chunk)
+                        spool.write(chunk)
+            except httpx.HTTPError as exc:
+                spool.close()
+                raise TransportError("export download failed", url=url, reason=type(exc).__name__) from None
+            if info.get("size") is not None and size != info["size"]:
+                spool.close()
+                raise RemoteError(
+                    200, "size_mismatch", f"export {info['name']} is {size} bytes, listing said {info['size']}", url=url
+                )
+            if info.get("sha256") and digest.hexdigest() != info["sha256"]:
+                spool.close()
+                raise RemoteError(
+                    200, "checksum_mismatch", f"export {info['name']} sha256 differs from listing", url=url
+                )
+            spool.seek(0)
+            return spool
+        raise RemoteError(410, "url_expired", f"export {info['name']} URL kept expiring after re-listing")
+
+    def _parse(self, entity: str, name: str, fh: typing.IO[bytes]) -> Iterator[tuple[int, dict[str, Any]]]:
+        model = ENTITIES[entity].model
+        nested = _nested_fields(model)
+        text = codecs.getreader("utf-8")(fh, errors="strict")
+        reader = csv.reader(_lines(text))
+        ctx = {"channel": self.name, "file": name}
+        try:
+            header = next(reader)
+        except StopIteration:
+            self.dead_letter.write(
+                stage="read",
+                stream=entity,
+                reason="empty file (no header row)",
+                payload=None,
+                context={**ctx, "row": 1},
+            )
+            return
+        except (csv.Error, UnicodeDecodeError) as exc:
+            self.dead_letter.write(
+                stage="read",
+                stream=entity,
+                reason=f"unreadable header ({type(exc).__name__})",
+                payload=None,
+                context={**ctx, "row": 1},
+            )
+            return
+        required = {n for n, f in model.model_fields.items() if f.is_required()}
+        missing = sorted(required - set(header))
+        unknown = sorted(set(header) - set(model.model_fields))
+        if missing or unknown or len(set(header)) != len(header):
+            why = "header " + "; ".join(
+                p
+                for p in (
+                    f"misses required column(s) {missing}" if missing else "",
+                    f"has unknown column(s) {unknown}" if unknown else "",
+                    "repeats a column" if len(set(header)) != len(header) else "",
+                )
+                if p
+            )
+            self.dead_letter.write(stage="read", stream=entity, reason=why, payload=header, context={**ctx, "row": 1})
+            return
+        row_no = 1
+        while True:
+            row_no += 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except (csv.Error, UnicodeDecodeError) as exc:
+                self.dead_letter.write(
+                    stage="read",
+                    stream=entity,
+                    reason=f"unreadable row ({type(exc).__name__})",
+                    payload=None,
+                    context={**ctx, "row": row_no},
+                )
+                return  # the stream position is unknown after a broken quote or bad bytes: stop this file
+            if len(row) != len(header):
+                self.dead_letter.write(
+                    stage="read",
+                    stream=entity,
+                    reason=f"row has {len(row)} cells, header has {len(header)}",
+                    payload=row,
+                    context={**ctx, "row": row_no},
+                )
+                continue
+            try:
+                rec = self._record(model, nested, header, row)
+            except ValueError as exc:
+                self.dead_letter.write(
+                    stage="read", stream=entity, reason=str(exc), payload=row, context={**ctx, "row": row_no}
+                )
+                continue
+            yield row_no, rec
+
+    @staticmethod
+    def _record(model: type[BaseModel], nested: set[str], header: list[str], row: list[str]) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for column, value in zip(header, row, strict=True):
+            if value == "":
+                data[column] = None
+            elif column in nested:
+                try:
+                    data[column] = json.loads(value)
+                except ValueError:
+                    raise ValueError(f"column {column} is not valid JSON") from None
+            else:
+                data[column] = value
+        for name, info in model.model_fields.items():  # an empty list cell means an empty list, not null
+            if data.get(name) is None and name in nested and typing.get_origin(info.annotation) is list:
+                data[name] = []
+        try:
+            return model.model_validate(data).model_dump(mode="json")
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "row"
+            raise ValueError(f"column {where}: {err['type']}: {err['msg']}") from None
+
+    def close(self) -> None:
+        if self._sftp is not None:
+            self._sftp[1].close()
+            self._sftp[0].close()
+            self._sftp = None
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+        if self._own_dead_letter:
+            self.dead_letter.close()
+
+
+def _lines(text: typing.TextIO) -> Iterator[str]:
+    """Lines for the csv module, keeping line ends (quoted cells may span lines)."""
+    while True:
+        line = text.readline()
+        if not line:
+            return
+        yield line
