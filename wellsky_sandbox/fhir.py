@@ -805,6 +805,8 @@ class Fhir:
                     stop = add(rec, skip)
                     if stop:
                         return matches, included, stop
+                    if len(matches) >= count:  # the page ends exactly with this record's last child
+                        return matches, included, (updated_at, rid, 0)
         while len(matches) < count:
             records, more = store.page(entity, since=since, cursor=after, limit=count, filters=filters)
             for i, rec in enumerate(records):
@@ -818,7 +820,7 @@ class Fhir:
                     return matches, included, None
             if more is None:
                 return matches, included, None
-        return matches, included, None  # pragma: no cover - loop exits through returns
+        return matches, included, None
 
 
 def _fhir_response(body: dict[str, Any]) -> Response:

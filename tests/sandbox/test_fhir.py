@@ -197,3 +197,12 @@ def test_unknown_type_id_and_foreign_cursor(client: httpx.Client) -> None:
     cursor = httpx.URL(next(lk["url"] for lk in first["link"] if lk["relation"] == "next")).params["_cursor"]
     wrong = client.get("/fhir/Coverage", params={"_cursor": cursor})
     assert wrong.status_code == 400 and wrong.json()["issue"][0]["expression"] == ["_cursor"]
+
+
+def test_child_resources_page_exactly_for_any_page_size(server: SandboxServer, client: httpx.Client) -> None:
+    """Pages may end inside an encounter's diagnoses; resuming must neither repeat nor skip one."""
+    whole, pages = search_all(client, "Condition", _count="1000")
+    assert pages == 1
+    for count in (1, 2, 3, 4, 5, 7):
+        paged, _ = search_all(client, "Condition", _count=str(count))
+        assert [c["id"] for c in paged] == [c["id"] for c in whole], count
