@@ -25,9 +25,6 @@ class _QuietSink(BatchSink):
     def _parse_timestamps_in_record(self, record: dict, schema: dict, treatment: Any) -> None:
         """Keep timestamps as sent; the core validates them and names the field on error."""
 
-    def _singer_validate_message(self, record: dict) -> None:
-        """New records legitimately lack a WellSky id; the core matches them on their natural key instead."""
-
     def __init__(self, target: TargetWellSky, *args: Any, **kwargs: Any) -> None:
         super().__init__(target, *args, **kwargs)
         self.wellsky_target = target
@@ -38,6 +35,9 @@ class _QuietSink(BatchSink):
 
 class WellSkySink(_QuietSink):
     """Writes a batch with bounded concurrency; records sharing a natural key are written in input order."""
+
+    def _singer_validate_message(self, record: dict) -> None:
+        """New records legitimately lack a WellSky id; the core matches them on their natural key instead."""
 
     def process_batch(self, context: dict) -> None:
         items: list[tuple[int, dict[str, Any]]] = context.get("records", [])

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import orjson
 from singer_sdk import Target
-from singer_sdk.exceptions import ConfigValidationError
+from singer_sdk.exceptions import ConfigValidationError, RecordsWithoutSchemaException
 from singer_sdk.io_base import SingerReader
 
 from wellsky_core.audit import AuditLog
@@ -27,6 +27,10 @@ from .sinks import IgnoredStreamSink, WellSkySink
 
 class SingerInputError(WellSkyError):
     """The Singer input itself is broken; the message names the line (never echoes its content)."""
+
+
+class RecordBeforeSchema(SingerInputError, RecordsWithoutSchemaException):
+    """A RECORD arrived for a stream whose SCHEMA was never sent."""
 
 
 class LineNumberingReader(SingerReader):
@@ -137,7 +141,7 @@ class TargetWellSky(Target):
 
     def _assert_sink_exists(self, stream_name: str) -> None:
         if not self.sink_exists(stream_name):
-            raise SingerInputError(
+            raise RecordBeforeSchema(
                 f"input line {self.line_number}: RECORD for stream {stream_name!r} arrived before "
                 "its SCHEMA message; the tap must send SCHEMA first"
             )

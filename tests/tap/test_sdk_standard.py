@@ -1,0 +1,13 @@
+"""singer-sdk's own standard tap tests, against the embedded sandbox (no base_url: the tap starts one)."""
+
+from __future__ import annotations
+
+from singer_sdk.testing import SuiteConfig, get_tap_test_class
+
+from tap_wellsky.tap import TapWellSky
+
+TestTapWellSkyStandard = get_tap_test_class(
+    tap_class=TapWellSky,
+    config={"sandbox_scale": "XS", "page_size": 200},
+    suite_config=SuiteConfig(max_records_limit=None),
+)

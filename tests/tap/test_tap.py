@@ -1,0 +1,133 @@
+"""tap-wellsky end to end against a sandbox over loopback: schemas, incremental state, full table, errors."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+
+from wellsky_core.models import ENTITIES
+from wellsky_core.schemas import stream_schema
+
+from .helpers import bookmarks, last_state, messages, records_by_stream, run_tap, sandbox_config
+
+
+def _truth_ids(sb) -> dict[str, set[str]]:
+    return {e: {r["id"] for r in sb.truth(e)} for e in ENTITIES}
+
+
+def test_full_sync_emits_every_record_valid_against_its_schema(sandbox, tmp_path):
+    proc = run_tap(tmp_path, sandbox_config(sandbox))
+    msgs = messages(proc.stdout)
+    schemas = {m["stream"]: m["schema"] for m in msgs if m["type"] == "SCHEMA"}
+    assert set(schemas) == set(ENTITIES)
+    for stream, schema in schemas.items():
+        assert schema == stream_schema(stream)
+    got = records_by_stream(msgs)
+    truth = _truth_ids(sandbox)
+    for stream in ENTITIES:
+        validator = jsonschema.Draft7Validator(schemas[stream], format_checker=jsonschema.FormatChecker())
+        for record in got[stream]:
+            validator.validate(record)
+        assert {r["id"] for r in got[stream]} == truth[stream], stream
+        assert len(got[stream]) == len(truth[stream]), f"{stream} has duplicates"
+    assert "tap-wellsky sync summary" in proc.stderr
+
+
+def test_incremental_run_emits_exactly_the_changed_records(sandbox, tmp_path):
+    first = messages(run_tap(tmp_path, sandbox_config(sandbox)).stdout)
+    state = last_state(first)
+    marks = bookmarks(state)
+    assert set(marks) == set(ENTITIES)
+    changed = sandbox.advance(count=40, seed=3)
+    assert changed["changed"] == 40
+    second = records_by_stream(messages(run_tap(tmp_path, sandbox_config(sandbox), state=state).stdout))
+    for stream in ENTITIES:
+        truth = sandbox.truth(stream)
+        after = {r["id"] for r in truth if r["updated_at"] > marks[stream]}
+        boundary = {r["id"] for r in truth if r["updated_at"] == marks[stream]}
+        got = {r["id"] for r in second.get(stream, [])}
+        assert after <= got, f"{stream}: changed records missing from the incremental run"
+        assert got <= after | boundary, f"{stream}: unchanged records re-sent beyond the inclusive boundary"
+    assert sum(len(v) for v in second.values()) >= 40
+
+
+def test_bookmarks_never_pass_an_unsent_record(sandbox, tmp_path):
+    msgs = messages(run_tap(tmp_path, sandbox_config(sandbox, page_size=50)).stdout)
+    sent: dict[str, set[str]] = {e: set() for e in ENTITIES}
+    truth = {e: sandbox.truth(e) for e in ENTITIES}
+    states = 0
+    for m in msgs:
+        if m["type"] == "RECORD":
+            sent[m["stream"]].add(m["record"]["id"])
+        elif m["type"] == "STATE":
+            states += 1
+            for stream, mark in bookmarks(m["value"]).items():
+                older = {r["id"] for r in truth[stream] if r["updated_at"] < mark}
+                assert older <= sent[stream], f"{stream} bookmark {mark} passed unsent records"
+    assert states > len(ENTITIES), "expected a STATE message per page, not only at stream ends"
+
+
+def test_start_date_limits_the_first_sync(sandbox, tmp_path):
+    start = "2026-06-01T00:00:00Z"
+    got = records_by_stream(messages(run_tap(tmp_path, sandbox_config(sandbox, start_date=start)).stdout))
+    for stream in ENTITIES:
+        expected = {r["id"] for r in sandbox.truth(stream) if r["updated_at"] >= start}
+        assert {r["id"] for r in got.get(stream, [])} == expected
+
+
+def test_full_table_catalog_ignores_the_bookmark(sandbox, tmp_path):
+    config = sandbox_config(sandbox)
+    state = last_state(messages(run_tap(tmp_path, config).stdout))
+    catalog = json.loads(run_tap(tmp_path, config, args=("--discover",)).stdout)
+    for entry in catalog["streams"]:
+        entry["replication_method"] = "FULL_TABLE" if entry["tap_stream_id"] == "patients" else "INCREMENTAL"
+        for md in entry["metadata"]:
+            if md["breadcrumb"] == []:
+                md["metadata"]["selected"] = entry["tap_stream_id"] in ("patients", "coverage")
+                if entry["tap_stream_id"] == "patients":
+                    md["metadata"]["forced-replication-method"] = "FULL_TABLE"
+    got = records_by_stream(messages(run_tap(tmp_path, config, state=state, catalog=catalog).stdout))
+    assert len(got["patients"]) == len(sandbox.truth("patients"))
+    assert set(got) <= {"patients", "coverage"}
+    assert len(got.get("coverage", [])) < len(sandbox.truth("coverage"))
+
+
+@pytest.mark.parametrize(
+    ("config", "needle"),
+    [
+        ({"base_url": "http://example.com", "username": "u", "password": "p"}, "base_url"),
+        ({"base_url": "http://127.0.0.1:9", "username": "u", "passwrd": "p"}, "passwrd"),
+        ({"base_url": "http://127.0.0.1:9", "username": "u"}, "password"),
+        (
+            {
+                "base_url": "http://127.0.0.1:9",
+                "username": "u",
+                "password": "p",
+                "mfa_method": "totp",
+                "totp_secret": "not base32!",
+            },
+            "totp_secret",
+        ),
+        ({"base_url": "ftp://127.0.0.1:9", "username": "u", "password": "p"}, "base_url"),
+        ({"base_url": "http://127.0.0.1:9", "username": "u", "password": "p"}, "base_url"),
+        ({"base_url": "http://127.0.0.1:9", "username": "u", "password": "p", "source": "carrier_pigeon"}, "source"),
+        ({"base_url": "http://127.0.0.1:9", "username": "u", "password": "p", "page_size": 5000}, "page_size"),
+    ],
+)
+def test_bad_config_fails_fast_naming_the_setting(tmp_path, config, needle):
+    proc = run_tap(tmp_path, config, check=False)
+    assert proc.returncode != 0
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert 'p"' not in proc.stderr
+
+
+def test_catalog_naming_an_unknown_stream_is_a_clear_error(sandbox, tmp_path):
+    config = sandbox_config(sandbox)
+    catalog = json.loads(run_tap(tmp_path, config, args=("--discover",)).stdout)
+    catalog["streams"].append({**catalog["streams"][0], "tap_stream_id": "visits_v2", "stream": "visits_v2"})
+    proc = run_tap(tmp_path, config, catalog=catalog, check=False)
+    assert proc.returncode != 0
+    assert "visits_v2" in proc.stderr and "Traceback" not in proc.stderr
