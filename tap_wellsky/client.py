@@ -44,6 +44,17 @@ class WellSkyStream(Stream):
 
     def get_records(self, context: dict | None) -> Iterable[dict[str, Any]]:
         channel = self.wellsky_tap.connection.channel(self.name)
+        self.summary["source"] = channel.name
+        if not channel.supports(self.name):
+            self.logger.warning(
+                "%s is not available through source %r for this tenant (%s); nothing synced for it. Read it "
+                'through another channel with stream_sources, e.g. {"%s": "api"}',
+                self.name,
+                channel.name,
+                self.wellsky_tap.connection.product,
+                self.name,
+            )
+            return
         since = None if self.replication_method == "FULL_TABLE" else self.get_starting_timestamp(context)
         started = last_report = time.monotonic()
         count = 0
