@@ -102,11 +102,16 @@ def connect_sftp(config: WellSkyConfig, timeout: float | None = None) -> tuple[p
         transport.get_security_options().key_types = _RSA_NAMES if name == "ssh-rsa" else [name]
         try:
             transport.start_client(timeout=timeout)
-        except paramiko.SSHException as exc:
+        except paramiko.IncompatiblePeer:
             raise AuthError(
-                f"SSH handshake with {where} failed ({exc.__class__.__name__}); the server may not offer a "
-                f"{name} host key — check sftp_host_key / sftp_known_hosts",
+                f"SFTP host key mismatch for {where}: the server offers no {name} host key, the type pinned. "
+                "Refusing to connect; update sftp_host_key / sftp_known_hosts only after confirming the server's "
+                "key with the provider",
                 setting="sftp_host_key",
+            ) from None
+        except paramiko.SSHException as exc:
+            raise TransportError(
+                "SSH handshake with the SFTP server failed", url=where, reason=type(exc).__name__
             ) from None
         presented = transport.get_remote_server_key()
         if presented.get_name() != name or presented.asbytes() != expected.asbytes():

@@ -5,7 +5,8 @@ Input is a file's text: one message or a batch (FHS/BHS ... BTS/FTS), segments e
 (tolerant validation; vendor Z-segments and repeated segments are kept, never fatal)
 and maps it onto the canonical model. hl7apy checks each header (encoding characters, supported version,
 message type); the body segments are read positionally with the message's own encoding characters, because
-hl7apy's full object tree costs about 20 ms per message (measured), hours for a large tenant's feed:
+hl7apy's full object tree costs about 20 ms per message (measured), hours for a large tenant's feed
+(the header verdict is cached per header shape):
 
 ============================  =====================================================================
 message                       canonical
@@ -177,6 +178,42 @@ class _Msg:
             raise self.fail(where, "is not a valid calendar date") from None
 
 
+_HEADER_SHAPES: dict[tuple[str, ...], str | None] = {}
+
+
+def _check_header(msh: str, field_sep: str, enc_chars: str) -> None:
+    """hl7apy validates the header (encoding characters, supported version, message type structure).
+
+    The verdict is cached per header *shape* (separators, MSH-9, MSH-12): a feed repeats a handful of shapes,
+    and hl7apy costs milliseconds per segment; per-message values (timestamps, ids) are checked by the mapping.
+    """
+    fields = msh.split(field_sep)
+    shape = (field_sep, enc_chars, *(fields[i] if i < len(fields) else "" for i in (8, 11)))
+    if shape not in _HEADER_SHAPES:
+        verdict = None
+        try:
+            parse_segment(
+                msh,
+                encoding_chars={
+                    "FIELD": field_sep,
+                    "COMPONENT": enc_chars[0],
+                    "REPETITION": enc_chars[1],
+                    "ESCAPE": enc_chars[2],
+                    "SUBCOMPONENT": enc_chars[3],
+                    "GROUP": "\r",
+                    "SEGMENT": "\r",
+                },
+                validation_level=VALIDATION_LEVEL.TOLERANT,
+            )
+        except Exception as exc:  # hl7apy raises many types; its messages may quote the data, so only the type
+            verdict = f"hl7apy rejected the header ({type(exc).__name__})"
+        if len(_HEADER_SHAPES) > 1024:
+            _HEADER_SHAPES.clear()
+        _HEADER_SHAPES[shape] = verdict
+    if _HEADER_SHAPES[shape] is not None:
+        raise NormalizationError("hl7", "MSH", _HEADER_SHAPES[shape] or "")
+
+
 def _parse(text: str) -> tuple[str, str, _Msg]:
     """hl7apy parse + structural checks; returns (message type, trigger event, accessor)."""
     if not text.startswith("MSH"):
@@ -191,22 +228,7 @@ def _parse(text: str) -> tuple[str, str, _Msg]:
             raise NormalizationError("hl7", "segment", "a segment does not start with a 3-character segment id")
     enc = {"field": field_sep, "comp": enc_chars[0], "rep": enc_chars[1], "esc": enc_chars[2], "sub": enc_chars[3]}
     lines = text.rstrip("\r").split("\r")
-    try:  # hl7apy checks the header: encoding characters, a supported version, a well-formed message type
-        parse_segment(
-            lines[0],
-            encoding_chars={
-                "FIELD": field_sep,
-                "COMPONENT": enc_chars[0],
-                "REPETITION": enc_chars[1],
-                "ESCAPE": enc_chars[2],
-                "SUBCOMPONENT": enc_chars[3],
-                "GROUP": "\r",
-                "SEGMENT": "\r",
-            },
-            validation_level=VALIDATION_LEVEL.TOLERANT,
-        )
-    except Exception as exc:  # hl7apy raises many types; its messages may quote the data, so only the type
-        raise NormalizationError("hl7", "MSH", f"hl7apy rejected the header ({type(exc).__name__})") from None
+    _check_header(lines[0], field_sep, enc_chars)
     segments: list[tuple[str, list[str]]] = []
     for line in lines:
         parts = line.split(field_sep)

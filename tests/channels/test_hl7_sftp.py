@@ -1,0 +1,206 @@
+"""hl7_sftp channel against the sandbox's SFTP server and against a real OpenSSH sshd (loopback)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import paramiko
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from wellsky_core.channels.hl7_sftp import Hl7SftpChannel
+from wellsky_core.config import WellSkyConfig
+from wellsky_core.deadletter import DeadLetter
+from wellsky_core.errors import AuthError, ConfigError
+from wellsky_sandbox.hl7 import feeds_for
+from wellsky_sandbox.testing import SandboxServer
+
+SFTP_KEYS = (
+    "base_url",
+    "username",
+    "password",
+    "sftp_host",
+    "sftp_port",
+    "sftp_username",
+    "sftp_password",
+    "sftp_host_key",
+)
+
+
+def sftp_config(sandbox: SandboxServer, tmp_path: Path, **over: Any) -> WellSkyConfig:
+    creds = sandbox.credentials()
+    raw = {k: creds[k] for k in SFTP_KEYS} | {"dead_letter_path": str(tmp_path / "dead.jsonl")}
+    raw.update(over)
+    return WellSkyConfig.load({k: v for k, v in raw.items() if v is not None})
+
+
+def read_patients(config: WellSkyConfig) -> list[dict[str, Any]]:
+    with Hl7SftpChannel(config=config) as channel:
+        return list(channel.iter_records("patients", None))
+
+
+def test_reads_all_entities_then_only_newer(sandbox: SandboxServer, tmp_path: Path) -> None:
+    config = sftp_config(sandbox, tmp_path)
+    with Hl7SftpChannel(config=config, product="home_health") as channel:
+        patients = list(channel.iter_records("patients", None))
+        assert patients == sandbox.truth("patients")
+        assert channel.bookmark()["file"] is not None and channel.files_read >= 2
+        assert not channel.supports("care_plans")
+    result = sandbox.advance(count=40, seed=4)
+    since = datetime.fromisoformat(result["updated_at"].replace("Z", "+00:00"))
+    with Hl7SftpChannel(config=config) as channel:
+        newer = list(channel.iter_records("appointments", since))
+        truth = sandbox.truth("appointments", updated_since=result["updated_at"])
+        assert newer == truth and len(newer) == result["by_entity"].get("appointments", 0)
+        assert channel.files_read == 1  # older files skipped by mtime, unread
+    assert DeadLetter.read(tmp_path / "dead.jsonl") == []
+
+
+def test_unknown_or_mismatched_host_key_is_refused(sandbox: SandboxServer, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as no_pin:
+        read_patients(sftp_config(sandbox, tmp_path, sftp_host_key=None))
+    assert no_pin.value.field == "sftp_host_key"
+    other = paramiko.ECDSAKey.generate()
+    with (
+        pytest.raises(AuthError, match="host key mismatch") as bad,
+        Hl7SftpChannel(
+            config=sftp_config(sandbox, tmp_path, sftp_host_key=f"{other.get_name()} {other.get_base64()}")
+        ) as channel,
+    ):
+        list(channel.iter_records("patients", None))
+    assert bad.value.setting == "sftp_host_key"
+    wrong_ed = (
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
+    with pytest.raises(AuthError, match="host key mismatch"):
+        read_patients(sftp_config(sandbox, tmp_path, sftp_host_key=wrong_ed))
+    known = tmp_path / "known_hosts"
+    creds = sandbox.credentials()
+    known.write_text(f"[{creds['sftp_host']}]:{creds['sftp_port']} {creds['sftp_host_key']}\n")
+    with Hl7SftpChannel(config=sftp_config(sandbox, tmp_path, sftp_host_key=None, sftp_known_hosts=str(known))) as ch:
+        assert len(list(ch.iter_records("encounters", None))) == len(sandbox.truth("encounters"))
+
+
+def test_bad_password_names_the_setting(sandbox: SandboxServer, tmp_path: Path) -> None:
+    with pytest.raises(AuthError) as exc:
+        read_patients(sftp_config(sandbox, tmp_path, sftp_password="not-it"))
+    assert exc.value.setting == "sftp_password" and "not-it" not in str(exc.value)
+
+
+def test_archive_after_read_and_key_auth(sandbox: SandboxServer, tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    ).decode()
+    pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    sandbox.control("POST", "/_sandbox/sftp/authorized-keys", json={"public_key": pub})
+    config = sftp_config(sandbox, tmp_path, sftp_password=None, sftp_private_key=pem, sftp_after_read="archive")
+    with Hl7SftpChannel(config=config) as channel:
+        assert list(channel.iter_records("patients", None)) == sandbox.truth("patients")
+        read = channel.files_read
+    archive = feeds_for(sandbox.tenant).root / "archive"
+    assert len(list(archive.iterdir())) == read
+    with Hl7SftpChannel(config=config) as channel:  # nothing left to read, nothing new rendered
+        assert list(channel.iter_records("patients", None)) == []
+
+
+# -- a real OpenSSH server ---------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _keypair(path: Path) -> tuple[str, str]:
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
+    path.write_bytes(pem)
+    path.chmod(0o600)
+    pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    return pem.decode(), pub
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """sshd -D on a loopback port: internal-sftp only, key auth, files served from ``home``."""
+    binary = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not os.path.exists(binary):
+        pytest.skip("OpenSSH sshd is not installed (apt-get install openssh-server)")
+    root = tmp_path / "sshd"
+    home = root / "home"
+    (home / "outbound" / "hl7").mkdir(parents=True)
+    (home / "archive").mkdir()
+    _, host_pub = _keypair(root / "host_ed25519")
+    client_pem, client_pub = _keypair(root / "client_ed25519")
+    (root / "authorized_keys").write_text(client_pub + "\n")
+    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory sshd insists on
+    port = _free_port()
+    user = os.environ.get("USER") or __import__("pwd").getpwuid(os.getuid()).pw_name
+    (root / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root / 'host_ed25519'}\nPidFile {root / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {root / 'authorized_keys'}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
+        f"AllowUsers {user}\nSubsystem sftp internal-sftp\nForceCommand internal-sftp -d {home}\n"
+        "LogLevel ERROR\n"
+    )
+    proc = subprocess.Popen([binary, "-D", "-e", "-f", str(root / "sshd_config")], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                pytest.fail(f"sshd did not start: {err[-500:]}")
+            time.sleep(0.05)
+    try:
+        yield {"port": port, "home": home, "user": user, "host_key": host_pub, "client_key": client_pem}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.sshd
+def test_real_openssh_server(sshd: dict[str, Any], sandbox: SandboxServer, tmp_path: Path) -> None:
+    feeds = feeds_for(sandbox.tenant)
+    feeds.refresh()
+    for path in sorted(feeds.hl7.dir.glob("*.hl7")):
+        shutil.copy2(path, sshd["home"] / "outbound" / "hl7" / path.name)
+    creds = sandbox.credentials()
+    base = {
+        "base_url": creds["base_url"],
+        "username": creds["username"],
+        "password": creds["password"],
+        "sftp_host": "127.0.0.1",
+        "sftp_port": sshd["port"],
+        "sftp_username": sshd["user"],
+        "sftp_private_key": sshd["client_key"],
+        "sftp_hl7_dir": str(sshd["home"] / "outbound" / "hl7"),
+        "dead_letter_path": str(tmp_path / "dead.jsonl"),
+    }
+    config = WellSkyConfig.load(base | {"sftp_host_key": sshd["host_key"], "sftp_after_read": "archive"})
+    with Hl7SftpChannel(config=config, archive_dir=str(sshd["home"] / "archive")) as channel:
+        for entity in ("patients", "appointments", "encounters"):
+            assert list(channel.iter_records(entity, None)) == sandbox.truth(entity)
+    assert sorted(p.name for p in (sshd["home"] / "archive").iterdir()) == sorted(
+        p.name for p in feeds.hl7.dir.glob("*.hl7")
+    )
+    assert list((sshd["home"] / "outbound" / "hl7").iterdir()) == []
+    mismatch = WellSkyConfig.load(base | {"sftp_host_key": sandbox.credentials()["sftp_host_key"]})
+    with pytest.raises(AuthError, match="host key mismatch"), Hl7SftpChannel(config=mismatch) as channel:
+        list(channel.iter_records("patients", None))
