@@ -101,10 +101,14 @@ class TapWellSky(Tap):
             lines.append(f"  {name:<16}{s['source']:<10}{s['records']:>10}{s['seconds']:>10.2f}{rate:>10.0f}")
         lines.append(
             f"  total {total} records; {metrics.get('pages', 0)} pages, {metrics.get('requests', 0)} requests, "
-            f"{metrics.get('retries', 0)} retries {metrics.get('retries_by_reason') or ''}, "
+            f"{metrics.get('retries', 0)} retries{_reasons(metrics.get('retries_by_reason'))}, "
             f"{metrics.get('reauths', 0)} re-logins"
         )
         print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _reasons(by_reason: dict[str, int] | None) -> str:
+    return f" ({', '.join(f'{k}: {v}' for k, v in sorted(by_reason.items()))})" if by_reason else ""
 
 
 def _env_base_url() -> str | None:
