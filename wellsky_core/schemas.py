@@ -70,6 +70,48 @@ def stream_schema(stream: str) -> dict[str, Any]:
     }
 
 
+README = SCHEMA_DIR.parent / "README.md"
+TABLE_START, TABLE_END = "<!-- settings:start -->", "<!-- settings:end -->"
+
+
+def settings_table() -> str:
+    """The README's configuration reference, generated from the config models (so it cannot drift)."""
+    from .config import TargetConfig, WellSkyConfig, secret_fields
+
+    secrets = set(secret_fields(TargetConfig))
+    rows = ["| setting | default | target only | meaning |", "|---|---|---|---|"]
+    for name, field in TargetConfig.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown = "" if default is None else f"`{json.dumps(default) if not isinstance(default, str) else default}`"
+        secret = " (secret)" if name in secrets else ""
+        only = "yes" if name not in WellSkyConfig.model_fields else ""
+        meaning = (field.description or "").replace("|", "/")
+        choices = _literal_values(field.annotation)
+        if choices:
+            meaning += " One of: " + ", ".join(f"`{c}`" for c in choices) + "."
+        rows.append(f"| `{name}`{secret} | {shown} | {only} | {meaning} |")
+    return "\n".join(rows)
+
+
+def _literal_values(annotation: Any) -> list[str]:
+    import typing
+
+    if typing.get_origin(annotation) is typing.Literal:
+        return [str(a) for a in typing.get_args(annotation)]
+    values: list[str] = []
+    for arg in typing.get_args(annotation):
+        values += _literal_values(arg)
+    return values
+
+
+def _readme_with_table(text: str) -> str:
+    if TABLE_START not in text or TABLE_END not in text:
+        return text
+    head, rest = text.split(TABLE_START, 1)
+    _, tail = rest.split(TABLE_END, 1)
+    return f"{head}{TABLE_START}\n{settings_table()}\n{TABLE_END}{tail}"
+
+
 def render(stream: str) -> str:
     return json.dumps(stream_schema(stream), indent=2, sort_keys=False) + "\n"
 
@@ -89,10 +131,17 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(text)
         elif not path.exists() or path.read_text() != text:
             stale.append(path.name)
+    if README.exists():
+        current = README.read_text()
+        wanted = _readme_with_table(current)
+        if args.write and wanted != current:
+            README.write_text(wanted)
+        elif not args.write and wanted != current:
+            stale.append("README.md settings table")
     extra = sorted(p.name for p in SCHEMA_DIR.glob("*.json") if p.stem not in ENTITIES) if SCHEMA_DIR.exists() else []
     if stale or extra:
         print(
-            f"schemas out of date: {', '.join(stale + extra)}; run `python -m wellsky_core.schemas --write` "
+            f"generated files out of date: {', '.join(stale + extra)}; run `python -m wellsky_core.schemas --write` "
             "and commit the result",
             file=sys.stderr,
         )
