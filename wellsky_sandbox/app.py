@@ -42,7 +42,9 @@ PERSONAL_CARE_ALIASES = {"clients": "patients", "caregivers": "practitioners", "
 FILTERS = {
     "patients": {"mrn": "natural_key"},
     "appointments": {"external_id": "natural_key", "patient_id": "patient_id"},
-    **{e: {"patient_id": "patient_id"} for e in ("encounters", "care_plans", "authorizations", "referrals", "coverage")},
+    **{
+        e: {"patient_id": "patient_id"} for e in ("encounters", "care_plans", "authorizations", "referrals", "coverage")
+    },
 }
 
 

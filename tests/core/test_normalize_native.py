@@ -50,8 +50,10 @@ def test_canonical_to_native_round_trips(sandbox_factory, product):
     for entity in ("patients", "appointments"):
         for rec in sb.truth(entity)[:20]:
             canonical = ENTITIES[entity].model.model_validate(rec).model_dump(mode="json")
-            assert to_canonical(product, entity, {**to_native(product, entity, canonical),
-                                                  **_updated(product, canonical)}) == canonical
+            assert (
+                to_canonical(product, entity, {**to_native(product, entity, canonical), **_updated(product, canonical)})
+                == canonical
+            )
 
 
 def _updated(product: str, rec: dict) -> dict:
@@ -59,28 +61,68 @@ def _updated(product: str, rec: dict) -> dict:
     from datetime import datetime
 
     ts = datetime.fromisoformat(rec["updated_at"].replace("Z", "+00:00"))
-    return {"home_health": {"lastModified": rec["updated_at"]}, "hospice": {"modified_at": int(ts.timestamp())},
-            "personal_care": {"updated": ts.isoformat()}}[product]
+    return {
+        "home_health": {"lastModified": rec["updated_at"]},
+        "hospice": {"modified_at": int(ts.timestamp())},
+        "personal_care": {"updated": ts.isoformat()},
+    }[product]
 
 
 def test_the_same_patient_from_each_product_gives_the_same_canonical_record():
-    canonical = {"id": "7", "mrn": "MR1", "medicare_mbi": None, "medicaid_id": None, "first_name": "Ada",
-                 "last_name": "Hale", "birth_date": "1941-02-03", "gender": "female", "phone": None,
-                 "address": {"line1": "1 Oak St", "line2": None, "city": "Tulsa", "state": "OK", "postal_code": "74101"},
-                 "status": "active", "coverage": [], "updated_at": "2026-03-01T14:00:00Z"}
+    canonical = {
+        "id": "7",
+        "mrn": "MR1",
+        "medicare_mbi": None,
+        "medicaid_id": None,
+        "first_name": "Ada",
+        "last_name": "Hale",
+        "birth_date": "1941-02-03",
+        "gender": "female",
+        "phone": None,
+        "address": {"line1": "1 Oak St", "line2": None, "city": "Tulsa", "state": "OK", "postal_code": "74101"},
+        "status": "active",
+        "coverage": [],
+        "updated_at": "2026-03-01T14:00:00Z",
+    }
     natives = {
-        "home_health": {"id": "7", "mrn": "MR1", "name": {"first": "Ada", "last": "Hale"}, "birthDate": "1941-02-03",
-                        "gender": "F", "address": {"street": "1 Oak St", "city": "Tulsa", "state": "OK",
-                                                   "zip": "74101"},
-                        "status": "Admitted", "coverage": [], "lastModified": "2026-03-01T14:00:00Z"},
-        "hospice": {"id": "7", "medical_record_number": "MR1", "first_name": "Ada", "last_name": "Hale",
-                    "birth_date": "1941-02-03", "gender": "female", "address_line1": "1 Oak St", "city": "Tulsa",
-                    "state": "OK", "postal_code": "74101", "status": "active", "coverage": [],
-                    "modified_at": 1772373600},
-        "personal_care": {"id": 7, "client_number": "MR1", "first": "Ada", "last": "Hale", "birth_date": "02/03/1941",
-                          "gender": "Female", "addresses": [{"type": "home", "line1": "1 Oak St", "city": "Tulsa",
-                                                             "state": "OK", "zip": "74101"}],
-                          "status": "Active", "coverage": [], "updated": "2026-03-01T08:00:00-06:00"},
+        "home_health": {
+            "id": "7",
+            "mrn": "MR1",
+            "name": {"first": "Ada", "last": "Hale"},
+            "birthDate": "1941-02-03",
+            "gender": "F",
+            "address": {"street": "1 Oak St", "city": "Tulsa", "state": "OK", "zip": "74101"},
+            "status": "Admitted",
+            "coverage": [],
+            "lastModified": "2026-03-01T14:00:00Z",
+        },
+        "hospice": {
+            "id": "7",
+            "medical_record_number": "MR1",
+            "first_name": "Ada",
+            "last_name": "Hale",
+            "birth_date": "1941-02-03",
+            "gender": "female",
+            "address_line1": "1 Oak St",
+            "city": "Tulsa",
+            "state": "OK",
+            "postal_code": "74101",
+            "status": "active",
+            "coverage": [],
+            "modified_at": 1772373600,
+        },
+        "personal_care": {
+            "id": 7,
+            "client_number": "MR1",
+            "first": "Ada",
+            "last": "Hale",
+            "birth_date": "02/03/1941",
+            "gender": "Female",
+            "addresses": [{"type": "home", "line1": "1 Oak St", "city": "Tulsa", "state": "OK", "zip": "74101"}],
+            "status": "Active",
+            "coverage": [],
+            "updated": "2026-03-01T08:00:00-06:00",
+        },
     }
     for product, native in natives.items():
         assert to_canonical(product, "patients", native) == canonical, product
@@ -89,16 +131,61 @@ def test_the_same_patient_from_each_product_gives_the_same_canonical_record():
 @pytest.mark.parametrize(
     ("native", "field"),
     [
-        ({"id": "1", "name": {"first": "A", "last": "B"}, "birthDate": "1941-13-40", "gender": "F", "status": "Admitted",
-          "lastModified": "2026-03-01T14:00:00Z"}, "birthDate"),
-        ({"id": "1", "name": {"first": "A", "last": "B"}, "birthDate": "1941-01-01", "gender": "X", "status": "Admitted",
-          "lastModified": "2026-03-01T14:00:00Z"}, "gender"),
-        ({"id": "1", "name": {"first": "A", "last": "B"}, "birthDate": "1941-01-01", "gender": "F", "status": "Admitted",
-          "lastModified": "2026-03-01T14:00:00"}, "lastModified"),
-        ({"id": "1", "name": "A B", "birthDate": "1941-01-01", "gender": "F", "status": "Admitted",
-          "lastModified": "2026-03-01T14:00:00Z"}, "name"),
-        ({"id": "1", "name": {"first": "A"}, "birthDate": "1941-01-01", "gender": "F", "status": "Admitted",
-          "lastModified": "2026-03-01T14:00:00Z"}, "last_name"),
+        (
+            {
+                "id": "1",
+                "name": {"first": "A", "last": "B"},
+                "birthDate": "1941-13-40",
+                "gender": "F",
+                "status": "Admitted",
+                "lastModified": "2026-03-01T14:00:00Z",
+            },
+            "birthDate",
+        ),
+        (
+            {
+                "id": "1",
+                "name": {"first": "A", "last": "B"},
+                "birthDate": "1941-01-01",
+                "gender": "X",
+                "status": "Admitted",
+                "lastModified": "2026-03-01T14:00:00Z",
+            },
+            "gender",
+        ),
+        (
+            {
+                "id": "1",
+                "name": {"first": "A", "last": "B"},
+                "birthDate": "1941-01-01",
+                "gender": "F",
+                "status": "Admitted",
+                "lastModified": "2026-03-01T14:00:00",
+            },
+            "lastModified",
+        ),
+        (
+            {
+                "id": "1",
+                "name": "A B",
+                "birthDate": "1941-01-01",
+                "gender": "F",
+                "status": "Admitted",
+                "lastModified": "2026-03-01T14:00:00Z",
+            },
+            "name",
+        ),
+        (
+            {
+                "id": "1",
+                "name": {"first": "A"},
+                "birthDate": "1941-01-01",
+                "gender": "F",
+                "status": "Admitted",
+                "lastModified": "2026-03-01T14:00:00Z",
+            },
+            "last_name",
+        ),
     ],
 )
 def test_bad_native_records_name_the_field_not_the_value(native, field):
