@@ -488,6 +488,7 @@ class Row:
     rss_mb: float
     sync_s: float | None = None  # in-process time (without interpreter start-up), where the tool reports it
     server_cpu_s: float | None = None
+    load_avg: float | None = None  # 1-min load average when the run started: >2 on 2 cores means contention
     note: str = ""
     parts: list[dict[str, Any]] = field(default_factory=list)
     ok: bool = True
@@ -499,7 +500,7 @@ class Row:
 
 def measured(sb: Sandbox, scale: str, name: str, commands: list[list[str]], **kwargs: Any) -> tuple[Row, Measure]:
     log(f"scale {scale}: {name} ...")
-    cpu_before = sb.cpu()
+    cpu_before, load = sb.cpu(), os.getloadavg()[0]
     m = run_pipeline(commands, **kwargs)
     row = Row(
         scale=scale,
@@ -509,6 +510,7 @@ def measured(sb: Sandbox, scale: str, name: str, commands: list[list[str]], **kw
         cpu_s=round(m.cpu_s, 3),
         rss_mb=m.rss_mb,
         server_cpu_s=round(sb.cpu() - cpu_before, 2),
+        load_avg=round(load, 2),
         parts=m.parts,
         ok=m.returncode == 0,
     )
@@ -793,7 +795,7 @@ def judge(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def render_table(rows: list[dict[str, Any]], verdicts: dict[str, dict[str, Any]]) -> str:
     head = (
         f"{'scale':<6}{'run':<38}{'records':>9}{'rec/s':>10}{'wall s':>9}{'sync s':>8}{'CPU s':>8}"
-        f"{'RSS MB':>8}{'srv CPU':>8}{'x floor':>8}{'x peer':>8}  note"
+        f"{'RSS MB':>8}{'srv CPU':>8}{'load':>6}{'x floor':>8}{'x peer':>8}  note"
     )
     lines = [head, "-" * len(head)]
 
@@ -804,7 +806,8 @@ def render_table(rows: list[dict[str, Any]], verdicts: dict[str, dict[str, Any]]
         lines.append(
             f"{r['scale']:<6}{r['name'][:37]:<38}{fmt(r['records'], 'd'):>9}{fmt(r['records_per_s'], '.0f'):>10}"
             f"{r['wall_s']:>9.2f}{fmt(r['sync_s'], '.2f'):>8}{r['cpu_s']:>8.2f}{r['rss_mb']:>8.0f}"
-            f"{fmt(r['server_cpu_s'], '.2f'):>8}{fmt(r['wall_vs_floor'], '.2f'):>8}{fmt(r['rate_vs_peer'], '.2f'):>8}"
+            f"{fmt(r['server_cpu_s'], '.2f'):>8}{fmt(r['load_avg'], '.1f'):>6}"
+            f"{fmt(r['wall_vs_floor'], '.2f'):>8}{fmt(r['rate_vs_peer'], '.2f'):>8}"
             f"  {r['note']}"
         )
     lines.append("")
