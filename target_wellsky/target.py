@@ -153,6 +153,20 @@ class TargetWellSky(Target):
             "ACTIVATE_VERSION"
         )
 
+    def _process_activate_version_message(self, message_dict: dict) -> None:
+        self._assert_line_requires(message_dict, {"stream", "version"})  # the SDK would raise a bare KeyError
+        self._assert_sink_exists(message_dict["stream"])
+        super()._process_activate_version_message(message_dict)
+
+    def _process_batch_message(self, message_dict: dict) -> None:
+        self._assert_line_requires(message_dict, {"stream", "encoding", "manifest"})
+        self._assert_sink_exists(message_dict["stream"])
+        if not isinstance(message_dict["encoding"], dict) or not isinstance(message_dict["manifest"], list):
+            raise SingerInputError(
+                f"input line {self.line_number}: BATCH needs an encoding object and a manifest list of file URLs"
+            )
+        super()._process_batch_message(message_dict)
+
     # -- results --------------------------------------------------------------------------------------------
     def account(self, stream: str, line: int, record: dict[str, Any], result: WriteResult) -> None:
         """Count, audit and (when refused) dead-letter one write decision."""
