@@ -82,6 +82,12 @@ def verify_signature(
     return timestamp
 
 
+def sign_header_for_tests(secret: str, timestamp: int, body: bytes) -> str:
+    """The header WellSky would send (for tests and local tools that emulate the sender)."""
+    mac = hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
 class EventStore:
     """Durable, de-duplicated, ordered event log in SQLite (one writer lock, any number of readers)."""
 
@@ -218,7 +224,8 @@ class WebhookReceiver:
         self._httpd.serve_forever()
 
     def stop(self) -> None:
-        self._httpd.shutdown()
+        if self._thread is not None:  # shutdown() waits for serve_forever: only call it when serving
+            self._httpd.shutdown()
         self._httpd.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)

@@ -47,6 +47,16 @@ FEED_DIRS = {"/outbound/hl7": "hl7", "/outbound/exports": "exports"}
 VIRTUAL_DIRS = {"/": ("outbound", "archive"), "/outbound": ("hl7", "exports")}
 
 
+class _QuietDisconnects(logging.Filter):
+    """A client hanging up without a goodbye is normal for a server; paramiko logs it as an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("Socket exception", "EOF in transport thread"))
+
+
+logging.getLogger("wellsky_sandbox.sftp.transport").addFilter(_QuietDisconnects())
+
+
 def add_authorized_key(tenant: Tenant, public_key: str, username: str | None = None) -> None:
     """Let ``public_key`` (an OpenSSH ``authorized_keys`` line) log in as ``username`` (default: tenant user)."""
     parts = public_key.strip().split()
@@ -293,6 +303,7 @@ class SftpServer:
             conn.settimeout(None)
             try:
                 transport = paramiko.Transport(conn)
+                transport.set_log_channel("wellsky_sandbox.sftp.transport")
                 transport.add_server_key(self.host_key)
                 transport.set_subsystem_handler("sftp", paramiko.SFTPServer, _Tree, self.feeds)
                 transport.start_server(event=threading.Event(), server=_Auth(self.tenant, self.feeds))

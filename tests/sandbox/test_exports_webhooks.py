@@ -168,3 +168,41 @@ def test_failed_deliveries_are_retried_with_backoff(sandbox: SandboxServer) -> N
         ]
     finally:
         rx.httpd.shutdown()
+
+
+def test_core_receiver_stores_verified_events_and_replays(sandbox: SandboxServer, tmp_path: Any) -> None:
+    from wellsky_core.webhooks import EventStore, WebhookReceiver, sign_header_for_tests
+
+    store = EventStore(tmp_path / "events.sqlite")
+    probe = WebhookReceiver(store, "placeholder")  # learn a free port, then bind it with the real secret
+    probe.stop()
+    with login(sandbox) as client:
+        secret = client.post("/webhooks", json={"url": probe.url, "events": ["*"]}).json()["secret"]
+    rx = WebhookReceiver(store, secret, port=probe.port).start()
+    try:
+        result = sandbox.advance(count=20, seed=6)
+        expected = sum(result["by_entity"].get(e, 0) for e in ("appointments", "encounters", "authorizations"))
+        deadline = time.monotonic() + 15
+        while store.count() < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        events = list(store.iter_events(0))
+        assert len(events) == expected and [e["seq"] for e in events] == sorted(e["seq"] for e in events)
+        assert list(store.iter_events(events[-2]["seq"])) == events[-1:]
+        body = json.dumps({"id": "evt_forged", "type": "patient.updated", "record": {}}).encode()
+        now = int(time.time())
+        forged = httpx.post(
+            rx.url, content=body, headers={"X-WellSky-Signature": sign_header_for_tests("wrong", now, body)}
+        )
+        stale = httpx.post(
+            rx.url, content=body, headers={"X-WellSky-Signature": sign_header_for_tests(secret, now - 3600, body)}
+        )
+        assert forged.status_code == 401 and stale.status_code == 401 and "away from now" in stale.json()["message"]
+        good = sign_header_for_tests(secret, now, body)
+        first = httpx.post(rx.url, content=body, headers={"X-WellSky-Signature": good}).json()
+        again = httpx.post(rx.url, content=body, headers={"X-WellSky-Signature": good}).json()
+        assert first["duplicate"] is False and again == {"seq": first["seq"], "duplicate": True}
+        assert store.count() == expected + 1 and rx.rejected == 2
+    finally:
+        rx.stop()
+    reopened = EventStore(tmp_path / "events.sqlite")  # durable across a restart
+    assert reopened.count() == expected + 1

@@ -42,6 +42,8 @@ from ..errors import NormalizationError
 from ..models import ENTITIES
 
 BATCH_SEGMENTS = ("FHS", "BHS", "BTS", "FTS")
+SINGLE_SEGMENTS = ("MSH", "EVN", "PID", "PV1", "SCH", "OBR")
+"""Segments a single ADT/SIU/ORU message of this feed holds at most once."""
 PATIENT_EVENTS = {"A04", "A08", "A28", "A31", "A01", "A05"}
 APPOINTMENT_EVENTS = {"S12", "S13", "S14", "S15"}
 SEX = {"M": "male", "F": "female", "O": "other", "U": "unknown", "A": "other", "N": "unknown"}
@@ -235,8 +237,14 @@ def _parse(text: str) -> tuple[str, str, _Msg]:
         if parts[0] == "MSH":  # MSH-1 is the separator itself: shift so that fields[n] is MSH-n
             parts = ["MSH", field_sep, *parts[1:]]
         segments.append((parts[0], parts))
-    if sum(1 for name, _ in segments if name == "MSH") != 1:
-        raise NormalizationError("hl7", "MSH", "message holds more than one MSH segment")
+    names = [name for name, _ in segments]
+    for single in SINGLE_SEGMENTS:
+        if names.count(single) > 1:
+            raise NormalizationError(
+                "hl7",
+                single,
+                "segment appears more than once; a message without its MSH was probably merged into the one before it",
+            )
     msh = segments[0][1]
     version = msh[12].split(enc["comp"])[0] if len(msh) > 12 else ""
     if not re.fullmatch(r"2\.[1-8](\.\d)?", version):

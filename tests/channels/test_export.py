@@ -1,0 +1,94 @@
+"""export channel: nightly CSVs from the sandbox over SFTP and over signed HTTP URLs (real servers, loopback)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from wellsky_core.channels.export import ExportChannel
+from wellsky_core.config import WellSkyConfig
+from wellsky_core.deadletter import DeadLetter
+from wellsky_core.errors import RemoteError
+from wellsky_core.models import ENTITIES
+from wellsky_core.transport import WellSkyClient
+from wellsky_sandbox.testing import SandboxServer
+
+API_KEYS = ("base_url", "username", "password")
+SFTP_KEYS = ("sftp_host", "sftp_port", "sftp_username", "sftp_password", "sftp_host_key")
+
+
+def config_for(sandbox: SandboxServer, tmp_path: Path, sftp: bool) -> WellSkyConfig:
+    creds = sandbox.credentials()
+    keys = API_KEYS + (SFTP_KEYS if sftp else ())
+    return WellSkyConfig.load({k: creds[k] for k in keys} | {"dead_letter_path": str(tmp_path / "dead.jsonl")})
+
+
+@pytest.fixture
+def http_channel(sandbox: SandboxServer, tmp_path: Path) -> Iterator[ExportChannel]:
+    config = config_for(sandbox, tmp_path, sftp=False)
+    with WellSkyClient(config) as client, ExportChannel(config=config, client=client) as channel:
+        yield channel
+
+
+def test_every_entity_over_sftp_and_http_equals_the_tenant(
+    sandbox: SandboxServer, http_channel: ExportChannel, tmp_path: Path
+) -> None:
+    assert http_channel.via == "http"
+    with ExportChannel(config=config_for(sandbox, tmp_path, sftp=True)) as sftp_channel:
+        assert sftp_channel.via == "sftp"
+        for entity in ENTITIES:
+            truth = sandbox.truth(entity)
+            assert list(sftp_channel.iter_records(entity, None)) == truth, entity
+            assert list(http_channel.iter_records(entity, None)) == truth, entity
+    assert DeadLetter.read(tmp_path / "dead.jsonl") == []
+
+
+def test_incremental_reads_only_newer_nights(sandbox: SandboxServer, http_channel: ExportChannel) -> None:
+    list(http_channel.iter_records("appointments", None))
+    result = sandbox.advance(count=50, seed=8)
+    since = datetime.fromisoformat(result["updated_at"].replace("Z", "+00:00"))
+    http_channel.files_read.clear()
+    got = list(http_channel.iter_records("appointments", since))
+    assert got == sandbox.truth("appointments", updated_since=result["updated_at"])
+    assert got and http_channel.files_read and all(n.endswith("_0002.csv") for n in http_channel.files_read)
+
+
+class SlowExportChannel(ExportChannel):
+    """Waits after each listing so that short-lived URLs expire before the download (client-side delay only)."""
+
+    delay = 1.3
+
+    def _list(self) -> list[dict[str, Any]]:
+        files = super()._list()
+        if self.relists == 0:
+            time.sleep(self.delay)
+        return files
+
+
+def test_expired_url_is_relisted(sandbox: SandboxServer, tmp_path: Path) -> None:
+    sandbox.control("POST", "/_sandbox/exports", json={"url_ttl_seconds": 1})
+    config = config_for(sandbox, tmp_path, sftp=False)
+    with WellSkyClient(config) as client, SlowExportChannel(config=config, client=client) as channel:
+        assert list(channel.iter_records("referrals", None)) == sandbox.truth("referrals")
+        assert channel.relists >= 1
+
+
+class TamperedListing(ExportChannel):
+    def _list(self) -> list[dict[str, Any]]:
+        return [{**f, "sha256": "0" * 64} for f in super()._list()]
+
+
+def test_checksum_mismatch_is_refused(sandbox: SandboxServer, tmp_path: Path) -> None:
+    config = config_for(sandbox, tmp_path, sftp=False)
+    with (
+        WellSkyClient(config) as client,
+        TamperedListing(config=config, client=client) as channel,
+        pytest.raises(RemoteError) as exc,
+    ):
+        list(channel.iter_records("patients", None))
+    assert exc.value.code == "checksum_mismatch"
