@@ -83,6 +83,8 @@ def test_a_whole_session_sync_logs_no_secret_and_no_patient_name(sandbox_factory
     sb = sandbox_factory(scale=30, mfa=True, sftp_port=None, faults="error=0.2,reset=0.2,retry_after=0,seed=7")
     install_redaction()
     caplog.set_level(logging.DEBUG)
+    for name in ("httpx", "httpcore", "wellsky_core"):  # other tests in this worker may have quieted them
+        caplog.set_level(logging.DEBUG, logger=name)
     cfg = WellSkyConfig.load(
         {
             "base_url": sb.base_url,
