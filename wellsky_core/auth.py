@@ -25,7 +25,7 @@ import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import SecretStr
 
-from wellsky_core.errors import AuthError, ConfigError, MfaError, RemoteError
+from wellsky_core.errors import AuthError, ConfigError, MfaError, RemoteError, error_fields
 from wellsky_core.mfa import Challenge, CodeSource, build_code_source
 from wellsky_core.redaction import register_secret
 
@@ -67,19 +67,6 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if when is None:
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def _error_fields(response: httpx.Response) -> tuple[str | None, str | None]:
-    """The server's ``error`` code and ``message`` (WellSky's documented error shape), if any."""
-    try:
-        body = response.json()
-    except (ValueError, UnicodeDecodeError):
-        return None, None
-    if not isinstance(body, dict):
-        return None, None
-    code = body.get("error")
-    message = body.get("message") or body.get("error_description")
-    return (str(code) if code else None), (str(message) if message else None)
 
 
 def _raise_if_transient(response: httpx.Response) -> None:
@@ -149,9 +136,7 @@ class RefreshingAuth(httpx.Auth):
         request.headers.setdefault("accept", "application/json")
         return request
 
-    def _ensure(
-        self, stale_generation: int | None
-    ) -> Generator[httpx.Request, httpx.Response, tuple[str, int]]:
+    def _ensure(self, stale_generation: int | None) -> Generator[httpx.Request, httpx.Response, tuple[str, int]]:
         with self._login_lock:
             with self._state_lock:
                 generation = self._generation
@@ -293,7 +278,7 @@ class SessionAuth(RefreshingAuth):
         if response.status_code == 202:
             yield from self._mfa(_json_body(response))
             return
-        code, message = _error_fields(response)
+        code, message = error_fields(response)
         if response.status_code in (400, 401, 403):
             raise AuthError(
                 f"WellSky refused the login ({response.status_code} {code or ''}: {message or 'no detail'}); "
@@ -324,12 +309,10 @@ class SessionAuth(RefreshingAuth):
             )
         issued_at = time.time()
         if method in ("sms", "email"):
-            sent = yield self._request(
-                "POST", f"{self.base_url}/sessions/{challenge_id}/send", json={"method": method}
-            )
+            sent = yield self._request("POST", f"{self.base_url}/sessions/{challenge_id}/send", json={"method": method})
             _raise_if_transient(sent)
             if sent.status_code >= 400:
-                code, message = _error_fields(sent)
+                code, message = error_fields(sent)
                 raise MfaError(
                     f"WellSky could not send the {method} code ({sent.status_code} {code or ''}: "
                     f"{message or 'no detail'}); check `mfa_method`",
@@ -348,7 +331,7 @@ class SessionAuth(RefreshingAuth):
             if response.status_code in (200, 201):
                 self._accept(response)
                 return
-            error, message = _error_fields(response)
+            error, message = error_fields(response)
             rejected = MfaError(
                 f"WellSky rejected the {method} code ({response.status_code} {error or ''}: "
                 f"{message or 'no detail'}); check `{source.setting}`",
@@ -407,7 +390,7 @@ class _TokenAuth(RefreshingAuth):
         response = yield self._request("POST", self.token_url, data=form)
         _raise_if_transient(response)
         if response.status_code != 200:
-            code, message = _error_fields(response)
+            code, message = error_fields(response)
             if response.status_code in (400, 401, 403):
                 raise AuthError(
                     f"WellSky refused the token request ({response.status_code} {code or ''}: "

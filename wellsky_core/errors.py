@@ -18,6 +18,26 @@ class WellSkyError(Exception):
     """Base class of every error raised by the core."""
 
 
+def error_fields(response: httpx.Response) -> tuple[str | None, str | None]:
+    """The server's error code and message, from WellSky's ``{error, message}`` shape, OAuth's
+    ``{error, error_description}`` or a FHIR OperationOutcome (``issue[0].code`` / ``diagnostics``)."""
+    try:
+        body = response.json()
+    except (ValueError, UnicodeDecodeError):
+        return None, None
+    if not isinstance(body, dict):
+        return None, None
+    if body.get("resourceType") == "OperationOutcome":
+        issues = body.get("issue") or [{}]
+        issue = issues[0] if isinstance(issues[0], dict) else {}
+        code = issue.get("code")
+        message = issue.get("diagnostics") or (issue.get("details") or {}).get("text")
+    else:
+        code = body.get("error")
+        message = body.get("message") or body.get("error_description")
+    return (str(code) if code else None), (str(message) if message else None)
+
+
 @dataclass(frozen=True)
 class ConfigProblem:
     """One bad configuration key and what to do about it."""

@@ -29,7 +29,7 @@ import httpx
 
 from wellsky_core.auth import RefreshingAuth, RetryableAuthFailure, build_auth, parse_retry_after
 from wellsky_core.config import WellSkyConfig
-from wellsky_core.errors import AuthError, ConfigError, RemoteError, TransportError, redact_url
+from wellsky_core.errors import AuthError, ConfigError, RemoteError, TransportError, error_fields, redact_url
 from wellsky_core.metrics import Metrics
 from wellsky_core.ratelimit import TokenBucket
 from wellsky_core.redaction import register_secret
@@ -46,17 +46,6 @@ Params = Mapping[str, Any] | None
 def _no_cookie_jar() -> CookieJar:
     """A jar that stores nothing: the session cookie is owned by SessionAuth, never by httpx's shared jar."""
     return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-
-
-def _error_fields(response: httpx.Response) -> tuple[str | None, str | None]:
-    try:
-        body = response.json()
-    except (ValueError, UnicodeDecodeError):
-        return None, None
-    if not isinstance(body, dict):
-        return None, None
-    code, message = body.get("error"), body.get("message")
-    return (str(code) if code else None), (str(message) if message else None)
 
 
 class WellSkyClient:
@@ -181,7 +170,7 @@ class WellSkyClient:
                 if status in expected:
                     return response, None
                 if status == 401:
-                    code, message = _error_fields(response)
+                    code, message = error_fields(response)
                     raise AuthError(
                         f"WellSky rejected the credentials for {redact_url(request.url)} even after logging "
                         f"in again ({code or 401}: {message or 'no detail'}); check the auth settings",
@@ -192,10 +181,10 @@ class WellSkyClient:
                     if status in (429, 503):
                         retry_after = parse_retry_after(response.headers.get("retry-after"))
                     if not safe and status not in (429, 503):
-                        code, message = _error_fields(response)
+                        code, message = error_fields(response)
                         raise RemoteError(status, code, message, url=request.url)
                 elif status >= 300:
-                    code, message = _error_fields(response)
+                    code, message = error_fields(response)
                     raise RemoteError(status, code, message, url=request.url)
                 elif not parse_json:
                     return response, None
