@@ -88,6 +88,7 @@ class TargetWellSky(Target):
         self._started = time.monotonic()
         super().__init__(*args, **kwargs)
         TargetWellSky.last_run = self
+        self.settings  # noqa: B018 - a bad config fails at startup, even when no record ever arrives
 
     # -- configuration and shared objects ----------------------------------------------------------------
     @cached_property
@@ -153,13 +154,33 @@ class TargetWellSky(Target):
             "ACTIVATE_VERSION"
         )
 
+    def _assert_stream_name(self, message_dict: dict) -> None:
+        if not isinstance(message_dict["stream"], str) or not message_dict["stream"]:
+            raise SingerInputError(f"input line {self.line_number}: `stream` must be a non-empty string")
+
+    def _process_record_message(self, message_dict: dict) -> None:
+        self._assert_line_requires(message_dict, {"stream", "record"})
+        self._assert_stream_name(message_dict)
+        if not isinstance(message_dict["record"], dict):  # the SDK would fail with a TypeError traceback
+            raise SingerInputError(f"input line {self.line_number}: a RECORD's record must be a JSON object")
+        super()._process_record_message(message_dict)
+
+    def _process_schema_message(self, message_dict: dict) -> None:
+        self._assert_line_requires(message_dict, {"stream", "schema"})
+        self._assert_stream_name(message_dict)
+        if not isinstance(message_dict["schema"], dict):
+            raise SingerInputError(f"input line {self.line_number}: a SCHEMA's schema must be a JSON object")
+        super()._process_schema_message(message_dict)
+
     def _process_activate_version_message(self, message_dict: dict) -> None:
         self._assert_line_requires(message_dict, {"stream", "version"})  # the SDK would raise a bare KeyError
+        self._assert_stream_name(message_dict)
         self._assert_sink_exists(message_dict["stream"])
         super()._process_activate_version_message(message_dict)
 
     def _process_batch_message(self, message_dict: dict) -> None:
         self._assert_line_requires(message_dict, {"stream", "encoding", "manifest"})
+        self._assert_stream_name(message_dict)
         self._assert_sink_exists(message_dict["stream"])
         if not isinstance(message_dict["encoding"], dict) or not isinstance(message_dict["manifest"], list):
             raise SingerInputError(
@@ -233,10 +254,13 @@ class TargetWellSky(Target):
 def main() -> None:
     """Console entry point: exit 0 when every record landed, 3 when some were refused (see the dead-letter file)."""
     try:
-        TargetWellSky.cli(standalone_mode=False)
+        code = TargetWellSky.cli(standalone_mode=False)
     except (WellSkyError, ConfigValidationError) as exc:
         detail = exc if isinstance(exc, WellSkyError) else "; ".join(getattr(exc, "errors", []) or [str(exc)])
         print(f"target-wellsky: error: {detail}", file=sys.stderr)
+        sys.exit(2)
+    if isinstance(code, int) and code:  # the SDK's own config check returns 1 instead of raising here
+        print("target-wellsky: error: invalid configuration; fix the settings named above", file=sys.stderr)
         sys.exit(2)
     run = TargetWellSky.last_run
     sys.exit(3 if run is not None and run.rejected else 0)
