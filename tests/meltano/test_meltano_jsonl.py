@@ -40,7 +40,12 @@ def plugin(kind: str, name: str) -> dict[str, Any]:
 def test_meltano_settings_mirror_the_config_model(kind, name, model, extra):
     entry = plugin(kind, name)
     settings = {s["name"]: s for s in entry["settings"]}
-    assert set(settings) == set(model.model_fields) | extra, "meltano.yml settings drifted from wellsky_core.config"
+    expected = set(model.model_fields) | extra
+    missing, stale = sorted(expected - set(settings)), sorted(set(settings) - expected)
+    assert not missing and not stale, (
+        f"meltano.yml {name} settings drifted from wellsky_core.config: add {missing}, remove {stale} "
+        "(kind: password for SecretStr keys)"
+    )
     passwords = {n for n, s in settings.items() if s.get("kind") == "password"}
     assert passwords == set(secret_fields(model))
     assert settings["stream_sources"]["kind"] == "object"
