@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from singer_sdk import Stream
 from singer_sdk.helpers._typing import TypeConformanceLevel
 
-from wellsky_core.models import ENTITIES
 from wellsky_core.schemas import stream_schema
 
 from .fastio import FastRecordWriter, fast_writer_for
@@ -32,8 +31,6 @@ class WellSkyStream(Stream):
     TYPE_CONFORMANCE_LEVEL = TypeConformanceLevel.NONE
 
     def __init__(self, tap: TapWellSky) -> None:
-        spec = ENTITIES[self.name]
-        self.primary_keys = list(spec.primary_key)
         super().__init__(tap, schema=stream_schema(self.name), name=self.name)
         self.wellsky_tap = tap
         self.STATE_MSG_FREQUENCY = tap.settings.page_size  # a STATE after every page's worth of records

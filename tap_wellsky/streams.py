@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
 from .client import WellSkyStream
 
 
@@ -63,3 +66,31 @@ STREAM_TYPES: list[type[WellSkyStream]] = [
     ReferralsStream,
     CoverageStream,
 ]
+
+
+class WebhookEventsStream(WellSkyStream):
+    """Change events received by the webhook receiver, replayed in arrival order (bookmark: ``seq``).
+
+    Only offered when ``webhook_events_path`` points at the receiver's event store.
+    """
+
+    name = "webhook_events"
+    primary_keys: ClassVar[list[str]] = ["id"]
+    replication_key = "seq"
+
+    @property
+    def is_sorted(self) -> bool:
+        return True
+
+    def get_records(self, context: dict | None) -> Iterable[dict[str, Any]]:
+        from wellsky_core.webhooks import EventStore, iter_canonical_events
+
+        since = self.get_starting_replication_key_value(context) or 0
+        store = EventStore(self.wellsky_tap.settings.webhook_events_path or "")
+        self.summary["source"] = "webhooks"
+        try:
+            for event in iter_canonical_events(store, int(since), self.wellsky_tap.connection.product):
+                self.summary["records"] += 1
+                yield event
+        finally:
+            store.close()

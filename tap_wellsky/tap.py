@@ -17,7 +17,7 @@ from wellsky_core.errors import ConfigError, WellSkyError
 from wellsky_core.redaction import install_redaction
 
 from .embedded import embedded_sandbox_config
-from .streams import STREAM_TYPES
+from .streams import STREAM_TYPES, WebhookEventsStream
 
 TAP_ONLY_KEYS = {
     "sandbox_scale": {
@@ -46,7 +46,7 @@ class TapWellSky(Tap):
         super().__init__(*args, **kwargs)
         self._started = time.monotonic()
         if self.input_catalog:
-            known = {cls.name for cls in STREAM_TYPES}
+            known = {cls.name for cls in STREAM_TYPES} | {WebhookEventsStream.name}
             unknown = sorted(set(self.input_catalog) - known)
             if unknown:
                 raise ConfigError(
@@ -68,7 +68,10 @@ class TapWellSky(Tap):
         return Connection(self.settings)
 
     def discover_streams(self) -> list[Any]:
-        return [cls(tap=self) for cls in STREAM_TYPES]
+        streams = [cls(tap=self) for cls in STREAM_TYPES]
+        if self.config.get("webhook_events_path"):
+            streams.append(WebhookEventsStream(tap=self))
+        return streams
 
     def run_connection_test(self) -> bool:
         tenant = self.connection.tenant()

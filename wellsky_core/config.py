@@ -116,9 +116,7 @@ class WellSkyConfig(BaseModel):
     mfa_code_file: str | None = Field(
         default=None, description="File a fresh 6-digit code is written to (mfa_code_source=file)."
     )
-    mfa_code_timeout_seconds: float = Field(
-        default=120, gt=0, description="How long to wait for an MFA code."
-    )
+    mfa_code_timeout_seconds: float = Field(default=120, gt=0, description="How long to wait for an MFA code.")
     client_id: str | None = Field(default=None, description="OAuth2 client id.")
     client_secret: SecretStr | None = Field(
         default=None, description="OAuth2 client secret (auth_method=oauth_client_credentials)."
@@ -135,18 +133,12 @@ class WellSkyConfig(BaseModel):
     oauth_scopes: str | None = Field(
         default=None, description="Space-separated scopes, e.g. 'system/*.read system/*.write'."
     )
-    token_url: str | None = Field(
-        default=None, description="OAuth2 token endpoint; default {base_url}/oauth/token."
-    )
+    token_url: str | None = Field(default=None, description="OAuth2 token endpoint; default {base_url}/oauth/token.")
     timeout_seconds: float = Field(default=30, gt=0, description="Per-request timeout.")
     max_retries: int = Field(default=6, ge=0, le=50, description="Retries per request before giving up.")
-    backoff_base_seconds: float = Field(
-        default=0.5, ge=0, description="First retry backoff (doubles each retry)."
-    )
+    backoff_base_seconds: float = Field(default=0.5, ge=0, description="First retry backoff (doubles each retry).")
     backoff_max_seconds: float = Field(default=30, ge=0, description="Longest backoff between retries.")
-    max_requests_per_second: float = Field(
-        default=50, ge=0, description="Client-side rate limit; 0 disables it."
-    )
+    max_requests_per_second: float = Field(default=50, ge=0, description="Client-side rate limit; 0 disables it.")
     page_size: int = Field(default=500, ge=1, le=1000, description="Records per page (1-1000).")
     verify_tls: bool = Field(default=True, description="Verify the server certificate.")
     ca_bundle: str | None = Field(default=None, description="PEM CA bundle for a private CA.")
@@ -161,20 +153,20 @@ class WellSkyConfig(BaseModel):
     sftp_username: str | None = Field(default=None, description="SFTP login.")
     sftp_password: SecretStr | None = Field(default=None, description="SFTP password.")
     sftp_private_key: SecretStr | None = Field(default=None, description="SFTP private key (PEM/OpenSSH).")
-    sftp_host_key: str | None = Field(
-        default=None, description="Expected SFTP host key ('ssh-ed25519 AAAA...')."
-    )
+    sftp_host_key: str | None = Field(default=None, description="Expected SFTP host key ('ssh-ed25519 AAAA...').")
     sftp_known_hosts: str | None = Field(default=None, description="known_hosts file for the SFTP host.")
     sftp_hl7_dir: str = Field(default="/outbound/hl7", description="Remote directory of HL7 files.")
     sftp_export_dir: str = Field(default="/outbound/exports", description="Remote directory of export files.")
     sftp_after_read: Literal["keep", "archive", "delete"] = Field(
         default="keep", description="What to do with a remote file once read."
     )
-    chromium_path: str = Field(
-        default="/usr/bin/chromium", description="Chromium binary for the portal channel."
-    )
+    chromium_path: str = Field(default="/usr/bin/chromium", description="Chromium binary for the portal channel.")
     dead_letter_path: str | None = Field(
         default=None, description="JSONL file for records that could not be read or written."
+    )
+    webhook_events_path: str | None = Field(
+        default=None,
+        description="Event store of `python -m wellsky_core.webhooks serve`; enables the webhook_events stream.",
     )
 
     # --- field validators -------------------------------------------------------------------------------
@@ -243,9 +235,7 @@ class WellSkyConfig(BaseModel):
 
         def need(field: str, why: str) -> None:
             if getattr(self, field, None) in (None, ""):
-                problems.append(
-                    ConfigProblem(field, f"required {why}; set `{field}` or {ENV_PREFIX}{field.upper()}")
-                )
+                problems.append(ConfigProblem(field, f"required {why}; set `{field}` or {ENV_PREFIX}{field.upper()}"))
 
         if self.auth_method == "session":
             need("username", "when auth_method=session")
@@ -279,14 +269,10 @@ class WellSkyConfig(BaseModel):
                     "when auth_method=oauth_private_key_jwt (the kid the key was registered with)",
                 )
         if self.ca_bundle and not Path(self.ca_bundle).is_file():
-            problems.append(
-                ConfigProblem("ca_bundle", "file does not exist; give the path of a PEM CA bundle")
-            )
+            problems.append(ConfigProblem("ca_bundle", "file does not exist; give the path of a PEM CA bundle"))
         if self.backoff_max_seconds < self.backoff_base_seconds:
             problems.append(
-                ConfigProblem(
-                    "backoff_max_seconds", "must be >= backoff_base_seconds; raise it or lower the base"
-                )
+                ConfigProblem("backoff_max_seconds", "must be >= backoff_base_seconds; raise it or lower the base")
             )
         return problems
 
@@ -298,9 +284,7 @@ class WellSkyConfig(BaseModel):
         try:
             pem = self.private_key_pem()
         except OSError:
-            return ConfigProblem(
-                "private_key_path", "cannot read the file; give the path of a PEM private key"
-            )
+            return ConfigProblem("private_key_path", "cannot read the file; give the path of a PEM private key")
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
         try:
@@ -308,13 +292,9 @@ class WellSkyConfig(BaseModel):
         except (ValueError, TypeError):
             return ConfigProblem(field, "is not an unencrypted PEM private key (-----BEGIN PRIVATE KEY-----)")
         if self.jwt_algorithm == "RS384" and not isinstance(key, rsa.RSAPrivateKey):
-            return ConfigProblem(
-                "jwt_algorithm", "RS384 needs an RSA key; set jwt_algorithm=ES384 for an EC key"
-            )
+            return ConfigProblem("jwt_algorithm", "RS384 needs an RSA key; set jwt_algorithm=ES384 for an EC key")
         if self.jwt_algorithm == "ES384" and not isinstance(key, ec.EllipticCurvePrivateKey):
-            return ConfigProblem(
-                "jwt_algorithm", "ES384 needs an EC P-384 key; set jwt_algorithm=RS384 for RSA"
-            )
+            return ConfigProblem("jwt_algorithm", "ES384 needs an EC P-384 key; set jwt_algorithm=RS384 for RSA")
         return None
 
     # --- helpers --------------------------------------------------------------------------------------------
@@ -435,11 +415,7 @@ def _problems_from_validation(model: type[BaseModel], exc: ValidationError) -> l
         field = str(loc[0])
         if err["type"] == "extra_forbidden":
             near = difflib.get_close_matches(field, valid, n=1, cutoff=0.6)
-            hint = (
-                f"did you mean `{near[0]}`?"
-                if near
-                else "remove it (see docs/architecture.md for valid keys)"
-            )
+            hint = f"did you mean `{near[0]}`?" if near else "remove it (see docs/architecture.md for valid keys)"
             problems.append(ConfigProblem(field, f"unknown setting; {hint}"))
             continue
         msg = err.get("msg", "invalid value")

@@ -233,6 +233,19 @@ class Coverage(CanonicalModel):
     updated_at: UtcDatetime
 
 
+class WebhookEvent(CanonicalModel):
+    """A change event WellSky pushed to the webhook receiver, with its record in canonical form."""
+
+    seq: int = Field(ge=1, description="Arrival order at the receiver; the stream's replication key")
+    id: str = Field(description="Event id (redeliveries share it)")
+    type: str = Field(description="e.g. appointment.changed, encounter.updated, authorization.delta")
+    entity: str
+    occurred_at: UtcDatetime
+    received_at: UtcDatetime
+    record_id: str
+    record: dict[str, object] = Field(description="The changed record, canonical for its entity")
+
+
 class EntitySpec(BaseModel):
     """What the tap, target and channels need to know about one stream."""
 

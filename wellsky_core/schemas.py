@@ -16,7 +16,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .models import ENTITIES
+from .models import ENTITIES, CanonicalModel, WebhookEvent
+
+STREAM_MODELS: dict[str, type[CanonicalModel]] = {
+    **{name: spec.model for name, spec in ENTITIES.items()},
+    "webhook_events": WebhookEvent,
+}
+"""Every stream the tap can emit: the eight entities plus the webhook event log."""
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 _DROP = {"title", "default"}
@@ -59,13 +65,13 @@ def _inline(node: Any, defs: dict[str, Any]) -> Any:
 
 def stream_schema(stream: str) -> dict[str, Any]:
     """The Singer/JSON schema of one stream's canonical records."""
-    spec = ENTITIES[stream]
-    raw = spec.model.model_json_schema(mode="serialization")
+    model = STREAM_MODELS[stream]
+    raw = model.model_json_schema(mode="serialization")
     schema = _inline(raw, raw.get("$defs", {}))
     schema.pop("description", None)
     return {
         "$schema": "http://json-schema.org/draft-07/schema#",
-        "description": (spec.model.__doc__ or stream).strip().splitlines()[0],
+        "description": (model.__doc__ or stream).strip().splitlines()[0],
         **schema,
     }
 
@@ -123,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--check", action="store_true", help="fail if schemas/*.json differ from the models")
     args = parser.parse_args(argv)
     stale = []
-    for stream in ENTITIES:
+    for stream in STREAM_MODELS:
         path = SCHEMA_DIR / f"{stream}.json"
         text = render(stream)
         if args.write:
@@ -138,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             README.write_text(wanted)
         elif not args.write and wanted != current:
             stale.append("README.md settings table")
-    extra = sorted(p.name for p in SCHEMA_DIR.glob("*.json") if p.stem not in ENTITIES) if SCHEMA_DIR.exists() else []
+    extra = (
+        sorted(p.name for p in SCHEMA_DIR.glob("*.json") if p.stem not in STREAM_MODELS) if SCHEMA_DIR.exists() else []
+    )
     if stale or extra:
         print(
             f"generated files out of date: {', '.join(stale + extra)}; run `python -m wellsky_core.schemas --write` "
@@ -147,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     if args.check:
-        print(f"schemas/ matches the models ({len(ENTITIES)} streams)")
+        print(f"schemas/ matches the models ({len(STREAM_MODELS)} streams)")
     return 0
 
 

@@ -147,6 +147,25 @@ class EventStore:
             self.db.close()
 
 
+def iter_canonical_events(store: EventStore, since_seq: int, product: str) -> Iterator[dict[str, Any]]:
+    """Stored events in arrival order with their records normalized (the ``webhook_events`` stream)."""
+    from .normalize.native import to_canonical
+
+    for event in store.iter_events(since_seq):
+        entity = event.get("entity")
+        record = to_canonical(product, entity, event.get("record")) if entity else {}
+        yield {
+            "seq": event["seq"],
+            "id": event["id"],
+            "type": event["type"],
+            "entity": entity,
+            "occurred_at": event["occurred_at"],
+            "received_at": event["received_at"],
+            "record_id": str(record.get("id", "")),
+            "record": record,
+        }
+
+
 class WebhookReceiver:
     """HTTP receiver (stdlib, threaded) in front of an :class:`EventStore`; use ``start()``/``stop()`` or ``with``."""
 

@@ -6,12 +6,13 @@
 - ``GET /_sandbox/webhooks/deliveries`` (control API) is the delivery log: one entry per attempt.
 
 Each change (``tenant.listeners``: patient.created/updated, appointment.created/changed, encounter.updated,
-authorization.delta) becomes ``{"id", "type", "occurred_at", "entity", "record"}`` (``record`` = the logical
-record) and is POSTed from a background worker with ``X-WellSky-Signature: t=<unix>,v1=<hex
-hmac-sha256(secret, "<t>.<body>")>`` and ``X-WellSky-Event-Id``. A non-2xx answer or a network error is
-retried with exponential backoff (0.5 s doubling, at most ``MAX_ATTEMPTS`` attempts), signed afresh each
-time. Subscriptions live in the tenant's SQLite file, so a restart keeps them; pending retries do not survive
-a restart (like a vendor's in-memory queue — the receiver must tolerate gaps and duplicates).
+authorization.delta) becomes ``{"id", "type", "occurred_at", "entity", "record"}`` (``record`` = the record in
+the product's native REST shape, as the real API sends it) and is POSTed from a background worker with
+``X-WellSky-Signature: t=<unix>,v1=<hex hmac-sha256(secret, "<t>.<body>")>`` and ``X-WellSky-Event-Id``. A
+non-2xx answer or a network error is retried with exponential backoff (0.5 s doubling, at most
+``MAX_ATTEMPTS`` attempts), signed afresh each time. Subscriptions live in the tenant's SQLite file, so a
+restart keeps them; pending retries do not survive a restart (like a vendor's in-memory queue — the receiver
+must tolerate gaps and duplicates).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class WebhookHub:
     """Subscriptions, the retry queue and the (on-demand) delivery worker of one tenant."""
 
     def __init__(self, tenant: Tenant) -> None:
+        self.renderer = tenant.renderer
         self.fdb = feeds_for(tenant).fdb
         with self.fdb.lock:
             self.fdb.db.executescript(SCHEMA)
@@ -121,7 +123,7 @@ class WebhookHub:
             "type": event,
             "occurred_at": _now_iso(),
             "entity": entity,
-            "record": record,
+            "record": self.renderer.render(entity, record),
         }
         body = orjson.dumps(payload)
         for sub in subs:

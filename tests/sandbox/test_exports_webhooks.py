@@ -128,7 +128,8 @@ def test_webhook_events_are_signed_and_filtered(sandbox: SandboxServer, receiver
     receiver.wait(expected)
     time.sleep(0.3)
     assert len(receiver.requests) == expected  # patients/authorizations not subscribed
-    truth = {r["id"]: r for r in sandbox.truth("appointments")}
+    render = sandbox.tenant.renderer.render  # events carry the product's native shape (home health: visitId)
+    truth = {r["id"]: render("appointments", r) for r in sandbox.truth("appointments")}
     for headers, body in receiver.requests:
         t, v1 = (p.split("=", 1)[1] for p in headers["x-wellsky-signature"].split(","))
         assert hmac.compare_digest(v1, hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest())
@@ -136,7 +137,7 @@ def test_webhook_events_are_signed_and_filtered(sandbox: SandboxServer, receiver
         event = json.loads(body)
         assert set(event) == {"id", "type", "occurred_at", "entity", "record"}
         if event["entity"] == "appointments":
-            assert event["record"] == truth[event["record"]["id"]]
+            assert event["record"] == truth[event["record"]["visitId"]]
     with login(sandbox) as client:
         assert client.delete(f"/webhooks/{wid}").status_code == 204
         assert client.delete(f"/webhooks/{wid}").status_code == 404
