@@ -17,6 +17,7 @@ from wellsky_core.models import ENTITIES
 
 SOURCE = str(Path(sys.executable).with_name("source-wellsky"))
 PAGE = 40  # small pages, so streams of ~100-400 records checkpoint several times mid-stream
+SYNC_MODES = ["full_refresh", "incremental"]
 
 
 def run_source(*args: str, expect_rc: int = 0) -> list[AirbyteMessage]:
@@ -291,3 +292,36 @@ def test_read_failure_is_a_trace_and_nonzero_exit(sandbox, config_file, tmp_path
     assert errors[0].stream_descriptor.name == "patients"
     statuses = [m.trace.stream_status.status.value for m in of_type(messages, Type.TRACE) if m.trace.stream_status]
     assert statuses == ["STARTED", "INCOMPLETE"]
+
+
+def test_unordered_channel_checkpoints_once_at_the_end(sandbox, tmp_path):
+    """Nightly exports come unordered across files: the only checkpoint follows the whole stream, at its maximum."""
+    creds = sandbox.credentials()
+    config = write_json(
+        tmp_path / "export.json",
+        {
+            "base_url": creds["base_url"],
+            "username": creds["username"],
+            "password": creds["password"],
+            "page_size": PAGE,
+            "stream_sources": {"coverage": "export"},
+        },
+    )
+    catalog = write_json(
+        tmp_path / "coverage.json",
+        {
+            "streams": [
+                {
+                    "stream": {"name": "coverage", "json_schema": {}, "supported_sync_modes": SYNC_MODES},
+                    "sync_mode": "incremental",
+                    "destination_sync_mode": "append_dedup",
+                }
+            ]
+        },
+    )
+    messages = run_source("read", "--config", config, "--catalog", catalog)
+    records = records_by_stream(messages)["coverage"]
+    assert sorted(str(r["id"]) for r in records) == truth_ids(sandbox, "coverage")
+    [state] = of_type(messages, Type.STATE)
+    assert messages.index(state) > max(i for i, m in enumerate(messages) if m.type == Type.RECORD)
+    assert state.state.stream.stream_state.model_dump()["updated_at"] == max(r["updated_at"] for r in records)
