@@ -39,6 +39,8 @@ def plugin(kind: str, name: str) -> dict[str, Any]:
 )
 def test_meltano_settings_mirror_the_config_model(kind, name, model, extra):
     entry = plugin(kind, name)
+    names = [s["name"] for s in entry["settings"]]
+    assert len(names) == len(set(names)), f"duplicate settings in meltano.yml {name}"
     settings = {s["name"]: s for s in entry["settings"]}
     expected = set(model.model_fields) | extra
     missing, stale = sorted(expected - set(settings)), sorted(set(settings) - expected)
