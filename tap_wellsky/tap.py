@@ -120,8 +120,29 @@ def _env_base_url() -> str | None:
     return os.environ.get("WELLSKY_BASE_URL") or None
 
 
+def _unreadable_input_file(argv: list[str]) -> str | None:
+    """A --config/--state/--catalog file that is missing or not JSON, as one line naming it (not a traceback)."""
+    import itertools
+    import json
+    from pathlib import Path
+
+    for flag, value in itertools.pairwise(argv):
+        if flag in ("--config", "--state", "--catalog") and value != "ENV":
+            try:
+                json.loads(Path(value).read_text())
+            except OSError as exc:
+                return f"cannot read {flag} file {value}: {exc.strerror or exc}"
+            except ValueError as exc:
+                return f"{flag} file {value} is not valid JSON ({exc}); fix or regenerate it"
+    return None
+
+
 def main() -> None:
     """Console entry point: Singer CLI, with our errors printed as one actionable line instead of a traceback."""
+    problem = _unreadable_input_file(sys.argv[1:])
+    if problem:
+        print(f"tap-wellsky: error: {problem}", file=sys.stderr)
+        sys.exit(2)
     try:
         TapWellSky.cli()
     except (WellSkyError, ConfigValidationError) as exc:
