@@ -9,11 +9,11 @@ from functools import cached_property
 from typing import Any
 
 from singer_sdk import Tap
-from singer_sdk.exceptions import ConfigValidationError
 
+from wellsky_core.cli import run_singer_cli
 from wellsky_core.config import SDK_BUILTIN_KEYS, WellSkyConfig, config_json_schema
 from wellsky_core.connection import Connection
-from wellsky_core.errors import ConfigError, WellSkyError
+from wellsky_core.errors import ConfigError
 from wellsky_core.redaction import install_redaction
 
 from .embedded import embedded_sandbox_config
@@ -120,35 +120,9 @@ def _env_base_url() -> str | None:
     return os.environ.get("WELLSKY_BASE_URL") or None
 
 
-def _unreadable_input_file(argv: list[str]) -> str | None:
-    """A --config/--state/--catalog file that is missing or not JSON, as one line naming it (not a traceback)."""
-    import itertools
-    import json
-    from pathlib import Path
-
-    for flag, value in itertools.pairwise(argv):
-        if flag in ("--config", "--state", "--catalog") and value != "ENV":
-            try:
-                json.loads(Path(value).read_text())
-            except OSError as exc:
-                return f"cannot read {flag} file {value}: {exc.strerror or exc}"
-            except ValueError as exc:
-                return f"{flag} file {value} is not valid JSON ({exc}); fix or regenerate it"
-    return None
-
-
 def main() -> None:
-    """Console entry point: Singer CLI, with our errors printed as one actionable line instead of a traceback."""
-    problem = _unreadable_input_file(sys.argv[1:])
-    if problem:
-        print(f"tap-wellsky: error: {problem}", file=sys.stderr)
-        sys.exit(2)
-    try:
-        TapWellSky.cli()
-    except (WellSkyError, ConfigValidationError) as exc:
-        detail = exc if isinstance(exc, WellSkyError) else "; ".join(getattr(exc, "errors", []) or [str(exc)])
-        print(f"tap-wellsky: error: {detail}", file=sys.stderr)
-        sys.exit(2)
+    """Console entry point: the Singer CLI, with our errors printed as one actionable line."""
+    run_singer_cli("tap-wellsky", TapWellSky.cli)
 
 
 if __name__ == "__main__":

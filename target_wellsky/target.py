@@ -11,10 +11,11 @@ from typing import Any, ClassVar
 
 import orjson
 from singer_sdk import Target
-from singer_sdk.exceptions import ConfigValidationError, RecordsWithoutSchemaException
+from singer_sdk.exceptions import RecordsWithoutSchemaException
 from singer_sdk.io_base import SingerReader
 
 from wellsky_core.audit import AuditLog
+from wellsky_core.cli import fail, run_singer_cli
 from wellsky_core.config import SDK_BUILTIN_KEYS, TargetConfig, config_json_schema
 from wellsky_core.connection import Connection
 from wellsky_core.deadletter import DeadLetter
@@ -251,38 +252,12 @@ class TargetWellSky(Target):
         print("\n".join(lines), file=sys.stderr, flush=True)
 
 
-def _unreadable_input_file(argv: list[str]) -> str | None:
-    """A --config/--state/--catalog file that is missing or not JSON, as one line naming it (not a traceback)."""
-    import itertools
-    import json
-    from pathlib import Path
-
-    for flag, value in itertools.pairwise(argv):
-        if flag in ("--config", "--state", "--catalog") and value != "ENV":
-            try:
-                json.loads(Path(value).read_text())
-            except OSError as exc:
-                return f"cannot read {flag} file {value}: {exc.strerror or exc}"
-            except ValueError as exc:
-                return f"{flag} file {value} is not valid JSON ({exc}); fix or regenerate it"
-    return None
-
-
 def main() -> None:
-    """Console entry point: exit 0 when every record landed, 3 when some were refused (see the dead-letter file)."""
-    problem = _unreadable_input_file(sys.argv[1:])
-    if problem:
-        print(f"target-wellsky: error: {problem}", file=sys.stderr)
-        sys.exit(2)
-    try:
-        code = TargetWellSky.cli(standalone_mode=False)
-    except (WellSkyError, ConfigValidationError) as exc:
-        detail = exc if isinstance(exc, WellSkyError) else "; ".join(getattr(exc, "errors", []) or [str(exc)])
-        print(f"target-wellsky: error: {detail}", file=sys.stderr)
-        sys.exit(2)
+    """Console entry point: exit 0 when every record landed, 3 when some were refused (see the dead-letter file),
+    2 on a fatal input or configuration error."""
+    code = run_singer_cli("target-wellsky", lambda: TargetWellSky.cli(standalone_mode=False))
     if isinstance(code, int) and code:  # the SDK's own config check returns 1 instead of raising here
-        print("target-wellsky: error: invalid configuration; fix the settings named above", file=sys.stderr)
-        sys.exit(2)
+        fail("target-wellsky", "invalid configuration; fix the settings named above")
     run = TargetWellSky.last_run
     sys.exit(3 if run is not None and run.rejected else 0)
 
