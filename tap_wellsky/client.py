@@ -66,7 +66,10 @@ class WellSkyStream(Stream):
                 self.name,
             )
             return
-        since = None if self.replication_method == "FULL_TABLE" else self.get_starting_timestamp(context)
+        if self.replication_method == "FULL_TABLE":  # ignore the bookmark, still honour start_date
+            since = self.wellsky_tap.settings.start_date
+        else:
+            since = self.get_starting_timestamp(context)
         started = last_report = time.monotonic()
         count = 0
         try:
