@@ -437,11 +437,23 @@ class FeedDb:
         self.db.execute("UPDATE feed_files SET state = ? WHERE feed = ? AND name = ?", (state, feed, name))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write then rename, so a client listing the directory never sees half a file."""
+def _write_atomic(path: Path, data: bytes, mtime: float | None = None) -> None:
+    """Write then rename, so a client listing the directory never sees half a file.
+
+    ``mtime`` is the newest change in the file: the feed behaves as if each file was dropped when its last
+    change happened, so a reader filtering files by mtime never has to re-read older files.
+    """
     tmp = path.with_name("." + path.name + ".tmp")
     tmp.write_bytes(data)
+    if mtime is not None:
+        os.utime(tmp, (mtime, mtime))
     os.replace(tmp, path)
+
+
+def _epoch(updated_at: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(updated_at.replace("Z", "+00:00")).timestamp()
 
 
 class Hl7Feed:
@@ -473,7 +485,7 @@ class Hl7Feed:
                 data = self._batch_file(name, [msg for _, _, msg in batch])
                 fdb.db.execute("BEGIN IMMEDIATE")
                 try:
-                    _write_atomic(self.dir / name, data)
+                    _write_atomic(self.dir / name, data, mtime=_epoch(batch[-1][1]["updated_at"]))
                     fdb.add_file(self.feed, name, None, self.dir / name, len(batch))
                     for entity, rec, _ in batch:
                         fdb.emitted(self.feed, entity, rec)

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import abc
+import logging
 import queue
 import threading
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from ..deadletter import DeadLetter
+
+if TYPE_CHECKING:
+    from ..config import WellSkyConfig
+    from ..transport import WellSkyClient
 
 T = TypeVar("T")
 
@@ -18,6 +25,33 @@ class Channel(abc.ABC):
     name: ClassVar[str]
     ordered: ClassVar[bool] = True
     """True when records come in ``(updated_at, id)`` order, so a bookmark may advance as records are sent."""
+    needs_client: ClassVar[bool] = False
+    """HTTP channels need a WellSkyClient; file channels (SFTP) can run without one."""
+
+    def __init__(
+        self,
+        *,
+        config: WellSkyConfig,
+        client: WellSkyClient | None = None,
+        product: str | None = None,
+        dead_letter: DeadLetter | None = None,
+    ) -> None:
+        if self.needs_client and client is None:
+            raise ValueError(f"the {self.name} channel needs a WellSkyClient")
+        self.config = config
+        self.client = client
+        self.product = product
+        self._own_dead_letter = dead_letter is None
+        self.dead_letter = dead_letter or DeadLetter(config.dead_letter_path)
+
+    def reject(self, entity: str, exc: Exception, payload: Any, **context: Any) -> None:
+        """Dead-letter one input that cannot be normalized; without a dead-letter file, stop (never drop)."""
+        if self.dead_letter.path is None:
+            raise exc
+        self.dead_letter.write(
+            stage="read", stream=entity, reason=str(exc), payload=payload, context={"channel": self.name, **context}
+        )
+        logging.getLogger(type(self).__module__).warning("dead-lettered one %s input: %s", entity, exc)
 
     @abc.abstractmethod
     def supports(self, entity: str) -> bool:

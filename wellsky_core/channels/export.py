@@ -90,12 +90,8 @@ class ExportChannel(Channel):
             raise ValueError("via must be 'auto', 'sftp' or 'http'")
         if via == "http" and client is None:
             raise ConfigError("base_url", "the export channel over HTTP needs the tenant API (or set sftp_host)")
-        self.config = config
-        self.client = client
-        self.product = product
+        super().__init__(config=config, client=client, product=product, dead_letter=dead_letter)
         self.via = via
-        self.dead_letter = dead_letter or DeadLetter(config.dead_letter_path)
-        self._own_dead_letter = dead_letter is None
         self._sftp: tuple[paramiko.Transport, paramiko.SFTPClient] | None = None
         self._http: httpx.Client | None = None
         self.files_read: list[str] = []

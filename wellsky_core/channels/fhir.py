@@ -15,13 +15,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from ..deadletter import DeadLetter
 from ..errors import NormalizationError, RemoteError
 from ..normalize import fhir as fhir_norm
 from .base import Channel, prefetch
 
 if TYPE_CHECKING:
-    from ..config import WellSkyConfig
     from ..transport import WellSkyClient
 
 log = logging.getLogger(__name__)
@@ -53,20 +51,11 @@ class FhirChannel(Channel):
     name = "fhir"
     ordered = True
 
-    def __init__(
-        self,
-        *,
-        config: WellSkyConfig,
-        client: WellSkyClient | None,
-        product: str,
-        dead_letter: DeadLetter | None = None,
-    ) -> None:
-        if client is None:
-            raise ValueError("the fhir channel needs a WellSkyClient")
-        self.config = config
-        self.client = client
-        self.product = product
-        self.dead_letter = dead_letter or DeadLetter(config.dead_letter_path)
+    needs_client = True
+    client: WellSkyClient
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self._capability: dict[str, dict[str, Any]] | None = None
 
     # -- capability -----------------------------------------------------------------------------------------
@@ -187,15 +176,6 @@ class FhirChannel(Channel):
         if entity == "care_plans":
             return fhir_norm.care_plan(res, by_ref)
         return fhir_norm.SIMPLE[entity](res)
-
-    def reject(self, entity: str, exc: NormalizationError, resource: Any) -> None:
-        """Dead-letter a resource that cannot be normalized; without a dead-letter file, stop (never drop)."""
-        if self.dead_letter.path is None:
-            raise exc
-        self.dead_letter.write(
-            stage="read", stream=entity, reason=str(exc), payload=resource, context={"channel": self.name}
-        )
-        log.warning("dead-lettered one %s resource: %s", entity, exc)
 
 
 def _parent_ref(res: Mapping[str, Any]) -> str | None:

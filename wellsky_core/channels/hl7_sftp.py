@@ -178,10 +178,7 @@ class Hl7SftpChannel(Channel):
         dead_letter: DeadLetter | None = None,
         archive_dir: str = "/archive",
     ) -> None:
-        self.config = config
-        self.product = product
-        self.dead_letter = dead_letter or DeadLetter(config.dead_letter_path)
-        self._own_dead_letter = dead_letter is None
+        super().__init__(config=config, client=client, product=product, dead_letter=dead_letter)
         self.archive_dir = archive_dir
         self._conn: tuple[paramiko.Transport, paramiko.SFTPClient] | None = None
         self._cache: dict[str, dict[str, tuple[tuple[str, int, int], dict[str, Any]]]] | None = None
