@@ -21,8 +21,6 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import jwt
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import SecretStr
 
 from wellsky_core.errors import AuthError, ConfigError, MfaError, RemoteError, error_fields
@@ -451,6 +449,8 @@ class PrivateKeyJwtAuth(_TokenAuth):
             private_key_pem = private_key_pem.get_secret_value()
         if isinstance(private_key_pem, str):
             private_key_pem = private_key_pem.encode()
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key  # only this flow needs it
+
         try:
             self._key = load_pem_private_key(private_key_pem, password=None)
         except (ValueError, TypeError):
@@ -471,6 +471,8 @@ class PrivateKeyJwtAuth(_TokenAuth):
             "exp": now + 300,
             "jti": str(uuid.uuid4()),
         }
+        import jwt  # imported here: pyjwt + cryptography cost ~0.25 s of start-up that other flows never need
+
         return jwt.encode(claims, self._key, algorithm=self.algorithm, headers={"kid": self.key_id})
 
     def _form(self) -> dict[str, str]:

@@ -26,6 +26,7 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpx
+import orjson
 
 from wellsky_core.auth import RefreshingAuth, RetryableAuthFailure, build_auth, parse_retry_after
 from wellsky_core.config import WellSkyConfig
@@ -190,7 +191,7 @@ class WellSkyClient:
                     return response, None
                 else:
                     try:
-                        return response, response.json()
+                        return response, orjson.loads(response.content)  # ~3x faster than json on big pages
                     except (ValueError, UnicodeDecodeError):
                         reason = "malformed"
                         if not safe or attempt == attempts_allowed:

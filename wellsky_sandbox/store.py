@@ -31,8 +31,11 @@ CREATE TABLE IF NOT EXISTS records (
     PRIMARY KEY (entity, id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS records_by_time ON records (entity, updated_at, id);
-CREATE INDEX IF NOT EXISTS records_by_patient ON records (entity, patient_id);
-CREATE INDEX IF NOT EXISTS records_by_natural ON records (entity, natural_key);
+-- lookups by patient or natural key also sort by (updated_at, id): index both, or SQLite scans the entity
+CREATE INDEX IF NOT EXISTS records_by_patient_time ON records (entity, patient_id, updated_at, id);
+CREATE INDEX IF NOT EXISTS records_by_natural_time ON records (entity, natural_key, updated_at, id);
+DROP INDEX IF EXISTS records_by_patient;
+DROP INDEX IF EXISTS records_by_natural;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS idempotency (
     key TEXT PRIMARY KEY,
@@ -208,7 +211,7 @@ class Store:
             sql += " AND natural_key = ?"
             args.append(natural_key)
         with self.lock:
-            rows = self.db.execute(sql + " ORDER BY id", args).fetchall()
+            rows = self.db.execute(sql + " ORDER BY updated_at, id", args).fetchall()  # index order
         return [orjson.loads(r[0]) for r in rows]
 
     # -- writes ---------------------------------------------------------------------------------------

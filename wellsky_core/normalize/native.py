@@ -11,6 +11,7 @@ the entity and the field (never the value, which may be PHI).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from ..models import ENTITIES
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 
 
+@functools.lru_cache(maxsize=4096)
 def _snake(name: str) -> str:
     return _CAMEL.sub("_", name).lower()
 
@@ -182,6 +184,8 @@ def _ts(d: Dialect, value: Any, name: str) -> str | None:
         return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     if not isinstance(value, str):
         raise _Bad(name, "expected an ISO 8601 timestamp")
+    if len(value) == 20 and value[-1] == "Z" and value[10] == "T":
+        return value  # already canonical UTC spelling; the model still validates it
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
