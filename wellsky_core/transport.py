@@ -49,6 +49,10 @@ def _no_cookie_jar() -> CookieJar:
     return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
 
 
+EXPIRY_CODES = frozenset({"session_expired", "invalid_session", "cookie_rotated", "token_expired", "invalid_token"})
+"""401 codes meaning "log in again", as opposed to credentials that are wrong."""
+
+
 class WellSkyClient:
     """A connection to one tenant: pooled HTTP, auth, rate limit, retries, pagination and metrics."""
 
@@ -170,14 +174,18 @@ class WellSkyClient:
                 status = response.status_code
                 if status in expected:
                     return response, None
-                if status == 401:
+                if status == 401 and safe and error_fields(response)[0] in EXPIRY_CODES and attempt == 1:
+                    # the session died again between the re-login and its replay (e.g. a mass expiry):
+                    # one more pass through the auth flow logs in afresh; bad credentials fail at login instead
+                    reason = "401"
+                elif status == 401:
                     code, message = error_fields(response)
                     raise AuthError(
                         f"WellSky rejected the credentials for {redact_url(request.url)} even after logging "
                         f"in again ({code or 401}: {message or 'no detail'}); check the auth settings",
                         status=401,
                     )
-                if status in (408, 429) or status >= 500:
+                elif status in (408, 429) or status >= 500:
                     reason = str(status)
                     if status in (429, 503):
                         retry_after = parse_retry_after(response.headers.get("retry-after"))
