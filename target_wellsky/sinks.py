@@ -36,6 +36,8 @@ class _QuietSink(BatchSink):
 class WellSkySink(_QuietSink):
     """Writes a batch with bounded concurrency; records sharing a natural key are written in input order."""
 
+    MAX_SIZE_DEFAULT = 10_000  # large batches: one natural-key scan serves many records (see RecordWriter.prime)
+
     def _singer_validate_message(self, record: dict) -> None:
         """New records legitimately lack a WellSky id; the core matches them on their natural key instead."""
 
@@ -47,6 +49,7 @@ class WellSkySink(_QuietSink):
         for line, record in items:
             groups[_group_key(self.stream_name, record, line)].append((line, record))
         target = self.wellsky_target
+        target.writer.prime(self.stream_name, [record for _, record in items])
         with ThreadPoolExecutor(max_workers=target.settings.write_concurrency, thread_name_prefix="wsk-write") as pool:
             for outcome in pool.map(self._write_group, groups.values()):
                 for line, record, result in outcome:

@@ -102,10 +102,15 @@ class TargetWellSky(Target):
 
     @cached_property
     def writer(self) -> Any:
+        from wellsky_core.ledger import WriteLedger
         from wellsky_core.writes import RecordWriter
 
+        ledger = WriteLedger(self.settings.write_ledger_path) if self.settings.write_ledger_path else None
         return RecordWriter(
-            self.connection, authorization_policy=self.settings.authorization_policy, dry_run=self.settings.dry_run
+            self.connection,
+            authorization_policy=self.settings.authorization_policy,
+            dry_run=self.settings.dry_run,
+            ledger=None if self.settings.dry_run else ledger,
         )
 
     @cached_property
@@ -230,6 +235,8 @@ class TargetWellSky(Target):
             self.print_summary()
             self.audit.close()
             self.dead_letter.close()
+            if "writer" in self.__dict__ and self.writer.ledger_store is not None:
+                self.writer.ledger_store.close()
             if "connection" in self.__dict__:
                 self.connection.close()
 

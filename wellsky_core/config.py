@@ -392,6 +392,11 @@ class TargetConfig(WellSkyConfig):
     dry_run: bool = Field(default=False, description="Validate and resolve every write but send nothing.")
     write_concurrency: int = Field(default=8, ge=1, le=64, description="Parallel writes.")
     audit_log_path: str | None = Field(default=None, description="JSONL audit log of every write.")
+    write_ledger_path: str | None = Field(
+        default=None,
+        description="SQLite ledger of what earlier runs wrote: a record identical to its last successful write "
+        "is skipped without asking WellSky (reverse-ETL diffing). Off: every record is compared with WellSky.",
+    )
     strict: bool = Field(default=False, description="Unknown streams are errors instead of warnings.")
 
 

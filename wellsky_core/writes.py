@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError, create_model
 from .connection import Connection
 from .errors import AuthorizationRefused, RemoteError, WellSkyError
 from .idempotency import idempotency_key
+from .ledger import WriteLedger, record_hash
 from .models import ENTITIES, UtcDatetime
 from .normalize.native import to_canonical, to_native
 from .scheduling import AuthorizationLedger, Reservation, current_charge
@@ -27,6 +28,9 @@ from .scheduling import AuthorizationLedger, Reservation, current_charge
 log = logging.getLogger(__name__)
 
 WRITABLE = ("patients", "appointments")
+NATURAL_KEYS = {"patients": "mrn", "appointments": "external_id"}
+PRIME_MIN_RECORDS = 200
+"""Below this many natural-key lookups in a batch, per-record lookups are cheaper than scanning the entity."""
 Action = Literal["created", "updated", "unchanged", "rejected", "would_create", "would_update"]
 
 
@@ -80,7 +84,14 @@ def validate_for_write(entity: str, record: dict[str, Any]) -> dict[str, Any]:
 class RecordWriter:
     """Writes canonical records to one tenant. Thread-safe; share one per run."""
 
-    def __init__(self, connection: Connection, *, authorization_policy: str = "enforce", dry_run: bool = False) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        *,
+        authorization_policy: str = "enforce",
+        dry_run: bool = False,
+        ledger: WriteLedger | None = None,
+    ) -> None:
         self.connection = connection
         self.client = connection.client
         self.policy = authorization_policy
@@ -89,6 +100,8 @@ class RecordWriter:
         self._auth_cache: dict[str, list[dict[str, Any]]] = {}
         self._auth_lock = threading.Lock()
         self.tenant_key = connection.config.base_url or "tenant"
+        self.ledger_store = ledger
+        self._primed: dict[str, tuple[frozenset[str], dict[str, dict[str, Any]]]] = {}
 
     @property
     def product(self) -> str:
@@ -99,9 +112,27 @@ class RecordWriter:
             raise ValueError(f"{stream} is not writable")
         try:
             desired = validate_for_write(stream, record)
-            if stream == "patients":
-                return self._write_patient(desired)
-            return self._write_appointment(desired)
+            key = _ledger_key(stream, desired)
+            digest = record_hash(desired) if key and self.ledger_store else None
+            if key and digest and self.ledger_store is not None:
+                known = self.ledger_store.lookup(self.tenant_key, stream, key)
+                if known is not None and known[0] == digest:
+                    return WriteResult(
+                        stream,
+                        "unchanged",
+                        wellsky_id=known[1],
+                        reason="same as the last write (write ledger)",
+                        key_hash=self._key_hash(stream, desired),
+                    )
+            result = self._write_patient(desired) if stream == "patients" else self._write_appointment(desired)
+            if (
+                key
+                and digest
+                and self.ledger_store is not None
+                and result.action in ("created", "updated", "unchanged")
+            ):
+                self.ledger_store.remember(self.tenant_key, stream, key, digest, result.wellsky_id)
+            return result
         except WriteRefused as exc:
             return WriteResult(stream, "rejected", reason=str(exc), code=exc.code, wellsky_id=record.get("id"))
         except AuthorizationRefused as exc:
@@ -145,8 +176,33 @@ class RecordWriter:
                 )
             return existing
         if desired.get(natural):
+            primed = self._primed.get(entity)
+            if primed is not None and desired[natural] in primed[0]:
+                return primed[1].get(desired[natural])  # answered by the batch scan: no request
             return self._find(entity, **{natural: desired[natural]})
         return None
+
+    def prime(self, entity: str, records: list[dict[str, Any]]) -> None:
+        """Before a large batch, find its records' natural keys with one scan of the entity instead of one
+        lookup per record. Only the batch's keys are kept, so memory follows the batch, not the tenant."""
+        natural = NATURAL_KEYS[entity]
+        keys = {
+            r[natural] for r in records if isinstance(r, dict) and isinstance(r.get(natural), str) and not r.get("id")
+        }  # malformed keys are left to the per-record path, which refuses them with the field named
+        if len(keys) < PRIME_MIN_RECORDS:
+            self._primed.pop(entity, None)
+            return
+        found: dict[str, dict[str, Any]] = {}
+        shared: set[str] = set()
+        for page in self.client.iter_pages("/" + entity.replace("_", "-"), {"limit": 1000}):
+            for native in page:
+                record = to_canonical(self.product, entity, native)
+                value = record.get(natural)
+                if value in keys:
+                    if value in found:
+                        shared.add(value)  # ambiguous: the per-record lookup will refuse it with the reason
+                    found[value] = record
+        self._primed[entity] = (frozenset(keys - shared), found)
 
     @staticmethod
     def _changed(existing: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
@@ -256,6 +312,10 @@ class RecordWriter:
                 key_hash=self._key_hash(entity, desired),
             )
         saved = to_canonical(self.product, entity, response.json())
+        primed = self._primed.get(entity)
+        natural_value = saved.get(NATURAL_KEYS[entity])
+        if primed is not None and natural_value in primed[0]:
+            primed[1][natural_value] = saved  # a later record with the same key in this batch sees the write
         return self._result(entity, action, saved["id"], key, desired)
 
     def _result(
@@ -269,6 +329,13 @@ class RecordWriter:
     def _key_hash(entity: str, desired: dict[str, Any]) -> str | None:
         natural = desired.get("mrn" if entity == "patients" else "external_id") or desired.get("id")
         return hashlib.sha256(str(natural).encode()).hexdigest()[:16] if natural else None
+
+
+def _ledger_key(stream: str, desired: dict[str, Any]) -> str | None:
+    natural = desired.get("mrn" if stream == "patients" else "external_id")
+    if natural:
+        return f"n:{natural}"
+    return f"i:{desired['id']}" if desired.get("id") else None
 
 
 def _error_code(response: Any) -> str | None:

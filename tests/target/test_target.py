@@ -160,3 +160,31 @@ def test_killed_mid_batch_then_rerun_ends_with_exactly_n(sandbox, tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-1500:]
     mrns = [r["mrn"] for r in sandbox.truth("patients") if (r["mrn"] or "").startswith("KILL")]
     assert len(mrns) == 120 and len(set(mrns)) == 120
+
+
+def test_write_ledger_skips_identical_records_without_asking_wellsky(sandbox, tmp_path):
+    patients = new_patients(sandbox, 12, prefix="LEDG")
+    config = target_config(sandbox, tmp_path, write_ledger_path=str(tmp_path / "ledger.sqlite"))
+    assert run_target(tmp_path, config, singer_lines("patients", patients)).returncode == 0
+    requests_before = sandbox.stats()["data_requests"]
+    again = run_target(tmp_path, config, singer_lines("patients", patients), name="again")
+    assert again.returncode == 0 and "unchanged 12" in again.stderr
+    assert sandbox.stats()["data_requests"] == requests_before, "identical input: no request at all"
+    patients[3]["phone"] = "(555) 555-0142"
+    changed = run_target(tmp_path, config, singer_lines("patients", patients), name="changed")
+    assert "unchanged 11, updated 1" in changed.stderr
+    assert sandbox.stats()["data_requests"] == requests_before + 2  # one lookup, one update
+    assert b"LEDG" not in (tmp_path / "ledger.sqlite").read_bytes(), "the ledger stores hashes, not MRNs"
+
+
+def test_large_batches_find_natural_keys_with_one_scan(sandbox, tmp_path):
+    patients = new_patients(sandbox, 260, prefix="BULK")
+    patients[5]["mrn"] = sandbox.truth("patients")[0]["mrn"]  # one already exists: must be updated, not duplicated
+    config = target_config(sandbox, tmp_path)
+    before = sandbox.stats()["data_requests"]
+    proc = run_target(tmp_path, config, singer_lines("patients", patients))
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert "created 259" in proc.stderr
+    requests = sandbox.stats()["data_requests"] - before
+    assert requests <= 260 + 5, f"{requests} requests: expected one scan plus one write per record"
+    assert _count(sandbox, "patients", "mrn", "BULK") == 259
