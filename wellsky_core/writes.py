@@ -112,18 +112,15 @@ class RecordWriter:
             raise ValueError(f"{stream} is not writable")
         try:
             desired = validate_for_write(stream, record)
-            key = _ledger_key(stream, desired)
-            digest = record_hash(desired) if key and self.ledger_store else None
-            if key and digest and self.ledger_store is not None:
-                known = self.ledger_store.lookup(self.tenant_key, stream, key)
-                if known is not None and known[0] == digest:
-                    return WriteResult(
-                        stream,
-                        "unchanged",
-                        wellsky_id=known[1],
-                        reason="same as the last write (write ledger)",
-                        key_hash=self._key_hash(stream, desired),
-                    )
+            key, digest, known = self._ledger_entry(stream, desired)
+            if known is not None and known[0] == digest:
+                return WriteResult(
+                    stream,
+                    "unchanged",
+                    wellsky_id=known[1],
+                    reason="same as the last write (write ledger)",
+                    key_hash=self._key_hash(stream, desired),
+                )
             result = self._write_patient(desired) if stream == "patients" else self._write_appointment(desired)
             if (
                 key
@@ -182,10 +179,30 @@ class RecordWriter:
             return self._find(entity, **{natural: desired[natural]})
         return None
 
+    def _ledger_entry(
+        self, stream: str, desired: dict[str, Any]
+    ) -> tuple[str | None, str | None, tuple[str, str | None] | None]:
+        """(ledger key, hash of the record, what the ledger holds for the key) — all None without a ledger."""
+        if self.ledger_store is None:
+            return None, None, None
+        key = _ledger_key(stream, desired)
+        if key is None:
+            return None, None, None
+        return key, record_hash(desired), self.ledger_store.lookup(self.tenant_key, stream, key)
+
+    def _ledger_says_unchanged(self, stream: str, record: Any) -> bool:
+        try:
+            _, digest, known = self._ledger_entry(stream, validate_for_write(stream, record))
+        except WriteRefused:
+            return False
+        return known is not None and known[0] == digest
+
     def prime(self, entity: str, records: list[dict[str, Any]]) -> None:
         """Before a large batch, find its records' natural keys with one scan of the entity instead of one
         lookup per record. Only the batch's keys are kept, so memory follows the batch, not the tenant."""
         natural = NATURAL_KEYS[entity]
+        if self.ledger_store is not None:  # records the ledger settles need no lookup at all
+            records = [r for r in records if not self._ledger_says_unchanged(entity, r)]
         keys = {
             r[natural] for r in records if isinstance(r, dict) and isinstance(r.get(natural), str) and not r.get("id")
         }  # malformed keys are left to the per-record path, which refuses them with the field named
