@@ -103,6 +103,18 @@ def http(creds: dict, method: str, path: str, body: dict | None = None) -> dict:
     return response.json()
 
 
+def connection_settings(creds: dict) -> dict:
+    """How the tap and the target reach the sandbox: password + TOTP MFA, no client-side rate limit."""
+    return {
+        "base_url": creds["base_url"],
+        "username": creds["username"],
+        "password": creds["password"],
+        "mfa_method": "totp",
+        "totp_secret": creds["totp_secret"],
+        "max_requests_per_second": 0,
+    }
+
+
 def write_back(creds: dict) -> None:
     """New patients and appointments from 'another system' written twice: the second run changes nothing."""
     from wellsky_core.schemas import stream_schema
@@ -172,12 +184,7 @@ def write_back(creds: dict) -> None:
     config.write_text(
         json.dumps(
             {
-                "base_url": creds["base_url"],
-                "username": creds["username"],
-                "password": creds["password"],
-                "mfa_method": "totp",
-                "totp_secret": creds["totp_secret"],
-                "max_requests_per_second": 0,
+                **connection_settings(creds),
                 "dead_letter_path": str(WORK / "writeback.dead.jsonl"),
                 "audit_log_path": str(WORK / "writeback.audit.jsonl"),
             }
@@ -215,19 +222,7 @@ def main() -> int:
         say(f"tenant at {creds['base_url']} (SFTP on port {creds.get('sftp_port')}), {total:,} synthetic records")
 
         tap_config = WORK / "tap-wellsky.json"
-        tap_config.write_text(
-            json.dumps(
-                {
-                    "base_url": creds["base_url"],
-                    "username": creds["username"],
-                    "password": creds["password"],
-                    "mfa_method": "totp",
-                    "totp_secret": creds["totp_secret"],
-                    "page_size": 1000,
-                    "max_requests_per_second": 0,
-                }
-            )
-        )
+        tap_config.write_text(json.dumps({**connection_settings(creds), "page_size": 1000}))
 
         step("2. full sync: tap-wellsky | target-jsonl")
         full = run_pipeline(tap_config, WORK / "output", None, "full")

@@ -43,6 +43,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from .generator import FIELDS
 from .hl7 import feeds_for, stamp
 
 if TYPE_CHECKING:
@@ -50,117 +51,7 @@ if TYPE_CHECKING:
     from .tenant import Tenant
 
 DEFAULT_URL_TTL_SECONDS = 300.0
-EXPORT_COLUMNS: dict[str, tuple[str, ...]] = {
-    "patients": (
-        "id",
-        "mrn",
-        "medicare_mbi",
-        "medicaid_id",
-        "first_name",
-        "last_name",
-        "birth_date",
-        "gender",
-        "phone",
-        "address",
-        "status",
-        "coverage",
-        "updated_at",
-    ),
-    "practitioners": (
-        "id",
-        "npi",
-        "first_name",
-        "last_name",
-        "credentials",
-        "roles",
-        "disciplines",
-        "specialties",
-        "active",
-        "updated_at",
-    ),
-    "appointments": (
-        "id",
-        "external_id",
-        "patient_id",
-        "practitioner_id",
-        "payer_id",
-        "start",
-        "end",
-        "status",
-        "discipline",
-        "service_code",
-        "location",
-        "updated_at",
-    ),
-    "encounters": (
-        "id",
-        "patient_id",
-        "practitioner_id",
-        "appointment_id",
-        "start",
-        "end",
-        "discipline",
-        "status",
-        "diagnoses",
-        "procedures",
-        "vitals",
-        "note_summary",
-        "finalized",
-        "updated_at",
-    ),
-    "care_plans": (
-        "id",
-        "patient_id",
-        "status",
-        "period_start",
-        "period_end",
-        "goals",
-        "interventions",
-        "outcomes",
-        "updated_at",
-    ),
-    "authorizations": (
-        "id",
-        "patient_id",
-        "payer_id",
-        "payer_name",
-        "member_id",
-        "service_codes",
-        "unit_type",
-        "rounding",
-        "units_authorized",
-        "units_used",
-        "start_date",
-        "end_date",
-        "status",
-        "updated_at",
-    ),
-    "referrals": (
-        "id",
-        "patient_id",
-        "source_name",
-        "source_npi",
-        "reason",
-        "priority",
-        "status",
-        "received_date",
-        "accepted_date",
-        "updated_at",
-    ),
-    "coverage": (
-        "id",
-        "patient_id",
-        "payer_id",
-        "payer_name",
-        "plan_name",
-        "member_id",
-        "order",
-        "period_start",
-        "period_end",
-        "status",
-        "updated_at",
-    ),
-}
+EXPORT_COLUMNS: dict[str, tuple[str, ...]] = FIELDS
 _NAME = re.compile(r"^[a-z_]+_\d{8}T\d{6}Z_\d{4}\.csv$")
 
 

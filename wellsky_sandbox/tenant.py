@@ -18,6 +18,7 @@ from typing import Any
 from .faults import FaultPlan, FaultState
 from .generator import (
     ENTITIES,
+    FIELDS,
     PAYERS,
     Generator,
     IdMinter,
@@ -27,35 +28,8 @@ from .render import AGENCY_TZ, Renderer
 from .security import Security, Settings
 from .store import Store
 
-PATIENT_FIELDS = {
-    "id",
-    "mrn",
-    "medicare_mbi",
-    "medicaid_id",
-    "first_name",
-    "last_name",
-    "birth_date",
-    "gender",
-    "phone",
-    "address",
-    "status",
-    "coverage",
-    "updated_at",
-}
-APPOINTMENT_FIELDS = {
-    "id",
-    "external_id",
-    "patient_id",
-    "practitioner_id",
-    "payer_id",
-    "start",
-    "end",
-    "status",
-    "discipline",
-    "service_code",
-    "location",
-    "updated_at",
-}
+PATIENT_FIELDS = set(FIELDS["patients"])
+APPOINTMENT_FIELDS = set(FIELDS["appointments"])
 BOOKED = ("scheduled", "completed")
 Remember = Callable[[int, dict[str, Any]], bytes]
 

@@ -21,16 +21,9 @@ from typing import Any
 
 import pytest
 
-STREAMS = (
-    "patients",
-    "practitioners",
-    "appointments",
-    "encounters",
-    "care_plans",
-    "authorizations",
-    "referrals",
-    "coverage",
-)
+from wellsky_core.models import ENTITIES
+
+STREAMS = tuple(ENTITIES)
 TAP_CMD = [sys.executable, "-m", "tap_wellsky.tap"]
 TARGET_CMD = [sys.executable, "-m", "target_wellsky.target"]
 FAST_RETRIES = {"backoff_base_seconds": 0.01, "backoff_max_seconds": 0.05, "max_retries": 12}

@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from wellsky_sandbox.generator import Generator
+from wellsky_sandbox.generator import ENTITIES, Generator
 from wellsky_sandbox.store import Store
 
 RESOURCES = [
@@ -296,19 +296,7 @@ def test_advance_changes_records_after_the_previous_high_water_mark(sandbox):
     before = {e: max(r["updated_at"] for r in sandbox.truth(e)) for e in ("patients", "appointments")}
     result = sandbox.advance(count=30, seed=5)
     assert result["changed"] == 30
-    changed = sum(
-        len(sandbox.truth(e, updated_since=result["updated_at"]))
-        for e in (
-            "patients",
-            "practitioners",
-            "appointments",
-            "encounters",
-            "care_plans",
-            "authorizations",
-            "referrals",
-            "coverage",
-        )
-    )
+    changed = sum(len(sandbox.truth(e, updated_since=result["updated_at"])) for e in ENTITIES)
     assert changed == 30
     assert all(result["updated_at"] > mark for mark in before.values())
 

@@ -11,6 +11,7 @@ from typing import Any
 import paramiko
 import pytest
 
+from wellsky_sandbox.generator import ENTITIES
 from wellsky_sandbox.testing import SandboxServer
 
 
@@ -163,16 +164,7 @@ def test_many_sequential_connections_and_exports_dir(sandbox: SandboxServer) -> 
         with sftp_session(creds) as sftp:
             exports = sorted(sftp.listdir("/outbound/exports"))
     entities = {n.split("_2")[0] for n in exports}
-    assert entities == {
-        "patients",
-        "practitioners",
-        "appointments",
-        "encounters",
-        "care_plans",
-        "authorizations",
-        "referrals",
-        "coverage",
-    }
+    assert entities == set(ENTITIES)
     with sftp_session(creds) as sftp:
         name = next(n for n in exports if n.startswith("patients_"))
         text = io.BytesIO(sftp.open(f"/outbound/exports/{name}").read()).read().decode()
