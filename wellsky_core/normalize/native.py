@@ -37,11 +37,15 @@ def _camel(name: str) -> str:
     return head + "".join(p[:1].upper() + p[1:] for p in rest)
 
 
+_NESTED = (dict, list)  # a tuple: isinstance checks it faster than a union, and this is the hot path
+
+
 def _restyle(value: Any, fn: Callable[[str], str]) -> Any:
+    """Rename every key of nested dicts; recursion only where there is nesting (this runs once per record)."""
     if isinstance(value, dict):
-        return {fn(k): _restyle(v, fn) for k, v in value.items()}
+        return {fn(k): _restyle(v, fn) if isinstance(v, _NESTED) else v for k, v in value.items()}
     if isinstance(value, list):
-        return [_restyle(v, fn) for v in value]
+        return [_restyle(v, fn) if isinstance(v, _NESTED) else v for v in value]
     return value
 
 
@@ -288,28 +292,46 @@ def native_to_fields(d: Dialect, entity: str, native: dict[str, Any]) -> dict[st
         elif d.name_style == "flat_short":
             out["first_name"], out["last_name"] = rec.pop("first", None), rec.pop("last", None)
     renames = d.renames_for(entity)
+    converters = _converters(d, entity)
     for nkey, value in rec.items():
         key = renames.get(nkey, nkey)
-        if key in TIMESTAMP_FIELDS:
-            value = _ts(d, value, nkey)
-        elif key in DATE_FIELDS:
-            value = _date(d, value, nkey)
-        elif key in ID_FIELDS:
-            value = _id(value, nkey)
-        elif key == "discipline" and isinstance(value, str):
-            value = d.discipline(value)
-        elif key == "disciplines" and isinstance(value, list):
-            value = [d.discipline(v) if isinstance(v, str) else v for v in value]
-        elif key == "gender" and entity == "patients":
-            value = _lookup(d.gender, value, nkey)
-        elif key == "status" and entity == "patients":
-            value = _lookup(d.patient_status, value, nkey)
-        elif key == "status" and entity == "appointments":
-            value = _lookup(d.appointment_status, value, nkey)
-        elif key in ("goals", "interventions", "outcomes"):
-            value = _nested_list(d, value, nkey)
-        out[key] = value
+        convert = converters.get(key)
+        out[key] = value if convert is None else convert(value, nkey)
     return out
+
+
+Converter = Callable[[Any, str], Any]
+
+
+_CONVERTERS: dict[tuple[str, str], dict[str, Converter]] = {}
+
+
+def _converters(d: Dialect, entity: str) -> dict[str, Converter]:
+    """Per (product, entity): canonical field -> how its native value becomes canonical (others pass as-is)."""
+    cached = _CONVERTERS.get((d.product, entity))
+    if cached is not None:
+        return cached
+
+    def disciplines(value: Any, name: str) -> Any:
+        if not isinstance(value, list):
+            return value
+        return [d.discipline(v) if isinstance(v, str) else v for v in value]
+
+    table: dict[str, Converter] = {
+        **{f: functools.partial(_ts, d) for f in TIMESTAMP_FIELDS},
+        **{f: functools.partial(_date, d) for f in DATE_FIELDS},
+        **{f: _id for f in ID_FIELDS},
+        "discipline": lambda value, name: d.discipline(value) if isinstance(value, str) else value,
+        "disciplines": disciplines,
+        **{f: functools.partial(_nested_list, d) for f in ("goals", "interventions", "outcomes")},
+    }
+    if entity == "patients":
+        table["gender"] = functools.partial(_lookup, d.gender)
+        table["status"] = functools.partial(_lookup, d.patient_status)
+    elif entity == "appointments":
+        table["status"] = functools.partial(_lookup, d.appointment_status)
+    _CONVERTERS[(d.product, entity)] = table
+    return table
 
 
 def to_canonical(product: str, entity: str, native: Any) -> dict[str, Any]:
