@@ -7,7 +7,7 @@ import logging
 import queue
 import threading
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from ..deadletter import DeadLetter
@@ -109,3 +109,53 @@ def prefetch(pages: Iterator[T], depth: int = 2) -> Iterator[T]:
     finally:
         stop.set()
         worker.join(timeout=5)
+
+
+class LatestVersions:
+    """The newest version of each record seen in a batch feed, kept on disk so memory stays flat at any size.
+
+    Batch files (HL7, nightly exports) repeat a record each time it changes; the channel must emit each
+    record once, in its latest version, in (updated_at, id) order. A temporary SQLite table does the
+    "latest wins" bookkeeping and the ordering without holding the tenant in memory.
+    """
+
+    def __init__(self) -> None:
+        import sqlite3
+        import tempfile
+
+        self._dir = tempfile.TemporaryDirectory(prefix="wellsky-latest-")
+        self._db = sqlite3.connect(f"{self._dir.name}/latest.sqlite", isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=OFF")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute(
+            "CREATE TABLE latest (entity TEXT, id TEXT, updated_at TEXT, rank_a INTEGER, rank_b INTEGER, "
+            "body BLOB, PRIMARY KEY (entity, id))"
+        )
+        self._db.execute("BEGIN")
+
+    def offer(self, entity: str, record: dict[str, Any], rank: tuple[int, int]) -> None:
+        """Keep ``record`` unless a version with a later (updated_at, rank) is already held."""
+        import orjson
+
+        self._db.execute(
+            "INSERT INTO latest VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (entity, id) DO UPDATE SET "
+            "updated_at = excluded.updated_at, rank_a = excluded.rank_a, rank_b = excluded.rank_b, "
+            "body = excluded.body WHERE (excluded.updated_at, excluded.rank_a, excluded.rank_b) >= "
+            "(latest.updated_at, latest.rank_a, latest.rank_b)",
+            (entity, record["id"], record["updated_at"], rank[0], rank[1], orjson.dumps(record)),
+        )
+
+    def records(self, entity: str, since: datetime | None) -> Iterator[dict[str, Any]]:
+        """The held records of ``entity`` with ``updated_at >= since``, in (updated_at, id) order."""
+        import orjson
+
+        floor = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if since is not None else ""
+        cursor = self._db.execute(
+            "SELECT body FROM latest WHERE entity = ? AND updated_at >= ? ORDER BY updated_at, id", (entity, floor)
+        )
+        for (body,) in cursor:
+            yield orjson.loads(body)
+
+    def close(self) -> None:
+        self._db.close()
+        self._dir.cleanup()

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ValidationError
 from ..deadletter import DeadLetter
 from ..errors import ConfigError, RemoteError, TransportError
 from ..models import ENTITIES
-from .base import Channel
+from .base import Channel, LatestVersions
 
 if TYPE_CHECKING:
     import paramiko
@@ -131,21 +131,16 @@ class ExportChannel(Channel):
         if not self.supports(entity):
             raise ValueError(f"unknown entity {entity!r}")
         floor = since.timestamp() if since is not None else float("-inf")
-        latest: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
         files = [f for f in self._list() if f["entity"] == entity and _stamp_epoch(f["stamp"]) >= floor]
-        for file_no, info in enumerate(files):
-            for row_no, rec in self._rows(entity, info):
-                current = latest.get(rec["id"])
-                if current is None or (rec["updated_at"], file_no, row_no) >= (current[1]["updated_at"], *current[0]):
-                    latest[rec["id"]] = ((file_no, row_no), rec)
-            self.files_read.append(info["name"])
-        chosen = [
-            rec
-            for _, rec in latest.values()
-            if since is None or datetime.fromisoformat(rec["updated_at"].replace("Z", "+00:00")) >= since
-        ]
-        chosen.sort(key=lambda r: (r["updated_at"], r["id"]))
-        yield from chosen
+        latest = LatestVersions()  # on disk: constant memory however large the exports are
+        try:
+            for file_no, info in enumerate(files):
+                for row_no, rec in self._rows(entity, info):
+                    latest.offer(entity, rec, (file_no, row_no))
+                self.files_read.append(info["name"])
+            yield from latest.records(entity, since)
+        finally:
+            latest.close()
 
     def _rows(self, entity: str, info: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]:
         if self.via == "sftp":

@@ -23,7 +23,7 @@ import logging
 import posixpath
 import stat
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +32,7 @@ import paramiko
 from ..deadletter import DeadLetter
 from ..errors import AuthError, ConfigError, NormalizationError, TransportError
 from ..normalize.hl7 import normalize_message, split_messages
-from .base import Channel
+from .base import Channel, LatestVersions
 
 if TYPE_CHECKING:
     from ..config import WellSkyConfig
@@ -181,7 +181,7 @@ class Hl7SftpChannel(Channel):
         super().__init__(config=config, client=client, product=product, dead_letter=dead_letter)
         self.archive_dir = archive_dir
         self._conn: tuple[paramiko.Transport, paramiko.SFTPClient] | None = None
-        self._cache: dict[str, dict[str, tuple[tuple[str, int, int], dict[str, Any]]]] | None = None
+        self._cache: LatestVersions | None = None
         self._cache_since: float | None = None
         self._processed: list[str] = []
         self.last_file: str | None = None
@@ -205,18 +205,11 @@ class Hl7SftpChannel(Channel):
         if self._cache is None or self._cache_since is None or floor < self._cache_since:
             self._scan(floor)
         assert self._cache is not None
-        since_iso = since.astimezone(UTC) if since is not None else None
-        chosen = [
-            rec
-            for _, rec in self._cache[entity].values()
-            if since_iso is None or datetime.fromisoformat(rec["updated_at"].replace("Z", "+00:00")) >= since_iso
-        ]
-        chosen.sort(key=lambda r: (r["updated_at"], r["id"]))
-        yield from chosen
+        yield from self._cache.records(entity, since)
 
     def _scan(self, floor: float) -> None:
         """Read every file that may hold changes at/after ``floor``; keep the newest version per record."""
-        cache: dict[str, dict[str, tuple[tuple[str, int, int], dict[str, Any]]]] = {e: {} for e in HL7_ENTITIES}
+        cache = LatestVersions()  # on disk: the newest version of each record, constant memory
         directory = self.config.sftp_hl7_dir
         processed: list[str] = []
         for file_no, attr in enumerate(list_files(self.sftp, directory, ".hl7")):
@@ -243,16 +236,15 @@ class Hl7SftpChannel(Channel):
                         context={"channel": self.name, "file": attr.filename, "message_index": index},
                     )
                     continue
-                rank = (rec["updated_at"], file_no, index)
-                current = cache[entity].get(rec["id"])
-                if current is None or rank >= current[0]:
-                    cache[entity][rec["id"]] = (rank, rec)
+                cache.offer(entity, rec, (file_no, index))
             processed.append(path)
             self.files_read += 1
             if self.last_file is None or attr.filename >= self.last_file:
                 self.last_file, self.last_mtime = attr.filename, attr.st_mtime
         if self.dead_letter.total:
             log.warning("hl7_sftp: %d message(s) dead-lettered", self.dead_letter.total)
+        if self._cache is not None:
+            self._cache.close()
         self._cache, self._cache_since, self._processed = cache, floor, processed
 
     def bookmark(self) -> dict[str, Any]:
@@ -283,3 +275,6 @@ class Hl7SftpChannel(Channel):
                 self._conn = None
             if self._own_dead_letter:
                 self.dead_letter.close()
+            if self._cache is not None:
+                self._cache.close()
+                self._cache = None
