@@ -131,3 +131,11 @@ def test_catalog_naming_an_unknown_stream_is_a_clear_error(sandbox, tmp_path):
     proc = run_tap(tmp_path, config, catalog=catalog, check=False)
     assert proc.returncode != 0
     assert "visits_v2" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_discovery_and_about_open_no_connection(tmp_path):
+    """With no base_url a sync would start the embedded sandbox; discovery must not (it needs no tenant)."""
+    proc = run_tap(tmp_path, {}, args=("--discover",))
+    assert "embedded WellSky sandbox" not in proc.stderr
+    streams = {s["tap_stream_id"] for s in json.loads(proc.stdout)["streams"]}
+    assert streams == set(ENTITIES)

@@ -24,15 +24,19 @@ CHANNELS = {
 }
 
 
+def channel_class(name: str) -> type[Channel]:
+    """The channel class for a ``source`` value (imported on first use)."""
+    if name not in CHANNELS:
+        raise ValueError(f"unknown source {name!r}; use one of {', '.join(CHANNELS)}")
+    module_name, _, cls_name = CHANNELS[name].partition(":")
+    return getattr(importlib.import_module(module_name), cls_name)  # type: ignore[no-any-return]
+
+
 def open_channel(
     name: str, config: WellSkyConfig, client: WellSkyClient | None, product: str, **kwargs: Any
 ) -> Channel:
     """The channel called ``name`` (a ``source`` value) for one tenant of ``product``."""
-    if name not in CHANNELS:
-        raise ValueError(f"unknown source {name!r}; use one of {', '.join(CHANNELS)}")
-    module_name, _, cls_name = CHANNELS[name].partition(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(config=config, client=client, product=product, **kwargs)
+    return channel_class(name)(config=config, client=client, product=product, **kwargs)
 
 
-__all__ = ["CHANNELS", "Channel", "open_channel"]
+__all__ = ["CHANNELS", "Channel", "channel_class", "open_channel"]
