@@ -14,6 +14,7 @@ from wellsky_core.channels.hl7_sftp import Hl7SftpChannel
 from wellsky_core.config import WellSkyConfig
 from wellsky_core.deadletter import DeadLetter
 from wellsky_core.normalize.hl7 import split_messages
+from wellsky_sandbox.exports import EXPORT_COLUMNS
 from wellsky_sandbox.hl7 import feeds_for
 from wellsky_sandbox.testing import SandboxServer
 
@@ -138,21 +139,7 @@ CSV_ROWS = {
         row, "coverage", '[{"payer_id":"X","payer_name":"Y","member_id":"1","order":0}]'
     ),
 }
-HEADER = [
-    "id",
-    "mrn",
-    "medicare_mbi",
-    "medicaid_id",
-    "first_name",
-    "last_name",
-    "birth_date",
-    "gender",
-    "phone",
-    "address",
-    "status",
-    "coverage",
-    "updated_at",
-]
+HEADER = list(EXPORT_COLUMNS["patients"])
 
 
 def _with(row: list[str], column: str, value: str) -> list[str]:

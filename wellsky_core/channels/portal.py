@@ -23,6 +23,7 @@ import pyotp
 
 from ..deadletter import DeadLetter
 from ..errors import AuthError, ConfigError, MfaError, NormalizationError, WellSkyError
+from ..models import CarePlan
 from ..normalize.fhir import validated
 
 if TYPE_CHECKING:
@@ -68,17 +69,7 @@ AUTH_CSV_COLUMNS = {
     "Status": "status",
     "Last Updated": "updated_at",
 }
-CARE_PLAN_FIELDS = (
-    "id",
-    "patient_id",
-    "status",
-    "period_start",
-    "period_end",
-    "goals",
-    "interventions",
-    "outcomes",
-    "updated_at",
-)
+CARE_PLAN_FIELDS = tuple(CarePlan.model_fields)  # the report has one data-field cell per canonical field
 PER_PAGE = 200
 
 _EXTRACT_ROWS = """
