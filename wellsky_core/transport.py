@@ -261,28 +261,6 @@ class WellSkyClient:
         )
         return response
 
-    def request_json(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Params = None,
-        json: Any = None,
-        headers: Mapping[str, str] | None = None,
-        idempotency_key: str | None = None,
-    ) -> Any:
-        """Like :meth:`request` but returns the decoded JSON body (a truncated body is retried if safe)."""
-        _, body = self._send(
-            method,
-            path,
-            params=params,
-            json=json,
-            headers=headers,
-            idempotency_key=idempotency_key,
-            parse_json=True,
-        )
-        return body
-
     def get_json(self, path: str | httpx.URL, params: Params = None) -> Any:
         """GET and decode JSON; truncated bodies are retried, then raised as RemoteError naming the path."""
         _, body = self._send("GET", path, params=params, parse_json=True)

@@ -234,13 +234,13 @@ class RecordWriter:
     def _write_appointment(self, desired: dict[str, Any]) -> WriteResult:
         existing = self._resolve("appointments", desired, "external_id")
         merged = {**(existing or {}), **desired}
-        if existing is not None and not self._changed(existing, desired):
+        changes = self._changed(existing, desired) if existing is not None else None
+        if changes is not None and not changes:
             return self._result("appointments", "unchanged", existing["id"], None, desired)
         warnings: list[str] = []
         reservation = None
-        moving = existing is None or any(
-            k in self._changed(existing, desired)
-            for k in ("start", "end", "status", "service_code", "discipline", "payer_id", "patient_id")
+        moving = changes is None or not changes.keys().isdisjoint(
+            ("start", "end", "status", "service_code", "discipline", "payer_id", "patient_id")
         )
         if self.policy != "off" and moving:
             try:

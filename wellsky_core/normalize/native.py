@@ -166,6 +166,16 @@ DIALECTS: dict[str, Dialect] = {
 }
 
 
+_REVERSE_CODES: dict[str, dict[str, dict[str, str]]] = {
+    product: {
+        table: {canonical: native for native, canonical in getattr(d, table).items()}
+        for table in ("gender", "patient_status", "appointment_status")
+    }
+    for product, d in DIALECTS.items()
+}
+"""Canonical code -> native code per product, for writes (built once, not per record)."""
+
+
 def dialect(product: str) -> Dialect:
     try:
         return DIALECTS[product]
@@ -388,11 +398,11 @@ def to_native(product: str, entity: str, record: dict[str, Any]) -> dict[str, An
         elif key == "discipline" and value is not None:
             value = words[value] if d.product == "personal_care" else value.lower() if d.product == "hospice" else value
         elif key == "gender" and entity == "patients":
-            value = {v: k for k, v in d.gender.items()}[value]
+            value = _REVERSE_CODES[d.product]["gender"][value]
         elif key == "status" and entity == "patients":
-            value = {v: k for k, v in d.patient_status.items()}[value]
+            value = _REVERSE_CODES[d.product]["patient_status"][value]
         elif key == "status" and entity == "appointments":
-            value = {v: k for k, v in d.appointment_status.items()}[value]
+            value = _REVERSE_CODES[d.product]["appointment_status"][value]
         elif key in ("address", "location"):
             out.update(_address_out(d, value, key))
             continue
