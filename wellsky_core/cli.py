@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -17,8 +18,10 @@ from typing import Any, NoReturn
 from singer_sdk.exceptions import ConfigValidationError
 
 from .errors import WellSkyError
+from .redaction import redact
 
 EXIT_FATAL = 2
+EXIT_INTERNAL = 1
 
 
 def unreadable_input_file(argv: list[str]) -> str | None:
@@ -34,9 +37,10 @@ def unreadable_input_file(argv: list[str]) -> str | None:
     return None
 
 
-def fail(name: str, message: object) -> NoReturn:
-    print(f"{name}: error: {message}", file=sys.stderr)
-    sys.exit(EXIT_FATAL)
+def fail(name: str, message: object, code: int = EXIT_FATAL) -> NoReturn:
+    """One error line on stderr, redacted like every log line (a message may quote a server's echo)."""
+    print(f"{name}: error: {redact(str(message))}", file=sys.stderr, flush=True)
+    sys.exit(code)
 
 
 def run_singer_cli(name: str, command: Callable[[], Any]) -> Any:
@@ -50,3 +54,8 @@ def run_singer_cli(name: str, command: Callable[[], Any]) -> Any:
         fail(name, exc)
     except ConfigValidationError as exc:
         fail(name, "; ".join(getattr(exc, "errors", []) or [str(exc)]))
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except Exception:  # a bug: keep the traceback for the report, but redacted like any log line
+        print(f"{name}: internal error (please report it):\n{redact(traceback.format_exc())}", file=sys.stderr)
+        sys.exit(EXIT_INTERNAL)

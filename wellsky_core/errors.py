@@ -8,8 +8,12 @@ path with query values masked, and normalization errors name the field, never th
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx
 
@@ -18,9 +22,76 @@ class WellSkyError(Exception):
     """Base class of every error raised by the core."""
 
 
+MAX_SERVER_TEXT = 300
+"""Server error codes and messages are cut to this many characters: a message is a hint, not a payload."""
+_ECHO_MIN_LENGTH = 2
+_ECHO_SUBSTRING_LENGTH = 6
+
+
+def _request_values(request: httpx.Request | None) -> list[str]:
+    """Every value the request carried (JSON/form body leaves, query values, credential headers), longest first.
+
+    A server that echoes its input in an error message would otherwise hand our own password, session cookie
+    or the patient's name, MRN and birth date straight back into an exception, a log line or stderr.
+    """
+    if request is None:
+        return []
+    values: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+        elif isinstance(node, str | int | float) and not isinstance(node, bool):
+            values.append(str(node))
+
+    try:
+        content = request.content
+    except httpx.RequestNotRead:
+        content = b""
+    if content:
+        text = content.decode("utf-8", "replace")
+        try:
+            walk(json.loads(text))
+        except ValueError:
+            walk([v for _, v in parse_qsl(text, keep_blank_values=False)])
+    walk([v for _, v in request.url.params.multi_items()])
+    for name in ("cookie", "authorization", "idempotency-key"):
+        header = request.headers.get(name)
+        if header:
+            values.append(header)
+            values += [part.partition("=")[2].strip() for part in header.split(";")]
+            values += header.split()
+    return sorted({v for v in values if len(v) >= _ECHO_MIN_LENGTH}, key=len, reverse=True)
+
+
+def scrub_server_text(text: str | None, request: httpx.Request | None) -> str | None:
+    """A server-supplied message with everything echoed from ``request`` masked, then the log redaction applied."""
+    if not text:
+        return text
+    from .redaction import MASK, redact
+
+    for value in _request_values(request):
+        if value not in text:
+            continue
+        if len(value) >= _ECHO_SUBSTRING_LENGTH:
+            text = text.replace(value, MASK)
+        else:  # short values (a 2-letter surname, a count) only as whole words, so "10" leaves "100" alone
+            text = re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", MASK, text)
+    text = redact(text)
+    return text if len(text) <= MAX_SERVER_TEXT else text[:MAX_SERVER_TEXT] + "…"
+
+
 def error_fields(response: httpx.Response) -> tuple[str | None, str | None]:
     """The server's error code and message, from WellSky's ``{error, message}`` shape, OAuth's
-    ``{error, error_description}`` or a FHIR OperationOutcome (``issue[0].code`` / ``diagnostics``)."""
+    ``{error, error_description}`` or a FHIR OperationOutcome (``issue[0].code`` / ``diagnostics``).
+
+    Both are scrubbed of anything the request carried (see :func:`scrub_server_text`): this is the one door
+    through which server text enters our errors.
+    """
     try:
         body = response.json()
     except (ValueError, UnicodeDecodeError):
@@ -29,13 +100,21 @@ def error_fields(response: httpx.Response) -> tuple[str | None, str | None]:
         return None, None
     if body.get("resourceType") == "OperationOutcome":
         issues = body.get("issue") or [{}]
-        issue = issues[0] if isinstance(issues[0], dict) else {}
+        issue = issues[0] if isinstance(issues, list) and isinstance(issues[0], dict) else {}
         code = issue.get("code")
-        message = issue.get("diagnostics") or (issue.get("details") or {}).get("text")
+        details = issue.get("details")
+        message = issue.get("diagnostics") or (details.get("text") if isinstance(details, dict) else None)
     else:
         code = body.get("error")
         message = body.get("message") or body.get("error_description")
-    return (str(code) if code else None), (str(message) if message else None)
+    try:
+        request: httpx.Request | None = response.request
+    except RuntimeError:  # a Response built by hand, without a request
+        request = None
+    return (
+        scrub_server_text(str(code), request) if code else None,
+        scrub_server_text(str(message), request) if message else None,
+    )
 
 
 @dataclass(frozen=True)

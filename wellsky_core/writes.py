@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError, create_model
 
 from .connection import Connection
-from .errors import AuthorizationRefused, RemoteError, WellSkyError
+from .errors import AuthorizationRefused, RemoteError, WellSkyError, error_fields
 from .idempotency import idempotency_key
 from .ledger import WriteLedger, record_hash
 from .models import ENTITIES, UtcDatetime
@@ -356,16 +356,10 @@ def _ledger_key(stream: str, desired: dict[str, Any]) -> str | None:
 
 
 def _error_code(response: Any) -> str | None:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return body.get("error") if isinstance(body, dict) else None
+    return error_fields(response)[0]
 
 
 def _error_message(response: Any) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return "non-JSON error body"
-    return str(body.get("message", "")) if isinstance(body, dict) else "unexpected error body"
+    """The server's message, scrubbed of everything the request carried (it may echo the patient's data)."""
+    code, message = error_fields(response)
+    return message or ("no detail" if code else "non-JSON or unexpected error body")
