@@ -403,7 +403,7 @@ def _plugin_routes(tenant: Tenant) -> list[BaseRoute]:
     import importlib
 
     routes: list[BaseRoute] = []
-    for name in ("fhir", "portal", "exports", "webhooks"):
+    for name in ("fhir", "portal", "kinnser", "exports", "webhooks"):
         try:
             module = importlib.import_module(f"wellsky_sandbox.{name}")
         except ModuleNotFoundError as exc:
