@@ -363,13 +363,21 @@ class Api:
         for key, value in body.items():
             if key == "read_only":
                 self.tenant.read_only = bool(value)
+            elif key == "enforce_authorizations":
+                self.tenant.enforce_authorizations = bool(value)
             elif key == "expire_sessions" and value:
                 self.security.expire_everything()
             elif hasattr(settings, key):
                 setattr(settings, key, type(getattr(settings, key))(value))
             else:
                 raise WriteRejected(400, "unknown_setting", f"unknown tenant setting {key!r}")
-        return ORJSONResponse({"read_only": self.tenant.read_only, **vars(settings)})
+        return ORJSONResponse(
+            {
+                "read_only": self.tenant.read_only,
+                "enforce_authorizations": self.tenant.enforce_authorizations,
+                **vars(settings),
+            }
+        )
 
     async def health(self, request: Request) -> Response:
         return ORJSONResponse({"status": "ok", "product": self.tenant.product})
