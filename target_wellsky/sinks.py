@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from singer_sdk.sinks import BatchSink
 
-from wellsky_core.writes import WriteResult
+from wellsky_core.writes import WriteResult, match_key
 
 if TYPE_CHECKING:
     from .target import TargetWellSky
@@ -68,9 +68,4 @@ class IgnoredStreamSink(_QuietSink):
 
 
 def _group_key(stream: str, record: dict[str, Any], line: int) -> str:
-    natural = record.get("mrn" if stream == "patients" else "external_id")
-    if natural:
-        return f"n:{natural}"
-    if record.get("id"):
-        return f"i:{record['id']}"
-    return f"l:{line}"
+    return match_key(stream, record) or f"l:{line}"

@@ -31,13 +31,18 @@ from pydantic import (
     model_validator,
 )
 
+from wellsky_core.channels import CHANNELS
+from wellsky_core.dialects import PRODUCTS
 from wellsky_core.errors import ConfigError, ConfigProblem
 
 ENV_PREFIX = "WELLSKY_"
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
-SourceName = Literal["api", "fhir", "hl7_sftp", "export", "portal"]
+SourceName = Literal[tuple(CHANNELS)]  # type: ignore[valid-type]
+"""A ``source`` value: the channel registry's names (``wellsky_core.channels.CHANNELS``)."""
+ProductName = Literal[PRODUCTS]  # type: ignore[valid-type]
+"""A ``product`` value: the dialect registry's names (``wellsky_core.dialects.DIALECTS``)."""
 
 SDK_BUILTIN_KEYS = frozenset(
     {
@@ -95,7 +100,7 @@ class WellSkyConfig(BaseModel):
         description="Tenant API root, e.g. https://agency.wellsky.example/api. https:// is required except "
         "for loopback hosts. Empty: the tap starts the embedded sandbox.",
     )
-    product: Literal["home_health", "hospice", "personal_care"] | None = Field(
+    product: ProductName | None = Field(
         default=None, description="WellSky product line; empty: detected with GET /tenant."
     )
     auth_method: Literal["session", "oauth_client_credentials", "oauth_private_key_jwt"] = Field(

@@ -5,15 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .channels import Channel, open_channel
+from .channels import Channel, channel_class, open_channel
 from .config import WellSkyConfig
+from .dialects import PRODUCTS
 from .errors import ConfigError, RemoteError
 from .metrics import Metrics
 from .transport import WellSkyClient
 
 log = logging.getLogger(__name__)
-
-PRODUCTS = ("home_health", "hospice", "personal_care")
 
 
 class Connection:
@@ -57,15 +56,18 @@ class Connection:
         """The channel configured for ``stream`` (``stream_sources`` or ``source``), opened once and shared."""
         name = self.config.source_for(stream)
         if name not in self._channels:
-            client = self.client if name in ("api", "fhir", "export", "portal") else self._client_if_configured()
             try:
+                client = self._client_for(channel_class(name).client_use)
                 self._channels[name] = open_channel(name, self.config, client, self.product)
             except ValueError as exc:
                 raise ConfigError("source", str(exc)) from None
         return self._channels[name]
 
-    def _client_if_configured(self) -> WellSkyClient | None:
-        return self.client if self.config.base_url else None
+    def _client_for(self, use: str) -> WellSkyClient | None:
+        """The client a channel declared it needs (``Channel.client_use``)."""
+        if use == "required" or (use == "optional" and self.config.base_url):
+            return self.client
+        return None
 
     def close(self) -> None:
         for channel in self._channels.values():

@@ -16,10 +16,9 @@ Conventions:
 from __future__ import annotations
 
 from datetime import date, datetime
-from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 
 def _require_utc(value: datetime) -> datetime:
@@ -35,14 +34,6 @@ Discipline = Literal["SN", "PT", "OT", "ST", "MSW", "HHA"]
 """Home-health disciplines; personal-care caregivers are HHA (aides)."""
 
 Gender = Literal["male", "female", "other", "unknown"]
-
-
-class Product(StrEnum):
-    """The WellSky product line a tenant runs; each speaks its own native record shapes."""
-
-    HOME_HEALTH = "home_health"
-    HOSPICE = "hospice"
-    PERSONAL_CARE = "personal_care"
 
 
 class CanonicalModel(BaseModel):
@@ -258,6 +249,19 @@ class EntitySpec(BaseModel):
     natural_key: tuple[str, ...] | None = None
     """Fields a writer matches on when a record carries no WellSky id."""
     writable: bool = False
+    """The target can write this stream back (a product's dialect may narrow it)."""
+
+    @model_validator(mode="after")
+    def _writable_has_one_natural_key(self) -> EntitySpec:
+        if self.writable and (self.natural_key is None or len(self.natural_key) != 1):
+            raise ValueError(f"writable entity {self.name} needs exactly one natural_key field")
+        return self
+
+    @property
+    def match_field(self) -> str:
+        """The one natural-key field a writer looks records up by (writable entities only)."""
+        assert self.natural_key is not None, f"{self.name} is not writable"
+        return self.natural_key[0]
 
 
 ENTITIES: dict[str, EntitySpec] = {
@@ -273,3 +277,6 @@ ENTITIES: dict[str, EntitySpec] = {
         EntitySpec(name="coverage", model=Coverage),
     )
 }
+
+WRITABLE: tuple[str, ...] = tuple(name for name, spec in ENTITIES.items() if spec.writable)
+"""The streams the target writes back, in ``ENTITIES`` order."""

@@ -18,17 +18,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError, create_model
 
 from .connection import Connection
-from .errors import AuthorizationRefused, RemoteError, WellSkyError, error_fields
+from .dialects import dialect
+from .errors import AuthorizationRefused, RemoteError, WriteRefused, error_fields
 from .idempotency import idempotency_key
-from .ledger import WriteLedger, record_hash
-from .models import ENTITIES, UtcDatetime
+from .models import ENTITIES, WRITABLE, UtcDatetime
 from .normalize.native import to_canonical, to_native
-from .scheduling import AuthorizationLedger, Reservation, current_charge
+from .scheduling import AuthorizationUnitLedger, Reservation, current_charge
+from .write_hashes import WriteHashLedger, record_hash
 
 log = logging.getLogger(__name__)
 
-WRITABLE = ("patients", "appointments")
-NATURAL_KEYS = {"patients": "mrn", "appointments": "external_id"}
 PRIME_MIN_RECORDS = 200
 """Below this many natural-key lookups in a batch, per-record lookups are cheaper than scanning the entity."""
 Action = Literal["created", "updated", "unchanged", "rejected", "would_create", "would_update"]
@@ -45,14 +44,6 @@ class WriteResult:
     warnings: list[str] = field(default_factory=list)
     key_hash: str | None = None
     """A hash of the natural key: lets the audit trail correlate writes without holding an MRN."""
-
-
-class WriteRefused(WellSkyError):
-    """A record that cannot be written; ``code`` is machine-readable, the message says why and how to fix it."""
-
-    def __init__(self, code: str, message: str) -> None:
-        self.code = code
-        super().__init__(message)
 
 
 def _write_model(entity: str) -> type[BaseModel]:
@@ -90,17 +81,17 @@ class RecordWriter:
         *,
         authorization_policy: str = "enforce",
         dry_run: bool = False,
-        ledger: WriteLedger | None = None,
+        write_hashes: WriteHashLedger | None = None,
     ) -> None:
         self.connection = connection
         self.client = connection.client
         self.policy = authorization_policy
         self.dry_run = dry_run
-        self.ledger = AuthorizationLedger()
+        self.authorization_units = AuthorizationUnitLedger()
         self._auth_cache: dict[str, list[dict[str, Any]]] = {}
         self._auth_lock = threading.Lock()
         self.tenant_key = connection.config.base_url or "tenant"
-        self.ledger_store = ledger
+        self.write_hashes = write_hashes
         self._primed: dict[str, tuple[frozenset[str], dict[str, dict[str, Any]]]] = {}
 
     @property
@@ -108,8 +99,8 @@ class RecordWriter:
         return self.connection.product
 
     def write(self, stream: str, record: dict[str, Any]) -> WriteResult:
-        if stream not in WRITABLE:
-            raise ValueError(f"{stream} is not writable")
+        if stream not in dialect(self.product).writable:
+            raise ValueError(f"{stream} is not writable on {self.product}")
         try:
             desired = validate_for_write(stream, record)
             key, digest, known = self._ledger_entry(stream, desired)
@@ -125,10 +116,10 @@ class RecordWriter:
             if (
                 key
                 and digest
-                and self.ledger_store is not None
+                and self.write_hashes is not None
                 and result.action in ("created", "updated", "unchanged")
             ):
-                self.ledger_store.remember(self.tenant_key, stream, key, digest, result.wellsky_id)
+                self.write_hashes.remember(self.tenant_key, stream, key, digest, result.wellsky_id)
             return result
         except WriteRefused as exc:
             return WriteResult(stream, "rejected", reason=str(exc), code=exc.code, wellsky_id=record.get("id"))
@@ -183,12 +174,12 @@ class RecordWriter:
         self, stream: str, desired: dict[str, Any]
     ) -> tuple[str | None, str | None, tuple[str, str | None] | None]:
         """(ledger key, hash of the record, what the ledger holds for the key) — all None without a ledger."""
-        if self.ledger_store is None:
+        if self.write_hashes is None:
             return None, None, None
-        key = _ledger_key(stream, desired)
+        key = match_key(stream, desired)
         if key is None:
             return None, None, None
-        return key, record_hash(desired), self.ledger_store.lookup(self.tenant_key, stream, key)
+        return key, record_hash(desired), self.write_hashes.lookup(self.tenant_key, stream, key)
 
     def _ledger_says_unchanged(self, stream: str, record: Any) -> bool:
         try:
@@ -200,8 +191,8 @@ class RecordWriter:
     def prime(self, entity: str, records: list[dict[str, Any]]) -> None:
         """Before a large batch, find its records' natural keys with one scan of the entity instead of one
         lookup per record. Only the batch's keys are kept, so memory follows the batch, not the tenant."""
-        natural = NATURAL_KEYS[entity]
-        if self.ledger_store is not None:  # records the ledger settles need no lookup at all
+        natural = ENTITIES[entity].match_field
+        if self.write_hashes is not None:  # records the ledger settles need no lookup at all
             records = [r for r in records if not self._ledger_says_unchanged(entity, r)]
         keys = {
             r[natural] for r in records if isinstance(r, dict) and isinstance(r.get(natural), str) and not r.get("id")
@@ -245,7 +236,9 @@ class RecordWriter:
         if self.policy != "off" and moving:
             try:
                 release = self._existing_reservation(existing)
-                reservation = self.ledger.reserve(merged, self._authorizations(merged["patient_id"]), release=release)
+                reservation = self.authorization_units.reserve(
+                    merged, self._authorizations(merged["patient_id"]), release=release
+                )
             except AuthorizationRefused as exc:
                 if self.policy == "enforce":
                     raise
@@ -254,10 +247,10 @@ class RecordWriter:
         try:
             result = self._upsert("appointments", "external_id", desired, existing, reservation=reservation)
         except BaseException:
-            self.ledger.cancel(reservation)
+            self.authorization_units.cancel(reservation)
             raise
         if result.action == "rejected":
-            self.ledger.cancel(reservation)
+            self.authorization_units.cancel(reservation)
         result.warnings += warnings
         return result
 
@@ -330,7 +323,7 @@ class RecordWriter:
             )
         saved = to_canonical(self.product, entity, response.json())
         primed = self._primed.get(entity)
-        natural_value = saved.get(NATURAL_KEYS[entity])
+        natural_value = saved.get(ENTITIES[entity].match_field)
         if primed is not None and natural_value in primed[0]:
             primed[1][natural_value] = saved  # a later record with the same key in this batch sees the write
         return self._result(entity, action, saved["id"], key, desired)
@@ -344,15 +337,18 @@ class RecordWriter:
 
     @staticmethod
     def _key_hash(entity: str, desired: dict[str, Any]) -> str | None:
-        natural = desired.get("mrn" if entity == "patients" else "external_id") or desired.get("id")
+        natural = desired.get(ENTITIES[entity].match_field) or desired.get("id")
         return hashlib.sha256(str(natural).encode()).hexdigest()[:16] if natural else None
 
 
-def _ledger_key(stream: str, desired: dict[str, Any]) -> str | None:
-    natural = desired.get("mrn" if stream == "patients" else "external_id")
+def match_key(stream: str, record: dict[str, Any]) -> str | None:
+    """What identifies the record a write targets: its natural key, else its WellSky id (None: neither).
+
+    The write-hash ledger is keyed by it, and the target writes records sharing it in input order."""
+    natural = record.get(ENTITIES[stream].match_field)
     if natural:
         return f"n:{natural}"
-    return f"i:{desired['id']}" if desired.get("id") else None
+    return f"i:{record['id']}" if record.get("id") else None
 
 
 def _error_code(response: Any) -> str | None:

@@ -8,7 +8,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from ..deadletter import DeadLetter
 
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from ..transport import WellSkyClient
 
 T = TypeVar("T")
+ClientUse = Literal["required", "optional", "none"]
 
 
 class Channel(abc.ABC):
@@ -25,8 +26,9 @@ class Channel(abc.ABC):
     name: ClassVar[str]
     ordered: ClassVar[bool] = True
     """True when records come in ``(updated_at, id)`` order, so a bookmark may advance as records are sent."""
-    needs_client: ClassVar[bool] = False
-    """HTTP channels need a WellSkyClient; file channels (SFTP) can run without one."""
+    client_use: ClassVar[ClientUse] = "optional"
+    """What this channel needs of the tenant's HTTP API (``WellSkyClient``): ``required`` (HTTP channels),
+    ``optional`` (file channels that may also use it when ``base_url`` is set) or ``none`` (own session)."""
 
     def __init__(
         self,
@@ -36,7 +38,7 @@ class Channel(abc.ABC):
         product: str | None = None,
         dead_letter: DeadLetter | None = None,
     ) -> None:
-        if self.needs_client and client is None:
+        if self.client_use == "required" and client is None:
             raise ValueError(f"the {self.name} channel needs a WellSkyClient")
         self.config = config
         self.client = client

@@ -36,7 +36,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from ..deadletter import DeadLetter
-from ..errors import ConfigError, RemoteError, TransportError
+from ..errors import ConfigError, RemoteError, WellSkyTransportError
 from ..models import ENTITIES
 from .base import Channel, LatestVersions
 
@@ -185,7 +185,7 @@ class ExportChannel(Channel):
                         spool.write(chunk)
             except httpx.HTTPError as exc:
                 spool.close()
-                raise TransportError("export download failed", url=url, reason=type(exc).__name__) from None
+                raise WellSkyTransportError("export download failed", url=url, reason=type(exc).__name__) from None
             if info.get("size") is not None and size != info["size"]:
                 spool.close()
                 raise RemoteError(

@@ -51,7 +51,7 @@ class FhirChannel(Channel):
     name = "fhir"
     ordered = True
 
-    needs_client = True
+    client_use = "required"
     client: WellSkyClient
 
     def __init__(self, **kwargs: Any) -> None:

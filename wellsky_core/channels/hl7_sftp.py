@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import paramiko
 
 from ..deadletter import DeadLetter
-from ..errors import AuthError, ConfigError, NormalizationError, TransportError
+from ..errors import AuthError, ConfigError, NormalizationError, WellSkyTransportError
 from ..normalize.hl7 import normalize_message, split_messages
 from .base import Channel, LatestVersions
 
@@ -96,7 +96,7 @@ def connect_sftp(config: WellSkyConfig, timeout: float | None = None) -> tuple[p
     try:
         transport = paramiko.Transport((host, port))
     except OSError as exc:
-        raise TransportError("cannot connect to the SFTP server", url=where, reason=type(exc).__name__) from None
+        raise WellSkyTransportError("cannot connect to the SFTP server", url=where, reason=type(exc).__name__) from None
     try:
         name = expected.get_name()
         transport.get_security_options().key_types = _RSA_NAMES if name == "ssh-rsa" else [name]
@@ -110,7 +110,7 @@ def connect_sftp(config: WellSkyConfig, timeout: float | None = None) -> tuple[p
                 setting="sftp_host_key",
             ) from None
         except paramiko.SSHException as exc:
-            raise TransportError(
+            raise WellSkyTransportError(
                 "SSH handshake with the SFTP server failed", url=where, reason=type(exc).__name__
             ) from None
         presented = transport.get_remote_server_key()
@@ -137,7 +137,7 @@ def connect_sftp(config: WellSkyConfig, timeout: float | None = None) -> tuple[p
             ) from None
         sftp = paramiko.SFTPClient.from_transport(transport)
         if sftp is None:
-            raise TransportError("the SFTP server refused the sftp subsystem", url=where)
+            raise WellSkyTransportError("the SFTP server refused the sftp subsystem", url=where)
         sftp.get_channel().settimeout(timeout)
         return transport, sftp
     except BaseException:

@@ -22,7 +22,7 @@ from urllib.parse import urlencode, urlsplit
 import pyotp
 
 from ..deadletter import DeadLetter
-from ..errors import AuthError, ConfigError, MfaError, NormalizationError, WellSkyError
+from ..errors import AuthError, ConfigError, MfaError, NormalizationError, PortalLayoutChanged, WellSkyError
 from ..models import CarePlan
 from ..normalize.fhir import validated
 
@@ -88,18 +88,6 @@ _EXTRACT_ROWS = """
 """
 
 
-class PortalLayoutChanged(WellSkyError):
-    """An element the portal channel relies on is missing: the vendor changed the page. Names page and selector."""
-
-    def __init__(self, page: str, selector: str) -> None:
-        self.page = page
-        self.selector = selector
-        super().__init__(
-            f"portal layout changed: {selector} not found on {page}; the portal channel needs updating for the "
-            "new layout (no records were emitted for this stream)"
-        )
-
-
 def us_date(value: str, entity: str, field: str) -> str | None:
     """``MM/DD/YYYY`` (the portal's spelling) -> ISO date; empty -> None."""
     value = value.strip()
@@ -116,6 +104,7 @@ class PortalChannel(Channel):
 
     name = "portal"
     ordered = False
+    client_use = "none"  # the portal keeps its own browser session
     ENTITIES = ("authorizations", "care_plans")
 
     def __init__(
@@ -133,10 +122,7 @@ class PortalChannel(Channel):
             raise ConfigError(missing[0], "required by the portal channel (login, password and TOTP secret)")
         if not Path(config.chromium_path).exists():
             raise ConfigError("chromium_path", "no browser at that path; install chromium or point chromium_path at it")
-        self.config = config
-        self.client = client
-        self.product = product
-        self.dead_letter = dead_letter or DeadLetter(config.dead_letter_path)
+        super().__init__(config=config, client=client, product=product, dead_letter=dead_letter)
         self.base_url = str(config.base_url).rstrip("/")
         self._playwright: Playwright | None = None
         self._browser: Browser | None = None

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from ..dialects import dialect
 from ..errors import NormalizationError
 from ..models import ENTITIES
 from ..normalize.native import to_canonical
@@ -26,11 +27,11 @@ class RestChannel(Channel):
     name = "api"
     ordered = True
 
-    needs_client = True
+    client_use = "required"
     client: WellSkyClient
 
     def supports(self, entity: str) -> bool:
-        return entity in PATHS
+        return entity in dialect(self.product).streams if self.product else entity in PATHS
 
     def iter_records(self, entity: str, since: datetime | None) -> Iterator[dict[str, Any]]:
         params: dict[str, Any] = {"limit": self.config.page_size}

@@ -2,8 +2,8 @@
 
 The three product lines disagree on almost everything: key style, entity words (patient/client,
 clinician/staff/caregiver, visit/shift), id types, timestamp and date formats, code lists. A ``Dialect`` holds
-one product's conventions as data (see the table in ``docs/architecture.md``); the two functions
-``to_canonical`` and ``to_native`` interpret it. Adding a product means adding a dialect, not code.
+one product's conventions as data (``wellsky_core/dialects/<product>.py``); the two functions
+``to_canonical`` and ``to_native`` interpret it. Adding a product means adding a dialect module, not code here.
 
 Every record is validated by its pydantic model, so a malformed body raises ``NormalizationError`` naming
 the entity and the field (never the value, which may be PHI).
@@ -14,13 +14,12 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
+from ..dialects import DATE_FIELDS, ID_FIELDS, TIMESTAMP_FIELDS, Dialect, dialect
 from ..errors import NormalizationError
 from ..models import ENTITIES
 
@@ -47,140 +46,6 @@ def _restyle(value: Any, fn: Callable[[str], str]) -> Any:
     if isinstance(value, list):
         return [_restyle(v, fn) if isinstance(v, _NESTED) else v for v in value]
     return value
-
-
-DISCIPLINE_WORDS = {
-    "Skilled Nursing": "SN",
-    "Physical Therapy": "PT",
-    "Occupational Therapy": "OT",
-    "Speech Therapy": "ST",
-    "Social Work": "MSW",
-    "Home Health Aide": "HHA",
-}
-TIMESTAMP_FIELDS = frozenset({"updated_at", "start", "end"})
-DATE_FIELDS = frozenset(
-    {"birth_date", "start_date", "end_date", "period_start", "period_end", "target_date", "recorded_on",
-     "received_date", "accepted_date"}
-)
-ID_FIELDS = frozenset({"id", "patient_id", "practitioner_id", "appointment_id"})
-
-
-@dataclass(frozen=True)
-class Dialect:
-    """One product's native conventions, as documented by the vendor."""
-
-    product: str
-    camel_case: bool
-    timestamps: str  # "iso_utc" | "epoch" | "iso_local"
-    dates: str  # "iso" | "mdy"
-    integer_ids: bool
-    renames: dict[str, dict[str, str]]  # entity ("*" = all) -> native snake key -> canonical key
-    gender: dict[str, str]
-    patient_status: dict[str, str]
-    appointment_status: dict[str, str]
-    discipline: Callable[[str], str]
-    name_style: str  # "nested" | "flat_short" | "flat_long"
-    address_style: str  # "nested" | "flat" | "list"
-    local_tz: ZoneInfo | None = None
-    reverse_cache: dict[str, dict[str, str]] = field(default_factory=dict, compare=False)
-
-    def renames_for(self, entity: str) -> dict[str, str]:
-        return {**self.renames.get("*", {}), **self.renames.get(entity, {})}
-
-    def reverse_renames(self, entity: str) -> dict[str, str]:
-        """Canonical key -> native snake key (for writes)."""
-        if entity not in self.reverse_cache:
-            self.reverse_cache[entity] = {v: k for k, v in self.renames_for(entity).items()}
-        return self.reverse_cache[entity]
-
-
-def _upper_discipline(value: str) -> str:
-    return value.upper()
-
-
-def _word_discipline(value: str) -> str:
-    return DISCIPLINE_WORDS.get(value, value)
-
-
-DIALECTS: dict[str, Dialect] = {
-    "home_health": Dialect(
-        product="home_health",
-        camel_case=True,
-        timestamps="iso_utc",
-        dates="iso",
-        integer_ids=False,
-        renames={
-            "*": {"last_modified": "updated_at", "clinician_id": "practitioner_id"},
-            "appointments": {"visit_id": "id", "scheduled_start": "start", "scheduled_end": "end"},
-            "practitioners": {"clinician_id": "id"},
-        },
-        gender={"M": "male", "F": "female", "O": "other", "U": "unknown"},
-        patient_status={"Pending": "pending", "Admitted": "active", "Discharged": "discharged",
-                        "Non-Admit": "inactive"},
-        appointment_status={"Scheduled": "scheduled", "Completed": "completed", "Cancelled": "cancelled",
-                            "Missed": "missed"},
-        discipline=str,
-        name_style="nested",
-        address_style="nested",
-    ),
-    "hospice": Dialect(
-        product="hospice",
-        camel_case=False,
-        timestamps="epoch",
-        dates="iso",
-        integer_ids=False,
-        renames={
-            "*": {"modified_at": "updated_at", "staff_id": "practitioner_id"},
-            "patients": {"medical_record_number": "mrn"},
-            "appointments": {"start_time": "start", "end_time": "end"},
-        },
-        gender={"male": "male", "female": "female", "other": "other", "unknown": "unknown"},
-        patient_status={"pending": "pending", "active": "active", "discharged": "discharged", "inactive": "inactive"},
-        appointment_status={"scheduled": "scheduled", "completed": "completed", "cancelled": "cancelled",
-                            "missed": "missed"},
-        discipline=_upper_discipline,
-        name_style="flat_long",
-        address_style="flat",
-    ),
-    "personal_care": Dialect(
-        product="personal_care",
-        camel_case=False,
-        timestamps="iso_local",
-        dates="mdy",
-        integer_ids=True,
-        renames={
-            "*": {"updated": "updated_at", "client_id": "patient_id", "caregiver_id": "practitioner_id"},
-            "patients": {"client_number": "mrn", "mbi": "medicare_mbi"},
-            "appointments": {"shift_start": "start", "shift_end": "end", "service_type": "discipline"},
-            "practitioners": {"skills": "disciplines"},
-        },
-        gender={"Male": "male", "Female": "female", "Other": "other", "Unknown": "unknown"},
-        patient_status={"Prospect": "pending", "Active": "active", "Discharged": "discharged", "Inactive": "inactive"},
-        appointment_status={"Scheduled": "scheduled", "Completed": "completed", "Cancelled": "cancelled",
-                            "No Show": "missed"},
-        discipline=_word_discipline,
-        name_style="flat_short",
-        address_style="list",
-        local_tz=ZoneInfo("America/Chicago"),
-    ),
-}
-
-
-_REVERSE_CODES: dict[str, dict[str, dict[str, str]]] = {
-    product: {
-        table: {canonical: native for native, canonical in getattr(d, table).items()}
-        for table in ("gender", "patient_status", "appointment_status")
-    }
-    for product, d in DIALECTS.items()
-}
-"""Canonical code -> native code per product, for writes (built once, not per record)."""
-
-
-def dialect(product: str) -> Dialect:
-    try:
-        return DIALECTS[product]
-    except KeyError:
-        raise NormalizationError("tenant", "product", f"unknown product; expected one of {sorted(DIALECTS)}") from None
 
 
 # -- native -> canonical --------------------------------------------------------------------------------
@@ -376,7 +241,6 @@ def to_native(product: str, entity: str, record: dict[str, Any]) -> dict[str, An
     """A canonical record (fields present only) -> the product's native write body."""
     d = dialect(product)
     renames = d.reverse_renames(entity)
-    words = {v: k for k, v in DISCIPLINE_WORDS.items()}
     out: dict[str, Any] = {}
     for key, value in record.items():
         if key == "updated_at":
@@ -396,13 +260,13 @@ def to_native(product: str, entity: str, record: dict[str, Any]) -> dict[str, An
         elif key in ID_FIELDS and value is not None and d.integer_ids:
             value = int(value)
         elif key == "discipline" and value is not None:
-            value = words[value] if d.product == "personal_care" else value.lower() if d.product == "hospice" else value
+            value = d.discipline_out(value)
         elif key == "gender" and entity == "patients":
-            value = _REVERSE_CODES[d.product]["gender"][value]
+            value = d.reverse_codes["gender"][value]
         elif key == "status" and entity == "patients":
-            value = _REVERSE_CODES[d.product]["patient_status"][value]
+            value = d.reverse_codes["patient_status"][value]
         elif key == "status" and entity == "appointments":
-            value = _REVERSE_CODES[d.product]["appointment_status"][value]
+            value = d.reverse_codes["appointment_status"][value]
         elif key in ("address", "location"):
             out.update(_address_out(d, value, key))
             continue
