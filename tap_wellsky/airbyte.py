@@ -33,7 +33,7 @@ import orjson
 
 from wellsky_core.config import SDK_BUILTIN_KEYS, WellSkyConfig, config_json_schema
 from wellsky_core.connection import Connection
-from wellsky_core.errors import AuthError, ConfigError, TransportError, WellSkyError
+from wellsky_core.errors import AuthError, ConfigError, WellSkyError, WellSkyTransportError
 from wellsky_core.models import ENTITIES
 from wellsky_core.redaction import install_redaction
 from wellsky_core.schemas import stream_schema
@@ -152,7 +152,7 @@ def describe_error(exc: BaseException) -> tuple[str, str, str]:
     if isinstance(exc, ConfigError | AuthError):
         text = str(exc)
         return text, f"{type(exc).__name__}: {text}", "config_error"
-    if isinstance(exc, TransportError):
+    if isinstance(exc, WellSkyTransportError):
         text = str(exc)
         return text, f"{type(exc).__name__}: {text}", "transient_error"
     if isinstance(exc, WellSkyError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from .client import WellSkyStream
+from .stream import WellSkyStream
 
 
 class PatientsStream(WellSkyStream):

@@ -19,15 +19,12 @@ from wellsky_core.cli import fail, run_singer_cli
 from wellsky_core.config import SDK_BUILTIN_KEYS, TargetConfig, config_json_schema
 from wellsky_core.connection import Connection
 from wellsky_core.deadletter import DeadLetter
-from wellsky_core.errors import ConfigError, WellSkyError
+from wellsky_core.errors import ConfigError, SingerInputError, WriteRefused
+from wellsky_core.models import WRITABLE
 from wellsky_core.redaction import install_redaction
-from wellsky_core.writes import WRITABLE, WriteRefused, WriteResult
+from wellsky_core.writes import WriteResult
 
 from .sinks import IgnoredStreamSink, WellSkySink
-
-
-class SingerInputError(WellSkyError):
-    """The Singer input itself is broken; the message names the line (never echoes its content)."""
 
 
 class RecordBeforeSchema(SingerInputError, RecordsWithoutSchemaException):
@@ -102,15 +99,15 @@ class TargetWellSky(Target):
 
     @cached_property
     def writer(self) -> Any:
-        from wellsky_core.ledger import WriteLedger
+        from wellsky_core.write_hashes import WriteHashLedger
         from wellsky_core.writes import RecordWriter
 
-        ledger = WriteLedger(self.settings.write_ledger_path) if self.settings.write_ledger_path else None
+        ledger = WriteHashLedger(self.settings.write_ledger_path) if self.settings.write_ledger_path else None
         return RecordWriter(
             self.connection,
             authorization_policy=self.settings.authorization_policy,
             dry_run=self.settings.dry_run,
-            ledger=None if self.settings.dry_run else ledger,
+            write_hashes=None if self.settings.dry_run else ledger,
         )
 
     @cached_property
@@ -235,8 +232,8 @@ class TargetWellSky(Target):
             self.print_summary()
             self.audit.close()
             self.dead_letter.close()
-            if "writer" in self.__dict__ and self.writer.ledger_store is not None:
-                self.writer.ledger_store.close()
+            if "writer" in self.__dict__ and self.writer.write_hashes is not None:
+                self.writer.write_hashes.close()
             if "connection" in self.__dict__:
                 self.connection.close()
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from pydantic import SecretStr
 
-from wellsky_core.errors import AuthError, ConfigError, MfaError, RemoteError, error_fields
+from wellsky_core.errors import AuthError, ConfigError, MfaError, RemoteError, RetryableAuthFailure, error_fields
 from wellsky_core.mfa import Challenge, CodeSource, build_code_source
 from wellsky_core.redaction import register_secret
 
@@ -37,16 +37,6 @@ SESSION_RENEW_MARGIN_SECONDS = 5.0
 TOKEN_RENEW_MARGIN_SECONDS = 60.0
 
 Flow = Generator[httpx.Request, httpx.Response, None]
-
-
-class RetryableAuthFailure(Exception):  # a signal to the transport, never surfaced to users
-    """A login or token request got a transient answer; the transport retries the whole request."""
-
-    def __init__(self, reason: str, *, status: int | None = None, retry_after: float | None = None) -> None:
-        super().__init__(f"transient failure during authentication ({reason})")
-        self.reason = reason
-        self.status = status
-        self.retry_after = retry_after
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:

@@ -1,4 +1,26 @@
-"""The one exception hierarchy of the core.
+"""The one exception hierarchy of the core: every exception class the connector raises is defined here.
+
+::
+
+    WellSkyError                      base: catch this one type
+    ├── ConfigError                   a setting cannot work (lists every bad key); raised before any request
+    ├── AuthError                     credentials refused (login, MFA, OAuth token)
+    │   └── MfaError                  no usable MFA code
+    ├── WellSkyTransportError         no usable answer within the retry budget, or cannot connect
+    │                                 (named so it never shadows ``httpx.TransportError``)
+    ├── RemoteError                   WellSky answered an error that retrying cannot fix (4xx, unreadable body)
+    ├── NormalizationError            a native record does not map to its canonical model (names the field)
+    ├── PortalLayoutChanged           the portal page lost an element the portal channel relies on
+    ├── SignatureError                a webhook delivery whose signature is missing, wrong or too old
+    ├── AuthorizationRefused          a booking the payer authorization does not cover
+    ├── WriteRefused                  a record the target cannot write (machine-readable ``code``)
+    └── SingerInputError              the Singer input itself is broken (names the line)
+
+    RetryableAuthFailure (Exception)  internal signal from auth to transport: retry the whole request;
+                                      never surfaced to users
+
+The target's ``RecordBeforeSchema`` also derives from singer-sdk's ``RecordsWithoutSchemaException``, so it
+lives with the target (the core imports no singer-sdk).
 
 Every error a tap, target or Airbyte face can see from WellSky derives from :class:`WellSkyError`, so callers
 can catch one type. Messages say *what* setting or request was wrong and *how* to fix it; they never carry
@@ -182,7 +204,7 @@ def redact_url(url: str | httpx.URL) -> str:
     return base + "?" + "&".join(f"{key}=***" for key in keys)
 
 
-class TransportError(WellSkyError):
+class WellSkyTransportError(WellSkyError):
     """The request could not get a usable answer within the retry budget (or could not connect at all)."""
 
     def __init__(
@@ -245,3 +267,41 @@ class AuthorizationRefused(WellSkyError):
         self.reason = reason
         self.code = code
         super().__init__(f"authorization refused{f' [{code}]' if code else ''}: {reason}")
+
+
+class RetryableAuthFailure(Exception):  # a signal to the transport, never surfaced to users
+    """A login or token request got a transient answer; the transport retries the whole request."""
+
+    def __init__(self, reason: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(f"transient failure during authentication ({reason})")
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+
+
+class PortalLayoutChanged(WellSkyError):
+    """An element the portal channel relies on is missing: the vendor changed the page. Names page and selector."""
+
+    def __init__(self, page: str, selector: str) -> None:
+        self.page = page
+        self.selector = selector
+        super().__init__(
+            f"portal layout changed: {selector} not found on {page}; the portal channel needs updating for the "
+            "new layout (no records were emitted for this stream)"
+        )
+
+
+class SignatureError(WellSkyError):
+    """A webhook request whose signature is missing, malformed, wrong or too old. Never holds the secret."""
+
+
+class WriteRefused(WellSkyError):
+    """A record that cannot be written; ``code`` is machine-readable, the message says why and how to fix it."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class SingerInputError(WellSkyError):
+    """The Singer input itself is broken; the message names the line (never echoes its content)."""

@@ -94,7 +94,7 @@ class Reservation:
     units: int
 
 
-class AuthorizationLedger:
+class AuthorizationUnitLedger:
     """Thread-safe: concurrent writers reserve units atomically, so two bookings never share the last unit."""
 
     def __init__(self) -> None:

@@ -9,7 +9,7 @@ flow (login, cookie rotation, re-auth on 401) and a retry loop:
 - writes (POST without an idempotency key) are only retried when the server cannot have applied them
   (429, 503, connection refused), since a replay could double-book a visit;
 - a host that refuses the very first connection fails at once (it is a wrong ``base_url``, not a blip);
-- after ``max_retries`` the last failure is raised as :class:`~wellsky_core.errors.TransportError` with
+- after ``max_retries`` the last failure is raised as :class:`~wellsky_core.errors.WellSkyTransportError` with
   the URL (query values masked), status and attempt count.
 
 Each retry logs one line on ``wellsky_core.transport`` and is counted in :class:`~wellsky_core.metrics.Metrics`
@@ -28,9 +28,17 @@ from typing import Any
 import httpx
 import orjson
 
-from wellsky_core.auth import RefreshingAuth, RetryableAuthFailure, build_auth, parse_retry_after
+from wellsky_core.auth import RefreshingAuth, build_auth, parse_retry_after
 from wellsky_core.config import WellSkyConfig
-from wellsky_core.errors import AuthError, ConfigError, RemoteError, TransportError, error_fields, redact_url
+from wellsky_core.errors import (
+    AuthError,
+    ConfigError,
+    RemoteError,
+    RetryableAuthFailure,
+    WellSkyTransportError,
+    error_fields,
+    redact_url,
+)
 from wellsky_core.metrics import Metrics
 from wellsky_core.ratelimit import TokenBucket
 from wellsky_core.redaction import register_secret
@@ -100,7 +108,7 @@ class WellSkyClient:
         cap = min(self.config.backoff_max_seconds, self.config.backoff_base_seconds * 2 ** (attempt - 1))
         return self._rng.uniform(0, cap)
 
-    def _fail_connect(self, exc: httpx.TransportError, request: httpx.Request, attempt: int) -> TransportError:
+    def _fail_connect(self, exc: httpx.TransportError, request: httpx.Request, attempt: int) -> WellSkyTransportError:
         tls = "CERTIFICATE_VERIFY_FAILED" in str(exc) or "SSL" in type(exc).__name__
         fix = (
             "the server certificate is not trusted; set `ca_bundle` to your CA's PEM (or verify_tls=false "
@@ -108,7 +116,7 @@ class WellSkyClient:
             if tls
             else "check `base_url` (host, port and scheme) and that the tenant is reachable from here"
         )
-        return TransportError(
+        return WellSkyTransportError(
             f"cannot connect to {request.url.host}: {fix}", url=request.url, attempts=attempt, reason="connect"
         )
 
@@ -151,7 +159,7 @@ class WellSkyClient:
             except httpx.TimeoutException as exc:
                 status, reason, detail = None, "timeout", f" ({type(exc).__name__})"
                 if not safe:
-                    raise TransportError(
+                    raise WellSkyTransportError(
                         f"{method} timed out and may have been applied; retry it with an idempotency key "
                         "or raise timeout_seconds",
                         url=request.url,
@@ -161,7 +169,7 @@ class WellSkyClient:
             except httpx.TransportError as exc:
                 status, reason, detail = None, "connection", f" ({type(exc).__name__})"
                 if not safe:
-                    raise TransportError(
+                    raise WellSkyTransportError(
                         f"connection dropped during {method}; the write may have been applied: resend it "
                         "with an idempotency key",
                         url=request.url,
@@ -228,7 +236,7 @@ class WellSkyClient:
             )
             if wait > 0:
                 self._sleep(wait)
-        raise TransportError(
+        raise WellSkyTransportError(
             f"{method} gave no usable answer within the retry budget (last: {reason}); raise max_retries "
             "or check the tenant's status",
             url=target,

@@ -34,17 +34,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from .errors import WellSkyError
+from .errors import SignatureError, WellSkyError
 
 log = logging.getLogger("wellsky_core.webhooks")
 
 SIGNATURE_HEADER = "X-WellSky-Signature"
 DEFAULT_TOLERANCE_SECONDS = 300
 MAX_BODY_BYTES = 5 * 1024 * 1024
-
-
-class SignatureError(WellSkyError):
-    """A webhook request whose signature is missing, malformed, wrong or too old. Never holds the secret."""
 
 
 def verify_signature(

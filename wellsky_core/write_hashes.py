@@ -1,4 +1,6 @@
-"""The write ledger: what earlier runs wrote, so an identical record is skipped without a round trip.
+"""The write-hash ledger: what earlier runs wrote, so an identical record is skipped without a round trip.
+
+(Not the authorization-unit ledger of ``scheduling.py``, which counts payer units booked in this run.)
 
 Reverse-ETL tools diff against their previous sync instead of re-reading the destination for every record;
 this is the same idea. Key: (tenant, stream, natural key or WellSky id); value: a hash of the canonical
@@ -23,7 +25,7 @@ def record_hash(record: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(record).encode()).hexdigest()
 
 
-class WriteLedger:
+class WriteHashLedger:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)

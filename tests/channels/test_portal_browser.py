@@ -12,9 +12,9 @@ import httpx
 import pytest
 
 from wellsky_core.channels import open_channel
-from wellsky_core.channels.portal import PortalChannel, PortalLayoutChanged
+from wellsky_core.channels.portal import PortalChannel
 from wellsky_core.config import WellSkyConfig
-from wellsky_core.errors import AuthError, MfaError
+from wellsky_core.errors import AuthError, MfaError, PortalLayoutChanged
 from wellsky_core.models import ENTITIES
 from wellsky_sandbox.testing import SandboxServer
 

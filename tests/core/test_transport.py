@@ -10,7 +10,7 @@ import pytest
 
 from wellsky_core.auth import parse_retry_after
 from wellsky_core.config import WellSkyConfig
-from wellsky_core.errors import RemoteError, TransportError
+from wellsky_core.errors import RemoteError, WellSkyTransportError
 from wellsky_core.transport import WellSkyClient
 
 FAST = {"backoff_base_seconds": 0.01, "backoff_max_seconds": 0.05, "max_requests_per_second": 0}
@@ -38,7 +38,7 @@ def test_unreachable_url_fails_fast_naming_base_url():
         {"base_url": f"http://127.0.0.1:{port}", "username": "u", "password": "p", "max_retries": 6}, env={}
     )
     start = time.monotonic()
-    with pytest.raises(TransportError) as info, WellSkyClient(cfg) as client:
+    with pytest.raises(WellSkyTransportError) as info, WellSkyClient(cfg) as client:
         client.tenant()
     assert time.monotonic() - start < 2
     assert "base_url" in str(info.value) and info.value.reason == "connect"
@@ -81,7 +81,7 @@ def test_retry_after_is_honoured(tenant):
     with WellSkyClient(config(tenant, max_retries=1)) as client:
         client.tenant()  # log in first: /tenant is not a faulted data endpoint
         start = time.monotonic()
-        with pytest.raises(TransportError) as info:
+        with pytest.raises(WellSkyTransportError) as info:
             client.get_json("/patients", {"limit": 5, "mrn": "MRN-SECRET-1"})
         waited = time.monotonic() - start
     assert 0.95 <= waited < 2.0, f"waited {waited:.2f}s for Retry-After: 1 (backoff alone would be < 0.05 s)"
@@ -103,7 +103,7 @@ def test_retry_budget_exhausted(tenant):
     tenant.set_faults("error=1.0,retry_after=0")
     with WellSkyClient(config(tenant, max_retries=3)) as client:
         client.tenant()
-        with pytest.raises(TransportError) as info:
+        with pytest.raises(WellSkyTransportError) as info:
             client.get_json("/patients")
         assert sum(client.metrics.retries.values()) == 3
     assert info.value.attempts == 4 and info.value.status in (500, 502, 503)

@@ -115,14 +115,14 @@ def test_faulted_sync_delivers_exactly_the_clean_set_and_retries_match_the_sandb
 
 def test_persistent_outage_fails_with_a_clear_error_after_the_retry_budget(sandbox_factory):
     """When a tenant never recovers, the sync stops after 1 + max_retries attempts with an actionable error."""
-    from wellsky_core.errors import TransportError
+    from wellsky_core.errors import WellSkyTransportError
 
     sb = sandbox_factory(scale=30, sftp_port=None)
     sb.set_faults("error=1.0,retry_after=0,seed=3")
     config = tap_config(sb, max_retries=3)
     try:
         run_tap_inprocess(config)
-    except TransportError as exc:
+    except WellSkyTransportError as exc:
         text = str(exc)
     else:  # pragma: no cover - the assertion below explains
         raise AssertionError("a tenant answering only 5xx must fail the sync")

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from wellsky_core.config import WellSkyConfig
-from wellsky_core.errors import AuthError, ConfigError, TransportError
+from wellsky_core.errors import AuthError, ConfigError, WellSkyTransportError
 from wellsky_core.transport import WellSkyClient
 
 from .conftest import TAP_CMD, assert_no_traceback, child_env, write_json
@@ -109,7 +109,7 @@ def _config(sb: Any, base_url: str, **extra: Any) -> WellSkyConfig:
 
 def test_self_signed_https_is_refused_by_default_and_trusted_with_ca_bundle(tls_tenant: Any) -> None:
     sb, https = tls_tenant
-    with pytest.raises(TransportError) as info, WellSkyClient(_config(sb, https.base_url)) as client:
+    with pytest.raises(WellSkyTransportError) as info, WellSkyClient(_config(sb, https.base_url)) as client:
         client.tenant()
     assert "ca_bundle" in str(info.value) and "not trusted" in str(info.value)
 
@@ -126,7 +126,7 @@ def test_ca_bundle_does_not_disable_hostname_checks(sandbox_factory: Any, tmp_pa
     sb = sandbox_factory(scale=5, sftp_port=None)
     https = HttpsTenant(sb, tmp_path, [x509.DNSName("other.example")])
     try:
-        with pytest.raises(TransportError) as info, WellSkyClient(
+        with pytest.raises(WellSkyTransportError) as info, WellSkyClient(
             _config(sb, https.base_url, ca_bundle=str(https.ca_path))
         ) as client:
             client.tenant()
@@ -240,7 +240,8 @@ def test_export_urls_are_verified(sandbox_factory: Any) -> None:
 
 # -- webhook signatures -----------------------------------------------------------------------------------------
 def test_webhook_signatures_are_verified(tmp_path: Path) -> None:
-    from wellsky_core.webhooks import EventStore, SignatureError, WebhookReceiver, verify_signature
+    from wellsky_core.errors import SignatureError
+    from wellsky_core.webhooks import EventStore, WebhookReceiver, verify_signature
 
     secret = "whsec-reliability"
     body = json.dumps({"id": "evt-1", "type": "patient.changed", "entity": "patients", "record": {}}).encode()
