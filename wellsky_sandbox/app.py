@@ -38,7 +38,6 @@ RESOURCE_PATHS = {
     "referrals": "referrals",
     "coverage": "coverage",
 }
-PERSONAL_CARE_ALIASES = {"clients": "patients", "caregivers": "practitioners", "shifts": "appointments"}
 FILTERS = {
     "patients": {"mrn": "natural_key"},
     "appointments": {"external_id": "natural_key", "patient_id": "patient_id"},
@@ -163,8 +162,6 @@ class Api:
     def entity_for(self, resource: str) -> str:
         if resource in RESOURCE_PATHS:
             return RESOURCE_PATHS[resource]
-        if resource in PERSONAL_CARE_ALIASES and self.tenant.product == "personal_care":
-            return PERSONAL_CARE_ALIASES[resource]
         raise WriteRejected(
             404, "unknown_resource", f"/{resource} is not a resource; use one of /{', /'.join(RESOURCE_PATHS)}"
         )
@@ -315,7 +312,11 @@ class Api:
         return ORJSONResponse(self.tenant.advance(fraction=fraction, count=count, seed=int(body.get("seed", 1))))
 
     async def stats(self, request: Request) -> Response:
-        return ORJSONResponse({**self.tenant.faults.snapshot(), "counts": self.store.counts()})
+        body = {**self.tenant.faults.snapshot(), "counts": self.store.counts()}
+        hc = getattr(self.tenant, "homeconnect", None)
+        if hc is not None:
+            body["homeconnect"] = hc.stats()
+        return ORJSONResponse(body)
 
     async def set_faults(self, request: Request) -> Response:
         body = await self.json_body(request)
@@ -411,7 +412,11 @@ def _plugin_routes(tenant: Tenant) -> list[BaseRoute]:
     import importlib
 
     routes: list[BaseRoute] = []
-    for name in ("fhir", "portal", "kinnser", "exports", "webhooks"):
+    # personal_care's change notifications are Home Connect subscriptions, not the modeled /webhooks
+    names = ("fhir", "portal", "kinnser", "exports")
+    if tenant.product != "personal_care":
+        names += ("webhooks",)
+    for name in names:
         try:
             module = importlib.import_module(f"wellsky_sandbox.{name}")
         except ModuleNotFoundError as exc:
@@ -431,6 +436,23 @@ class _QuietInjectedResets(logging.Filter):
 
 
 logging.getLogger("uvicorn.error").addFilter(_QuietInjectedResets())
+
+
+def _modeled_rest(api: Api) -> list[BaseRoute]:
+    """The modeled REST dialect of home health and hospice (no public WellSky specification exists)."""
+    return [
+        Route("/{resource}", api.list_records, methods=["GET"]),
+        Route("/{resource}", api.write, methods=["POST"]),
+        Route("/{resource}/{rid}", api.get_record, methods=["GET"]),
+        Route("/{resource}/{rid}", api.write, methods=["PUT"]),
+    ]
+
+
+def _home_connect(tenant: Tenant) -> list[BaseRoute]:
+    """personal_care speaks the documented Home Connect API; every other path is the gateway's 403."""
+    from . import homeconnect
+
+    return [*homeconnect.routes(tenant), *homeconnect.forbidden_routes()]
 
 
 def build_app(tenant: Tenant) -> ASGIApp:
@@ -474,10 +496,7 @@ def build_app(tenant: Tenant) -> ASGIApp:
         Route("/_sandbox/clients", api.register_client, methods=["POST"]),
         Route("/_sandbox/tenant", api.tenant_settings, methods=["POST"]),
         *_plugin_routes(tenant),
-        Route("/{resource}", api.list_records, methods=["GET"]),
-        Route("/{resource}", api.write, methods=["POST"]),
-        Route("/{resource}/{rid}", api.get_record, methods=["GET"]),
-        Route("/{resource}/{rid}", api.write, methods=["PUT"]),
+        *(_home_connect(tenant) if tenant.product == "personal_care" else _modeled_rest(api)),
     ]
     app = Starlette(
         routes=routes,

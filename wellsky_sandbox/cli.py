@@ -37,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--mfa", action="store_true", help="require TOTP/SMS/email MFA at login")
     serve.add_argument("--read-only", action="store_true", help="refuse writes with 403")
     serve.add_argument("--faults", default="", help='e.g. "error=0.1,429=0.05,reset=0.02,slow=0.02,expire_every=50"')
+    serve.add_argument(
+        "--homeconnect",
+        default="",
+        help='personal_care Home Connect options, e.g. "appointment_writes=1,paging=ref" (see docs/sandbox-api.md)',
+    )
     serve.add_argument("--ready-file", type=Path, help="also write the JSON line to this file")
     return parser
 
@@ -47,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         patients = scale_to_patients(args.scale)
         if args.command == "serve":
             FaultPlan.parse(args.faults)
+            if args.homeconnect:
+                from .homeconnect import Options
+
+                Options.parse(args.homeconnect)
     except ValueError as exc:
         print(f"wellsky-sandbox: {exc}", file=sys.stderr)
         return 2
@@ -81,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         read_only=args.read_only,
         faults=args.faults or None,
         host=args.host,
+        homeconnect=args.homeconnect or None,
     )
     try:
         server.start()

@@ -26,9 +26,7 @@ FAULT_PREFIXES = (
     "/authorizations",
     "/referrals",
     "/coverage",
-    "/clients",
-    "/caregivers",
-    "/shifts",
+    "/v1/",
     "/fhir",
     "/exports",
 )
@@ -41,7 +39,7 @@ class FaultPlan:
     rate_limit: float = 0.0  # share answered 429 with Retry-After
     reset: float = 0.0  # share whose connection drops mid-response (after the handler ran)
     slow: float = 0.0  # share delayed by slow_seconds
-    malformed: float = 0.0  # share of successful GETs whose JSON body is truncated
+    malformed: float = 0.0  # share of successful reads (GETs, Home Connect _search POSTs) whose JSON is truncated
     expire_every: int = 0  # every N-th data request kills all sessions and tokens first
     slow_seconds: float = 0.4
     retry_after: int = 1
@@ -187,7 +185,8 @@ class FaultMiddleware:
 
         await self.app(scope, receive, capture)
         status = start.get("status", 500)
-        if kind == "malformed" and not (scope["method"] == "GET" and status == 200):
+        searching = scope["method"] == "GET" or scope["path"].rstrip("/").endswith("/_search")
+        if kind == "malformed" and not (searching and status == 200):
             await _replay(send, start, bytes(body))
             return
         self.state.record(kind)

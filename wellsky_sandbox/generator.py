@@ -159,6 +159,18 @@ _ID_PREFIX = {
     "referrals": "R",
     "coverage": "CV",
 }
+_PERSONAL_CARE_ID_BASE = {
+    "patients": 1_000_000,
+    "practitioners": 2_000_000,
+    "appointments": 10_000_000,
+    "encounters": 50_000_000,
+    "care_plans": 80_000_000,
+    "authorizations": 81_000_000,
+    "referrals": 82_000_000,
+    "coverage": 83_000_000,
+}
+"""Personal care (Home Connect) ids are integers in disjoint ranges per entity, as in the real API, where a
+care-log id is never also a shift id (clock-out against a shift id answers 404)."""
 _UUID_NS = uuid.UUID("6f1d7c0e-8a54-4a1e-9b7e-2f3c1d0e5a77")
 
 FIRST_NAMES = [
@@ -372,7 +384,7 @@ class IdMinter:
             return f"HH-{_ID_PREFIX[entity]}{n:06d}"
         if self.product == "hospice":
             return str(uuid.uuid5(_UUID_NS, f"{self.seed}:{entity}:{n}"))
-        return str(n)
+        return str(_PERSONAL_CARE_ID_BASE[entity] + n)
 
     def next(self, entity: str) -> str:
         n = self.counters.get(entity, 0) + 1
@@ -509,8 +521,12 @@ class Generator:
         if r.random() < 0.5:
             yield "care_plans", self.care_plan(pid, admitted)
 
+        previous: dict[str, Any] | None = None
         for _ in range(self._count(4.0)):
             appt = self.appointment(pid, coverage[0]["payer_id"], admitted)
+            if self.product == "personal_care" and previous is not None and r.random() < 0.5:
+                self._recur(previous, appt)
+            previous = appt
             yield "appointments", appt
             if appt["status"] == "completed" and r.random() < 0.62:
                 yield "encounters", self.encounter(appt)
@@ -638,6 +654,8 @@ class Generator:
             if start > DATA_END
             else r.choices(("completed", "cancelled", "missed", "scheduled"), (8, 1, 1, 1))[0]
         )
+        if status == "missed" and self.product == "personal_care":
+            status = "cancelled"  # Home Connect shift statuses are SCHEDULED, COMPLETED and CANCELLED only
         created = min(start, DATA_END) - timedelta(days=r.randint(1, 14))
         return {
             "id": self.ids.next("appointments"),
@@ -653,6 +671,19 @@ class Generator:
             "location": None,
             "updated_at": self._updated_after(created),
         }
+
+    def _recur(self, previous: dict[str, Any], appt: dict[str, Any]) -> None:
+        """Make ``appt`` next week's occurrence of ``previous``'s recurring shift (Home Connect shows one id).
+
+        The logical record keeps its own id; ``_series`` (private, never in truth) names the series' first id.
+        """
+        start, end = parse_iso(previous["start"]) + timedelta(days=7), parse_iso(previous["end"]) + timedelta(days=7)
+        appt.update(start=iso(start), end=iso(end), practitioner_id=previous["practitioner_id"])
+        appt["_series"] = previous.get("_series", previous["id"])
+        if start > DATA_END:
+            appt["status"] = "scheduled"
+        elif appt["status"] == "scheduled":
+            appt["status"] = "completed"
 
     def encounter(self, appt: dict[str, Any]) -> dict[str, Any]:
         r = self.rng

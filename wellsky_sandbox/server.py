@@ -46,6 +46,7 @@ class SandboxServer:
         cookie_grace_seconds: float = 10.0,
         token_ttl_seconds: float = 3600.0,
         host: str = "127.0.0.1",
+        homeconnect: str | dict[str, Any] | None = None,
     ) -> None:
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="wellsky-sandbox-"))
@@ -63,6 +64,7 @@ class SandboxServer:
                 token_ttl_seconds=token_ttl_seconds,
             ),
             faults=FaultPlan.parse(faults),
+            homeconnect=homeconnect,
         )
         self.host = host
         self.port = port

@@ -55,6 +55,7 @@ class TenantConfig:
     security: Settings = field(default_factory=Settings)
     faults: FaultPlan = field(default_factory=FaultPlan)
     name: str = "Sunrise Home Health (sandbox)"
+    homeconnect: str | dict[str, Any] | None = None  # personal_care: Home Connect options (homeconnect.Options)
 
 
 def public(rec: dict[str, Any]) -> dict[str, Any]:
