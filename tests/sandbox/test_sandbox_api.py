@@ -97,16 +97,6 @@ def test_bad_requests_get_json_errors(sandbox, path, params, status, code):
     assert body["error"] == code and body["message"]
 
 
-def test_personal_care_speaks_of_clients_caregivers_and_shifts(sandbox_factory):
-    sb = sandbox_factory(product="personal_care", scale=20)
-    client = login(sb)
-    clients = all_pages(client, "/clients")
-    assert clients == all_pages(client, "/patients")
-    assert isinstance(clients[0]["id"], int) and "client_number" in clients[0]
-    shift = all_pages(client, "/shifts")[0]
-    assert {"shift_start", "shift_end", "caregiver_id", "client_id", "service_type"} <= set(shift)
-
-
 def test_garbage_bodies_never_crash_the_server(sandbox):
     client = login(sandbox)
     for body in (b"", b"{", b"[]", b"null", b'{"name": 5}', b"\xff\xfe", b'{"birthDate": []}'):

@@ -130,6 +130,7 @@ class HomeConnect:
         self.shapes = Shapes(self.extras, tenant.store)
         self.options = options or Options()
         self.hub = SubscriptionHub(self.extras)
+        self._issued: dict[str, float] = {}  # token -> expiry, to tell "expired" from "unknown"
         self._rate_lock = threading.Lock()
         self._second = 0
         self._in_second = 0
@@ -226,11 +227,12 @@ class HomeConnect:
             return HcResponse({"ErrorCode": "invalid_client", "Error": "ClientId is Invalid"}, status_code=401)
         token = secrets.token_hex(16)
         ttl = security.settings.token_ttl_seconds
+        expires = time.monotonic() + ttl
         with security.lock:
-            security.tokens[token] = (
-                Principal(client_id, frozenset(SUPPORTED_SCOPES), "oauth"),
-                time.monotonic() + ttl,
-            )
+            security.tokens[token] = (Principal(client_id, frozenset(SUPPORTED_SCOPES), "oauth"), expires)
+            now = time.monotonic()
+            self._issued = {t: e for t, e in self._issued.items() if e > now - 86_400}
+            self._issued[token] = expires
         return HcResponse(
             {
                 "refresh_token_expires_in": "0",
@@ -257,7 +259,7 @@ class HomeConnect:
         try:
             self.tenant.security.principal_for_bearer(header[7:].strip())
         except AuthFailure as exc:
-            if exc.code == "token_expired":
+            if exc.code == "token_expired" or self._issued.get(header[7:].strip(), float("inf")) <= time.monotonic():
                 return apigee_fault("Access Token expired", "keymanagement.service.access_token_expired")
             return apigee_fault("Invalid Access Token", "keymanagement.service.invalid_access_token")
         path = request.url.path[len("/v1/") :] if request.url.path.startswith("/v1/") else None
