@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
 from functools import cached_property
@@ -86,6 +87,18 @@ class TapWellSky(Tap):
             self.print_summary(time.monotonic() - started)
             if "connection" in self.__dict__:
                 self.connection.close()
+
+    def _handle_termination(self, signum: int, frame: Any) -> None:
+        """SIGTERM/SIGINT: the STATE of what was emitted so far, then exit 128+signal (143/130), never 0.
+
+        The SDK exits 0 here, so an orchestrator would take a partial sync for a complete one.
+        """
+        try:
+            self._state_writer.write_state(self.state)
+        finally:
+            name = signal.Signals(signum).name
+            self.logger.warning("%s received: partial sync stopped after its last STATE; resume from it", name)
+            sys.exit(128 + signum)
 
     def print_summary(self, seconds: float) -> None:
         """A human summary on stderr (stdout is the Singer stream)."""
