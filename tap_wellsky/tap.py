@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
 import time
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from singer_sdk import Tap
@@ -14,10 +16,11 @@ from singer_sdk import Tap
 from wellsky_core.cli import run_singer_cli
 from wellsky_core.config import SDK_BUILTIN_KEYS, WellSkyConfig, config_json_schema
 from wellsky_core.connection import Connection
-from wellsky_core.errors import ConfigError
+from wellsky_core.errors import ConfigError, StateError
 from wellsky_core.redaction import install_redaction
 
 from .embedded import embedded_sandbox_config
+from .state import checked_state
 from .streams import STREAM_TYPES, WebhookEventsStream
 
 TAP_ONLY_KEYS = {
@@ -41,10 +44,13 @@ class TapWellSky(Tap):
     name = "tap-wellsky"
     config_jsonschema = _config_schema()
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, state: Any = None, **kwargs: Any) -> None:
         install_redaction()
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the progress log
-        super().__init__(*args, **kwargs)
+        if isinstance(state, str | Path):
+            state = _read_state_file(state)
+        keys = {cls.name: str(cls.replication_key) for cls in (*STREAM_TYPES, WebhookEventsStream)}
+        super().__init__(*args, state=checked_state(state, keys), **kwargs)
         self._started = time.monotonic()
         if self.input_catalog:
             known = {cls.name for cls in STREAM_TYPES} | {WebhookEventsStream.name}
@@ -125,6 +131,15 @@ class TapWellSky(Tap):
 
 def _reasons(by_reason: dict[str, int] | None) -> str:
     return f" ({', '.join(f'{k}: {v}' for k, v in sorted(by_reason.items()))})" if by_reason else ""
+
+
+def _read_state_file(path: str | Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise StateError(f"cannot read the state file {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise StateError(f"the state file {path} is not valid JSON ({exc})") from None
 
 
 def _env_base_url() -> str | None:

@@ -305,3 +305,11 @@ class WriteRefused(WellSkyError):
 
 class SingerInputError(WellSkyError):
     """The Singer input itself is broken; the message names the line (never echoes its content)."""
+
+
+class StateError(WellSkyError):
+    """The tap's input state cannot be used; names the stream and the fix (never a traceback)."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(f"invalid state: {problem}")
