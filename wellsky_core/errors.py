@@ -14,7 +14,8 @@
     ├── SignatureError                a webhook delivery whose signature is missing, wrong or too old
     ├── AuthorizationRefused          a booking the payer authorization does not cover
     ├── WriteRefused                  a record the target cannot write (machine-readable ``code``)
-    └── SingerInputError              the Singer input itself is broken (names the line)
+    ├── SingerInputError              the Singer input itself is broken (names the line)
+    └── StateError                    the tap's input state is unusable (names the stream and the fix)
 
     RetryableAuthFailure (Exception)  internal signal from auth to transport: retry the whole request;
                                       never surfaced to users
