@@ -413,7 +413,7 @@ def _plugin_routes(tenant: Tenant) -> list[BaseRoute]:
 
     routes: list[BaseRoute] = []
     # personal_care's change notifications are Home Connect subscriptions, not the modeled /webhooks
-    names = ("fhir", "portal", "kinnser", "exports")
+    names = ("bulk", "fhir", "portal", "kinnser", "exports")  # bulk before fhir: /fhir/{type}/{id} is a catch-all
     if tenant.product != "personal_care":
         names += ("webhooks",)
     for name in names:

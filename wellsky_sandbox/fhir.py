@@ -661,7 +661,7 @@ class Fhir:
             if revincludes:
                 entry["searchRevInclude"] = revincludes
             resources.append(entry)
-        return {
+        statement = {
             "resourceType": "CapabilityStatement",
             "status": "active",
             "date": "2026-01-01",
@@ -673,6 +673,9 @@ class Fhir:
             "format": ["json"],
             "rest": [{"mode": "server", "resource": resources}],
         }
+        from .bulk import advertise  # $export and SMART discovery live in their own module
+
+        return advertise(statement, self.tenant.product)
 
     async def metadata(self, request: Request) -> Response:
         return await self._guard(request, lambda: _fhir_response(self.capability()))
