@@ -25,7 +25,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -455,6 +455,9 @@ def _read_stream(
         if now - last_report >= PROGRESS_EVERY_SECONDS:
             last_report = now
             log.info("%s: %d records so far (%.0f/s)", stream.name, count, count / (now - started))
+    resume = channel.resume_point(stream.name)
+    if incremental and resume is not None:  # e.g. a bulk export's transactionTime, not the newest updated_at
+        bookmark_text = resume.astimezone(UTC).isoformat().replace("+00:00", "Z")
     if incremental:
         output.state(stream.name, bookmark_text, count - checkpointed)
     output.flush()

@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from singer_sdk import Stream
@@ -95,10 +96,24 @@ class WellSkyStream(Stream):
                 if now - last_report >= PROGRESS_EVERY_SECONDS:
                     last_report = now
                     self.logger.info("%s: %d records so far (%.0f/s)", self.name, count, count / (now - started))
+            resume = channel.resume_point(self.name)
+            if resume is not None and self.replication_method != "FULL_TABLE":
+                self._bookmark_exactly(context, resume)
         finally:
             self.summary["records"] += count
             self.summary["seconds"] += time.monotonic() - started
             self.summary["source"] = channel.name
+
+    def _bookmark_exactly(self, context: dict | None, moment: datetime) -> None:
+        """Make the final bookmark ``moment`` (a bulk export's transactionTime), whatever updated_at values came.
+
+        singer-sdk finalizes an unsorted stream's bookmark as the largest value seen, capped by the signpost; a
+        progress value of ``moment`` plus a signpost of ``moment`` make it exactly ``moment``. Private SDK
+        methods: ``_increment_stream_state`` and ``_write_replication_key_signpost``.
+        """
+        value = moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        self._increment_stream_state({self.replication_key: value}, context=context)
+        self._write_replication_key_signpost(context, value)
 
 
 logging.getLogger("singer_sdk.metrics").setLevel(logging.WARNING)

@@ -153,6 +153,23 @@ class WellSkyConfig(BaseModel):
         default_factory=dict,
         description='Channel per stream, overriding source, e.g. {"encounters": "fhir"}.',
     )
+    fhir_bulk_level: Literal["system", "patient", "group"] = Field(
+        default="system",
+        description="$export level for source=fhir_bulk: system ($export), patient (Patient/$export) or group "
+        "(Group/{fhir_bulk_group_id}/$export; no practitioners at patient or group level).",
+    )
+    fhir_bulk_group_id: str | None = Field(default=None, description="Group id for fhir_bulk_level=group.")
+    fhir_bulk_type_filter: list[str] = Field(
+        default_factory=list,
+        description='_typeFilter queries sent with the export, e.g. ["Encounter?_lastUpdated=ge2026-01-01"].',
+    )
+    fhir_bulk_poll_timeout_seconds: float = Field(
+        default=3600, gt=0, description="Longest wait for a bulk export to finish (the job is resumed next run)."
+    )
+    fhir_bulk_job_dir: str | None = Field(
+        default=None,
+        description="Directory for bulk job resume state and the download spool; default <tmp>/wellsky-fhir-bulk.",
+    )
     sftp_host: str | None = Field(default=None, description="SFTP host for the hl7_sftp and export channels.")
     sftp_port: int = Field(default=22, ge=1, le=65535, description="SFTP port.")
     sftp_username: str | None = Field(default=None, description="SFTP login.")
@@ -220,7 +237,31 @@ class WellSkyConfig(BaseModel):
                 raise ValueError('must be a JSON object such as {"encounters": "fhir"}') from None
         return value
 
-    @field_validator("ca_bundle", "private_key_path", "mfa_code_file", "sftp_known_hosts")
+    @field_validator("fhir_bulk_type_filter", mode="before")
+    @classmethod
+    def _type_filter_list(cls, value: Any) -> Any:
+        if isinstance(value, str):  # environment and CLI spelling: a JSON array, or one filter
+            text = value.strip()
+            if not text:
+                return []
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except json.JSONDecodeError:
+                    raise ValueError('must be a JSON array such as ["Encounter?_lastUpdated=ge2026-01-01"]') from None
+            return [text]
+        return value
+
+    @field_validator("fhir_bulk_type_filter")
+    @classmethod
+    def _type_filter_shape(cls, value: list[str]) -> list[str]:
+        for item in value:
+            kind, sep, query = item.partition("?")
+            if not sep or not kind.isalpha() or not query:
+                raise ValueError(f"each filter must look like Type?param=value (got one without that shape: {kind!r})")
+        return value
+
+    @field_validator("ca_bundle", "private_key_path", "mfa_code_file", "sftp_known_hosts", "fhir_bulk_job_dir")
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
         return value or None
@@ -273,6 +314,8 @@ class WellSkyConfig(BaseModel):
                     "private_key_id",
                     "when auth_method=oauth_private_key_jwt (the kid the key was registered with)",
                 )
+        if self.fhir_bulk_level == "group":
+            need("fhir_bulk_group_id", "when fhir_bulk_level=group (the Group to export, e.g. from GET /fhir/Group)")
         if self.ca_bundle and not Path(self.ca_bundle).is_file():
             problems.append(ConfigProblem("ca_bundle", "file does not exist; give the path of a PEM CA bundle"))
         if self.backoff_max_seconds < self.backoff_base_seconds:

@@ -22,6 +22,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
@@ -299,6 +300,10 @@ class WellSkyClient:
             previous = cursor
             query["cursor"] = cursor
 
+    def same_origin(self, link: str) -> httpx.URL:
+        """A server-given link resolved against the tenant, refused when it points elsewhere (see below)."""
+        return self._same_origin(link)
+
     def _same_origin(self, link: str) -> httpx.URL:
         """Resolve a Bundle ``next`` link; refuse other hosts so credentials never leave the tenant."""
         url = self._http.base_url.join(link) if not httpx.URL(link).is_absolute_url else httpx.URL(link)
@@ -331,6 +336,56 @@ class WellSkyClient:
                 raise RemoteError(200, "link_loop", f"{path} returned the same next link twice", url=path)
             seen.add(str(target))
             query = None
+
+    @contextmanager
+    def stream(
+        self,
+        method: str,
+        url: str | httpx.URL,
+        *,
+        params: Params = None,
+        headers: Mapping[str, str] | None = None,
+        authenticate: bool = True,
+    ) -> Iterator[httpx.Response]:
+        """One request whose body the caller reads in chunks (bulk files), any status; no retries.
+
+        For bodies too large to hold in memory and for callers that decide themselves what a status means and
+        whether to try again (a bulk download restarts the whole file). ``authenticate=False`` sends no
+        credentials: discovery documents and files the server says need no token. Connection failures are
+        raised as :class:`WellSkyTransportError`.
+        """
+        self.metrics.add_rate_limit_wait(self._limiter.acquire())
+        request = self._http.build_request(method.upper(), url, params=params, headers=dict(headers or {}))
+        try:
+            response = self._http.send(request, auth=self.auth if authenticate else None, stream=True)
+        except RetryableAuthFailure as exc:
+            raise WellSkyTransportError(
+                f"login failed transiently ({exc.reason}); try again", url=request.url, attempts=1, reason=exc.reason
+            ) from None
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            if not self._connected:
+                raise self._fail_connect(exc, request, 1) from None
+            raise WellSkyTransportError(
+                f"{type(exc).__name__}", url=request.url, attempts=1, reason="connection"
+            ) from None
+        except httpx.TransportError as exc:
+            raise WellSkyTransportError(
+                f"{type(exc).__name__}", url=request.url, attempts=1, reason="connection"
+            ) from None
+        self._connected = True
+        try:
+            yield response
+        finally:
+            response.close()
+
+    def backoff(self, attempt: int) -> float:
+        """The client's retry delay for ``attempt`` (1-based), for callers that retry on their own."""
+        return self._backoff(attempt)
+
+    def sleep(self, seconds: float) -> None:
+        """Wait through the client's sleeper (tests inject a fake clock)."""
+        if seconds > 0:
+            self._sleep(seconds)
 
     def tenant(self) -> dict[str, Any]:
         """``GET /tenant``: proves the URL, TLS and credentials work (the connector's health check)."""

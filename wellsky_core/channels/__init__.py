@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 CHANNELS = {
     "api": "wellsky_core.channels.rest:RestChannel",
     "fhir": "wellsky_core.channels.fhir:FhirChannel",
+    "fhir_bulk": "wellsky_core.channels.fhir_bulk:FhirBulkChannel",
     "hl7_sftp": "wellsky_core.channels.hl7_sftp:Hl7SftpChannel",
     "export": "wellsky_core.channels.export:ExportChannel",
     "portal": "wellsky_core.channels.portal:PortalChannel",

@@ -63,6 +63,12 @@ class Channel(abc.ABC):
     def iter_records(self, entity: str, since: datetime | None) -> Iterator[dict[str, Any]]:
         """Yield canonical records (JSON-ready dicts) with ``updated_at >= since``."""
 
+    def resume_point(self, entity: str) -> datetime | None:
+        """Where the next incremental run of ``entity`` should start, when the channel knows better than the
+        newest ``updated_at`` it emitted (a bulk export's ``transactionTime``); None: the newest ``updated_at``.
+        Valid after ``iter_records(entity, ...)`` was read to the end."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook, most channels hold nothing
         """Release connections, browsers and temporary files."""
 
