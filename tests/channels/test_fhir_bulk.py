@@ -1,0 +1,344 @@
+"""fhir_bulk against real sandbox tenants over loopback HTTP: full and incremental (``_since``) exports of every
+FHIR stream equal the tenant's logical truth, at system, Group and Patient level, with SMART discovery and
+private_key_jwt, under injected faults, and through the tap (bookmark = the export's transactionTime)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.tap.helpers import bookmarks, last_state, messages, records_by_stream, run_tap
+from wellsky_core.channels import open_channel
+from wellsky_core.channels.fhir_bulk import FhirBulkChannel
+from wellsky_core.config import WellSkyConfig
+from wellsky_core.errors import RemoteError
+from wellsky_core.models import ENTITIES
+from wellsky_core.transport import WellSkyClient
+from wellsky_sandbox.testing import SandboxServer
+
+UNSUPPORTED = {"personal_care": {"care_plans"}, "hospice": {"referrals"}, "home_health": set()}
+FAST = {"max_requests_per_second": 0, "backoff_base_seconds": 0.01, "backoff_max_seconds": 0.05}
+
+
+def canonical(entity: str, records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    model = ENTITIES[entity].model
+    return {r["id"]: model.model_validate(r).model_dump(mode="json") for r in records}
+
+
+def by_id(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out = {r["id"]: r for r in records}
+    assert len(out) == len(records), "a record was emitted twice"
+    return out
+
+
+def bulk_config(server: SandboxServer, tmp: Path, **extra: Any) -> WellSkyConfig:
+    return WellSkyConfig.load(
+        {
+            "base_url": server.base_url,
+            "auth_method": "oauth_client_credentials",
+            "client_id": server.client_id,
+            "client_secret": server.client_secret,
+            "source": "fhir_bulk",
+            "fhir_bulk_job_dir": str(tmp / "bulk-jobs"),
+            **FAST,
+            **extra,
+        },
+        env={},
+    )
+
+
+@pytest.fixture
+def fast_jobs() -> Callable[[SandboxServer], None]:
+    def apply(server: SandboxServer) -> None:
+        server.control("POST", "/_sandbox/bulk", json={"delay_seconds": 0.05, "retry_after_seconds": 0})
+
+    return apply
+
+
+def open_bulk(server: SandboxServer, tmp: Path, **extra: Any) -> tuple[FhirBulkChannel, WellSkyClient]:
+    config = bulk_config(server, tmp, **extra)
+    client = WellSkyClient(config)
+    channel = open_channel("fhir_bulk", config, client, server.product)
+    assert isinstance(channel, FhirBulkChannel)
+    return channel, client
+
+
+@pytest.fixture
+def tenant(request: pytest.FixtureRequest, sandbox_factory: Callable[..., SandboxServer], fast_jobs) -> SandboxServer:
+    server = sandbox_factory(product=request.param, scale=60, sftp_port=None)
+    fast_jobs(server)
+    return server
+
+
+@pytest.fixture
+def bulk(tenant: SandboxServer, tmp_path: Path) -> Iterator[FhirBulkChannel]:
+    channel, client = open_bulk(tenant, tmp_path)
+    yield channel
+    channel.close()
+    client.close()
+
+
+@pytest.mark.parametrize("tenant", ["home_health", "hospice", "personal_care"], indirect=True)
+def test_full_then_incremental_export_of_every_fhir_stream(tenant: SandboxServer, bulk: FhirBulkChannel) -> None:
+    exported: dict[str, datetime] = {}
+    for entity in ENTITIES:
+        if entity in UNSUPPORTED[tenant.product]:
+            assert not bulk.supports(entity)
+            with pytest.raises(RemoteError, match="source=api"):
+                list(bulk.iter_records(entity, None))
+            continue
+        got = by_id(list(bulk.iter_records(entity, None)))
+        want = canonical(entity, tenant.truth(entity))
+        assert got == want, entity
+        point = bulk.resume_point(entity)
+        assert point is not None
+        exported[entity] = point
+    assert len(set(exported.values())) == 1, "one export job serves every stream"
+    jobs = tenant.stats()
+    assert jobs["data_requests"] > 0
+
+    since = next(iter(exported.values()))
+    changed = tenant.advance(count=60, seed=3)
+    assert changed
+    for entity in exported:
+        fresh = by_id(list(bulk.iter_records(entity, since)))
+        # _since is inclusive on the sandbox: exactly the records changed at or after transactionTime
+        iso = since.strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert fresh == canonical(entity, tenant.truth(entity, updated_since=iso)), entity
+        assert bulk.resume_point(entity) is not None and bulk.resume_point(entity) > since
+    assert sum(len(tenant.truth(e, updated_since=since.strftime("%Y-%m-%dT%H:%M:%SZ"))) for e in exported) > 0
+
+
+@pytest.mark.parametrize("tenant", ["home_health"], indirect=True)
+def test_group_and_patient_level_exports(tenant: SandboxServer, tmp_path: Path) -> None:
+    patients = tenant.truth("patients")
+    active = {p["id"] for p in patients if p["status"] in ("pending", "active")}
+    assert 0 < len(active) < len(patients)
+    group, client = open_bulk(tenant, tmp_path, fhir_bulk_level="group", fhir_bulk_group_id="active")
+    try:
+        assert not group.supports("practitioners")  # not in the patient compartment
+        assert set(by_id(list(group.iter_records("patients", None)))) == active
+        visits = list(group.iter_records("appointments", None))
+        want = {a["id"] for a in tenant.truth("appointments") if a["patient_id"] in active}
+        assert {v["id"] for v in visits} == want and want
+    finally:
+        group.close()
+        client.close()
+    every, client = open_bulk(tenant, tmp_path, fhir_bulk_level="patient")
+    try:
+        assert set(by_id(list(every.iter_records("encounters", None)))) == {e["id"] for e in tenant.truth("encounters")}
+    finally:
+        every.close()
+        client.close()
+    missing, client = open_bulk(tenant, tmp_path, fhir_bulk_level="group", fhir_bulk_group_id="no-such-group")
+    try:
+        with pytest.raises(RemoteError) as info:
+            list(missing.iter_records("patients", None))
+        assert info.value.status == 404 and "Group/no-such-group" in str(info.value)
+    finally:
+        missing.close()
+        client.close()
+
+
+@pytest.mark.parametrize("tenant", ["hospice"], indirect=True)
+def test_type_filter_is_sent_and_a_refused_filter_is_reported(tenant: SandboxServer, tmp_path: Path) -> None:
+    truth = tenant.truth("appointments")
+    pivot = truth[len(truth) // 2]["updated_at"]
+    channel, client = open_bulk(tenant, tmp_path, fhir_bulk_type_filter=[f"Appointment?_lastUpdated=ge{pivot}"])
+    try:
+        got = by_id(list(channel.iter_records("appointments", None)))
+        assert got == canonical("appointments", tenant.truth("appointments", updated_since=pivot))
+        assert len(got) < len(truth)
+    finally:
+        channel.close()
+        client.close()
+    bad, client = open_bulk(tenant, tmp_path, fhir_bulk_type_filter=["Appointment?status=booked"])
+    try:
+        with pytest.raises(RemoteError) as info:
+            list(bad.iter_records("appointments", None))
+        assert info.value.status == 400 and "_typeFilter" in str(info.value)
+    finally:
+        bad.close()
+        client.close()
+
+
+@pytest.mark.parametrize("tenant", ["home_health"], indirect=True)
+def test_smart_discovery_and_private_key_jwt(tenant: SandboxServer, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+    tenant.control(
+        "POST", "/_sandbox/clients", json={"client_id": "bulk-client", "public_key_pem": public, "kid": "k1"}
+    )
+    config = WellSkyConfig.load(
+        {
+            "base_url": tenant.base_url,
+            "auth_method": "oauth_private_key_jwt",
+            "client_id": "bulk-client",
+            "private_key": pem,
+            "private_key_id": "k1",
+            "jwt_algorithm": "ES384",
+            "oauth_scopes": "system/*.read",
+            "source": "fhir_bulk",
+            "fhir_bulk_job_dir": str(tmp_path / "jobs"),
+            **FAST,
+        },
+        env={},
+    )
+    with WellSkyClient(config) as client:
+        channel = open_channel("fhir_bulk", config, client, tenant.product)
+        smart = channel.discover()
+        assert smart is not None and smart["token_endpoint"].endswith("/oauth/token")
+        assert client.auth.token_url == smart["token_endpoint"]  # type: ignore[attr-defined]
+        got = by_id(list(channel.iter_records("coverage", None)))
+        assert got == canonical("coverage", tenant.truth("coverage"))
+        channel.close()
+
+
+@pytest.mark.parametrize("tenant", ["home_health"], indirect=True)
+def test_survives_faults_and_leaves_no_job_behind(tenant: SandboxServer, tmp_path: Path) -> None:
+    tenant.set_faults("error=0.12,429=0.08,reset=0.08,malformed=0.1,retry_after=0,seed=5")
+    tenant.control("POST", "/_sandbox/bulk", json={"file_max_resources": 40})  # many files, many chances to fail
+    channel, client = open_bulk(tenant, tmp_path, max_retries=10)
+    try:
+        for entity in ("patients", "appointments", "encounters"):
+            assert by_id(list(channel.iter_records(entity, None))) == canonical(entity, tenant.truth(entity)), entity
+        assert client.metrics.snapshot()["retries"] > 0
+    finally:
+        channel.close()
+        client.close()
+    tenant.set_faults(None)
+    assert not list((tmp_path / "bulk-jobs").glob("*/job.json")), "a finished run removes its spool"
+    jobs = Path(tenant.data_dir) / "bulk"
+    assert not [p for p in jobs.iterdir() if (p / "job.json").exists()], "every server job was DELETEd"
+
+
+@pytest.mark.parametrize("tenant", ["personal_care"], indirect=True)
+def test_a_killed_run_downloads_only_the_unfinished_files(tenant: SandboxServer, tmp_path: Path) -> None:
+    tenant.control("POST", "/_sandbox/bulk", json={"file_max_resources": 50})
+    first, client = open_bulk(tenant, tmp_path)
+    original = first._fetch_file
+    calls: list[str] = []
+
+    def dies_on_the_third(job, url, kind, count, needs_token, *, errors=False):  # type: ignore[no-untyped-def]
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process is killed mid-download
+        calls.append(url)
+        return original(job, url, kind, count, needs_token, errors=errors)
+
+    first._fetch_file = dies_on_the_third  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        list(first.iter_records("appointments", None))
+    first.close()
+    client.close()
+    assert list((tmp_path / "bulk-jobs").glob("*/job.json")), "the job file survives the kill"
+
+    second, client = open_bulk(tenant, tmp_path)
+    fetched: list[str] = []
+    original2 = second._fetch_file
+
+    def spy(job, url, kind, count, needs_token, *, errors=False):  # type: ignore[no-untyped-def]
+        fetched.append(url)
+        return original2(job, url, kind, count, needs_token, errors=errors)
+
+    second._fetch_file = spy  # type: ignore[method-assign]
+    try:
+        got = by_id(list(second.iter_records("appointments", None)))
+        assert got == canonical("appointments", tenant.truth("appointments"))
+        assert fetched and not set(fetched) & set(calls), "finished files were downloaded again"
+        assert {u.rsplit("/", 2)[-2] for u in fetched} == {u.rsplit("/", 2)[-2] for u in calls}, "same server job"
+    finally:
+        second.close()
+        client.close()
+
+
+@pytest.mark.parametrize("tenant", ["home_health"], indirect=True)
+def test_an_expired_job_is_started_again(tenant: SandboxServer, tmp_path: Path) -> None:
+    first, client = open_bulk(tenant, tmp_path)
+
+    def killed_after_manifest(job):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    first._download = killed_after_manifest  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        list(first.iter_records("referrals", None))
+    first.close()
+    client.close()
+    (job_file,) = (tmp_path / "bulk-jobs").glob("*/job.json")
+    status_url = json.loads(job_file.read_text())["status_url"]
+    tenant.control("POST", "/_sandbox/bulk", json={"expiry_seconds": 0})  # the job expires on the server
+    with WellSkyClient(bulk_config(tenant, tmp_path)) as probe:
+        assert probe.request("GET", status_url, expected=(404,)).status_code == 404
+    tenant.control("POST", "/_sandbox/bulk", json={"expiry_seconds": 3600})
+    second, client = open_bulk(tenant, tmp_path)
+    try:
+        assert by_id(list(second.iter_records("referrals", None))) == canonical("referrals", tenant.truth("referrals"))
+    finally:
+        second.close()
+        client.close()
+
+
+@pytest.mark.parametrize("tenant", ["home_health"], indirect=True)
+def test_export_errors_are_reported_and_a_failed_job_is_an_error(tenant: SandboxServer, tmp_path: Path) -> None:
+    tenant.control("POST", "/_sandbox/bulk", json={"error_types": ["Goal"]})
+    dead = tmp_path / "dead.jsonl"
+    channel, client = open_bulk(tenant, tmp_path, dead_letter_path=str(dead))
+    try:
+        plans = list(channel.iter_records("care_plans", None))
+        assert channel.export_issues > 0
+        text = dead.read_text()
+        assert "OperationOutcome" in text and "could not be exported" in text
+        # care plans whose goals the server could not export are dead-lettered, never emitted half-empty
+        with_goals = [p for p in tenant.truth("care_plans") if p["goals"]]
+        assert len(plans) == len(tenant.truth("care_plans")) - len(with_goals)
+    finally:
+        channel.close()
+        client.close()
+    tenant.control("POST", "/_sandbox/bulk", json={"error_types": [], "fail_jobs": True})
+    channel, client = open_bulk(tenant, tmp_path)
+    try:
+        with pytest.raises(RemoteError) as info:
+            list(channel.iter_records("patients", None))
+        assert info.value.status == 500 and "export storage unavailable" in str(info.value)
+    finally:
+        channel.close()
+        client.close()
+
+
+@pytest.mark.parametrize("tenant", ["home_health"], indirect=True)
+def test_tap_bookmark_is_the_transaction_time(tenant: SandboxServer, tmp_path: Path) -> None:
+    config = {
+        **tenant.credentials(),
+        "source": "fhir_bulk",
+        "fhir_bulk_job_dir": str(tmp_path / "jobs"),
+        "max_requests_per_second": 0,
+    }
+    first = messages(run_tap(tmp_path, config).stdout)
+    streams = records_by_stream(first)
+    assert {s: len(r) for s, r in streams.items()} == {e: len(tenant.truth(e)) for e in ENTITIES}
+    marks = bookmarks(last_state(first) or {})
+    assert set(marks) == set(ENTITIES) and len(set(marks.values())) == 1, marks
+    transaction_time = next(iter(marks.values()))
+    newest = max(r["updated_at"] for r in streams["appointments"])
+    assert transaction_time >= newest
+
+    tenant.advance(count=30, seed=9)
+    second = messages(run_tap(tmp_path, config, state=last_state(first)).stdout)
+    again = records_by_stream(second)
+    for entity in ENTITIES:
+        want = {r["id"] for r in tenant.truth(entity, updated_since=transaction_time)}
+        assert {r["id"] for r in again.get(entity, [])} == want, entity
+    assert sum(len(v) for v in again.values()) > 0
+    assert all(v > transaction_time for v in bookmarks(last_state(second) or {}).values())
