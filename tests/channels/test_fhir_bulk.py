@@ -176,9 +176,11 @@ def test_smart_discovery_and_private_key_jwt(tenant: SandboxServer, tmp_path: Pa
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     tenant.control(
         "POST", "/_sandbox/clients", json={"client_id": "bulk-client", "public_key_pem": public, "kid": "k1"}
     )
