@@ -48,6 +48,7 @@ def wait_manifest(server: SandboxServer, url: str, auth: dict[str, str]) -> tupl
 
 
 def test_kickoff_status_files_delete(server: SandboxServer) -> None:
+    server.control("POST", "/_sandbox/bulk", json={"delay_seconds": 3})  # the first poll surely finds it running
     auth = token(server)
     kick = httpx.get(
         server.base_url + "/fhir/$export", headers={**ASYNC, **auth}, params={"_type": "Patient,Encounter"}
