@@ -438,6 +438,14 @@ def test_patient_create_then_partial_put(writable: SandboxServer) -> None:
         assert client.get(f"/v1/patients/{pid}/").json()["meta"]["lastUpdated"] == stamp  # no-op write
         bad = client.put(f"/v1/patients/{pid}/", json={"birthDate": "1941-02-30"})
         assert bad.status_code == 422 and "birthDate" in bad.json()["error"]
+    audit = [e for e in writable.audit() if e["record_id"] == pid]
+    assert [(e["method"], e["action"], e["status"]) for e in audit] == [
+        ("POST", "created", 201),
+        ("PUT", "updated", 200),
+        ("PUT", "updated", 200),
+        ("PUT", "rejected", 422),
+    ]
+    assert all(e["entity"] == "patients" and e["principal"] == writable.client_id for e in audit)
 
 
 def test_practitioner_create_keeps_string_tags(writable: SandboxServer) -> None:
@@ -721,6 +729,15 @@ def test_same_seed_same_answers(sandbox_factory: Any) -> None:
             logs = client.post("/v1/encounter/_search/", json={"clientId": pid}).json()
         answers.append((people, contacts, logs))
     assert answers[0] == answers[1]
+
+
+def test_advance_changes_show_up_through_the_updated_filter(writable: SandboxServer) -> None:
+    result = writable.advance(count=40, seed=3)
+    since = result["updated_at"]
+    with api(writable) as client:
+        for entity in ("patients", "practitioners"):
+            got = search_all(client, f"/v1/{entity}/_search/", {"updated": "ge" + since.replace("Z", "")})
+            assert sorted(r["id"] for r in got) == sorted(r["id"] for r in writable.truth(entity, since))
 
 
 def test_truth_stays_canonical(tenant: SandboxServer) -> None:

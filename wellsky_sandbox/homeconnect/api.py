@@ -46,6 +46,12 @@ COMPARATORS = ("ge", "gt", "le", "lt", "eq")
 FILTERABLE = ("patients", "practitioners", "relatedperson")
 RATE_METHODS = ("Hourly", "notBillable", "notPayable", "perVisit", "liveIn")
 RATE_LIMIT_PER_SECOND = 100
+AUDIT_ENTITY = {
+    "patients": "patients",
+    "practitioners": "practitioners",
+    "appointment": "appointments",
+    "encounter": "encounters",
+}
 _writing = contextvars.ContextVar("homeconnect_writing", default=False)
 
 
@@ -122,11 +128,6 @@ class HomeConnect:
         self.tenant = tenant
         self.store = tenant.store
         self.extras = Extras(tenant.store, tenant.config.seed)
-        with self.store.lock:
-            self.store.db.execute(
-                "CREATE INDEX IF NOT EXISTS hc_appointments_by_series ON records "
-                "(json_extract(CAST(body AS TEXT), '$._series')) WHERE entity = 'appointments'"
-            )
         self.shapes = Shapes(self.extras, tenant.store)
         self.options = options or Options()
         self.hub = SubscriptionHub(self.extras)
@@ -257,7 +258,7 @@ class HomeConnect:
         if not header.startswith("Bearer "):
             return apigee_fault("Invalid access token", "oauth.v2.InvalidAccessToken")
         try:
-            self.tenant.security.principal_for_bearer(header[7:].strip())
+            principal = self.tenant.security.principal_for_bearer(header[7:].strip())
         except AuthFailure as exc:
             if exc.code == "token_expired" or self._issued.get(header[7:].strip(), float("inf")) <= time.monotonic():
                 return apigee_fault("Access Token expired", "keymanagement.service.access_token_expired")
@@ -277,13 +278,40 @@ class HomeConnect:
                     body = orjson.loads(raw)
                 except orjson.JSONDecodeError as exc:
                     return fail(400, f"Request body is not valid JSON ({exc.msg}).")
-        token = _writing.set(request.method != "GET")
+        writing = request.method != "GET" and not path.rstrip("/").endswith("_search")
+        token = _writing.set(writing)
         try:
-            return await run(request, params, body)
+            response = await run(request, params, body)
         except Invalid as exc:
-            return fail(exc.status, exc.message)
+            response = fail(exc.status, exc.message)
         finally:
             _writing.reset(token)
+        if writing:
+            self._audit(principal.name, request, path, params, response)
+        return response
+
+    def _audit(self, who: str, request: Request, path: str, params: dict[str, str], response: Response) -> None:
+        """Every /v1 write lands in ``/_sandbox/audit`` like the modeled REST writes do."""
+        status = response.status_code
+        reply = orjson.loads(response.body) if response.body else {}
+        if status >= 400:
+            action = "rejected"
+        elif isinstance(reply, dict) and reply.get("clockedOut") is not None:
+            action = "clocked_in"
+        else:
+            action = {"POST": "created", "PUT": "updated", "DELETE": "deleted"}.get(request.method, "updated")
+        record_id = params.get("id") or (str(reply.get("id")) if isinstance(reply, dict) and reply.get("id") else None)
+        self.store.audit(
+            at=self.store.now(),
+            principal=who,
+            method=request.method,
+            path=request.url.path,
+            entity=AUDIT_ENTITY.get(path.split("/", 1)[0], path.split("/", 1)[0]),
+            record_id=record_id,
+            action=action,
+            status=status,
+            detail=reply.get("error") if isinstance(reply, dict) and status >= 400 else None,
+        )
 
     def _route(self, method: str, path: str) -> tuple[Handler, dict[str, str]] | None:
         for route_method, pattern, run in self.routes:
@@ -589,7 +617,7 @@ class HomeConnect:
             return [r for r in recs if caregiver is None or r.get("practitioner_id") == caregiver]
         with self.store.lock:
             rows = self.store.db.execute(
-                "SELECT body FROM records WHERE entity = ? AND "
+                "SELECT body FROM records INDEXED BY hc_records_by_caregiver WHERE entity = ? AND "
                 "json_extract(CAST(body AS TEXT), '$.practitioner_id') = ?",
                 (entity, caregiver),
             ).fetchall()
@@ -614,7 +642,7 @@ class HomeConnect:
     def occurrences(self, appt_id: str) -> list[dict[str, Any]]:
         with self.store.lock:
             rows = self.store.db.execute(
-                "SELECT body FROM records WHERE entity = 'appointments' AND "
+                "SELECT body FROM records INDEXED BY hc_records_by_series WHERE entity = 'appointments' AND "
                 "json_extract(CAST(body AS TEXT), '$._series') = ?",
                 (appt_id,),
             ).fetchall()

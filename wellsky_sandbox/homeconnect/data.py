@@ -29,9 +29,10 @@ CREATE TABLE IF NOT EXISTS hc_objects (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS hc_objects_by_parent ON hc_objects (kind, parent);
 CREATE INDEX IF NOT EXISTS hc_objects_by_updated ON hc_objects (kind, updated, id);
-CREATE INDEX IF NOT EXISTS hc_appointments_by_caregiver
-    ON records (json_extract(CAST(body AS TEXT), '$.practitioner_id'))
-    WHERE entity IN ('appointments', 'encounters');
+DROP INDEX IF EXISTS hc_appointments_by_caregiver;
+CREATE INDEX IF NOT EXISTS hc_records_by_caregiver
+    ON records (entity, json_extract(CAST(body AS TEXT), '$.practitioner_id'));
+CREATE INDEX IF NOT EXISTS hc_records_by_series ON records (entity, json_extract(CAST(body AS TEXT), '$._series'));
 """
 
 CLIENT_STATUS = {
