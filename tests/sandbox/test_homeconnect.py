@@ -611,6 +611,50 @@ def test_appointment_writes_are_off_unless_the_sandbox_flag_is_set(writable: San
         assert shift["start"] == "2026-12-01T15:00:00+00:00" and shift["status"] == "SCHEDULED"
 
 
+def test_conflict_options_switch_to_the_other_source(writable: SandboxServer) -> None:
+    """Fact sheet section 7: the default follows the better source; each other side is a sandbox option."""
+    pid = next(e["patient_id"] for e in writable.truth("encounters"))
+    appt = next(a for a in writable.truth("appointments") if a["patient_id"] == pid)
+    window = {"clientId": pid, "monthNo": appt["start"][:7].replace("-", "")}
+    with api(writable) as client:
+        truth_ids = sorted(r["id"] for r in writable.truth("patients"))
+        caregiver = client.post("/v1/practitioners/_search/", json={}).json()["entry"][0]["resource"]
+        assert caregiver["communication"] == [
+            {"language": {"coding": [{"code": "en-us", "display": "English"}]}, "preferred": True}
+        ]
+        assert "total" not in client.post("/v1/appointment/_search/", json=window).json()
+        assert client.post("/v1/organizations/_search/", json={}).status_code == 403
+        future = {"clientId": pid, "updated": "ge2099-01-01T00:00:00"}
+        assert client.post("/v1/encounter/_search/", json=future).json()["totalRecords"] > 0
+        options = {
+            "paging": "ref",
+            "ref_paths": True,
+            "comparators_everywhere": True,
+            "communication": "ref",
+            "appointment_total": True,
+            "tasklog_id_string": True,
+        }
+        assert writable.control("POST", "/_sandbox/homeconnect/options", json=options) == {
+            **writable.control("GET", "/_sandbox/homeconnect/options"),
+            **options,
+        }
+        first = client.post("/v1/patients/_search/", params={"_count": 5, "_page": 1}, json={}).json()
+        assert [e["resource"]["id"] for e in first["entry"]] == truth_ids[:5]  # 1-based pages
+        assert client.post("/v1/patients/_search/", params={"_page": 0}, json={}).status_code == 400
+        caregiver = client.post("/v1/practitioners/_search/", json={}).json()["entry"][0]["resource"]
+        assert caregiver["communication"] == [{"coding": [{"code": "en-us", "display": "English"}]}]
+        shifts = client.post("/v1/appointment/_search/", json=window).json()
+        assert shifts["total"] == shifts["totalRecords"] > 0
+        assert client.post("/v1/locations/_search/", json={}).status_code == 200
+        assert client.post("/v1/organizations/_search/", json={}).status_code == 200
+        assert client.post("/v1/encounter/_search/", json=future).json()["totalRecords"] == 0
+        enc = next(e["id"] for e in writable.truth("encounters"))
+        note = {"resourceType": "TaskLog", "title": "Note", "status": "COMPLETE"}
+        assert isinstance(client.post(f"/v1/encounter/{enc}/tasklog/", json=note).json()["taskLogId"], str)
+        bad = httpx.post(writable.base_url + "/_sandbox/homeconnect/options", json={"paging": "2-based"})
+        assert bad.status_code == 400 and "paging" in bad.json()["message"]
+
+
 # -- section 5: subscriptions ---------------------------------------------------------------------------------
 class _Receiver:
     """A loopback HTTP endpoint recording what it is sent."""

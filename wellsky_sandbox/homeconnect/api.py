@@ -65,6 +65,8 @@ class Options:
     comparators_everywhere: bool = False  # REF: created/updated honoured on every search (CONN: three resources)
     active_only_quirk: bool = True  # production pitfall 3: {"active": ...} as the only filter returns nothing
     tasklog_id_string: bool = False  # MATRIX: taskLogId as a string (REF: integer)
+    communication: str = "sync"  # practitioners: "sync" language.coding[] + preferred (SYNC, H); "ref": coding[]
+    appointment_total: bool = False  # SVC reads `total` on appointment searches: add it next to totalRecords
 
     @classmethod
     def parse(cls, spec: str | dict[str, Any] | None) -> Options:
@@ -77,10 +79,11 @@ class Options:
             key = key.strip()
             if key not in known:
                 raise ValueError(f"unknown Home Connect option {key!r}; known: {', '.join(sorted(known))}")
-            if key == "paging":
-                if value not in ("conn", "ref"):
-                    raise ValueError('Home Connect option paging must be "conn" or "ref"')
-                opts.paging = value
+            if key in ("paging", "communication"):
+                allowed = ("conn", "ref") if key == "paging" else ("sync", "ref")
+                if value not in allowed:
+                    raise ValueError(f"Home Connect option {key} must be one of {', '.join(allowed)}")
+                setattr(opts, key, value)
             else:
                 opts.__setattr__(
                     key, value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
@@ -194,6 +197,15 @@ class HomeConnect:
         add("GET", r"subscriptions/(?P<id>\d+)/", lambda r, p, b: self.get_subscription(p["id"]))
         add("PUT", r"subscriptions/(?P<id>\d+)/", lambda r, p, b: self.write_subscription(p["id"], b))
         add("DELETE", r"subscriptions/(?P<id>\d+)/", lambda r, p, b: self.delete_subscription(p["id"]))
+
+    @property
+    def options(self) -> Options:
+        return self._options
+
+    @options.setter
+    def options(self, value: Options) -> None:
+        self._options = value
+        self.shapes.communication_ref = value.communication == "ref"
 
     def _add(self, method: str, pattern: str, handler: Any, *, gated: bool = False, ref: bool = False) -> None:
         async def run(request: Request, params: dict[str, str], body: Any) -> Response:
@@ -362,13 +374,14 @@ class HomeConnect:
         return count, page - first
 
     @staticmethod
-    def bundle(entries: list[dict[str, Any]], total: int) -> Response:
+    def bundle(entries: list[dict[str, Any]], total_records: int, **extra: Any) -> Response:
         return HcResponse(
             {
                 "resourceType": "Bundle",
                 "id": "searchParams",
                 "type": "searchset",
-                "totalRecords": total,
+                "totalRecords": total_records,
+                **extra,
                 "entry": [{"resource": public(e)} for e in entries],
             }
         )
@@ -637,7 +650,8 @@ class HomeConnect:
         ]
         hits.sort(key=lambda r: (r["start"], r["id"]))
         chunk = hits[page * count : (page + 1) * count]
-        return self.bundle([self.shapes.appointment(r) for r in chunk], len(hits))
+        extra = {"total": len(hits)} if self.options.appointment_total else {}
+        return self.bundle([self.shapes.appointment(r) for r in chunk], len(hits), **extra)
 
     def occurrences(self, appt_id: str) -> list[dict[str, Any]]:
         with self.store.lock:

@@ -166,6 +166,24 @@ CONFLICTS = [
     ),
     ("`taskLogId` type", "REF (M): integer", "MATRIX (M): string", "`tasklog_id_string=1`"),
     (
+        "Practitioner `communication`",
+        "SYNC (H): FHIR `language.coding[]` with `preferred`",
+        "REF (M): `coding[]` directly",
+        "`communication=ref`",
+    ),
+    (
+        "Total field on appointment searches",
+        "CONN, REF: `totalRecords` on every search Bundle",
+        "SVC reads `total` (undocumented)",
+        "`appointment_total=1` (adds `total`)",
+    ),
+    (
+        "Not emulated: profileTags, referralsource, DocumentReference, AdminTask, CarePlan",
+        "CONN/DOCREF shapes",
+        "REF (L) variants",
+        "none: these routes answer 403 (no data modeled)",
+    ),
+    (
         "Token type",
         "OBS (H): body says `BearerToken`, `Bearer` is what works",
         "REF example (JWT, ms)",

@@ -17,6 +17,7 @@ from .data import MARITAL, Extras, rng_for
 PHONE_RE = re.compile(r"[2-9]\d{9}")
 WORK_PHONE_RE = re.compile(r"[2-9]\d{9}(x\d{1,6})?")
 CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+ENGLISH = {"code": "en-us", "display": "English"}
 GENDERS = ("male", "female", "other", "unknown")
 APPOINTMENT_STATUS = {
     "scheduled": "SCHEDULED",
@@ -80,6 +81,7 @@ class Shapes:
     def __init__(self, extras: Extras, store: Any) -> None:
         self.extras = extras
         self.store = store
+        self.communication_ref = False  # option communication=ref: REF's create-body coding[] on practitioners
 
     def _meta(self, kind: str, rec: dict[str, Any], tags: list[dict[str, str]]) -> dict[str, Any]:
         return {"lastUpdated": utc(rec["updated_at"]), "tag": tags}
@@ -111,7 +113,7 @@ class Shapes:
             "gender": rec.get("gender"),
             "birthDate": rec.get("birth_date"),
             "maritalStatus": [{"coding": [{"code": marital, "display": MARITAL[marital]}]}],
-            "communication": [{"coding": [{"code": "en-us", "display": "English"}]}],
+            "communication": [{"coding": [ENGLISH]}],
         }
 
     def practitioner(self, rec: dict[str, Any]) -> dict[str, Any]:
@@ -138,6 +140,10 @@ class Shapes:
             "address": [person["address"]] if person.get("address") else [],
             "gender": person.get("gender"),
             "birthDate": person.get("birthDate"),
+            # the production reader (SYNC, H) expects FHIR language.coding[] with preferred; REF (M) shows coding[]
+            "communication": [{"coding": [ENGLISH]}]
+            if self.communication_ref
+            else [{"language": {"coding": [ENGLISH]}, "preferred": True}],
         }
 
     @staticmethod
