@@ -973,6 +973,15 @@ class HomeConnect:
         updated = comparator(body.get("updated"), "updated")
         created = comparator(body.get("created"), "created")
         patient = body.get("patient")
+        if not (created or body.get("name") or body.get("phone")):
+            contacts, total = self.extras.page(
+                "relatedperson",
+                parent=None if patient in (None, "") else str(patient),
+                updated=None if updated is None else (updated.sql, int(updated.when.timestamp())),
+                limit=count,
+                offset=page * count,
+            )
+            return self.bundle(contacts, total)
         source = (
             self.extras.children("relatedperson", str(patient))
             if patient not in (None, "")
@@ -1056,7 +1065,7 @@ class HomeConnect:
         contact["meta"] = {"lastUpdated": now}
         contact["_created"] = (existing or {}).get("_created", now)
         pid = contact["patient"]["reference"].split("/", 1)[1]
-        self.extras.put("relatedperson", contact["id"], pid, contact)
+        self.extras.put("relatedperson", contact["id"], pid, contact, int(parse_iso(now).timestamp()))
         return HcResponse({"resourceType": "RelatedPerson", "id": contact["id"]}, status_code=200 if existing else 201)
 
     def delete_contact(self, patient_id: str, contact_id: str) -> Response:

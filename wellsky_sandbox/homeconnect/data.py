@@ -302,12 +302,31 @@ class Extras:
             self.store.set_meta("homeconnect_counters", orjson.dumps(counters).decode())
             return counters[kind]
 
-    def put(self, kind: str, obj_id: str, parent: str | None, body: dict[str, Any]) -> None:
+    def put(self, kind: str, obj_id: str, parent: str | None, body: dict[str, Any], updated: int | None = None) -> None:
         with self.store.lock:
             self.store.db.execute(
                 "INSERT OR REPLACE INTO hc_objects VALUES (?, ?, ?, ?, ?)",
-                (kind, obj_id, parent, int(time.time()), orjson.dumps(body)),
+                (kind, obj_id, parent, int(time.time()) if updated is None else updated, orjson.dumps(body)),
             )
+
+    def page(
+        self, kind: str, *, parent: str | None, updated: tuple[str, int] | None, limit: int, offset: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page of a collection in id order, filtered in SQL (so paging stays cheap at any scale)."""
+        where, args = " WHERE kind = ?", [kind]
+        if parent is not None:
+            where += " AND parent = ?"
+            args.append(parent)
+        if updated is not None:
+            where += f" AND updated {updated[0]} ?"
+            args.append(updated[1])
+        with self.store.lock:
+            total = self.store.db.execute(f"SELECT count(*) FROM hc_objects{where}", args).fetchone()[0]
+            rows = self.store.db.execute(
+                f"SELECT body FROM hc_objects{where} ORDER BY CAST(id AS INTEGER) LIMIT ? OFFSET ?",
+                [*args, limit, offset],
+            ).fetchall()
+        return [orjson.loads(r[0]) for r in rows], total
 
     def get(self, kind: str, obj_id: str) -> dict[str, Any] | None:
         with self.store.lock:
