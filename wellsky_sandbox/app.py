@@ -21,7 +21,7 @@ from starlette.types import ASGIApp
 
 from .faults import FaultMiddleware, FaultPlan
 from .generator import ENTITIES
-from .render import NativeError
+from .render import NativeError, Renderer
 from .security import SESSION_COOKIE, AuthFailure, Principal
 from .store import decode_cursor, encode_cursor, epoch
 from .tenant import Tenant, WriteRejected, public
@@ -65,7 +65,10 @@ class Api:
         self.tenant = tenant
         self.security = tenant.security
         self.store = tenant.store
-        self.renderer = tenant.renderer
+
+    @property
+    def renderer(self) -> Renderer:
+        return self.tenant.renderer
 
     # -- auth -----------------------------------------------------------------------------------------
     def authenticate(self, request: Request) -> tuple[Principal, str | None]:

@@ -1,7 +1,8 @@
 """Native record shapes per WellSky product: logical record <-> the JSON a tenant's API really speaks.
 
-Each product line grew separately (Kinnser home health, hospice, ClearCare personal care), so the same
-patient looks different on each. The table in ``docs/architecture.md`` and the examples in
+Home health and hospice have no public REST specification, so their dialects are modeled (each product line
+grew separately, so the same patient looks different on each). Personal care speaks the documented Home
+Connect API instead (``wellsky_sandbox.homeconnect``). The table in ``docs/architecture.md`` and the examples in
 ``docs/sandbox-api.md`` describe the rules implemented here; the connector's normalizers are written
 against those documents, never against this module.
 """
@@ -14,7 +15,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 AGENCY_TZ = ZoneInfo("America/Chicago")
-"""Personal-care tenants report times in the agency's local time, with its offset."""
+"""The agency's time zone (authorization date ranges are agency-local days)."""
+MODELED_PRODUCTS = ("home_health", "hospice")
+"""Products whose REST dialect is modeled here."""
 
 TIMESTAMP_FIELDS = frozenset({"updated_at", "start", "end"})
 DATE_FIELDS = frozenset(
@@ -53,33 +56,19 @@ RENAMES: dict[str, dict[str, dict[str, str]]] = {
         "patients": {"mrn": "medical_record_number"},
         "appointments": {"start": "start_time", "end": "end_time"},
     },
-    "personal_care": {
-        "*": {"updated_at": "updated", "patient_id": "client_id", "practitioner_id": "caregiver_id"},
-        "patients": {"mrn": "client_number", "medicare_mbi": "mbi"},
-        "appointments": {"start": "shift_start", "end": "shift_end", "discipline": "service_type"},
-        "practitioners": {"disciplines": "skills"},
-    },
 }
 
 GENDER = {
     "home_health": {"male": "M", "female": "F", "other": "O", "unknown": "U"},
     "hospice": {"male": "male", "female": "female", "other": "other", "unknown": "unknown"},
-    "personal_care": {"male": "Male", "female": "Female", "other": "Other", "unknown": "Unknown"},
 }
 PATIENT_STATUS = {
     "home_health": {"pending": "Pending", "active": "Admitted", "discharged": "Discharged", "inactive": "Non-Admit"},
     "hospice": {"pending": "pending", "active": "active", "discharged": "discharged", "inactive": "inactive"},
-    "personal_care": {"pending": "Prospect", "active": "Active", "discharged": "Discharged", "inactive": "Inactive"},
 }
 APPOINTMENT_STATUS = {
     "home_health": {"scheduled": "Scheduled", "completed": "Completed", "cancelled": "Cancelled", "missed": "Missed"},
     "hospice": {"scheduled": "scheduled", "completed": "completed", "cancelled": "cancelled", "missed": "missed"},
-    "personal_care": {
-        "scheduled": "Scheduled",
-        "completed": "Completed",
-        "cancelled": "Cancelled",
-        "missed": "No Show",
-    },
 }
 
 
@@ -116,6 +105,8 @@ class Renderer:
     """Converts logical records to one product's native shape and back (for writes)."""
 
     def __init__(self, product: str) -> None:
+        if product not in MODELED_PRODUCTS:
+            raise ValueError(f"{product} has no modeled REST dialect (personal_care speaks Home Connect)")
         self.product = product
         self.camel = product == "home_health"
 
@@ -125,10 +116,7 @@ class Renderer:
             return None
         if self.product == "home_health":
             return value
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        if self.product == "hospice":
-            return int(dt.timestamp())
-        return dt.astimezone(AGENCY_TZ).isoformat()
+        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
 
     def ts_in(self, value: Any, field: str) -> str:
         try:
@@ -150,32 +138,20 @@ class Renderer:
         return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def date_out(self, value: str | None) -> Any:
-        if value is None or self.product != "personal_care":
-            return value
-        y, m, d = value.split("-")
-        return f"{m}/{d}/{y}"
+        return value
 
     def date_in(self, value: Any, field: str) -> str:
         if not isinstance(value, str):
             raise NativeError(field, "expected a date string")
         try:
-            if self.product == "personal_care":
-                return datetime.strptime(value, "%m/%d/%Y").date().isoformat()
             return date.fromisoformat(value).isoformat()
         except ValueError:
-            want = "MM/DD/YYYY" if self.product == "personal_care" else "YYYY-MM-DD"
-            raise NativeError(field, f"expected a date as {want}") from None
+            raise NativeError(field, "expected a date as YYYY-MM-DD") from None
 
     def id_out(self, value: str | None) -> Any:
-        if value is None or self.product != "personal_care":
-            return value
-        return int(value)
+        return value
 
     def id_in(self, value: Any, field: str) -> str:
-        if self.product == "personal_care":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise NativeError(field, "expected an integer id")
-            return str(value)
         if not isinstance(value, str) or not value:
             raise NativeError(field, "expected a non-empty string id")
         return value
@@ -183,8 +159,6 @@ class Renderer:
     def discipline_out(self, code: str) -> str:
         if self.product == "hospice":
             return code.lower()
-        if self.product == "personal_care":
-            return DISCIPLINE_WORDS[code]
         return code
 
     def discipline_in(self, value: Any, field: str) -> str:
@@ -196,7 +170,7 @@ class Renderer:
     # -- addresses ------------------------------------------------------------------------------------
     def address_out(self, addr: dict[str, Any] | None, nested_key: str) -> dict[str, Any]:
         if addr is None:
-            return {nested_key: None} if self.product != "personal_care" else {"addresses": []}
+            return {nested_key: None}
         if self.product == "home_health":
             return {
                 nested_key: {
@@ -207,27 +181,13 @@ class Renderer:
                     "zip": addr["postal_code"],
                 }
             }
-        if self.product == "hospice":
-            prefix = "" if nested_key == "address" else f"{nested_key}_"
-            return {
-                f"{prefix}address_line1": addr["line1"],
-                f"{prefix}address_line2": addr.get("line2"),
-                f"{prefix}city": addr["city"],
-                f"{prefix}state": addr["state"],
-                f"{prefix}postal_code": addr["postal_code"],
-            }
-        kind = "home" if nested_key == "address" else "service"
+        prefix = "" if nested_key == "address" else f"{nested_key}_"
         return {
-            "addresses": [
-                {
-                    "type": kind,
-                    "line1": addr["line1"],
-                    "line2": addr.get("line2"),
-                    "city": addr["city"],
-                    "state": addr["state"],
-                    "zip": addr["postal_code"],
-                }
-            ]
+            f"{prefix}address_line1": addr["line1"],
+            f"{prefix}address_line2": addr.get("line2"),
+            f"{prefix}city": addr["city"],
+            f"{prefix}state": addr["state"],
+            f"{prefix}postal_code": addr["postal_code"],
         }
 
     def address_in(self, native: dict[str, Any], nested_key: str) -> dict[str, Any] | None:
@@ -239,7 +199,7 @@ class Renderer:
             if not isinstance(raw, dict):
                 raise NativeError(nested_key, "expected an object with street, city, state, zip")
             mapping = {"street": "line1", "street2": "line2", "city": "city", "state": "state", "zip": "postal_code"}
-        elif self.product == "hospice":
+        else:
             prefix = "" if nested_key == "address" else f"{nested_key}_"
             keys = ("address_line1", "address_line2", "city", "state", "postal_code")
             raw = {k: native.pop(prefix + k) for k in keys if prefix + k in native}
@@ -252,16 +212,6 @@ class Renderer:
                 "state": "state",
                 "postal_code": "postal_code",
             }
-        else:
-            items = native.pop("addresses", None) or []
-            if not isinstance(items, list):
-                raise NativeError("addresses", "expected a list of address objects")
-            kind = "home" if nested_key == "address" else "service"
-            raw = next((a for a in items if isinstance(a, dict) and a.get("type", kind) == kind), None)
-            if raw is None:
-                return None
-            raw = {k: v for k, v in raw.items() if k != "type"}
-            mapping = {"line1": "line1", "line2": "line2", "city": "city", "state": "state", "zip": "postal_code"}
         out: dict[str, Any] = {"line2": None}
         for k, v in raw.items():
             if k not in mapping:
@@ -303,9 +253,8 @@ class Renderer:
                 continue
             elif key in ("goals", "outcomes", "interventions"):
                 value = [self._render_nested(v) for v in value]
-            elif entity == "patients" and key in ("first_name", "last_name") and self.product != "hospice":
-                name = out.setdefault("name", {}) if self.product == "home_health" else out
-                name["first" if key == "first_name" else "last"] = value
+            elif entity == "patients" and key in ("first_name", "last_name") and self.product == "home_health":
+                out.setdefault("name", {})["first" if key == "first_name" else "last"] = value
                 continue
             out[renames.get(key, key)] = value
         return _restyle(out, _camel) if self.camel else out
@@ -328,17 +277,14 @@ class Renderer:
         reverse = {v: k for k, v in self._renames(entity).items()}
         out: dict[str, Any] = {}
         nested = "location" if entity == "appointments" else "address"
-        addr_keys_present = any(k.startswith(("address", "location")) or k == "addresses" for k in body)
+        addr_keys_present = any(k.startswith(("address", "location")) for k in body)
         if addr_keys_present:
             out[nested] = self.address_in(body, nested)
-        if entity == "patients" and self.product != "hospice":
-            if self.product == "home_health":
-                name = body.pop("name", None)
-                if name is not None and not isinstance(name, dict):
-                    raise NativeError("name", "expected an object {first, last}")
-                name = name or {}
-            else:
-                name = {k: body.pop(k) for k in ("first", "last") if k in body}
+        if entity == "patients" and self.product == "home_health":
+            name = body.pop("name", None)
+            if name is not None and not isinstance(name, dict):
+                raise NativeError("name", "expected an object {first, last}")
+            name = name or {}
             for k, v in name.items():
                 if k not in ("first", "last"):
                     raise NativeError(f"name.{k}", "unknown name part; expected first and last")
@@ -368,9 +314,8 @@ class Renderer:
 
     def native_field(self, entity: str, logical: str) -> str:
         """How this product spells a logical field in error messages and filters."""
-        if entity == "patients" and logical in ("first_name", "last_name") and self.product != "hospice":
-            part = "first" if logical == "first_name" else "last"
-            return f"name.{part}" if self.product == "home_health" else part
+        if entity == "patients" and logical in ("first_name", "last_name") and self.product == "home_health":
+            return f"name.{'first' if logical == 'first_name' else 'last'}"
         name = self._renames(entity).get(logical, logical)
         return _camel(name) if self.camel else name
 

@@ -24,7 +24,7 @@ from .generator import (
     IdMinter,
     parse_iso,
 )
-from .render import AGENCY_TZ, Renderer
+from .render import AGENCY_TZ, MODELED_PRODUCTS, Renderer
 from .security import Security, Settings
 from .store import Store
 
@@ -71,7 +71,7 @@ class Tenant:
         self.store = Store(Path(config.data_dir) / "tenant.sqlite")
         self.counts = self.store.seed(config.product, config.patients, config.seed)
         self.product = config.product
-        self.renderer = Renderer(config.product)
+        self._renderer = Renderer(config.product) if config.product in MODELED_PRODUCTS else None
         self.security = Security(config.seed, config.security)
         self.faults = FaultState(config.faults)
         self.read_only = config.read_only
@@ -79,6 +79,13 @@ class Tenant:
         """Off only in tests: books over the authorized units (as a tenant with lax payer rules would), so a
         test can show that the *client* refuses an over-booking instead of relying on the server's refusal."""
         self.listeners: list[Callable[[str, str, dict[str, Any]], None]] = []
+
+    @property
+    def renderer(self) -> Renderer:
+        """The modeled REST dialect (home health, hospice); personal care speaks Home Connect and has none."""
+        if self._renderer is None:
+            raise WriteRejected(404, "no_modeled_dialect", f"{self.product} speaks Home Connect under /v1/")
+        return self._renderer
 
     def close(self) -> None:
         self.store.close()
