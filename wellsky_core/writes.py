@@ -289,7 +289,9 @@ class RecordWriter:
             body = to_native(
                 self.product, entity, {**changes, "id": existing["id"]} if entity == "appointments" else changes
             )
-            key = idempotency_key(self.tenant_key, entity, existing["id"], body)
+            key = idempotency_key(
+                self.tenant_key, entity, existing["id"], body, based_on=_update_basis(existing, changes)
+            )
             if self.dry_run:
                 return self._result(entity, "would_update", existing["id"], key, desired)
             path = f"/patients/{existing['id']}" if entity == "patients" else "/appointments"
@@ -339,6 +341,15 @@ class RecordWriter:
     def _key_hash(entity: str, desired: dict[str, Any]) -> str | None:
         natural = desired.get(ENTITIES[entity].match_field) or desired.get("id")
         return hashlib.sha256(str(natural).encode()).hexdigest()[:16] if natural else None
+
+
+def _update_basis(existing: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """What an update was computed against: the server's version (``updated_at``) and the values it replaces.
+
+    Both, because either alone can repeat: a clock with one-second resolution gives two versions the same
+    ``updated_at``, and A -> B -> A replaces B with A twice only if the versions differ too.
+    """
+    return {"at": existing.get("updated_at"), "was": {k: existing.get(k) for k in sorted(changes)}}
 
 
 def match_key(stream: str, record: dict[str, Any]) -> str | None:

@@ -11,8 +11,6 @@ import json
 import subprocess
 from datetime import date, timedelta
 
-import pytest
-
 from tests.target.helpers import bookable_appointments, new_patients, singer_lines
 from wellsky_core.deadletter import DeadLetter
 
@@ -103,7 +101,6 @@ def test_two_runs_racing_on_one_record_send_one_key(small_tenant, tmp_path):
     assert sum(1 for p in sb.truth("patients") if p["mrn"] == "RACE000000") == 1
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16 #1")
 def test_a_new_intended_write_gets_a_new_key(small_tenant, tmp_path):
     """Phone A -> B -> A in three runs: the third write is new (not the first one again) and must land."""
     sb = small_tenant
