@@ -10,7 +10,8 @@ and flushes after every message, which pushes the text layer into the same ``sys
 records were written to, after them. So a STATE line never overtakes the records it covers.
 
 The fast path is only taken when it is byte-for-byte the SDK's semantics: the stock Singer writer, no stream
-maps or flattening, every property selected, and a stdout that has a binary buffer. Anything else (including
+maps or flattening, and a stdout that has a binary buffer. Catalog selection is applied before either path
+(``WellSkyStream.get_records`` projects each record through ``selection``). Anything else (including
 a value orjson cannot encode) goes through the SDK unchanged.
 """
 
@@ -64,7 +65,5 @@ def fast_writer_for(stream: Any) -> FastRecordWriter | None:
         return None
     maps = stream.stream_maps
     if len(maps) != 1 or type(maps[0]) is not SameRecordTransform or maps[0].flattening_enabled:
-        return None
-    if not all(stream.mask.values()):  # some property deselected: the SDK prunes records per the catalog
         return None
     return FastRecordWriter(maps[0].stream_alias, stream._stream_version)

@@ -17,6 +17,7 @@ from wellsky_core.config import WellSkyConfig
 from wellsky_core.schemas import stream_schema
 
 from .fastio import FastRecordWriter, fast_writer_for
+from .selection import Projector, compile_projection
 
 if TYPE_CHECKING:
     from .tap import TapWellSky
@@ -68,8 +69,13 @@ class WellSkyStream(Stream):
             return
         super()._write_record_message(record)
 
+    def selected_projection(self) -> Projector | None:
+        """What the catalog keeps of each record (None: everything), see ``selection``."""
+        return compile_projection(self.schema, self.effective_schema, self.mask)
+
     def get_records(self, context: dict | None) -> Iterable[dict[str, Any]]:
         self._fast_writer = False  # decided again per sync: catalog, maps and stream version may differ
+        project = self.selected_projection()
         channel = self.wellsky_tap.connection.channel(self.name)
         self.summary["source"] = channel.name
         if not channel.supports(self.name):
@@ -91,7 +97,7 @@ class WellSkyStream(Stream):
         try:
             for record in channel.iter_records(self.name, since):
                 count += 1
-                yield record
+                yield record if project is None else project(record)
                 now = time.monotonic()
                 if now - last_report >= PROGRESS_EVERY_SECONDS:
                     last_report = now

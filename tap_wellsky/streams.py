@@ -88,9 +88,10 @@ class WebhookEventsStream(WellSkyStream):
         since = self.get_starting_replication_key_value(context) or 0
         store = EventStore(self.wellsky_tap.settings.webhook_events_path or "")
         self.summary["source"] = "webhooks"
+        project = self.selected_projection()
         try:
             for event in iter_canonical_events(store, int(since), self.wellsky_tap.connection.product):
                 self.summary["records"] += 1
-                yield event
+                yield event if project is None else project(event)
         finally:
             store.close()
