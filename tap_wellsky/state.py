@@ -42,7 +42,7 @@ def checked_state(state: Any, replication_keys: Mapping[str, str], *, now: datet
     if state is None:
         return {}
     if not isinstance(state, dict):
-        raise StateError(f"the state must be a JSON object like {{\"bookmarks\": {{...}}}}, not a {_kind(state)}")
+        raise StateError(f'the state must be a JSON object like {{"bookmarks": {{...}}}}, not a {_kind(state)}')
     if isinstance(state.get("singer_state"), dict):  # Meltano's `meltano state get` form
         state = state["singer_state"]
     bookmarks = state.get("bookmarks", {})
@@ -68,8 +68,8 @@ def _checked_bookmark(stream: str, bookmark: Any, key: str, now: datetime) -> An
     where = f"stream {stream!r}"
     if not isinstance(bookmark, dict):
         raise StateError(
-            f"{where}: the bookmark must be an object like {{\"replication_key\": \"{key}\", "
-            f"\"replication_key_value\": ...}}, not a {_kind(bookmark)}; {FIX}"
+            f'{where}: the bookmark must be an object like {{"replication_key": "{key}", '
+            f'"replication_key_value": ...}}, not a {_kind(bookmark)}; {FIX}'
         )
     declared = bookmark.get("replication_key")
     if declared is not None and declared != key:
@@ -82,13 +82,14 @@ def _checked_bookmark(stream: str, bookmark: Any, key: str, now: datetime) -> An
     value = bookmark["replication_key_value"]
     if key == "seq":
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise StateError(f"{where}: replication_key_value must be a non-negative integer (a seq), not a "
-                             f"{_kind(value)}; {FIX}")
+            raise StateError(
+                f"{where}: replication_key_value must be a non-negative integer (a seq), not a {_kind(value)}; {FIX}"
+            )
         return bookmark
     parsed = _parse_timestamp(value)
     if parsed is None:
         raise StateError(
-            f"{where}: replication_key_value must be an ISO 8601 timestamp such as \"2026-01-31T00:00:00Z\", not "
+            f'{where}: replication_key_value must be an ISO 8601 timestamp such as "2026-01-31T00:00:00Z", not '
             f"{'an unparseable string' if isinstance(value, str) else 'a ' + _kind(value)}; {FIX}"
         )
     if parsed > now + FUTURE_TOLERANCE:
