@@ -66,6 +66,11 @@ PATIENT_LEVEL_EXCLUDED = {"practitioners"}
 MAX_POLL_WAIT_SECONDS = 120.0
 """Longest single wait between status polls, whatever Retry-After says (some servers send absolute epochs)."""
 MAX_RESTARTS = 2
+UNDATED_FLAG = {
+    "field": "updated_at",
+    "kind": "missing",
+    "reason": "the bulk-exported resource had no meta.lastUpdated; updated_at is the export's transactionTime",
+}
 BATCH = 1000
 
 
@@ -236,14 +241,20 @@ class FhirBulkChannel(Channel):
         self._served_by: dict[str, ExportJob] = {}
         self._failed = False
         self.export_issues = 0
+        self.undated: dict[str, int] = {}
         root = self.config.fhir_bulk_job_dir or str(Path(tempfile.gettempdir()) / "wellsky-fhir-bulk")
         self.job_root = Path(root)
 
     # -- capability -----------------------------------------------------------------------------------------
+    def _capability(self) -> dict[str, dict[str, Any]]:
+        """The server's resource types; discovery first, so the token request already goes to the right place."""
+        self.discover()
+        return self._search.capability()
+
     def _types_of(self, entity: str) -> list[str]:
         """The resource types one entity needs, limited to those the server has."""
         main = fhir_norm.ENTITY_TYPES[entity]
-        capability = self._search.capability()
+        capability = self._capability()
         return [main] + [child for _, _, child in INCLUDES.get(entity, []) if child in capability]
 
     def supports(self, entity: str) -> bool:
@@ -251,7 +262,7 @@ class FhirBulkChannel(Channel):
             return False
         if self.config.fhir_bulk_level != "system" and entity in PATIENT_LEVEL_EXCLUDED:
             return False
-        return fhir_norm.ENTITY_TYPES[entity] in self._search.capability()
+        return fhir_norm.ENTITY_TYPES[entity] in self._capability()
 
     # -- discovery ------------------------------------------------------------------------------------------
     def discover(self) -> dict[str, Any] | None:
@@ -314,12 +325,33 @@ class FhirBulkChannel(Channel):
     def _records(self, entity: str, job: ExportJob) -> Iterator[dict[str, Any]]:
         main = fhir_norm.ENTITY_TYPES[entity]
         by_ref = _ByRef(job.spool)
+        as_of = job.state["manifest"].get("transactionTime")
+        undated = 0
         for res in job.spool.of_type(main):
             kids = job.spool.children(f"{main}/{res.get('id')}") if entity in INCLUDES else {}
+            stamped = False
+            if as_of and not (res.get("meta") or {}).get("lastUpdated"):
+                # The IG lets servers omit meta.lastUpdated; the resource is then known as of transactionTime,
+                # which is also this stream's bookmark, so it is the honest replication timestamp.
+                res = {**res, "meta": {**(res.get("meta") or {}), "lastUpdated": as_of}}
+                stamped = True
             try:
-                yield FhirChannel._normalize(entity, res, by_ref, kids)
+                record = FhirChannel._normalize(entity, res, by_ref, kids)
             except NormalizationError as exc:
                 self.reject(entity, exc, res)
+                continue
+            if stamped:
+                undated += 1
+                if isinstance(record.get("data_quality"), list):
+                    record["data_quality"].append(UNDATED_FLAG)
+            yield record
+        if undated:
+            self.undated[entity] = undated
+            log.warning(
+                "%s: %d resource(s) had no meta.lastUpdated; their updated_at is the export's transactionTime",
+                entity,
+                undated,
+            )
 
     # -- the job --------------------------------------------------------------------------------------------
     def _bulk_entities(self) -> list[str]:
