@@ -456,9 +456,17 @@ class FhirBulkChannel(Channel):
 
     def _trusted(self, link: str, *, needs_token: bool) -> httpx.URL:
         """Resolve a server-given URL; credentials are only ever sent to the tenant's own origin."""
-        if httpx.URL(link).is_absolute_url:
-            return self.client.same_origin(link) if needs_token else httpx.URL(link)
-        return self.client.same_origin(link)
+        base = httpx.URL(str(self.config.base_url))
+        url = httpx.URL(link) if httpx.URL(link).is_absolute_url else base.join(link)
+        if needs_token and (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
+            raise RemoteError(
+                200,
+                "foreign_bulk_url",
+                "the bulk export names a status or file URL on another host while requiring the access token; "
+                "refusing to send credentials there",
+                url=url.copy_with(query=None),
+            )
+        return url
 
     def _poll(self, status_url: str) -> dict[str, Any]:
         deadline = time.monotonic() + self.config.fhir_bulk_poll_timeout_seconds
