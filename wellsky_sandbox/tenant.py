@@ -6,6 +6,7 @@ This is the vendor's business logic, independent of HTTP: ``app.py`` maps reques
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from collections import Counter
@@ -79,6 +80,8 @@ class Tenant:
         """Off only in tests: books over the authorized units (as a tenant with lax payer rules would), so a
         test can show that the *client* refuses an over-booking instead of relying on the server's refusal."""
         self.listeners: list[Callable[[str, str, dict[str, Any]], None]] = []
+        # called after each /_sandbox/advance with (entity, record before or None when new, record after)
+        self.advance_hooks: list[Callable[[list[tuple[str, dict[str, Any] | None, dict[str, Any]]]], None]] = []
 
     @property
     def renderer(self) -> Renderer:
@@ -313,6 +316,7 @@ class Tenant:
         rng = random.Random(seed * 1_000_003 + total)
         counters = dict(self.store.meta_json("id_counters"))
         changed: dict[tuple[str, str], dict[str, Any]] = {}
+        originals: dict[tuple[str, str], dict[str, Any]] = {}
         kinds: Counter[str] = Counter()
         gen = Generator(self.product, seed=rng.randrange(1 << 30))
         gen.ids = IdMinter(self.product, self.config.seed, counters)
@@ -339,6 +343,7 @@ class Tenant:
             if rec is None:
                 continue
             rec = changed.get((entity, rec["id"]), rec)
+            originals.setdefault((entity, rec["id"]), copy.deepcopy(rec))
             kind = _mutate(entity, rec, rng)
             rec["updated_at"] = now
             changed[(entity, rec["id"])] = rec
@@ -356,6 +361,9 @@ class Tenant:
             }.get(entity)
             if event:
                 self.notify(event, entity, rec)
+        batch = [(entity, originals.get((entity, rid)), rec) for (entity, rid), rec in changed.items()]
+        for hook in list(self.advance_hooks):
+            hook(batch)
         by_entity = Counter(e for e, _ in changed)
         return {"changed": len(changed), "updated_at": now, "by_entity": dict(by_entity), "by_kind": dict(kinds)}
 

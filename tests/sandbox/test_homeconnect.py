@@ -404,12 +404,13 @@ def test_patient_create_then_partial_put(writable: SandboxServer) -> None:
     with api(writable) as client:
         agency = _agency(client)
         work = {"system": "phone", "value": "9725550100x123", "use": "work"}
+        email = {"system": "email", "value": "odette@example.test", "use": "home"}
         created = client.post(
             "/v1/patients/",
             json=_new_patient(
                 agency,
                 name=[{"family": "Quill", "given": ["Odette\tM"]}],
-                telecom=[{"system": "phone", "value": "2145550199", "use": "home"}, work],
+                telecom=[{"system": "phone", "value": "2145550199", "use": "home"}, work, email],
             ),
         )
         assert created.status_code == 201
@@ -417,7 +418,7 @@ def test_patient_create_then_partial_put(writable: SandboxServer) -> None:
         pid = created.json()["id"]
         record = client.get(f"/v1/patients/{pid}/").json()
         assert record["name"][0]["family"] == "Quill" and record["birthDate"] == "1941-03-09"
-        assert work in record["telecom"]
+        assert work in record["telecom"] and email in record["telecom"]
         truth = next(p for p in writable.truth("patients") if p["id"] == pid)
         assert truth["status"] == "pending" and truth["phone"] == "(214) 555-0199"
         put = client.put(
@@ -719,6 +720,40 @@ def test_subscription_delivers_the_thin_payload_with_the_subscribers_header(writ
             assert len(receiver.received) == 1  # the telecom change matches no subscription
             assert client.delete(f"/v1/subscriptions/{created.json()['id']}/").status_code == 200
             assert client.get(f"/v1/subscriptions/{created.json()['id']}/").status_code == 404
+    finally:
+        receiver.close()
+
+
+def test_a_day_of_changes_notifies_the_matching_subscriptions(writable: SandboxServer) -> None:
+    receiver = _Receiver()
+    try:
+        before = {p["id"]: p for p in writable.truth("patients")}
+        with api(writable) as client:
+            agency = _agency(client)
+            for criteria in ("patient.created", "patient.telecom.changed"):
+                sub = {
+                    "resourceType": "Subscription",
+                    "status": "active",
+                    "criteria": criteria,
+                    "channel": {"type": "rest-hook", "endpoint": receiver.url, "header": [f"X-Criteria: {criteria}"]},
+                    "meta": {"tag": [{"code": "agencyId", "display": agency}]},
+                }
+                assert client.post("/v1/subscriptions/", json=sub).status_code == 201
+        writable.advance(count=60, seed=5)
+        after = {p["id"]: p for p in writable.truth("patients")}
+        expected = {("patient.created", int(i)) for i in after if i not in before} | {
+            ("patient.telecom.changed", int(i))
+            for i in before
+            if i in after and before[i]["phone"] != after[i]["phone"]
+        }
+        assert expected
+        deadline = time.monotonic() + 15
+        while len(receiver.received) < len(expected) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        got = {(h["X-Criteria"], body["id"]) for h, body in receiver.received}
+        assert got == expected and len(receiver.received) == len(expected)
+        log = writable.control("GET", "/_sandbox/homeconnect/deliveries")
+        assert all(d["delivered"] for d in log["deliveries"]) and len(log["deliveries"]) == len(expected)
     finally:
         receiver.close()
 

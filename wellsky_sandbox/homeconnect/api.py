@@ -140,6 +140,7 @@ class HomeConnect:
         self._in_second = 0
         self.rate = {"requests": 0, "overruns": 0, "peak_per_second": 0}
         tenant.listeners.append(self._on_change)
+        tenant.advance_hooks.append(self._on_advance)
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = []
         add = self._add
         for res, kind in (("patients", "patients"), ("practitioners", "practitioners")):
@@ -505,8 +506,9 @@ class HomeConnect:
                 rec[key] = parsed[key]
         if "phones" in parsed:
             phones = parsed["phones"]
-            rec["phone"] = phone_in(phones[0][1]) if phones else None
-            rec["_hc_telecom"] = [{"system": "phone", "value": v, "use": u} for u, v in phones[1:]]
+            rec["phone"] = phone_in(phones[0][1]) if phones else None  # canonical keeps one phone
+            rec["_hc_phone_use"] = phones[0][0] if phones else None
+            rec["_hc_telecom"] = [{"system": "phone", "value": v, "use": u} for u, v in phones[1:]] + parsed["emails"]
         tags = parsed.get("tags") or {}
         code, _, active = self.extras.client_code(rec) if rec.get("id") else (None, None, True)
         if "status" in tags:
@@ -541,7 +543,10 @@ class HomeConnect:
             if key in parsed:
                 person["birthDate" if key == "birth_date" else key] = parsed[key]
         if "phones" in parsed:
-            person["phone"] = parsed["phones"][0][1] if parsed["phones"] else None
+            phones = parsed["phones"]
+            person["phone"] = phones[0][1] if phones else None
+            person["phone_use"] = phones[0][0] if phones else None
+            person["telecom"] = [{"system": "phone", "value": v, "use": u} for u, v in phones[1:]] + parsed["emails"]
         if "address" in parsed:
             a = parsed["address"]
             person["address"] = (
@@ -1144,6 +1149,16 @@ class HomeConnect:
         if not self.extras.delete("subscription", sub_id):
             raise Invalid(404, f"Subscription {sub_id} not found.")
         return HcResponse({"success": True})
+
+    def _on_advance(self, batch: list[tuple[str, dict[str, Any] | None, dict[str, Any]]]) -> None:
+        """A simulated day of changes notifies subscribers with the criteria each change matches."""
+        for entity, old, new in batch:
+            if entity not in ("patients", "practitioners"):
+                continue  # care logs reach subscribers through tenant.listeners (encounter.updated)
+            if old is None:
+                self.hub.fire("patient.created" if entity == "patients" else "practitioner.created", new["id"])
+            else:
+                self._fire_changes(entity, old, new)
 
     def _on_change(self, event: str, entity: str, rec: dict[str, Any]) -> None:
         """Changes made outside /v1 (FHIR writes, /_sandbox/advance) still reach subscribers."""

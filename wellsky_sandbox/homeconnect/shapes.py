@@ -91,7 +91,8 @@ class Shapes:
         code, is_client, active = ex.client_code(rec)
         person = ex.person_extras("patient", rec["id"])
         marital = rec.get("_hc_marital") or person["marital"]
-        telecom = [{"system": "phone", "value": phone_out(rec["phone"]), "use": "home"}] if rec.get("phone") else []
+        use = rec.get("_hc_phone_use") or "home"
+        telecom = [{"system": "phone", "value": phone_out(rec["phone"]), "use": use}] if rec.get("phone") else []
         telecom += rec.get("_hc_telecom", [])
         return {
             "resourceType": "Patient",
@@ -136,7 +137,12 @@ class Shapes:
                 ],
             ),
             "name": [{"use": "official", "family": rec["last_name"], "given": [rec["first_name"]]}],
-            "telecom": [{"system": "phone", "value": person["phone"], "use": "mobile"}] if person.get("phone") else [],
+            "telecom": (
+                [{"system": "phone", "value": person["phone"], "use": person.get("phone_use") or "mobile"}]
+                if person.get("phone")
+                else []
+            )
+            + person.get("telecom", []),
             "address": [person["address"]] if person.get("address") else [],
             "gender": person.get("gender"),
             "birthDate": person.get("birthDate"),
@@ -263,7 +269,7 @@ def check_phone(value: Any, field: str, use: str | None) -> str:
 def parse_person(body: Any, *, creating: bool) -> dict[str, Any]:
     """A Patient/Practitioner write body -> the fields it sets (Home Connect spellings, validated).
 
-    Returns keys: first_name, last_name, birth_date, gender, phones [(use, value)], address (canonical),
+    Returns keys: first_name, last_name, birth_date, gender, phones [(use, value)], emails [telecom], address,
     active, tags {code: display}. Absent keys were not supplied (PUT is a partial update).
     """
     if not isinstance(body, dict):
@@ -292,7 +298,7 @@ def parse_person(body: Any, *, creating: bool) -> dict[str, Any]:
     if "telecom" in body:
         if not isinstance(body["telecom"], list):
             raise Invalid(422, "'telecom' must be a list of {system, value, use} objects.")
-        phones = []
+        phones, emails = [], []
         for i, t in enumerate(body["telecom"]):
             if not isinstance(t, dict) or t.get("system") not in ("phone", "email"):
                 raise Invalid(422, f"'telecom[{i}].system' must be phone or email.")
@@ -302,7 +308,9 @@ def parse_person(body: Any, *, creating: bool) -> dict[str, Any]:
                 )
             elif not isinstance(t.get("value"), str) or "@" not in t["value"]:
                 raise Invalid(422, f"'telecom[{i}].value' must be an email address.")
-        out["phones"] = phones
+            else:
+                emails.append({"system": "email", "value": t["value"], "use": t.get("use") or "home"})
+        out["phones"], out["emails"] = phones, emails
     if "address" in body:
         addrs = body["address"]
         if not isinstance(addrs, list):
