@@ -782,6 +782,11 @@ def test_faults_apply_to_v1_but_not_to_the_token(writable: SandboxServer) -> Non
     )
     with api(writable) as client:
         assert client.post("/v1/patients/_search/", json={}).status_code in (500, 502, 503)
+        writable.set_faults("malformed=1")
+        cut = client.post("/v1/patients/_search/", json={})
+        assert cut.status_code == 200
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(cut.content)
     writable.set_faults(None)
     assert writable.stats()["faults_total"] >= 1
 
