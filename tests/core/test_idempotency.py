@@ -73,3 +73,60 @@ def test_stable_across_processes():
         )
         keys.add(out.stdout.strip())
     assert keys == {idempotency_key("t1", "patients", "MRN-1001", BODY)}
+
+
+def test_non_json_values_have_one_spelling_each():
+    """Values a body may carry before JSON: each has one canonical spelling, and unknown types are refused."""
+    import enum
+    from uuid import UUID
+
+    from pydantic import BaseModel
+
+    class Status(enum.Enum):
+        BOOKED = "scheduled"
+
+    class Name(BaseModel):
+        first: str
+        born: date
+        raw: bytes = b"x"  # only JSON mode turns bytes into text: proves models are dumped in JSON mode
+
+    uid = UUID("12345678-1234-5678-1234-567812345678")
+    value = {
+        "amount": Decimal("12.50"),
+        "uid": uid,
+        "status": Status.BOOKED,
+        "codes": {"SN", "PT", "OT"},
+        "frozen": frozenset({3, 1, 2}),
+        "name": Name(first="Ada", born=date(1950, 3, 12)),
+        "seen": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+    }
+    assert json.loads(canonical_json(value)) == {
+        "amount": "12.50",
+        "uid": "12345678-1234-5678-1234-567812345678",
+        "status": "scheduled",
+        "codes": ["OT", "PT", "SN"],
+        "frozen": [1, 2, 3],
+        "name": {"first": "Ada", "born": "1950-03-12", "raw": "x"},
+        "seen": "2026-01-02T03:04:05+00:00",
+    }
+    assert canonical_json({"codes": {"b", "a"}}) == canonical_json({"codes": {"a", "b"}})
+    assert canonical_json({"mixed": {2, "a"}}) == '{"mixed":["a",2]}', "mixed types still sort (by repr)"
+    try:
+        canonical_json({"x": object()})
+    except TypeError as exc:
+        assert str(exc) == "cannot canonicalize a object for an idempotency key"
+    else:
+        raise AssertionError("an unknown type must be refused, not spelled somehow")
+
+
+def test_key_formula_is_stable_across_releases():
+    """A write retried by the next release (an upgrade between a lost answer and its replay) must carry the
+    same key, so the formula is pinned: tenant, resource, natural key and body, non-ASCII text kept as is."""
+    body = {"name": {"first": "Zoë", "last": "Ødegård"}, "updated_at": "2026-01-01T00:00:00Z", "mrn": "M1"}
+    assert canonical_json(body) == (
+        '{"mrn":"M1","name":{"first":"Zoë","last":"Ødegård"},"updated_at":"2026-01-01T00:00:00Z"}'
+    )
+    assert idempotency_key("tenant-a", "patients", ("M1", 2), body) == GOLDEN_KEY
+
+
+GOLDEN_KEY = "wsk1-a28e2c186c415cb80cb0ef474163b7904a4952ddf70519082427d6d2add0682b"

@@ -1,0 +1,304 @@
+"""The write engine's decisions, in process against a real sandbox: create / update / unchanged / refuse, the
+keys it sends, authorization policy, the write ledger, and the race where another run created the record.
+
+Fast enough to be the mutation-testing selection for ``writes.py`` and ``ledger.py`` (scripts/mutate).
+"""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from collections.abc import Iterator
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from wellsky_core.config import WellSkyConfig
+from wellsky_core.connection import Connection
+from wellsky_core.ledger import WriteLedger, record_hash
+from wellsky_core.writes import RecordWriter, validate_for_write
+from wellsky_sandbox.testing import SandboxServer
+
+SERVICE_FOR = {"SN": "G0299", "PT": "G0151", "OT": "G0152", "ST": "G0153"}
+_serial = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def sb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxServer]:
+    server = SandboxServer(scale=40, sftp_port=None, data_dir=tmp_path_factory.mktemp("tenant")).start()
+    yield server
+    server.cleanup()
+
+
+def _writer(sb: SandboxServer, **kw: Any) -> RecordWriter:
+    config = WellSkyConfig.load(
+        {"base_url": sb.base_url, "username": sb.username, "password": sb.password, "max_requests_per_second": 0},
+        env={},
+    )
+    return RecordWriter(Connection(config), **kw)
+
+
+_templates: dict[str, dict[str, Any]] = {}
+
+
+def _new_patient(sb: SandboxServer, **kw: Any) -> dict[str, Any]:
+    if sb.base_url not in _templates:
+        _templates[sb.base_url] = sb.truth("patients")[0]
+    rec = {k: v for k, v in _templates[sb.base_url].items() if k not in ("id", "updated_at")}
+    return {**rec, "mrn": f"DEC{next(_serial):05d}", **kw}
+
+
+def _writes(sb: SandboxServer) -> list[dict[str, Any]]:
+    return sb.audit()
+
+
+def _bookable(sb: SandboxServer) -> tuple[dict, int, dict]:
+    """The active visit authorization with the fewest units left (at least 1), its units left, and a booking
+    that fits it; each call takes another authorization."""
+    candidates = []
+    for auth in sb.truth("authorizations"):
+        left = auth["units_authorized"] - auth["units_used"]
+        first = max(date.fromisoformat(auth["start_date"]), date(2026, 11, 1))
+        if (
+            auth["status"] == "active"
+            and auth["unit_type"] == "visit"
+            and auth["service_codes"][0] in SERVICE_FOR
+            and left >= 1
+            and first + timedelta(days=1) <= date.fromisoformat(auth["end_date"])
+            and auth["id"] not in _taken
+        ):
+            candidates.append((left, auth, first + timedelta(days=1)))
+    assert candidates, "no bookable authorization left in the sandbox"
+    left, auth, day = min(candidates, key=lambda c: c[0])
+    _taken.add(auth["id"])
+    code = auth["service_codes"][0]
+    return (
+        auth,
+        left,
+        {
+            "external_id": f"DECA{next(_serial):05d}",
+            "patient_id": auth["patient_id"],
+            "payer_id": auth["payer_id"],
+            "status": "scheduled",
+            "discipline": code,
+            "service_code": SERVICE_FOR[code],
+            "start": f"{day}T15:00:00Z",
+            "end": f"{day}T16:00:00Z",
+        },
+    )
+
+
+_taken: set[str] = set()
+
+
+def _fill(writer: RecordWriter, booking: dict, n: int) -> list[Any]:
+    return [writer.write("appointments", {**booking, "external_id": f"{booking['external_id']}-{i}"}) for i in range(n)]
+
+
+def test_create_then_unchanged_then_update_with_keys(sb):
+    writer = _writer(sb)
+    patient = _new_patient(sb)
+    before = len(_writes(sb))
+    created = writer.write("patients", patient)
+    assert created.action == "created" and created.wellsky_id and created.idempotency_key.startswith("wsk1-")
+    assert created.key_hash and patient["mrn"] not in created.key_hash
+    entries = _writes(sb)[before:]
+    assert [(e["action"], e["idempotency_key"]) for e in entries] == [("created", created.idempotency_key)]
+
+    again = _writer(sb).write("patients", patient)  # a new run: found by MRN, nothing to change
+    assert (again.action, again.wellsky_id, again.idempotency_key) == ("unchanged", created.wellsky_id, None)
+    assert len(_writes(sb)) == before + 1, "unchanged must not write"
+
+    updated = _writer(sb).write("patients", {**patient, "phone": "555-0199"})
+    assert updated.action == "updated" and updated.wellsky_id == created.wellsky_id
+    assert updated.idempotency_key not in (None, created.idempotency_key)
+    last = _writes(sb)[-1]
+    assert (last["method"], last["action"], last["idempotency_key"]) == ("PUT", "updated", updated.idempotency_key)
+    stored = next(p for p in sb.truth("patients") if p["id"] == created.wellsky_id)
+    assert stored["phone"] == "555-0199" and stored["mrn"] == patient["mrn"]
+
+    by_id = _writer(sb).write("patients", {**patient, "id": created.wellsky_id, "phone": "555-0199"})
+    assert by_id.action == "unchanged" and by_id.wellsky_id == created.wellsky_id
+
+
+def test_same_write_from_two_runs_has_the_same_key(sb):
+    patient = _new_patient(sb)
+    a = _writer(sb, dry_run=True).write("patients", patient)
+    b = _writer(sb, dry_run=True).write("patients", dict(reversed(list(patient.items()))))
+    assert a.action == b.action == "would_create"
+    assert a.idempotency_key == b.idempotency_key and a.idempotency_key.startswith("wsk1-")
+    other = _writer(sb, dry_run=True).write("patients", {**patient, "mrn": patient["mrn"] + "X"})
+    assert other.idempotency_key != a.idempotency_key
+
+
+def test_dry_run_decides_but_writes_nothing(sb):
+    existing = sb.truth("patients")[1]
+    before = len(_writes(sb))
+    writer = _writer(sb, dry_run=True)
+    assert writer.write("patients", _new_patient(sb)).action == "would_create"
+    would = writer.write("patients", {**existing, "phone": "555-0142"})
+    assert would.action == "would_update" and would.wellsky_id == existing["id"] and would.idempotency_key
+    assert writer.write("patients", existing).action == "unchanged"
+    assert len(_writes(sb)) == before
+
+
+def test_invalid_records_are_refused_before_any_request(sb):
+    before = len(_writes(sb))
+    writer = _writer(sb)
+    result = writer.write("patients", {**_new_patient(sb), "birth_date": "31/02/1950"})
+    assert result.action == "rejected" and result.code == "validation_error"
+    assert "birth_date" in result.reason and "31/02/1950" not in result.reason
+    unknown = writer.write("patients", {**_new_patient(sb), "id": "HH-P999999"})
+    assert (unknown.action, unknown.code, unknown.wellsky_id) == ("rejected", "unknown_id", "HH-P999999")
+    assert "HH-P999999" in unknown.reason
+    assert len(_writes(sb)) == before
+    with pytest.raises(ValueError, match="not writable"):
+        writer.write("encounters", {})
+
+
+def test_validate_for_write_keeps_only_what_was_sent(sb):
+    record = _new_patient(sb)
+    assert validate_for_write("patients", record) == record
+    assert "id" not in validate_for_write("patients", record), "unset optional fields are not invented"
+    with pytest.raises(Exception) as exc:
+        validate_for_write("patients", {**record, "birth_date": "soon"})
+    assert exc.value.code == "validation_error" and "birth_date" in str(exc.value) and "soon" not in str(exc.value)
+
+
+def test_server_refusals_become_rejections_with_the_server_code(sb):
+    writer = _writer(sb)
+    sb.set_tenant(read_only=True)
+    try:
+        result = writer.write("patients", _new_patient(sb))
+    finally:
+        sb.set_tenant(read_only=False)
+    assert (result.action, result.code) == ("rejected", "read_only_tenant")
+    assert "403" in result.reason and "read-only" in result.reason
+
+
+def test_booking_reserves_units_and_refuses_beyond_them(sb):
+    auth, left, booking = _bookable(sb)
+    writer = _writer(sb)
+    results = _fill(writer, booking, left + 1)
+    assert [r.action for r in results] == ["created"] * left + ["rejected"]
+    assert results[-1].code == "authorization_exceeded" and writer.ledger.reserved(auth["id"]) == left
+    assert not [a for a in sb.truth("appointments") if a["external_id"] == f"{booking['external_id']}-{left}"]
+
+    warned = _writer(sb, authorization_policy="warn").write(
+        "appointments", {**booking, "external_id": "W" + booking["external_id"]}
+    )
+    assert warned.action == "rejected", "the tenant itself refuses the over-booking"
+    assert warned.warnings and "authorization" in warned.warnings[0]
+    off = _writer(sb, authorization_policy="off")
+    sb.set_tenant(enforce_authorizations=False)
+    try:
+        booked = off.write("appointments", {**booking, "external_id": "O" + booking["external_id"]})
+    finally:
+        sb.set_tenant(enforce_authorizations=True)
+    assert booked.action == "created" and not booked.warnings and off.ledger.reserved(auth["id"]) == 0
+
+
+def test_a_refused_write_gives_its_units_back(sb):
+    auth, _, booking = _bookable(sb)
+    writer = _writer(sb)
+    result = writer.write("appointments", {**booking, "practitioner_id": "HH-C999999"})  # the tenant refuses
+    assert (result.action, result.code) == ("rejected", "unknown_practitioner")
+    assert writer.ledger.reserved(auth["id"]) == 0
+
+
+def test_moving_a_booking_uses_its_own_units(sb):
+    """The authorization is full; moving one of its bookings needs no new unit, cancelling gives one back."""
+    auth, left, booking = _bookable(sb)
+    assert [r.action for r in _fill(_writer(sb), booking, left)] == ["created"] * left
+    moved = {
+        **booking,
+        "external_id": f"{booking['external_id']}-0",
+        "start": booking["start"].replace("15:00", "17:00"),
+        "end": booking["end"].replace("16:00", "18:00"),
+    }
+    home = {"line1": "1 Main St", "line2": None, "city": "Austin", "state": "TX", "postal_code": "78701"}
+    result = _writer(sb).write("appointments", moved)
+    assert result.action == "updated", result.reason
+    note_only = _writer(sb).write("appointments", {**moved, "location": home})
+    assert note_only.action == "updated", note_only.reason
+    cancelled = _writer(sb).write("appointments", {**moved, "location": home, "status": "cancelled"})
+    assert cancelled.action == "updated", cancelled.reason
+    stored = next(a for a in sb.truth("authorizations") if a["id"] == auth["id"])
+    assert stored["units_authorized"] - stored["units_used"] == 1, "the cancellation released the unit"
+    again = _writer(sb).write("appointments", {**moved, "location": home, "status": "cancelled"})
+    assert again.action == "unchanged"
+
+
+def test_write_ledger_skips_known_records_without_a_request(sb, tmp_path):
+    ledger = WriteLedger(tmp_path / "ledger.sqlite")
+    patient = _new_patient(sb)
+    first = _writer(sb, ledger=ledger).write("patients", patient)
+    assert first.action == "created"
+    key = f"n:{patient['mrn']}"
+    tenant = sb.base_url
+    assert ledger.lookup(tenant, "patients", key) == (
+        record_hash(validate_for_write("patients", patient)),
+        first.wellsky_id,
+    )
+    requests_before = sb.stats()["data_requests"]
+    again = _writer(sb, ledger=ledger).write("patients", patient)
+    assert (again.action, again.wellsky_id) == ("unchanged", first.wellsky_id)
+    assert "ledger" in again.reason and again.key_hash == first.key_hash
+    assert sb.stats()["data_requests"] == requests_before, "the ledger answered: no request"
+    changed = _writer(sb, ledger=ledger).write("patients", {**patient, "phone": "555-0177"})
+    assert changed.action == "updated"
+    assert ledger.lookup(tenant, "patients", key)[0] == record_hash(
+        validate_for_write("patients", {**patient, "phone": "555-0177"})
+    )
+    rejected = _writer(sb, ledger=ledger).write("patients", {**_new_patient(sb), "id": "HH-P999998"})
+    assert rejected.action == "rejected" and ledger.lookup(tenant, "patients", "i:HH-P999998") is None
+    ledger.close()
+
+
+def test_write_ledger_stores_hashes_only_and_survives_a_reopen(tmp_path: Path):
+    path = tmp_path / "sub" / "ledger.sqlite"
+    ledger = WriteLedger(path)
+    ledger.remember("t1", "patients", "n:MRN-42", "h1", "HH-P1")
+    ledger.remember("t1", "patients", "n:MRN-42", "h2", "HH-P1")  # the latest write wins
+    ledger.remember("t2", "patients", "n:MRN-42", "h3", None)
+    ledger.remember("t1", "appointments", "n:MRN-42", "h4", "HH-V1")
+    assert ledger.lookup("t1", "patients", "n:MRN-42") == ("h2", "HH-P1")
+    assert ledger.lookup("t2", "patients", "n:MRN-42") == ("h3", None)
+    assert ledger.lookup("t1", "appointments", "n:MRN-42") == ("h4", "HH-V1")
+    assert ledger.lookup("t1", "patients", "n:MRN-43") is None
+    ledger.close()
+    assert b"MRN-42" not in path.read_bytes()
+    rows = sqlite3.connect(path).execute("SELECT key FROM writes").fetchall()
+    assert len(rows) == 3 and all(len(r[0]) == 64 for r in rows)
+    assert WriteLedger(path).lookup("t1", "patients", "n:MRN-42") == ("h2", "HH-P1")
+    assert record_hash({"b": 1, "a": 2}) == record_hash({"a": 2, "b": 1}) != record_hash({"a": 2, "b": 2})
+
+
+def test_another_run_created_it_between_lookup_and_write(sb):
+    """A batch scan (prime) said 'absent'; another run then created the record: the 409 turns into an update."""
+    patients = [_new_patient(sb) for _ in range(200)]
+    writer = _writer(sb)
+    writer.prime("patients", patients)
+    target = {**patients[7], "phone": "555-0123"}
+    rival = _writer(sb).write("patients", patients[7])
+    assert rival.action == "created"
+    result = writer.write("patients", target)
+    assert (result.action, result.wellsky_id) == ("updated", rival.wellsky_id), result.reason
+    stored = next(p for p in sb.truth("patients") if p["id"] == rival.wellsky_id)
+    assert stored["phone"] == "555-0123"
+    assert sum(1 for p in sb.truth("patients") if p["mrn"] == patients[7]["mrn"]) == 1
+
+
+def test_prime_answers_lookups_from_one_scan(sb):
+    existing = sb.truth("patients")[:3]
+    fresh = [_new_patient(sb) for _ in range(200)]
+    writer = _writer(sb)
+    writer.prime("patients", [*({**e, "id": None} for e in existing), *fresh])
+    requests_before = sb.stats()["data_requests"]
+    assert writer.write("patients", existing[0] | {"id": None}).action == "unchanged"
+    assert sb.stats()["data_requests"] == requests_before, "a primed key needs no lookup"
+    small = _writer(sb)
+    small.prime("patients", fresh[:5])  # below the threshold: per-record lookups
+    assert "patients" not in small._primed
