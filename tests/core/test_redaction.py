@@ -112,3 +112,85 @@ def test_a_whole_session_sync_logs_no_secret_and_no_patient_name(sandbox_factory
     sensitive += [p["mrn"] for p in patients[:20] if p.get("mrn")]
     leaked = [value for value in sensitive if value and value in output]
     assert not leaked, f"{len(leaked)} sensitive values leaked into the logs"
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage() + (record.stack_info or ""))
+
+
+def test_installing_from_scratch_covers_children_own_handlers_and_root_handlers(monkeypatch):
+    """What install_redaction sets up in a fresh process (the process-wide state is reset for the test)."""
+    original = logging.getLogRecordFactory()
+    monkeypatch.setattr(redaction, "_factory_installed", False)
+    monkeypatch.setattr(redaction, "_installed_prefixes", set())
+    root, at_root = logging.getLogger(), _Collect()
+    child, at_child = logging.getLogger("fresh_app.deep.child"), _Collect()
+    named, at_named = logging.getLogger("fresh_app"), _Collect()
+    foreign = logging.getLogger("fresh_foreign_lib")
+    root.addHandler(at_root)
+    child.addHandler(at_child)
+    named.addHandler(at_named)
+    saved = [(lg, lg.level, lg.propagate) for lg in (child, named, foreign)]
+    for lg in (child, named, foreign):
+        lg.setLevel(logging.DEBUG)
+    child.propagate = named.propagate = False
+    try:
+        install_redaction("fresh_app")
+        factory = logging.getLogRecordFactory()
+        install_redaction("fresh_app")
+        assert logging.getLogRecordFactory() is factory, "installing twice must not wrap the factory twice"
+        register_secret("scratch-secret-1")
+        child.warning("child %s", "scratch-secret-1")  # its own handler, no filter: the record factory redacts
+        named.warning("named %s", "scratch-secret-1")
+        foreign.warning("foreign %s", "scratch-secret-1")  # not a project logger: the root handler's filter
+        assert at_child.lines == ["child ***"]
+        assert at_named.lines == ["named ***"]
+        assert at_root.lines == ["foreign ***"]
+    finally:
+        root.removeHandler(at_root)
+        child.removeHandler(at_child)
+        named.removeHandler(at_named)
+        for lg, level, propagate in saved:
+            lg.setLevel(level)
+            lg.propagate = propagate
+        for lg in (named, root):
+            lg.filters = [f for f in lg.filters if not isinstance(f, RedactionFilter)]
+        at_root.filters.clear()
+        logging.setLogRecordFactory(original)
+
+
+def test_filter_handles_bad_format_strings_and_stack_info():
+    register_secret("stack-secret-9")
+    bad = logging.LogRecord("x", logging.INFO, __file__, 1, "%d items for stack-secret-9", ("many",), None)
+    assert RedactionFilter().filter(bad) and bad.getMessage() == "%d items for ***"
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", (), None)
+    record.stack_info = 'File "x.py", line 1, in stack-secret-9'
+    RedactionFilter().filter(record)
+    assert record.stack_info == 'File "x.py", line 1, in ***'
+
+
+def test_longer_secrets_are_masked_before_the_secrets_they_contain():
+    register_secret("abc", "abcdef-long")
+    assert redact("token abcdef-long and abc") == "token *** and ***"
+
+
+def test_registration_edges():
+    from datetime import datetime
+
+    from pydantic import SecretStr
+
+    register_secret(SecretStr("from-secretstr"), "xyz", "xy")
+    assert redact("from-secretstr xyz xy") == "*** *** xy", "3 characters is long enough, 2 is not"
+    register_phi(None, "J Okonkwo-Ade", datetime(1950, 3, 12, 8, 30), "Al")
+    assert redact("Okonkwo-Ade J Al 1950-03-12T08:30:00") == f"{PHI_MASK} J {PHI_MASK} {PHI_MASK}:{PHI_MASK}:{PHI_MASK}"
+
+
+def test_a_new_registry_starts_empty_and_bounded():
+    fresh = redaction._Registry()
+    with fresh.lock:
+        assert fresh.secrets == set() and list(fresh.phi) == [] and fresh.max_phi == redaction.MAX_PHI_VALUES
