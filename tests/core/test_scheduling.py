@@ -10,7 +10,7 @@ import pytest
 
 from wellsky_core.errors import AuthorizationRefused
 from wellsky_core.scheduling import (
-    AuthorizationLedger,
+    AuthorizationUnitLedger,
     Reservation,
     covering_authorizations,
     current_charge,
@@ -129,7 +129,7 @@ def test_current_charge_of_an_existing_booking():
 
 
 def test_ledger_counts_this_runs_earlier_reservations():
-    ledger = AuthorizationLedger()
+    ledger = AuthorizationUnitLedger()
     auths = [_auth(units_authorized=10, units_used=7)]
     assert [ledger.reserve(_appt(), auths) for _ in range(3)] == [Reservation("A1", 1)] * 3
     assert ledger.reserved("A1") == 3
@@ -143,7 +143,7 @@ def test_ledger_counts_this_runs_earlier_reservations():
 
 
 def test_ledger_falls_through_to_the_next_covering_authorization():
-    ledger = AuthorizationLedger()
+    ledger = AuthorizationUnitLedger()
     auths = [_auth("SOON", end_date="2026-11-20", units_used=10), _auth("LATE", units_used=9)]
     assert ledger.reserve(_appt(), auths) == Reservation("LATE", 1)
     with pytest.raises(AuthorizationRefused) as exc:
@@ -152,7 +152,7 @@ def test_ledger_falls_through_to_the_next_covering_authorization():
 
 
 def test_ledger_reports_what_remains_for_multi_unit_bookings():
-    ledger = AuthorizationLedger()
+    ledger = AuthorizationUnitLedger()
     auths = [_auth(unit_type="hour", units_authorized=10, units_used=8)]
     with pytest.raises(AuthorizationRefused) as exc:
         ledger.reserve(_appt(end="2026-11-10T18:00:00Z"), auths)
@@ -164,7 +164,7 @@ def test_ledger_reports_what_remains_for_multi_unit_bookings():
 
 
 def test_ledger_checks_only_payer_bookings():
-    ledger = AuthorizationLedger()
+    ledger = AuthorizationUnitLedger()
     full = [_auth(units_used=10)]
     assert ledger.reserve(_appt(status="cancelled"), full) is None
     assert ledger.reserve(_appt(payer_id=None), full) is None
@@ -173,7 +173,7 @@ def test_ledger_checks_only_payer_bookings():
 
 
 def test_a_moved_booking_gets_its_own_units_back():
-    ledger = AuthorizationLedger()
+    ledger = AuthorizationUnitLedger()
     auths = [_auth(unit_type="hour", units_authorized=10, units_used=10)]  # full, 2 of them held by this booking
     moved = ledger.reserve(_appt(end="2026-11-10T17:00:00Z"), auths, release=Reservation("A1", 2))
     assert moved == Reservation("A1", 0) and ledger.reserved("A1") == 0
@@ -186,7 +186,7 @@ def test_a_moved_booking_gets_its_own_units_back():
 
 
 def test_cancel_gives_units_back():
-    ledger = AuthorizationLedger()
+    ledger = AuthorizationUnitLedger()
     auths = [_auth(units_authorized=10, units_used=9)]
     reservation = ledger.reserve(_appt(), auths)
     ledger.cancel(reservation)
@@ -196,7 +196,7 @@ def test_cancel_gives_units_back():
 
 
 def test_concurrent_writers_never_share_the_last_unit():
-    ledger = AuthorizationLedger()
+    ledger = AuthorizationUnitLedger()
     auths = [_auth(units_authorized=10, units_used=5)]
     granted: list[Reservation] = []
     refused: list[str] = []
@@ -223,16 +223,16 @@ def test_the_authorizations_rounding_rule_applies_and_defaults_to_nearest():
     up = [_auth(unit_type="hour", rounding="up", units_authorized=10, units_used=8)]
     down = [_auth(unit_type="hour", rounding="down", units_authorized=10, units_used=8)]
     default = [{k: v for k, v in _auth(unit_type="hour", units_authorized=10, units_used=8).items() if k != "rounding"}]
-    assert AuthorizationLedger().reserve(ninety_one, up) == Reservation("A1", 2)
-    assert AuthorizationLedger().reserve(ninety_one, down) == Reservation("A1", 1)
-    assert AuthorizationLedger().reserve(ninety_one, default) == Reservation("A1", 2)
+    assert AuthorizationUnitLedger().reserve(ninety_one, up) == Reservation("A1", 2)
+    assert AuthorizationUnitLedger().reserve(ninety_one, down) == Reservation("A1", 1)
+    assert AuthorizationUnitLedger().reserve(ninety_one, default) == Reservation("A1", 2)
     assert current_charge(ninety_one, up) == Reservation("A1", 2)
     assert current_charge(ninety_one, down) == Reservation("A1", 1)
     assert current_charge(_appt(end="2026-11-10T16:29:00Z"), default) == Reservation("A1", 1)
 
 
 def test_nothing_reserved_reads_as_zero():
-    ledger = AuthorizationLedger()
+    ledger = AuthorizationUnitLedger()
     assert ledger.reserved("never") == 0
     ledger.cancel(Reservation("never", 2))
     assert ledger.reserved("never") == -2

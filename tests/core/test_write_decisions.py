@@ -1,7 +1,7 @@
 """The write engine's decisions, in process against a real sandbox: create / update / unchanged / refuse, the
 keys it sends, authorization policy, the write ledger, and the race where another run created the record.
 
-Fast enough to be the mutation-testing selection for ``writes.py`` and ``ledger.py`` (scripts/mutate).
+Fast enough to be the mutation-testing selection for ``writes.py`` and ``write_hashes.py`` (scripts/mutate).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 from wellsky_core.config import WellSkyConfig
 from wellsky_core.connection import Connection
-from wellsky_core.ledger import WriteLedger, record_hash
+from wellsky_core.write_hashes import WriteHashLedger, record_hash
 from wellsky_core.writes import RecordWriter, validate_for_write
 from wellsky_sandbox.testing import SandboxServer
 
@@ -183,7 +183,7 @@ def test_booking_reserves_units_and_refuses_beyond_them(sb):
     writer = _writer(sb)
     results = _fill(writer, booking, left + 1)
     assert [r.action for r in results] == ["created"] * left + ["rejected"]
-    assert results[-1].code == "authorization_exceeded" and writer.ledger.reserved(auth["id"]) == left
+    assert results[-1].code == "authorization_exceeded" and writer.authorization_units.reserved(auth["id"]) == left
     assert not [a for a in sb.truth("appointments") if a["external_id"] == f"{booking['external_id']}-{left}"]
 
     warned = _writer(sb, authorization_policy="warn").write(
@@ -197,7 +197,7 @@ def test_booking_reserves_units_and_refuses_beyond_them(sb):
         booked = off.write("appointments", {**booking, "external_id": "O" + booking["external_id"]})
     finally:
         sb.set_tenant(enforce_authorizations=True)
-    assert booked.action == "created" and not booked.warnings and off.ledger.reserved(auth["id"]) == 0
+    assert booked.action == "created" and not booked.warnings and off.authorization_units.reserved(auth["id"]) == 0
 
 
 def test_a_refused_write_gives_its_units_back(sb):
@@ -205,7 +205,7 @@ def test_a_refused_write_gives_its_units_back(sb):
     writer = _writer(sb)
     result = writer.write("appointments", {**booking, "practitioner_id": "HH-C999999"})  # the tenant refuses
     assert (result.action, result.code) == ("rejected", "unknown_practitioner")
-    assert writer.ledger.reserved(auth["id"]) == 0
+    assert writer.authorization_units.reserved(auth["id"]) == 0
 
 
 def test_moving_a_booking_uses_its_own_units(sb):
@@ -232,9 +232,9 @@ def test_moving_a_booking_uses_its_own_units(sb):
 
 
 def test_write_ledger_skips_known_records_without_a_request(sb, tmp_path):
-    ledger = WriteLedger(tmp_path / "ledger.sqlite")
+    ledger = WriteHashLedger(tmp_path / "ledger.sqlite")
     patient = _new_patient(sb)
-    first = _writer(sb, ledger=ledger).write("patients", patient)
+    first = _writer(sb, write_hashes=ledger).write("patients", patient)
     assert first.action == "created"
     key = f"n:{patient['mrn']}"
     tenant = sb.base_url
@@ -243,23 +243,23 @@ def test_write_ledger_skips_known_records_without_a_request(sb, tmp_path):
         first.wellsky_id,
     )
     requests_before = sb.stats()["data_requests"]
-    again = _writer(sb, ledger=ledger).write("patients", patient)
+    again = _writer(sb, write_hashes=ledger).write("patients", patient)
     assert (again.action, again.wellsky_id) == ("unchanged", first.wellsky_id)
     assert "ledger" in again.reason and again.key_hash == first.key_hash
     assert sb.stats()["data_requests"] == requests_before, "the ledger answered: no request"
-    changed = _writer(sb, ledger=ledger).write("patients", {**patient, "phone": "555-0177"})
+    changed = _writer(sb, write_hashes=ledger).write("patients", {**patient, "phone": "555-0177"})
     assert changed.action == "updated"
     assert ledger.lookup(tenant, "patients", key)[0] == record_hash(
         validate_for_write("patients", {**patient, "phone": "555-0177"})
     )
-    rejected = _writer(sb, ledger=ledger).write("patients", {**_new_patient(sb), "id": "HH-P999998"})
+    rejected = _writer(sb, write_hashes=ledger).write("patients", {**_new_patient(sb), "id": "HH-P999998"})
     assert rejected.action == "rejected" and ledger.lookup(tenant, "patients", "i:HH-P999998") is None
     ledger.close()
 
 
 def test_write_ledger_stores_hashes_only_and_survives_a_reopen(tmp_path: Path):
     path = tmp_path / "sub" / "ledger.sqlite"
-    ledger = WriteLedger(path)
+    ledger = WriteHashLedger(path)
     ledger.remember("t1", "patients", "n:MRN-42", "h1", "HH-P1")
     ledger.remember("t1", "patients", "n:MRN-42", "h2", "HH-P1")  # the latest write wins
     ledger.remember("t2", "patients", "n:MRN-42", "h3", None)
@@ -272,7 +272,7 @@ def test_write_ledger_stores_hashes_only_and_survives_a_reopen(tmp_path: Path):
     assert b"MRN-42" not in path.read_bytes()
     rows = sqlite3.connect(path).execute("SELECT key FROM writes").fetchall()
     assert len(rows) == 3 and all(len(r[0]) == 64 for r in rows)
-    assert WriteLedger(path).lookup("t1", "patients", "n:MRN-42") == ("h2", "HH-P1")
+    assert WriteHashLedger(path).lookup("t1", "patients", "n:MRN-42") == ("h2", "HH-P1")
     assert record_hash({"b": 1, "a": 2}) == record_hash({"a": 2, "b": 1}) != record_hash({"a": 2, "b": 2})
 
 
