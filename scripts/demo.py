@@ -206,6 +206,73 @@ def write_back(creds: dict) -> None:
     say(f"dead-letter file: {len(dead)} refused record(s) kept with their reason ({dict(reasons)})")
 
 
+def build_marts(tap_config: Path) -> None:
+    """Load every stream into DuckDB with target-duckdb, `dbt build` the package, print a few mart rows."""
+    import duckdb
+
+    database = WORK / "warehouse.duckdb"
+    target_config = WORK / "target-duckdb.json"
+    target_config.write_text(json.dumps({"path": str(database), "default_target_schema": "wellsky"}))
+    loader = ROOT / ".venv-target-duckdb" / "bin" / "target-duckdb"
+    with open(WORK / "tap-warehouse.log", "w") as log:
+        tap = subprocess.Popen(
+            [str(BIN / "tap-wellsky"), "--config", str(tap_config)], stdout=subprocess.PIPE, stderr=log
+        )
+        target = subprocess.run([str(loader), "--config", str(target_config)], stdin=tap.stdout, capture_output=True)
+        tap.wait()
+    if tap.returncode or target.returncode:
+        raise SystemExit(f"warehouse load failed (tap {tap.returncode}, target-duckdb {target.returncode})")
+    env = {
+        **os.environ,
+        "DBT_TARGET": "duckdb",
+        "WELLSKY_DUCKDB_PATH": str(database),
+        "WELLSKY_PRODUCT": "home_health",
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+    }
+    dbt = subprocess.run(
+        [
+            str(ROOT / ".venv-dbt" / "bin" / "dbt"),
+            "build",
+            "--project-dir",
+            "transform",
+            "--profiles-dir",
+            "transform",
+            "--target-path",
+            str(WORK / "dbt-target"),
+            "--log-path",
+            str(WORK / "dbt-logs"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    done = [line.split("Done.", 1)[1].strip() for line in dbt.stdout.splitlines() if "Done." in line]
+    say(f"dbt build: {done[-1] if done else 'no summary'} (models and data tests)")
+    if dbt.returncode:
+        raise SystemExit("dbt build failed:\n" + dbt.stdout[-3000:])
+    with duckdb.connect(str(database), read_only=True) as conn:
+        census = conn.execute(
+            "select payer_name, active_patients from main_marts.census order by active_patients desc limit 4"
+        ).fetchall()
+        auths = conn.execute(
+            "select count(*), sum(case when is_at_risk then 1 else 0 end),"
+            " sum(case when is_over_booked then 1 else 0 end) from main_marts.authorization_utilisation"
+        ).fetchone()
+        visits = conn.execute(
+            "select count(*), avg(case when is_documented then 1.0 else 0 end), avg(case when is_on_time then 1.0"
+            " else 0 end), sum(case when is_missed then 1 else 0 end) from main_marts.visit_completion"
+        ).fetchone()
+        busiest = conn.execute(
+            "select first_name || ' ' || last_name, week_start, visits_scheduled, hours_scheduled"
+            " from main_marts.practitioner_workload order by visits_scheduled desc, week_start limit 1"
+        ).fetchone()
+    say("census (active patients by primary payer): " + ", ".join(f"{p} {n}" for p, n in census))
+    say(f"authorizations: {auths[0]}, at risk of over-use {auths[1]}, over-booked {auths[2]}")
+    say(f"visits: {visits[0]}, documented {visits[1]:.0%}, on time {visits[2]:.0%}, missed {visits[3]}")
+    if busiest:
+        say(f"busiest week: {busiest[0]}, week of {busiest[1]}: {busiest[2]} visits, {busiest[3]} h scheduled")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scale", default="S", help="sandbox size: XS, S (default), M, L")
@@ -243,6 +310,9 @@ def main() -> int:
 
         step("4. write-back with target-wellsky: new patients and appointments, authorization-checked, twice")
         write_back(creds)
+
+        step("5. warehouse: tap-wellsky | target-duckdb, then the dbt package (transform/) builds the marts")
+        build_marts(tap_config)
         if not ok:
             return 1
     finally:

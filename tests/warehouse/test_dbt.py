@@ -1,0 +1,197 @@
+"""The dbt package in ``transform/`` built on real tap output, in DuckDB (loaded by target-duckdb) and in
+PostgreSQL (loaded by meltanolabs-target-postgres): ``dbt build`` passes its tests, and the marts agree with
+figures computed here, independently, from the sandbox's truth."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+from collections import Counter
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.warehouse.conftest import ROOT, SCHEMA, TAP, as_utc, pipe, tap_config, warehouse_tool
+from wellsky_core.models import ENTITIES
+
+STREAMS = list(ENTITIES)
+
+
+@pytest.fixture(scope="module")
+def dbt() -> str:
+    return warehouse_tool("dbt")
+
+
+def dbt_build(dbt: str, tmp_path: Path, env: dict[str, str]) -> None:
+    """`dbt build` of the package, its artefacts kept out of the repository."""
+    proc = subprocess.run(
+        [
+            dbt,
+            "build",
+            "--project-dir",
+            str(ROOT / "transform"),
+            "--profiles-dir",
+            str(ROOT / "transform"),
+            "--target-path",
+            str(tmp_path / "dbt-target"),
+            "--log-path",
+            str(tmp_path / "dbt-logs"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false", **env},
+    )
+    assert proc.returncode == 0, f"dbt build failed:\n{proc.stdout[-5000:]}"
+    assert "ERROR=0" in proc.stdout and "PASS=" in proc.stdout
+
+
+# --- what the marts must say, computed from the tenant's truth -------------------------------------------------
+
+
+def _minutes(start: str, end: str) -> float:
+    return (as_utc(end) - as_utc(start)).total_seconds() / 60
+
+
+def _units(unit_type: str, rounding: str, minutes: float) -> float:
+    if unit_type == "visit":
+        return 1.0
+    raw = minutes / (60 if unit_type == "hour" else 15)
+    return float({"up": math.ceil, "down": math.floor}.get(rounding, lambda x: math.floor(x + 0.5))(raw))
+
+
+def expected_marts(sandbox, as_of: date) -> dict[str, Any]:
+    patients = sandbox.truth("patients")
+    appointments = [a for a in sandbox.truth("appointments") if a["status"] != "cancelled"]
+    encounters = [e for e in sandbox.truth("encounters") if e["status"] != "cancelled" and e.get("appointment_id")]
+    coverage = sandbox.truth("coverage")
+    active = {p["id"] for p in patients if p["status"] == "active"}
+
+    primary: dict[str, dict[str, Any]] = {}
+    for c in sorted(coverage, key=lambda c: (c["order"], c["id"])):
+        in_force = date.fromisoformat(c["period_start"]) <= as_of and (
+            c["period_end"] is None or date.fromisoformat(c["period_end"]) >= as_of
+        )
+        if c["status"] == "active" and in_force:
+            primary.setdefault(c["patient_id"], c)
+    census = Counter(primary[p]["payer_id"] if p in primary else "self_pay_or_unknown" for p in active)
+
+    documented = {e["appointment_id"] for e in encounters}
+    booked: dict[str, float] = {}
+    for auth in sandbox.truth("authorizations"):
+        total = 0.0
+        for a in appointments:
+            if a["status"] not in ("scheduled", "completed"):
+                continue
+            day = as_utc(a["start"]).date()
+            if (
+                a["patient_id"] == auth["patient_id"]
+                and a["payer_id"] == auth["payer_id"]
+                and date.fromisoformat(auth["start_date"]) <= day <= date.fromisoformat(auth["end_date"])
+                and (a["discipline"] in auth["service_codes"] or a["service_code"] in auth["service_codes"])
+            ):
+                total += _units(auth["unit_type"], auth.get("rounding", "nearest"), _minutes(a["start"], a["end"]))
+        booked[auth["id"]] = total
+    return {
+        "census": dict(census),
+        "visits": len(appointments),
+        "documented": sum(1 for a in appointments if a["id"] in documented),
+        "with_practitioner": sum(1 for a in appointments if a.get("practitioner_id")),
+        "booked": booked,
+    }
+
+
+def assert_marts(rows: dict[str, list[tuple]], expected: dict[str, Any]) -> None:
+    census = {payer: n for payer, n in rows["census"]}
+    assert census == expected["census"], "census by payer differs from the tenant's active patients"
+    visits, documented = rows["visits"][0]
+    assert (visits, documented) == (expected["visits"], expected["documented"])
+    assert rows["workload"][0][0] == expected["with_practitioner"]
+    booked = {auth: float(units) for auth, units in rows["authorizations"]}
+    assert booked == expected["booked"], "authorization units booked differ from the schedule"
+
+
+MART_QUERIES = {
+    "census": "select payer_id, active_patients from {s}.census",
+    "visits": "select count(*), sum(case when is_documented then 1 else 0 end) from {s}.visit_completion",
+    "workload": "select sum(visits_scheduled) from {s}.practitioner_workload",
+    "authorizations": "select authorization_id, units_booked from {s}.authorization_utilisation",
+}
+
+
+# --- DuckDB -----------------------------------------------------------------------------------------------------
+
+
+def test_dbt_build_on_tap_output_in_duckdb(sandbox, tmp_path):
+    import duckdb
+
+    database = tmp_path / "warehouse.duckdb"
+    target_config = tmp_path / "target-duckdb.json"
+    target_config.write_text(json.dumps({"path": str(database), "default_target_schema": SCHEMA}))
+    pipe(
+        [TAP, "--config", str(tap_config(sandbox, tmp_path))],
+        [warehouse_tool("target-duckdb"), "--config", str(target_config)],
+    )
+    with duckdb.connect(str(database), read_only=True) as conn:
+        for stream in STREAMS:
+            loaded = conn.execute(f'select count(*) from {SCHEMA}."{stream}"').fetchone()[0]
+            # target-duckdb 0.8.0 with duckdb >= 1.3 loses the first row of every batch (README): count them all
+            assert loaded == len(sandbox.truth(stream)), f"{stream}: {loaded} rows loaded"
+
+    as_of = datetime.now(UTC).date()
+    dbt_build(
+        warehouse_tool("dbt"),
+        tmp_path,
+        {
+            "DBT_TARGET": "duckdb",
+            "WELLSKY_DUCKDB_PATH": str(database),
+            "WELLSKY_PRODUCT": "home_health",
+            "WELLSKY_AS_OF_DATE": as_of.isoformat(),
+        },
+    )
+    with duckdb.connect(str(database), read_only=True) as conn:
+        rows = {k: conn.execute(q.format(s="main_marts")).fetchall() for k, q in MART_QUERIES.items()}
+    assert_marts(rows, expected_marts(sandbox, as_of))
+
+
+# --- PostgreSQL -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_dbt_build_on_tap_output_in_postgres(postgres, target_postgres, sandbox, tmp_path):
+    target_config = tmp_path / "target-postgres.json"
+    target_config.write_text(
+        json.dumps(
+            {
+                "host": "127.0.0.1",
+                "port": postgres.port,
+                "user": postgres.user,
+                "password": postgres.password,
+                "database": postgres.database,
+                "default_target_schema": SCHEMA,
+                "load_method": "upsert",
+            }
+        )
+    )
+    pipe([TAP, "--config", str(tap_config(sandbox, tmp_path))], [target_postgres, "--config", str(target_config)])
+    as_of = datetime.now(UTC).date()
+    dbt_build(
+        warehouse_tool("dbt"),
+        tmp_path,
+        {
+            "DBT_TARGET": "postgres",
+            "WELLSKY_PG_PORT": str(postgres.port),
+            "WELLSKY_PG_USER": postgres.user,
+            "WELLSKY_PG_PASSWORD": postgres.password,
+            "WELLSKY_PG_DATABASE": postgres.database,
+            "WELLSKY_PRODUCT": "home_health",
+            "WELLSKY_AS_OF_DATE": as_of.isoformat(),
+        },
+    )
+    with postgres.connect() as conn:
+        rows = {k: conn.execute(q.format(s="analytics_marts")).fetchall() for k, q in MART_QUERIES.items()}
+    assert_marts(rows, expected_marts(sandbox, as_of))

@@ -1,0 +1,22 @@
+-- Scheduled visits (home health, hospice) and shifts (personal care).
+with raw as (
+    {{ wellsky_stream('appointments', {
+        'id': 'varchar', 'external_id': 'varchar', 'patient_id': 'varchar', 'practitioner_id': 'varchar',
+        'payer_id': 'varchar', 'start': 'timestamp', 'end': 'timestamp', 'status': 'varchar',
+        'discipline': 'varchar', 'service_code': 'varchar', 'updated_at': 'timestamp'}) }}
+)
+select
+    id as appointment_id,
+    external_id,
+    patient_id,
+    practitioner_id,
+    payer_id,
+    {{ adapter.quote('start') }} as scheduled_start,
+    {{ adapter.quote('end') }} as scheduled_end,
+    {{ minutes_between(adapter.quote('start'), adapter.quote('end')) }} as scheduled_minutes,
+    cast({{ adapter.quote('start') }} as date) as visit_date,
+    status as appointment_status,
+    discipline,
+    service_code,
+    updated_at
+from raw

@@ -1,0 +1,16 @@
+-- One row per patient (client), current version. Identity and status only: names and birth dates stay in the
+-- raw table for teams whose warehouse is cleared for PHI.
+with raw as (
+    {{ wellsky_stream('patients', {
+        'id': 'varchar', 'mrn': 'varchar', 'status': 'varchar', 'gender': 'varchar',
+        'birth_date': 'date', 'coverage': json_type(), 'updated_at': 'timestamp'}) }}
+)
+select
+    id as patient_id,
+    mrn,
+    status as patient_status,
+    gender,
+    birth_date,
+    '{{ var("wellsky_product") }}' as product,
+    updated_at
+from raw

@@ -1,0 +1,14 @@
+with raw as (
+    {{ wellsky_stream('practitioners', {
+        'id': 'varchar', 'npi': 'varchar', 'first_name': 'varchar', 'last_name': 'varchar',
+        'credentials': 'varchar', 'active': 'boolean', 'updated_at': 'timestamp'}) }}
+)
+select
+    id as practitioner_id,
+    npi,
+    first_name,
+    last_name,
+    credentials,
+    coalesce(active, true) as is_active,
+    updated_at
+from raw
