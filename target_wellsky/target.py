@@ -72,6 +72,7 @@ class TargetWellSky(Target):
     """Writes ``patients`` and ``appointments`` streams to a WellSky tenant."""
 
     name = "target-wellsky"
+    package_name = "tap-wellsky"  # the distribution that ships tap, target and core: the SDK reads its version
     config_jsonschema = config_json_schema(TargetConfig)
     default_sink_class = WellSkySink
     message_reader_class = LineNumberingReader
