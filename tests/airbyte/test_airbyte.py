@@ -325,3 +325,42 @@ def test_unordered_channel_checkpoints_once_at_the_end(sandbox, tmp_path):
     [state] = of_type(messages, Type.STATE)
     assert messages.index(state) > max(i for i, m in enumerate(messages) if m.type == Type.RECORD)
     assert state.state.stream.stream_state.model_dump()["updated_at"] == max(r["updated_at"] for r in records)
+
+
+def test_bulk_channel_state_is_the_exports_transaction_time(sandbox, tmp_path):
+    """fhir_bulk is unordered; its one checkpoint is the $export's transactionTime, the next run's _since."""
+    sandbox.control("POST", "/_sandbox/bulk", json={"delay_seconds": 0, "retry_after_seconds": 0})
+    creds = sandbox.credentials()
+    config = write_json(
+        tmp_path / "bulk.json",
+        {
+            "base_url": creds["base_url"],
+            "username": creds["username"],
+            "password": creds["password"],
+            "stream_sources": {"coverage": "fhir_bulk"},
+            "fhir_bulk_job_dir": str(tmp_path / "jobs"),
+        },
+    )
+    stream = {"name": "coverage", "json_schema": {}, "supported_sync_modes": SYNC_MODES}
+    catalog = write_json(
+        tmp_path / "coverage.json",
+        {"streams": [{"stream": stream, "sync_mode": "incremental", "destination_sync_mode": "append_dedup"}]},
+    )
+    first = run_source("read", "--config", config, "--catalog", catalog)
+    assert sorted(str(r["id"]) for r in records_by_stream(first)["coverage"]) == truth_ids(sandbox, "coverage")
+    [state] = of_type(first, Type.STATE)
+    mark = state.state.stream.stream_state.model_dump()["updated_at"]
+    assert mark > max(r["updated_at"] for r in records_by_stream(first)["coverage"])  # the export's instant
+    sandbox.advance(count=40, seed=2)
+    second = run_source(
+        "read",
+        "--config",
+        config,
+        "--catalog",
+        catalog,
+        "--state",
+        write_json(tmp_path / "state.json", final_states(first)),
+    )
+    assert sorted(str(r["id"]) for r in records_by_stream(second).get("coverage", [])) == truth_ids(
+        sandbox, "coverage", since=mark
+    )
