@@ -40,14 +40,23 @@ Flow = Generator[httpx.Request, httpx.Response, None]
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date); None if absent/bad."""
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date); None if absent/bad.
+
+    A number too large to be a delay is read as the absolute epoch some servers send instead (in seconds, or in
+    milliseconds above 1e12, as SMART's reference Bulk Data server does).
+    """
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        number = float(value)
     except ValueError:
         pass
+    else:
+        if number > 1e9:
+            clock = time.time() if now is None else now
+            return max(0.0, (number / 1000 if number > 1e12 else number) - clock)
+        return max(0.0, number)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):

@@ -43,13 +43,13 @@ import time
 import zlib
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
 
+from ..auth import parse_retry_after
 from ..errors import ConfigError, NormalizationError, RemoteError, WellSkyTransportError, error_fields
 from ..normalize import fhir as fhir_norm
 from .base import Channel
@@ -74,25 +74,8 @@ UNDATED_FLAG = {
 BATCH = 1000
 
 
-def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds from ``Retry-After``: delta-seconds, an HTTP date, or an absolute epoch in seconds or milliseconds."""
-    if not value:
-        return None
-    now = time.time() if now is None else now
-    text = value.strip()
-    try:
-        number = float(text)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        return None if when is None else max(0.0, when.timestamp() - now)
-    if number > 1e12:  # epoch milliseconds
-        return max(0.0, number / 1000 - now)
-    if number > 1e9:  # epoch seconds
-        return max(0.0, number - now)
-    return max(0.0, number)
+retry_after_seconds = parse_retry_after
+"""``Retry-After`` in seconds: delta-seconds, an HTTP date, or an absolute epoch in seconds or milliseconds."""
 
 
 def outcome_summary(body: Any) -> str:
@@ -586,6 +569,8 @@ class FhirBulkChannel(Channel):
                             raise _Truncated(f"{lines} of {count} lines")
                         job.spool.commit_file(url, kind, lines)
                         self.client.metrics.add_page(lines)
+                        self.client.metrics.add_bytes(response.num_bytes_downloaded)
+                        log.info("bulk file downloaded: %s, %d line(s)", kind, lines)
                         return
                     response.read()
                 job.spool.rollback()
