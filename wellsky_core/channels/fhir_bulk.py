@@ -347,7 +347,9 @@ class FhirBulkChannel(Channel):
             if entity in job.entities_left and job.kickoff["since"] == since_text:
                 return job
         self.discover()
-        entities = sorted({entity, *self._bulk_entities()})
+        # Streams already served, or waiting in another job (a different bookmark), do not ride along again.
+        pending = {e for job in self._jobs.values() for e in job.entities_left} | set(self._served_by)
+        entities = sorted({entity, *(e for e in self._bulk_entities() if e not in pending)})
         types: list[str] = []
         for name in entities:
             types += [t for t in self._types_of(name) if t not in types]
