@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .models import ENTITIES, CanonicalModel, WebhookEvent
+from .models import ENTITIES, WRITABLE, CanonicalModel, WebhookEvent
 
 STREAM_MODELS: dict[str, type[CanonicalModel]] = {
     **{name: spec.model for name, spec in ENTITIES.items()},
@@ -76,6 +76,34 @@ def stream_schema(stream: str) -> dict[str, Any]:
     }
 
 
+WRITE_DIR = SCHEMA_DIR / "write"
+"""The write contract: what target-wellsky accepts, published apart from what the tap emits."""
+
+
+def write_schema(stream: str) -> dict[str, Any]:
+    """The JSON schema of a record target-wellsky accepts for a writable stream.
+
+    The tap's schemas require ``id`` and ``updated_at`` (every record read from WellSky has them); a record to
+    be written may have neither yet. The target matches it on ``id``, else on the natural key."""
+    from .writes import WRITE_MODELS  # the models the target validates with: one definition of the contract
+
+    model = WRITE_MODELS[stream]
+    raw = model.model_json_schema(mode="validation")
+    schema = _inline(raw, raw.get("$defs", {}))
+    schema.pop("description", None)
+    schema.pop("title", None)
+    natural = ENTITIES[stream].match_field
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "description": (
+            f"What target-wellsky accepts on the {stream} stream. `id` (the WellSky id) and `updated_at` are optional; "
+            f"the target updates the record with that id, else the one whose `{natural}` matches, else creates one. "
+            f"Send `{natural}` so a re-run or a replayed batch creates nothing twice."
+        ),
+        **schema,
+    }
+
+
 README = SCHEMA_DIR.parent / "README.md"
 TABLE_START, TABLE_END = "<!-- settings:start -->", "<!-- settings:end -->"
 
@@ -122,6 +150,14 @@ def render(stream: str) -> str:
     return json.dumps(stream_schema(stream), indent=2, sort_keys=False) + "\n"
 
 
+def generated_files() -> dict[Path, str]:
+    """Every schema file this module owns: the tap's streams, then the write contract of the writable ones."""
+    files = {SCHEMA_DIR / f"{stream}.json": render(stream) for stream in STREAM_MODELS}
+    for stream in WRITABLE:
+        files[WRITE_DIR / f"{stream}.json"] = json.dumps(write_schema(stream), indent=2) + "\n"
+    return files
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m wellsky_core.schemas", description=__doc__)
     mode = parser.add_mutually_exclusive_group(required=True)
@@ -129,14 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--check", action="store_true", help="fail if schemas/*.json differ from the models")
     args = parser.parse_args(argv)
     stale = []
-    for stream in STREAM_MODELS:
-        path = SCHEMA_DIR / f"{stream}.json"
-        text = render(stream)
+    for path, text in generated_files().items():
         if args.write:
-            SCHEMA_DIR.mkdir(exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
         elif not path.exists() or path.read_text() != text:
-            stale.append(path.name)
+            stale.append(str(path.relative_to(SCHEMA_DIR.parent)))
     if README.exists():
         current = README.read_text()
         wanted = _readme_with_table(current)
@@ -144,9 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             README.write_text(wanted)
         elif not args.write and wanted != current:
             stale.append("README.md settings table")
-    extra = (
-        sorted(p.name for p in SCHEMA_DIR.glob("*.json") if p.stem not in STREAM_MODELS) if SCHEMA_DIR.exists() else []
-    )
+    owned = set(generated_files())
+    extra = sorted(str(p.relative_to(SCHEMA_DIR.parent)) for p in SCHEMA_DIR.rglob("*.json") if p not in owned)
     if stale or extra:
         print(
             f"generated files out of date: {', '.join(stale + extra)}; run `python -m wellsky_core.schemas --write` "
@@ -155,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     if args.check:
-        print(f"schemas/ matches the models ({len(STREAM_MODELS)} streams)")
+        print(f"schemas/ matches the models ({len(STREAM_MODELS)} streams, write contract of {len(WRITABLE)})")
     return 0
 
 
