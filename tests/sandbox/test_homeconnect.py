@@ -539,6 +539,70 @@ def test_clock_in_and_out_are_idempotent(writable: SandboxServer) -> None:
         assert client.post(f"/v1/encounter/{shift['id']}/clockin/", json=body).json()["clockedOut"] is True
 
 
+def test_encounter_put_is_partial_and_task_updates_need_a_comment(writable: SandboxServer) -> None:
+    enc = next(e for e in writable.truth("encounters") if e["appointment_id"])
+    with api(writable) as client:
+        before = client.get(f"/v1/encounter/{enc['id']}/").json()
+        put = client.put(f"/v1/encounter/{enc['id']}/", json={"payRateMethod": "perVisit", "payRateId": 150})
+        assert put.status_code == 200
+        after = client.get(f"/v1/encounter/{enc['id']}/").json()
+        assert after["period"] == before["period"] and after["subject"] == before["subject"]
+        assert after["rates"]["payRate"] == [{"id": 150, "amount": None, "method": "perVisit"}]
+        bad = client.put(f"/v1/encounter/{enc['id']}/", json={"endDateTime": "1999-01-01T00:00:00"})
+        assert bad.status_code == 422 and "endDateTime" in bad.json()["error"]
+        appt = next(a for a in writable.truth("appointments") if a["id"] == enc["appointment_id"])
+        month = appt["start"][:7].replace("-", "")
+        shifts = search_all(client, "/v1/appointment/_search/", {"clientId": appt["patient_id"], "monthNo": month})
+        shift = next(s for s in shifts if s["start"] == appt["start"].replace("Z", "+00:00"))
+        task = shift["tasks"][0]["id"]
+        url = f"/v1/encounter/{enc['id']}/task/{task}/"
+        refused = client.put(url, json={"status": "NOT_COMPLETE"})
+        assert refused.status_code == 422 and "comment" in refused.json()["error"]
+        assert client.put(url, json={"status": "NOT_COMPLETE", "comment": "Client asleep"}).json() == {"success": True}
+        shifts = search_all(client, "/v1/appointment/_search/", {"clientId": appt["patient_id"], "monthNo": month})
+        shift = next(s for s in shifts if s["start"] == appt["start"].replace("Z", "+00:00"))
+        assert shift["tasks"][0]["status"] == "NOT_COMPLETE" and shift["tasks"][0]["comment"] == "Client asleep"
+        assert client.put(f"/v1/encounter/{enc['id']}/task/1/", json={"status": "COMPLETE"}).status_code == 404
+
+
+def test_profile_tags_are_a_post_only_collection(writable: SandboxServer) -> None:
+    with api(writable) as client:
+        assert client.get("/v1/profileTags/").status_code == 405
+        assert client.get("/v1/profileTags/45/").json() == {
+            "resourceType": "ProfileTag",
+            "id": "45",
+            "name": "Dementia Care",
+        }
+        created = client.post("/v1/profileTags/", json={"name": "Night Shifts"})
+        assert created.status_code == 201
+        tag = created.json()["id"]
+        assert client.get(f"/v1/profileTags/{tag}/").json()["name"] == "Night Shifts"
+        caregiver = writable.truth("practitioners")[0]["id"]
+        tags = {"meta": {"tag": [{"code": "profileTags", "display": f"45,{tag}"}]}}
+        assert client.put(f"/v1/practitioners/{caregiver}/", json=tags).status_code == 200
+        assert (
+            client.put(
+                f"/v1/practitioners/{caregiver}/", json={"meta": {"tag": [{"code": "profileTags", "display": "9999"}]}}
+            ).status_code
+            == 422
+        )
+        found = search_all(client, "/v1/practitioners/_search/", {"tags": tag, "is_hired": "true"})
+        assert [p["id"] for p in found] == [caregiver]
+
+
+def test_get_collections_take_the_filters_in_the_query(client: httpx.Client, tenant: SandboxServer) -> None:
+    truth = tenant.truth("patients")
+    name = truth[0]["last_name"]
+    got = client.get("/v1/patients/", params={"last_name:contains": name[1:4], "_count": 100}).json()
+    assert {p["id"] for p in truth if name[1:4].lower() in p["last_name"].lower()} == {
+        e["resource"]["id"] for e in got["entry"]
+    }
+    pid, appts = _appointment_truth(tenant)
+    month = appts[0]["start"][:7].replace("-", "")
+    by_get = client.get("/v1/appointment/", params={"clientId": pid, "monthNo": month}).json()
+    assert by_get == client.post("/v1/appointment/_search/", json={"clientId": pid, "monthNo": month}).json()
+
+
 def test_task_logs_read_and_write(writable: SandboxServer) -> None:
     enc = writable.truth("encounters")[0]["id"]
     with api(writable) as client:

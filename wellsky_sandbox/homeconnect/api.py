@@ -29,7 +29,7 @@ from starlette.responses import Response
 from ..generator import iso, parse_iso
 from ..security import SUPPORTED_SCOPES, AuthFailure, Principal
 from ..tenant import Tenant, public
-from .data import APPLICANT_STATUS, CLIENT_STATUS, PROFILE_TAGS, Extras, canonical_client_status
+from .data import APPLICANT_STATUS, CLIENT_STATUS, Extras, canonical_client_status
 from .shapes import (
     ENCOUNTER_STATUS,
     Invalid,
@@ -39,6 +39,7 @@ from .shapes import (
     parse_person,
     phone_in,
     refuse_control_chars,
+    tags_of,
 )
 from .subscriptions import CRITERIA, SubscriptionHub
 
@@ -168,6 +169,16 @@ class HomeConnect:
         add("POST", r"encounter/_search/", lambda r, p, b: self.search_encounters(r, b))
         add("GET", r"encounter/(?P<id>\d+)/", lambda r, p, b: self.get_encounter(p["id"]))
         add("POST", r"encounter/", lambda r, p, b: self.create_encounter(b))
+        add("PUT", r"encounter/(?P<id>\d+)/", lambda r, p, b: self.update_encounter(p["id"], b))
+        add(
+            "PUT",
+            r"encounter/(?P<id>\d+)/task/(?P<tid>\d+)/",
+            lambda r, p, b: self.update_task(p["id"], p["tid"], b),
+        )
+        add("GET", r"profileTags/(?P<id>\d+)/", lambda r, p, b: self.get_profile_tag(p["id"]))
+        add("POST", r"profileTags/", lambda r, p, b: self.write_profile_tag(None, b))
+        add("PUT", r"profileTags/(?P<id>\d+)/", lambda r, p, b: self.write_profile_tag(p["id"], b))
+        add("GET", r"profileTags/", lambda r, p, b: fail(405, "Method GET is not allowed on profileTags; POST it."))
         add("POST", r"encounter/(?P<id>\d+)/clockin/", lambda r, p, b: self.clock_in(p["id"], b))
         add("PUT", r"encounter/(?P<id>\d+)/clockout/", lambda r, p, b: self.clock_out(p["id"], b))
         add("GET", r"encounter/(?P<id>\d+)/tasklog/", lambda r, p, b: self.task_logs(p["id"]))
@@ -576,7 +587,7 @@ class HomeConnect:
             rec["_hc_status"] = 100
         if "profileTags" in tags:
             ids = [t for t in tags["profileTags"].split(",") if t]
-            unknown = [t for t in ids if not t.isdigit() or int(t) not in PROFILE_TAGS]
+            unknown = [t for t in ids if not t.isdigit() or self.extras.profile_tag(t) is None]
             if unknown:
                 raise Invalid(422, f"'profileTags' has unknown tag id(s) {','.join(unknown)}.")
             rec["_hc_profile_tags"] = ",".join(ids)
@@ -773,10 +784,54 @@ class HomeConnect:
 
     def create_encounter(self, body: Any) -> Response:
         """The flat, non-FHIR care-log create body (fact sheet section 3, "Encounter create")."""
+        fields_ = self._flat_encounter(body, creating=True)
+        rec = self._new_encounter(*fields_[:5])
+        rec["_hc_rates"] = fields_[5]
+        with self.store.transaction():
+            rec["id"] = self.store.mint_id("encounters")
+            self.store.put("encounters", rec)
+        self.tenant.notify("encounter.updated", "encounters", rec)
+        return HcResponse({"resourceType": "Encounter", "id": rec["id"]}, status_code=201)
+
+    def update_encounter(self, enc_id: str, body: Any) -> Response:
+        """``PUT /v1/encounter/{id}/``: the create body's fields, each optional (a partial update)."""
+        existing = self.store.get("encounters", enc_id)
+        if existing is None:
+            raise Invalid(404, f"Encounter {enc_id} not found.")
+        if not isinstance(body, dict):
+            raise Invalid(400, "The request body must be a JSON object.")
+        current = {
+            "agencyId": self.extras.agency_id,
+            "patientId": existing["patient_id"],
+            "practitionerId": existing["practitioner_id"],
+            "startDateTime": existing["start"],
+            "endDateTime": existing.get("end"),
+            "status": ENCOUNTER_STATUS.get(existing["status"], "COMPLETE"),
+        }
+        patient, caregiver, _, start, end, status, rates = self._flat_encounter({**current, **body}, creating=False)
+        rec = {**existing, "patient_id": patient, "practitioner_id": caregiver, "start": start, "end": end}
+        rec.update(status=status, finalized=status == "completed")
+        if any(k.endswith(("RateMethod", "RateId")) for k in body):
+            rec["_hc_rates"] = rates
+        if rec != existing:
+            rec["updated_at"] = self.store.now()
+            with self.store.transaction():
+                self.store.put("encounters", rec)
+            self.tenant.notify("encounter.updated", "encounters", rec)
+        return HcResponse({"resourceType": "Encounter", "id": enc_id})
+
+    def _flat_encounter(self, body: Any, *, creating: bool) -> tuple[Any, ...]:
+        """Validate a flat care-log body: (patient, caregiver, appointment, start, end, status, rates)."""
         if not isinstance(body, dict):
             raise Invalid(400, "The request body must be a JSON object.")
         refuse_control_chars(body)
-        for key in ("agencyId", "patientId", "practitionerId", "startDateTime", "endDateTime"):
+        status = {"COMPLETE": "completed", "IN_PROGRESS": "in_progress"}.get(body.get("status") or "COMPLETE")
+        if status is None:
+            raise Invalid(422, "'status' must be COMPLETE or IN_PROGRESS.")
+        required = ["agencyId", "patientId", "practitionerId", "startDateTime"]
+        if status == "completed":
+            required.append("endDateTime")
+        for key in required:
             if body.get(key) in (None, ""):
                 raise Invalid(422, f"'{key}' is required.")
         if str(body["agencyId"]) != self.extras.agency_id:
@@ -787,12 +842,9 @@ class HomeConnect:
         if self.store.get("practitioners", str(body["practitionerId"])) is None:
             raise Invalid(422, f"'practitionerId' {body['practitionerId']} is not a caregiver of this agency.")
         start = check_datetime(body["startDateTime"], "startDateTime")
-        end = check_datetime(body["endDateTime"], "endDateTime")
-        if parse_iso(end) <= parse_iso(start):
+        end = check_datetime(body["endDateTime"], "endDateTime") if body.get("endDateTime") else None
+        if end is not None and parse_iso(end) <= parse_iso(start):
             raise Invalid(422, "'endDateTime' must be after 'startDateTime'.")
-        status = {"COMPLETE": "completed", "IN_PROGRESS": "in_progress"}.get(body.get("status") or "COMPLETE")
-        if status is None:
-            raise Invalid(422, "'status' must be COMPLETE or IN_PROGRESS.")
         rates: dict[str, Any] = {"payRate": [], "billRate": []}
         for side in ("bill", "pay"):
             method = body.get(f"{side}RateMethod")
@@ -804,13 +856,7 @@ class HomeConnect:
             if method not in ("notBillable", "notPayable") and not isinstance(rate_id, int | str):
                 raise Invalid(422, f"'{side}RateId' is required with {side}RateMethod {method}.")
             rates[f"{side}Rate"] = [{"id": rate_id, "amount": None, "method": method}]
-        rec = self._new_encounter(patient["id"], str(body["practitionerId"]), None, start, end, status)
-        rec["_hc_rates"] = rates
-        with self.store.transaction():
-            rec["id"] = self.store.mint_id("encounters")
-            self.store.put("encounters", rec)
-        self.tenant.notify("encounter.updated", "encounters", rec)
-        return HcResponse({"resourceType": "Encounter", "id": rec["id"]}, status_code=201)
+        return patient["id"], str(body["practitionerId"]), None, start, end, status, rates
 
     def _new_encounter(
         self, patient_id: str, caregiver: str | None, appt_id: str | None, start: str, end: str | None, status: str
@@ -911,6 +957,48 @@ class HomeConnect:
         self.tenant.notify("encounter.updated", "encounters", enc)
         self.hub.fire("encounter.clockout.changed", enc["id"])
         return HcResponse({"success": True})
+
+    # -- tasks of a shift, profile tags ---------------------------------------------------------------------
+    def update_task(self, enc_id: str, task_id: str, body: Any) -> Response:
+        """``PUT /v1/encounter/{encId}/task/{taskId}/``: NOT_COMPLETE needs a comment (fact sheet section 4)."""
+        enc = self.store.get("encounters", enc_id)
+        if enc is None:
+            raise Invalid(404, f"Encounter {enc_id} not found.")
+        appt = self.store.get("appointments", enc["appointment_id"]) if enc.get("appointment_id") else None
+        tasks = {str(t["id"]): t for t in (self.shapes.appointment(appt)["tasks"] if appt else [])}
+        if task_id not in tasks:
+            raise Invalid(404, f"Task {task_id} is not a task of encounter {enc_id}.")
+        if not isinstance(body, dict):
+            raise Invalid(400, "The request body must be a JSON object.")
+        refuse_control_chars(body)
+        if body.get("status") not in ("COMPLETE", "NOT_COMPLETE"):
+            raise Invalid(422, "'status' must be COMPLETE or NOT_COMPLETE.")
+        if body["status"] == "NOT_COMPLETE" and not (isinstance(body.get("comment"), str) and body["comment"].strip()):
+            raise Invalid(422, "'comment' is required when status is NOT_COMPLETE.")
+        override = {"status": body["status"], "comment": body.get("comment")}
+        assert appt is not None  # a task was found, so the care log has its shift
+        self.extras.put("task", f"{appt['id']}:{task_id}", appt["id"], override)
+        return HcResponse({"success": True})
+
+    def get_profile_tag(self, tag_id: str) -> Response:
+        tag = self.extras.profile_tag(tag_id)
+        if tag is None:
+            raise Invalid(404, f"ProfileTag {tag_id} not found.")
+        return HcResponse(tag)
+
+    def write_profile_tag(self, tag_id: str | None, body: Any) -> Response:
+        if not isinstance(body, dict):
+            raise Invalid(400, "The request body must be a JSON object.")
+        refuse_control_chars(body)
+        existing = self.extras.profile_tag(tag_id) if tag_id else None
+        if tag_id and existing is None:
+            raise Invalid(404, f"ProfileTag {tag_id} not found.")
+        name = body.get("name", (existing or {}).get("name"))
+        if not isinstance(name, str) or not name.strip():
+            raise Invalid(422, "'name' is required.")
+        new_id = tag_id or str(self.extras.next_id("profiletag") + 1000)
+        self.extras.put("profiletag", new_id, None, {"resourceType": "ProfileTag", "id": new_id, "name": name})
+        return HcResponse({"resourceType": "ProfileTag", "id": new_id}, status_code=200 if existing else 201)
 
     # -- task logs ----------------------------------------------------------------------------------------
     def task_logs(self, enc_id: str) -> Response:
@@ -1239,7 +1327,7 @@ def people_filter(kind: str, key: str, value: Any, hc: HomeConnect) -> Callable[
         return lambda r: hc.extras.caregiver_code(r)[1] == want
     if field == "tags" and kind == "practitioners":
         wanted = {t for t in text.split(",") if t}
-        return lambda r: wanted <= set(hc.render_person(kind, r)["meta"]["tag"][4]["display"].split(","))
+        return lambda r: wanted <= set(tags_of(hc.render_person(kind, r)).get("profileTags", "").split(","))
     if field == "agency_id":
         return lambda r: text == hc.extras.agency_id
     return None

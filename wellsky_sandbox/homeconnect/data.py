@@ -295,6 +295,15 @@ class Extras:
         }
         return "relatedperson", body["id"], patient["id"], int(parse_iso(updated).timestamp()), orjson.dumps(body)
 
+    def profile_tag(self, tag_id: str) -> dict[str, Any] | None:
+        """A caregiver profile tag: the seeded ones, or one created through ``POST /v1/profileTags/``."""
+        stored = self.get("profiletag", tag_id)
+        if stored is not None:
+            return stored
+        if tag_id.isdigit() and int(tag_id) in PROFILE_TAGS:
+            return {"resourceType": "ProfileTag", "id": tag_id, "name": PROFILE_TAGS[int(tag_id)]}
+        return None
+
     def next_id(self, kind: str) -> int:
         with self.store.lock:
             counters = orjson.loads(self.store.meta("homeconnect_counters") or "{}")

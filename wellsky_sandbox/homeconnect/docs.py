@@ -178,7 +178,7 @@ CONFLICTS = [
         "`appointment_total=1` (adds `total`)",
     ),
     (
-        "Not emulated: profileTags, referralsource, DocumentReference, AdminTask, CarePlan",
+        "Not emulated: referralsource, DocumentReference, AdminTask, CarePlan activities, allergyintolerance",
         "CONN/DOCREF shapes",
         "REF (L) variants",
         "none: these routes answer 403 (no data modeled)",
@@ -255,7 +255,12 @@ def render_section() -> str:
         "| `POST /v1/practitioners/_search/`, `GET /v1/practitioners/`, `…/{id}/`, `POST` | as patients, plus "
         "`is_hired`, `tags` |",
         "| `POST /v1/appointment/_search/`, `GET /v1/appointment/?…`, `GET /v1/appointment/{id}/` | shifts |",
-        "| `POST /v1/encounter/_search/`, `GET /v1/encounter/{id}/`, `POST /v1/encounter/` | care logs |",
+        "| `POST /v1/encounter/_search/`, `GET/PUT /v1/encounter/{id}/`, `POST /v1/encounter/` | care logs (PUT "
+        "takes the create body's fields, each optional) |",
+        "| `PUT /v1/encounter/{id}/task/{taskId}/` | a shift task's status (NOT_COMPLETE needs `comment`; fact "
+        "sheet §4, REF M) |",
+        "| `POST /v1/profileTags/`, `GET/PUT /v1/profileTags/{id}/` | caregiver profile tags; `GET` on the "
+        "collection is 405 (CONN H) |",
         "| `POST /v1/encounter/{appointmentId}/clockin/`, `PUT /v1/encounter/{carelogId}/clockout/` | EVV |",
         "| `GET/POST /v1/encounter/{id}/tasklog/`, `PUT /v1/encounter/{id}/tasklog/{taskLogId}/` | shift notes |",
         "| `GET /v1/relatedperson/{patientId}/`, `POST /v1/relatedperson/`, `POST /v1/relatedperson/_search/`, "

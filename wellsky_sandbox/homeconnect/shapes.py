@@ -172,11 +172,17 @@ class Shapes:
             "status": APPOINTMENT_STATUS[rec["status"]],
             "position": {"latitude": round(lat, 6), "longitude": round(lon, 6)},
             "scheduledItems": [{"id": 500 + i, "name": t} for i, t in enumerate(tasks)],
-            "tasks": [
-                {"id": 600 + i, "description": t, "status": "COMPLETE" if done else "NOT_COMPLETE"}
-                for i, t in enumerate(tasks)
-            ],
+            "tasks": [self._task(rec["id"], 600 + i, t, done) for i, t in enumerate(tasks)],
         }
+
+    def _task(self, appt_id: str, task_id: int, description: str, done: bool) -> dict[str, Any]:
+        task = {"id": task_id, "description": description, "status": "COMPLETE" if done else "NOT_COMPLETE"}
+        override = self.extras.get("task", f"{appt_id}:{task_id}")
+        if override:
+            task["status"] = override["status"]
+            if override.get("comment"):
+                task["comment"] = override["comment"]
+        return task
 
     def encounter(self, rec: dict[str, Any]) -> dict[str, Any]:
         patient = self.store.get("patients", rec["patient_id"])
