@@ -14,7 +14,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from .api import HcResponse, HomeConnect, Options, aws_forbidden
+from .api import HomeConnect
+from .http import HcResponse, aws_forbidden
+from .options import Options
 
 if TYPE_CHECKING:
     from ..tenant import Tenant

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ..store import Store
-from .api import Options
 from .data import Extras
+from .options import Options
 from .shapes import Shapes
 from .subscriptions import CRITERIA
 
