@@ -1,16 +1,15 @@
 """``WellSkyClient``: the only way the tap and target talk HTTP to WellSky.
 
 One pooled keep-alive ``httpx.Client`` per client; every request goes through the token bucket, the auth
-flow (login, cookie rotation, re-auth on 401) and a retry loop:
+flow (login, cookie rotation, re-auth on 401) and a retry loop that composes three pieces:
 
-- retried: 5xx, 408, 429, dropped connections, read timeouts, and truncated JSON bodies, with exponential
-  backoff and full jitter (``uniform(0, min(max, base * 2**n))``), or the server's ``Retry-After`` on
-  429/503 (seconds or an HTTP date);
-- writes (POST without an idempotency key) are only retried when the server cannot have applied them
-  (429, 503, connection refused), since a replay could double-book a visit;
-- a host that refuses the very first connection fails at once (it is a wrong ``base_url``, not a blip);
-- after ``max_retries`` the last failure is raised as :class:`~wellsky_core.errors.WellSkyTransportError` with
-  the URL (query values masked), status and attempt count.
+- classification (``retry.py``): what one attempt got -> retry (and why), usable, or an error no retry fixes;
+- backoff (``retry.Backoff``): exponential with full jitter, or the server's ``Retry-After``;
+- decoding (:meth:`WellSkyClient._decode`): a truncated JSON body is retried like a dropped connection.
+
+After ``max_retries`` the last failure is raised as :class:`~wellsky_core.errors.WellSkyTransportError` with
+the URL (query values masked), status and attempt count. Paging (REST cursors, FHIR Bundle links) lives in
+``paging.py``. Tests inject an ``httpx.MockTransport`` through ``transport=`` for fast unit tests.
 
 Each retry logs one line on ``wellsky_core.transport`` and is counted in :class:`~wellsky_core.metrics.Metrics`
 by reason (the status code, ``connection``, ``timeout`` or ``malformed``).
@@ -19,7 +18,6 @@ by reason (the status code, ``connection``, ``timeout`` or ``malformed``).
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -29,26 +27,18 @@ from typing import Any
 import httpx
 import orjson
 
-from wellsky_core.auth import RefreshingAuth, build_auth, parse_retry_after
+from wellsky_core.auth import RefreshingAuth, build_auth
 from wellsky_core.config import WellSkyConfig
-from wellsky_core.errors import (
-    AuthError,
-    ConfigError,
-    RemoteError,
-    RetryableAuthFailure,
-    WellSkyTransportError,
-    error_fields,
-    redact_url,
-)
+from wellsky_core.errors import ConfigError, RemoteError, RetryableAuthFailure, WellSkyTransportError, redact_url
 from wellsky_core.metrics import Metrics
+from wellsky_core.paging import iter_bundles, iter_cursor_pages
 from wellsky_core.ratelimit import TokenBucket
 from wellsky_core.redaction import register_secret
+from wellsky_core.retry import Backoff, Retry, classify_exception, classify_response, is_safe
 
 logger = logging.getLogger("wellsky_core.transport")
 
 USER_AGENT = "tap-wellsky/0.1 (+wellsky_core)"
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-MAX_RETRY_AFTER_SECONDS = 900.0
 
 Params = Mapping[str, Any] | None
 
@@ -56,10 +46,6 @@ Params = Mapping[str, Any] | None
 def _no_cookie_jar() -> CookieJar:
     """A jar that stores nothing: the session cookie is owned by SessionAuth, never by httpx's shared jar."""
     return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-
-
-EXPIRY_CODES = frozenset({"session_expired", "invalid_session", "cookie_rotated", "token_expired", "invalid_token"})
-"""401 codes meaning "log in again", as opposed to credentials that are wrong."""
 
 
 class WellSkyClient:
@@ -72,7 +58,9 @@ class WellSkyClient:
         auth: httpx.Auth | None = None,
         metrics: Metrics | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
+        """``transport`` replaces the network (an ``httpx.MockTransport`` in unit tests)."""
         if not config.base_url:
             raise ConfigError("base_url", "required to reach a tenant; set the WellSky API root URL")
         self.config = config
@@ -85,7 +73,7 @@ class WellSkyClient:
         register_secret(*config.secret_values())
         self._limiter = TokenBucket(config.max_requests_per_second or None, burst=1)
         self._sleep = sleep
-        self._rng = random.Random()
+        self._backoff = Backoff(config.backoff_base_seconds, config.backoff_max_seconds)
         self._connected = False
         timeout = httpx.Timeout(config.timeout_seconds, connect=min(config.timeout_seconds, 10.0))
         self._http = httpx.Client(
@@ -97,6 +85,7 @@ class WellSkyClient:
             cookies=_no_cookie_jar(),
             follow_redirects=False,
             event_hooks={"request": [self._on_request]},
+            transport=transport,
         )
         self._origin = self._http.base_url.copy_with(raw_path=b"/")
 
@@ -104,22 +93,37 @@ class WellSkyClient:
     def _on_request(self, request: httpx.Request) -> None:
         self.metrics.add_request()
 
-    def _backoff(self, attempt: int) -> float:
-        """Full jitter: anywhere between 0 and the capped exponential step, so clients do not synchronize."""
-        cap = min(self.config.backoff_max_seconds, self.config.backoff_base_seconds * 2 ** (attempt - 1))
-        return self._rng.uniform(0, cap)
+    def _attempt(
+        self, request: httpx.Request, *, safe: bool, expected: Sequence[int], parse_json: bool, attempt: int, last: bool
+    ) -> tuple[httpx.Response, Any] | Retry:
+        """Send once: the usable answer (response, decoded body), or the retry to make (errors are raised)."""
+        try:
+            response = self._http.send(request, auth=self.auth)
+        except (RetryableAuthFailure, httpx.TransportError) as exc:
+            return classify_exception(exc, request, safe=safe, connected=self._connected, attempt=attempt)
+        self._connected = True
+        self.metrics.add_bytes(len(response.content))
+        verdict = classify_response(response, safe=safe, expected=expected, attempt=attempt)
+        if verdict is not None:
+            return verdict
+        if not parse_json or response.status_code in expected:
+            return response, None
+        return self._decode(response, retryable=safe and not last, attempt=attempt)
 
-    def _fail_connect(self, exc: httpx.TransportError, request: httpx.Request, attempt: int) -> WellSkyTransportError:
-        tls = "CERTIFICATE_VERIFY_FAILED" in str(exc) or "SSL" in type(exc).__name__
-        fix = (
-            "the server certificate is not trusted; set `ca_bundle` to your CA's PEM (or verify_tls=false "
-            "for a test tenant)"
-            if tls
-            else "check `base_url` (host, port and scheme) and that the tenant is reachable from here"
-        )
-        return WellSkyTransportError(
-            f"cannot connect to {request.url.host}: {fix}", url=request.url, attempts=attempt, reason="connect"
-        )
+    @staticmethod
+    def _decode(response: httpx.Response, *, retryable: bool, attempt: int) -> tuple[httpx.Response, Any] | Retry:
+        """Decode a JSON body; a truncated one is retried when it may be, else a RemoteError naming the path."""
+        try:
+            return response, orjson.loads(response.content)  # ~3x faster than json on big pages
+        except (ValueError, UnicodeDecodeError):
+            if retryable:
+                return Retry("malformed", response.status_code)
+            raise RemoteError(
+                response.status_code,
+                "malformed_json",
+                f"the body of {response.request.url.path} is not valid JSON (truncated?) after {attempt} attempt(s)",
+                url=response.request.url,
+            ) from None
 
     def _send(
         self,
@@ -137,100 +141,31 @@ class WellSkyClient:
         all_headers = dict(headers or {})
         if idempotency_key:
             all_headers["Idempotency-Key"] = idempotency_key
-        safe = method in IDEMPOTENT_METHODS or idempotency_key is not None
+        safe = is_safe(method, idempotency_key)
         attempts_allowed = self.config.max_retries + 1
-        status: int | None = None
-        reason = "unknown"
+        last = Retry("unknown")
         target: httpx.URL | str = url
         for attempt in range(1, attempts_allowed + 1):
             self.metrics.add_rate_limit_wait(self._limiter.acquire())
             request = self._http.build_request(method, url, params=params, json=json, headers=all_headers)
             target = request.url
-            retry_after: float | None = None
-            detail = ""
-            try:
-                response = self._http.send(request, auth=self.auth)
-            except RetryableAuthFailure as exc:
-                status, reason, retry_after = exc.status, exc.reason, exc.retry_after
-                detail = " during login"
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                if not self._connected:
-                    raise self._fail_connect(exc, request, attempt) from None
-                status, reason, detail = None, "connection", f" ({type(exc).__name__})"
-            except httpx.TimeoutException as exc:
-                status, reason, detail = None, "timeout", f" ({type(exc).__name__})"
-                if not safe:
-                    raise WellSkyTransportError(
-                        f"{method} timed out and may have been applied; retry it with an idempotency key "
-                        "or raise timeout_seconds",
-                        url=request.url,
-                        attempts=attempt,
-                        reason=reason,
-                    ) from None
-            except httpx.TransportError as exc:
-                status, reason, detail = None, "connection", f" ({type(exc).__name__})"
-                if not safe:
-                    raise WellSkyTransportError(
-                        f"connection dropped during {method}; the write may have been applied: resend it "
-                        "with an idempotency key",
-                        url=request.url,
-                        attempts=attempt,
-                        reason=reason,
-                    ) from None
-            else:
-                self._connected = True
-                self.metrics.add_bytes(len(response.content))
-                status = response.status_code
-                if status in expected:
-                    return response, None
-                if status == 401 and safe and error_fields(response)[0] in EXPIRY_CODES and attempt == 1:
-                    # the session died again between the re-login and its replay (e.g. a mass expiry):
-                    # one more pass through the auth flow logs in afresh; bad credentials fail at login instead
-                    reason = "401"
-                elif status == 401:
-                    code, message = error_fields(response)
-                    raise AuthError(
-                        f"WellSky rejected the credentials for {redact_url(request.url)} even after logging "
-                        f"in again ({code or 401}: {message or 'no detail'}); check the auth settings",
-                        status=401,
-                    )
-                elif status in (408, 429) or status >= 500:
-                    reason = str(status)
-                    if status in (429, 503):
-                        retry_after = parse_retry_after(response.headers.get("retry-after"))
-                    if not safe and status not in (429, 503):
-                        code, message = error_fields(response)
-                        raise RemoteError(status, code, message, url=request.url)
-                elif status >= 300:
-                    code, message = error_fields(response)
-                    raise RemoteError(status, code, message, url=request.url)
-                elif not parse_json:
-                    return response, None
-                else:
-                    try:
-                        return response, orjson.loads(response.content)  # ~3x faster than json on big pages
-                    except (ValueError, UnicodeDecodeError):
-                        reason = "malformed"
-                        if not safe or attempt == attempts_allowed:
-                            raise RemoteError(
-                                status,
-                                "malformed_json",
-                                f"the body of {request.url.path} is not valid JSON (truncated?) after "
-                                f"{attempt} attempt(s)",
-                                url=request.url,
-                            ) from None
+            outcome = self._attempt(
+                request, safe=safe, expected=expected, parse_json=parse_json, attempt=attempt,
+                last=attempt == attempts_allowed,
+            )
+            if not isinstance(outcome, Retry):
+                return outcome
+            last = outcome
             if attempt == attempts_allowed:
                 break
-            wait = self._backoff(attempt)
-            if retry_after is not None:
-                wait = min(retry_after, MAX_RETRY_AFTER_SECONDS)
-            self.metrics.add_retry(reason)
+            wait = self._backoff.delay(attempt, outcome.retry_after)
+            self.metrics.add_retry(outcome.reason)
             logger.warning(
                 "retrying %s %s after %s%s: attempt %d of %d, waiting %.2f s",
                 method,
                 redact_url(request.url),
-                reason,
-                detail,
+                outcome.reason,
+                outcome.detail,
                 attempt + 1,
                 attempts_allowed,
                 wait,
@@ -238,12 +173,12 @@ class WellSkyClient:
             if wait > 0:
                 self._sleep(wait)
         raise WellSkyTransportError(
-            f"{method} gave no usable answer within the retry budget (last: {reason}); raise max_retries "
+            f"{method} gave no usable answer within the retry budget (last: {last.reason}); raise max_retries "
             "or check the tenant's status",
             url=target,
-            status=status,
+            status=last.status,
             attempts=attempts_allowed,
-            reason=reason,
+            reason=last.reason,
         )
 
     # -- public API ---------------------------------------------------------------------------------------
@@ -276,29 +211,8 @@ class WellSkyClient:
         return body
 
     def iter_pages(self, path: str, params: Params = None) -> Iterator[list[dict[str, Any]]]:
-        """Yield ``data`` of each REST page, following ``next_cursor`` until it is null.
-
-        A page is fetched again (same cursor) after any retry or re-login, so no page is lost or repeated.
-        """
-        query = dict(params or {})
-        query.setdefault("limit", self.config.page_size)
-        previous: str | None = None
-        while True:
-            body = self.get_json(path, query)
-            if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-                raise RemoteError(
-                    200, "unexpected_shape", f'{path} did not answer {{"data": [...], "next_cursor": ...}}', url=path
-                )
-            page: list[dict[str, Any]] = body["data"]
-            self.metrics.add_page(len(page))
-            yield page
-            cursor = body.get("next_cursor")
-            if not cursor:
-                return
-            if cursor == previous:
-                raise RemoteError(200, "cursor_loop", f"{path} returned the same next_cursor twice", url=path)
-            previous = cursor
-            query["cursor"] = cursor
+        """Yield ``data`` of each REST page, following ``next_cursor`` (``paging.iter_cursor_pages``)."""
+        return iter_cursor_pages(self.get_json, path, params, page_size=self.config.page_size, metrics=self.metrics)
 
     def same_origin(self, link: str) -> httpx.URL:
         """A server-given link resolved against the tenant, refused when it points elsewhere (see below)."""
@@ -317,25 +231,8 @@ class WellSkyClient:
         return url
 
     def iter_fhir_bundles(self, path: str, params: Params = None) -> Iterator[dict[str, Any]]:
-        """Yield each searchset Bundle, following ``link[relation=next]`` until there is none."""
-        target: str | httpx.URL = path
-        query: dict[str, Any] | None = dict(params or {})
-        seen: set[str] = set()
-        while True:
-            bundle = self.get_json(target, query or None)
-            if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-                raise RemoteError(200, "unexpected_shape", f"{path} did not answer a FHIR Bundle", url=path)
-            self.metrics.add_page(len(bundle.get("entry") or []))
-            yield bundle
-            links = bundle.get("link") or []
-            next_link = next((lk.get("url") for lk in links if lk.get("relation") == "next" and lk.get("url")), None)
-            if not next_link:
-                return
-            target = self._same_origin(str(next_link))
-            if str(target) in seen:
-                raise RemoteError(200, "link_loop", f"{path} returned the same next link twice", url=path)
-            seen.add(str(target))
-            query = None
+        """Yield each searchset Bundle, following ``link[relation=next]`` (``paging.iter_bundles``)."""
+        return iter_bundles(self.get_json, self._same_origin, path, params, metrics=self.metrics)
 
     @contextmanager
     def stream(

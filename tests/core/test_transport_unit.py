@@ -1,0 +1,218 @@
+"""Fast unit tests of the transport's pieces with ``httpx.MockTransport``: classification, backoff, decoding
+and paging (the live-sandbox behaviour is covered in ``test_transport.py``)."""
+
+from __future__ import annotations
+
+import random
+
+import httpx
+import orjson
+import pytest
+
+from wellsky_core.config import WellSkyConfig
+from wellsky_core.errors import AuthError, RemoteError, WellSkyTransportError
+from wellsky_core.retry import MAX_RETRY_AFTER_SECONDS, Backoff
+from wellsky_core.transport import WellSkyClient
+
+BASE = "https://tenant.example.test"
+
+
+def make_client(handler, *, max_retries: int = 3, **extra) -> tuple[WellSkyClient, list[float]]:
+    cfg = WellSkyConfig.load(
+        {"base_url": BASE, "username": "u", "password": "p", "max_retries": max_retries,
+         "backoff_base_seconds": 0.5, "backoff_max_seconds": 4, "max_requests_per_second": 0, **extra},
+        env={},
+    )
+    waits: list[float] = []
+    client = WellSkyClient(cfg, auth=httpx.Auth(), sleep=waits.append, transport=httpx.MockTransport(handler))
+    return client, waits
+
+
+def scripted(*answers):
+    """A handler answering each request with the next item (a response or an exception to raise)."""
+    queue = list(answers)
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        answer = queue.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    handler.seen = seen  # type: ignore[attr-defined]
+    return handler
+
+
+def ok(body) -> httpx.Response:
+    return httpx.Response(200, content=orjson.dumps(body))
+
+
+# -- classification ---------------------------------------------------------------------------------------
+def test_5xx_then_success_is_retried_and_counted():
+    client, waits = make_client(scripted(httpx.Response(502), httpx.Response(500), ok({"a": 1})))
+    assert client.get_json("/x") == {"a": 1}
+    assert client.metrics.retries == {"502": 1, "500": 1} and len(waits) == 2
+
+
+def test_429_waits_for_retry_after_seconds():
+    client, waits = make_client(scripted(httpx.Response(429, headers={"Retry-After": "7"}), ok({})))
+    client.get_json("/x")
+    assert waits == [7.0]
+
+
+def test_4xx_is_not_retried_and_names_the_server_code():
+    handler = scripted(httpx.Response(422, json={"error": "bad_field", "message": "mrn is required"}))
+    client, waits = make_client(handler)
+    with pytest.raises(RemoteError) as info:
+        client.request("POST", "/patients", json={})
+    assert info.value.status == 422 and info.value.code == "bad_field" and waits == []
+
+
+def test_expected_status_is_returned_not_raised():
+    client, _ = make_client(scripted(httpx.Response(404, json={"error": "not_found"})))
+    assert client.request("GET", "/patients/1", expected=(404,)).status_code == 404
+
+
+def test_post_without_idempotency_key_is_not_retried_on_500():
+    handler = scripted(httpx.Response(500), ok({}))
+    client, _ = make_client(handler)
+    with pytest.raises(RemoteError):
+        client.request("POST", "/appointments", json={})
+    assert len(handler.seen) == 1, "a replay could double-book"
+
+
+def test_post_with_idempotency_key_is_retried_on_500():
+    handler = scripted(httpx.Response(500), httpx.Response(201, json={"id": "1"}))
+    client, _ = make_client(handler)
+    assert client.request("POST", "/appointments", json={}, idempotency_key="k").status_code == 201
+    assert [r.headers["Idempotency-Key"] for r in handler.seen] == ["k", "k"]
+
+
+def test_post_is_retried_on_429_because_the_server_did_not_apply_it():
+    handler = scripted(httpx.Response(429), httpx.Response(201, json={}))
+    client, _ = make_client(handler)
+    assert client.request("POST", "/appointments", json={}).status_code == 201
+
+
+def test_dropped_connection_during_post_is_an_error_not_a_retry():
+    client, _ = make_client(scripted(ok({}), httpx.RemoteProtocolError("peer closed")))
+    client.get_json("/tenant")
+    with pytest.raises(WellSkyTransportError) as info:
+        client.request("POST", "/appointments", json={})
+    assert "idempotency key" in str(info.value) and info.value.reason == "connection"
+
+
+def test_first_connection_refused_fails_at_once_naming_base_url():
+    handler = scripted(httpx.ConnectError("refused"), ok({}))
+    client, waits = make_client(handler)
+    with pytest.raises(WellSkyTransportError) as info:
+        client.get_json("/tenant")
+    assert info.value.reason == "connect" and "base_url" in str(info.value) and waits == []
+
+
+def test_connection_refused_after_a_success_is_retried():
+    client, _ = make_client(scripted(ok({}), httpx.ConnectError("refused"), ok({"b": 2})))
+    client.get_json("/tenant")
+    assert client.get_json("/x") == {"b": 2}
+    assert client.metrics.retries == {"connection": 1}
+
+
+def test_read_timeout_of_a_get_is_retried():
+    client, _ = make_client(scripted(httpx.ReadTimeout("slow"), ok({})))
+    client.get_json("/x")
+    assert client.metrics.retries == {"timeout": 1}
+
+
+def test_401_with_expiry_code_is_retried_once_then_credentials_are_blamed():
+    expired = httpx.Response(401, json={"error": "session_expired"})
+    client, _ = make_client(scripted(expired, ok({})))
+    assert client.get_json("/x") == {}
+    client, _ = make_client(scripted(httpx.Response(401, json={"error": "bad_credentials"})))
+    with pytest.raises(AuthError, match="check the auth settings"):
+        client.get_json("/x")
+
+
+def test_budget_exhausted_names_the_last_reason_and_attempts():
+    client, waits = make_client(scripted(*[httpx.Response(503)] * 3), max_retries=2)
+    with pytest.raises(WellSkyTransportError) as info:
+        client.get_json("/x?cursor=secret")
+    assert info.value.attempts == 3 and info.value.status == 503 and len(waits) == 2
+    assert "secret" not in str(info.value), "query values are masked"
+
+
+# -- decoding ---------------------------------------------------------------------------------------------
+def test_truncated_json_is_retried_then_reported_with_the_path():
+    truncated = httpx.Response(200, content=b'{"data": [')
+    client, _ = make_client(scripted(truncated, ok({"ok": True})))
+    assert client.get_json("/x") == {"ok": True} and client.metrics.retries == {"malformed": 1}
+    client, _ = make_client(scripted(*[truncated] * 2), max_retries=1)
+    with pytest.raises(RemoteError) as info:
+        client.get_json("/patients")
+    assert info.value.code == "malformed_json" and "/patients" in str(info.value)
+
+
+# -- backoff ----------------------------------------------------------------------------------------------
+def test_backoff_is_full_jitter_under_the_capped_exponential_step():
+    backoff = Backoff(0.5, 4.0, rng=random.Random(3))
+    for attempt, cap in ((1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (9, 4.0)):
+        samples = [backoff.delay(attempt) for _ in range(200)]
+        assert all(0 <= s <= cap for s in samples) and max(samples) > cap * 0.8
+
+
+def test_backoff_prefers_retry_after_but_caps_it():
+    backoff = Backoff(0.5, 4.0)
+    assert backoff.delay(1, retry_after=12.0) == 12.0
+    assert backoff.delay(1, retry_after=10**6) == MAX_RETRY_AFTER_SECONDS
+
+
+# -- paging -----------------------------------------------------------------------------------------------
+def test_cursor_pages_are_followed_to_the_end():
+    pages = {None: ([1, 2], "c1"), "c1": ([3], "c2"), "c2": ([], None)}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        data, nxt = pages[request.url.params.get("cursor")]
+        assert request.url.params["limit"] == "2"
+        return ok({"data": [{"id": i} for i in data], "next_cursor": nxt})
+
+    client, _ = make_client(handler, page_size=2)
+    assert [r["id"] for page in client.iter_pages("/patients") for r in page] == [1, 2, 3]
+    assert client.metrics.snapshot()["pages"] == 3
+
+
+def test_a_cursor_seen_before_stops_the_loop():
+    pages = {None: "a", "a": "b", "b": "a"}  # a -> b -> a: not consecutive, still a loop
+    client, _ = make_client(lambda r: ok({"data": [], "next_cursor": pages[r.url.params.get("cursor")]}))
+    with pytest.raises(RemoteError) as info:
+        list(client.iter_pages("/patients"))
+    assert info.value.code == "cursor_loop"
+
+
+def test_a_page_without_data_is_an_unexpected_shape():
+    client, _ = make_client(scripted(ok({"items": []})))
+    with pytest.raises(RemoteError) as info:
+        list(client.iter_pages("/patients"))
+    assert info.value.code == "unexpected_shape"
+
+
+def bundle(next_url: str | None, n: int = 1) -> dict:
+    links = [{"relation": "next", "url": next_url}] if next_url else []
+    return {"resourceType": "Bundle", "type": "searchset", "entry": [{}] * n, "link": links}
+
+
+def test_bundle_next_links_are_followed_and_loops_stopped():
+    client, _ = make_client(scripted(ok(bundle(f"{BASE}/fhir/Patient?page=2")), ok(bundle(None))))
+    assert len(list(client.iter_fhir_bundles("/fhir/Patient", {"_count": 1}))) == 2
+    looping = scripted(ok(bundle("/fhir/Patient?page=2")), ok(bundle("/fhir/Patient?page=2")))
+    client, _ = make_client(looping)
+    with pytest.raises(RemoteError) as info:
+        list(client.iter_fhir_bundles("/fhir/Patient"))
+    assert info.value.code == "link_loop"
+
+
+def test_bundle_next_link_to_another_host_is_refused():
+    handler = scripted(ok(bundle("https://evil.example.test/fhir/Patient?page=2")))
+    client, _ = make_client(handler)
+    with pytest.raises(RemoteError) as info:
+        list(client.iter_fhir_bundles("/fhir/Patient"))
+    assert info.value.code == "foreign_next_link" and len(handler.seen) == 1
