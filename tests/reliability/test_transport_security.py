@@ -174,7 +174,7 @@ def _sftp_config(sb: Any, **extra: Any) -> WellSkyConfig:
 
 
 def test_sftp_without_a_pinned_host_key_is_refused(sftp_tenant: Any) -> None:
-    from wellsky_core.channels.hl7_sftp import connect_sftp
+    from wellsky_core.channels.sftp import connect_sftp
 
     with pytest.raises(ConfigError) as info:
         connect_sftp(_sftp_config(sftp_tenant))
@@ -182,7 +182,7 @@ def test_sftp_without_a_pinned_host_key_is_refused(sftp_tenant: Any) -> None:
 
 
 def test_sftp_unknown_host_key_is_refused(sftp_tenant: Any, tmp_path: Path) -> None:
-    from wellsky_core.channels.hl7_sftp import connect_sftp
+    from wellsky_core.channels.sftp import connect_sftp
 
     other = paramiko.Ed25519Key.from_private_key_file(str(_ed25519_file(tmp_path)))
     with pytest.raises(AuthError) as info:

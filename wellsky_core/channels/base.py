@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from ..deadletter import DeadLetter
+from ..errors import NormalizationError
 
 if TYPE_CHECKING:
     from ..config import WellSkyConfig
@@ -46,14 +47,24 @@ class Channel(abc.ABC):
         self._own_dead_letter = dead_letter is None
         self.dead_letter = dead_letter or DeadLetter(config.dead_letter_path)
 
-    def reject(self, entity: str, exc: Exception, payload: Any, **context: Any) -> None:
-        """Dead-letter one input that cannot be normalized; without a dead-letter file, stop (never drop)."""
+    def reject(self, entity: str | None, problem: Exception | str, payload: Any, **context: Any) -> None:
+        """Refuse one input that cannot become a canonical record — the one reject path of every channel.
+
+        With a dead-letter file the input is kept there with the reason and the sync goes on; without one the
+        sync stops with the error (never a silent drop). ``problem`` is a PHI-free reason or exception.
+        """
         if self.dead_letter.path is None:
-            raise exc
+            if isinstance(problem, Exception):
+                raise problem
+            raise NormalizationError(
+                entity or "input", context.get("field", "$"),
+                f"{problem} ({self.name} channel); set dead_letter_path to set such inputs aside and continue",
+            )
         self.dead_letter.write(
-            stage="read", stream=entity, reason=str(exc), payload=payload, context={"channel": self.name, **context}
+            stage="read", stream=entity, reason=str(problem), payload=payload,
+            context={"channel": self.name, **context},
         )
-        logging.getLogger(type(self).__module__).warning("dead-lettered one %s input: %s", entity, exc)
+        logging.getLogger(type(self).__module__).warning("dead-lettered one %s input: %s", entity, problem)
 
     @abc.abstractmethod
     def supports(self, entity: str) -> bool:

@@ -4,7 +4,7 @@ Files are named ``<entity>_<YYYYMMDDTHHMMSSZ>_<run>.csv``; the stamp is the newe
 so files stamped before ``since`` are skipped unread. Files are read oldest first and the latest row per id
 wins; records with ``updated_at >= since`` are yielded in (updated_at, id) order.
 
-Where from: ``via="sftp"`` reads ``sftp_export_dir`` (host key pinned, see ``hl7_sftp.connect_sftp``);
+Where from: ``via="sftp"`` reads ``sftp_export_dir`` (host key pinned, see ``sftp.connect_sftp``);
 ``via="http"`` lists ``GET /exports`` with the tenant client and downloads each signed URL before it
 expires — a 410 (expired) re-lists and retries with the fresh URL, and size and sha256 are verified when the
 listing gives them. ``via="auto"`` (default) uses SFTP when ``sftp_host`` is set, otherwise HTTP.
@@ -41,10 +41,9 @@ from ..models import ENTITIES
 from .base import Channel, LatestVersions
 
 if TYPE_CHECKING:
-    import paramiko
-
     from ..config import WellSkyConfig
     from ..transport import WellSkyClient
+    from .sftp import SftpConnection
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +91,7 @@ class ExportChannel(Channel):
             raise ConfigError("base_url", "the export channel over HTTP needs the tenant API (or set sftp_host)")
         super().__init__(config=config, client=client, product=product, dead_letter=dead_letter)
         self.via = via
-        self._sftp: tuple[paramiko.Transport, paramiko.SFTPClient] | None = None
+        self._sftp: SftpConnection | None = None
         self._http: httpx.Client | None = None
         self.files_read: list[str] = []
         self.relists = 0
@@ -105,11 +104,11 @@ class ExportChannel(Channel):
         """``[{name, entity, stamp, size?, sha256?, url?}]`` sorted by name."""
         out = []
         if self.via == "sftp":
-            from .hl7_sftp import connect_sftp, list_files
+            from .sftp import connect_sftp, list_files
 
             if self._sftp is None:
                 self._sftp = connect_sftp(self.config)
-            for attr in list_files(self._sftp[1], self.config.sftp_export_dir, ".csv"):
+            for attr in list_files(self._sftp[1], self.config.sftp_export_dir, ".csv", setting="sftp_export_dir"):
                 out.append({"name": attr.filename, "size": attr.st_size})
         else:
             assert self.client is not None
@@ -205,26 +204,13 @@ class ExportChannel(Channel):
         nested = _nested_fields(model)
         text = codecs.getreader("utf-8")(fh, errors="strict")
         reader = csv.reader(_lines(text))
-        ctx = {"channel": self.name, "file": name}
         try:
             header = next(reader)
         except StopIteration:
-            self.dead_letter.write(
-                stage="read",
-                stream=entity,
-                reason="empty file (no header row)",
-                payload=None,
-                context={**ctx, "row": 1},
-            )
+            self.reject(entity, "empty file (no header row)", None, file=name, row=1)
             return
         except (csv.Error, UnicodeDecodeError) as exc:
-            self.dead_letter.write(
-                stage="read",
-                stream=entity,
-                reason=f"unreadable header ({type(exc).__name__})",
-                payload=None,
-                context={**ctx, "row": 1},
-            )
+            self.reject(entity, f"unreadable header ({type(exc).__name__})", None, file=name, row=1)
             return
         required = {n for n, f in model.model_fields.items() if f.is_required()}
         missing = sorted(required - set(header))
@@ -239,7 +225,7 @@ class ExportChannel(Channel):
                 )
                 if p
             )
-            self.dead_letter.write(stage="read", stream=entity, reason=why, payload=header, context={**ctx, "row": 1})
+            self.reject(entity, why, header, file=name, row=1)
             return
         row_no = 1
         while True:
@@ -249,29 +235,15 @@ class ExportChannel(Channel):
             except StopIteration:
                 return
             except (csv.Error, UnicodeDecodeError) as exc:
-                self.dead_letter.write(
-                    stage="read",
-                    stream=entity,
-                    reason=f"unreadable row ({type(exc).__name__})",
-                    payload=None,
-                    context={**ctx, "row": row_no},
-                )
+                self.reject(entity, f"unreadable row ({type(exc).__name__})", None, file=name, row=row_no)
                 return  # the stream position is unknown after a broken quote or bad bytes: stop this file
             if len(row) != len(header):
-                self.dead_letter.write(
-                    stage="read",
-                    stream=entity,
-                    reason=f"row has {len(row)} cells, header has {len(header)}",
-                    payload=row,
-                    context={**ctx, "row": row_no},
-                )
+                self.reject(entity, f"row has {len(row)} cells, header has {len(header)}", row, file=name, row=row_no)
                 continue
             try:
                 rec = self._record(model, nested, header, row)
             except ValueError as exc:
-                self.dead_letter.write(
-                    stage="read", stream=entity, reason=str(exc), payload=row, context={**ctx, "row": row_no}
-                )
+                self.reject(entity, str(exc), row, file=name, row=row_no)
                 continue
             yield row_no, rec
 
@@ -300,8 +272,9 @@ class ExportChannel(Channel):
 
     def close(self) -> None:
         if self._sftp is not None:
-            self._sftp[1].close()
-            self._sftp[0].close()
+            from .sftp import close_sftp
+
+            close_sftp(self._sftp)
             self._sftp = None
         if self._http is not None:
             self._http.close()

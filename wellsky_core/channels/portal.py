@@ -344,14 +344,6 @@ class PortalChannel(Channel):
         }
         return validated(entity, data, rid)
 
-    def reject(self, entity: str, exc: NormalizationError, row: Any) -> None:
-        """Dead-letter an unreadable row; without a dead-letter file, stop (never drop)."""
-        if self.dead_letter.path is None:
-            raise exc
-        self.dead_letter.write(
-            stage="read", stream=entity, reason=str(exc), payload=row, context={"channel": self.name}
-        )
-        log.warning("dead-lettered one %s portal row: %s", entity, exc)
 
 
 def _where(page: Page) -> str:
