@@ -16,10 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NoReturn
 
-from pydantic import ValidationError
-
 from wellsky_core.errors import NormalizationError
-from wellsky_core.models import ENTITIES
+from wellsky_core.normalize.validation import validated
 
 SITE = "https://wellsky-sandbox.example/fhir"
 EXT = f"{SITE}/StructureDefinition/"
@@ -205,17 +203,6 @@ def _period(value: Any) -> tuple[Any, Any]:
     if not isinstance(value, Mapping):
         return None, None
     return value.get("start"), value.get("end")
-
-
-def validated(entity: str, data: dict[str, Any], record_id: str | None = None) -> dict[str, Any]:
-    """Validate with the entity's canonical model; errors name the field path, never the input value."""
-    model = ENTITIES[entity].model
-    try:
-        return model.model_validate(data).model_dump(mode="json")
-    except ValidationError as exc:
-        first = exc.errors(include_input=False, include_url=False)[0]
-        field = ".".join(str(p) for p in first["loc"]) or "record"
-        raise NormalizationError(entity, field, first["msg"], record_id=record_id) from None
 
 
 # -- one function per entity ----------------------------------------------------------------------------------

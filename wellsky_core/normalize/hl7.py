@@ -36,10 +36,9 @@ from typing import Any
 
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_segment
-from pydantic import ValidationError
 
 from ..errors import NormalizationError
-from ..models import ENTITIES
+from .validation import validated
 
 BATCH_SEGMENTS = ("FHS", "BHS", "BTS", "FTS")
 SINGLE_SEGMENTS = ("MSH", "EVN", "PID", "PV1", "SCH", "OBR")
@@ -281,13 +280,7 @@ def normalize_message(text: str) -> tuple[str, dict[str, Any]]:
     else:
         rec = _encounter(m)
     rec["updated_at"] = updated_at
-    try:
-        model = ENTITIES[entity].model.model_validate(rec)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "record"
-        raise NormalizationError(entity, where, f"{err['type']}: {err['msg']}", record_id=rec.get("id")) from None
-    return entity, model.model_dump(mode="json")
+    return entity, validated(entity, rec, rec.get("id"), with_type=True)
 
 
 def _wellsky_id(m: _Msg, pid: list[str] | None) -> tuple[str, dict[str, str]]:

@@ -17,11 +17,9 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from ..dialects import DATE_FIELDS, ID_FIELDS, TIMESTAMP_FIELDS, Dialect, dialect
 from ..errors import NormalizationError
-from ..models import ENTITIES
+from .validation import validated
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 
@@ -211,20 +209,15 @@ def _converters(d: Dialect, entity: str) -> dict[str, Converter]:
 
 def to_canonical(product: str, entity: str, native: Any) -> dict[str, Any]:
     """One native record -> one validated canonical record (JSON-ready dict)."""
-    spec = ENTITIES[entity]
     if not isinstance(native, dict):
         raise NormalizationError(entity, "$", "record is not a JSON object")
     d = dialect(product)
     try:
         fields = native_to_fields(d, entity, native)
-        return spec.model.model_validate(fields).model_dump(mode="json")
     except _Bad as bad:
         label = ".".join(_camel(p) for p in bad.field.split(".")) if d.camel_case else bad.field
         raise NormalizationError(entity, label, bad.reason, record_id=_safe_id(native)) from None
-    except ValidationError as exc:
-        err = exc.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(p) for p in err["loc"]) or "$"
-        raise NormalizationError(entity, where, err["msg"], record_id=_safe_id(native)) from None
+    return validated(entity, fields, _safe_id(native), root="$")
 
 
 def _safe_id(native: dict[str, Any]) -> str | None:
