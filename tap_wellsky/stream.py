@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterable
@@ -10,10 +9,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from singer_sdk import Stream
-from singer_sdk.helpers._typing import TypeConformanceLevel
+from singer_sdk.helpers.conform import TypeConformanceLevel
 
 from wellsky_core.channels import channel_class
-from wellsky_core.config import WellSkyConfig
 from wellsky_core.schemas import stream_schema
 
 from .fastio import FastRecordWriter, fast_writer_for
@@ -38,8 +36,8 @@ class WellSkyStream(Stream):
     def __init__(self, tap: TapWellSky) -> None:
         super().__init__(tap, schema=stream_schema(self.name), name=self.name)
         self.wellsky_tap = tap
-        # a STATE after every page's worth of records (from the raw config: discovery opens no connection)
-        self.STATE_MSG_FREQUENCY = int(tap.config.get("page_size") or WellSkyConfig.model_fields["page_size"].default)
+        # a STATE after every page's worth of records (discovery validates settings but opens no connection)
+        self.STATE_MSG_FREQUENCY = tap.settings.page_size
         self.summary: dict[str, Any] = {"records": 0, "seconds": 0.0}
         self._fast_writer: FastRecordWriter | bool | None = False  # False: not decided yet for this sync
 
@@ -47,17 +45,9 @@ class WellSkyStream(Stream):
     def is_sorted(self) -> bool:
         """Ordered channels let the bookmark advance record by record, so a crash resumes mid-stream.
 
-        Decided from the configured source alone: discovery must not open a connection (or start a sandbox).
+        Decided from the validated settings alone: discovery must not open a connection (or start a sandbox).
         """
-        config = self.wellsky_tap.config
-        per_stream = config.get("stream_sources") or {}
-        if isinstance(per_stream, str):  # the JSON-string spelling the config also accepts
-            per_stream = json.loads(per_stream) if per_stream.strip() else {}
-        source = per_stream.get(self.name) or config.get("source") or "api"
-        try:
-            return channel_class(source).ordered
-        except ValueError:
-            return False  # an unknown source fails with a clear ConfigError when the sync opens it
+        return channel_class(self.wellsky_tap.settings.source_for(self.name)).ordered
 
     def _write_record_message(self, record: dict[str, Any]) -> None:
         """RECORD out through the orjson fast path (see ``fastio``) when it is equivalent to the SDK's writer."""

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import orjson
 from singer_sdk import Target
-from singer_sdk.exceptions import RecordsWithoutSchemaException
+from singer_sdk.exceptions import ConfigValidationError, RecordsWithoutSchemaException
 from singer_sdk.io_base import SingerReader
 
 from wellsky_core.audit import AuditLog
@@ -260,7 +260,9 @@ class TargetWellSky(Target):
 def main() -> None:
     """Console entry point: exit 0 when every record landed, 3 when some were refused (see the dead-letter file),
     2 on a fatal input or configuration error."""
-    code = run_singer_cli("target-wellsky", lambda: TargetWellSky.cli(standalone_mode=False))
+    code = run_singer_cli(
+        "target-wellsky", lambda: TargetWellSky.cli(standalone_mode=False), config_errors=(ConfigValidationError,)
+    )
     if isinstance(code, int) and code:  # the SDK's own config check returns 1 instead of raising here
         fail("target-wellsky", "invalid configuration; fix the settings named above")
     run = TargetWellSky.last_run

@@ -2,7 +2,7 @@
 
 singer-sdk's CLI lets a missing config file, a non-JSON state file or any of our own errors escape as a
 Python traceback. ``run_singer_cli`` checks the input files first and turns every ``WellSkyError`` and SDK
-config error into ``<name>: error: <what and how to fix>`` with exit code 2.
+config error (the type the caller passes) into ``<name>: error: <what and how to fix>`` with exit code 2.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
-
-from singer_sdk.exceptions import ConfigValidationError
 
 from .errors import WellSkyError
 from .redaction import redact
@@ -43,8 +41,13 @@ def fail(name: str, message: object, code: int = EXIT_FATAL) -> NoReturn:
     sys.exit(code)
 
 
-def run_singer_cli(name: str, command: Callable[[], Any]) -> Any:
-    """Run a singer-sdk CLI callable; fatal problems become one actionable line and exit code 2."""
+def run_singer_cli(
+    name: str, command: Callable[[], Any], *, config_errors: tuple[type[Exception], ...] = ()
+) -> Any:
+    """Run a singer-sdk CLI callable; fatal problems become one actionable line and exit code 2.
+
+    ``config_errors``: the SDK's own config-validation exception types (passed in by the tap and target, so
+    the core imports no singer-sdk); their ``errors`` list is printed as one line."""
     problem = unreadable_input_file(sys.argv[1:])
     if problem:
         fail(name, problem)
@@ -52,7 +55,7 @@ def run_singer_cli(name: str, command: Callable[[], Any]) -> Any:
         return command()
     except WellSkyError as exc:
         fail(name, exc)
-    except ConfigValidationError as exc:
+    except config_errors as exc:
         fail(name, "; ".join(getattr(exc, "errors", []) or [str(exc)]))
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
