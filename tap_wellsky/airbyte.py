@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import threading
 import time
@@ -31,14 +30,14 @@ from typing import IO, Any
 
 import orjson
 
-from wellsky_core.config import SDK_BUILTIN_KEYS, WellSkyConfig, config_json_schema
+from wellsky_core.config import WellSkyConfig, config_json_schema
 from wellsky_core.connection import Connection
 from wellsky_core.errors import AuthError, ConfigError, WellSkyError, WellSkyTransportError
 from wellsky_core.models import ENTITIES
 from wellsky_core.redaction import install_redaction
 from wellsky_core.schemas import stream_schema
 
-from .embedded import embedded_sandbox_config
+from .embedded import load_tap_config
 from .tap import TAP_ONLY_KEYS
 
 log = logging.getLogger("source-wellsky")
@@ -219,22 +218,12 @@ def _read_json(path: str, what: str) -> Any:
         raise ConfigError(what, f"file {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
-EMBEDDED_PLACEHOLDER = {"auth_method": "session", "username": "embedded", "password": "embedded", "mfa_method": "none"}
-
-
 def load_config(path: str, *, start_embedded: bool) -> WellSkyConfig:
-    """The validated config; with no base_url (file or WELLSKY_BASE_URL) the embedded sandbox is used.
-
-    ``start_embedded=False`` (discover) validates every other key as the embedded sandbox would be
-    configured, without starting it: discovery never needs a tenant.
-    """
+    """The validated config file (``embedded.load_tap_config``: the embedded sandbox when no base_url)."""
     raw = _read_json(path, "config")
     if not isinstance(raw, dict):
         raise ConfigError("config", f"{path} must hold a JSON object of settings")
-    raw = dict(raw)
-    if not raw.get("base_url") and not os.environ.get("WELLSKY_BASE_URL"):
-        raw.update(embedded_sandbox_config(raw) if start_embedded else EMBEDDED_PLACEHOLDER)
-    return WellSkyConfig.load(raw, ignore_keys=SDK_BUILTIN_KEYS | set(TAP_ONLY_KEYS))
+    return load_tap_config(raw, start_embedded=start_embedded)
 
 
 class ConfiguredStream:

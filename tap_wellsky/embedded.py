@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
+from collections.abc import Mapping
 from typing import Any
+
+from wellsky_core.config import SDK_BUILTIN_KEYS, TapConfig
 
 log = logging.getLogger("tap_wellsky")
 
@@ -40,3 +44,19 @@ def embedded_sandbox_config(config: dict[str, Any]) -> dict[str, Any]:
         "password": server.password,
         "mfa_method": "none",
     }
+
+
+EMBEDDED_PLACEHOLDER = {"auth_method": "session", "username": "embedded", "password": "embedded", "mfa_method": "none"}
+"""What the embedded sandbox's login will be, for validating a config without starting it."""
+
+
+def load_tap_config(raw: Mapping[str, Any], *, start_embedded: bool) -> TapConfig:
+    """The validated tap config; with no base_url (config or WELLSKY_BASE_URL) the embedded sandbox is used.
+
+    ``start_embedded=False`` (discovery, ``is_sorted``) validates every other key as the embedded sandbox would
+    be configured, without starting it: discovery never needs a tenant.
+    """
+    values = dict(raw)
+    if not values.get("base_url") and not os.environ.get("WELLSKY_BASE_URL"):
+        values.update(embedded_sandbox_config(values) if start_embedded else EMBEDDED_PLACEHOLDER)
+    return TapConfig.load(values, ignore_keys=SDK_BUILTIN_KEYS)

@@ -12,24 +12,24 @@ from pathlib import Path
 from typing import Any
 
 from singer_sdk import Tap
+from singer_sdk.exceptions import ConfigValidationError
 
 from wellsky_core.cli import run_singer_cli
-from wellsky_core.config import SDK_BUILTIN_KEYS, WellSkyConfig, config_json_schema
+from wellsky_core.config import TapConfig, WellSkyConfig, config_json_schema
 from wellsky_core.connection import Connection
 from wellsky_core.errors import ConfigError, StateError
 from wellsky_core.redaction import install_redaction
 
-from .embedded import embedded_sandbox_config
+from .embedded import load_tap_config
 from .state import checked_state
 from .streams import STREAM_TYPES, WebhookEventsStream
 
 TAP_ONLY_KEYS = {
-    "sandbox_scale": {
-        "type": ["string", "null"],
-        "description": "Embedded sandbox size when base_url is unset (XS, S, M, L or a patient count; default S).",
-    },
-    "sandbox_seed": {"type": ["integer", "null"], "description": "Embedded sandbox data seed (default 42)."},
+    name: prop
+    for name, prop in config_json_schema(TapConfig)["properties"].items()
+    if name not in WellSkyConfig.model_fields
 }
+"""The tap's own keys (``TapConfig`` beyond ``WellSkyConfig``): the embedded sandbox's size and seed."""
 
 
 def _config_schema() -> dict[str, Any]:
@@ -63,16 +63,14 @@ class TapWellSky(Tap):
                 )
 
     @cached_property
-    def settings(self) -> WellSkyConfig:
-        """The validated connector config (the embedded sandbox fills in the connection when base_url is unset)."""
-        raw = dict(self.config)
-        if not raw.get("base_url") and not _env_base_url():
-            raw.update(embedded_sandbox_config(raw))
-        return WellSkyConfig.load(raw, ignore_keys=SDK_BUILTIN_KEYS | set(TAP_ONLY_KEYS))
+    def settings(self) -> TapConfig:
+        """The validated connector config; with no base_url, as the embedded sandbox will be (not started)."""
+        return load_tap_config(self.config, start_embedded=False)
 
     @cached_property
     def connection(self) -> Connection:
-        return Connection(self.settings)
+        """The tenant connection (with no base_url, the embedded sandbox starts here, at the first sync)."""
+        return Connection(load_tap_config(self.config, start_embedded=True))
 
     def discover_streams(self) -> list[Any]:
         streams = [cls(tap=self) for cls in STREAM_TYPES]
@@ -113,7 +111,7 @@ class TapWellSky(Tap):
             return
         metrics = self.connection.metrics.snapshot() if "connection" in self.__dict__ else {}
         lines = [
-            f"tap-wellsky sync summary ({seconds:.1f}s, product {self.settings.product or '?'}):",
+            f"tap-wellsky sync summary ({seconds:.1f}s, product {self.connection.config.product or '?'}):",
             f"  {'stream':<16}{'source':<10}{'records':>10}{'seconds':>10}{'rec/s':>10}",
         ]
         total = 0
@@ -142,15 +140,9 @@ def _read_state_file(path: str | Path) -> Any:
         raise StateError(f"the state file {path} is not valid JSON ({exc})") from None
 
 
-def _env_base_url() -> str | None:
-    import os
-
-    return os.environ.get("WELLSKY_BASE_URL") or None
-
-
 def main() -> None:
     """Console entry point: the Singer CLI, with our errors printed as one actionable line."""
-    run_singer_cli("tap-wellsky", TapWellSky.cli)
+    run_singer_cli("tap-wellsky", TapWellSky.cli, config_errors=(ConfigValidationError,))
 
 
 if __name__ == "__main__":

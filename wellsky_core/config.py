@@ -429,6 +429,16 @@ class WellSkyConfig(BaseModel):
             raise ConfigError.from_problems(problems) from None
 
 
+class TapConfig(WellSkyConfig):
+    """The tap's settings (and the Airbyte source's): everything the core needs plus the embedded sandbox."""
+
+    sandbox_scale: str | None = Field(
+        default=None,
+        description="Embedded sandbox size when base_url is unset (XS, S, M, L or a patient count; default S).",
+    )
+    sandbox_seed: int | None = Field(default=None, description="Embedded sandbox data seed (default 42).")
+
+
 class TargetConfig(WellSkyConfig):
     """The target's settings: everything the core needs plus how writes are governed."""
 
