@@ -34,6 +34,15 @@ EXPIRY_CODES = frozenset({"session_expired", "invalid_session", "cookie_rotated"
 """401 codes meaning "log in again", as opposed to credentials that are wrong."""
 
 
+_MAY_HAVE_APPLIED = {
+    "timeout": "{method} timed out and may have been applied; retry it with an idempotency key or raise "
+    "timeout_seconds",
+    "connection": "connection dropped during {method}; the write may have been applied: resend it with an "
+    "idempotency key",
+}
+"""Why a non-idempotent request is not replayed after it may have reached the server, and what to do."""
+
+
 @dataclass(frozen=True)
 class Retry:
     """One failed attempt worth repeating."""
@@ -63,26 +72,13 @@ def classify_exception(
         if not connected:
             raise connect_failure(exc, request, attempt) from None
         return Retry("connection", detail=f" ({type(exc).__name__})")
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, httpx.TransportError):  # timeouts included: both may have reached the server
+        reason = "timeout" if isinstance(exc, httpx.TimeoutException) else "connection"
         if not safe:
             raise WellSkyTransportError(
-                f"{method} timed out and may have been applied; retry it with an idempotency key "
-                "or raise timeout_seconds",
-                url=request.url,
-                attempts=attempt,
-                reason="timeout",
+                _MAY_HAVE_APPLIED[reason].format(method=method), url=request.url, attempts=attempt, reason=reason
             ) from None
-        return Retry("timeout", detail=f" ({type(exc).__name__})")
-    if isinstance(exc, httpx.TransportError):
-        if not safe:
-            raise WellSkyTransportError(
-                f"connection dropped during {method}; the write may have been applied: resend it "
-                "with an idempotency key",
-                url=request.url,
-                attempts=attempt,
-                reason="connection",
-            ) from None
-        return Retry("connection", detail=f" ({type(exc).__name__})")
+        return Retry(reason, detail=f" ({type(exc).__name__})")
     raise exc
 
 
