@@ -35,14 +35,11 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from ..deadletter import DeadLetter
 from ..errors import ConfigError, RemoteError, WellSkyTransportError
 from ..models import ENTITIES
 from .base import Channel, LatestVersions
 
 if TYPE_CHECKING:
-    from ..config import WellSkyConfig
-    from ..transport import WellSkyClient
     from .sftp import SftpConnection
 
 log = logging.getLogger(__name__)
@@ -74,22 +71,15 @@ class ExportChannel(Channel):
     name = "export"
     ordered = False
 
-    def __init__(
-        self,
-        *,
-        config: WellSkyConfig,
-        client: WellSkyClient | None = None,
-        product: str | None = None,
-        dead_letter: DeadLetter | None = None,
-        via: str = "auto",
-    ) -> None:
+    def __init__(self, *, via: str = "auto", **common: Any) -> None:
+        """``via``: ``sftp``, ``http`` or ``auto``; ``common``: the base Channel's keyword arguments."""
+        super().__init__(**common)
         if via == "auto":
-            via = "sftp" if config.sftp_host else "http"
+            via = "sftp" if self.config.sftp_host else "http"
         if via not in ("sftp", "http"):
             raise ValueError("via must be 'auto', 'sftp' or 'http'")
-        if via == "http" and client is None:
+        if via == "http" and self.client is None:
             raise ConfigError("base_url", "the export channel over HTTP needs the tenant API (or set sftp_host)")
-        super().__init__(config=config, client=client, product=product, dead_letter=dead_letter)
         self.via = via
         self._sftp: SftpConnection | None = None
         self._http: httpx.Client | None = None

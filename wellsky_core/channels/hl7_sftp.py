@@ -22,15 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import paramiko
 
-from ..deadletter import DeadLetter
 from ..errors import NormalizationError
 from ..normalize.hl7 import normalize_message, split_messages
 from .base import Channel, LatestVersions
 from .sftp import SftpConnection, close_sftp, connect_sftp, list_files
 
 if TYPE_CHECKING:
-    from ..config import WellSkyConfig
-    from ..transport import WellSkyClient
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +40,9 @@ class Hl7SftpChannel(Channel):
     name = "hl7_sftp"
     ordered = False
 
-    def __init__(
-        self,
-        *,
-        config: WellSkyConfig,
-        client: WellSkyClient | None = None,
-        product: str | None = None,
-        dead_letter: DeadLetter | None = None,
-        archive_dir: str = "/archive",
-    ) -> None:
-        super().__init__(config=config, client=client, product=product, dead_letter=dead_letter)
+    def __init__(self, *, archive_dir: str = "/archive", **common: Any) -> None:
+        """``archive_dir``: where ``sftp_after_read=archive`` moves read files; ``common``: the base Channel's."""
+        super().__init__(**common)
         self.archive_dir = archive_dir
         self._conn: SftpConnection | None = None
         self._cache: LatestVersions | None = None

@@ -21,7 +21,6 @@ from urllib.parse import urlencode, urlsplit
 
 import pyotp
 
-from ..deadletter import DeadLetter
 from ..errors import AuthError, ConfigError, MfaError, NormalizationError, PortalLayoutChanged, WellSkyError
 from ..models import CarePlan
 from ..normalize.portal import authorization_row, care_plan_row
@@ -29,8 +28,6 @@ from ..normalize.portal import authorization_row, care_plan_row
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Locator, Page, Playwright
 
-    from ..config import WellSkyConfig
-    from ..transport import WellSkyClient
 
 from .base import Channel
 
@@ -96,14 +93,10 @@ class PortalChannel(Channel):
     client_use = "none"  # the portal keeps its own browser session
     ENTITIES = ("authorizations", "care_plans")
 
-    def __init__(
-        self,
-        *,
-        config: WellSkyConfig,
-        client: WellSkyClient | None = None,
-        product: str,
-        dead_letter: DeadLetter | None = None,
-    ) -> None:
+    def __init__(self, **common: Any) -> None:
+        """``common``: the base Channel's keyword arguments; login, password, TOTP secret and browser are checked."""
+        super().__init__(**common)
+        config = self.config
         missing = [
             key for key in ("base_url", "username", "password", "totp_secret") if getattr(config, key, None) is None
         ]
@@ -111,7 +104,6 @@ class PortalChannel(Channel):
             raise ConfigError(missing[0], "required by the portal channel (login, password and TOTP secret)")
         if not Path(config.chromium_path).exists():
             raise ConfigError("chromium_path", "no browser at that path; install chromium or point chromium_path at it")
-        super().__init__(config=config, client=client, product=product, dead_letter=dead_letter)
         self.base_url = str(config.base_url).rstrip("/")
         self._playwright: Playwright | None = None
         self._browser: Browser | None = None
