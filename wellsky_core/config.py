@@ -166,6 +166,9 @@ class WellSkyConfig(BaseModel):
     fhir_bulk_poll_timeout_seconds: float = Field(
         default=3600, gt=0, description="Longest wait for a bulk export to finish (the job is resumed next run)."
     )
+    fhir_bulk_parallel_downloads: int = Field(
+        default=3, ge=1, le=16, description="NDJSON files of a bulk export downloaded at the same time."
+    )
     fhir_bulk_job_dir: str | None = Field(
         default=None,
         description="Directory for bulk job resume state and the download spool; default <tmp>/wellsky-fhir-bulk.",

@@ -234,11 +234,14 @@ def test_a_killed_run_downloads_only_the_unfinished_files(tenant: SandboxServer,
     original = first._fetch_file
     calls: list[str] = []
 
-    def dies_on_the_third(job, url, kind, count, needs_token, *, errors=False):  # type: ignore[no-untyped-def]
-        if len(calls) == 2:
+    started: list[str] = []
+
+    def dies_on_the_third(job, url, *args, **kw):  # type: ignore[no-untyped-def]
+        started.append(url)
+        if len(started) == 3:
             raise KeyboardInterrupt  # the process is killed mid-download
-        calls.append(url)
-        return original(job, url, kind, count, needs_token, errors=errors)
+        original(job, url, *args, **kw)
+        calls.append(url)  # finished
 
     first._fetch_file = dies_on_the_third  # type: ignore[method-assign]
     with pytest.raises(KeyboardInterrupt):
@@ -251,15 +254,15 @@ def test_a_killed_run_downloads_only_the_unfinished_files(tenant: SandboxServer,
     fetched: list[str] = []
     original2 = second._fetch_file
 
-    def spy(job, url, kind, count, needs_token, *, errors=False):  # type: ignore[no-untyped-def]
+    def spy(job, url, *args, **kw):  # type: ignore[no-untyped-def]
         fetched.append(url)
-        return original2(job, url, kind, count, needs_token, errors=errors)
+        return original2(job, url, *args, **kw)
 
     second._fetch_file = spy  # type: ignore[method-assign]
     try:
         got = by_id(list(second.iter_records("appointments", None)))
         assert got == canonical("appointments", tenant.truth("appointments"))
-        assert fetched and not set(fetched) & set(calls), "finished files were downloaded again"
+        assert calls and fetched and not set(fetched) & set(calls), "finished files were downloaded again"
         assert {u.rsplit("/", 2)[-2] for u in fetched} == {u.rsplit("/", 2)[-2] for u in calls}, "same server job"
     finally:
         second.close()

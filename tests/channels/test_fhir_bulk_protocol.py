@@ -266,7 +266,7 @@ def test_truncated_and_failing_files_are_downloaded_again(tmp_path: Path) -> Non
 def test_kill_then_resume_downloads_only_unfinished_files(tmp_path: Path) -> None:
     server = FakeBulkServer()
     server.files[f"{BASE}/output/patient_file_2.ndjson"] = [httpx.Response(403, json={"error": "forbidden"})]
-    channel, client = make(server, tmp_path)
+    channel, client = make(server, tmp_path, fhir_bulk_parallel_downloads=1)  # file 1 surely finishes first
     with pytest.raises(RemoteError):
         list(channel.iter_records("patients", None))
     channel.close()

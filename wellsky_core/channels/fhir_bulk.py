@@ -39,9 +39,11 @@ import logging
 import shutil
 import sqlite3
 import tempfile
+import threading
 import time
 import zlib
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,38 +97,55 @@ class JobGone(Exception):
 
 
 class Spool:
-    """The downloaded resources of one job, on disk: ``(type, id) -> body``, children indexed by parent."""
+    """The downloaded resources of one job, on disk: ``(type, id) -> body``, children indexed by parent.
+
+    Shared by the download threads (one lock): each row remembers its file, so a file that fails halfway is
+    removed row by row and a file counts only once it is listed in ``files``.
+    """
 
     def __init__(self, path: Path) -> None:
+        self.lock = threading.Lock()
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(
-            "CREATE TABLE IF NOT EXISTS res (type TEXT, id TEXT, parent TEXT, body BLOB, PRIMARY KEY (type, id))"
+            "CREATE TABLE IF NOT EXISTS res (type TEXT, id TEXT, parent TEXT, file TEXT, body BLOB, "
+            "PRIMARY KEY (type, id))"
         )
         self.db.execute("CREATE INDEX IF NOT EXISTS res_parent ON res (parent, type)")
+        self.db.execute("CREATE INDEX IF NOT EXISTS res_file ON res (file)")
         self.db.execute("CREATE TABLE IF NOT EXISTS files (url TEXT PRIMARY KEY, type TEXT, lines INTEGER)")
 
     def done_files(self) -> set[str]:
-        return {row[0] for row in self.db.execute("SELECT url FROM files")}
+        with self.lock:
+            return {row[0] for row in self.db.execute("SELECT url FROM files")}
 
-    def begin(self) -> None:
-        self.db.execute("BEGIN")
-
-    def put(self, rows: list[tuple[str, str, str | None, bytes]]) -> None:
-        self.db.executemany("INSERT OR REPLACE INTO res VALUES (?, ?, ?, ?)", rows)
+    def put(self, url: str, rows: list[tuple[str, str, str | None, bytes]]) -> None:
+        with self.lock:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "INSERT OR REPLACE INTO res VALUES (?, ?, ?, ?, ?)", [(t, i, p, url, b) for t, i, p, b in rows]
+            )
+            self.db.execute("COMMIT")
 
     def commit_file(self, url: str, kind: str, lines: int) -> None:
-        self.db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?)", (url, kind, lines))
-        self.db.execute("COMMIT")
+        with self.lock:
+            self.db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?)", (url, kind, lines))
 
-    def rollback(self) -> None:
-        if self.db.in_transaction:
-            self.db.execute("ROLLBACK")
+    def discard_file(self, url: str) -> None:
+        """Forget the rows of a file that did not download completely."""
+        with self.lock:
+            self.db.execute("DELETE FROM res WHERE file = ?", (url,))
+
+    def discard_unfinished(self) -> None:
+        """After a kill: rows of files that never completed go, finished files stay."""
+        with self.lock:
+            self.db.execute("DELETE FROM res WHERE file NOT IN (SELECT url FROM files)")
 
     def clear(self) -> None:
-        self.db.execute("DELETE FROM res")
-        self.db.execute("DELETE FROM files")
+        with self.lock:
+            self.db.execute("DELETE FROM res")
+            self.db.execute("DELETE FROM files")
 
     def of_type(self, kind: str) -> Iterator[dict[str, Any]]:
         for (body,) in self.db.execute("SELECT body FROM res WHERE type = ? ORDER BY id", (kind,)):
@@ -182,7 +201,7 @@ class ExportJob:
                     self.state = saved
             except orjson.JSONDecodeError:
                 log.warning("ignoring an unreadable bulk job file in %s", self.dir)
-        self.spool = Spool(self.dir / "spool.sqlite")
+        self.spool = Spool(self.dir / "spool-v2.sqlite")
         self.entities_left: set[str] = set(kickoff["entities"])
 
     def save(self) -> None:
@@ -224,6 +243,7 @@ class FhirBulkChannel(Channel):
         self._served_by: dict[str, ExportJob] = {}
         self._failed = False
         self.export_issues = 0
+        self._lock = threading.Lock()  # download threads share the counters and the dead-letter file
         self.undated: dict[str, int] = {}
         root = self.config.fhir_bulk_job_dir or str(Path(tempfile.gettempdir()) / "wellsky-fhir-bulk")
         self.job_root = Path(root)
@@ -401,7 +421,6 @@ class FhirBulkChannel(Channel):
                     ) from None
                 log.warning("the bulk export job is gone on the server (%s); starting the export again", gone)
                 job.state.update(status_url=None, manifest=None)
-                job.spool.rollback()
                 job.spool.clear()
                 job.save()
         if not job.state.get("deleted"):
@@ -533,40 +552,72 @@ class FhirBulkChannel(Channel):
         return "transient" not in codes
 
     def _download(self, job: ExportJob) -> None:
+        """Every unfinished output and error file, ``fhir_bulk_parallel_downloads`` at a time."""
         manifest = job.state["manifest"]
         needs_token = bool(manifest.get("requiresAccessToken", True))
+        job.spool.discard_unfinished()
         done = job.spool.done_files()
         wanted = set(job.kickoff["types"])
         outputs = [o for o in manifest["output"] if isinstance(o, Mapping) and isinstance(o.get("url"), str)]
-        todo = [o for o in outputs if o["url"] not in done]
-        if done:
-            log.info("resuming bulk job: %d of %d file(s) already downloaded", len(outputs) - len(todo), len(outputs))
-        for item in todo:
+        errors = [e for e in manifest.get("error") or [] if isinstance(e, Mapping) and isinstance(e.get("url"), str)]
+        todo: list[tuple[str, str, Any, bool]] = []
+        for item in outputs:
             kind = str(item.get("type") or "")
             if kind not in wanted:
                 log.info("skipping a %s file the export was not asked for", kind or "untyped")
-                continue
-            self._fetch_file(job, item["url"], kind, item.get("count"), needs_token)
-        errors = [e for e in manifest.get("error") or [] if isinstance(e, Mapping) and isinstance(e.get("url"), str)]
-        for item in errors:
-            if item["url"] not in done:
-                self._fetch_file(job, item["url"], "OperationOutcome", item.get("count"), needs_token, errors=True)
+            elif item["url"] not in done:
+                todo.append((item["url"], kind, item.get("count"), False))
+        todo += [(e["url"], "OperationOutcome", e.get("count"), True) for e in errors if e["url"] not in done]
+        if done:
+            log.info("resuming bulk job: %d file(s) already downloaded, %d to go", len(done), len(todo))
+        stop = threading.Event()
+
+        def fetch(url: str, kind: str, count: Any, is_error: bool) -> None:
+            if stop.is_set():
+                return
+            try:
+                self._fetch_file(job, url, kind, count, needs_token, errors=is_error, stop=stop)
+            except BaseException:
+                stop.set()
+                raise
+
+        workers = max(1, min(self.config.fhir_bulk_parallel_downloads, len(todo)))
+        if workers == 1:
+            for item in todo:
+                fetch(*item)
+            return
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wellsky-bulk") as pool:
+            futures = [pool.submit(fetch, *item) for item in todo]
+            first: BaseException | None = None
+            for future in futures:
+                exc = future.exception()
+                if exc is not None and not isinstance(exc, _Stopped) and first is None:
+                    first = exc
+        if first is not None:
+            raise first
 
     def _fetch_file(
-        self, job: ExportJob, url: str, kind: str, count: Any, needs_token: bool, *, errors: bool = False
+        self,
+        job: ExportJob,
+        url: str,
+        kind: str,
+        count: Any,
+        needs_token: bool,
+        *,
+        errors: bool = False,
+        stop: threading.Event | None = None,
     ) -> None:
         target = self._trusted(url, needs_token=needs_token)
         for attempt in range(1, self.config.max_retries + 2):
             problem: str
             wait: float | None = None
-            job.spool.begin()
             try:
                 with self.client.stream(
                     "GET", target, headers={"Accept": "application/fhir+ndjson"}, authenticate=needs_token
                 ) as response:
                     status = response.status_code
                     if status == 200:
-                        lines = self._spool_lines(job, response, kind, errors=errors)
+                        lines = self._spool_lines(job, url, response, kind, errors=errors, stop=stop)
                         if isinstance(count, int) and lines != count:
                             raise _Truncated(f"{lines} of {count} lines")
                         job.spool.commit_file(url, kind, lines)
@@ -575,7 +626,6 @@ class FhirBulkChannel(Channel):
                         log.info("bulk file downloaded: %s, %d line(s)", kind, lines)
                         return
                     response.read()
-                job.spool.rollback()
                 if status in (404, 410):
                     raise JobGone(f"an output file answered {status}")
                 if status in (408, 429) or status >= 500:
@@ -585,13 +635,13 @@ class FhirBulkChannel(Channel):
                     code, message = error_fields(response)
                     raise RemoteError(status, code, message or "a bulk output file could not be downloaded", url=target)
             except (_Truncated, httpx.HTTPError, zlib.error, EOFError) as exc:
-                job.spool.rollback()
+                job.spool.discard_file(url)
                 problem = f"{type(exc).__name__}: {exc}" if isinstance(exc, _Truncated) else type(exc).__name__
             except WellSkyTransportError as exc:
-                job.spool.rollback()
+                job.spool.discard_file(url)
                 problem = exc.reason or "connection"
             except BaseException:
-                job.spool.rollback()
+                job.spool.discard_file(url)
                 raise
             if attempt > self.config.max_retries:
                 raise WellSkyTransportError(
@@ -608,7 +658,16 @@ class FhirBulkChannel(Channel):
             )
             self.client.sleep(delay)
 
-    def _spool_lines(self, job: ExportJob, response: httpx.Response, kind: str, *, errors: bool) -> int:
+    def _spool_lines(
+        self,
+        job: ExportJob,
+        url: str,
+        response: httpx.Response,
+        kind: str,
+        *,
+        errors: bool,
+        stop: threading.Event | None = None,
+    ) -> int:
         """Parse NDJSON from the stream line by line into the spool; returns the number of resources."""
         rows: list[tuple[str, str, str | None, bytes]] = []
         count = 0
@@ -627,18 +686,21 @@ class FhirBulkChannel(Channel):
             rid = res.get("id")
             rtype = res.get("resourceType") or kind
             if not isinstance(rid, str) or not rid:
-                self.reject(
-                    _entity_of(rtype),
-                    NormalizationError(_entity_of(rtype), "id", "missing in a bulk-exported resource"),
-                    res,
-                )
+                with self._lock:
+                    self.reject(
+                        _entity_of(rtype),
+                        NormalizationError(_entity_of(rtype), "id", "missing in a bulk-exported resource"),
+                        res,
+                    )
                 continue
             rows.append((str(rtype), rid, _parent_ref(res), line))
             if len(rows) >= BATCH:
-                job.spool.put(rows)
+                if stop is not None and stop.is_set():
+                    raise _Stopped
+                job.spool.put(url, rows)
                 rows = []
         if rows:
-            job.spool.put(rows)
+            job.spool.put(url, rows)
         if issues:
             summary = ", ".join(f"{code} x{n}" for code, n in sorted(issues.items()))
             log.warning(
@@ -650,6 +712,10 @@ class FhirBulkChannel(Channel):
         return count
 
     def _report_issue(self, res: dict[str, Any], issues: dict[str, int]) -> None:
+        with self._lock:
+            self._report_issue_locked(res, issues)
+
+    def _report_issue_locked(self, res: dict[str, Any], issues: dict[str, int]) -> None:
         self.export_issues += 1
         for issue in res.get("issue") or [{}]:
             code = str(issue.get("code") or "unknown") if isinstance(issue, Mapping) else "unknown"
@@ -688,6 +754,10 @@ class FhirBulkChannel(Channel):
 
 class _Truncated(Exception):
     pass
+
+
+class _Stopped(Exception):
+    """Another download failed: this one gives up at its next batch (its rows are discarded)."""
 
 
 def _entity_of(resource_type: str) -> str:
