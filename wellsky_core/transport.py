@@ -277,7 +277,7 @@ class WellSkyClient:
 
     def backoff(self, attempt: int) -> float:
         """The client's retry delay for ``attempt`` (1-based), for callers that retry on their own."""
-        return self._backoff(attempt)
+        return self._backoff.delay(attempt)
 
     def sleep(self, seconds: float) -> None:
         """Wait through the client's sleeper (tests inject a fake clock)."""
