@@ -34,7 +34,7 @@ from wellsky_core.metrics import Metrics
 from wellsky_core.paging import iter_bundles, iter_cursor_pages
 from wellsky_core.ratelimit import TokenBucket
 from wellsky_core.redaction import register_secret
-from wellsky_core.retry import Backoff, Retry, classify_exception, classify_response, is_safe
+from wellsky_core.retry import Backoff, Retry, classify_exception, classify_response, connect_failure, is_safe
 
 logger = logging.getLogger("wellsky_core.transport")
 
@@ -261,7 +261,7 @@ class WellSkyClient:
             ) from None
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             if not self._connected:
-                raise self._fail_connect(exc, request, 1) from None
+                raise connect_failure(exc, request, 1) from None
             raise WellSkyTransportError(
                 f"{type(exc).__name__}", url=request.url, attempts=1, reason="connection"
             ) from None

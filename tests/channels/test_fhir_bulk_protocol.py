@@ -405,3 +405,20 @@ def test_settings_are_validated() -> None:
         {**base}, env={"WELLSKY_FHIR_BULK_TYPE_FILTER": '["Encounter?status=finished","Patient?_lastUpdated=ge2026"]'}
     )
     assert loaded.fhir_bulk_type_filter == ["Encounter?status=finished", "Patient?_lastUpdated=ge2026"]
+
+
+def test_an_unreachable_server_names_base_url(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = WellSkyConfig.load(
+        {"base_url": f"http://127.0.0.1:{port}", "username": "u", "password": "p", "fhir_bulk_job_dir": str(tmp_path)},
+        env={},
+    )
+    with WellSkyClient(config) as client:
+        channel = open_channel("fhir_bulk", config, client, "home_health")
+        with pytest.raises(WellSkyTransportError) as info:
+            channel.discover()
+        assert info.value.reason == "connect" and "base_url" in str(info.value)
