@@ -1,0 +1,337 @@
+"""The Airbyte protocol side of ``source-wellsky``: typed messages out, config / catalog / state files in.
+
+Every message is built as an ``airbyte_protocol.models`` model and serialized with only the fields set, so
+what the platform reads is valid by construction. One exception, for speed: RECORD lines (the hot path, one
+per record) are serialized directly in :meth:`Output.record`; ``tests/airbyte`` validates every line of a
+read against ``AirbyteMessage``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+from airbyte_protocol.models import (
+    AirbyteCatalog,
+    AirbyteConnectionStatus,
+    AirbyteErrorTraceMessage,
+    AirbyteLogMessage,
+    AirbyteMessage,
+    AirbyteStateBlob,
+    AirbyteStateMessage,
+    AirbyteStateStats,
+    AirbyteStateType,
+    AirbyteStream,
+    AirbyteStreamState,
+    AirbyteStreamStatus,
+    AirbyteStreamStatusTraceMessage,
+    AirbyteTraceMessage,
+    ConnectorSpecification,
+    FailureType,
+    Level,
+    Status,
+    StreamDescriptor,
+    SyncMode,
+    TraceType,
+    Type,
+)
+
+from wellsky_core.config import TapConfig, config_json_schema
+from wellsky_core.errors import AuthError, ConfigError, WellSkyError, WellSkyTransportError
+from wellsky_core.models import ENTITIES
+from wellsky_core.schemas import stream_schema
+
+from ..embedded import load_tap_config
+
+log = logging.getLogger("source-wellsky")
+
+DOCUMENTATION_URL = "https://github.com/wellsky-connector/tap-wellsky#readme"
+SYNC_MODES = ["full_refresh", "incremental"]
+PROGRESS_EVERY_SECONDS = 15.0
+_LOG_LEVELS = {
+    logging.CRITICAL: "FATAL",
+    logging.ERROR: "ERROR",
+    logging.WARNING: "WARN",
+    logging.INFO: "INFO",
+    logging.DEBUG: "DEBUG",
+}
+
+
+class Output:
+    """Serializes Airbyte messages to stdout, one per line, safe to call from any thread.
+
+    Records are buffered (a write syscall per record would dominate a large sync); STATE and TRACE messages
+    flush, so everything a checkpoint vouches for has left the process before the checkpoint does.
+    """
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._out = stream
+        self._lock = threading.Lock()
+
+    def emit(self, message: AirbyteMessage, *, flush: bool = False) -> None:
+        """One typed message, with only the fields that were set."""
+        body = message.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True)
+        self._write(orjson.dumps(body) + b"\n", flush=flush)
+
+    def _write(self, line: bytes, *, flush: bool) -> None:
+        with self._lock:
+            self._out.write(line)
+            if flush:
+                self._out.flush()
+
+    def record(self, stream: str, data: dict[str, Any]) -> None:
+        """A RECORD line, serialized directly: the shape of ``AirbyteRecordMessage`` without building one per record."""
+        line = {"type": "RECORD", "record": {"stream": stream, "data": data, "emitted_at": _now_ms()}}
+        self._write(orjson.dumps(line) + b"\n", flush=False)
+
+    def log(self, level: str, message: str) -> None:
+        self.emit(AirbyteMessage(type=Type.LOG, log=AirbyteLogMessage(level=Level(level), message=message)), flush=True)
+
+    def state(self, stream: str, cursor: str | None, records: int) -> None:
+        """A per-stream checkpoint; ``records`` counts the records since the previous one (sourceStats)."""
+        blob = AirbyteStateBlob(updated_at=cursor) if cursor is not None else AirbyteStateBlob()
+        state = AirbyteStateMessage(
+            type=AirbyteStateType.STREAM,
+            stream=AirbyteStreamState(stream_descriptor=StreamDescriptor(name=stream), stream_state=blob),
+            sourceStats=AirbyteStateStats(recordCount=float(records)),
+        )
+        self.emit(AirbyteMessage(type=Type.STATE, state=state), flush=True)
+
+    def stream_status(self, stream: str, status: str) -> None:
+        trace = AirbyteTraceMessage(
+            type=TraceType.STREAM_STATUS,
+            emitted_at=float(_now_ms()),
+            stream_status=AirbyteStreamStatusTraceMessage(
+                stream_descriptor=StreamDescriptor(name=stream), status=AirbyteStreamStatus(status)
+            ),
+        )
+        self.emit(AirbyteMessage(type=Type.TRACE, trace=trace), flush=True)
+
+    def error(self, exc: BaseException, *, stream: str | None = None) -> None:
+        """A TRACE error: the user-facing message, failure type and an internal message free of PHI."""
+        message, internal, failure_type = describe_error(exc)
+        error = AirbyteErrorTraceMessage(
+            message=message,
+            internal_message=internal,
+            failure_type=FailureType(failure_type),
+            # Frames only, never the exception text: a third-party message could quote record values.
+            stack_trace="".join(traceback.format_tb(exc.__traceback__)),
+        )
+        if stream:
+            error.stream_descriptor = StreamDescriptor(name=stream)
+        trace = AirbyteTraceMessage(type=TraceType.ERROR, emitted_at=float(_now_ms()), error=error)
+        self.emit(AirbyteMessage(type=Type.TRACE, trace=trace), flush=True)
+
+    def connection_status(self, succeeded: bool, message: str) -> None:
+        status = AirbyteConnectionStatus(status=Status.SUCCEEDED if succeeded else Status.FAILED, message=message)
+        self.emit(AirbyteMessage(type=Type.CONNECTION_STATUS, connectionStatus=status), flush=True)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._out.flush()
+
+
+class AirbyteLogHandler(logging.Handler):
+    """Logging → LOG messages on stdout (the Airbyte platform reads only stdout, and only protocol messages)."""
+
+    def __init__(self, output: Output) -> None:
+        super().__init__(logging.INFO)
+        self.output = output
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = _LOG_LEVELS.get(record.levelno, "INFO")
+            self.output.log(level, self.format(record))  # redacted by the filter install_redaction() adds
+        except Exception:  # a log line must never break a sync
+            self.handleError(record)
+
+
+def describe_error(exc: BaseException) -> tuple[str, str, str]:
+    """(message, internal_message, failure_type) for a TRACE error, never echoing data of unknown origin.
+
+    Core errors carry messages written to be shown (they name the setting and the fix, never PHI or secrets,
+    so they are passed on verbatim). Anything else is reported by its type only.
+    """
+    if isinstance(exc, ConfigError | AuthError):
+        text = str(exc)
+        return text, f"{type(exc).__name__}: {text}", "config_error"
+    if isinstance(exc, WellSkyTransportError):
+        text = str(exc)
+        return text, f"{type(exc).__name__}: {text}", "transient_error"
+    if isinstance(exc, WellSkyError):
+        text = str(exc)
+        return text, f"{type(exc).__name__}: {text}", "system_error"
+    return (
+        f"source-wellsky failed with an unexpected {type(exc).__name__}; see the stack trace and report it",
+        f"{type(exc).__module__}.{type(exc).__name__}",
+        "system_error",
+    )
+
+
+# --- the protocol's documents ------------------------------------------------------------------------------
+
+
+def connection_specification() -> dict[str, Any]:
+    """The config JSON schema (generated from TapConfig; secrets carry ``airbyte_secret``)."""
+    schema = config_json_schema(TapConfig)
+    schema["title"] = "WellSky Source Spec"
+    schema["required"] = []
+    schema["additionalProperties"] = True  # the platform may add its own keys; load() still rejects typos
+    return schema
+
+
+def spec_message() -> AirbyteMessage:
+    spec = ConnectorSpecification(
+        documentationUrl=DOCUMENTATION_URL,
+        connectionSpecification=connection_specification(),
+        supportsIncremental=True,
+    )
+    return AirbyteMessage(type=Type.SPEC, spec=spec)
+
+
+def airbyte_stream(name: str) -> AirbyteStream:
+    """One stream of the catalog, straight from the canonical entity definition."""
+    spec = ENTITIES[name]
+    return AirbyteStream(
+        name=name,
+        json_schema=stream_schema(name),
+        supported_sync_modes=[SyncMode(mode) for mode in SYNC_MODES],
+        source_defined_cursor=True,
+        default_cursor_field=[spec.replication_key],
+        source_defined_primary_key=[[key] for key in spec.primary_key],
+        is_resumable=True,
+    )
+
+
+def catalog_message() -> AirbyteMessage:
+    return AirbyteMessage(type=Type.CATALOG, catalog=AirbyteCatalog(streams=[airbyte_stream(n) for n in ENTITIES]))
+
+
+# --- config, catalog and state files -------------------------------------------------------------------------
+
+
+def _read_json(path: str, what: str) -> Any:
+    try:
+        return orjson.loads(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(what, f"file {path} does not exist; pass an existing JSON file to --{what}") from None
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(what, f"file {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def load_config(path: str, *, start_embedded: bool) -> TapConfig:
+    """The validated config file (``embedded.load_tap_config``: the embedded sandbox when no base_url)."""
+    raw = _read_json(path, "config")
+    if not isinstance(raw, dict):
+        raise ConfigError("config", f"{path} must hold a JSON object of settings")
+    return load_tap_config(raw, start_embedded=start_embedded)
+
+
+class ConfiguredStream:
+    """The part of a ConfiguredAirbyteStream a read needs."""
+
+    def __init__(self, name: str, sync_mode: str) -> None:
+        self.name = name
+        self.sync_mode = sync_mode
+
+
+def load_catalog(path: str) -> list[ConfiguredStream]:
+    """The configured streams, in catalog order; unknown names and sync modes are config errors."""
+    raw = _read_json(path, "catalog")
+    entries = raw.get("streams") if isinstance(raw, dict) else None
+    if not isinstance(entries, list):
+        raise ConfigError("catalog", f"{path} must be a ConfiguredAirbyteCatalog: an object with a `streams` list")
+    streams: list[ConfiguredStream] = []
+    unknown: list[str] = []
+    for i, entry in enumerate(entries):
+        stream = entry.get("stream") if isinstance(entry, dict) else None
+        name = stream.get("name") if isinstance(stream, dict) else None
+        if not isinstance(name, str):
+            raise ConfigError("catalog", f"streams[{i}] has no stream.name; regenerate the catalog with discover")
+        if name not in ENTITIES:
+            unknown.append(name)
+            continue
+        mode = entry.get("sync_mode", "incremental")
+        if mode not in SYNC_MODES:
+            raise ConfigError("catalog", f"stream {name}: sync_mode must be one of {', '.join(SYNC_MODES)}")
+        streams.append(ConfiguredStream(name, mode))
+    if unknown:
+        raise ConfigError(
+            "catalog",
+            f"names unknown stream(s) {', '.join(sorted(unknown))}; valid streams are {', '.join(ENTITIES)} "
+            "(run discover for a fresh catalog)",
+        )
+    return streams
+
+
+def load_state(path: str | None) -> dict[str, str]:
+    """Per-stream cursors from any state shape a platform may hand back.
+
+    Accepted: the per-stream list (``[{"type": "STREAM", "stream": {...}}]``), a single STATE message or its
+    ``state`` body, the legacy dict (``{"patients": {"updated_at": ...}}``, optionally wrapped in ``data``)
+    and a Singer tap's ``{"bookmarks": ...}`` so a pipeline can switch faces without a full resync.
+    """
+    if not path:
+        return {}
+    raw = _read_json(path, "state")
+    if isinstance(raw, dict) and raw.get("type") == "STATE" and "state" in raw:
+        raw = raw["state"]
+    if isinstance(raw, dict) and raw.get("type") in ("STREAM", "LEGACY", "GLOBAL"):
+        raw = [raw]
+    cursors: dict[str, str] = {}
+    if isinstance(raw, list):
+        for item in raw:
+            kind = item.get("type") if isinstance(item, dict) else None
+            if kind == "STREAM":
+                body = item.get("stream") or {}
+                name = (body.get("stream_descriptor") or {}).get("name")
+                value = (body.get("stream_state") or {}).get("updated_at")
+                if name and value:
+                    cursors[name] = str(value)
+            elif kind == "LEGACY":
+                cursors.update(_legacy_cursors(item.get("data") or {}))
+            else:
+                raise ConfigError(
+                    "state",
+                    f"holds a {kind or 'malformed'} state; this source writes per-stream (STREAM) state — pass "
+                    "the state it emitted, or no --state for a full sync",
+                )
+        return cursors
+    if isinstance(raw, dict):
+        return _legacy_cursors(raw.get("data", raw) if "data" in raw and isinstance(raw["data"], dict) else raw)
+    raise ConfigError("state", f"{path} must hold a JSON list of STREAM states or a legacy state object")
+
+
+def _legacy_cursors(data: Mapping[str, Any]) -> dict[str, str]:
+    if isinstance(data.get("bookmarks"), dict):
+        data = {
+            name: {"updated_at": b.get("replication_key_value")}
+            for name, b in data["bookmarks"].items()
+            if isinstance(b, dict)
+        }
+    return {
+        name: str(value["updated_at"])
+        for name, value in data.items()
+        if isinstance(value, dict) and value.get("updated_at")
+    }
+
+
+def parse_cursor(stream: str, value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError("state", f"stream {stream}: updated_at is not an ISO 8601 timestamp") from None
+    if parsed.tzinfo is None:
+        raise ConfigError("state", f"stream {stream}: updated_at must carry a UTC offset (e.g. ...Z)")
+    return parsed
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
