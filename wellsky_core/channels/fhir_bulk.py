@@ -274,11 +274,8 @@ class FhirBulkChannel(Channel):
             return None
         self._discovered = True
         url = f"{FHIR_BASE}/.well-known/smart-configuration"
-        try:
-            with self.client.stream("GET", url, authenticate=False) as response:
-                response.read()
-        except WellSkyTransportError:
-            raise
+        with self.client.stream("GET", url, authenticate=False) as response:
+            response.read()
         if response.status_code != 200:
             log.info("no SMART configuration at %s (%s); using the configured token_url", url, response.status_code)
             return None
