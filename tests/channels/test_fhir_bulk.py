@@ -5,6 +5,7 @@ private_key_jwt, under injected faults, and through the tap (bookmark = the expo
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -347,3 +348,50 @@ def test_tap_bookmark_is_the_transaction_time(tenant: SandboxServer, tmp_path: P
         assert {r["id"] for r in again.get(entity, [])} == want, entity
     assert sum(len(v) for v in again.values()) > 0
     assert all(v > transaction_time for v in bookmarks(last_state(second) or {}).values())
+
+
+@pytest.mark.parametrize("tenant", ["home_health"], indirect=True)
+def test_sigkilled_tap_resumes_the_same_export(tenant: SandboxServer, tmp_path: Path) -> None:
+    """A real SIGKILL mid-download: the next run resumes the job and fetches only the files not yet spooled."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    tenant.control("POST", "/_sandbox/bulk", json={"file_max_resources": 25})
+    tenant.set_faults("slow=1.0,slow_seconds=0.15")  # every FHIR request takes a while: room to kill mid-way
+    jobs = tmp_path / "jobs"
+    config = {**tenant.credentials(), "source": "fhir_bulk", "fhir_bulk_job_dir": str(jobs)}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    cmd = [sys.executable, "-m", "tap_wellsky.tap", "--config", str(tmp_path / "config.json")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WELLSKY_")}
+    with (tmp_path / "first.err").open("w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        deadline = time.monotonic() + 120
+        done = 0
+        while done < 4:
+            assert proc.poll() is None, "the tap finished before it could be killed"
+            assert time.monotonic() < deadline, "no file was downloaded in time"
+            for spool in jobs.glob("*/spool-v2.sqlite"):
+                try:
+                    with sqlite3.connect(f"file:{spool}?mode=ro", uri=True, timeout=1) as db:
+                        done = db.execute("SELECT count(*) FROM files").fetchone()[0]
+                except sqlite3.Error:
+                    continue
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    (job_file,) = jobs.glob("*/job.json")
+    manifest = json.loads(job_file.read_text())["manifest"]
+    assert manifest is not None and len(manifest["output"]) > done, "killed before every file was in"
+
+    tenant.set_faults(None)
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert second.returncode == 0, second.stderr[-2000:]
+    resumed = re.search(r"resuming bulk job: (\d+) file\(s\) already downloaded, (\d+) to go", second.stderr)
+    assert resumed and int(resumed[1]) >= done and int(resumed[2]) > 0, second.stderr[-2000:]
+    got = records_by_stream(messages(second.stdout))
+    assert {s: len(r) for s, r in got.items()} == {e: len(tenant.truth(e)) for e in ENTITIES}
+    assert not list(jobs.glob("*/job.json")), "the finished run removed its spool"
