@@ -25,6 +25,7 @@ from .render import NativeError, Renderer
 from .security import SESSION_COOKIE, AuthFailure, Principal
 from .store import decode_cursor, encode_cursor, epoch
 from .tenant import Tenant, WriteRejected, public
+from .wan import WanMiddleware
 
 log = logging.getLogger("wellsky_sandbox")
 
@@ -319,6 +320,9 @@ class Api:
         hc = getattr(self.tenant, "homeconnect", None)
         if hc is not None:
             body["homeconnect"] = hc.stats()
+        body["rate"] = self.tenant.rate_meter.snapshot()
+        plan = self.tenant.config.wan
+        body["wan"] = {"latency_seconds": plan.latency_seconds, "jitter_seconds": plan.jitter_seconds}
         return ORJSONResponse(body)
 
     async def set_faults(self, request: Request) -> Response:
@@ -510,4 +514,5 @@ def build_app(tenant: Tenant) -> ASGIApp:
             Exception: on_crash,
         },
     )
-    return FaultMiddleware(app, state=tenant.faults, on_expire=tenant.security.expire_everything)
+    faulty = FaultMiddleware(app, state=tenant.faults, on_expire=tenant.security.expire_everything)
+    return WanMiddleware(faulty, tenant.config.wan, tenant.rate_meter)

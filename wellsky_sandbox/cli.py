@@ -14,6 +14,7 @@ from .faults import FaultPlan
 from .generator import PRODUCTS, scale_to_patients
 from .server import SandboxServer
 from .store import Store
+from .wan import WanPlan
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +43,19 @@ def _parser() -> argparse.ArgumentParser:
         default="",
         help='personal_care Home Connect options, e.g. "appointment_writes=1,paging=ref" (see docs/sandbox-api.md)',
     )
+    serve.add_argument(
+        "--latency",
+        default="",
+        help="delay every request this long (e.g. 150ms), without blocking concurrent requests; WAN-like runs",
+    )
+    serve.add_argument("--jitter", default=None, help="latency spread, uniform +-; default a fifth of --latency")
+    serve.add_argument(
+        "--rate-limit",
+        type=int,
+        default=None,
+        help="soft limit in requests/s: answered, overruns counted in /_sandbox/stats (default: the product's, "
+        "100 for personal_care, else none)",
+    )
     serve.add_argument("--ready-file", type=Path, help="also write the JSON line to this file")
     return parser
 
@@ -52,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         patients = scale_to_patients(args.scale)
         if args.command == "serve":
             FaultPlan.parse(args.faults)
+            WanPlan.parse(args.latency, args.jitter)
+            if args.rate_limit is not None and args.rate_limit < 0:
+                raise ValueError("--rate-limit must be >= 0 requests/s (0: none)")
             if args.homeconnect:
                 from .homeconnect import Options
 
@@ -91,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         faults=args.faults or None,
         host=args.host,
         homeconnect=args.homeconnect or None,
+        latency=args.latency or None,
+        jitter=args.jitter,
+        rate_limit=args.rate_limit,
     )
     try:
         server.start()

@@ -24,6 +24,7 @@ from .faults import FaultPlan
 from .generator import scale_to_patients
 from .security import Settings
 from .tenant import Tenant, TenantConfig
+from .wan import WanPlan
 
 
 class SandboxServer:
@@ -47,7 +48,13 @@ class SandboxServer:
         token_ttl_seconds: float = 3600.0,
         host: str = "127.0.0.1",
         homeconnect: str | dict[str, Any] | None = None,
+        latency: str | float | None = None,
+        jitter: str | float | None = None,
+        rate_limit: int | None = None,
     ) -> None:
+        """``latency`` (``"150ms"`` or seconds) delays every request by latency ± jitter (default a fifth of
+        it); ``rate_limit`` is the soft requests/s whose overruns ``/_sandbox/stats`` counts (None: the
+        product's documented limit, 100 for personal care)."""
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="wellsky-sandbox-"))
         self.config = TenantConfig(
@@ -65,6 +72,8 @@ class SandboxServer:
             ),
             faults=FaultPlan.parse(faults),
             homeconnect=homeconnect,
+            wan=WanPlan.parse(latency, jitter, seed=seed),
+            rate_limit=rate_limit,
         )
         self.host = host
         self.port = port
@@ -217,6 +226,10 @@ class SandboxServer:
 
     def stats(self) -> dict[str, Any]:
         return self.control("GET", "/_sandbox/stats")
+
+    def rate(self) -> dict[str, Any]:
+        """The soft-limit meter: ``{requests, overruns, peak_per_second, limit_per_second}``."""
+        return self.stats()["rate"]
 
     def set_faults(self, spec: str | dict[str, Any] | None) -> dict[str, Any]:
         return self.control("POST", "/_sandbox/faults", json={"spec": spec or ""})

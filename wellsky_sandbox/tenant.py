@@ -28,6 +28,7 @@ from .generator import (
 from .render import AGENCY_TZ, MODELED_PRODUCTS, Renderer
 from .security import Security, Settings
 from .store import Store
+from .wan import RateMeter, WanPlan
 
 PATIENT_FIELDS = set(FIELDS["patients"])
 APPOINTMENT_FIELDS = set(FIELDS["appointments"])
@@ -57,6 +58,12 @@ class TenantConfig:
     faults: FaultPlan = field(default_factory=FaultPlan)
     name: str = "Sunrise Home Health (sandbox)"
     homeconnect: str | dict[str, Any] | None = None  # personal_care: Home Connect options (homeconnect.Options)
+    wan: WanPlan = field(default_factory=WanPlan)  # latency + jitter on every request (wan.py)
+    rate_limit: int | None = None  # soft requests/s, overruns counted; None: the product's documented limit
+
+
+SOFT_RATE_LIMITS = {"personal_care": 100}
+"""Documented soft limits (Home Connect fact sheet section 6: at most 100 req/s, not throttled); others: none."""
 
 
 def public(rec: dict[str, Any]) -> dict[str, Any]:
@@ -75,6 +82,8 @@ class Tenant:
         self._renderer = Renderer(config.product) if config.product in MODELED_PRODUCTS else None
         self.security = Security(config.seed, config.security)
         self.faults = FaultState(config.faults)
+        limit = config.rate_limit if config.rate_limit is not None else SOFT_RATE_LIMITS.get(config.product, 0)
+        self.rate_meter = RateMeter(limit)
         self.read_only = config.read_only
         self.enforce_authorizations = True
         """Off only in tests: books over the authorized units (as a tenant with lax payer rules would), so a

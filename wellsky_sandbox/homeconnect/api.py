@@ -11,7 +11,6 @@ import contextvars
 import hmac
 import re
 import secrets
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -36,7 +35,6 @@ from .shapes import (
 from .subscription_routes import SubscriptionRoutes
 from .subscriptions import SubscriptionHub
 
-RATE_LIMIT_PER_SECOND = 100
 AUDIT_ENTITY = {
     "patients": "patients",
     "practitioners": "practitioners",
@@ -58,10 +56,6 @@ class HomeConnect(PeopleRoutes, ScheduleRoutes, ContactRoutes, SubscriptionRoute
         self.options = options or Options()
         self.hub = SubscriptionHub(self.extras)
         self._issued: dict[str, float] = {}  # token -> expiry, to tell "expired" from "unknown"
-        self._rate_lock = threading.Lock()
-        self._second = 0
-        self._in_second = 0
-        self.rate = {"requests": 0, "overruns": 0, "peak_per_second": 0}
         tenant.listeners.append(self._on_change)
         tenant.advance_hooks.append(self._on_advance)
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = []
@@ -199,7 +193,6 @@ class HomeConnect(PeopleRoutes, ScheduleRoutes, ContactRoutes, SubscriptionRoute
         )
 
     async def dispatch(self, request: Request) -> Response:
-        self._meter()
         header = request.headers.get("authorization", "")
         if not header.startswith("Bearer "):
             return apigee_fault("Invalid access token", "oauth.v2.InvalidAccessToken")
@@ -266,26 +259,13 @@ class HomeConnect(PeopleRoutes, ScheduleRoutes, ContactRoutes, SubscriptionRoute
                 return run, match.groupdict()
         return None
 
-    def _meter(self) -> None:
-        """The vendor asks for at most 100 req/s and does not throttle: answer, but count overruns."""
-        now = int(time.monotonic())
-        with self._rate_lock:
-            self.rate["requests"] += 1
-            if now != self._second:
-                self._second, self._in_second = now, 0
-            self._in_second += 1
-            self.rate["peak_per_second"] = max(self.rate["peak_per_second"], self._in_second)
-            if self._in_second > RATE_LIMIT_PER_SECOND:
-                self.rate["overruns"] += 1
-
     def stats(self) -> dict[str, Any]:
-        with self._rate_lock:
-            return {
-                **self.rate,
-                "limit_per_second": RATE_LIMIT_PER_SECOND,
-                "deliveries": len(self.hub.log),
-                "deliveries_pending": self.hub.pending(),
-            }
+        """The tenant's soft-limit meter (every request, counted by ``wan.WanMiddleware``) plus deliveries."""
+        return {
+            **self.tenant.rate_meter.snapshot(),
+            "deliveries": len(self.hub.log),
+            "deliveries_pending": self.hub.pending(),
+        }
 
     # -- organizations ------------------------------------------------------------------------------------
     def organizations(self) -> Response:
