@@ -87,6 +87,8 @@ class WellSkyStream(Stream):
         try:
             for record in channel.iter_records(self.name, since):
                 count += 1
+                if count == 1 and self.logger.isEnabledFor(logging.DEBUG):  # redacted like every log line
+                    self.logger.debug("%s: first record %s", self.name, record)
                 yield record if project is None else project(record)
                 now = time.monotonic()
                 if now - last_report >= PROGRESS_EVERY_SECONDS:

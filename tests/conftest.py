@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,3 +33,21 @@ def sandbox_factory(tmp_path: Path) -> Iterator[Callable[..., SandboxServer]]:
 def sandbox(sandbox_factory: Callable[..., SandboxServer]) -> SandboxServer:
     """A small home-health tenant (100 patients, about 1k records), fresh for each test."""
     return sandbox_factory()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Project tests and the generic singer-sdk suites (marker ``sdk_suite``) are reported apart."""
+    counts: dict[str, Counter[str]] = {"project tests": Counter(), "singer-sdk suites": Counter()}
+    for outcome in ("passed", "failed", "error", "skipped", "xfailed", "xpassed"):
+        seen: set[str] = set()
+        for report in terminalreporter.stats.get(outcome, []):
+            nodeid = getattr(report, "nodeid", "")
+            if not nodeid or nodeid in seen:
+                continue
+            seen.add(nodeid)
+            kind = "singer-sdk suites" if "sdk_suite" in getattr(report, "keywords", {}) else "project tests"
+            counts[kind][outcome] += 1
+    for kind, counted in counts.items():
+        if counted:
+            detail = ", ".join(f"{n} {outcome}" for outcome, n in counted.items())
+            terminalreporter.write_line(f"{kind}: {sum(counted.values())} ({detail})")

@@ -101,6 +101,8 @@ class RecordWriter:
     def write(self, stream: str, record: dict[str, Any]) -> WriteResult:
         if stream not in dialect(self.product).writable:
             raise ValueError(f"{stream} is not writable on {self.product}")
+        if log.isEnabledFor(logging.DEBUG):  # the whole input at DEBUG: patient values are redacted in logs
+            log.debug("writing %s record %s", stream, record)
         try:
             desired = validate_for_write(stream, record)
             key, digest, known = self._ledger_entry(stream, desired)
@@ -138,7 +140,11 @@ class RecordWriter:
         response = self.client.request("GET", path, expected=(404,))
         if response.status_code == 404:
             return None
-        return to_canonical(self.product, entity, response.json())
+        try:
+            body = response.json()
+        except ValueError:  # a truncated body: get_json fetches it again (retried like any malformed page)
+            body = self.client.get_json(path)
+        return to_canonical(self.product, entity, body)
 
     def _find(self, entity: str, **filters: str) -> dict[str, Any] | None:
         page = self.client.get_json("/" + entity.replace("_", "-"), {**filters, "limit": 2})

@@ -10,6 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from tests.waiting import wait_for
 from wellsky_core.auth import ClientCredentialsAuth, PrivateKeyJwtAuth, SessionAuth
 from wellsky_core.config import WellSkyConfig
 from wellsky_core.errors import AuthError
@@ -49,15 +50,13 @@ def test_session_login_and_wrong_password(sandbox_factory):
 
 
 def test_cookie_rotation_is_followed(sandbox_factory):
-    """The cookie rotates every 0.2 s and old values die 0.3 s later; 40 requests over ~2 s never re-login."""
-    sb = sandbox_factory(scale=20, sftp_port=None, cookie_rotate_seconds=0.2, cookie_grace_seconds=0.3)
+    """The cookie rotates every 0.2 s; requests until it rotated 5 times never re-login (a grace of 2 s keeps a
+    stalled machine from killing the cookie between two requests)."""
+    sb = sandbox_factory(scale=20, sftp_port=None, cookie_rotate_seconds=0.2, cookie_grace_seconds=2)
     with WellSkyClient(config(sb)) as client:
-        for _ in range(40):
-            client.tenant()
-            time.sleep(0.05)
         auth = client.auth
         assert isinstance(auth, SessionAuth)
-        assert auth.rotations >= 5
+        wait_for(lambda: client.tenant() and auth.rotations >= 5, what="five cookie rotations")
         assert auth.logins == 1 and client.metrics.reauths == 0
 
 
@@ -69,12 +68,13 @@ def test_stale_cookie_after_grace_would_fail_without_rotation(sandbox_factory):
         auth = client.auth
         assert isinstance(auth, SessionAuth)
         first = auth._cookie
-        time.sleep(0.15)
-        client.tenant()  # rotates
-        assert auth._cookie != first
-        time.sleep(0.15)
-        stale = httpx.get(f"{sb.base_url}/tenant", cookies={"wsk_session": first or ""})
-        assert stale.status_code == 401 and stale.json()["error"] == "cookie_rotated"
+        wait_for(lambda: client.tenant() and auth._cookie != first, what="the cookie to rotate")
+        stale = wait_for(
+            lambda: (r := httpx.get(f"{sb.base_url}/tenant", cookies={"wsk_session": first or ""})).status_code == 401
+            and r,
+            what="the first cookie to be refused after its grace",
+        )
+        assert stale.json()["error"] == "cookie_rotated"
 
 
 def test_session_expiry_triggers_one_relogin_and_replay(sandbox_factory):
@@ -116,7 +116,7 @@ def test_session_renewed_before_announced_expiry(sandbox_factory):
     sb = sandbox_factory(scale=20, sftp_port=None, session_ttl_seconds=1.0)
     with WellSkyClient(config(sb)) as client:
         client.tenant()
-        time.sleep(1.0)
+        wait_for(lambda: time.monotonic() >= client.auth._renew_at, what="the client's renewal point")
         client.tenant()
         assert client.auth.logins == 2
         assert client.metrics.reauths == 0, "renewed proactively, not after a 401"
@@ -150,7 +150,7 @@ def test_token_refreshed_before_expiry(sandbox_factory):
     cfg = config(sb, auth_method="oauth_client_credentials", client_id=sb.client_id, client_secret=sb.client_secret)
     with WellSkyClient(cfg) as client:
         client.tenant()
-        time.sleep(1.1)  # past ttl - min(60, ttl/2)
+        wait_for(lambda: time.monotonic() >= client.auth._renew_at, what="the token's renewal point")
         client.tenant()
         assert client.auth.logins == 2 and client.metrics.reauths == 0
 

@@ -302,3 +302,16 @@ def test_prime_answers_lookups_from_one_scan(sb):
     small = _writer(sb)
     small.prime("patients", fresh[:5])  # below the threshold: per-record lookups
     assert "patients" not in small._primed
+
+
+def test_a_truncated_answer_to_a_lookup_by_id_is_fetched_again(sb):
+    """Found by the no-leak suite: a cut-off body on ``GET /patients/{id}`` crashed the write with a traceback."""
+    existing = sb.truth("patients")[5:15]
+    sb.set_faults("malformed=0.5,seed=3")
+    try:
+        results = [_writer(sb, dry_run=True).write("patients", {**p, "phone": "555-0100"}) for p in existing]
+        injected = sb.stats()["faults"].get("malformed", 0)
+    finally:
+        sb.set_faults(None)
+    assert [r.action for r in results] == ["would_update"] * len(existing)
+    assert injected >= 3

@@ -17,7 +17,7 @@ from typing import Any
 
 from wellsky_core.schemas import stream_schema
 
-from .conftest import assert_no_traceback, child_env, run_target_cli, tap_args, tap_config
+from .conftest import TARGET_CMD, assert_no_traceback, child_env, run_target_cli, tap_args, tap_config, write_json
 
 FAULTS = "error=0.1,reset=0.05,malformed=0.05,retry_after=0,seed=5"
 
@@ -53,6 +53,18 @@ class IssuedCredentials:
             return answer
 
         security.new_session, security.session_for_cookie, security.issue_token = minted_session, rotated, token
+
+
+REDACTION_OFF = (  # the same CLI with redaction switched off in the child only (the control run)
+    "import runpy, sys; import wellsky_core.redaction as r; r.redact = lambda text: text; "
+    "sys.argv = sys.argv[1:]; runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)"
+)
+
+
+def _without_redaction(cmd: list[str]) -> list[str]:
+    """``python -m module args`` -> the same run with ``wellsky_core.redaction.redact`` a no-op."""
+    assert cmd[1] == "-m", cmd
+    return [cmd[0], "-c", REDACTION_OFF, *cmd[2:]]
 
 
 def _run(cmd: list[str], stdin: str | None = None) -> tuple[int, str, str]:
@@ -130,6 +142,18 @@ def test_no_secret_token_cookie_or_patient_identifier_in_any_output(sandbox_fact
     result = run_target_cli(tmp_path, target_cfg, "\n".join(lines) + "\n", tag="target-mixed")
     assert result.returncode == 3, result.stderr[-1500:]
     texts["target stderr"] = result.stderr
+
+    # control: the same tap and target runs with redaction switched off must show patient values, or the
+    # search below would prove nothing about PHI
+    control: dict[str, str] = {}
+    code, _, control["tap"] = _run(_without_redaction(tap_args(tmp_path, tap_config(sb, page_size=20, **mfa),
+                                                               tag="tap-control")))
+    assert code == 0, control["tap"][-1500:]
+    code, _, control["target"] = _run(
+        _without_redaction([*TARGET_CMD, "--config", str(write_json(tmp_path / "control.json", target_cfg))]),
+        "\n".join(lines) + "\n",
+    )
+    assert code == 3, control["target"][-1500:]
     texts["target audit log"] = (tmp_path / "audit.jsonl").read_text()
     sb.set_tenant(read_only=True)
     result = run_target_cli(tmp_path, {**target_cfg, "audit_log_path": str(tmp_path / "audit-ro.jsonl")},
@@ -145,8 +169,19 @@ def test_no_secret_token_cookie_or_patient_identifier_in_any_output(sandbox_fact
     assert all(issued.kinds.values()), f"sessions, rotated cookies and tokens must all occur: {issued.kinds}"
     secrets = [sb.password, sb.totp_secret, sb.client_secret, *sorted(issued.values)]
     phi = _phi(sb) + [f"{p['first_name']} {p['last_name']}" for p in fresh]
+    everyone = sb.truth("patients") + fresh
+    kinds = {
+        "name": [p["last_name"] for p in everyone if len(p["last_name"]) >= 5],
+        "birth date": [p["birth_date"] for p in everyone],
+        "MRN": [p["mrn"] for p in everyone if p.get("mrn")],
+    }
+    for run, text in control.items():
+        for kind, values in kinds.items():
+            assert _leaks({run: text}, values), f"without redaction the {run} run should show a patient {kind}"
+    unredacted = _leaks(control, phi)
     leaks = _leaks(texts, secrets + phi)
     assert not leaks, f"{len(leaks)} sensitive values leaked: {leaks[:10]}"
     size = sum(len(t) for t in texts.values())
     print(f"FIGURES leaks: 0 of {len(secrets)} secrets/credentials and {len(phi)} PHI values in {size} bytes "
-          f"of output from {len(texts)} runs; credentials issued {issued.kinds}")
+          f"of output from {len(texts)} runs; credentials issued {issued.kinds}; control runs without redaction "
+          f"showed {len(unredacted)} patient values")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 import subprocess
 import threading
-import time
+
+from tests.waiting import wait_for
 
 from .conftest import (
     assert_no_traceback,
@@ -67,7 +68,9 @@ def test_sandbox_restart_mid_sync_is_survived(tmp_path, small_tenant):
         assert proc.poll() is None, "the tap finished before the restart; slow it down"
         port = sb.port
         sb.stop()
-        time.sleep(0.5)  # the tap meets refused connections for a while
+        wait_for(  # the tap meets refused connections, then the tenant comes back
+            lambda: "retrying" in (tmp_path / "tap.stderr").read_text(), timeout=60, what="the tap to retry"
+        )
         sb.start()
         assert sb.port == port
         assert proc.wait(timeout=120) == 0

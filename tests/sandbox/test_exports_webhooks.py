@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.waiting import wait_for
 from wellsky_sandbox.testing import SandboxServer
 
 
@@ -61,8 +62,13 @@ def test_signed_url_tampering_and_expiry(sandbox: SandboxServer) -> None:
         short = client.get("/exports").json()[0]["url"]
     assert httpx.get(short).status_code == 200  # 4 s of slack: a loaded CI machine is slow, not wrong
     expires = int(dict(p.split("=") for p in short.partition("?")[2].split("&"))["expires"])
-    time.sleep(max(0.0, expires - time.time()) + 1.1)
-    r = httpx.get(short)
+    r = wait_for(
+        lambda: (got := httpx.get(short)).status_code != 200 and got,
+        timeout=max(0.0, expires - time.time()) + 15,
+        interval=0.2,
+        what="the signed URL to expire",
+    )
+    assert time.time() >= expires, "refused before its expiry"
     assert r.status_code == 410 and r.json()["error"] == "url_expired"
 
 
@@ -109,6 +115,13 @@ class Receiver:
             time.sleep(0.05)
 
 
+def _settled(sandbox: SandboxServer, receiver: Receiver) -> list[dict[str, Any]] | None:
+    """The delivery log once the queue is empty and every request the receiver saw is logged (else None)."""
+    state = sandbox.control("GET", "/_sandbox/webhooks/deliveries")
+    done = state["pending"] == 0 and len(state["deliveries"]) == len(receiver.requests)
+    return state["deliveries"] if done else None
+
+
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     rx = Receiver()
@@ -127,8 +140,8 @@ def test_webhook_events_are_signed_and_filtered(sandbox: SandboxServer, receiver
     expected = result["by_entity"].get("appointments", 0) + result["by_entity"].get("encounters", 0)
     assert expected > 0
     receiver.wait(expected)
-    time.sleep(0.3)
-    assert len(receiver.requests) == expected  # patients/authorizations not subscribed
+    settled = wait_for(lambda: _settled(sandbox, receiver), what="the sandbox's webhook queue to drain")
+    assert len(receiver.requests) == len(settled) == expected  # patients/authorizations not subscribed
     render = sandbox.tenant.renderer.render  # events carry the product's native shape (home health: visitId)
     truth = {r["id"]: render("appointments", r) for r in sandbox.truth("appointments")}
     for headers, body in receiver.requests:
@@ -142,8 +155,8 @@ def test_webhook_events_are_signed_and_filtered(sandbox: SandboxServer, receiver
     with login(sandbox) as client:
         assert client.delete(f"/webhooks/{wid}").status_code == 204
         assert client.delete(f"/webhooks/{wid}").status_code == 404
-    sandbox.advance(count=10, seed=9)
-    time.sleep(0.5)
+    sandbox.advance(count=10, seed=9)  # events are queued synchronously by the change, so nothing is in flight
+    assert sandbox.control("GET", "/_sandbox/webhooks/deliveries")["pending"] == 0
     assert len(receiver.requests) == expected
 
 
@@ -161,8 +174,10 @@ def test_failed_deliveries_are_retried_with_backoff(sandbox: SandboxServer) -> N
         assert len(ids) == 1  # one event, three attempts
         attempts = [h["x-wellsky-delivery-attempt"] for h, _ in rx.requests]
         assert attempts == ["1", "2", "3"]
-        time.sleep(0.2)
-        log = sandbox.control("GET", "/_sandbox/webhooks/deliveries")["deliveries"]
+        log = wait_for(
+            lambda: (d := sandbox.control("GET", "/_sandbox/webhooks/deliveries")["deliveries"]) and len(d) == 3 and d,
+            what="three logged delivery attempts",
+        )
         assert [(d["attempt"], d["status_code"], d["delivered"]) for d in log] == [
             (1, 500, False),
             (2, 500, False),

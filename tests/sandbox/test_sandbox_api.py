@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.waiting import wait_for
 from wellsky_sandbox.generator import ENTITIES, Generator
 from wellsky_sandbox.store import Store
 
@@ -135,7 +136,7 @@ def test_mfa_by_every_method(sandbox_factory, method):
 
 
 def test_cookie_rotation_grace_then_rejection_and_session_expiry(sandbox_factory):
-    sb = sandbox_factory(scale=5, cookie_rotate_seconds=0, cookie_grace_seconds=0.5, session_ttl_seconds=2)
+    sb = sandbox_factory(scale=5, cookie_rotate_seconds=0, cookie_grace_seconds=1.5, session_ttl_seconds=4)
     client = login(sb)
     first = client.cookies["wsk_session"]
     client.get("/tenant").raise_for_status()
@@ -143,12 +144,15 @@ def test_cookie_rotation_grace_then_rejection_and_session_expiry(sandbox_factory
     assert rotated != first
     old = httpx.Client(base_url=sb.base_url, cookies={"wsk_session": first})
     assert old.get("/tenant").status_code == 200, "the previous cookie is honoured during the grace window"
-    time.sleep(0.7)
-    late = old.get("/tenant")
-    assert late.status_code == 401 and late.json()["error"] == "cookie_rotated"
-    time.sleep(1.5)
-    expired = client.get("/tenant")
-    assert expired.status_code == 401 and expired.json()["error"] in ("session_expired", "invalid_session")
+    late = wait_for(lambda: _refused(old), what="the rotated-out cookie to be refused after its grace")
+    assert late.json()["error"] == "cookie_rotated"
+    expired = wait_for(lambda: _refused(client), what="the session to expire")
+    assert expired.json()["error"] in ("session_expired", "invalid_session")
+
+
+def _refused(client: httpx.Client) -> httpx.Response | None:
+    response = client.get("/tenant")
+    return response if response.status_code == 401 else None
 
 
 def _rsa_pem() -> tuple[rsa.RSAPrivateKey, str]:
@@ -197,15 +201,18 @@ def test_oauth_client_credentials_and_private_key_jwt(sandbox):
 
 
 def test_token_expiry(sandbox_factory):
-    sb = sandbox_factory(scale=5, token_ttl_seconds=0.5)
+    sb = sandbox_factory(scale=5, token_ttl_seconds=2)
     token = httpx.post(
         sb.base_url + "/oauth/token",
         data={"grant_type": "client_credentials", "client_id": sb.client_id, "client_secret": sb.client_secret},
     ).json()["access_token"]
     headers = {"authorization": f"Bearer {token}"}
     assert httpx.get(sb.base_url + "/tenant", headers=headers).status_code == 200
-    time.sleep(0.7)
-    assert httpx.get(sb.base_url + "/tenant", headers=headers).json()["error"] == "token_expired"
+    expired = wait_for(
+        lambda: (r := httpx.get(sb.base_url + "/tenant", headers=headers)).status_code == 401 and r,
+        what="the access token to expire",
+    )
+    assert expired.json()["error"] == "token_expired"
 
 
 # -- writes --------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from singer_sdk.testing import SuiteConfig, get_tap_test_class
 
 from tap_wellsky.tap import TapWellSky
@@ -11,3 +12,5 @@ TestTapWellSkyStandard = get_tap_test_class(
     config={"sandbox_scale": "XS", "page_size": 200},
     suite_config=SuiteConfig(max_records_limit=None),
 )
+
+pytestmark = pytest.mark.sdk_suite  # generic singer-sdk checks, counted apart from project tests

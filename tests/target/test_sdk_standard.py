@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import tempfile
 
+import pytest
 from singer_sdk.testing import get_target_test_class
 
 from target_wellsky.target import TargetWellSky
@@ -24,3 +25,5 @@ TestTargetWellSkyStandard = get_target_test_class(
         "dead_letter_path": f"{_DIR}/dead.jsonl",
     },
 )
+
+pytestmark = pytest.mark.sdk_suite  # generic singer-sdk checks, counted apart from project tests
