@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -130,3 +131,15 @@ def test_key_formula_is_stable_across_releases():
 
 
 GOLDEN_KEY = "wsk1-a28e2c186c415cb80cb0ef474163b7904a4952ddf70519082427d6d2add0682b"
+
+
+def test_based_on_binds_the_key_to_the_version_it_was_computed_against():
+    body = {"phone": "555-0101"}
+    plain = idempotency_key("t", "patients", "HH-P1", body)
+    v1 = idempotency_key("t", "patients", "HH-P1", body, based_on={"updated_at": "2026-01-01T00:00:00Z"})
+    v2 = idempotency_key("t", "patients", "HH-P1", body, based_on={"updated_at": "2026-01-02T00:00:00Z"})
+    assert len({plain, v1, v2}) == 3, "the same change against another version is another write"
+    assert v1 == idempotency_key("t", "patients", "HH-P1", body, based_on={"updated_at": "2026-01-01T00:00:00Z"})
+    assert v1 == "wsk1-" + hashlib.sha256(
+        b'{"b":{"phone":"555-0101"},"k":"HH-P1","r":"patients","t":"t","v":{"updated_at":"2026-01-01T00:00:00Z"}}'
+    ).hexdigest(), "the formula is pinned (a release must replay the previous release's keys)"

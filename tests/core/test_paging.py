@@ -104,8 +104,7 @@ def test_a_repeated_cursor_is_a_loop_not_an_endless_sync(server):
     assert len(server.requests) == 2
 
 
-def test_a_cursor_may_come_back_after_another_one(server):
-    """Only the same cursor twice in a row is a loop (an A, B, A sequence is the server's business)."""
+def test_distinct_cursors_are_followed_to_the_end(server):
     server.pages[("/p", None)] = {"data": [1], "next_cursor": "a"}
     server.pages[("/p", "a")] = {"data": [2], "next_cursor": "b"}
     server.pages[("/p", "b")] = {"data": [3], "next_cursor": None}

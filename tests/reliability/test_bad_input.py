@@ -900,7 +900,6 @@ def test_bad_feed_file_is_dead_lettered_through_the_tap_cli(sandbox_factory: Any
     assert '"stream":"patients"' in proc.stdout.replace(" ", ""), "the good records still land"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16: without dead_letter_path a broken feed record is skipped")
 @pytest.mark.parametrize("source", list(FEED_SAMPLES))
 def test_bad_feed_file_without_dead_letter_stops_the_tap_cli(sandbox_factory: Any, tmp_path: Path, source: str):
     sb = sandbox_factory(scale=5)
