@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import gzip
-import time
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.waiting import wait_for
 from wellsky_sandbox.testing import SandboxServer
 
 ASYNC = {"Accept": "application/fhir+json", "Prefer": "respond-async"}
@@ -35,16 +35,17 @@ def token(server: SandboxServer, client_id: str | None = None, secret: str | Non
 
 
 def wait_manifest(server: SandboxServer, url: str, auth: dict[str, str]) -> tuple[dict[str, Any], list[httpx.Response]]:
+    """Poll the status URL at the server's Retry-After (1 s here) until the manifest is there."""
     seen: list[httpx.Response] = []
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def ready() -> httpx.Response | None:
         response = httpx.get(url, headers=auth)
         seen.append(response)
-        if response.status_code != 202:
-            assert response.status_code == 200, response.text
-            return response.json(), seen
-        time.sleep(float(response.headers["retry-after"]))
-    raise AssertionError("export never finished")
+        return response if response.status_code != 202 else None
+
+    final = wait_for(ready, timeout=60, interval=1.0, what="the export manifest")
+    assert final.status_code == 200, final.text
+    return final.json(), seen
 
 
 def test_kickoff_status_files_delete(server: SandboxServer) -> None:
@@ -141,10 +142,12 @@ def test_jobs_belong_to_their_client_and_are_limited(server: SandboxServer) -> N
     assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
     server.control("POST", "/_sandbox/bulk", json={"max_active_jobs": 4, "fail_jobs": True})
     failing = httpx.get(server.base_url + "/fhir/$export", headers={**ASYNC, **auth}, params={"_type": "Coverage"})
-    deadline = time.monotonic() + 30
-    while (status := httpx.get(failing.headers["content-location"], headers=auth)).status_code == 202:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    status = wait_for(
+        lambda: (r := httpx.get(failing.headers["content-location"], headers=auth)).status_code != 202 and r,
+        timeout=60,
+        interval=0.2,
+        what="the failed job's status",
+    )
     assert status.status_code == 500 and status.json()["resourceType"] == "OperationOutcome"
 
 
