@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from wellsky_core.config import SDK_BUILTIN_KEYS, TapConfig
+from wellsky_core.dialects import DIALECTS
 
 log = logging.getLogger("tap_wellsky")
 
@@ -36,6 +37,14 @@ def embedded_sandbox_config(config: dict[str, Any]) -> dict[str, Any]:
             scale,
         )
     server = _RUNNING[key]
+    if not _signs_in_with_session(product):  # e.g. Home Connect: client credentials only
+        return {
+            "base_url": server.base_url,
+            "product": product,
+            "auth_method": "oauth_client_credentials",
+            "client_id": server.client_id,
+            "client_secret": server.client_secret,
+        }
     return {
         "base_url": server.base_url,
         "product": product,
@@ -48,6 +57,21 @@ def embedded_sandbox_config(config: dict[str, Any]) -> dict[str, Any]:
 
 EMBEDDED_PLACEHOLDER = {"auth_method": "session", "username": "embedded", "password": "embedded", "mfa_method": "none"}
 """What the embedded sandbox's login will be, for validating a config without starting it."""
+EMBEDDED_CLIENT_PLACEHOLDER = {"auth_method": "oauth_client_credentials", "client_id": "embedded",
+                               "client_secret": "embedded"}
+"""The same for a product that signs in with client credentials only."""
+
+
+def _signs_in_with_session(product: str) -> bool:
+    methods = DIALECTS[product].auth_methods if product in DIALECTS else None
+    return not methods or "session" in methods
+
+
+def has_production_host(raw: Mapping[str, Any]) -> bool:
+    """A product with a production host (personal care's Home Connect): credentials alone mean a real tenant."""
+    product = DIALECTS.get(raw.get("product") or os.environ.get("WELLSKY_PRODUCT") or "")
+    has_credentials = bool(raw.get("client_id") or os.environ.get("WELLSKY_CLIENT_ID"))
+    return product is not None and product.default_base_url is not None and has_credentials
 
 
 def load_tap_config(raw: Mapping[str, Any], *, start_embedded: bool) -> TapConfig:
@@ -57,6 +81,10 @@ def load_tap_config(raw: Mapping[str, Any], *, start_embedded: bool) -> TapConfi
     be configured, without starting it: discovery never needs a tenant.
     """
     values = dict(raw)
-    if not values.get("base_url") and not os.environ.get("WELLSKY_BASE_URL"):
-        values.update(embedded_sandbox_config(values) if start_embedded else EMBEDDED_PLACEHOLDER)
+    if not values.get("base_url") and not os.environ.get("WELLSKY_BASE_URL") and not has_production_host(values):
+        if start_embedded:
+            values.update(embedded_sandbox_config(values))
+        else:
+            product = values.get("product") or "home_health"
+            values.update(EMBEDDED_PLACEHOLDER if _signs_in_with_session(product) else EMBEDDED_CLIENT_PLACEHOLDER)
     return TapConfig.load(values, ignore_keys=SDK_BUILTIN_KEYS)

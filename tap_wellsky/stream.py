@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from .tap import TapWellSky
 
 PROGRESS_EVERY_SECONDS = 15.0
+MEMO_STATE_KEY = "content_hashes"
+"""Stream-state key of a change memo (content hashes of the last window, for streams without a change filter)."""
 
 
 class WellSkyStream(Stream):
@@ -47,7 +49,8 @@ class WellSkyStream(Stream):
 
         Decided from the validated settings alone: discovery must not open a connection (or start a sandbox).
         """
-        return channel_class(self.wellsky_tap.settings.source_for(self.name)).ordered
+        settings = self.wellsky_tap.settings
+        return channel_class(settings.source_for(self.name), settings.product).ordered
 
     def _write_record_message(self, record: dict[str, Any]) -> None:
         """RECORD out through the orjson fast path (see ``fastio``) when it is equivalent to the SDK's writer."""
@@ -68,6 +71,15 @@ class WellSkyStream(Stream):
         project = self.selected_projection()
         channel = self.wellsky_tap.connection.channel(self.name)
         self.summary["source"] = channel.name
+        reason = channel.unavailable_reason(self.name)
+        if reason is not None:
+            self.logger.warning(
+                "%s is not available for this product (%s): %s; nothing synced for it",
+                self.name,
+                self.wellsky_tap.connection.product,
+                reason,
+            )
+            return
         if not channel.supports(self.name):
             self.logger.warning(
                 "%s is not available through source %r for this tenant (%s); nothing synced for it. Read it "
@@ -84,6 +96,9 @@ class WellSkyStream(Stream):
             since = self.get_starting_timestamp(context)
         started = last_report = time.monotonic()
         count = 0
+        memo_state = self.get_context_state(context) if self.name in channel.memo_streams else None
+        if memo_state is not None:
+            channel.load_memo(self.name, memo_state.get(MEMO_STATE_KEY))
         try:
             for record in channel.iter_records(self.name, since):
                 count += 1
@@ -97,6 +112,8 @@ class WellSkyStream(Stream):
             resume = channel.resume_point(self.name)
             if resume is not None and self.replication_method != "FULL_TABLE":
                 self._bookmark_exactly(context, resume)
+            if memo_state is not None:  # only a complete read may replace the memo
+                memo_state[MEMO_STATE_KEY] = channel.dump_memo(self.name)
         finally:
             self.summary["records"] += count
             self.summary["seconds"] += time.monotonic() - started

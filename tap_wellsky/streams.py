@@ -56,6 +56,18 @@ class CoverageStream(WellSkyStream):
     name = "coverage"
 
 
+class RelatedPersonsStream(WellSkyStream):
+    """Clients' family, emergency and professional contacts (personal care / Home Connect)."""
+
+    name = "related_persons"
+
+
+class LocationsStream(WellSkyStream):
+    """Agency offices and branches (personal care / Home Connect)."""
+
+    name = "locations"
+
+
 STREAM_TYPES: list[type[WellSkyStream]] = [
     PatientsStream,
     PractitionersStream,
@@ -65,6 +77,8 @@ STREAM_TYPES: list[type[WellSkyStream]] = [
     AuthorizationsStream,
     ReferralsStream,
     CoverageStream,
+    RelatedPersonsStream,
+    LocationsStream,
 ]
 
 

@@ -46,9 +46,10 @@ class WellSkySink(_QuietSink):
         if not items:
             return
         groups: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
-        for line, record in items:
-            groups[_group_key(self.stream_name, record, line)].append((line, record))
         target = self.wellsky_target
+        group_key = getattr(target.writer, "group_key", _group_key)
+        for line, record in items:
+            groups[group_key(self.stream_name, record, line)].append((line, record))
         target.writer.prime(self.stream_name, [record for _, record in items])
         with ThreadPoolExecutor(max_workers=target.settings.write_concurrency, thread_name_prefix="wsk-write") as pool:
             for outcome in pool.map(self._write_group, groups.values()):
@@ -65,6 +66,13 @@ class IgnoredStreamSink(_QuietSink):
 
     def process_batch(self, context: dict) -> None:
         self.wellsky_target.ignored[self.stream_name] += len(context.get("records", []))
+
+
+class RefusedStreamSink(_QuietSink):
+    """A stream this tenant refuses as a whole (said once, up front): counted as refused, nothing sent."""
+
+    def process_batch(self, context: dict) -> None:
+        self.wellsky_target.refused_streams[self.stream_name] += len(context.get("records", []))
 
 
 def _group_key(stream: str, record: dict[str, Any], line: int) -> str:

@@ -24,7 +24,7 @@ from wellsky_core.models import WRITABLE
 from wellsky_core.redaction import install_redaction
 from wellsky_core.writes import WriteResult
 
-from .sinks import IgnoredStreamSink, WellSkySink
+from .sinks import IgnoredStreamSink, RefusedStreamSink, WellSkySink
 
 
 class RecordBeforeSchema(SingerInputError, RecordsWithoutSchemaException):
@@ -84,6 +84,7 @@ class TargetWellSky(Target):
         self.results: Counter[str] = Counter()
         self.rejected_by_code: Counter[str] = Counter()
         self.ignored: Counter[str] = Counter()
+        self.refused_streams: Counter[str] = Counter()
         self._started = time.monotonic()
         super().__init__(*args, **kwargs)
         TargetWellSky.last_run = self
@@ -100,11 +101,17 @@ class TargetWellSky(Target):
 
     @cached_property
     def writer(self) -> Any:
+        import importlib
+
+        from wellsky_core.dialects import DIALECTS
         from wellsky_core.write_hashes import WriteHashLedger
-        from wellsky_core.writes import RecordWriter
 
         ledger = WriteHashLedger(self.settings.write_ledger_path) if self.settings.write_ledger_path else None
-        return RecordWriter(
+        product = DIALECTS.get(self.settings.product or "")
+        path = product.writer if product is not None and product.writer else "wellsky_core.writes:RecordWriter"
+        module, _, name = path.partition(":")
+        writer_class = getattr(importlib.import_module(module), name)
+        return writer_class(
             self.connection,
             authorization_policy=self.settings.authorization_policy,
             dry_run=self.settings.dry_run,
@@ -119,20 +126,29 @@ class TargetWellSky(Target):
     def audit(self) -> AuditLog:
         return AuditLog(self.settings.audit_log_path)
 
+    @property
+    def writable(self) -> tuple[str, ...]:
+        """The streams this tenant accepts (Home Connect: patients and EVV clock events)."""
+        return getattr(self.writer, "writable", WRITABLE)
+
     def get_sink_class(self, stream_name: str) -> type[Any]:
-        if stream_name in WRITABLE:
+        refusal = getattr(self.writer, "refusal", lambda _: None)(stream_name)
+        if refusal is not None:
+            self.logger.error(refusal)  # one line for the stream, not one per record
+            return RefusedStreamSink
+        if stream_name in self.writable:
             self.settings  # noqa: B018 - fail fast on bad config before the first record is read
             return WellSkySink
         if self.settings.strict:
             raise ConfigError(
                 "strict",
                 f"stream {stream_name!r} (line {self.line_number}) cannot be written to "
-                f"WellSky; only {', '.join(WRITABLE)} can. Remove it or set strict=false to skip it",
+                f"WellSky; only {', '.join(self.writable)} can. Remove it or set strict=false to skip it",
             )
         self.logger.warning(
             "stream %r cannot be written to WellSky (only %s); its records are counted and skipped",
             stream_name,
-            ", ".join(WRITABLE),
+            ", ".join(self.writable),
         )
         return IgnoredStreamSink
 
@@ -224,7 +240,7 @@ class TargetWellSky(Target):
 
     @property
     def rejected(self) -> int:
-        return sum(v for k, v in self.results.items() if k.endswith(":rejected"))
+        return sum(v for k, v in self.results.items() if k.endswith(":rejected")) + sum(self.refused_streams.values())
 
     def process_endofpipe(self) -> None:
         try:
@@ -242,12 +258,15 @@ class TargetWellSky(Target):
         seconds = time.monotonic() - self._started
         mode = " (dry run: nothing written)" if "settings" in self.__dict__ and self.settings.dry_run else ""
         lines = [f"target-wellsky summary{mode} ({self.line_number} input lines, {seconds:.1f}s):"]
-        for stream in WRITABLE:
+        streams = self.writable if "writer" in self.__dict__ else WRITABLE
+        for stream in streams:
             parts = [f"{a.split(':')[1]} {n}" for a, n in sorted(self.results.items()) if a.startswith(stream + ":")]
             if parts:
                 lines.append(f"  {stream:<14}" + ", ".join(parts))
         for stream, n in sorted(self.ignored.items()):
             lines.append(f"  {stream:<14}skipped {n} (not writable)")
+        for stream, n in sorted(self.refused_streams.items()):
+            lines.append(f"  {stream:<14}refused {n} (stream not writable for this tenant, see the error above)")
         if self.rejected:
             where = self.settings.dead_letter_path if "settings" in self.__dict__ else None
             lines.append(

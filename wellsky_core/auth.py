@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from pydantic import SecretStr
 
+from wellsky_core.dialects import DIALECTS
 from wellsky_core.errors import AuthError, ConfigError, MfaError, RemoteError, RetryableAuthFailure, error_fields
 from wellsky_core.mfa import Challenge, CodeSource, build_code_source
 from wellsky_core.redaction import register_secret
@@ -346,6 +347,18 @@ class SessionAuth(RefreshingAuth):
             raise rejected
 
 
+def _lifetime(expires_in: Any) -> float:
+    """Seconds a token lives; Apigee (Home Connect) sends ``expires_in`` as a string ("3599"), so cast it."""
+    if isinstance(expires_in, str):
+        try:
+            expires_in = float(expires_in.strip())
+        except ValueError:
+            expires_in = None
+    if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) and expires_in > 0:
+        return float(expires_in)
+    return 300.0
+
+
 class _TokenAuth(RefreshingAuth):
     """OAuth2 bearer tokens from ``POST /oauth/token``, cached until shortly before they expire."""
 
@@ -357,8 +370,11 @@ class _TokenAuth(RefreshingAuth):
         scopes: str | None = None,
         timeout: float = 30.0,
         metrics: Metrics | None = None,
+        renew_margin_seconds: float = TOKEN_RENEW_MARGIN_SECONDS,
     ) -> None:
         super().__init__(timeout=timeout, metrics=metrics)
+        self.renew_margin_seconds = renew_margin_seconds
+        """Renew this long before expiry (the product's dialect says; Home Connect production: five minutes)."""
         self.token_url = token_url
         self.client_id = client_id
         self.scopes = scopes
@@ -400,9 +416,8 @@ class _TokenAuth(RefreshingAuth):
         token = body.get("access_token")
         if not isinstance(token, str) or not token:
             raise RetryableAuthFailure("malformed", status=response.status_code)
-        expires_in = body.get("expires_in")
-        lifetime = float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else 300.0
-        margin = min(TOKEN_RENEW_MARGIN_SECONDS, lifetime / 2)
+        lifetime = _lifetime(body.get("expires_in"))
+        margin = min(self.renew_margin_seconds, lifetime / 2)
         register_secret(token)
         with self._state_lock:
             self._token = token
@@ -501,6 +516,9 @@ def build_auth(config: WellSkyConfig, *, metrics: Metrics | None = None) -> Refr
     if not config.client_id:
         raise ConfigError("client_id", f"required when auth_method={config.auth_method}")
     token_url = config.resolved_token_url()
+    product = DIALECTS.get(config.product or "")
+    if product is not None:
+        common["renew_margin_seconds"] = product.token_renew_margin_seconds
     if config.auth_method == "oauth_client_credentials":
         if config.client_secret is None:
             raise ConfigError("client_secret", "required when auth_method=oauth_client_credentials")

@@ -32,7 +32,7 @@ from pydantic import (
 )
 
 from wellsky_core.channels import CHANNELS
-from wellsky_core.dialects import PRODUCTS
+from wellsky_core.dialects import DIALECTS, PRODUCTS
 from wellsky_core.errors import ConfigError, ConfigProblem
 
 ENV_PREFIX = "WELLSKY_"
@@ -90,6 +90,43 @@ def _check_base32(secret: str) -> str:
     return cleaned
 
 
+DEFAULT_REQUESTS_PER_SECOND = 50.0
+
+DEFAULT_WEBHOOK_CRITERIA = (
+    "patient.created",
+    "patient.name.changed",
+    "patient.address.changed",
+    "patient.telecom.changed",
+    "patient.deactivated.changed",
+    "prospect.status.changed",
+    "practitioner.created",
+    "practitioner.name.changed",
+    "practitioner.address.changed",
+    "practitioner.telecom.changed",
+    "practitioner.deactivated.changed",
+    "applicant.status.changed",
+    "encounter.clockout.changed",
+)
+"""The documented criteria whose records the connector can fetch by id and normalize (fact sheet §5)."""
+
+
+def with_product_defaults(data: Any) -> Any:
+    """A Home Connect tenant needs only product, client_id and client_secret: host, auth and the vendor's
+    100 requests/s budget are filled in (every one can still be set)."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    product = DIALECTS.get(data.get("product") or "")
+    if product is not None and product.default_base_url and not data.get("base_url"):
+        data["base_url"] = product.default_base_url
+    if data.get("auth_method") in (None, ""):  # singer-sdk and Meltano pass unset keys as null
+        data["auth_method"] = product.auth_methods[0] if product is not None and product.auth_methods else "session"
+    if data.get("max_requests_per_second") in (None, ""):
+        budget = product.rate_budget if product is not None else None
+        data["max_requests_per_second"] = budget if budget is not None else DEFAULT_REQUESTS_PER_SECOND
+    return data
+
+
 class WellSkyConfig(BaseModel):
     """Everything needed to reach one WellSky tenant. See docs/architecture.md for the meaning of each key."""
 
@@ -98,13 +135,15 @@ class WellSkyConfig(BaseModel):
     base_url: str | None = Field(
         default=None,
         description="Tenant API root, e.g. https://agency.wellsky.example/api. https:// is required except "
-        "for loopback hosts. Empty: the tap starts the embedded sandbox.",
+        "for loopback hosts. personal_care default: https://connect.clearcareonline.com. Empty otherwise: the "
+        "tap starts the embedded sandbox.",
     )
     product: ProductName | None = Field(
         default=None, description="WellSky product line; empty: detected with GET /tenant."
     )
-    auth_method: Literal["session", "oauth_client_credentials", "oauth_private_key_jwt"] = Field(
-        default="session", description="How to authenticate."
+    auth_method: Literal["session", "oauth_client_credentials", "oauth_private_key_jwt"] | None = Field(
+        default=None,
+        description="How to authenticate. Empty: session, or oauth_client_credentials for personal_care.",
     )
     username: str | None = Field(default=None, description="Login for auth_method=session.")
     password: SecretStr | None = Field(default=None, description="Password for auth_method=session.")
@@ -138,12 +177,21 @@ class WellSkyConfig(BaseModel):
     oauth_scopes: str | None = Field(
         default=None, description="Space-separated scopes, e.g. 'system/*.read system/*.write'."
     )
-    token_url: str | None = Field(default=None, description="OAuth2 token endpoint; default {base_url}/oauth/token.")
+    token_url: str | None = Field(
+        default=None,
+        description="OAuth2 token endpoint; default {base_url}/oauth/token (personal_care: "
+        "https://{host}/oauth/accesstoken).",
+    )
     timeout_seconds: float = Field(default=30, gt=0, description="Per-request timeout.")
     max_retries: int = Field(default=6, ge=0, le=50, description="Retries per request before giving up.")
     backoff_base_seconds: float = Field(default=0.5, ge=0, description="First retry backoff (doubles each retry).")
     backoff_max_seconds: float = Field(default=30, ge=0, description="Longest backoff between retries.")
-    max_requests_per_second: float = Field(default=50, ge=0, description="Client-side rate limit; 0 disables it.")
+    max_requests_per_second: float | None = Field(
+        default=None,
+        ge=0,
+        description="Client-side rate limit; 0 disables it. Empty: 50, or 100 for personal_care (the vendor's "
+        "budget).",
+    )
     page_size: int = Field(default=500, ge=1, le=1000, description="Records per page (1-1000).")
     verify_tls: bool = Field(default=True, description="Verify the server certificate.")
     ca_bundle: str | None = Field(default=None, description="PEM CA bundle for a private CA.")
@@ -193,6 +241,73 @@ class WellSkyConfig(BaseModel):
         default=None,
         description="Event store of `python -m wellsky_core.webhooks serve`; enables the webhook_events stream.",
     )
+    agency_id: str | None = Field(
+        default=None,
+        description="Home Connect (personal_care) agency id written as the agencyId meta.tag on writes and "
+        "subscriptions; empty: learned from the agencyId tag of the tenant's own records.",
+    )
+    webhook_endpoint: str | None = Field(
+        default=None,
+        description="Home Connect: public https URL of the webhook receiver that subscriptions deliver to.",
+    )
+    webhook_header: SecretStr | None = Field(
+        default=None,
+        description="Home Connect: the header line every delivery carries (e.g. 'Authorization: Bearer <random>'); "
+        "the receiver refuses deliveries without it.",
+    )
+    webhook_criteria: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_WEBHOOK_CRITERIA),
+        description="Home Connect: subscription criteria to manage, e.g. patient.created, encounter.clockout.changed.",
+    )
+    home_connect_history_months: int = Field(
+        default=12, ge=0, le=120,
+        description="Home Connect: months of shifts and care logs the first sync reads when start_date is unset.",
+    )
+    home_connect_trailing_months: int = Field(
+        default=2, ge=0, le=36,
+        description="Home Connect: later syncs re-read shifts and care logs this many months back and emit "
+        "only records whose content changed (the API has no change filter for them).",
+    )
+    home_connect_future_months: int = Field(
+        default=2, ge=0, le=24, description="Home Connect: months of scheduled shifts read ahead of today."
+    )
+    home_connect_shift_fanout: Literal["client", "caregiver"] = Field(
+        default="client",
+        description="Home Connect: read shifts per client (complete, one request per client and month) or per "
+        "caregiver (far fewer requests, but shifts with no caregiver assigned are missed).",
+    )
+    home_connect_fanout_prospects: bool = Field(
+        default=True,
+        description="Home Connect: also read shifts and care logs of prospects and closed leads (complete). Off "
+        "saves a request per lead and month where leads never have shifts.",
+    )
+    home_connect_concurrency: int = Field(
+        default=8, ge=1, le=32,
+        description="Home Connect: clients whose shifts and care logs are read in parallel (all requests share "
+        "the max_requests_per_second budget).",
+    )
+    home_connect_task_logs: bool = Field(
+        default=True,
+        description="Home Connect: read each care log's task logs (one extra request per care log; the API "
+        "has no bulk read).",
+    )
+    home_connect_first_page: Literal[0, 1] = Field(
+        default=0,
+        description="Home Connect: number of the first _page. 0 per the vendor Swagger audit; 1 per the older "
+        "reference notes (a documented conflict).",
+    )
+    home_connect_locations_trailing_slash: bool = Field(
+        default=False,
+        description="Home Connect: search locations at /v1/locations/_search/ instead of the documented "
+        "slash-less /v1/locations/_search (a documented conflict).",
+    )
+
+    # --- product defaults ---------------------------------------------------------------------------------
+
+    @model_validator(mode="before")
+    @classmethod
+    def _product_defaults(cls, data: Any) -> Any:
+        return with_product_defaults(data)
 
     # --- field validators -------------------------------------------------------------------------------
 
@@ -222,6 +337,13 @@ class WellSkyConfig(BaseModel):
         if value is None:
             return None
         return SecretStr(_check_base32(value.get_secret_value()))
+
+    @field_validator("webhook_criteria", mode="before")
+    @classmethod
+    def _criteria_list(cls, value: Any) -> Any:
+        if isinstance(value, str):  # the environment / CLI spelling: comma-separated
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("oauth_scopes", mode="before")
     @classmethod
@@ -319,6 +441,24 @@ class WellSkyConfig(BaseModel):
                 )
         if self.fhir_bulk_level == "group":
             need("fhir_bulk_group_id", "when fhir_bulk_level=group (the Group to export, e.g. from GET /fhir/Group)")
+        product = DIALECTS.get(self.product or "")
+        root = product.api_root if product is not None else None
+        if root and self.base_url and httpx.URL(self.base_url).path.rstrip("/").endswith(root):
+            problems.append(
+                ConfigProblem(
+                    "base_url",
+                    f"give the {self.product} host root (e.g. {product.default_base_url}) without {root}; the "
+                    f"connector adds {root}/ itself (a doubled {root}{root}/ breaks every call)",
+                )
+            )
+        if product is not None and product.auth_methods and self.auth_method not in product.auth_methods:
+            problems.append(
+                ConfigProblem(
+                    "auth_method",
+                    f"{self.product} signs in with {' or '.join(product.auth_methods)} only; set auth_method="
+                    f"{product.auth_methods[0]} or leave it unset",
+                )
+            )
         if self.ca_bundle and not Path(self.ca_bundle).is_file():
             problems.append(ConfigProblem("ca_bundle", "file does not exist; give the path of a PEM CA bundle"))
         if self.backoff_max_seconds < self.backoff_base_seconds:
@@ -371,6 +511,10 @@ class WellSkyConfig(BaseModel):
             return self.token_url
         if not self.base_url:
             raise ConfigError("token_url", "set `token_url` or `base_url`")
+        product = DIALECTS.get(self.product or "")
+        if product is not None and product.token_path:  # at the host root, not under the API path
+            origin = httpx.URL(self.base_url).copy_with(path="/", query=None)
+            return str(origin).rstrip("/") + product.token_path
         return f"{self.base_url}/oauth/token"
 
     def secret_values(self) -> list[str]:
@@ -413,6 +557,7 @@ class WellSkyConfig(BaseModel):
                 env_value = environ.get(f"{ENV_PREFIX}{name.upper()}")
                 if env_value is not None and env_value != "":
                     data[name] = env_value
+        data = with_product_defaults(data)
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
@@ -459,6 +604,11 @@ class TargetConfig(WellSkyConfig):
         "is skipped without asking WellSky (reverse-ETL diffing). Off: every record is compared with WellSky.",
     )
     strict: bool = Field(default=False, description="Unknown streams are errors instead of warnings.")
+    home_connect_appointment_writes: bool = Field(
+        default=False,
+        description="Home Connect: the tenant exposes appointment (shift) writes. No source confirms them, so "
+        "the appointments stream is refused up front unless this is set.",
+    )
 
 
 def _is_secret_annotation(annotation: Any) -> bool:

@@ -7,7 +7,7 @@ from typing import Any
 
 from .channels import Channel, channel_class, open_channel
 from .config import WellSkyConfig
-from .dialects import PRODUCTS
+from .dialects import DIALECTS, PRODUCTS
 from .errors import ConfigError, RemoteError
 from .metrics import Metrics
 from .transport import WellSkyClient
@@ -33,9 +33,17 @@ class Connection:
         return self._client
 
     def tenant(self) -> dict[str, Any]:
-        """``GET /tenant`` once: proves URL, TLS and credentials, and tells the product."""
+        """``GET /tenant`` once: proves URL, TLS and credentials, and tells the product.
+
+        A product without it (personal care's Home Connect) is probed by its api channel instead.
+        """
         if self._tenant is None:
-            self._tenant = self.client.tenant()
+            product = DIALECTS.get(self.config.product or "")
+            if product is not None and not product.has_tenant_endpoint:
+                channel_class("api", product.product).probe(self.client)  # type: ignore[attr-defined]
+                self._tenant = {"product": product.product, "name": f"{product.product} tenant"}
+            else:
+                self._tenant = self.client.tenant()
         return self._tenant
 
     @property

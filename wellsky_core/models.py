@@ -64,12 +64,18 @@ class Patient(CanonicalModel):
     medicaid_id: str | None = None
     first_name: str
     last_name: str
-    birth_date: date
+    birth_date: date | None = Field(default=None, description="Null when the source has none (flagged in data_quality)")
     gender: Gender
     phone: str | None = None
     address: Address | None = None
     status: Literal["pending", "active", "discharged", "inactive"]
+    status_code: str | None = Field(
+        default=None, description="The product's own status code as sent (e.g. Home Connect client status 80)"
+    )
     coverage: list[PatientCoverage] = Field(default_factory=list)
+    data_quality: list[str] = Field(
+        default_factory=list, description="Fields the source left empty or unusable (read as null), by name"
+    )
     updated_at: UtcDatetime
 
 
@@ -83,13 +89,30 @@ class Practitioner(CanonicalModel):
     disciplines: list[Discipline] = Field(default_factory=list)
     specialties: list[str] = Field(default_factory=list)
     active: bool = True
+    status_code: str | None = Field(
+        default=None, description="The product's own status code as sent (e.g. Home Connect applicant status 100)"
+    )
+    data_quality: list[str] = Field(
+        default_factory=list, description="Fields the source left empty or unusable (read as null), by name"
+    )
     updated_at: UtcDatetime
+
+
+class ShiftTask(CanonicalModel):
+    id: str
+    description: str | None = None
+    status: Literal["complete", "not_complete"] | None = None
 
 
 class Appointment(CanonicalModel):
     """A scheduled visit (home health), hospice visit, or shift (personal care)."""
 
     id: str
+    series_id: str | None = Field(
+        default=None,
+        description="Source id shared by every occurrence of a recurring shift (Home Connect); id is then "
+        "'<series_id>@<start>' so each occurrence has its own stable key",
+    )
     external_id: str | None = Field(
         default=None, description="Id in the system that booked it; natural key for writes when set"
     )
@@ -100,8 +123,16 @@ class Appointment(CanonicalModel):
     end: UtcDatetime
     status: Literal["scheduled", "completed", "cancelled", "missed"]
     discipline: Discipline
-    service_code: str = Field(description="HCPCS code billed for the visit, e.g. G0299 (SN), G0151 (PT), T1019")
+    service_code: str | None = Field(
+        default=None,
+        description="HCPCS code billed for the visit, e.g. G0299 (SN), G0151 (PT), T1019; null when the source "
+        "does not carry one (Home Connect shifts)",
+    )
     location: Address | None = None
+    tasks: list[ShiftTask] = Field(default_factory=list, description="Tasks planned for the shift (Home Connect)")
+    data_quality: list[str] = Field(
+        default_factory=list, description="Fields the source left empty or unusable (read as null), by name"
+    )
     updated_at: UtcDatetime
 
 
@@ -127,6 +158,21 @@ class Vitals(CanonicalModel):
     weight_lb: float | None = None
 
 
+class Rate(CanonicalModel):
+    id: str | None = None
+    amount: float | None = None
+    method: str | None = Field(default=None, description="e.g. Hourly, perVisit, liveIn, notBillable, notPayable")
+
+
+class TaskLog(CanonicalModel):
+    id: str
+    title: str | None = None
+    description: str | None = None
+    status: str | None = None
+    comment: str | None = None
+    recorded: UtcDatetime | None = None
+
+
 class Encounter(CanonicalModel):
     """A documented visit: what was done, found and billed."""
 
@@ -143,6 +189,12 @@ class Encounter(CanonicalModel):
     vitals: Vitals | None = None
     note_summary: str | None = None
     finalized: bool
+    pay_rates: list[Rate] = Field(default_factory=list, description="Caregiver pay rates of a care log")
+    bill_rates: list[Rate] = Field(default_factory=list, description="Client bill rates of a care log")
+    task_logs: list[TaskLog] = Field(default_factory=list, description="Shift notes recorded on a care log")
+    data_quality: list[str] = Field(
+        default_factory=list, description="Fields the source left empty or unusable (read as null), by name"
+    )
     updated_at: UtcDatetime
 
 
@@ -224,6 +276,42 @@ class Coverage(CanonicalModel):
     updated_at: UtcDatetime
 
 
+class RelatedPerson(CanonicalModel):
+    """A client's family member, emergency contact, payer or professional contact."""
+
+    id: str
+    patient_id: str | None = Field(default=None, description="The client this person is related to")
+    first_name: str | None = None
+    last_name: str | None = None
+    relationship: str | None = Field(default=None, description="Code as sent, e.g. DAU, SON, SPS, DOCTOR, FRND")
+    relationship_display: str | None = None
+    phone: str | None = None
+    email: str | None = None
+    address: Address | None = None
+    emergency_contact: bool | None = None
+    primary_contact: bool | None = None
+    payer: bool | None = None
+    power_of_attorney: bool | None = None
+    data_quality: list[str] = Field(
+        default_factory=list, description="Fields the source left empty or unusable (read as null), by name"
+    )
+    updated_at: UtcDatetime
+
+
+class Location(CanonicalModel):
+    """An agency office or branch (clients and caregivers carry its id as their locationId)."""
+
+    id: str
+    name: str | None = None
+    active: bool | None = None
+    phone: str | None = None
+    address: Address | None = None
+    data_quality: list[str] = Field(
+        default_factory=list, description="Fields the source left empty or unusable (read as null), by name"
+    )
+    updated_at: UtcDatetime
+
+
 class WebhookEvent(CanonicalModel):
     """A change event WellSky pushed to the webhook receiver, with its record in canonical form."""
 
@@ -235,6 +323,12 @@ class WebhookEvent(CanonicalModel):
     received_at: UtcDatetime
     record_id: str
     record: dict[str, object] = Field(description="The changed record, canonical for its entity")
+
+
+READ_ONLY_FIELDS = frozenset(
+    {"data_quality", "status_code", "series_id", "tasks", "pay_rates", "bill_rates", "task_logs"}
+)
+"""Fields a reader reports but a writer never sends (provenance, data-quality flags, nested read detail)."""
 
 
 class EntitySpec(BaseModel):
@@ -250,6 +344,8 @@ class EntitySpec(BaseModel):
     """Fields a writer matches on when a record carries no WellSky id."""
     writable: bool = False
     """The target can write this stream back (a product's dialect may narrow it)."""
+    modeled_rest: bool = True
+    """Served by the modeled REST/FHIR/batch surfaces of home health and hospice (False: Home Connect only)."""
 
     @model_validator(mode="after")
     def _writable_has_one_natural_key(self) -> EntitySpec:
@@ -275,8 +371,13 @@ ENTITIES: dict[str, EntitySpec] = {
         EntitySpec(name="authorizations", model=Authorization),
         EntitySpec(name="referrals", model=Referral),
         EntitySpec(name="coverage", model=Coverage),
+        EntitySpec(name="related_persons", model=RelatedPerson, modeled_rest=False),
+        EntitySpec(name="locations", model=Location, modeled_rest=False),
     )
 }
 
 WRITABLE: tuple[str, ...] = tuple(name for name, spec in ENTITIES.items() if spec.writable)
 """The streams the target writes back, in ``ENTITIES`` order."""
+
+MODELED_ENTITIES: dict[str, EntitySpec] = {name: spec for name, spec in ENTITIES.items() if spec.modeled_rest}
+"""The entities of the modeled home health / hospice surfaces (REST, FHIR, HL7, exports, portal)."""

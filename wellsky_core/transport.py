@@ -136,12 +136,13 @@ class WellSkyClient:
         idempotency_key: str | None = None,
         expected: Sequence[int] = (),
         parse_json: bool = False,
+        read: bool = False,
     ) -> tuple[httpx.Response, Any]:
         method = method.upper()
         all_headers = dict(headers or {})
         if idempotency_key:
             all_headers["Idempotency-Key"] = idempotency_key
-        safe = is_safe(method, idempotency_key)
+        safe = read or is_safe(method, idempotency_key)
         attempts_allowed = self.config.max_retries + 1
         last = Retry("unknown")
         target: httpx.URL | str = url
@@ -209,6 +210,12 @@ class WellSkyClient:
         """GET and decode JSON; truncated bodies are retried, then raised as RemoteError naming the path."""
         _, body = self._send("GET", path, params=params, parse_json=True)
         return body
+
+    def search_json(self, path: str, params: Params = None, body: Any = None) -> Any:
+        """POST a *read* (a search with a JSON body, as Home Connect's ``_search``): retried like a GET, since
+        repeating a search changes nothing."""
+        _, decoded = self._send("POST", path, params=params, json=body, parse_json=True, read=True)
+        return decoded
 
     def iter_pages(self, path: str, params: Params = None) -> Iterator[list[dict[str, Any]]]:
         """Yield ``data`` of each REST page, following ``next_cursor`` (``paging.iter_cursor_pages``)."""

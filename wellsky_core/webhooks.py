@@ -149,7 +149,10 @@ def iter_canonical_events(store: EventStore, since_seq: int, product: str) -> It
 
     for event in store.iter_events(since_seq):
         entity = event.get("entity")
-        record = to_canonical(product, entity, event.get("record")) if entity else {}
+        if event.get("canonical"):  # Home Connect: the receiver fetched and normalized the record already
+            record = event.get("record") or {}
+        else:
+            record = to_canonical(product, entity, event.get("record")) if entity else {}
         yield {
             "seq": event["seq"],
             "id": event["id"],
@@ -264,7 +267,30 @@ def main(argv: list[str] | None = None) -> int:
     replay = sub.add_parser("replay", help="print stored events after a sequence number as JSON lines")
     replay.add_argument("--store", default="webhook-events.sqlite")
     replay.add_argument("--since", type=int, default=0)
+    subs = sub.add_parser(
+        "subscriptions", help="Home Connect (personal_care): create, list or delete this connector's subscriptions"
+    )
+    subs.add_argument("action", choices=("create", "list", "delete"))
+    subs.add_argument("--config", default=None, help="connector config JSON (WELLSKY_* variables also apply)")
+    hc_serve = sub.add_parser(
+        "serve-home-connect",
+        help="Home Connect (personal_care): receive subscription notifications, fetch each record, store it",
+    )
+    hc_serve.add_argument("--config", default=None, help="connector config JSON (WELLSKY_* variables also apply)")
+    hc_serve.add_argument("--host", default="127.0.0.1")
+    hc_serve.add_argument("--port", type=int, default=8787)
+    hc_serve.add_argument("--store", default="webhook-events.sqlite", help="SQLite file the events are kept in")
     args = parser.parse_args(argv)
+    if args.command in ("subscriptions", "serve-home-connect"):
+        from .home_connect_webhooks import run_subscriptions, serve
+
+        try:
+            if args.command == "subscriptions":
+                return run_subscriptions(args.action, args.config)
+            return serve(args.config, args.host, args.port, args.store)
+        except WellSkyError as exc:
+            print(f"wellsky-webhooks: {exc}", file=sys.stderr)
+            return 2
     if args.command == "replay":
         store = EventStore(args.store)
         for event in store.iter_events(args.since):

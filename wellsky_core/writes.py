@@ -13,6 +13,7 @@ import hashlib
 import logging
 import threading
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError, create_model
@@ -21,7 +22,7 @@ from .connection import Connection
 from .dialects import dialect
 from .errors import AuthorizationRefused, RemoteError, WriteRefused, error_fields
 from .idempotency import idempotency_key
-from .models import ENTITIES, WRITABLE, UtcDatetime
+from .models import ENTITIES, READ_ONLY_FIELDS, WRITABLE, UtcDatetime
 from .normalize.native import to_canonical, to_native
 from .scheduling import AuthorizationUnitLedger, Reservation, current_charge
 from .write_hashes import WriteHashLedger, record_hash
@@ -49,8 +50,13 @@ class WriteResult:
 def _write_model(entity: str) -> type[BaseModel]:
     """The canonical model with ``id`` and ``updated_at`` optional: new records have neither yet."""
     base = ENTITIES[entity].model
+    required: dict[str, Any] = {"birth_date": (date, ...)} if entity == "patients" else {}
     return create_model(  # type: ignore[call-overload,no-any-return]
-        f"{base.__name__}Write", __base__=base, id=(str | None, None), updated_at=(UtcDatetime | None, None)
+        f"{base.__name__}Write",
+        __base__=base,
+        id=(str | None, None),
+        updated_at=(UtcDatetime | None, None),
+        **required,
     )
 
 
@@ -69,7 +75,8 @@ def validate_for_write(entity: str, record: dict[str, Any]) -> dict[str, Any]:
         raise WriteRefused(
             "validation_error", "record does not match the canonical schema: " + "; ".join(problems)
         ) from None
-    return model.model_dump(mode="json", exclude_unset=True)
+    dumped = model.model_dump(mode="json", exclude_unset=True)
+    return {k: v for k, v in dumped.items() if k not in READ_ONLY_FIELDS}
 
 
 class RecordWriter:

@@ -111,6 +111,10 @@ def _read_stream(
     if config.start_date is not None and (since is None or config.start_date > since):
         since = config.start_date
     channel = connection.channel(stream.name)
+    reason = channel.unavailable_reason(stream.name)
+    if reason is not None:
+        log.warning("%s is not available for this product: %s; nothing synced for it", stream.name, reason)
+        return 0
     if not channel.supports(stream.name):
         raise ConfigError(
             "stream_sources",

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from airbyte_protocol.models import AirbyteMessage, ConfiguredAirbyteCatalog, Type
 
-from wellsky_core.models import ENTITIES
+from wellsky_core.models import ENTITIES, MODELED_ENTITIES
 
 SOURCE = str(Path(sys.executable).with_name("source-wellsky"))
 PAGE = 40  # small pages, so streams of ~100-400 records checkpoint several times mid-stream
@@ -207,7 +207,7 @@ def test_full_read_then_incremental_after_advance(sandbox, config_file, tmp_path
     first = run_source("read", "--config", config_file, "--catalog", catalog)
 
     records = records_by_stream(first)
-    for stream in ENTITIES:
+    for stream in MODELED_ENTITIES:
         ids = sorted(str(r["id"]) for r in records[stream])
         assert ids == truth_ids(sandbox, stream), f"{stream}: records differ from the sandbox truth"
     # stream status: STARTED, RUNNING, COMPLETE per stream, in order
@@ -215,7 +215,7 @@ def test_full_read_then_incremental_after_advance(sandbox, config_file, tmp_path
     for m in of_type(first, Type.TRACE):
         if m.trace.stream_status:
             statuses[m.trace.stream_status.stream_descriptor.name].append(m.trace.stream_status.status.value)
-    assert all(statuses[s] == ["STARTED", "RUNNING", "COMPLETE"] for s in ENTITIES), dict(statuses)
+    assert all(statuses[s] == ["STARTED", "RUNNING", "COMPLETE"] for s in MODELED_ENTITIES), dict(statuses)
     assert_checkpoints_never_pass_unsent_records(first)
     appointment_states = [
         m for m in of_type(first, Type.STATE) if m.state.stream.stream_descriptor.name == "appointments"
@@ -233,7 +233,7 @@ def test_full_read_then_incremental_after_advance(sandbox, config_file, tmp_path
     second = run_source("read", "--config", config_file, "--catalog", catalog, "--state", state_file)
     again = records_by_stream(second)
     total = 0
-    for stream in ENTITIES:
+    for stream in MODELED_ENTITIES:
         expected = truth_ids(sandbox, stream, since=bookmarks[stream])  # changed + records at the bookmark
         got = sorted(str(r["id"]) for r in again.get(stream, []))
         assert got == expected, f"{stream}: incremental read is not exactly the changed records"
@@ -263,7 +263,7 @@ def test_resume_from_a_mid_stream_checkpoint_loses_nothing(sandbox, config_file,
     resumed = records_by_stream(
         run_source("read", "--config", config_file, "--catalog", catalog, "--state", state_file)
     )
-    for stream in ENTITIES:
+    for stream in MODELED_ENTITIES:
         union = {str(r["id"]) for r in delivered.get(stream, [])} | {str(r["id"]) for r in resumed.get(stream, [])}
         assert sorted(union) == truth_ids(sandbox, stream), f"{stream}: a record was lost across the resume"
     cut_stream = states[len(states) // 2].state.stream.stream_descriptor.name

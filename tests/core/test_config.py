@@ -156,10 +156,11 @@ def test_json_schema_flags_secrets_and_lists_every_key():
     for name in secret_fields(WellSkyConfig):
         assert props[name]["secret"] is True and props[name]["airbyte_secret"] is True
     assert set(secret_fields(WellSkyConfig)) == {
-        "password", "totp_secret", "client_secret", "private_key", "sftp_password", "sftp_private_key"
+        "password", "totp_secret", "client_secret", "private_key", "sftp_password", "sftp_private_key",
+        "webhook_header",
     }
     assert props["base_url"]["type"] == ["string", "null"]
-    assert props["auth_method"]["enum"] == ["session", "oauth_client_credentials", "oauth_private_key_jwt"]
+    assert props["auth_method"]["enum"] == ["session", "oauth_client_credentials", "oauth_private_key_jwt", None]
     assert "secret" not in props["username"]
     target = config_json_schema(TargetConfig)["properties"]
     assert {"authorization_policy", "dry_run", "write_concurrency", "audit_log_path", "strict"} <= set(target)

@@ -5,9 +5,13 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from wellsky_core.dialects import personal_care as home_connect
 from wellsky_core.errors import NormalizationError
-from wellsky_core.models import ENTITIES
+from wellsky_core.models import ENTITIES, MODELED_ENTITIES
 from wellsky_core.normalize.native import to_canonical, to_native
+
+MODELED_PRODUCTS = ["home_health", "hospice"]
+"""The products with a modeled REST dialect; personal care speaks Home Connect (tests/core/test_home_connect.py)."""
 
 PATHS = {e: e.replace("_", "-") for e in ENTITIES}
 
@@ -29,11 +33,11 @@ def _native(client: httpx.Client, entity: str) -> list[dict]:
             return out
 
 
-@pytest.mark.parametrize("product", ["home_health", "hospice", "personal_care"])
+@pytest.mark.parametrize("product", MODELED_PRODUCTS)
 def test_every_native_record_normalizes_to_the_truth(sandbox_factory, product):
     sb = sandbox_factory(product=product, scale=60)
     client = _login(sb)
-    for entity in ENTITIES:
+    for entity in MODELED_ENTITIES:
         truth = {r["id"]: ENTITIES[entity].model.model_validate(r).model_dump(mode="json") for r in sb.truth(entity)}
         got = {}
         for native in _native(client, entity):
@@ -44,7 +48,7 @@ def test_every_native_record_normalizes_to_the_truth(sandbox_factory, product):
             assert rec == truth[rid], (product, entity, rid)
 
 
-@pytest.mark.parametrize("product", ["home_health", "hospice", "personal_care"])
+@pytest.mark.parametrize("product", MODELED_PRODUCTS)
 def test_canonical_to_native_round_trips(sandbox_factory, product):
     sb = sandbox_factory(product=product, scale=20)
     for entity in ("patients", "appointments"):
@@ -64,7 +68,6 @@ def _updated(product: str, rec: dict) -> dict:
     return {
         "home_health": {"lastModified": rec["updated_at"]},
         "hospice": {"modified_at": int(ts.timestamp())},
-        "personal_care": {"updated": ts.isoformat()},
     }[product]
 
 
@@ -81,7 +84,9 @@ def test_the_same_patient_from_each_product_gives_the_same_canonical_record():
         "phone": None,
         "address": {"line1": "1 Oak St", "line2": None, "city": "Tulsa", "state": "OK", "postal_code": "74101"},
         "status": "active",
+        "status_code": None,
         "coverage": [],
+        "data_quality": [],
         "updated_at": "2026-03-01T14:00:00Z",
     }
     natives = {
@@ -111,21 +116,26 @@ def test_the_same_patient_from_each_product_gives_the_same_canonical_record():
             "coverage": [],
             "modified_at": 1772373600,
         },
-        "personal_care": {
-            "id": 7,
-            "client_number": "MR1",
-            "first": "Ada",
-            "last": "Hale",
-            "birth_date": "02/03/1941",
-            "gender": "Female",
-            "addresses": [{"type": "home", "line1": "1 Oak St", "city": "Tulsa", "state": "OK", "zip": "74101"}],
-            "status": "Active",
-            "coverage": [],
-            "updated": "2026-03-01T08:00:00-06:00",
-        },
     }
     for product, native in natives.items():
         assert to_canonical(product, "patients", native) == canonical, product
+    # personal care (Home Connect, fact sheet section 3) carries no MRN or payers: everything else is the same
+    home_connect_native = {
+        "resourceType": "Patient",
+        "id": 7,
+        "active": True,
+        "meta": {"lastUpdated": "2026-03-01T14:00:00+00:00",
+                 "tag": [{"code": "agencyId", "display": "4505"}, {"code": "isClient", "display": "true"},
+                         {"code": "status", "display": "80"}]},
+        "name": [{"use": "official", "family": "Hale", "given": ["Ada"]}],
+        "address": [{"use": "home", "line": ["1 Oak St"], "city": "Tulsa", "state": "OK", "postalCode": "74101"}],
+        "gender": "female",
+        "birthDate": "1941-02-03",
+    }
+    from datetime import UTC, datetime
+
+    got = home_connect.to_canonical("patients", home_connect_native, datetime.now(UTC))
+    assert got == {**canonical, "mrn": None, "status_code": "80"}
 
 
 @pytest.mark.parametrize(

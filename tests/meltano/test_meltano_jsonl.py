@@ -19,7 +19,7 @@ import yaml
 
 from tap_wellsky.tap import TAP_ONLY_KEYS
 from wellsky_core.config import TargetConfig, WellSkyConfig, secret_fields
-from wellsky_core.models import ENTITIES
+from wellsky_core.models import ENTITIES, MODELED_ENTITIES
 
 ROOT = Path(__file__).resolve().parents[2]
 TAP = str(Path(sys.executable).with_name("tap-wellsky"))
@@ -144,9 +144,9 @@ def test_meltano_run_into_jsonl_then_incremental_with_meltano_state(meltano, san
     )
 
     first = read_jsonl(first_dir)
-    assert set(first) == set(ENTITIES)
+    assert set(first) == set(MODELED_ENTITIES)
     bookmarks = {}
-    for stream in ENTITIES:
+    for stream in MODELED_ENTITIES:
         truth = sandbox.truth(stream)
         assert len(first[stream]) == len(truth), f"{stream}: {len(first[stream])} rows, sandbox holds {len(truth)}"
         assert sorted(r["id"] for r in first[stream]) == sorted(str(r["id"]) for r in truth)
@@ -163,7 +163,7 @@ def test_meltano_run_into_jsonl_then_incremental_with_meltano_state(meltano, san
     )
     second = read_jsonl(second_dir)
     changed = 0
-    for stream in ENTITIES:
+    for stream in MODELED_ENTITIES:
         expected = sorted(str(r["id"]) for r in sandbox.truth(stream, updated_since=bookmarks[stream]))
         got = sorted(r["id"] for r in second.get(stream, []))
         assert got == expected, f"{stream}: the second run did not resume from Meltano's stored state"

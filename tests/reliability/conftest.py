@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from wellsky_core.models import ENTITIES
+from wellsky_core.models import MODELED_ENTITIES as ENTITIES
 
 STREAMS = tuple(ENTITIES)
 TAP_CMD = [sys.executable, "-m", "tap_wellsky.tap"]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from wellsky_core.models import ENTITIES
+from wellsky_core.models import MODELED_ENTITIES as ENTITIES
 
 from .helpers import messages, records_by_stream, run_tap, sandbox_config
 
 
-@pytest.mark.parametrize("product", ["home_health", "hospice", "personal_care"])
+# personal_care's `source: api` is the real Home Connect API, a different surface from the sandbox's modeled FHIR
+# (other ids for recurring shifts, no MRN or payers): it is compared with the truth in test_home_connect_sync.py.
+@pytest.mark.parametrize("product", ["home_health", "hospice"])
 def test_api_and_fhir_sources_give_identical_records(sandbox_factory, tmp_path, product):
     sb = sandbox_factory(product=product, scale=40)
     api = records_by_stream(messages(run_tap(tmp_path, sandbox_config(sb, source="api")).stdout))

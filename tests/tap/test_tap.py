@@ -7,14 +7,14 @@ import json
 import jsonschema
 import pytest
 
-from wellsky_core.models import ENTITIES
+from wellsky_core.models import ENTITIES, MODELED_ENTITIES
 from wellsky_core.schemas import stream_schema
 
 from .helpers import bookmarks, last_state, messages, records_by_stream, run_tap, sandbox_config
 
 
 def _truth_ids(sb) -> dict[str, set[str]]:
-    return {e: {r["id"] for r in sb.truth(e)} for e in ENTITIES}
+    return {e: {r["id"] for r in sb.truth(e)} for e in MODELED_ENTITIES}
 
 
 def test_full_sync_emits_every_record_valid_against_its_schema(sandbox, tmp_path):
@@ -26,7 +26,7 @@ def test_full_sync_emits_every_record_valid_against_its_schema(sandbox, tmp_path
         assert schema == stream_schema(stream)
     got = records_by_stream(msgs)
     truth = _truth_ids(sandbox)
-    for stream in ENTITIES:
+    for stream in MODELED_ENTITIES:
         validator = jsonschema.Draft7Validator(schemas[stream], format_checker=jsonschema.FormatChecker())
         for record in got[stream]:
             validator.validate(record)
@@ -39,11 +39,11 @@ def test_incremental_run_emits_exactly_the_changed_records(sandbox, tmp_path):
     first = messages(run_tap(tmp_path, sandbox_config(sandbox)).stdout)
     state = last_state(first)
     marks = bookmarks(state)
-    assert set(marks) == set(ENTITIES)
+    assert set(marks) == set(MODELED_ENTITIES)
     changed = sandbox.advance(count=40, seed=3)
     assert changed["changed"] == 40
     second = records_by_stream(messages(run_tap(tmp_path, sandbox_config(sandbox), state=state).stdout))
-    for stream in ENTITIES:
+    for stream in MODELED_ENTITIES:
         truth = sandbox.truth(stream)
         after = {r["id"] for r in truth if r["updated_at"] > marks[stream]}
         boundary = {r["id"] for r in truth if r["updated_at"] == marks[stream]}
@@ -55,8 +55,8 @@ def test_incremental_run_emits_exactly_the_changed_records(sandbox, tmp_path):
 
 def test_bookmarks_never_pass_an_unsent_record(sandbox, tmp_path):
     msgs = messages(run_tap(tmp_path, sandbox_config(sandbox, page_size=50)).stdout)
-    sent: dict[str, set[str]] = {e: set() for e in ENTITIES}
-    truth = {e: sandbox.truth(e) for e in ENTITIES}
+    sent: dict[str, set[str]] = {e: set() for e in MODELED_ENTITIES}
+    truth = {e: sandbox.truth(e) for e in MODELED_ENTITIES}
     states = 0
     for m in msgs:
         if m["type"] == "RECORD":
@@ -72,7 +72,7 @@ def test_bookmarks_never_pass_an_unsent_record(sandbox, tmp_path):
 def test_start_date_limits_the_first_sync(sandbox, tmp_path):
     start = "2026-06-01T00:00:00Z"
     got = records_by_stream(messages(run_tap(tmp_path, sandbox_config(sandbox, start_date=start)).stdout))
-    for stream in ENTITIES:
+    for stream in MODELED_ENTITIES:
         expected = {r["id"] for r in sandbox.truth(stream) if r["updated_at"] >= start}
         assert {r["id"] for r in got.get(stream, [])} == expected
 

@@ -7,6 +7,7 @@ import time
 
 import httpx
 
+from wellsky_core.models import ENTITIES
 from wellsky_core.webhooks import EventStore, WebhookReceiver
 
 from .helpers import last_state, messages, records_by_stream, run_tap, sandbox_config
@@ -46,7 +47,10 @@ def test_webhook_events_stream_replays_received_changes(sandbox, tmp_path):
         truth = {e: {r["id"]: r for r in sandbox.truth(e)} for e in ("appointments", "encounters")}
         for event in events:
             assert event["record"]["id"] == event["record_id"]
-            assert event["record"] == truth[event["entity"]][event["record_id"]]
+            model = ENTITIES[event["entity"]].model  # the canonical form, defaults of newer fields included
+            assert event["record"] == model.model_validate(truth[event["entity"]][event["record_id"]]).model_dump(
+                mode="json"
+            )
         second = sandbox.advance(count=30, seed=8)
         more = second["by_entity"].get("appointments", 0) + second["by_entity"].get("encounters", 0)
         _wait_for(store, expected + more)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.warehouse.conftest import SCHEMA, TAP, as_utc, last_state, pipe, tap_config
-from wellsky_core.models import ENTITIES
+from wellsky_core.models import MODELED_ENTITIES as ENTITIES
 
 
 def assert_warehouse_equals_truth(conn: Any, sandbox) -> int:

@@ -25,11 +25,19 @@ CHANNELS = {
 }
 
 
-def channel_class(name: str) -> type[Channel]:
-    """The channel class for a ``source`` value (imported on first use)."""
+
+def channel_class(name: str, product: str | None = None) -> type[Channel]:
+    """The channel class for a ``source`` value (imported on first use). ``source: api`` of a product whose API
+    is not the modeled REST is the product dialect's ``api_channel`` (personal care: Home Connect)."""
     if name not in CHANNELS:
         raise ValueError(f"unknown source {name!r}; use one of {', '.join(CHANNELS)}")
-    module_name, _, cls_name = CHANNELS[name].partition(":")
+    path = CHANNELS[name]
+    if name == "api" and product:
+        from ..dialects import DIALECTS
+
+        d = DIALECTS.get(product)
+        path = d.api_channel if d is not None and d.api_channel else path
+    module_name, _, cls_name = path.partition(":")
     return getattr(importlib.import_module(module_name), cls_name)  # type: ignore[no-any-return]
 
 
@@ -37,7 +45,7 @@ def open_channel(
     name: str, config: WellSkyConfig, client: WellSkyClient | None, product: str, **kwargs: Any
 ) -> Channel:
     """The channel called ``name`` (a ``source`` value) for one tenant of ``product``."""
-    return channel_class(name)(config=config, client=client, product=product, **kwargs)
+    return channel_class(name, product)(config=config, client=client, product=product, **kwargs)
 
 
 __all__ = ["CHANNELS", "Channel", "channel_class", "open_channel"]

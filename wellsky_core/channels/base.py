@@ -30,6 +30,8 @@ class Channel(abc.ABC):
     client_use: ClassVar[ClientUse] = "optional"
     """What this channel needs of the tenant's HTTP API (``WellSkyClient``): ``required`` (HTTP channels),
     ``optional`` (file channels that may also use it when ``base_url`` is set) or ``none`` (own session)."""
+    memo_streams: ClassVar[frozenset[str]] = frozenset()
+    """Streams whose change detection needs a memo from the last run (kept in the stream's state)."""
 
     def __init__(
         self,
@@ -69,6 +71,21 @@ class Channel(abc.ABC):
     @abc.abstractmethod
     def supports(self, entity: str) -> bool:
         """Whether this channel can deliver ``entity`` for this tenant (product and permissions)."""
+
+    def unavailable_reason(self, entity: str) -> str | None:
+        """Why the tenant's API has no ``entity`` at all (reported to the user, never faked), or None."""
+        from ..models import ENTITIES
+
+        if entity in ENTITIES and not ENTITIES[entity].modeled_rest:
+            return f"only WellSky Personal Care's Home Connect API (product personal_care) has {entity}"
+        return None
+
+    def load_memo(self, entity: str, previous: dict[str, str] | None) -> None:  # noqa: B027 - optional hook
+        """Hand the memo of the last run in (only for ``memo_streams``)."""
+
+    def dump_memo(self, entity: str) -> dict[str, str] | None:
+        """The memo to keep for the next run, once ``iter_records`` is exhausted."""
+        return None
 
     @abc.abstractmethod
     def iter_records(self, entity: str, since: datetime | None) -> Iterator[dict[str, Any]]:

@@ -87,7 +87,7 @@ class ExportChannel(Channel):
         self.relists = 0
 
     def supports(self, entity: str) -> bool:
-        return entity in ENTITIES
+        return entity in ENTITIES and ENTITIES[entity].modeled_rest
 
     # -- listing --------------------------------------------------------------------------------------
     def _list(self) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PATHS = {entity: "/" + entity.replace("_", "-") for entity in ENTITIES}
+PATHS = {entity: "/" + entity.replace("_", "-") for entity, spec in ENTITIES.items() if spec.modeled_rest}
 
 
 class RestChannel(Channel):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
-from ..models import ENTITIES, WRITABLE
+from ..models import ENTITIES, MODELED_ENTITIES, WRITABLE
 
 TIMESTAMP_FIELDS = frozenset({"updated_at", "start", "end"})
 DATE_FIELDS = frozenset(
@@ -21,35 +21,65 @@ DATE_FIELDS = frozenset(
 ID_FIELDS = frozenset({"id", "patient_id", "practitioner_id", "appointment_id"})
 
 ALL_STREAMS = frozenset(ENTITIES)
+MODELED_STREAMS = frozenset(MODELED_ENTITIES)
 WRITABLE_STREAMS = frozenset(WRITABLE)
 _CODE_TABLES = ("gender", "patient_status", "appointment_status")
 
 
+def _identity(value: str) -> str:
+    return value
+
+
 @dataclass(frozen=True)
 class Dialect:
-    """One product's native conventions, as documented by the vendor."""
+    """One product's native conventions, as documented by the vendor.
+
+    The first group describes a *modeled* REST dialect (read by ``normalize/native.py``); a product whose API is a
+    different surface (personal care's Home Connect) leaves them at their defaults and names its own channel
+    and writer instead (``api_channel``, ``writer``).
+    """
 
     product: str
-    camel_case: bool
-    timestamps: str  # "iso_utc" | "epoch" | "iso_local"
-    dates: str  # "iso" | "mdy"
-    integer_ids: bool
-    renames: dict[str, dict[str, str]]  # entity ("*" = all) -> native snake key -> canonical key
-    gender: dict[str, str]
-    patient_status: dict[str, str]
-    appointment_status: dict[str, str]
-    discipline: Callable[[str], str]
+    camel_case: bool = False
+    timestamps: str = "iso_utc"  # "iso_utc" | "epoch" | "iso_local"
+    dates: str = "iso"  # "iso" | "mdy"
+    integer_ids: bool = False
+    renames: dict[str, dict[str, str]] = field(default_factory=dict)  # entity ("*" = all) -> native -> canonical
+    gender: dict[str, str] = field(default_factory=dict)
+    patient_status: dict[str, str] = field(default_factory=dict)
+    appointment_status: dict[str, str] = field(default_factory=dict)
+    discipline: Callable[[str], str] = _identity
     """Native discipline -> canonical code (``SN``, ``PT``...)."""
-    discipline_out: Callable[[str], str]
+    discipline_out: Callable[[str], str] = _identity
     """Canonical discipline code -> native spelling, for writes."""
-    name_style: str  # "nested" | "flat_short" | "flat_long"
-    address_style: str  # "nested" | "flat" | "list"
+    name_style: str = "nested"  # "nested" | "flat_short" | "flat_long"
+    address_style: str = "nested"  # "nested" | "flat" | "list"
     local_tz: ZoneInfo | None = None
     """The agency's zone, for products whose timestamps carry a local offset (``iso_local``)."""
-    streams: frozenset[str] = ALL_STREAMS
-    """The streams this product's REST API serves."""
+    streams: frozenset[str] = MODELED_STREAMS
+    """The streams this product's API serves."""
     writable: frozenset[str] = WRITABLE_STREAMS
-    """The streams this product accepts writes for (a subset of the ``writable`` entities)."""
+    """The streams this product accepts writes for."""
+    unavailable: dict[str, str] = field(default_factory=dict)
+    """Streams this product's API lacks, with the reason the tap reports (never faked)."""
+    api_channel: str | None = None
+    """``module:Class`` of the channel behind ``source: api`` when it is not the modeled REST channel."""
+    writer: str | None = None
+    """``module:Class`` of the write engine when it is not ``writes.RecordWriter``."""
+    has_tenant_endpoint: bool = True
+    """``GET /tenant`` exists (product detection and the connection check); False: the api channel's ``probe``."""
+    default_base_url: str | None = None
+    """The production host, when the product has one (then credentials alone configure a real tenant)."""
+    api_root: str | None = None
+    """A path the connector adds itself (``/v1``): a ``base_url`` ending in it is refused."""
+    token_path: str | None = None
+    """OAuth token endpoint at the host root; None: ``{base_url}/oauth/token``."""
+    auth_methods: tuple[str, ...] | None = None
+    """The auth methods the product offers (the first is the default); None: every method, default session."""
+    token_renew_margin_seconds: float = 60.0
+    """How long before a token's expiry it is renewed."""
+    rate_budget: float | None = None
+    """Requests per second the vendor asks for: the default ``max_requests_per_second``."""
     reverse_cache: dict[str, dict[str, str]] = field(default_factory=dict, compare=False)
     reverse_codes: dict[str, dict[str, str]] = field(init=False, compare=False)
     """Canonical code -> native code per code table, for writes (built once, not per record)."""

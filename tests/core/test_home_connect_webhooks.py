@@ -1,0 +1,84 @@
+"""Home Connect subscriptions and the notification receiver (real loopback HTTP in, fact-sheet fake behind)."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from tests.core.home_connect_fake import FakeHomeConnect, care_log, patient
+from wellsky_core.config import WellSkyConfig
+from wellsky_core.connection import Connection
+from wellsky_core.home_connect_webhooks import HomeConnectReceiver, Subscriptions
+from wellsky_core.transport import WellSkyClient
+from wellsky_core.webhooks import EventStore, iter_canonical_events
+
+HEADER = "X-Partner-Token: 7f3c0a9b1e2d4c5f8a6b"
+
+
+def connection_for(fake: FakeHomeConnect, **extra) -> Connection:
+    cfg = WellSkyConfig.load(
+        {"product": "personal_care", "client_id": "cid-123", "client_secret": "secret-xyz",
+         "max_requests_per_second": 0, "webhook_endpoint": "https://hooks.agency.example/home-connect",
+         "webhook_header": HEADER, "webhook_criteria": "patient.created,encounter.clockout.changed", **extra},
+        env={},
+    )
+    connection = Connection(cfg)
+    connection._client = WellSkyClient(cfg, transport=fake.transport(), sleep=lambda s: None)
+    return connection
+
+
+@pytest.fixture
+def fake():
+    f = FakeHomeConnect()
+    f.data["patients"] = [patient(1)]
+    f.data["encounter"] = [care_log(900, 1, 77, 500, "2026-08-03T14:02:00+00:00", "2026-08-03T18:01:00+00:00")]
+    return f
+
+
+def test_create_is_idempotent_and_delete_removes_only_ours(fake):
+    subs = Subscriptions(connection_for(fake))
+    created = subs.create()
+    assert [r["action"] for r in created] == ["created", "created"]
+    body = fake.data["subscriptions"][0]
+    assert body["channel"] == {"type": "rest-hook", "endpoint": "https://hooks.agency.example/home-connect",
+                               "payload": "application/fhir+json", "header": [HEADER]}
+    assert {"code": "agencyId", "display": "4505"} in body["meta"]["tag"]
+    assert [r["action"] for r in subs.create()] == ["unchanged", "unchanged"]
+    assert len(fake.data["subscriptions"]) == 2
+    fake.data["subscriptions"].append({"id": 1, "criteria": "patient.created", "status": "active",
+                                       "channel": {"endpoint": "https://someone.else.example/"}})
+    assert {s["criteria"] for s in subs.list()} == {"patient.created", "encounter.clockout.changed"}
+    assert len(subs.delete()) == 2
+    assert [s["id"] for s in fake.data["subscriptions"]] == [1], "another subscriber's subscription is kept"
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_receiver_checks_the_header_fetches_by_id_and_stores_once(fake, tmp_path):
+    store = EventStore(tmp_path / "events.sqlite")
+    with HomeConnectReceiver(connection_for(fake), store) as receiver:
+        name, value = HEADER.split(": ")
+        denied = httpx.post(receiver.url, json={"resourceType": "Patient", "id": 1}, headers={name: "wrong"})
+        assert denied.status_code == 401 and receiver.rejected == 1
+        for body in ({"resourceType": "Patient", "id": 1}, {"resourceType": "Patient", "id": 1},
+                     {"resourceType": "Encounter", "id": 900}):
+            answer = httpx.post(receiver.url, json=body, headers={name: value})
+            assert answer.status_code == 200
+        assert wait_for(lambda: receiver.fetched == 3 and receiver.queue.count() == 0)
+    events = list(iter_canonical_events(store, 0, "personal_care"))
+    assert [(e["entity"], e["record_id"]) for e in events] == [("patients", "1"), ("encounters", "900")], (
+        "the same content notified twice is stored once"
+    )
+    assert events[0]["record"]["status"] == "active" and events[1]["record"]["end"] == "2026-08-03T18:01:00Z"
+    fetched = [c[1] for c in fake.log if c[0] == "GET"]
+    assert fetched == ["/v1/patients/1/", "/v1/patients/1/", "/v1/encounter/900/"]
+    store.close()

@@ -1,0 +1,121 @@
+"""Home Connect write-back (patients, EVV clock events, refused appointments) against the fact-sheet fake."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.core.home_connect_fake import FakeHomeConnect, patient
+from wellsky_core.config import TargetConfig
+from wellsky_core.connection import Connection
+from wellsky_core.dialects import personal_care as hc
+from wellsky_core.home_connect_writes import APPOINTMENT_WRITES_REFUSED, HomeConnectWriter
+from wellsky_core.transport import WellSkyClient
+
+NEW = {
+    "first_name": "Rosa",
+    "last_name": "Parkes",
+    "birth_date": "1938-04-01",
+    "gender": "female",
+    "phone": "(303) 555-0142",
+    "address": {"line1": "9 Elm St", "city": "Denver", "state": "CO", "postal_code": "80203"},
+    "status": "active",
+}
+
+
+@pytest.fixture
+def fake():
+    f = FakeHomeConnect()
+    f.data["patients"] = [patient(1)]
+    return f
+
+
+def writer_for(fake: FakeHomeConnect, **extra) -> HomeConnectWriter:
+    cfg = TargetConfig.load(
+        {"product": "personal_care", "client_id": "cid-123", "client_secret": "secret-xyz",
+         "max_requests_per_second": 0, **extra},
+        env={},
+    )
+    connection = Connection(cfg)
+    connection._client = WellSkyClient(cfg, transport=fake.transport(), sleep=lambda s: None)
+    return HomeConnectWriter(connection, appointment_writes=cfg.home_connect_appointment_writes)
+
+
+def test_create_carries_the_agency_tag_and_a_rerun_creates_nothing(fake):
+    writer = writer_for(fake)
+    first = writer.write("patients", NEW)
+    assert first.action == "created" and first.wellsky_id, first.reason
+    [(_, _, _, body)] = [c for c in fake.log if c[0] == "POST" and c[1] == "/v1/patients/"]
+    assert {"code": "agencyId", "display": "4505"} in body["meta"]["tag"], "agency learned from the tenant's records"
+    assert body["telecom"] == [{"system": "phone", "value": "3035550142", "use": "mobile"}]
+    assert body["birthDate"] == "1938-04-01" and body["name"] == [
+        {"use": "official", "family": "Parkes", "given": ["Rosa"]}]
+    again = writer_for(fake).write("patients", NEW)
+    assert again.action == "unchanged" and again.wellsky_id == first.wellsky_id
+    assert fake.calls["create"] == 1, "matched on last name, first name and birth date"
+
+
+def test_update_sends_only_the_changed_fields(fake):
+    writer = writer_for(fake)
+    read = hc.to_canonical("patients", {k: v for k, v in patient(1).items() if k != "_updated"},
+                           __import__("datetime").datetime.now(__import__("datetime").UTC))
+    assert writer.write("patients", read).action == "unchanged", "the tap's own record round-trips unchanged"
+    changed = {**read, "phone": "720-555-0100"}
+    result = writer.write("patients", changed)
+    assert result.action == "updated"
+    [(_, path, _, body)] = [c for c in fake.log if c[0] == "PUT"]
+    assert path == "/v1/patients/1/"
+    assert set(body) == {"resourceType", "telecom", "meta"}, "partial update: only the phone"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("phone", "+1 303 555 0142", "10-digit"),
+        ("phone", "0305550142", "10-digit"),
+        ("last_name", "Par\x07kes", "control character"),
+    ],
+)
+def test_strict_validation_before_sending(fake, field, value, why):
+    result = writer_for(fake).write("patients", {**NEW, field: value})
+    assert result.action == "rejected" and why in result.reason
+    assert field in result.reason and value not in result.reason, "names the field, never echoes the value"
+    assert not fake.api_calls(), "refused before any request"
+
+
+def test_missing_birth_date_is_refused_for_writes(fake):
+    result = writer_for(fake).write("patients", {k: v for k, v in NEW.items() if k != "birth_date"})
+    assert result.action == "rejected" and "birth_date" in result.reason
+
+
+def test_unknown_id_is_refused(fake):
+    result = writer_for(fake).write("patients", {**NEW, "id": "424242"})
+    assert result.action == "rejected" and result.code == "unknown_id"
+
+
+def test_clock_in_and_out_are_idempotent(fake):
+    writer = writer_for(fake)
+    event = {"appointment_id": "500@2026-08-17T14:00:00Z", "clock_in": "2026-08-17T14:03:00Z",
+             "clock_out": "2026-08-17T18:00:00Z", "latitude": 39.7, "longitude": -104.9, "comment": "all good"}
+    first = writer.write("evv_clock", event)
+    assert first.action == "created" and first.wellsky_id
+    clock_in = next(c for c in fake.log if c[1] == "/v1/encounter/500/clockin/")
+    assert clock_in[3] == {"resourceType": "Encounter", "period": {"start": "2026-08-17T14:03:00+00:00"},
+                           "position": {"latitude": 39.7, "longitude": -104.9}}
+    again = writer.write("evv_clock", event)
+    assert again.action == "unchanged" and again.wellsky_id == first.wellsky_id
+    assert fake.calls["clockin"] == 1 and fake.calls["clockout"] == 1
+
+
+def test_clock_out_before_clock_in_is_refused(fake):
+    result = writer_for(fake).write(
+        "evv_clock", {"appointment_id": "500", "clock_in": "2026-08-17T14:00:00Z", "clock_out": "2026-08-17T13:00:00Z"}
+    )
+    assert result.action == "rejected" and "clock_out" in result.reason
+    assert fake.calls["clockin"] == 0
+
+
+def test_appointments_are_refused_as_a_stream_unless_the_tenant_has_them(fake):
+    writer = writer_for(fake)
+    assert writer.refusal("appointments") == APPOINTMENT_WRITES_REFUSED
+    assert "appointments" not in writer.writable
+    assert writer_for(fake, home_connect_appointment_writes=True).refusal("appointments") is None
