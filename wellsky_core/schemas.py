@@ -92,6 +92,11 @@ def write_schema(stream: str) -> dict[str, Any]:
     schema = _inline(raw, raw.get("$defs", {}))
     schema.pop("description", None)
     schema.pop("title", None)
+    from .models import READ_ONLY_FIELDS
+
+    for name, prop in schema.get("properties", {}).items():
+        if name in READ_ONLY_FIELDS:  # what the tap emits is accepted as is, so a round trip needs no mapping
+            prop["description"] = f"{prop.get('description', '')} Read-only: accepted and ignored on write.".strip()
     natural = ENTITIES[stream].match_field
     return {
         "$schema": "http://json-schema.org/draft-07/schema#",
