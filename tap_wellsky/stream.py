@@ -18,6 +18,8 @@ from .fastio import FastRecordWriter, fast_writer_for
 from .selection import Projector, compile_projection
 
 if TYPE_CHECKING:
+    from wellsky_core.channels import Channel
+
     from .tap import TapWellSky
 
 PROGRESS_EVERY_SECONDS = 15.0
@@ -66,10 +68,14 @@ class WellSkyStream(Stream):
         """What the catalog keeps of each record (None: everything), see ``selection``."""
         return compile_projection(self.schema, self.effective_schema, self.mask)
 
+    def open_channel(self) -> Channel:
+        """This stream's channel on the shared connection (opened once per source)."""
+        return self.wellsky_tap.connection.channel(self.name)
+
     def get_records(self, context: dict | None) -> Iterable[dict[str, Any]]:
         self._fast_writer = False  # decided again per sync: catalog, maps and stream version may differ
         project = self.selected_projection()
-        channel = self.wellsky_tap.connection.channel(self.name)
+        channel = self.open_channel()
         self.summary["source"] = channel.name
         reason = channel.unavailable_reason(self.name)
         if reason is not None:
@@ -100,7 +106,8 @@ class WellSkyStream(Stream):
         if memo_state is not None:
             channel.load_memo(self.name, memo_state.get(MEMO_STATE_KEY))
         try:
-            for record in channel.iter_records(self.name, since):
+            # the output gate opens while the channel fetches (parallel sync; a no-op otherwise)
+            for record in self.wellsky_tap.output_gate.waiting(iter(channel.iter_records(self.name, since))):
                 count += 1
                 if count == 1 and self.logger.isEnabledFor(logging.DEBUG):  # redacted like every log line
                     self.logger.debug("%s: first record %s", self.name, record)

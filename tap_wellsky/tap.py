@@ -21,7 +21,9 @@ from wellsky_core.errors import ConfigError, StateError
 from wellsky_core.redaction import install_redaction
 
 from .embedded import load_tap_config
+from .parallel import OutputGate, run_parallel
 from .state import checked_state
+from .stream import WellSkyStream
 from .streams import STREAM_TYPES, WebhookEventsStream
 
 TAP_ONLY_KEYS = {
@@ -52,6 +54,7 @@ class TapWellSky(Tap):
         keys = {cls.name: str(cls.replication_key) for cls in (*STREAM_TYPES, WebhookEventsStream)}
         super().__init__(*args, state=checked_state(state, keys), **kwargs)
         self._started = time.monotonic()
+        self.output_gate = OutputGate()
         if self.input_catalog:
             known = {cls.name for cls in STREAM_TYPES} | {WebhookEventsStream.name}
             unknown = sorted(set(self.input_catalog) - known)
@@ -86,19 +89,56 @@ class TapWellSky(Tap):
     def sync_all(self) -> None:  # type: ignore[misc]  # extended, not replaced: adds the summary
         started = time.monotonic()
         try:
-            super().sync_all()
+            if not self._sync_streams_in_parallel():
+                super().sync_all()
         finally:
             self.print_summary(time.monotonic() - started)
             if "connection" in self.__dict__:
                 self.connection.close()
 
+    def _sync_streams_in_parallel(self) -> bool:
+        """The SDK's ``sync_all`` with up to ``max_parallel_streams`` streams at once (see ``parallel.py``).
+
+        False (nothing done) when one stream at a time is configured or only one stream is selected: the SDK's
+        own loop runs then. Its set-up steps are the SDK's own (private) methods, called in the SDK's order.
+        """
+        workers = self.settings.max_parallel_streams
+        streams = [
+            s for s in self.streams.values() if (s.selected or s.has_selected_descendents) and not s.parent_stream_type
+        ]
+        if workers <= 1 or len(streams) <= 1:
+            return False
+        self._reset_state_progress_markers()
+        self._set_compatible_replication_methods()
+        if self.state:
+            self.state_writer.write_state(self.state)
+        for stream in streams:  # state dicts and channels exist before the threads share them
+            stream.get_context_state(None)
+            if isinstance(stream, WellSkyStream):
+                stream.open_channel()
+        self.logger.info("syncing %d streams, %d at a time", len(streams), min(workers, len(streams)))
+
+        def job(stream: Any) -> Any:
+            def sync() -> None:
+                stream.sync()
+                stream.finalize_state_progress_markers()
+
+            return stream.name, sync
+
+        run_parallel(self.output_gate, [job(s) for s in streams], workers)
+        for stream in self.streams.values():
+            stream.log_sync_costs()
+        return True
+
     def _handle_termination(self, signum: int, frame: Any) -> None:
         """SIGTERM/SIGINT: the STATE of what was emitted so far, then exit 128+signal (143/130), never 0.
 
-        The SDK exits 0 here, so an orchestrator would take a partial sync for a complete one.
+        The SDK exits 0 here, so an orchestrator would take a partial sync for a complete one. In a parallel
+        sync the output gate is shut first (and stays shut): no stream writes after this last STATE.
         """
         try:
-            self._state_writer.write_state(self.state)
+            self.output_gate.close_for_good(timeout=30)
+            self.state_writer.write_state(self.state)
         finally:
             name = signal.Signals(signum).name
             self.logger.warning("%s received: partial sync stopped after its last STATE; resume from it", name)

@@ -585,6 +585,13 @@ class TapConfig(WellSkyConfig):
         description="Embedded sandbox size when base_url is unset (XS, S, M, L or a patient count; default S).",
     )
     sandbox_seed: int | None = Field(default=None, description="Embedded sandbox data seed (default 42).")
+    max_parallel_streams: int = Field(
+        default=8,
+        ge=1,
+        le=32,
+        description="Streams synced at once, all within the one max_requests_per_second budget (1: one stream "
+        "at a time, as singer-sdk does).",
+    )
 
 
 class TargetConfig(WellSkyConfig):

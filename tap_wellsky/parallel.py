@@ -1,0 +1,117 @@
+"""Streams synced in parallel with Singer output exactly as correct as a sequential sync.
+
+singer-sdk syncs one stream at a time. Against a tenant 150 ms away that leaves the request budget mostly idle:
+each stream waits for one page at a time. Here every selected stream syncs in its own thread, and one lock,
+the *output gate*, is held around everything the SDK does: writing SCHEMA/RECORD/STATE, moving bookmarks,
+serializing the shared state. A stream releases the gate only while it waits for its channel's next record
+(network, normalization: code of ours that touches neither stdout nor the SDK's state). So:
+
+- every message is written whole by one thread at a time (no interleaved bytes);
+- a STATE message is serialized under the gate, and a stream's bookmark moves only after its record was
+  written, so no STATE ever names a bookmark whose record has not been written before it;
+- the SDK's code still runs one stream at a time, as it was written to; only the waiting overlaps.
+
+Every stream shares the connection's client, so one token bucket (``wellsky_core/ratelimit.py``) budgets
+the requests of all of them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class SyncStopped(BaseException):
+    """Raised in a stream's thread when the sync stops (another stream failed, or a signal arrived).
+
+    A BaseException so the SDK's "unhandled error while syncing" log does not blame the stopped stream.
+    """
+
+
+class OutputGate:
+    """The one lock around the SDK's output and state; inactive (no locking at all) in a sequential sync."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.active = False
+        self.stopping = threading.Event()
+
+    def __enter__(self) -> OutputGate:
+        if self.active:
+            self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.active:
+            self._lock.release()
+
+    def close_for_good(self, timeout: float) -> bool:
+        """Stop every stream and keep the gate shut (the caller writes a last STATE, then exits)."""
+        self.stopping.set()
+        return not self.active or self._lock.acquire(timeout=timeout)
+
+    def waiting(self, items: Iterator[T]) -> Iterator[T]:
+        """``items`` with the gate open while each next item is awaited (the caller holds the gate)."""
+        if not self.active:
+            yield from items
+            return
+        while True:
+            self._lock.release()
+            try:
+                item = next(items, _END)
+            finally:
+                self._lock.acquire()
+            if self.stopping.is_set():
+                raise SyncStopped("the sync is stopping")
+            if item is _END:
+                return
+            yield item  # type: ignore[misc]
+
+
+_END: Any = object()
+
+
+def run_parallel(gate: OutputGate, jobs: list[tuple[str, Callable[[], None]]], workers: int) -> None:
+    """Run ``jobs`` (name, sync callable) on ``workers`` daemon threads, each job inside the gate.
+
+    The first failure stops the others at their next record and is re-raised here. Daemon threads, so a
+    signal's exit is not held up by a stream waiting on the network.
+    """
+    pending = list(reversed(jobs))
+    take = threading.Lock()
+    errors: list[BaseException] = []
+    gate.active = True
+
+    def work() -> None:
+        while not gate.stopping.is_set():
+            with take:
+                if not pending:
+                    return
+                _, job = pending.pop()
+            try:
+                with gate:
+                    job()
+            except SyncStopped:
+                return
+            except BaseException as exc:  # re-raised in the caller's thread
+                errors.append(exc)
+                gate.stopping.set()
+                return
+
+    threads = [
+        threading.Thread(target=work, name=f"tap-wellsky-stream-{i}", daemon=True)
+        for i in range(max(1, min(workers, len(jobs))))
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(timeout=0.5)  # short joins: the main thread stays responsive to signals
+    finally:
+        gate.active = gate.stopping.is_set() and not errors  # a signal keeps it shut; else back to sequential
+    if errors:
+        raise errors[0]
