@@ -140,6 +140,7 @@ def test_installing_from_scratch_covers_children_own_handlers_and_root_handlers(
         lg.setLevel(logging.DEBUG)
     child.propagate = named.propagate = False
     try:
+        logging.setLogRecordFactory(logging.LogRecord)  # as in a fresh process: no earlier factory to lean on
         install_redaction("fresh_app")
         factory = logging.getLogRecordFactory()
         install_redaction("fresh_app")
@@ -175,8 +176,8 @@ def test_filter_handles_bad_format_strings_and_stack_info():
 
 
 def test_longer_secrets_are_masked_before_the_secrets_they_contain():
-    register_secret("abc", "abcdef-long")
-    assert redact("token abcdef-long and abc") == "token *** and ***"
+    register_secret("abc", "abcdef-long", "zz1", "aa-zz1-aa")  # by length, not alphabetically
+    assert redact("token abcdef-long and abc, aa-zz1-aa and zz1") == "token *** and ***, *** and ***"
 
 
 def test_registration_edges():
