@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+import threading
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
@@ -258,7 +259,7 @@ def test_write_ledger_skips_known_records_without_a_request(sb, tmp_path):
 
 
 def test_write_ledger_stores_hashes_only_and_survives_a_reopen(tmp_path: Path):
-    path = tmp_path / "sub" / "ledger.sqlite"
+    path = tmp_path / "two" / "levels" / "ledger.sqlite"
     ledger = WriteHashLedger(path)
     ledger.remember("t1", "patients", "n:MRN-42", "h1", "HH-P1")
     ledger.remember("t1", "patients", "n:MRN-42", "h2", "HH-P1")  # the latest write wins
@@ -268,10 +269,14 @@ def test_write_ledger_stores_hashes_only_and_survives_a_reopen(tmp_path: Path):
     assert ledger.lookup("t2", "patients", "n:MRN-42") == ("h3", None)
     assert ledger.lookup("t1", "appointments", "n:MRN-42") == ("h4", "HH-V1")
     assert ledger.lookup("t1", "patients", "n:MRN-43") is None
+    worker = threading.Thread(target=ledger.remember, args=("t1", "patients", "n:MRN-44", "h5", "HH-P2"))
+    worker.start()  # the target's writer threads share one ledger
+    worker.join()
+    assert ledger.lookup("t1", "patients", "n:MRN-44") == ("h5", "HH-P2")
     ledger.close()
     assert b"MRN-42" not in path.read_bytes()
     rows = sqlite3.connect(path).execute("SELECT key FROM writes").fetchall()
-    assert len(rows) == 3 and all(len(r[0]) == 64 for r in rows)
+    assert len(rows) == 4 and all(len(r[0]) == 64 for r in rows)
     assert WriteHashLedger(path).lookup("t1", "patients", "n:MRN-42") == ("h2", "HH-P1")
     assert record_hash({"b": 1, "a": 2}) == record_hash({"a": 2, "b": 1}) != record_hash({"a": 2, "b": 2})
 
