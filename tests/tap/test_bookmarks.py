@@ -28,14 +28,25 @@ def sb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxServer]:
     server.cleanup()
 
 
-def sync(config: dict[str, Any], state: dict[str, Any] | None = None, streams: tuple[str, ...] = ()) -> list[dict]:
+def sync(
+    config: dict[str, Any],
+    state: dict[str, Any] | None = None,
+    streams: tuple[str, ...] = (),
+    *,
+    full_table: bool = False,
+    tap_out: list[TapWellSky] | None = None,
+) -> list[dict]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
         tap = TapWellSky(config=config, state=state, parse_env_config=False)
-        if streams:
-            for name, stream in tap.streams.items():
+        for name, stream in tap.streams.items():
+            if streams:
                 stream.selected = name in streams
+            if full_table:
+                stream.forced_replication_method = "FULL_TABLE"
         tap.sync_all()
+    if tap_out is not None:
+        tap_out.append(tap)
     return [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
 
 
@@ -132,3 +143,25 @@ def test_state_is_emitted_every_page_of_records(sb):
             runs.append(current)
             current = 0
     assert max(runs) <= 7 and runs.count(7) >= 2, runs
+
+
+def test_full_table_ignores_the_bookmark_but_honours_start_date(sb):
+    stamps = sorted(r["updated_at"] for r in sb.truth("patients"))
+    newest, middle = stamps[-1], stamps[len(stamps) // 2]
+    state = {"bookmarks": {"patients": {"replication_key": "updated_at", "replication_key_value": newest}}}
+    everything = _records(sync(sandbox_config(sb), state=state, streams=("patients",), full_table=True), "patients")
+    assert len(everything) == len(stamps)
+    later = sync(sandbox_config(sb, start_date=middle), state=state, streams=("patients",), full_table=True)
+    assert {r["id"] for r in _records(later, "patients")} == {
+        r["id"] for r in sb.truth("patients") if r["updated_at"] >= middle
+    }
+
+
+def test_the_run_summary_counts_what_was_sent(sb):
+    taps: list[TapWellSky] = []
+    messages = sync(sandbox_config(sb), streams=("patients", "coverage"), tap_out=taps)
+    for name in ("patients", "coverage"):
+        summary = taps[0].streams[name].summary
+        assert summary["records"] == len(_records(messages, name)) > 0
+        assert summary["source"] == "api" and 0 < summary["seconds"] < 60
+    assert taps[0].streams["encounters"].summary == {"records": 0, "seconds": 0.0}
