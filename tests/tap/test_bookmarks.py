@@ -165,3 +165,22 @@ def test_the_run_summary_counts_what_was_sent(sb):
         assert summary["records"] == len(_records(messages, name)) > 0
         assert summary["source"] == "api" and 0 < summary["seconds"] < 60
     assert taps[0].streams["encounters"].summary == {"records": 0, "seconds": 0.0}
+
+
+def test_the_bookmark_is_sent_in_utc_whatever_the_machine_time_zone(sb, monkeypatch):
+    import time
+    from datetime import datetime, timedelta
+
+    stamps = sorted({r["updated_at"] for r in sb.truth("patients")})
+    when = [datetime.fromisoformat(t.replace("Z", "+00:00")) for t in stamps]
+    # a bookmark one hour after a record: read as Chicago time (six hours earlier) that record would come back
+    mark = (when[len(when) // 2] + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    state = {"bookmarks": {"patients": {"replication_key": "updated_at", "replication_key_value": mark}}}
+    monkeypatch.setenv("TZ", "America/Chicago")
+    time.tzset()
+    try:
+        resumed = _records(sync(sandbox_config(sb), state=state, streams=("patients",)), "patients")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert {r["id"] for r in resumed} == {r["id"] for r in sb.truth("patients") if r["updated_at"] >= mark}
