@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from wellsky_core.models import ENTITIES
+from wellsky_core.models import MODELED_ENTITIES as ENTITIES
 
 ROOT = Path(__file__).resolve().parents[2]
 
