@@ -105,6 +105,9 @@ class Spool:
 
     def __init__(self, path: Path) -> None:
         self.lock = threading.Lock()
+        self.path = path
+        self._readers = threading.local()  # streams read in parallel: one read connection per thread
+        self._all_readers: list[sqlite3.Connection] = []
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
@@ -147,22 +150,35 @@ class Spool:
             self.db.execute("DELETE FROM res")
             self.db.execute("DELETE FROM files")
 
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._readers.conn = conn
+            with self.lock:
+                self._all_readers.append(conn)
+        return conn
+
     def of_type(self, kind: str) -> Iterator[dict[str, Any]]:
-        for (body,) in self.db.execute("SELECT body FROM res WHERE type = ? ORDER BY id", (kind,)):
+        for (body,) in self._reader().execute("SELECT body FROM res WHERE type = ? ORDER BY id", (kind,)):
             yield orjson.loads(body)
 
     def children(self, parent: str) -> dict[str, list[dict[str, Any]]]:
         kids: dict[str, list[dict[str, Any]]] = {}
-        for kind, body in self.db.execute("SELECT type, body FROM res WHERE parent = ? ORDER BY id", (parent,)):
+        for kind, body in self._reader().execute("SELECT type, body FROM res WHERE parent = ? ORDER BY id", (parent,)):
             kids.setdefault(kind, []).append(orjson.loads(body))
         return kids
 
     def get(self, ref: str) -> dict[str, Any] | None:
         kind, _, rid = ref.partition("/")
-        row = self.db.execute("SELECT body FROM res WHERE type = ? AND id = ?", (kind, rid)).fetchone()
+        row = self._reader().execute("SELECT body FROM res WHERE type = ? AND id = ?", (kind, rid)).fetchone()
         return orjson.loads(row[0]) if row else None
 
     def close(self) -> None:
+        with self.lock:
+            for conn in self._all_readers:
+                conn.close()
+            self._all_readers.clear()
         self.db.close()
 
 
@@ -244,6 +260,7 @@ class FhirBulkChannel(Channel):
         self._failed = False
         self.export_issues = 0
         self._lock = threading.Lock()  # download threads share the counters and the dead-letter file
+        self._jobs_lock = threading.RLock()  # streams run in parallel: one of them starts the shared export
         self.undated: dict[str, int] = {}
         root = self.config.fhir_bulk_job_dir or str(Path(tempfile.gettempdir()) / "wellsky-fhir-bulk")
         self.job_root = Path(root)
@@ -251,8 +268,9 @@ class FhirBulkChannel(Channel):
     # -- capability -----------------------------------------------------------------------------------------
     def _capability(self) -> dict[str, dict[str, Any]]:
         """The server's resource types; discovery first, so the token request already goes to the right place."""
-        self.discover()
-        return self._search.capability()
+        with self._jobs_lock:
+            self.discover()
+            return self._search.capability()
 
     def _types_of(self, entity: str) -> list[str]:
         """The resource types one entity needs, limited to those the server has."""
@@ -359,6 +377,11 @@ class FhirBulkChannel(Channel):
         return [e for e in fhir_norm.ENTITY_TYPES if self.config.source_for(e) == self.name and self.supports(e)]
 
     def _job_for(self, entity: str, since: datetime | None) -> ExportJob:
+        """The export serving ``entity`` from ``since``: shared with every stream routed here (started once)."""
+        with self._jobs_lock:
+            return self._job_for_locked(entity, since)
+
+    def _job_for_locked(self, entity: str, since: datetime | None) -> ExportJob:
         since_text = fhir_instant(since) if since is not None else None
         for job in self._jobs.values():
             if entity in job.entities_left and job.kickoff["since"] == since_text:
