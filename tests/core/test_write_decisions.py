@@ -320,3 +320,31 @@ def test_a_truncated_answer_to_a_lookup_by_id_is_fetched_again(sb):
         sb.set_faults(None)
     assert [r.action for r in results] == ["would_update"] * len(existing)
     assert injected >= 3
+
+
+def test_match_key_prefers_the_natural_key_then_the_id():
+    from wellsky_core.writes import match_key
+
+    assert match_key("patients", {"mrn": "M1", "id": "HH-P1"}) == "n:M1"
+    assert match_key("appointments", {"external_id": None, "id": "HH-V1"}) == "i:HH-V1"
+    assert match_key("appointments", {"id": ""}) is None and match_key("patients", {}) is None
+
+
+def test_prime_threshold_and_the_write_hash_ledger_pre_filter(sb, tmp_path):
+    """Exactly 200 keys are worth one scan; records the ledger already settles are not counted or scanned for."""
+    fresh = [_new_patient(sb) for _ in range(200)]
+    writer = _writer(sb)
+    writer.prime("patients", fresh)
+    assert "patients" in writer._primed and len(writer._primed["patients"][0]) == 200
+    ledger = WriteHashLedger(tmp_path / "ledger.sqlite")
+    settled = fresh[0]
+    ledger.remember(
+        sb.base_url, "patients", f"n:{settled['mrn']}", record_hash(validate_for_write("patients", settled)), "X"
+    )
+    with_ledger = _writer(sb, write_hashes=ledger)
+    with_ledger.prime("patients", fresh)
+    assert "patients" not in with_ledger._primed, "199 keys left after the ledger's pre-filter: below the threshold"
+    with_ledger.prime("patients", [*fresh, _new_patient(sb)])
+    keys = with_ledger._primed["patients"][0]
+    assert len(keys) == 200 and settled["mrn"] not in keys
+    ledger.close()
