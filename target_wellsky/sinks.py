@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from typing import TYPE_CHECKING, Any
 
 from singer_sdk.sinks import BatchSink
 
+from wellsky_core.errors import WriteAborted
 from wellsky_core.writes import WriteResult, match_key
 
 if TYPE_CHECKING:
@@ -51,14 +52,60 @@ class WellSkySink(_QuietSink):
         for line, record in items:
             groups[group_key(self.stream_name, record, line)].append((line, record))
         target.writer.prime(self.stream_name, [record for _, record in items])
-        with ThreadPoolExecutor(max_workers=target.settings.write_concurrency, thread_name_prefix="wsk-write") as pool:
-            for outcome in pool.map(self._write_group, groups.values()):
-                for line, record, result in outcome:
-                    target.account(self.stream_name, line, record, result)
+        failure: BaseException | None = None
+        settled: set[Future[Any]] = set()
+        pool = ThreadPoolExecutor(max_workers=target.settings.write_concurrency, thread_name_prefix="wsk-write")
+        futures = [pool.submit(self._write_group, group) for group in groups.values()]
 
-    def _write_group(self, group: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, dict[str, Any], WriteResult]]:
+        def settle(future: Future[Any]) -> None:
+            """Account one finished group exactly once; the first fatal problem stops groups not yet started."""
+            nonlocal failure
+            if future in settled or future.cancelled() or not future.done():
+                return
+            settled.add(future)
+            outcome, error = future.result()
+            for line, record, result in outcome:
+                problem = target.account(self.stream_name, line, record, result, raise_on_refusal=False)
+                failure = failure or problem
+            failure = failure or error
+            if failure is not None:
+                for pending in futures:  # those already sending finish and are accounted too
+                    pending.cancel()
+
+        try:
+            for future in as_completed(futures):
+                settle(future)
+        except BaseException as exc:  # a signal: still log what the other workers sent
+            failure = failure or exc
+            for pending in futures:
+                pending.cancel()
+            pool.shutdown(wait=True)
+            for future in futures:
+                settle(future)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if failure is not None:
+            raise failure
+
+    def _write_group(
+        self, group: list[tuple[int, dict[str, Any]]]
+    ) -> tuple[list[tuple[int, dict[str, Any], WriteResult]], BaseException | None]:
+        """Write one natural key's records in input order; stop at the first fatal error, keeping what was done.
+
+        Every outcome (including the ``failed`` write the run stops on, with the key it sent) goes back to the
+        sink, so the audit trail holds everything this worker sent even when another worker aborts the run.
+        """
         writer = self.wellsky_target.writer
-        return [(line, record, writer.write(self.stream_name, record)) for line, record in group]
+        done: list[tuple[int, dict[str, Any], WriteResult]] = []
+        for line, record in group:
+            try:
+                done.append((line, record, writer.write(self.stream_name, record)))
+            except WriteAborted as exc:
+                done.append((line, record, exc.result))  # type: ignore[arg-type]
+                return done, exc
+            except BaseException as exc:
+                return done, exc
+        return done, None
 
 
 class IgnoredStreamSink(_QuietSink):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any, ClassVar
 
@@ -14,7 +16,7 @@ from singer_sdk import Target
 from singer_sdk.exceptions import ConfigValidationError, RecordsWithoutSchemaException
 from singer_sdk.io_base import SingerReader
 
-from wellsky_core.audit import AuditLog
+from wellsky_core.audit import AuditLog, key_hash_secret
 from wellsky_core.cli import fail, run_singer_cli
 from wellsky_core.config import SDK_BUILTIN_KEYS, TargetConfig, config_json_schema
 from wellsky_core.connection import Connection
@@ -37,12 +39,19 @@ class LineNumberingReader(SingerReader):
     def __init__(self) -> None:
         super().__init__()
         self.line_number = 0
+        self.max_bytes = TargetConfig.model_fields["max_record_bytes"].default
+        self.max_depth = TargetConfig.model_fields["max_record_depth"].default
+        self.on_refused: Callable[[int, str, str], None] | None = None
 
     def deserialize_json(self, line: str) -> dict:
         self.line_number += 1
+        if len(line) > self.max_bytes:
+            return self._refuse(line, f"the line is longer than max_record_bytes ({self.max_bytes:,} characters)")
         try:
             message = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
+            if "recursion" in exc.msg.lower() or "depth" in exc.msg.lower():  # past orjson's own 1,024 levels
+                return self._refuse(line, f"nested deeper than max_record_depth ({self.max_depth} levels)")
             raise SingerInputError(
                 f"input line {self.line_number} is not valid JSON ({exc.msg}); every line must be one Singer message"
             ) from None
@@ -50,7 +59,16 @@ class LineNumberingReader(SingerReader):
             raise SingerInputError(
                 f"input line {self.line_number} is JSON but not an object; expected a Singer message"
             )
+        if line.count("{") + line.count("[") > self.max_depth and _deeper_than(message, self.max_depth):
+            return self._refuse(line, f"nested deeper than max_record_depth ({self.max_depth} levels)")
         return message
+
+    def _refuse(self, line: str, reason: str) -> dict:
+        """Refuse a line past the input bounds (it is kept as received in the dead letters, or the run stops)."""
+        if self.on_refused is None:
+            raise SingerInputError(f"input line {self.line_number} refused: {reason}")
+        self.on_refused(self.line_number, reason, line)
+        return {"type": REFUSED_LINE}
 
     def assert_line_requires(self, line_dict: dict, requires: set[str]) -> None:  # type: ignore[override]
         missing = sorted(requires - set(line_dict))
@@ -61,11 +79,28 @@ class LineNumberingReader(SingerReader):
             )
 
     def _process_unknown_message(self, message_dict: dict) -> None:
+        if message_dict.get("type") == REFUSED_LINE:
+            return  # already dead-lettered by _refuse
         raise SingerInputError(
             f"input line {self.line_number}: unknown Singer message type "
             f"{str(message_dict.get('type'))[:30]!r}; expected SCHEMA, RECORD, STATE, BATCH or "
             "ACTIVATE_VERSION"
         )
+
+
+REFUSED_LINE = "_wellsky_refused_line"
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests more than ``limit`` containers deep (iterative: no recursion limit to hit)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 class TargetWellSky(Target):
@@ -88,6 +123,11 @@ class TargetWellSky(Target):
         self._started = time.monotonic()
         super().__init__(*args, **kwargs)
         TargetWellSky.last_run = self
+        reader = self.message_reader
+        if isinstance(reader, LineNumberingReader):
+            reader.max_bytes = self.settings.max_record_bytes
+            reader.max_depth = self.settings.max_record_depth
+            reader.on_refused = self.refuse_input_line
         self.settings  # noqa: B018 - a bad config fails at startup, even when no record ever arrives
 
     # -- configuration and shared objects ----------------------------------------------------------------
@@ -116,6 +156,7 @@ class TargetWellSky(Target):
             authorization_policy=self.settings.authorization_policy,
             dry_run=self.settings.dry_run,
             write_hashes=None if self.settings.dry_run else ledger,
+            key_hash_secret=key_hash_secret(self.settings.audit_hash_secret, self.settings.audit_log_path),
         )
 
     @cached_property
@@ -209,8 +250,14 @@ class TargetWellSky(Target):
         super()._process_batch_message(message_dict)
 
     # -- results --------------------------------------------------------------------------------------------
-    def account(self, stream: str, line: int, record: dict[str, Any], result: WriteResult) -> None:
-        """Count, audit and (when refused) dead-letter one write decision."""
+    def account(
+        self, stream: str, line: int, record: dict[str, Any], result: WriteResult, *, raise_on_refusal: bool = True
+    ) -> WriteRefused | None:
+        """Count, audit and (when refused) dead-letter one write decision.
+
+        A refusal without a dead-letter file is fatal: raised, or returned when ``raise_on_refusal`` is False
+        (the sink first accounts everything its other workers sent, then raises it).
+        """
         self.results[f"{stream}:{result.action}"] += 1
         self.audit.record(
             stream=stream,
@@ -231,12 +278,34 @@ class TargetWellSky(Target):
                 context={"input_line": line, "code": result.code},
             )
             if self.dead_letter.path is None:
-                raise WriteRefused(
+                fatal = WriteRefused(
                     result.code or "rejected",
                     f"input line {line}: {result.reason} (set dead_letter_path "
                     "to keep going and collect refused records)",
                 )
+                if raise_on_refusal:
+                    raise fatal
+                return fatal
             self.logger.warning("input line %d: %s record refused: %s", line, stream, result.reason)
+        return None
+
+    def refuse_input_line(self, line: int, reason: str, raw: str) -> None:
+        """An input line past the bounds: dead-lettered exactly as received (never parsed further), or fatal."""
+        if self.dead_letter.path is None:
+            raise SingerInputError(
+                f"input line {line} refused: {reason}; set dead_letter_path to keep going and collect refused lines"
+            )
+        self.results["input:rejected"] += 1
+        self.rejected_by_code["input_bounds"] += 1
+        self.dead_letter.write(
+            stage="input", stream=None, reason=reason, payload=raw, context={"input_line": line, "code": "input_bounds"}
+        )
+        self.logger.warning("input line %d refused: %s (kept in the dead letters)", line, reason)
+
+    def _handle_termination(self, signum: int, frame: Any) -> None:
+        """SIGTERM/SIGINT: exit 128+signal, never 0; the sink accounts what its workers sent on the way out."""
+        self.logger.warning("%s received: stopping; re-run on the same input to finish", signal.Signals(signum).name)
+        sys.exit(128 + signum)
 
     @property
     def rejected(self) -> int:

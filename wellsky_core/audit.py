@@ -7,7 +7,12 @@ leaves a consistent prefix.
 
 from __future__ import annotations
 
+import os
+import secrets
 from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import SecretStr
 
 from .jsonl import JsonlAppender
 
@@ -36,3 +41,25 @@ class AuditLog(JsonlAppender):
                 "input_line": line,
             }
         )
+
+
+def key_hash_secret(configured: SecretStr | None, audit_path: str | None) -> bytes | None:
+    """The secret keying the audit's ``key_hash``: the configured one, else one kept beside the audit log.
+
+    Kept (owner-only, created once) so key hashes correlate across runs of the same audit log; without an
+    audit log there is nothing to correlate and the writer uses a random per-run key (None).
+    """
+    if configured is not None and configured.get_secret_value():
+        return configured.get_secret_value().encode()
+    if not audit_path:
+        return None
+    path = Path(f"{audit_path}.key")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return bytes.fromhex(path.read_text().strip())
+    value = secrets.token_bytes(32)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value.hex())
+    return value

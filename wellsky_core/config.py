@@ -616,6 +616,22 @@ class TargetConfig(WellSkyConfig):
         description="Home Connect: the tenant exposes appointment (shift) writes. No source confirms them, so "
         "the appointments stream is refused up front unless this is set.",
     )
+    audit_hash_secret: SecretStr | None = Field(
+        default=None,
+        description="Per-tenant secret keying the audit log's key_hash (HMAC-SHA256 of the natural key). Unset: "
+        "a random one is kept next to the audit log (<audit_log_path>.key, owner-only).",
+    )
+    max_record_bytes: int = Field(
+        default=1_000_000,
+        ge=1_000,
+        description="Longest input line accepted; longer ones are refused (dead-lettered as received).",
+    )
+    max_record_depth: int = Field(
+        default=32,
+        ge=4,
+        le=200,
+        description="Deepest nesting accepted in an input line; deeper ones are refused (dead-lettered as received).",
+    )
 
 
 def _is_secret_annotation(annotation: Any) -> bool:

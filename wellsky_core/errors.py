@@ -14,6 +14,7 @@
     ├── SignatureError                a webhook delivery whose signature is missing, wrong or too old
     ├── AuthorizationRefused          a booking the payer authorization does not cover
     ├── WriteRefused                  a record the target cannot write (machine-readable ``code``)
+    ├── WriteAborted                  a write stopped by a fatal error; carries what was sent, for the audit
     ├── SingerInputError              the Singer input itself is broken (names the line)
     └── StateError                    the tap's input state is unusable (names the stream and the fix)
 
@@ -302,6 +303,18 @@ class WriteRefused(WellSkyError):
     def __init__(self, code: str, message: str) -> None:
         self.code = code
         super().__init__(message)
+
+
+class WriteAborted(WellSkyError):
+    """A write stopped by an error the run cannot continue past (5xx, transport); ``result`` says what was sent.
+
+    The audit trail records ``result`` (action ``failed``, with the idempotency key already on the wire), so an
+    aborted run still logs what it sent; the message is the cause's.
+    """
+
+    def __init__(self, result: object, cause: BaseException) -> None:
+        self.result = result
+        super().__init__(str(cause))
 
 
 class SingerInputError(WellSkyError):

@@ -102,6 +102,7 @@ class WellSkyClient:
         except (RetryableAuthFailure, httpx.TransportError) as exc:
             return classify_exception(exc, request, safe=safe, connected=self._connected, attempt=attempt)
         self._connected = True
+        response.extensions["wellsky_attempt"] = attempt  # a replay on attempt > 1 answers our own send
         self.metrics.add_bytes(len(response.content))
         verdict = classify_response(response, safe=safe, expected=expected, attempt=attempt)
         if verdict is not None:

@@ -10,7 +10,9 @@ response for a write it already committed but whose answer was lost.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
+import secrets
 import threading
 from dataclasses import dataclass, field
 from datetime import date
@@ -20,7 +22,7 @@ from pydantic import BaseModel, ValidationError, create_model
 
 from .connection import Connection
 from .dialects import dialect
-from .errors import AuthorizationRefused, RemoteError, WriteRefused, error_fields
+from .errors import AuthorizationRefused, RemoteError, WriteAborted, WriteRefused, error_fields
 from .idempotency import idempotency_key
 from .models import ENTITIES, READ_ONLY_FIELDS, WRITABLE, UtcDatetime
 from .normalize.native import to_canonical, to_native
@@ -31,7 +33,11 @@ log = logging.getLogger(__name__)
 
 PRIME_MIN_RECORDS = 200
 """Below this many natural-key lookups in a batch, per-record lookups are cheaper than scanning the entity."""
-Action = Literal["created", "updated", "unchanged", "rejected", "would_create", "would_update"]
+Action = Literal[
+    "created", "updated", "replayed", "unchanged", "rejected", "failed", "would_create", "would_update"
+]
+"""``replayed``: the tenant answered an earlier send of the same key (another run's, or an earlier run's);
+``failed``: the run stopped on this write, which may or may not have been applied (its key is logged)."""
 
 
 @dataclass
@@ -89,8 +95,11 @@ class RecordWriter:
         authorization_policy: str = "enforce",
         dry_run: bool = False,
         write_hashes: WriteHashLedger | None = None,
+        key_hash_secret: bytes | None = None,
     ) -> None:
         self.connection = connection
+        self._local = threading.local()
+        self._key_hash_secret = key_hash_secret or secrets.token_bytes(32)
         self.client = connection.client
         self.policy = authorization_policy
         self.dry_run = dry_run
@@ -110,6 +119,7 @@ class RecordWriter:
             raise ValueError(f"{stream} is not writable on {self.product}")
         if log.isEnabledFor(logging.DEBUG):  # the whole input at DEBUG: patient values are redacted in logs
             log.debug("writing %s record %s", stream, record)
+        self._local.sent = None
         try:
             desired = validate_for_write(stream, record)
             key, digest, known = self._ledger_entry(stream, desired)
@@ -136,10 +146,26 @@ class RecordWriter:
             return WriteResult(stream, "rejected", reason=str(exc), code=exc.code, wellsky_id=record.get("id"))
         except RemoteError as exc:
             if exc.status >= 500:
-                raise
+                raise self._aborted(stream, record, exc) from exc
             return WriteResult(
                 stream, "rejected", reason=str(exc), code=exc.code or str(exc.status), wellsky_id=record.get("id")
             )
+        except Exception as exc:
+            raise self._aborted(stream, record, exc) from exc
+
+    def _aborted(self, stream: str, record: dict[str, Any], exc: Exception) -> WriteAborted:
+        """What the audit needs about a write the run stops on: the key it already sent, if any."""
+        code = getattr(exc, "reason", None) or getattr(exc, "code", None) or type(exc).__name__
+        result = WriteResult(
+            stream,
+            "failed",
+            wellsky_id=record.get("id") if isinstance(record.get("id"), str) else None,
+            idempotency_key=self._local.sent,
+            reason=str(exc),
+            code=str(code),
+            key_hash=self._key_hash(stream, record),
+        )
+        return WriteAborted(result, exc)
 
     # -- lookups ----------------------------------------------------------------------------------------
     def _get(self, entity: str, rid: str) -> dict[str, Any] | None:
@@ -309,12 +335,14 @@ class RecordWriter:
                 return self._result(entity, "would_update", existing["id"], key, desired)
             path = f"/patients/{existing['id']}" if entity == "patients" else "/appointments"
             method = "PUT" if entity == "patients" else "POST"
+            self._local.sent = key
             response = self.client.request(method, path, json=body, idempotency_key=key, expected=(409, 422, 404))
             return self._answer(entity, "updated", response, key, desired)
         body = to_native(self.product, entity, {k: v for k, v in desired.items() if k != "id"})
         key = idempotency_key(self.tenant_key, entity, desired.get(natural), body)
         if self.dry_run:
             return self._result(entity, "would_create", None, key, desired)
+        self._local.sent = key
         response = self.client.request("POST", f"/{entity}", json=body, idempotency_key=key, expected=(409, 422))
         if response.status_code == 409 and _error_code(response) in ("duplicate_mrn", "duplicate_external_id"):
             # another run created it between our lookup and our write: update that record instead
@@ -336,6 +364,8 @@ class RecordWriter:
                 code=code,
                 key_hash=self._key_hash(entity, desired),
             )
+        if response.headers.get("idempotent-replayed") == "true" and response.extensions.get("wellsky_attempt", 1) == 1:
+            action = "replayed"  # our first send was answered from the tenant's memory: someone else wrote it
         saved = to_canonical(self.product, entity, response.json())
         primed = self._primed.get(entity)
         natural_value = saved.get(ENTITIES[entity].match_field)
@@ -350,10 +380,13 @@ class RecordWriter:
             entity, action, wellsky_id=wid, idempotency_key=key, key_hash=self._key_hash(entity, desired)
         )
 
-    @staticmethod
-    def _key_hash(entity: str, desired: dict[str, Any]) -> str | None:
+    def _key_hash(self, entity: str, desired: dict[str, Any]) -> str | None:
+        """A keyed hash (HMAC-SHA256, per-tenant secret) of the natural key: the audit can correlate writes, but
+        nobody holding the audit file can test a guessed MRN against it (an unsalted SHA-256 allowed that)."""
         natural = desired.get(ENTITIES[entity].match_field) or desired.get("id")
-        return hashlib.sha256(str(natural).encode()).hexdigest()[:16] if natural else None
+        if not natural:
+            return None
+        return hmac.new(self._key_hash_secret, str(natural).encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def _update_basis(existing: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
