@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -104,8 +105,16 @@ class WebhookEventsStream(WellSkyStream):
         self.summary["source"] = "webhooks"
         project = self.selected_projection()
         try:
-            for event in iter_canonical_events(store, int(since), self.wellsky_tap.connection.product):
+            skipped: Counter[str] = Counter()
+            for event in iter_canonical_events(store, int(since), self.wellsky_tap.connection.product, skipped):
                 self.summary["records"] += 1
                 yield event if project is None else project(event)
+            if skipped:
+                self.summary["skipped"] = dict(skipped)
+                self.logger.warning(
+                    "webhook_events: %d stored event(s) skipped as unmappable (%s)",
+                    sum(skipped.values()),
+                    ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())),
+                )
         finally:
             store.close()

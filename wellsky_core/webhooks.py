@@ -28,6 +28,7 @@ import sqlite3
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,6 +42,7 @@ log = logging.getLogger("wellsky_core.webhooks")
 SIGNATURE_HEADER = "X-WellSky-Signature"
 DEFAULT_TOLERANCE_SECONDS = 300
 MAX_BODY_BYTES = 5 * 1024 * 1024
+DEFAULT_SOCKET_TIMEOUT = 15.0
 
 
 def verify_signature(
@@ -90,6 +92,9 @@ class EventStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # owner-only before SQLite opens it (it holds patient records); SQLite gives -wal/-shm the same mode
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(self.path, 0o600)
         self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
@@ -143,26 +148,76 @@ class EventStore:
             self.db.close()
 
 
-def iter_canonical_events(store: EventStore, since_seq: int, product: str) -> Iterator[dict[str, Any]]:
-    """Stored events in arrival order with their records normalized (the ``webhook_events`` stream)."""
+def iter_canonical_events(
+    store: EventStore, since_seq: int, product: str, skipped: Counter[str] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Stored events in arrival order with their records normalized (the ``webhook_events`` stream).
+
+    An event that cannot be mapped (stored before the receiver validated on receipt, or by another receiver)
+    is skipped and counted in ``skipped`` by reason, with one PHI-free warning: one bad event must not stop
+    every later sync before its first STATE.
+    """
     from .normalize.native import to_canonical
 
     for event in store.iter_events(since_seq):
-        entity = event.get("entity")
-        if event.get("canonical"):  # Home Connect: the receiver fetched and normalized the record already
-            record = event.get("record") or {}
-        else:
-            record = to_canonical(product, entity, event.get("record")) if entity else {}
+        problem = event_problem(event)
+        record: dict[str, Any] = {}
+        if problem is None and event.get("entity"):
+            if event.get("canonical"):  # Home Connect: the receiver fetched and normalized the record already
+                record = event["record"]
+            else:
+                try:
+                    record = to_canonical(product, event["entity"], event.get("record"))
+                except WellSkyError as exc:
+                    problem = str(exc)
+        if problem is not None:
+            if skipped is not None:
+                skipped[problem.split(":")[0]] += 1
+            log.warning("webhook event seq %s skipped: %s", event.get("seq"), problem)
+            continue
         yield {
             "seq": event["seq"],
             "id": event["id"],
             "type": event["type"],
-            "entity": entity,
-            "occurred_at": event["occurred_at"],
+            "entity": event.get("entity"),
+            "occurred_at": event.get("occurred_at"),
             "received_at": event["received_at"],
             "record_id": str(record.get("id", "")),
             "record": record,
         }
+
+
+def event_problem(event: Any, product: str | None = None) -> str | None:
+    """Why ``event`` cannot become a ``webhook_events`` record (None: it can). Names fields, never values.
+
+    With ``product`` the record is also normalized, so the receiver refuses (4xx) exactly what the tap could
+    not process, and the sender sees the refusal instead of a sync failing days later.
+    """
+    from .models import ENTITIES
+
+    if not isinstance(event, dict):
+        return "invalid_event: the body must be a JSON object"
+    for name, limit in (("id", 200), ("type", 100)):
+        value = event.get(name)
+        if not isinstance(value, str) or not value or len(value) > limit:
+            return f"invalid_event: `{name}` must be a non-empty string of at most {limit} characters"
+    if not isinstance(event.get("occurred_at"), str | None):
+        return "invalid_event: `occurred_at` must be an ISO 8601 string"
+    entity = event.get("entity")
+    if entity is None:
+        return None
+    if not isinstance(entity, str) or entity not in ENTITIES:
+        return f"unknown_entity: `entity` must be one of {', '.join(ENTITIES)}"
+    if not isinstance(event.get("record"), dict):
+        return "invalid_event: `record` must be a JSON object for an event with an entity"
+    if product is not None and not event.get("canonical"):  # canonical: normalized already by its receiver
+        from .normalize.native import to_canonical
+
+        try:
+            to_canonical(product, entity, event["record"])
+        except WellSkyError as exc:
+            return f"unmappable_record: {exc}"
+    return None
 
 
 class WebhookReceiver:
@@ -176,6 +231,8 @@ class WebhookReceiver:
         host: str = "127.0.0.1",
         port: int = 0,
         tolerance_seconds: float = DEFAULT_TOLERANCE_SECONDS,
+        product: str | None = None,
+        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
     ) -> None:
         if not secret:
             raise WellSkyError("webhook secret is empty; pass the secret returned by POST /webhooks")
@@ -183,9 +240,12 @@ class WebhookReceiver:
         self._secret = secret
         self.tolerance_seconds = tolerance_seconds
         self.rejected = 0
+        self.product = product
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = socket_timeout  # a slow or silent client cannot hold a thread for longer than this
+
             def log_message(self, fmt: str, *args: Any) -> None:  # quiet: request lines can carry ids only
                 log.debug("webhook %s", fmt % args)
 
@@ -198,7 +258,20 @@ class WebhookReceiver:
                 self.wfile.write(data)
 
             def do_POST(self) -> None:
-                length = int(self.headers.get("content-length") or 0)
+                try:
+                    self._receive()
+                except (TimeoutError, ConnectionError):
+                    self.close_connection = True  # the client stalled or hung up; nothing stored
+                except Exception:  # never a traceback on the console, never a dropped connection without answer
+                    log.exception("webhook receiver failed on a delivery")
+                    with contextlib.suppress(OSError):
+                        self._answer(500, {"error": "internal", "message": "the receiver failed; retry later"})
+
+            def _receive(self) -> None:
+                try:
+                    length = int(self.headers.get("content-length") or 0)
+                except ValueError:
+                    length = -1
                 if length <= 0 or length > MAX_BODY_BYTES:
                     self._answer(400, {"error": "invalid_body", "message": "a JSON body up to 5 MiB is required"})
                     return
@@ -216,10 +289,13 @@ class WebhookReceiver:
                     return
                 try:
                     event = json.loads(raw)
-                    if not isinstance(event, dict) or not isinstance(event.get("id"), str) or "type" not in event:
-                        raise ValueError("not an event")
                 except ValueError:
-                    self._answer(400, {"error": "invalid_event", "message": 'body must be {"id", "type", ...}'})
+                    event = None
+                problem = event_problem(event, receiver.product) if event is not None else "invalid_event: not JSON"
+                if problem is not None:
+                    receiver.rejected += 1
+                    code, _, message = problem.partition(": ")
+                    self._answer(422 if code != "invalid_event" else 400, {"error": code, "message": message})
                     return
                 seq, new = receiver.store.add(event, raw)
                 self._answer(200, {"seq": seq, "duplicate": not new})
@@ -264,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--secret", default=None, help="webhook secret (default: $WELLSKY_WEBHOOK_SECRET)")
     serve.add_argument("--store", default="webhook-events.sqlite", help="SQLite file the events are kept in")
     serve.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE_SECONDS, help="max clock skew, s")
+    serve.add_argument("--product", default=None, help="tenant product: refuse (422) records the tap cannot map")
     replay = sub.add_parser("replay", help="print stored events after a sequence number as JSON lines")
     replay.add_argument("--store", default="webhook-events.sqlite")
     replay.add_argument("--since", type=int, default=0)
@@ -300,7 +377,12 @@ def main(argv: list[str] | None = None) -> int:
     if not secret:
         parser.error("the webhook secret is required: set WELLSKY_WEBHOOK_SECRET or pass --secret")
     receiver = WebhookReceiver(
-        EventStore(args.store), secret, host=args.host, port=args.port, tolerance_seconds=args.tolerance
+        EventStore(args.store),
+        secret,
+        host=args.host,
+        port=args.port,
+        tolerance_seconds=args.tolerance,
+        product=args.product,
     )
     sys.stdout.write(json.dumps({"url": receiver.url, "store": str(Path(args.store).resolve())}) + "\n")
     sys.stdout.flush()
