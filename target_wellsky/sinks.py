@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 from singer_sdk.sinks import BatchSink
@@ -73,8 +73,10 @@ class WellSkySink(_QuietSink):
                     pending.cancel()
 
         try:
-            for future in as_completed(futures):
-                settle(future)
+            for future in futures:  # in input order (dead letters and audit follow the input), each exactly once
+                if not future.cancelled():
+                    wait([future])
+                    settle(future)
         except BaseException as exc:  # a signal: still log what the other workers sent
             failure = failure or exc
             for pending in futures:

@@ -89,7 +89,21 @@ def _json_body(response: httpx.Response) -> dict[str, Any]:
 class RefreshingAuth(httpx.Auth):
     """Ensure a credential, apply it, and on 401 refresh it once and replay. Thread-safe."""
 
-    requires_response_body = True
+    requires_response_body = False
+    """The flow reads the bodies of its own login/token exchanges only (see ``sync_auth_flow``): the answer to
+    the caller's request stays a stream, so the transport reads it within max_response_bytes and its deadline."""
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        flow = self.auth_flow(request)
+        outgoing = next(flow)
+        while True:
+            response = yield outgoing
+            if outgoing is not request:
+                response.read()  # a login, MFA or token exchange: small, and the flow inspects its body
+            try:
+                outgoing = flow.send(response)
+            except StopIteration:
+                break
     credential_settings = ""
     """Config keys to check when the server rejects the credential (used in messages)."""
 

@@ -192,6 +192,18 @@ class WellSkyConfig(BaseModel):
         description="Client-side rate limit; 0 disables it. Empty: 50, or 100 for personal_care (the vendor's "
         "budget).",
     )
+    max_response_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description="Largest response body read into memory (decoded); a larger one fails with a clear error "
+        "instead of exhausting memory. Lower page_size if a legitimate page is larger.",
+    )
+    request_deadline_seconds: float = Field(
+        default=300,
+        gt=0,
+        description="Overall time one request may take, headers and body (timeout_seconds bounds each read); "
+        "a server trickling its answer is cut off after this.",
+    )
     page_size: int = Field(default=500, ge=1, le=1000, description="Records per page (1-1000).")
     verify_tls: bool = Field(default=True, description="Verify the server certificate.")
     ca_bundle: str | None = Field(default=None, description="PEM CA bundle for a private CA.")

@@ -20,6 +20,8 @@
 
     RetryableAuthFailure (Exception)  internal signal from auth to transport: retry the whole request;
                                       never surfaced to users
+    ResponseTooLarge, RequestDeadlineExceeded (Exception)
+                                      internal signals inside the transport's bounded body read
 
 The target's ``RecordBeforeSchema`` also derives from singer-sdk's ``RecordsWithoutSchemaException``, so it
 lives with the target (the core imports no singer-sdk).
@@ -279,6 +281,18 @@ class RetryableAuthFailure(Exception):  # a signal to the transport, never surfa
         self.reason = reason
         self.status = status
         self.retry_after = retry_after
+
+
+class ResponseTooLarge(Exception):  # internal signal: the transport raises WellSkyTransportError naming the setting
+    """A response body past ``max_response_bytes``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"response larger than {limit} bytes")
+        self.limit = limit
+
+
+class RequestDeadlineExceeded(Exception):  # internal signal: retried like a timeout, then named in the error
+    """One attempt took longer than ``request_deadline_seconds`` (headers and body together)."""
 
 
 class PortalLayoutChanged(WellSkyError):

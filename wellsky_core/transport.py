@@ -29,7 +29,15 @@ import orjson
 
 from wellsky_core.auth import RefreshingAuth, build_auth
 from wellsky_core.config import WellSkyConfig
-from wellsky_core.errors import ConfigError, RemoteError, RetryableAuthFailure, WellSkyTransportError, redact_url
+from wellsky_core.errors import (
+    ConfigError,
+    RemoteError,
+    RequestDeadlineExceeded,
+    ResponseTooLarge,
+    RetryableAuthFailure,
+    WellSkyTransportError,
+    redact_url,
+)
 from wellsky_core.metrics import Metrics
 from wellsky_core.paging import iter_bundles, iter_cursor_pages
 from wellsky_core.ratelimit import TokenBucket
@@ -97,8 +105,28 @@ class WellSkyClient:
         self, request: httpx.Request, *, safe: bool, expected: Sequence[int], parse_json: bool, attempt: int, last: bool
     ) -> tuple[httpx.Response, Any] | Retry:
         """Send once: the usable answer (response, decoded body), or the retry to make (errors are raised)."""
+        started = time.monotonic()
         try:
-            response = self._http.send(request, auth=self.auth)
+            response = self._http.send(request, auth=self.auth, stream=True)
+            self._read_bounded(response, started)
+        except ResponseTooLarge as exc:
+            raise WellSkyTransportError(
+                f"the response to {request.method} is larger than max_response_bytes ({exc.limit:,} bytes); lower "
+                "page_size, or raise max_response_bytes if the tenant's pages really are that large",
+                url=request.url,
+                attempts=attempt,
+                reason="too_large",
+            ) from None
+        except RequestDeadlineExceeded:
+            if not safe:
+                raise WellSkyTransportError(
+                    f"{request.method} took longer than request_deadline_seconds ({self._deadline:g} s) and may "
+                    "have been applied; raise request_deadline_seconds or check the tenant",
+                    url=request.url,
+                    attempts=attempt,
+                    reason="deadline",
+                ) from None
+            return Retry("deadline", detail=f" (over request_deadline_seconds={self._deadline:g})")
         except (RetryableAuthFailure, httpx.TransportError) as exc:
             return classify_exception(exc, request, safe=safe, connected=self._connected, attempt=attempt)
         self._connected = True
@@ -110,6 +138,40 @@ class WellSkyClient:
         if not parse_json or response.status_code in expected:
             return response, None
         return self._decode(response, retryable=safe and not last, attempt=attempt)
+
+    @property
+    def _deadline(self) -> float:
+        return float(self.config.request_deadline_seconds)
+
+    def _read_bounded(self, response: httpx.Response, started: float) -> None:
+        """Read the body into ``response`` within max_response_bytes and the request deadline, or raise.
+
+        httpx bounds each read (``timeout_seconds``) but not the total: a server sending one byte a second, or
+        an endless body, would hold the sync (and its memory) forever.
+        """
+        limit = self.config.max_response_bytes
+        deadline = started + self._deadline
+        try:
+            if time.monotonic() > deadline:
+                raise RequestDeadlineExceeded
+            try:
+                declared = int(response.headers.get("content-length") or 0)
+            except ValueError:
+                declared = 0
+            if declared > limit:
+                raise ResponseTooLarge(limit)
+            parts: list[bytes] = []
+            size = 0
+            for chunk in response.iter_bytes():  # decoded: a small gzip bomb is bounded too
+                size += len(chunk)
+                if size > limit:
+                    raise ResponseTooLarge(limit)
+                if time.monotonic() > deadline:
+                    raise RequestDeadlineExceeded
+                parts.append(chunk)
+            response._content = b"".join(parts)  # what response.read() would have set
+        finally:
+            response.close()
 
     @staticmethod
     def _decode(response: httpx.Response, *, retryable: bool, attempt: int) -> tuple[httpx.Response, Any] | Retry:
@@ -174,9 +236,14 @@ class WellSkyClient:
             )
             if wait > 0:
                 self._sleep(wait)
+        hint = (
+            f"each attempt took longer than request_deadline_seconds ({self._deadline:g} s): the tenant is trickling "
+            "its answers; raise request_deadline_seconds or check the tenant's status"
+            if last.reason == "deadline"
+            else "raise max_retries or check the tenant's status"
+        )
         raise WellSkyTransportError(
-            f"{method} gave no usable answer within the retry budget (last: {last.reason}); raise max_retries "
-            "or check the tenant's status",
+            f"{method} gave no usable answer within the retry budget (last: {last.reason}); {hint}",
             url=target,
             status=last.status,
             attempts=attempts_allowed,
