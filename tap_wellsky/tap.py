@@ -81,10 +81,37 @@ class TapWellSky(Tap):
             streams.append(WebhookEventsStream(tap=self))
         return streams
 
-    def run_connection_test(self) -> bool:
+    def run_connection_test(self, *, emit_records: bool = False) -> bool:
+        """``--test``: connect and read one record per selected stream, reporting on stderr only.
+
+        The SDK's test writes that record to stdout: a full patient (name, birth date, MRN) in a CI log. Only
+        ``--test=records`` (an explicit ask) does that now.
+        """
         tenant = self.connection.tenant()
         self.logger.info("connected to %s (%s)", tenant.get("name", "tenant"), self.connection.product)
-        return super().run_connection_test()
+        if emit_records:
+            return super().run_connection_test()
+        for stream in self.streams.values():
+            if not stream.selected:
+                continue
+            found = next(iter(stream.get_records(None)), None)
+            print(
+                f"tap-wellsky --test: {stream.name}: {'1 record read' if found is not None else 'no records'} "
+                "(not printed; --test=records prints it)",
+                file=sys.stderr,
+                flush=True,
+            )
+        return True
+
+    @classmethod
+    def cb_test(cls, ctx: Any, param: Any, value: str) -> None:
+        """``--test`` reads without printing records; ``--test=records`` is the SDK's test (one RECORD each)."""
+        if value not in ("all", "records"):
+            return super().cb_test(ctx, param, value)  # disabled, or --test=schema
+        given = ctx.params.get("config")
+        tap = cls(config=given.config if given else None, parse_env_config=bool(given and given.parse_env))
+        tap.run_connection_test(emit_records=value == "records")
+        ctx.exit()
 
     def sync_all(self) -> None:  # type: ignore[misc]  # extended, not replaced: adds the summary
         started = time.monotonic()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import abc
 import logging
-import os
 import re
 import ssl
 import subprocess
@@ -24,6 +23,7 @@ import pyotp
 from pydantic import SecretStr
 
 from wellsky_core.errors import ConfigError, MfaError
+from wellsky_core.redaction import child_environment
 
 if TYPE_CHECKING:
     from wellsky_core.config import WellSkyConfig
@@ -118,7 +118,7 @@ class CommandSource(CodeSource):
     def get_code(self, challenge: Challenge, *, previous: str | None = None) -> str:
         deadline = time.monotonic() + self.timeout_seconds
         env = {
-            **os.environ,
+            **child_environment(),  # the operator's command gets the challenge, not the connector's secrets
             "WELLSKY_MFA_METHOD": challenge.method,
             "WELLSKY_MFA_CHALLENGE_ID": challenge.challenge_id,
             "WELLSKY_MFA_ISSUED_AT": f"{challenge.issued_at:.3f}",

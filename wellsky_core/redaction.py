@@ -18,10 +18,11 @@ filter alone would miss records of child loggers such as ``wellsky_core.transpor
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import SecretStr
@@ -209,3 +210,24 @@ def install_redaction(*logger_names: str) -> RedactionFilter:
 
 
 _SHARED_FILTER = RedactionFilter()
+
+
+SECRET_ENV_PREFIXES = ("WELLSKY_",)
+
+
+def child_environment(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """An environment for a child process (Playwright's driver, Chromium, an MFA command) without our secrets.
+
+    Drops every ``WELLSKY_*`` variable (the config's environment fallback: passwords, client secrets) and any
+    variable whose value holds a registered secret, then adds ``extra``. A child that crashes, logs its
+    environment or is inspected through /proc must not hand the tenant's credentials on.
+    """
+    source = dict(os.environ if base is None else base)
+    secrets = _registry.secrets_longest_first()
+    env = {
+        key: value
+        for key, value in source.items()
+        if not key.upper().startswith(SECRET_ENV_PREFIXES) and not any(s in value for s in secrets)
+    }
+    env.update(extra)
+    return env

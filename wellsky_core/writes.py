@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import threading
 from dataclasses import dataclass, field
@@ -82,7 +83,35 @@ def validate_for_write(entity: str, record: dict[str, Any]) -> dict[str, Any]:
             "validation_error", "record does not match the canonical schema: " + "; ".join(problems)
         ) from None
     dumped = model.model_dump(mode="json", exclude_unset=True)
-    return {k: v for k, v in dumped.items() if k not in READ_ONLY_FIELDS}
+    desired = {k: v for k, v in dumped.items() if k not in READ_ONLY_FIELDS}
+    where = _control_character_field(desired)
+    if where is not None:
+        raise WriteRefused(
+            "control_character",
+            f"{where}: contains a control character (NUL, ESC, ...); WellSky refuses them: remove it "
+            "(tab, line feed and carriage return are allowed)",
+        )
+    return desired
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _control_character_field(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first text value holding a control character (checked before any request)."""
+    if isinstance(value, str):
+        return (path or "$") if _CONTROL.search(value) else None
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _control_character_field(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 class RecordWriter:
