@@ -50,7 +50,8 @@ class LineNumberingReader(SingerReader):
         try:
             message = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            if "recursion" in exc.msg.lower() or "depth" in exc.msg.lower():  # past orjson's own 1,024 levels
+            too_deep = "recursion" in exc.msg.lower() or "depth" in exc.msg.lower()  # past orjson's 1,024 levels
+            if too_deep and line.lstrip().startswith("{"):  # a message too deep to read: kept, not fatal
                 return self._refuse(line, f"nested deeper than max_record_depth ({self.max_depth} levels)")
             raise SingerInputError(
                 f"input line {self.line_number} is not valid JSON ({exc.msg}); every line must be one Singer message"

@@ -634,7 +634,7 @@ class TargetConfig(WellSkyConfig):
         "a random one is kept next to the audit log (<audit_log_path>.key, owner-only).",
     )
     max_record_bytes: int = Field(
-        default=1_000_000,
+        default=16_000_000,
         ge=1_000,
         description="Longest input line accepted; longer ones are refused (dead-lettered as received).",
     )

@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import logging
 import re
-import secrets
 import threading
 from dataclasses import dataclass, field
 from datetime import date
@@ -128,7 +127,7 @@ class RecordWriter:
     ) -> None:
         self.connection = connection
         self._local = threading.local()
-        self._key_hash_secret = key_hash_secret or secrets.token_bytes(32)
+        self._key_hash_secret = key_hash_secret or _tenant_secret(connection)
         self.client = connection.client
         self.policy = authorization_policy
         self.dry_run = dry_run
@@ -416,6 +415,18 @@ class RecordWriter:
         if not natural:
             return None
         return hmac.new(self._key_hash_secret, str(natural).encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _tenant_secret(connection: Connection) -> bytes:
+    """Without a configured secret: a key derived from the tenant's own credentials (never written anywhere).
+
+    Stable across runs with the same credentials, so audit entries correlate; unknown to anyone holding only
+    the audit file, so a guessed MRN cannot be tested against a key_hash. Set ``audit_hash_secret`` (or keep
+    the key file beside the audit log) for a key that survives a credential rotation.
+    """
+    config = connection.config
+    material = "\x1f".join([str(config.base_url or ""), *sorted(config.secret_values())])
+    return hashlib.sha256(b"wellsky-audit-key-hash\x1f" + material.encode()).digest()
 
 
 def _update_basis(existing: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

@@ -43,7 +43,8 @@ def test_hostile_line_is_dead_lettered_and_the_rest_lands(sandbox, tmp_path, cas
     bad = HOSTILE[case](good[0])
     lines.insert(2, bad)  # between the two good records
     dead = tmp_path / "dead.jsonl"
-    proc = run_target_cli(tmp_path, _config(sandbox, tmp_path, dead_letter_path=str(dead)), "\n".join(lines) + "\n")
+    cfg = _config(sandbox, tmp_path, dead_letter_path=str(dead), max_record_bytes=1_000_000)
+    proc = run_target_cli(tmp_path, cfg, "\n".join(lines) + "\n")
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert_no_traceback(proc.stderr, case)
     entries = JsonlAppender.read(dead)

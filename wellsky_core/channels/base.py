@@ -55,15 +55,13 @@ class Channel(abc.ABC):
         With a dead-letter file the input is kept there with the reason and the sync goes on; without one the
         sync stops with the error (never a silent drop). ``problem`` is a PHI-free reason or exception.
         """
-        if self.dead_letter.path is None:  # stop, and say how to keep going instead
-            known = problem if isinstance(problem, NormalizationError) else None
+        if self.dead_letter.path is None:
+            if isinstance(problem, Exception):
+                raise problem
             raise NormalizationError(
-                (known.entity if known else entity) or "input",
-                known.field if known else context.get("field", "$"),
-                f"{known.reason if known else problem} ({self.name} channel); set dead_letter_path to set such "
-                "inputs aside and continue",
-                record_id=known.record_id if known else None,
-            ) from None
+                entity or "input", context.get("field", "$"),
+                f"{problem} ({self.name} channel); set dead_letter_path to set such inputs aside and continue",
+            )
         self.dead_letter.write(
             stage="read", stream=entity, reason=str(problem), payload=payload,
             context={"channel": self.name, **context},
