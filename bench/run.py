@@ -51,7 +51,7 @@ PATHS = {
 PEERS = {
     "msdk": ["tap-rest-api-msdk==1.4.2", "setuptools<70"],  # singer-sdk 0.40's `fs` still imports pkg_resources
     "jsonl": ["target-jsonl==0.1.4"],
-    "airbyte": ["airbyte-cdk>=6,<7"],
+    "airbyte": ["airbyte-cdk>=7,<8"],
     "tools": ["py-spy"],
 }
 CHILD_TIMEOUT_SECONDS = 3600.0
@@ -382,9 +382,22 @@ def msdk_config(sb: Sandbox) -> dict[str, Any]:
 
 AIRBYTE_RUNNER = """
 import sys
-from airbyte_cdk.entrypoint import launch
-from airbyte_cdk.sources.declarative.yaml_declarative_source import YamlDeclarativeSource
-launch(YamlDeclarativeSource(path_to_yaml=sys.argv[1]), sys.argv[2:])
+from airbyte_cdk.entrypoint import AirbyteEntrypoint, launch
+from airbyte_cdk.sources.declarative.yaml_declarative_source import YamlDeclarativeSource as Source
+
+# airbyte-cdk 7 interpolates {{ config[...] }} from the config given to the constructor (as the connector
+# template's run.py does): launched without it, every URL is "/patients" and each stream fails (MissingSchema)
+args = sys.argv[2:]
+catalog, config, state = (f(args) for f in (AirbyteEntrypoint.extract_catalog, AirbyteEntrypoint.extract_config,
+                                             AirbyteEntrypoint.extract_state))
+source = Source(
+    path_to_yaml=sys.argv[1],
+    catalog=Source.read_catalog(catalog) if catalog else None,
+    config=Source.read_config(config) if config else None,
+    state=Source.read_state(state) if state else None,
+    config_path=config,
+)
+launch(source, args)
 """
 
 
@@ -433,6 +446,17 @@ def airbyte_manifest() -> str:
         'version: "6.0.0"\ntype: DeclarativeSource\ncheck:\n  type: CheckStream\n'
         f"  stream_names: {checks}\nstreams:\n" + "".join(streams)
     )
+
+
+def airbyte_error(stdout_file: Path) -> str:
+    """An airbyte source reports its failure as a TRACE ERROR message on stdout, not on stderr: return it."""
+    with stdout_file.open(errors="replace") as fh:
+        for line in fh:
+            if '"TRACE"' in line[:40] and '"ERROR"' in line:
+                error = json.loads(line).get("trace", {}).get("error") or {}
+                if error:
+                    return f"{error.get('message', '')} ({error.get('internal_message', '')})"[:600]
+    return ""
 
 
 def airbyte_catalog() -> dict[str, Any]:
@@ -631,6 +655,11 @@ def bench_scale(scale: str, args: argparse.Namespace, work: Path, extra: dict[st
                 with ab_out.open() as fh:
                     row.records = sum(1 for ln in fh if ln.startswith('{"type":"RECORD"') or '"RECORD"' in ln[:40])
                 row.note = (row.note + " (stdout to a file to count records)").strip()
+                error = airbyte_error(ab_out)
+                if error or not row.records:
+                    row.ok = False
+                    row.note = f"FAILED: {error or fail_tail(m.stderr) or 'no error message on stdout or stderr'}"
+                    log(f"  airbyte peer failed: {row.note}")
                 ab_out.unlink()
                 rows.append(row)
 
@@ -653,8 +682,11 @@ def bench_scale(scale: str, args: argparse.Namespace, work: Path, extra: dict[st
             ledger.unlink(missing_ok=True)
             # the first run fills the write ledger; re-run 1 ignores it (every record compared with WellSky),
             # re-run 2 uses it (identical records skipped without a request, as reverse-ETL tools do)
-            for label, use_ledger in (("first run", True), ("re-run (compared with WellSky)", False),
-                                      ("re-run (write ledger)", True)):
+            for label, use_ledger in (
+                ("first run", True),
+                ("re-run (compared with WellSky)", False),
+                ("re-run (write ledger)", True),
+            ):
                 audit = cfg_dir / f"audit-{label.replace(' ', '-')}.jsonl"
                 audit.unlink(missing_ok=True)
                 tcfg = cfg_dir / "target.json"
@@ -846,7 +878,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-concurrency", type=int, default=8, help="target-wellsky write_concurrency")
     parser.add_argument("--profile", action="store_true", help="also py-spy the tap at the first scale")
     parser.add_argument("--work-dir", type=Path, default=None, help="scratch dir (default: a temp dir, removed)")
+    wan = parser.add_argument_group("WAN-like scenario (bench/wan.py)")
+    wan.add_argument("--latency", default="", help="e.g. 150ms: run the WAN-like scenario instead of loopback")
+    wan.add_argument("--budget", type=int, default=100, help="requests/s the tenant asks for (sandbox soft limit)")
+    wan.add_argument("--sources", default="rest,home_connect,fhir", help="rest, home_connect, fhir")
+    wan.add_argument("--wan-scale", default="S", help="sandbox scale of the WAN-like scenario (default S)")
     args = parser.parse_args(argv)
+    if args.latency:
+        sys.path.insert(0, str(BENCH))
+        import wan as wan_scenario
+
+        return wan_scenario.main(args)
     scales = list(dict.fromkeys([s.strip() for s in args.scales.split(",") if s.strip()] + args.scale))
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="wellsky-bench-"))
