@@ -133,7 +133,7 @@ def measure(sb: WanSandbox, name: str, cmd: list[str], out: Path | str = os.devn
     after = sb.rate()
     records, sync_s = base.tap_records(m.stderr)
     row = {
-        "source": sb.product,
+        "source": sb.source,
         "name": name,
         "ok": m.returncode == 0,
         "wall_s": round(m.wall_s, 2),
@@ -196,7 +196,8 @@ def bench_source(key: str, args: argparse.Namespace, work: Path) -> list[dict[st
         else:
             need, basis = (
                 parallel["requests"],
-                "requests of tap-wellsky's plan (fan-out per client/month or FHIR pages)",
+                "requests of tap-wellsky's plan ("
+                + ("shift search per client and month, care logs per client)" if key == "home_connect" else "pages)"),
             )
         for row in rows:
             row["floor_s"] = round(need / sb.budget, 2)
