@@ -99,6 +99,9 @@ class WellSkyClient:
 
     # -- plumbing ---------------------------------------------------------------------------------------
     def _on_request(self, request: httpx.Request) -> None:
+        """Every request on the wire takes its token here, logins and token fetches of the auth flows too: a
+        budget that paced only data requests overran the tenant's limit by the login in the first second."""
+        self.metrics.add_rate_limit_wait(self._limiter.acquire())
         self.metrics.add_request()
 
     def _attempt(
@@ -210,7 +213,6 @@ class WellSkyClient:
         last = Retry("unknown")
         target: httpx.URL | str = url
         for attempt in range(1, attempts_allowed + 1):
-            self.metrics.add_rate_limit_wait(self._limiter.acquire())
             request = self._http.build_request(method, url, params=params, json=json, headers=all_headers)
             target = request.url
             outcome = self._attempt(
@@ -326,7 +328,6 @@ class WellSkyClient:
         credentials: discovery documents and files the server says need no token. Connection failures are
         raised as :class:`WellSkyTransportError`.
         """
-        self.metrics.add_rate_limit_wait(self._limiter.acquire())
         request = self._http.build_request(method.upper(), url, params=params, headers=dict(headers or {}))
         try:
             response = self._http.send(request, auth=self.auth if authenticate else None, stream=True)

@@ -216,3 +216,36 @@ def test_bundle_next_link_to_another_host_is_refused():
     with pytest.raises(RemoteError) as info:
         list(client.iter_fhir_bundles("/fhir/Patient"))
     assert info.value.code == "foreign_next_link" and len(handler.seen) == 1
+
+
+class _LoginFirst(httpx.Auth):
+    """An auth flow that logs in before the first request, as SessionAuth and the OAuth flows do."""
+
+    def __init__(self) -> None:
+        self.logged_in = False
+
+    def auth_flow(self, request: httpx.Request):
+        if not self.logged_in:
+            yield httpx.Request("POST", BASE + "/sessions")
+            self.logged_in = True
+        yield request
+
+
+def test_auth_flow_requests_take_tokens_from_the_one_budget_too():
+    """The login is a request on the wire like any other: it must not slip past the rate budget."""
+    cfg = WellSkyConfig.load(
+        {"base_url": BASE, "username": "u", "password": "p", "max_requests_per_second": 4}, env={}
+    )
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        return ok({"data": [], "next_cursor": None})
+
+    client = WellSkyClient(cfg, auth=_LoginFirst(), transport=httpx.MockTransport(handler))
+    waits: list[float] = []
+    client._limiter._sleep = waits.append  # count the waits instead of sleeping them
+    client.get_json("/patients")
+    client.get_json("/patients")
+    assert seen == ["/sessions", "/patients", "/patients"]
+    assert len(waits) == 2 and all(w > 0 for w in waits)  # 3 requests at 4/s: the 2nd and 3rd wait their turn
