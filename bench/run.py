@@ -442,9 +442,15 @@ def airbyte_manifest() -> str:
 """
         )
     checks = "[" + ", ".join(PATHS) + "]"
+    # without a spec block airbyte-cdk looks for spec.yaml in a package and fails ("Unable to find spec.yaml"),
+    # reported only as a TRACE message on stdout: the "empty message" failure of the earlier peer runs
+    spec = (
+        "spec:\n  type: Spec\n  connection_specification:\n    type: object\n    required: [base_url, token]\n"
+        "    properties:\n      base_url: {type: string}\n      token: {type: string, airbyte_secret: true}\n"
+    )
     return (
         'version: "6.0.0"\ntype: DeclarativeSource\ncheck:\n  type: CheckStream\n'
-        f"  stream_names: {checks}\nstreams:\n" + "".join(streams)
+        f"  stream_names: {checks}\n{spec}streams:\n" + "".join(streams)
     )
 
 
