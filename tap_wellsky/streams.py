@@ -69,6 +69,24 @@ class LocationsStream(WellSkyStream):
     name = "locations"
 
 
+class EpisodesStream(WellSkyStream):
+    """Certification periods (home health) and benefit periods (hospice); read through the portal."""
+
+    name = "episodes"
+
+
+class ClaimsStream(WellSkyStream):
+    """RAP, end-of-episode and hospice claims with billing period, type of bill, payer and status (portal)."""
+
+    name = "claims"
+
+
+class UnbilledStream(WellSkyStream):
+    """The Unbilled report as a dated snapshot per office, payer and aging bucket (portal)."""
+
+    name = "unbilled"
+
+
 STREAM_TYPES: list[type[WellSkyStream]] = [
     PatientsStream,
     PractitionersStream,
@@ -80,6 +98,9 @@ STREAM_TYPES: list[type[WellSkyStream]] = [
     CoverageStream,
     RelatedPersonsStream,
     LocationsStream,
+    EpisodesStream,
+    ClaimsStream,
+    UnbilledStream,
 ]
 
 

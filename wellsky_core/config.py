@@ -246,6 +246,20 @@ class WellSkyConfig(BaseModel):
         default="keep", description="What to do with a remote file once read."
     )
     chromium_path: str = Field(default="/usr/bin/chromium", description="Chromium binary for the portal channel.")
+    agency_timezone: str | None = Field(
+        default=None,
+        description="IANA time zone the agency's portal shows visit times in, e.g. America/Chicago (portal channel).",
+    )
+    portal_state_path: str | None = Field(
+        default=None,
+        description="JSON file where the portal channel keeps its last snapshot and finished offices (resume).",
+    )
+    portal_restart_every_pages: int = Field(
+        default=250, ge=10, description="The portal channel restarts its browser after this many pages."
+    )
+    portal_wait_seconds: float = Field(
+        default=60, gt=0, description="Longest wait for a portal spinner or client-rendered grid."
+    )
     dead_letter_path: str | None = Field(
         default=None, description="JSONL file for records that could not be read or written."
     )
@@ -342,6 +356,19 @@ class WellSkyConfig(BaseModel):
         if url.query or url.fragment:
             raise ValueError("must not carry a query string or fragment; give the API root only")
         return str(url).rstrip("/")
+
+    @field_validator("agency_timezone")
+    @classmethod
+    def _iana_zone(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("is not an IANA time zone name; use e.g. America/Chicago") from None
+        return value
 
     @field_validator("totp_secret")
     @classmethod

@@ -312,6 +312,65 @@ class Location(CanonicalModel):
     updated_at: UtcDatetime
 
 
+PORTAL_OBSERVED = (
+    "When the connector first saw this version of the record: the portal shows no modification time, so the "
+    "portal channel compares each read with its last snapshot and stamps changed records with the read time"
+)
+
+
+class Episode(CanonicalModel):
+    """A home-health certification period or hospice benefit period (the portal's Episode Manager)."""
+
+    id: str
+    patient_id: str
+    office: str = Field(description="Branch (office) whose Episode Manager lists the episode")
+    period_number: int = Field(ge=1, description="1 = the patient's first episode / benefit period")
+    start_date: date
+    end_date: date
+    status: Literal["active", "completed", "discharged"]
+    payer_id: str | None = None
+    payer_name: str | None = None
+    updated_at: UtcDatetime = Field(description=PORTAL_OBSERVED)
+
+
+class Claim(CanonicalModel):
+    """A claim in the Billing / Claims Manager: home-health RAP and end-of-episode (EOE), hospice final."""
+
+    id: str = Field(description="Claim number")
+    patient_id: str | None = Field(default=None, description="Resolved from the MRN through the office's patients")
+    mrn: str | None = None
+    episode_id: str | None = None
+    office: str = Field(description="Branch")
+    claim_type: Literal["RAP", "EOE", "final"]
+    type_of_bill: str = Field(pattern=r"^\d{3,4}$", description="UB-04 type of bill, e.g. 322 (RAP), 329, 813")
+    billing_period_start: date
+    billing_period_end: date
+    payer_name: str
+    authorization_number: str | None = None
+    status: Literal["not_ready", "ready", "pending_approval", "ready_to_send", "sent", "paid"]
+    amount: float = Field(description="Claim amount in US dollars")
+    updated_at: UtcDatetime = Field(description=PORTAL_OBSERVED)
+
+
+AgingBucket = Literal["0-30", "31-60", "61-90", "91-120", "121-150", "151-180", "181-210", "211-240", "241+"]
+
+
+class Unbilled(CanonicalModel):
+    """Unbilled revenue on one report date, per office, payer and aging bucket (a dated snapshot)."""
+
+    id: str = Field(description="snapshot_date|office|payer_name|aging_bucket")
+    snapshot_date: date = Field(description="The report's As of date")
+    office: str
+    payer_name: str
+    payer_type: str = Field(description="e.g. Medicare, Medicaid, Managed Care")
+    aging_bucket: AgingBucket = Field(description="Days since the billing period started")
+    claims: int = Field(ge=0)
+    visits: int = Field(ge=0)
+    amount: float = Field(description="Unbilled amount in US dollars")
+    charges: float = Field(description="Gross charges in US dollars")
+    updated_at: UtcDatetime = Field(description="Midnight UTC of snapshot_date")
+
+
 class WebhookEvent(CanonicalModel):
     """A change event WellSky pushed to the webhook receiver, with its record in canonical form."""
 
@@ -346,6 +405,8 @@ class EntitySpec(BaseModel):
     """The target can write this stream back (a product's dialect may narrow it)."""
     modeled_rest: bool = True
     """Served by the modeled REST/FHIR/batch surfaces of home health and hospice (False: Home Connect only)."""
+    sources: tuple[str, ...] | None = None
+    """Only these channels carry the entity (None: every channel that knows it)."""
 
     @model_validator(mode="after")
     def _writable_has_one_natural_key(self) -> EntitySpec:
@@ -373,6 +434,9 @@ ENTITIES: dict[str, EntitySpec] = {
         EntitySpec(name="coverage", model=Coverage),
         EntitySpec(name="related_persons", model=RelatedPerson, modeled_rest=False),
         EntitySpec(name="locations", model=Location, modeled_rest=False),
+        EntitySpec(name="episodes", model=Episode, sources=("portal",)),
+        EntitySpec(name="claims", model=Claim, sources=("portal",)),
+        EntitySpec(name="unbilled", model=Unbilled, sources=("portal",)),
     )
 }
 

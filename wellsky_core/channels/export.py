@@ -87,7 +87,7 @@ class ExportChannel(Channel):
         self.relists = 0
 
     def supports(self, entity: str) -> bool:
-        return entity in ENTITIES and ENTITIES[entity].modeled_rest
+        return entity in ENTITIES and ENTITIES[entity].modeled_rest and ENTITIES[entity].sources is None
 
     # -- listing --------------------------------------------------------------------------------------
     def _list(self) -> list[dict[str, Any]]:

@@ -69,6 +69,7 @@ AUTH_CSV_COLUMNS = {
 }
 CARE_PLAN_FIELDS = tuple(CarePlan.model_fields)  # the report has one data-field cell per canonical field
 PER_PAGE = 200
+KINNSER_PRODUCTS = ("home_health", "hospice")
 
 _EXTRACT_ROWS = """
 (rows) => rows.map((tr) => {
@@ -87,12 +88,24 @@ _EXTRACT_ROWS = """
 
 
 class PortalChannel(Channel):
-    """Authorizations and care plans read through the portal in headless Chromium."""
+    """Authorizations and care plans read through the portal in headless Chromium.
+
+    Home health and hospice tenants run the Kinnser portal instead: ``source=portal`` opens
+    :class:`~wellsky_core.channels.kinnser.KinnserPortalChannel` for them.
+    """
 
     name = "portal"
     ordered = False
     client_use = "none"  # the portal keeps its own browser session
     ENTITIES = ("authorizations", "care_plans")
+
+    def __new__(cls, *args: Any, product: str | None = None, **kwargs: Any) -> Any:
+        if cls is PortalChannel and product in KINNSER_PRODUCTS:
+            from .kinnser import KinnserPortalChannel
+
+            # not a PortalChannel, so Python does not run PortalChannel.__init__ on it afterwards
+            return KinnserPortalChannel(*args, product=product, **kwargs)
+        return super().__new__(cls)
 
     def __init__(self, **common: Any) -> None:
         """``common``: the base Channel's keyword arguments; login, password, TOTP secret and browser are checked."""

@@ -18,7 +18,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PATHS = {entity: "/" + entity.replace("_", "-") for entity, spec in ENTITIES.items() if spec.modeled_rest}
+PATHS = {
+    entity: "/" + entity.replace("_", "-")
+    for entity, spec in ENTITIES.items()
+    if spec.modeled_rest and spec.sources is None
+}
 
 
 class RestChannel(Channel):

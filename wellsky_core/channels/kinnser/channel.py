@@ -1,0 +1,545 @@
+"""The portal channel for WellSky Home Health and Hospice (Kinnser): walks every office in a real Chromium.
+
+Per office it reads Patient Manager (patients), each patient's Episode Manager through the Nursing and Therapy
+tabs and every previous certification (episodes, the schedule = appointments), the Past Due Visits ``.xls``
+and the Schedule Deviation report (reconciled against the schedule), the Claims Manager lists page by page
+(checked against each list's export) and the Unbilled report (checked against its own summary).
+
+Two groups of streams are read in separate walks so a sync that selects only one group does only that work:
+clinical (patients, appointments, episodes) and billing (claims, unbilled). A walk is collected office by
+office into the channel's state file; when every office is done the records are compared with the last
+snapshot (the portal shows no modification times) and only then handed out: a layout change or an error
+yields nothing for the stream, never half the data, and a killed walk resumes at the first unfinished office.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from ...deadletter import DeadLetter
+from ...errors import ConfigError, NormalizationError, WellSkyError
+from ...mfa import build_code_source
+from ...normalize import kinnser as norm
+from ..base import Channel
+from ..portal import PortalLayoutChanged
+from .browser import PortalBrowser
+from .pagemap import PAGE_MAPS, ClaimView
+from .state import PortalState
+
+if TYPE_CHECKING:
+    from ...config import WellSkyConfig
+    from ...transport import WellSkyClient
+
+log = logging.getLogger("wellsky_core.channels.kinnser")
+
+GROUPS: dict[str, tuple[str, ...]] = {
+    "clinical": ("patients", "appointments", "episodes"),
+    "billing": ("claims", "unbilled"),
+}
+GROUP_OF = {entity: group for group, entities in GROUPS.items() for entity in entities}
+DEVIATION_WINDOW_DAYS = 365
+DEVIATION_LOOKBACK_DAYS = 14
+"""Deviation windows are re-read this far back: late documentation changes the recent past."""
+
+TABLE_JS = """
+(table) => {
+  let headers = null; const rows = [];
+  for (const tr of table.querySelectorAll('tr')) {
+    const ths = tr.querySelectorAll('th');
+    if (ths.length && !headers) { headers = Array.from(ths).map(th => th.textContent.trim()); continue; }
+    if (tr.classList.contains('trred') || tr.classList.contains('hRowBgImage')) continue;
+    const tds = Array.from(tr.querySelectorAll('td'));
+    if (!tds.length || !headers) continue;
+    const cells = {};
+    tds.forEach((td, i) => {
+      const h = headers[i]; if (h === undefined) return;
+      cells[h] = {
+        text: td.textContent.trim(), data: {...td.dataset},
+        hrefs: Array.from(td.querySelectorAll('a[href]')).map(a => a.getAttribute('href')),
+        ids: Array.from(td.querySelectorAll('[id]')).map(e => e.id),
+        items: Array.from(td.querySelectorAll('li')).map(li => ({text: li.textContent.trim(), data: {...li.dataset}})),
+      };
+    });
+    rows.push(cells);
+  }
+  return {headers: headers || [], rows};
+}
+"""
+AG_GRID_JS = """
+(root) => {
+  const headers = {};
+  for (const h of root.querySelectorAll('.ag-header-cell')) {
+    headers[h.getAttribute('col-id')] = h.textContent.trim();
+  }
+  const rows = Array.from(root.querySelectorAll('.ag-row')).map(r => {
+    const out = {};
+    for (const c of r.querySelectorAll('.ag-cell')) {
+      const id = c.getAttribute('col-id');
+      out[headers[id] || id] = c.textContent.trim();
+    }
+    return out;
+  });
+  return {headers: Object.values(headers), rows};
+}
+"""
+LABELLED_TABLE_JS = """
+(box) => {
+  const out = {};
+  const trs = Array.from(box.querySelectorAll('tr'));
+  const ths = box.querySelectorAll('th'), tds = box.querySelectorAll('td');
+  if (trs.length === 2 && ths.length === tds.length && ths.length > 1) {
+    ths.forEach((th, i) => { out[th.textContent.trim()] = tds[i].textContent.trim(); });
+    return out;
+  }
+  for (const tr of trs) {
+    const th = tr.querySelector('th'), td = tr.querySelector('td');
+    if (th && td) out[th.textContent.trim()] = td.textContent.trim();
+  }
+  return out;
+}
+"""
+
+
+class KinnserPortalChannel(Channel):
+    """Patients, appointments, episodes, claims and unbilled through the Kinnser web portal."""
+
+    name = "portal"
+    ordered = False
+    ENTITIES = tuple(GROUP_OF)
+
+    def __init__(
+        self,
+        *,
+        config: WellSkyConfig,
+        client: WellSkyClient | None = None,
+        product: str | None = None,
+        dead_letter: DeadLetter | None = None,
+    ) -> None:
+        super().__init__(config=config, client=client, product=product, dead_letter=dead_letter)
+        if product not in PAGE_MAPS:
+            raise ConfigError("product", f"the Kinnser portal serves {', '.join(PAGE_MAPS)}, not {product}")
+        for key in ("base_url", "username", "password"):
+            if getattr(config, key, None) in (None, ""):
+                raise ConfigError(key, "required by the portal channel (the portal's address and login)")
+        if not Path(config.chromium_path).exists():
+            raise ConfigError("chromium_path", "no browser at that path; install chromium or point chromium_path at it")
+        if not config.agency_timezone:
+            raise ConfigError(
+                "agency_timezone", "the portal shows visit times in the agency's local time; set e.g. America/Chicago"
+            )
+        try:
+            self.tz = ZoneInfo(config.agency_timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError("agency_timezone", "is not an IANA time zone name such as America/Chicago") from None
+        self.map = PAGE_MAPS[product]
+        self.state = PortalState(config.portal_state_path)
+        self.browser = PortalBrowser(config, self.map, build_code_source(config))
+        self._results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        self.data_quality: Counter[str] = Counter()
+        self.progress: list[dict[str, Any]] = []
+
+    def supports(self, entity: str) -> bool:
+        return entity in GROUP_OF
+
+    def close(self) -> None:
+        self.browser.close()
+        super().close()
+
+    # -- records --------------------------------------------------------------------------------------
+    def iter_records(self, entity: str, since: datetime | None) -> Iterator[dict[str, Any]]:
+        if not self.supports(entity):
+            raise ValueError(f"the portal channel reads {', '.join(self.ENTITIES)}, not {entity}; use source=api")
+        group = GROUP_OF[entity]
+        if group not in self._results:
+            self._results[group] = self._walk(group)
+        floor = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if since is not None else ""
+        for record in self._results[group][entity]:
+            if record["updated_at"] >= floor:
+                yield record
+
+    def _walk(self, group: str) -> dict[str, list[dict[str, Any]]]:
+        run = self.state.begin(group, datetime.now(UTC))
+        entities = GROUPS[group]
+        offices = self.browser.run(None, self._offices, "the office list")
+        todo = [o for o in offices if o[0] not in run["offices"]]
+        if len(todo) < len(offices):
+            log.info(
+                "portal: resuming the %s walk; %d of %d offices already read",
+                group,
+                len(offices) - len(todo),
+                len(offices),
+            )
+        for n, (value, name) in enumerate(todo, start=1):
+            records = self._clinical(value, name, run) if group == "clinical" else self._billing(value, name, run)
+            self.state.office_done(run, value, records)
+            counts = {e: len(records.get(e, [])) for e in entities}
+            self.progress.append({"group": group, "office": name, **counts})
+            log.info(
+                "portal: %s office %d/%d (%s) read: %s",
+                group,
+                n,
+                len(todo),
+                name,
+                ", ".join(f"{v} {k}" for k, v in counts.items()),
+            )
+        return self.state.finish(run, entities)
+
+    def _offices(self) -> list[tuple[str, str]]:
+        """Every branch in the office select; the corporation level repeats them, so it is skipped."""
+        options = self.browser.offices()
+        branches = [(v, t) for v, t in options if v and not v.lower().endswith("corporation")]
+        if not branches:
+            raise PortalLayoutChanged("/AM/Message/inbox.cfm", self.map.hooks("shell")["office"][0] + " option")
+        return branches
+
+    # -- clinical ------------------------------------------------------------------------------------
+    def _observed(self, run: dict[str, Any]) -> str:
+        return str(run["started_at"])
+
+    def _patient_rows(self, office: str) -> list[dict[str, Any]]:
+        b = self.browser
+
+        def unit() -> list[dict[str, Any]]:
+            b.goto(b.menu_href(self.map.menu["patients"]))
+            table = b.selector("patient_manager", "table")
+            found = b.page.eval_on_selector(table, TABLE_JS)
+            self._require_columns(found["headers"], norm.PATIENT_COLUMNS, "Patient Manager")
+            rows = []
+            for cells in found["rows"]:
+                row = {h: c["text"] for h, c in cells.items()}
+                href = next(iter(cells.get("Patient", {}).get("hrefs") or []), "")
+                row["@patient_key"] = dict(parse_qsl(urlsplit(href).query)).get("patientKey", "")
+                row["@href"] = href
+                row["@insurance"] = [
+                    {
+                        "text": i["text"],
+                        "payer_key": i["data"].get("payerKey"),
+                        "member_id": i["data"].get("memberId"),
+                        "order": i["data"].get("order"),
+                    }
+                    for i in (cells.get("Insurance", {}).get("items") or [])
+                ]
+                rows.append(row)
+            return rows
+
+        return b.run(office, unit, "Patient Manager")
+
+    def _clinical(self, office: str, name: str, run: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+        observed = self._observed(run)
+        out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        rows = self._patient_rows(office)
+        for row in rows:
+            rec = self._normalize("patients", row, lambda r=row: norm.patient(r, observed))
+            if rec is None:
+                continue
+            out["patients"].append(rec)
+            episodes, visits = self.browser.run(
+                office,
+                lambda r=row, pid=rec["id"]: self._episode_manager(r["@href"], pid, name, observed),
+                "Episode Manager",
+            )
+            out["episodes"] += episodes
+            out["appointments"] += visits
+        self._reconcile_reports(office, name, out)
+        return dict(out)
+
+    def _episode_manager(
+        self, href: str, patient_id: str, office_name: str, observed: str
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Every episode of one patient (following #previouscert) and its schedule on both discipline tabs."""
+        b = self.browser
+        b.goto(b.with_key(href))
+        episodes: list[dict[str, Any]] = []
+        visits: dict[str, dict[str, Any]] = {}
+        seen: set[str] = set()
+        while True:
+            b.require("episode_manager", "header")
+            if b.find("episode_manager", "episode") is None:
+                if b.find("episode_manager", "no_episodes") is None:
+                    raise PortalLayoutChanged("/AM/Patient/episodeManager.cfm", "#episodeInfo")
+                return episodes, list(visits.values())
+            info = {
+                "@episode_key": b.require("episode_manager", "episode").get_attribute("data-episode-key") or "",
+                "period": b.require("episode_manager", "period").inner_text(),
+                "number": b.require("episode_manager", "number").inner_text(),
+                "status": b.require("episode_manager", "status").inner_text(),
+                "payer": b.require("episode_manager", "payer").inner_text(),
+                "@payer_key": b.require("episode_manager", "payer").get_attribute("data-payer-key") or "",
+            }
+            if info["@episode_key"] in seen:
+                raise WellSkyError("the portal's previous-episode links loop; stopping to avoid reading forever")
+            seen.add(info["@episode_key"])
+            ep = self._normalize("episodes", info, lambda i=info: norm.episode(i, patient_id, office_name, observed))
+            if ep is not None:
+                episodes.append(ep)
+            for tab in ("nursing", "therapy"):
+                link = b.require("episode_manager", tab).get_attribute("href")
+                if not link:
+                    raise PortalLayoutChanged(
+                        "/AM/Patient/episodeManager.cfm", self.map.hooks("episode_manager")[tab][0]
+                    )
+                b.goto(b.with_key(link))
+                for row in self._schedule_rows():
+                    rec = self._normalize(
+                        "appointments", row, lambda r=row: norm.appointment(r, patient_id, self.tz, observed)
+                    )
+                    if rec is not None:
+                        visits[rec["id"]] = rec
+            previous = b.find("episode_manager", "previous")
+            if previous is None:
+                return episodes, list(visits.values())
+            b.goto(b.with_key(previous.get_attribute("href") or ""))
+
+    def _schedule_rows(self) -> list[dict[str, Any]]:
+        b = self.browser
+        table = b.selector("episode_manager", "schedule")
+        found = b.page.eval_on_selector(table, TABLE_JS)
+        self._require_columns(found["headers"], norm.SCHEDULE_COLUMNS, "Episode Manager schedule")
+        rows = []
+        for cells in found["rows"]:
+            row = {h: c["text"] for h, c in cells.items()}
+            status_ids = [i for i in cells.get("Status", {}).get("ids") or [] if i.startswith("Status")]
+            row["@task_key"] = status_ids[0][len("Status") :] if status_ids else ""
+            row["@employee_key"] = cells.get("Assigned To", {}).get("data", {}).get("employeeKey", "")
+            row["@payer_key"] = cells.get("Payer", {}).get("data", {}).get("payerKey", "")
+            rows.append(row)
+        return rows
+
+    def _reconcile_reports(self, office: str, name: str, out: dict[str, list[dict[str, Any]]]) -> None:
+        """Past Due Visits (.xls) and Schedule Deviation must agree with the schedule just read."""
+        mrn_of = {p["id"]: p["mrn"] for p in out["patients"]}
+        visits = defaultdict(list)
+        for v in out["appointments"]:
+            day = datetime.fromisoformat(v["start"].replace("Z", "+00:00")).astimezone(self.tz).date()
+            visits[(mrn_of.get(v["patient_id"]), v["discipline"], day.isoformat())].append(v["status"])
+        past_due = self.browser.run(office, self._past_due_rows, "Past Due Visits")
+        for row in past_due:
+            key = (
+                row["MR#"],
+                norm.TASK_DISCIPLINE.get(row["Task"]),
+                norm.us_date(row["Target Date"], "appointments", "start"),
+            )
+            if "scheduled" not in visits.get(key, []):
+                self.data_quality["past_due_without_scheduled_visit"] += 1
+        today = date.today()
+        done_until = self.state.deviation_done_until(office)
+        start = (
+            date.fromisoformat(done_until) - timedelta(days=DEVIATION_LOOKBACK_DAYS)
+            if done_until
+            else today - timedelta(days=DEVIATION_WINDOW_DAYS * 2)
+        )
+        while start <= today:
+            end = min(start + timedelta(days=DEVIATION_WINDOW_DAYS - 1), today)
+            rows = self.browser.run(office, lambda s=start, e=end: self._deviation_rows(s, e), "Schedule Deviation")
+            for row in rows:
+                key = (
+                    row["MR#"],
+                    norm.TASK_DISCIPLINE.get(row["Task"]),
+                    norm.us_date(row["Target Date"], "appointments", "start"),
+                )
+                wanted = norm.VISIT_STATUS.get(row["Deviation"])
+                if wanted not in visits.get(key, []):
+                    self.data_quality["deviation_without_matching_visit"] += 1
+            self.state.deviation_window_done(office, end.isoformat())
+            start = end + timedelta(days=1)
+        self.data_quality["past_due_rows"] += len(past_due)
+
+    def _report_href(self, label: str) -> str:
+        b = self.browser
+        b.goto(b.menu_href(self.map.menu["reports"]))
+        table = b.selector("reports", "list")
+        links = b.page.locator(f"{table} {self.map.hooks('reports')['link'][0]}")
+        for i in range(links.count()):
+            if links.nth(i).inner_text().strip() == label:
+                return b.with_key(links.nth(i).get_attribute("href") or "")
+        raise PortalLayoutChanged("/AM/Reports/reports.cfm", f"{table} a.HotBox '{label}'")
+
+    def _past_due_rows(self) -> list[dict[str, str]]:
+        b = self.browser
+        b.goto(self._report_href(self.map.reports["past_due"]))
+        button = b.require("past_due", "to_excel")
+        content = b.download(button.click)
+        return norm.read_past_due_xls(content)
+
+    def _deviation_rows(self, start: date, end: date) -> list[dict[str, str]]:
+        b = self.browser
+        b.goto(self._report_href(self.map.reports["deviation"]))
+        b.require("deviation", "from").fill(start.strftime("%m/%d/%Y"))
+        b.require("deviation", "to").fill(end.strftime("%m/%d/%Y"))
+        with b.page.expect_navigation():
+            b.require("deviation", "run").click()
+        b.pages += 1
+        b.check_bounced()
+        b.dismiss_guides()
+        if b.find("deviation", "table") is None:
+            if b.find("deviation", "error") is not None:
+                raise WellSkyError("the Schedule Deviation report refused the date range; the portal's limit changed")
+            if b.find("deviation", "empty") is None:
+                raise PortalLayoutChanged("/AM/Reports/scheduleDeviation.cfm", self.map.hooks("deviation")["table"][0])
+            return []
+        found = b.page.eval_on_selector(b.selector("deviation", "table"), TABLE_JS)
+        self._require_columns(found["headers"], norm.DEVIATION_COLUMNS, "Schedule Deviation")
+        return [{h: c["text"] for h, c in cells.items()} for cells in found["rows"]]
+
+    # -- billing --------------------------------------------------------------------------------------
+    def _billing(self, office: str, name: str, run: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+        observed = self._observed(run)
+        patients = {r["MR#"]: r["@patient_key"] for r in self._patient_rows(office) if r.get("MR#")}
+        claims: dict[str, dict[str, Any]] = {}
+        for view in self.map.claim_views:
+            rows = self.browser.run(office, lambda v=view: self._claim_view(v), f"Claims Manager {view.name}")
+            for row in rows:
+                rec = self._normalize("claims", row, lambda r=row: norm.claim(r, patients, observed))
+                if rec is not None:
+                    claims[rec["id"]] = rec
+        items, as_of = self.browser.run(office, self._unbilled_rows, "Unbilled report")
+        unbilled = norm.unbilled(items, as_of, observed) if items else []
+        return {"claims": list(claims.values()), "unbilled": unbilled}
+
+    def _open_billing(self, route: str | None = None) -> None:
+        b = self.browser
+        if urlsplit(b.page.url).path != "/EHR/":
+            b.goto(b.menu_href(self.map.menu["billing"]))
+            b.wait_until("document.querySelector('#app') && document.querySelector('#app').children.length", "app")
+            b.dismiss_guides()
+        if route is not None:
+            b.page.evaluate("(h) => { location.hash = h; }", f"{route}?sessionCacheKey={b.key}")
+
+    def _claim_view(self, view: ClaimView) -> list[dict[str, Any]]:
+        """One Claims Manager list, every page (``#nextGridPage``), checked against the list's export."""
+        b = self.browser
+        self._open_billing("/AM/billing")
+        b.wait_until("document.querySelector('#ManagedCareClaims')", "Billing Manager")
+        link = next((s for s in view.link if b.page.locator(s).count()), None)
+        if link is None:
+            raise PortalLayoutChanged("/EHR/#/AM/billing", view.link[0])
+        b.page.eval_on_selector(link, "a => a.click()")  # menu items are often covered: click them with JS
+        grid_sel = ",".join(self.map.hooks("billing")["grid"])
+        empty = self.map.empty_grid_text
+        b.wait_until(f"location.hash.startsWith('#{view.route}') && document.querySelector({grid_sel!r})", view.name)
+        b.wait_spinners()
+        rows: list[dict[str, Any]] = []
+        pages = 0
+        while True:
+            found = b.page.eval_on_selector(b.selector("billing", "grid"), TABLE_JS)
+            self._require_columns(found["headers"], norm.CLAIM_GRID_COLUMNS, f"Claims Manager {view.name}")
+            for cells in found["rows"]:
+                row = {h: c["text"] for h, c in cells.items() if h}
+                ids = [i for c in cells.values() for i in c.get("ids") or []]
+                row["@claim"] = next((i.split("openWorksheet", 1)[1] for i in ids if "openWorksheet" in i), "")
+                row["@episode"] = next((i.split("billingPeriod", 1)[1] for i in ids if "billingPeriod" in i), "")
+                rows.append(row)
+            pages += 1
+            nxt = b.find("billing", "next")
+            if nxt is None:
+                if found["rows"] and empty not in b.page.content():
+                    raise PortalLayoutChanged(f"/EHR/#{view.route}", self.map.hooks("billing")["next"][0])
+                break
+            if nxt.is_disabled():
+                break
+            first = rows[-len(found["rows"])]["@claim"] if found["rows"] else ""
+            b.dismiss_guides()
+            nxt.click()
+            b.wait_until(
+                f"(() => {{ const a = document.querySelector('a[id*=\"openWorksheet\"]'); "
+                f"return a && a.id !== 'openWorksheet{first}'; }})()",
+                "next grid page",
+            )
+            b.wait_spinners()
+        self._check_export(view, rows)
+        return rows
+
+    def _check_export(self, view: ClaimView, rows: list[dict[str, Any]]) -> None:
+        """The list's export (title row, then header) must hold exactly the claims the grid showed."""
+        b = self.browser
+        b.dismiss_guides()
+        b.require("billing", "export").click()
+        save = b.require("billing", "save")
+        save.wait_for(state="visible")
+        content = b.download(save.click)
+        _title, exported = norm.read_claims_export(content)
+        if sorted(map(norm.export_key, exported)) != sorted(map(norm.export_key, rows)):
+            raise WellSkyError(
+                f"the Claims Manager list {view.name} showed {len(rows)} claims but its export holds {len(exported)}; "
+                "the list changed while it was read or paging skipped rows: retry the sync"
+            )
+
+    def _unbilled_rows(self) -> tuple[list[dict[str, str]], str]:
+        b = self.browser
+        self._open_billing("/AM/billing")
+        b.wait_until("document.querySelector('#ManagedCareClaims')", "Billing Manager")
+        link = b.selector("billing", "unbilled")
+        b.page.eval_on_selector(link, "a => a.click()")
+        b.wait_until("document.querySelector('#filter_Insurance_btn_select_all')", "Unbilled filters")
+        b.wait_spinners()
+        b.dismiss_guides()
+        if b.page.locator(b.map.hooks("unbilled")["insurance_options"][0]).count() == 0:
+            return [], ""  # no payer has unbilled revenue in this office: the report has nothing to fetch
+        for hook in ("branch_all", "payer_type_all", "insurance_all"):
+            b.require("unbilled", hook).click()
+        b.require("unbilled", "fetch").click()
+        b.wait_until(
+            "document.querySelector('#reportSummary') || document.querySelector('#unbilledError div')",
+            "Unbilled report",
+        )
+        b.wait_spinners()
+        if b.find("unbilled", "error") is not None and b.find("unbilled", "summary") is None:
+            raise WellSkyError("the Unbilled report refused the filter selection; the portal's filters changed")
+        summary = b.page.eval_on_selector(b.selector("unbilled", "summary"), LABELLED_TABLE_JS)
+        aging = b.page.eval_on_selector(b.selector("unbilled", "aging"), LABELLED_TABLE_JS)
+        as_of = b.require("unbilled", "as_of").inner_text().replace("As of", "").strip()
+        found = b.page.eval_on_selector(b.selector("unbilled", "grid"), AG_GRID_JS)
+        self._require_columns(found["headers"], norm.UNBILLED_COLUMNS, "Unbilled report")
+        rows = found["rows"]
+        self._check_unbilled_totals(rows, summary, aging)
+        return rows, as_of
+
+    def _check_unbilled_totals(
+        self, rows: list[dict[str, str]], summary: dict[str, str], aging: dict[str, str]
+    ) -> None:
+        def cents(text: str) -> int:
+            return round(norm.money(text, "unbilled", "amount") * 100)
+
+        for label in ("Total Unbilled", "Total Charges", "Total Visits"):
+            if label not in summary:
+                raise PortalLayoutChanged("/EHR/#/AM/billing/unbilled-report", f'#reportSummary "{label}"')
+        totals = {
+            "Total Unbilled": sum(cents(r["Unbilled Amount"]) for r in rows),
+            "Total Charges": sum(cents(r["Charges"]) for r in rows),
+        }
+        shown = {k: cents(summary[k]) for k in totals}
+        visits = sum(norm.whole(r["Visits"], "unbilled", "visits") for r in rows)
+        by_bucket = Counter()
+        for r in rows:
+            by_bucket[r["Aging"]] += cents(r["Unbilled Amount"])
+        mismatch = [k for k in totals if totals[k] != shown[k]]
+        if norm.whole(summary["Total Visits"], "unbilled", "visits") != visits:
+            mismatch.append("Total Visits")
+        mismatch += [b for b in norm.AGING_BUCKETS if b in aging and cents(aging[b]) != by_bucket.get(b, 0)]
+        if mismatch:
+            raise WellSkyError(
+                f"the Unbilled report's detail rows do not add up to its summary ({', '.join(mismatch)}); "
+                "the report changed while it was read: retry the sync"
+            )
+
+    # -- helpers --------------------------------------------------------------------------------------
+    @staticmethod
+    def _require_columns(headers: list[str], required: tuple[str, ...], page: str) -> None:
+        for column in required:
+            if column not in headers:
+                raise PortalLayoutChanged(page, f'column "{column}"')
+
+    def _normalize(self, entity: str, row: dict[str, Any], build: Any) -> dict[str, Any] | None:
+        try:
+            return build()  # type: ignore[no-any-return]
+        except NormalizationError as exc:
+            self.data_quality[f"{entity}_rejected"] += 1
+            self.reject(entity, exc, {k: v for k, v in row.items() if not k.startswith("@")} | {"id": exc.record_id})
+            return None
