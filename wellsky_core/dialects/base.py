@@ -20,8 +20,9 @@ DATE_FIELDS = frozenset(
 )
 ID_FIELDS = frozenset({"id", "patient_id", "practitioner_id", "appointment_id"})
 
-ALL_STREAMS = frozenset(ENTITIES)
-MODELED_STREAMS = frozenset(MODELED_ENTITIES)
+ALL_STREAMS = frozenset(name for name, spec in ENTITIES.items() if spec.sources is None)
+"""Entities a product's API can serve (portal-only ones such as claims are left out)."""
+MODELED_STREAMS = frozenset(name for name in MODELED_ENTITIES if name in ALL_STREAMS)
 WRITABLE_STREAMS = frozenset(WRITABLE)
 _CODE_TABLES = ("gender", "patient_status", "appointment_status")
 
