@@ -388,13 +388,15 @@ def _xls_text(book: Any, cell: Any) -> str:
     return str(cell.value)
 
 
-def read_claims_export(text: str | bytes) -> tuple[str, list[dict[str, str]]]:
-    """A billing grid export: (title, rows). The title row(s) before the header are skipped, not read as data."""
+def read_claims_export(
+    text: str | bytes, required: tuple[str, ...] = ("MRN", "Billing Period")
+) -> tuple[str, list[dict[str, str]]]:
+    """A billing list export: (title, rows). The title row(s) before the header are skipped, not read as data."""
     if isinstance(text, bytes):
         text = text.decode("utf-8-sig")
     text = text.lstrip("\ufeff")
     rows = list(csv.reader(io.StringIO(text)))
-    start, index = _header_index(rows, ("MRN", "Billing Period"), "claims export")
+    start, index = _header_index(rows, required, "claims export")
     title = " ".join(c for row in rows[:start] for c in row if c.strip())
     out = []
     for row in rows[start + 1 :]:

@@ -329,16 +329,27 @@ class PortalBrowser:
                     raise PortalHang(f"the browser kept crashing during {what}") from None
                 self.restart(f"browser lost during {what}")
 
-    def download(self, click: Callable[[], Any]) -> bytes:
-        with self.page.expect_download(timeout=self.wait_ms) as info:
-            click()
-        download = info.value
-        failure = download.failure()
-        if failure:
-            raise WellSkyError(f"a portal download failed ({failure}); retry the sync")
-        path = download.path()
-        with open(path, "rb") as fh:
-            return fh.read()
+    def download(self, link: Locator) -> bytes:
+        """The file behind a download link ("To Excel", "Save File"), fetched with the browser's own session.
+
+        A session that ended answers with a redirect to the login page (classic pages) or a 401 (services):
+        that is a bounce, not a broken file.
+        """
+        href = link.get_attribute("href")
+        if not href or href.startswith("#") or href.startswith("javascript:"):
+            raise PortalLayoutChanged(_path(self.page.url), "a download link with an href")
+        assert self._context is not None
+        url = self.with_key(href)
+        response = self._context.request.get(url, max_redirects=0, timeout=self.wait_ms)
+        self.pages += 1
+        location = response.headers.get("location", "")
+        if response.status == 401 or (300 <= response.status < 400 and LOGIN_PATH in location):
+            raise Bounced()
+        if response.status != 200:
+            raise WellSkyError(f"a portal download answered HTTP {response.status} ({_path(url)}); retry the sync")
+        if "attachment" not in response.headers.get("content-disposition", ""):
+            raise PortalLayoutChanged(_path(url), "a file download (Content-Disposition: attachment)")
+        return response.body()
 
 
 def _accept(dialog: Any) -> None:

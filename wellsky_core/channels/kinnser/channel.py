@@ -364,8 +364,7 @@ class KinnserPortalChannel(Channel):
     def _past_due_rows(self) -> list[dict[str, str]]:
         b = self.browser
         b.goto(self._report_href(self.map.reports["past_due"]))
-        button = b.require("past_due", "to_excel")
-        content = b.download(button.click)
+        content = b.download(b.require("past_due", "to_excel"))
         return norm.read_past_due_xls(content)
 
     def _deviation_rows(self, start: date, end: date) -> list[dict[str, str]]:
@@ -463,7 +462,7 @@ class KinnserPortalChannel(Channel):
         b.require("billing", "export").click()
         save = b.require("billing", "save")
         save.wait_for(state="visible")
-        content = b.download(save.click)
+        content = b.download(save)
         _title, exported = norm.read_claims_export(content)
         if sorted(map(norm.export_key, exported)) != sorted(map(norm.export_key, rows)):
             raise WellSkyError(

@@ -1,0 +1,169 @@
+"""The Kinnser portal channel in real headless Chromium against the sandbox portal (home health, hospice).
+
+Browser walks are slow, so each test combines several behaviours in one walk: equality with the sandbox
+truth for every office (including the one with no data), the acceptable-use dialog, the terminate-other-
+session prompt, 2-step verification, a session expiring mid-run, covering pop-up guides, a changed selector
+and resuming a killed walk.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from wellsky_core.channels import open_channel
+from wellsky_core.channels.kinnser import KinnserPortalChannel
+from wellsky_core.channels.portal import PortalLayoutChanged
+from wellsky_core.config import WellSkyConfig
+from wellsky_sandbox.testing import SandboxServer
+
+CHROMIUM = "/usr/bin/chromium"
+STREAMS = ("patients", "appointments", "episodes", "claims", "unbilled")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="needs Debian's chromium (.ci/run installs it)"),
+]
+
+
+def config_for(server: SandboxServer, state: Path, **overrides: Any) -> WellSkyConfig:
+    settings = {
+        "base_url": server.base_url,
+        "username": server.username,
+        "password": server.password,
+        "chromium_path": CHROMIUM,
+        "agency_timezone": "America/Chicago",
+        "portal_state_path": str(state),
+        "portal_wait_seconds": 20,
+        "source": "portal",
+        **overrides,
+    }
+    return WellSkyConfig.load(settings, env={})
+
+
+def portal(server: SandboxServer, state: Path, **overrides: Any) -> KinnserPortalChannel:
+    channel = open_channel("portal", config_for(server, state, **overrides), None, server.product)
+    assert isinstance(channel, KinnserPortalChannel)
+    return channel
+
+
+def bare(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records without updated_at (the portal shows none; the channel stamps when it saw a version)."""
+    return sorted(({k: v for k, v in r.items() if k != "updated_at"} for r in records), key=lambda r: r["id"])
+
+
+def truth(server: SandboxServer, entity: str) -> list[dict[str, Any]]:
+    if entity in ("patients", "appointments"):
+        return bare(server.truth(entity))
+    return bare(server.control("GET", f"/_sandbox/kinnser/truth/{entity}")["data"])
+
+
+def kinnser(server: SandboxServer, **settings: Any) -> dict[str, Any]:
+    return server.control("POST", "/_sandbox/kinnser", json=settings)  # type: ignore[no-any-return]
+
+
+def sign_in_elsewhere(server: SandboxServer) -> httpx.Client:
+    """Another browser of the same user: its live session makes the portal show the terminate prompt."""
+    other = httpx.Client(base_url=server.base_url, follow_redirects=True)
+    page = other.post("/login.cfm", data={"username": server.username, "password": server.password})
+    assert page.url.path == "/AM/Message/inbox.cfm"
+    return other
+
+
+@pytest.mark.timeout(900)
+def test_home_health_walk_equals_truth_through_dialog_terminate_totp_expiry_and_guides(
+    sandbox_factory: Callable[..., SandboxServer], tmp_path: Path
+) -> None:
+    tenant = sandbox_factory(product="home_health", scale=14, sftp_port=None)
+    other = sign_in_elsewhere(tenant)
+    kinnser(tenant, two_step="totp", guide_every=4, expire_every_pages=60, grid_delay_ms=100)
+    state = tmp_path / "portal-state.json"
+    channel = portal(tenant, state, mfa_method="totp", totp_secret=tenant.totp_secret)
+    started = datetime.now().astimezone()
+    try:
+        got = {entity: list(channel.iter_records(entity, None)) for entity in STREAMS}
+    finally:
+        channel.close()
+    for entity in STREAMS:
+        assert bare(got[entity]) == truth(tenant, entity), entity
+        assert got[entity], f"the sandbox tenant has {entity}"
+    offices = {o["name"]: o for o in tenant.control("GET", "/_sandbox/kinnser/truth/offices")["data"]}
+    walked = {(p["group"], p["office"]) for p in channel.progress}
+    assert walked == {(g, name) for g in ("clinical", "billing") for name, o in offices.items() if not o["corporate"]}
+    empty = [p for p in channel.progress if p["office"] == "East Clinic"]
+    assert offices["East Clinic"]["patients"] == 0 and all(
+        v == 0 for p in empty for k, v in p.items() if k not in ("group", "office")
+    )
+    assert {r["office"] for r in got["claims"]} == {
+        n for n, o in offices.items() if o["patients"] and not o["corporate"]
+    }
+    stats = channel.browser.stats
+    assert stats["terminated_sessions"] >= 1  # the first login met the other session
+    assert stats["bounces"] >= 1 and stats["logins"] == stats["bounces"] + 1 + stats["restarts"]
+    assert stats["guides_closed"] >= 1
+    assert other.get("/AM/Message/inbox.cfm").url.path == "/login.cfm"  # that other session was terminated
+    observed = {r["updated_at"] for entity in STREAMS for r in got[entity]}
+    assert len(observed) == 2 and all(datetime.fromisoformat(t) >= started - timedelta(seconds=1) for t in observed)
+    assert channel.data_quality["past_due_without_scheduled_visit"] == 0
+    assert channel.data_quality["deviation_without_matching_visit"] == 0
+
+    # incremental: after a day of changes only new and changed records pass the bookmark
+    kinnser(tenant, two_step="off", guide_every=0, expire_every_pages=0)
+    first = {e: {r["id"]: r for r in bare(got[e])} for e in ("patients", "appointments")}
+    tenant.advance(count=8, seed=3)
+    bookmark = datetime.fromisoformat(max(observed)) + timedelta(seconds=1)
+    again = portal(tenant, state)
+    try:
+        changed = {e: list(again.iter_records(e, bookmark)) for e in ("patients", "appointments")}
+    finally:
+        again.close()
+    for entity in ("patients", "appointments"):
+        expected = [r for r in truth(tenant, entity) if first[entity].get(r["id"]) != r]
+        assert bare(changed[entity]) == expected, entity
+    assert any(changed.values())
+
+
+@pytest.mark.timeout(900)
+def test_hospice_changed_selector_fails_whole_then_a_killed_walk_resumes(
+    sandbox_factory: Callable[..., SandboxServer], tmp_path: Path
+) -> None:
+    tenant = sandbox_factory(product="hospice", scale=12, sftp_port=None)
+    kinnser(tenant, two_step="email")
+    state = tmp_path / "portal-state.json"
+    email = {"mfa_method": "email", "mfa_code_source": "sandbox_outbox", "mfa_code_timeout_seconds": 20}
+    channel = portal(tenant, state, **email)
+    done = channel.state.office_done
+
+    def release_after_first_office(run: dict[str, Any], office: str, records: dict[str, Any]) -> None:
+        done(run, office, records)
+        if len(run["offices"]) == 1:  # a vendor release lands mid-walk and ends the session
+            kinnser(tenant, layout="v2", expire_sessions=True)
+
+    channel.state.office_done = release_after_first_office  # type: ignore[method-assign]
+    emitted: list[dict[str, Any]] = []
+    try:
+        with pytest.raises(PortalLayoutChanged) as info:
+            emitted.extend(channel.iter_records("patients", None))
+    finally:
+        channel.close()
+    assert emitted == []  # never half the data
+    assert info.value.page == "/AM/Patient/episodeManager.cfm" and info.value.selector == "#scheduled-task"
+    assert channel.browser.stats["logins"] == 2  # signed in again on the v2 login page (#UserName fallback)
+    assert len(channel.progress) == 1
+
+    kinnser(tenant, layout="v1")
+    resumed = portal(tenant, state, **email)
+    try:
+        got = {entity: list(resumed.iter_records(entity, None)) for entity in STREAMS}
+    finally:
+        resumed.close()
+    assert [p["group"] for p in resumed.progress].count("clinical") == 3  # only the offices not yet read
+    for entity in STREAMS:
+        assert bare(got[entity]) == truth(tenant, entity), entity
+    assert {r["claim_type"] for r in got["claims"]} == {"final"}
+    assert {r["type_of_bill"][:2] for r in got["claims"]} == {"81"}

@@ -1,0 +1,164 @@
+"""Kinnser portal files and rows, from fixtures written from the public record (no sandbox, no browser)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from wellsky_core.channels.kinnser.state import PortalState
+from wellsky_core.errors import NormalizationError
+from wellsky_core.normalize import kinnser as norm
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "kinnser"
+OBSERVED = "2026-03-10T12:00:00Z"
+
+
+def test_past_due_xls_reads_text_and_date_cells_alike() -> None:
+    rows = norm.read_past_due_xls(FIXTURES / "past_due_visits.xls")
+    assert len(rows) == 6
+    assert rows[0] == {
+        "Patient": "Doe, Jane",
+        "MR#": "MR100001",
+        "Task": "Skilled Nurse Visit",
+        "Assigned": "Smith, Ann",
+        "Status": "Not Started",
+        "Target Date": "03/02/2026",
+        "Case Manager": "Lee, Kim",
+    }
+    assert [r["Status"] for r in rows[:5]] == [
+        "Not Started",
+        "Saved",
+        "Pending Clinician Signature",
+        "Returned for Review",
+        "Reopened",
+    ]
+    assert rows[5]["Target Date"] == "03/09/2026"  # a real Excel date cell spelled like the text ones
+    assert rows[2]["Assigned"] == "" and norm.split_name(rows[1]["Patient"]) == ("Richard", "Roe")
+    assert norm.read_past_due_xls((FIXTURES / "past_due_visits.xls").read_bytes()) == rows
+
+
+def test_past_due_rejects_a_file_that_is_not_a_legacy_workbook_or_lacks_the_header(tmp_path: Path) -> None:
+    with pytest.raises(NormalizationError) as info:
+        norm.read_past_due_xls(b"Patient,MR#\n")
+    assert "legacy .xls" in str(info.value)
+    import xlwt
+
+    book = xlwt.Workbook()
+    sheet = book.add_sheet("Past Due Visits")
+    for col, label in enumerate(("Patient", "MRN", "Task")):  # the vendor renamed MR#
+        sheet.write(0, col, label)
+    book.save(str(tmp_path / "renamed.xls"))
+    with pytest.raises(norm.ReportFormatError) as renamed:
+        norm.read_past_due_xls(tmp_path / "renamed.xls")
+    assert 'column "MR#"' in str(renamed.value)
+
+
+def test_claims_exports_skip_the_title_row() -> None:
+    title, rows = norm.read_claims_export((FIXTURES / "dx_not_ready_export.csv").read_bytes())
+    assert title == "Not Ready Claims - Export generated 03/10/2026"
+    assert [r["MRN"] for r in rows] == ["MR100001", "MR100002"]
+    assert rows[0]["Billing Period"] == "02/20/2026 - 03/21/2026" and rows[0]["Patient Name"] == "Doe, Jane"
+    assert norm.period(rows[1]["Billing Period"], "claims", "billing_period") == ("2026-02-13", "2026-03-14")
+    title, eoe = norm.read_claims_export(
+        (FIXTURES / "eoe_not_ready_export.csv").read_text(encoding="utf-8"), required=("RAP Status", "Insurance")
+    )
+    assert title == "EOE Not Ready" and eoe[0]["Orders"] == "✔" and eoe[1]["Orders"] == ""
+    with pytest.raises(norm.ReportFormatError) as info:
+        norm.read_claims_export((FIXTURES / "eoe_not_ready_export.csv").read_text(encoding="utf-8"))
+    assert 'column "MRN"' in str(info.value)
+
+
+def test_claim_rows_normalize_with_type_of_bill_money_and_mrn_lookup() -> None:
+    row = {
+        "@claim": "CLM0000000001",
+        "@episode": "HH-EP0000101",
+        "MRN": "MR100001",
+        "Billing Period": "02/20/2026 - 03/21/2026",
+        "Insurance": "Medicare Part A",
+        "Type of Bill": "329",
+        "Authorization": "",
+        "Branch": "North Clinic",
+        "Status": "Ready to Send",
+        "Amount": "$1,234.50",
+    }
+    rec = norm.claim(row, {"MR100001": "HH-P000001"}, OBSERVED)
+    assert rec["claim_type"] == "EOE" and rec["amount"] == 1234.5 and rec["patient_id"] == "HH-P000001"
+    assert rec["status"] == "ready_to_send" and rec["authorization_number"] is None
+    assert norm.claim_type("322") == "RAP" and norm.claim_type("0813") == "final"
+    with pytest.raises(NormalizationError) as info:
+        norm.claim({**row, "Status": "Teleported"}, {}, OBSERVED)
+    assert info.value.field == "status" and "Teleported" not in str(info.value)
+    assert norm.money("($12.00)", "claims", "amount") == -12.0
+
+
+def test_schedule_rows_become_utc_appointments_across_dst() -> None:
+    tz = ZoneInfo("America/Chicago")
+    row = {
+        "@task_key": "HH-V000001",
+        "@employee_key": "HH-C000002",
+        "@payer_key": "MCR",
+        "Task": "PT Visit",
+        "Target Date": "03/09/2026",  # the day after the spring-forward change
+        "Time": "09:00 AM - 10:15 AM",
+        "Status": "Missed Visit",
+        "Service": "G0151",
+    }
+    rec = norm.appointment(row, "HH-P000001", tz, OBSERVED)
+    assert rec["start"] == "2026-03-09T14:00:00Z" and rec["end"] == "2026-03-09T15:15:00Z"
+    assert rec["status"] == "missed" and rec["discipline"] == "PT" and rec["practitioner_id"] == "HH-C000002"
+    winter = norm.appointment({**row, "Target Date": "01/09/2026", "Status": "Saved"}, "HH-P000001", tz, OBSERVED)
+    assert winter["start"] == "2026-01-09T15:00:00Z" and winter["status"] == "scheduled"
+
+
+def test_unbilled_rows_group_by_office_payer_and_bucket() -> None:
+    base = {
+        "Branch": "North Clinic",
+        "Payer Type": "Medicare",
+        "Insurance": "Medicare Part A",
+        "Visits": "2",
+        "Charges": "$100.00",
+        "Unbilled Amount": "$80.00",
+        "Aging": "31-60",
+        "Claim #": "C1",
+    }
+    rows = [
+        base,
+        {**base, "Claim #": "C2", "Unbilled Amount": "$0.10", "Charges": "$0.20"},
+        {**base, "Claim #": "C3", "Aging": "241+"},
+    ]
+    out = norm.unbilled(rows, "03/10/2026", OBSERVED)
+    assert [(r["aging_bucket"], r["claims"], r["amount"], r["charges"], r["visits"]) for r in out] == [
+        ("241+", 1, 80.0, 100.0, 2),
+        ("31-60", 2, 80.1, 100.2, 4),
+    ]
+    assert out[0]["id"] == "2026-03-10|North Clinic|Medicare Part A|241+" and out[0]["snapshot_date"] == "2026-03-10"
+
+
+def test_state_compares_snapshots_and_resumes_a_killed_run(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    t0 = datetime(2026, 3, 10, 12, tzinfo=UTC)
+    state = PortalState(str(path))
+    run = state.begin("billing", t0)
+    state.office_done(run, "101Clinic", {"claims": [{"id": "C1", "amount": 1.0, "updated_at": OBSERVED}]})
+    # killed here: a new process resumes the same run and keeps the finished office
+    resumed = PortalState(str(path))
+    run2 = resumed.begin("billing", t0.replace(hour=13))
+    assert run2["started_at"] == "2026-03-10T12:00:00Z" and list(run2["offices"]) == ["101Clinic"]
+    resumed.office_done(run2, "102Clinic", {"claims": [{"id": "C2", "amount": 2.0, "updated_at": OBSERVED}]})
+    first = resumed.finish(run2, ("claims",))["claims"]
+    assert {r["id"]: r["updated_at"] for r in first} == {"C1": "2026-03-10T12:00:00Z", "C2": "2026-03-10T12:00:00Z"}
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+    later = PortalState(str(path))
+    run3 = later.begin("billing", datetime(2026, 3, 11, 12, tzinfo=UTC))
+    assert run3["offices"] == {}  # the last run completed: a new one starts
+    later.office_done(
+        run3,
+        "101Clinic",
+        {"claims": [{"id": "C1", "amount": 1.0, "updated_at": "x"}, {"id": "C2", "amount": 9.0, "updated_at": "x"}]},
+    )
+    second = {r["id"]: r["updated_at"] for r in later.finish(run3, ("claims",))["claims"]}
+    assert second == {"C1": "2026-03-10T12:00:00Z", "C2": "2026-03-11T12:00:00Z"}  # unchanged keeps its time
