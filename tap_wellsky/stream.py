@@ -12,6 +12,7 @@ from singer_sdk import Stream
 from singer_sdk.helpers.conform import TypeConformanceLevel
 
 from wellsky_core.channels import channel_class
+from wellsky_core.models import ENTITIES
 from wellsky_core.schemas import stream_schema
 
 from .fastio import FastRecordWriter, fast_writer_for
@@ -89,11 +90,12 @@ class WellSkyStream(Stream):
         if not channel.supports(self.name):
             self.logger.warning(
                 "%s is not available through source %r for this tenant (%s); nothing synced for it. Read it "
-                'through another channel with stream_sources, e.g. {"%s": "api"}',
+                'through another channel with stream_sources, e.g. {"%s": "%s"}',
                 self.name,
                 channel.name,
                 self.wellsky_tap.connection.product,
                 self.name,
+                (ENTITIES[self.name].sources or ("api",))[0] if self.name in ENTITIES else "api",
             )
             return
         if self.replication_method == "FULL_TABLE":  # ignore the bookmark, still honour start_date

@@ -368,7 +368,7 @@ class Unbilled(CanonicalModel):
     visits: int = Field(ge=0)
     amount: float = Field(description="Unbilled amount in US dollars")
     charges: float = Field(description="Gross charges in US dollars")
-    updated_at: UtcDatetime = Field(description="Midnight UTC of snapshot_date")
+    updated_at: UtcDatetime = Field(description=PORTAL_OBSERVED)
 
 
 class WebhookEvent(CanonicalModel):
@@ -443,5 +443,8 @@ ENTITIES: dict[str, EntitySpec] = {
 WRITABLE: tuple[str, ...] = tuple(name for name, spec in ENTITIES.items() if spec.writable)
 """The streams the target writes back, in ``ENTITIES`` order."""
 
-MODELED_ENTITIES: dict[str, EntitySpec] = {name: spec for name, spec in ENTITIES.items() if spec.modeled_rest}
-"""The entities of the modeled home health / hospice surfaces (REST, FHIR, HL7, exports, portal)."""
+MODELED_ENTITIES: dict[str, EntitySpec] = {
+    name: spec for name, spec in ENTITIES.items() if spec.modeled_rest and spec.sources is None
+}
+"""The entities of the modeled home health / hospice API surfaces (REST, FHIR, HL7, exports); the portal-only
+ones (``sources``: episodes, claims, unbilled) come through the Kinnser portal channel alone."""

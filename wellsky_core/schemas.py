@@ -22,7 +22,7 @@ STREAM_MODELS: dict[str, type[CanonicalModel]] = {
     **{name: spec.model for name, spec in ENTITIES.items()},
     "webhook_events": WebhookEvent,
 }
-"""Every stream the tap can emit: the eight entities plus the webhook event log."""
+"""Every stream the tap can emit: the canonical entities plus the webhook event log."""
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 _DROP = {"title", "default"}

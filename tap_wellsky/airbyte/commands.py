@@ -50,8 +50,8 @@ def check(output: Output, config_path: str) -> int:
 
 def discover(output: Output, config_path: str) -> int:
     """The catalog is the canonical model set: no request needed (schemas do not vary per tenant)."""
-    load_config(config_path, start_embedded=False)
-    output.emit(catalog_message(), flush=True)
+    config = load_config(config_path, start_embedded=False)
+    output.emit(catalog_message(config), flush=True)
     return 0
 
 

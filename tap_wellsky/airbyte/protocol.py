@@ -210,8 +210,14 @@ def airbyte_stream(name: str) -> AirbyteStream:
     )
 
 
-def catalog_message() -> AirbyteMessage:
-    return AirbyteMessage(type=Type.CATALOG, catalog=AirbyteCatalog(streams=[airbyte_stream(n) for n in ENTITIES]))
+def catalog_message(config: TapConfig | None = None) -> AirbyteMessage:
+    """Every stream the configured sources can deliver (portal-only streams appear once routed to the portal)."""
+    names = [
+        name
+        for name, spec in ENTITIES.items()
+        if spec.sources is None or (config is not None and config.source_for(name) in spec.sources)
+    ]
+    return AirbyteMessage(type=Type.CATALOG, catalog=AirbyteCatalog(streams=[airbyte_stream(n) for n in names]))
 
 
 # --- config, catalog and state files -------------------------------------------------------------------------

@@ -157,13 +157,41 @@ def test_hospice_changed_selector_fails_whole_then_a_killed_walk_resumes(
     assert len(channel.progress) == 1
 
     kinnser(tenant, layout="v1")
-    resumed = portal(tenant, state, **email)
+    resumed = portal(tenant, state, portal_restart_every_pages=40, **email)
     try:
         got = {entity: list(resumed.iter_records(entity, None)) for entity in STREAMS}
     finally:
         resumed.close()
     assert [p["group"] for p in resumed.progress].count("clinical") == 3  # only the offices not yet read
+    stats = resumed.browser.stats
+    assert stats["restarts"] >= 1 and stats["terminated_sessions"] >= stats["restarts"]  # old tab's session
     for entity in STREAMS:
         assert bare(got[entity]) == truth(tenant, entity), entity
     assert {r["claim_type"] for r in got["claims"]} == {"final"}
     assert {r["type_of_bill"][:2] for r in got["claims"]} == {"81"}
+
+
+def test_refusing_the_acceptable_use_dialog_logs_the_session_out(
+    sandbox_factory: Callable[..., SandboxServer],
+) -> None:
+    """Why the channel accepts the dialog: a browser that dismisses it (Playwright's default) is logged out."""
+    from playwright.sync_api import sync_playwright
+
+    from wellsky_core.channels.portal import CHROMIUM_ARGS
+
+    tenant = sandbox_factory(product="home_health", scale=5, sftp_port=None)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            seen: list[str] = []
+            page.on("dialog", lambda dialog: (seen.append(dialog.message), dialog.dismiss()))
+            page.goto(tenant.base_url + "/login.cfm")
+            page.fill("#username", tenant.username)
+            page.fill("#password", tenant.password)
+            page.click("#login_btn")
+            page.wait_for_url("**/login.cfm**")
+            assert seen and "Unauthorized access" in seen[0]
+            assert kinnser(tenant)["live_sessions"] == 0
+        finally:
+            browser.close()

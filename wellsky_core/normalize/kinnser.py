@@ -18,7 +18,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from ..errors import NormalizationError
-from .fhir import validated
+from .validation import validated
 
 PATIENT_STATUS = {"Pending": "pending", "Admitted": "active", "Discharged": "discharged", "Non-Admit": "inactive"}
 GENDER = {"Female": "female", "Male": "male", "Other": "other", "Unknown": "unknown", "F": "female", "M": "male"}

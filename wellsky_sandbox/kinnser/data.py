@@ -167,7 +167,6 @@ class Book:
                     "visits": 0,
                     "amount": 0,
                     "charges": 0,
-                    "updated_at": f"{self.today.isoformat()}T00:00:00Z",
                 },
             )
             g["claims"] += 1

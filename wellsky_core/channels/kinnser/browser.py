@@ -226,8 +226,6 @@ class PortalBrowser:
         return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
 
     def goto(self, url: str) -> None:
-        if self.pages >= self.config.portal_restart_every_pages:
-            self.restart(f"after {self.pages} pages")
         self.page.goto(url)
         self.pages += 1
         self.check_bounced()
@@ -300,6 +298,8 @@ class PortalBrowser:
             try:
                 if self._page is None:
                     self.start()
+                elif self.pages >= self.config.portal_restart_every_pages:
+                    self.restart(f"after {self.pages} pages")  # between units: a unit never spans two browsers
                 if office is not None and self.office != office:
                     self.switch_office(office)
                 return unit()
