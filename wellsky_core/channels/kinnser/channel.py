@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ...deadletter import DeadLetter
 from ...errors import ConfigError, NormalizationError, WellSkyError
 from ...mfa import build_code_source
 from ...normalize import kinnser as norm
@@ -34,8 +33,7 @@ from .pagemap import PAGE_MAPS, ClaimView
 from .state import PortalState
 
 if TYPE_CHECKING:
-    from ...config import WellSkyConfig
-    from ...transport import WellSkyClient
+    pass
 
 log = logging.getLogger("wellsky_core.channels.kinnser")
 
@@ -112,17 +110,13 @@ class KinnserPortalChannel(Channel):
 
     name = "portal"
     ordered = False
+    client_use = "none"  # the portal keeps its own browser session
     ENTITIES = tuple(GROUP_OF)
 
-    def __init__(
-        self,
-        *,
-        config: WellSkyConfig,
-        client: WellSkyClient | None = None,
-        product: str | None = None,
-        dead_letter: DeadLetter | None = None,
-    ) -> None:
-        super().__init__(config=config, client=client, product=product, dead_letter=dead_letter)
+    def __init__(self, **common: Any) -> None:
+        """``common``: the base Channel's keyword arguments; login, browser and time zone are checked."""
+        super().__init__(**common)
+        config, product = self.config, self.product
         if product not in PAGE_MAPS:
             raise ConfigError("product", f"the Kinnser portal serves {', '.join(PAGE_MAPS)}, not {product}")
         for key in ("base_url", "username", "password"):
