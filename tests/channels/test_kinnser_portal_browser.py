@@ -21,6 +21,7 @@ from wellsky_core.channels import open_channel
 from wellsky_core.channels.kinnser import KinnserPortalChannel
 from wellsky_core.channels.portal import PortalLayoutChanged
 from wellsky_core.config import WellSkyConfig
+from wellsky_core.models import ENTITIES
 from wellsky_sandbox.testing import SandboxServer
 
 CHROMIUM = "/usr/bin/chromium"
@@ -58,9 +59,14 @@ def bare(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def truth(server: SandboxServer, entity: str) -> list[dict[str, Any]]:
+    """The sandbox's records in canonical form (the model fills the defaults the oracle leaves out)."""
     if entity in ("patients", "appointments"):
-        return bare(server.truth(entity))
-    return bare(server.control("GET", f"/_sandbox/kinnser/truth/{entity}")["data"])
+        rows = server.truth(entity)
+    else:
+        rows = server.control("GET", f"/_sandbox/kinnser/truth/{entity}")["data"]
+    model = ENTITIES[entity].model
+    stamp = {"updated_at": "2026-01-01T00:00:00Z"}
+    return bare([model.model_validate({**stamp, **r}).model_dump(mode="json") for r in rows])
 
 
 def kinnser(server: SandboxServer, **settings: Any) -> dict[str, Any]:
