@@ -6,7 +6,6 @@ import logging
 import signal
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from functools import cached_property
 from typing import Any, ClassVar
@@ -16,15 +15,11 @@ from singer_sdk import Target
 from singer_sdk.exceptions import ConfigValidationError, RecordsWithoutSchemaException
 from singer_sdk.io_base import SingerReader
 
-from wellsky_core.audit import AuditLog, key_hash_secret
 from wellsky_core.cli import fail, run_singer_cli
 from wellsky_core.config import SDK_BUILTIN_KEYS, TargetConfig, config_json_schema
-from wellsky_core.connection import Connection
-from wellsky_core.deadletter import DeadLetter
-from wellsky_core.errors import ConfigError, SingerInputError, WriteRefused
-from wellsky_core.models import WRITABLE
+from wellsky_core.errors import ConfigError, SingerInputError
 from wellsky_core.redaction import install_redaction
-from wellsky_core.writes import WriteResult
+from wellsky_core.write_run import WriteRun
 
 from .sinks import IgnoredStreamSink, RefusedStreamSink, WellSkySink
 
@@ -117,10 +112,6 @@ class TargetWellSky(Target):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         install_redaction()
         logging.getLogger("httpx").setLevel(logging.WARNING)
-        self.results: Counter[str] = Counter()
-        self.rejected_by_code: Counter[str] = Counter()
-        self.ignored: Counter[str] = Counter()
-        self.refused_streams: Counter[str] = Counter()
         self._started = time.monotonic()
         super().__init__(*args, **kwargs)
         TargetWellSky.last_run = self
@@ -137,60 +128,28 @@ class TargetWellSky(Target):
         return TargetConfig.load(dict(self.config), ignore_keys=SDK_BUILTIN_KEYS)
 
     @cached_property
-    def connection(self) -> Connection:
-        return Connection(self.settings)
-
-    @cached_property
-    def writer(self) -> Any:
-        import importlib
-
-        from wellsky_core.dialects import DIALECTS
-        from wellsky_core.write_hashes import WriteHashLedger
-
-        ledger = WriteHashLedger(self.settings.write_ledger_path) if self.settings.write_ledger_path else None
-        product = DIALECTS.get(self.settings.product or "")
-        path = product.writer if product is not None and product.writer else "wellsky_core.writes:RecordWriter"
-        module, _, name = path.partition(":")
-        writer_class = getattr(importlib.import_module(module), name)
-        return writer_class(
-            self.connection,
-            authorization_policy=self.settings.authorization_policy,
-            dry_run=self.settings.dry_run,
-            write_hashes=None if self.settings.dry_run else ledger,
-            key_hash_secret=key_hash_secret(self.settings.audit_hash_secret, self.settings.audit_log_path),
-        )
-
-    @cached_property
-    def dead_letter(self) -> DeadLetter:
-        return DeadLetter(self.settings.dead_letter_path)
-
-    @cached_property
-    def audit(self) -> AuditLog:
-        return AuditLog(self.settings.audit_log_path)
-
-    @property
-    def writable(self) -> tuple[str, ...]:
-        """The streams this tenant accepts (Home Connect: patients and EVV clock events)."""
-        return getattr(self.writer, "writable", WRITABLE)
+    def run(self) -> WriteRun:
+        """The run's connection, writer, audit, dead letters and counters (shared with destination-wellsky)."""
+        return WriteRun(self.settings, self.logger)
 
     def get_sink_class(self, stream_name: str) -> type[Any]:
-        refusal = getattr(self.writer, "refusal", lambda _: None)(stream_name)
+        refusal = self.run.refusal(stream_name)
         if refusal is not None:
             self.logger.error(refusal)  # one line for the stream, not one per record
             return RefusedStreamSink
-        if stream_name in self.writable:
+        if stream_name in self.run.writable:
             self.settings  # noqa: B018 - fail fast on bad config before the first record is read
             return WellSkySink
         if self.settings.strict:
             raise ConfigError(
                 "strict",
                 f"stream {stream_name!r} (line {self.line_number}) cannot be written to "
-                f"WellSky; only {', '.join(self.writable)} can. Remove it or set strict=false to skip it",
+                f"WellSky; only {', '.join(self.run.writable)} can. Remove it or set strict=false to skip it",
             )
         self.logger.warning(
             "stream %r cannot be written to WellSky (only %s); its records are counted and skipped",
             stream_name,
-            ", ".join(self.writable),
+            ", ".join(self.run.writable),
         )
         return IgnoredStreamSink
 
@@ -251,57 +210,8 @@ class TargetWellSky(Target):
         super()._process_batch_message(message_dict)
 
     # -- results --------------------------------------------------------------------------------------------
-    def account(
-        self, stream: str, line: int, record: dict[str, Any], result: WriteResult, *, raise_on_refusal: bool = True
-    ) -> WriteRefused | None:
-        """Count, audit and (when refused) dead-letter one write decision.
-
-        A refusal without a dead-letter file is fatal: raised, or returned when ``raise_on_refusal`` is False
-        (the sink first accounts everything its other workers sent, then raises it).
-        """
-        self.results[f"{stream}:{result.action}"] += 1
-        self.audit.record(
-            stream=stream,
-            action=result.action,
-            wellsky_id=result.wellsky_id,
-            idempotency_key=result.idempotency_key,
-            key_hash=result.key_hash,
-            code=result.code,
-            line=line,
-        )
-        if result.action == "rejected":
-            self.rejected_by_code[result.code or "error"] += 1
-            self.dead_letter.write(
-                stage="write",
-                stream=stream,
-                reason=result.reason or "rejected",
-                payload=record,
-                context={"input_line": line, "code": result.code},
-            )
-            if self.dead_letter.path is None:
-                fatal = WriteRefused(
-                    result.code or "rejected",
-                    f"input line {line}: {result.reason} (set dead_letter_path "
-                    "to keep going and collect refused records)",
-                )
-                if raise_on_refusal:
-                    raise fatal
-                return fatal
-            self.logger.warning("input line %d: %s record refused: %s", line, stream, result.reason)
-        return None
-
     def refuse_input_line(self, line: int, reason: str, raw: str) -> None:
-        """An input line past the bounds: dead-lettered exactly as received (never parsed further), or fatal."""
-        if self.dead_letter.path is None:
-            raise SingerInputError(
-                f"input line {line} refused: {reason}; set dead_letter_path to keep going and collect refused lines"
-            )
-        self.results["input:rejected"] += 1
-        self.rejected_by_code["input_bounds"] += 1
-        self.dead_letter.write(
-            stage="input", stream=None, reason=reason, payload=raw, context={"input_line": line, "code": "input_bounds"}
-        )
-        self.logger.warning("input line %d refused: %s (kept in the dead letters)", line, reason)
+        self.run.refuse_input(line, reason, raw)
 
     def _handle_termination(self, signum: int, frame: Any) -> None:
         """SIGTERM/SIGINT: exit 128+signal, never 0; the sink accounts what its workers sent on the way out."""
@@ -310,40 +220,22 @@ class TargetWellSky(Target):
 
     @property
     def rejected(self) -> int:
-        return sum(v for k, v in self.results.items() if k.endswith(":rejected")) + sum(self.refused_streams.values())
+        return self.run.rejected if "run" in self.__dict__ else 0
 
     def process_endofpipe(self) -> None:
         try:
             super().process_endofpipe()
         finally:
             self.print_summary()
-            self.audit.close()
-            self.dead_letter.close()
-            if "writer" in self.__dict__ and self.writer.write_hashes is not None:
-                self.writer.write_hashes.close()
-            if "connection" in self.__dict__:
-                self.connection.close()
+            if "run" in self.__dict__:
+                self.run.close()
 
     def print_summary(self) -> None:
-        seconds = time.monotonic() - self._started
-        mode = " (dry run: nothing written)" if "settings" in self.__dict__ and self.settings.dry_run else ""
-        lines = [f"target-wellsky summary{mode} ({self.line_number} input lines, {seconds:.1f}s):"]
-        streams = self.writable if "writer" in self.__dict__ else WRITABLE
-        for stream in streams:
-            parts = [f"{a.split(':')[1]} {n}" for a, n in sorted(self.results.items()) if a.startswith(stream + ":")]
-            if parts:
-                lines.append(f"  {stream:<14}" + ", ".join(parts))
-        for stream, n in sorted(self.ignored.items()):
-            lines.append(f"  {stream:<14}skipped {n} (not writable)")
-        for stream, n in sorted(self.refused_streams.items()):
-            lines.append(f"  {stream:<14}refused {n} (stream not writable for this tenant, see the error above)")
-        if self.rejected:
-            where = self.settings.dead_letter_path if "settings" in self.__dict__ else None
-            lines.append(
-                f"  rejected {self.rejected} ({dict(self.rejected_by_code)})"
-                + (f" -> dead letters in {where}" if where else "")
-            )
-        print("\n".join(lines), file=sys.stderr, flush=True)
+        if "run" in self.__dict__:
+            text = self.run.summary("target-wellsky", self.line_number)
+        else:
+            text = f"target-wellsky summary ({self.line_number} input lines, {time.monotonic() - self._started:.1f}s)"
+        print(text, file=sys.stderr, flush=True)
 
 
 def main() -> None:
