@@ -10,16 +10,15 @@ from collections.abc import Callable
 from functools import cached_property
 from typing import Any, ClassVar
 
-import orjson
 from singer_sdk import Target
 from singer_sdk.exceptions import ConfigValidationError, RecordsWithoutSchemaException
 from singer_sdk.io_base import SingerReader
 
 from wellsky_core.cli import fail, run_singer_cli
 from wellsky_core.config import SDK_BUILTIN_KEYS, TargetConfig, config_json_schema
-from wellsky_core.errors import ConfigError, SingerInputError
+from wellsky_core.errors import ConfigError, LineOverBounds, SingerInputError
 from wellsky_core.redaction import install_redaction
-from wellsky_core.write_run import WriteRun
+from wellsky_core.write_run import WriteRun, parse_input_line
 
 from .sinks import IgnoredStreamSink, RefusedStreamSink, WellSkySink
 
@@ -40,24 +39,12 @@ class LineNumberingReader(SingerReader):
 
     def deserialize_json(self, line: str) -> dict:
         self.line_number += 1
-        if len(line) > self.max_bytes:
-            return self._refuse(line, f"the line is longer than max_record_bytes ({self.max_bytes:,} characters)")
         try:
-            message = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            too_deep = "recursion" in exc.msg.lower() or "depth" in exc.msg.lower()  # past orjson's 1,024 levels
-            if too_deep and line.lstrip().startswith("{"):  # a message too deep to read: kept, not fatal
-                return self._refuse(line, f"nested deeper than max_record_depth ({self.max_depth} levels)")
-            raise SingerInputError(
-                f"input line {self.line_number} is not valid JSON ({exc.msg}); every line must be one Singer message"
-            ) from None
-        if not isinstance(message, dict):
-            raise SingerInputError(
-                f"input line {self.line_number} is JSON but not an object; expected a Singer message"
+            return parse_input_line(
+                line, self.line_number, max_bytes=self.max_bytes, max_depth=self.max_depth, protocol="Singer"
             )
-        if line.count("{") + line.count("[") > self.max_depth and _deeper_than(message, self.max_depth):
-            return self._refuse(line, f"nested deeper than max_record_depth ({self.max_depth} levels)")
-        return message
+        except LineOverBounds as refused:
+            return self._refuse(line, refused.reason)
 
     def _refuse(self, line: str, reason: str) -> dict:
         """Refuse a line past the input bounds (it is kept as received in the dead letters, or the run stops)."""
@@ -85,18 +72,6 @@ class LineNumberingReader(SingerReader):
 
 
 REFUSED_LINE = "_wellsky_refused_line"
-
-
-def _deeper_than(value: Any, limit: int) -> bool:
-    """Whether ``value`` nests more than ``limit`` containers deep (iterative: no recursion limit to hit)."""
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return False
 
 
 class TargetWellSky(Target):

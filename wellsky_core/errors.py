@@ -15,11 +15,13 @@
     ├── AuthorizationRefused          a booking the payer authorization does not cover
     ├── WriteRefused                  a record the target cannot write (machine-readable ``code``)
     ├── WriteAborted                  a write stopped by a fatal error; carries what was sent, for the audit
+    ├── WriteRunRefusals              a write run ended with refused (dead-lettered) records: not plainly successful
     ├── SingerInputError              the Singer input itself is broken (names the line)
     └── StateError                    the tap's input state is unusable (names the stream and the fix)
 
     RetryableAuthFailure (Exception)  internal signal from auth to transport: retry the whole request;
                                       never surfaced to users
+    LineOverBounds (Exception)        an input line past max_record_bytes/max_record_depth: the run dead-letters it
     ResponseTooLarge, RequestDeadlineExceeded (Exception)
                                       internal signals inside the transport's bounded body read
 
@@ -329,6 +331,18 @@ class WriteAborted(WellSkyError):
     def __init__(self, result: object, cause: BaseException) -> None:
         self.result = result
         super().__init__(str(cause))
+
+
+class WriteRunRefusals(WellSkyError):
+    """Some records of a write run were refused (dead-lettered): the run must not look plainly successful."""
+
+
+class LineOverBounds(Exception):
+    """An input line past ``max_record_bytes`` / ``max_record_depth``: refused, kept as received, never parsed."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class SingerInputError(WellSkyError):

@@ -15,16 +15,54 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from functools import cached_property
 from typing import Any
 
+import orjson
+
 from .audit import AuditLog, key_hash_secret
 from .config import TargetConfig
 from .connection import Connection
 from .deadletter import DeadLetter
-from .errors import SingerInputError, WriteAborted, WriteRefused
+from .errors import LineOverBounds, SingerInputError, WriteAborted, WriteRefused
 from .models import WRITABLE
 from .writes import WriteResult, match_key
 
 Item = tuple[int, dict[str, Any]]
 """(input line, record)."""
+
+
+def parse_input_line(line: str, number: int, *, max_bytes: int, max_depth: int, protocol: str) -> dict[str, Any]:
+    """One input line as a JSON object, within the configured bounds (shared by the Singer and Airbyte faces).
+
+    Raises LineOverBounds for a line too large or too deeply nested (the caller dead-letters it) and
+    SingerInputError, naming the line but never echoing it (it may hold patient data), for anything unreadable.
+    """
+    if len(line) > max_bytes:
+        raise LineOverBounds(f"the line is longer than max_record_bytes ({max_bytes:,} characters)")
+    try:
+        message = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        too_deep = "recursion" in exc.msg.lower() or "depth" in exc.msg.lower()  # past orjson's 1,024 levels
+        if too_deep and line.lstrip().startswith("{"):  # a message too deep to read: kept, not fatal
+            raise LineOverBounds(f"nested deeper than max_record_depth ({max_depth} levels)") from None
+        raise SingerInputError(
+            f"input line {number} is not valid JSON ({exc.msg}); every line must be one {protocol} message"
+        ) from None
+    if not isinstance(message, dict):
+        raise SingerInputError(f"input line {number} is JSON but not an object; expected a {protocol} message")
+    if line.count("{") + line.count("[") > max_depth and _deeper_than(message, max_depth):
+        raise LineOverBounds(f"nested deeper than max_record_depth ({max_depth} levels)")
+    return message
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests more than ``limit`` containers deep (iterative: no recursion limit to hit)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 class WriteRun:

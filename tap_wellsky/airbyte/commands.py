@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from wellsky_core.connection import Connection
-from wellsky_core.errors import AuthError, ConfigError, WellSkyError
+from wellsky_core.errors import AuthError, ConfigError
 from wellsky_core.redaction import install_redaction
 
 from .protocol import (
@@ -20,7 +20,7 @@ from .protocol import (
     ConfiguredStream,
     Output,
     catalog_message,
-    describe_error,
+    connection_check,
     load_catalog,
     load_config,
     load_state,
@@ -32,20 +32,8 @@ log = logging.getLogger("source-wellsky")
 
 
 def check(output: Output, config_path: str) -> int:
-    """CONNECTION_STATUS from a real ``GET /tenant``: proves URL, TLS and credentials in one request."""
-    connection: Connection | None = None
-    try:
-        connection = Connection(load_config(config_path, start_embedded=True))
-        tenant = connection.tenant()
-        product = connection.product
-        succeeded, message = True, f"connected to {tenant.get('name', 'the tenant')} ({product})"
-    except WellSkyError as exc:
-        succeeded, message = False, describe_error(exc)[0]
-    finally:
-        if connection is not None:
-            connection.close()
-    output.connection_status(succeeded, message)
-    return 0
+    """CONNECTION_STATUS from a real request to the tenant (see ``protocol.connection_check``)."""
+    return connection_check(output, lambda: load_config(config_path, start_embedded=True))
 
 
 def discover(output: Output, config_path: str) -> int:

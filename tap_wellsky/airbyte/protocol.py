@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -43,7 +43,7 @@ from airbyte_protocol.models import (
     Type,
 )
 
-from wellsky_core.config import TapConfig, config_json_schema
+from wellsky_core.config import TapConfig, WellSkyConfig, config_json_schema
 from wellsky_core.errors import AuthError, ConfigError, WellSkyError, WellSkyTransportError
 from wellsky_core.models import ENTITIES
 from wellsky_core.schemas import stream_schema
@@ -175,6 +175,26 @@ def describe_error(exc: BaseException) -> tuple[str, str, str]:
     )
 
 
+def connection_check(output: Output, settings: Callable[[], WellSkyConfig]) -> int:
+    """CONNECTION_STATUS from a real ``GET /tenant`` (the product's own probe): proves URL, TLS and credentials
+    in one request. Shared by source-wellsky and destination-wellsky; a bad config is a FAILED status too."""
+    from wellsky_core.connection import Connection
+
+    connection: Connection | None = None
+    try:
+        connection = Connection(settings())
+        tenant = connection.tenant()
+        product = connection.product
+        succeeded, message = True, f"connected to {tenant.get('name', 'the tenant')} ({product})"
+    except WellSkyError as exc:
+        succeeded, message = False, describe_error(exc)[0]
+    finally:
+        if connection is not None:
+            connection.close()
+    output.connection_status(succeeded, message)
+    return 0
+
+
 # --- the protocol's documents ------------------------------------------------------------------------------
 
 
@@ -223,7 +243,7 @@ def catalog_message(config: TapConfig | None = None) -> AirbyteMessage:
 # --- config, catalog and state files -------------------------------------------------------------------------
 
 
-def _read_json(path: str, what: str) -> Any:
+def read_json(path: str, what: str) -> Any:
     try:
         return orjson.loads(Path(path).read_bytes())
     except FileNotFoundError:
@@ -234,7 +254,7 @@ def _read_json(path: str, what: str) -> Any:
 
 def load_config(path: str, *, start_embedded: bool) -> TapConfig:
     """The validated config file (``embedded.load_tap_config``: the embedded sandbox when no base_url)."""
-    raw = _read_json(path, "config")
+    raw = read_json(path, "config")
     if not isinstance(raw, dict):
         raise ConfigError("config", f"{path} must hold a JSON object of settings")
     return load_tap_config(raw, start_embedded=start_embedded)
@@ -250,7 +270,7 @@ class ConfiguredStream:
 
 def load_catalog(path: str) -> list[ConfiguredStream]:
     """The configured streams, in catalog order; unknown names and sync modes are config errors."""
-    raw = _read_json(path, "catalog")
+    raw = read_json(path, "catalog")
     entries = raw.get("streams") if isinstance(raw, dict) else None
     if not isinstance(entries, list):
         raise ConfigError("catalog", f"{path} must be a ConfiguredAirbyteCatalog: an object with a `streams` list")
@@ -286,7 +306,7 @@ def load_state(path: str | None) -> dict[str, str]:
     """
     if not path:
         return {}
-    raw = _read_json(path, "state")
+    raw = read_json(path, "state")
     if isinstance(raw, dict) and raw.get("type") == "STATE" and "state" in raw:
         raw = raw["state"]
     if isinstance(raw, dict) and raw.get("type") in ("STREAM", "LEGACY", "GLOBAL"):

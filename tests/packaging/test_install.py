@@ -1,5 +1,5 @@
 """The package installs like any connector: an sdist and a wheel build, and a fresh virtualenv (or `uv tool
-install`) with nothing but the wheel runs all four commands — outside this checkout, so nothing is imported
+install`) with nothing but the wheel runs all five commands — outside this checkout, so nothing is imported
 from the source tree by accident."""
 
 from __future__ import annotations
@@ -76,6 +76,8 @@ def test_fresh_venv_from_the_wheel_runs_every_command(dist, clean_env, tmp_path)
     spec = json.loads(run([str(bin_ / "source-wellsky"), "spec"], cwd=tmp_path, env=clean_env).splitlines()[0])
     assert spec["type"] == "SPEC"
     assert "serve" in run([str(bin_ / "wellsky-sandbox"), "--help"], cwd=tmp_path, env=clean_env)
+    spec = json.loads(run([str(bin_ / "destination-wellsky"), "spec"], cwd=tmp_path, env=clean_env).splitlines()[0])
+    assert spec["type"] == "SPEC"
 
     # a real sync from the installed package: the tap starts its embedded sandbox tenant when no base_url is set
     config = tmp_path / "tap.json"
@@ -88,7 +90,7 @@ def test_fresh_venv_from_the_wheel_runs_every_command(dist, clean_env, tmp_path)
 def test_uv_tool_install_from_the_wheel(dist, clean_env, tmp_path):
     env = {**clean_env, "UV_TOOL_DIR": str(tmp_path / "tools"), "UV_TOOL_BIN_DIR": str(tmp_path / "bin")}
     run([uv(), "tool", "install", "-q", str(next(dist.glob("*.whl")))], cwd=tmp_path, env=env)
-    for command in ("tap-wellsky", "target-wellsky", "source-wellsky", "wellsky-sandbox"):
+    for command in ("tap-wellsky", "target-wellsky", "source-wellsky", "destination-wellsky", "wellsky-sandbox"):
         assert (tmp_path / "bin" / command).exists(), f"uv tool install did not expose {command}"
     version = run([str(tmp_path / "bin" / "target-wellsky"), "--version"], cwd=tmp_path, env=env)
     assert VERSION in version
