@@ -107,10 +107,12 @@ class WellSkyStream(Stream):
         memo_state = self.get_context_state(context) if self.name in channel.memo_streams else None
         if memo_state is not None:
             channel.load_memo(self.name, memo_state.get(MEMO_STATE_KEY))
+        observe = self.wellsky_tap.connection.quality.observe
         try:
             # the output gate opens while the channel fetches (parallel sync; a no-op otherwise)
             for record in self.wellsky_tap.output_gate.waiting(iter(channel.iter_records(self.name, since))):
                 count += 1
+                observe(self.name, record)
                 if count == 1 and self.logger.isEnabledFor(logging.DEBUG):  # redacted like every log line
                     self.logger.debug("%s: first record %s", self.name, record)
                 yield record if project is None else project(record)

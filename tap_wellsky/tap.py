@@ -14,10 +14,11 @@ from typing import Any
 from singer_sdk import Tap
 from singer_sdk.exceptions import ConfigValidationError
 
-from wellsky_core.cli import run_singer_cli
+from wellsky_core.cli import EXIT_QUALITY, EXIT_REFUSALS, run_singer_cli
 from wellsky_core.config import TapConfig, WellSkyConfig, config_json_schema
 from wellsky_core.connection import Connection
-from wellsky_core.errors import ConfigError, StateError
+from wellsky_core.errors import ConfigError, RunNotClean, StateError
+from wellsky_core.quality import default_report_path, write_report
 from wellsky_core.redaction import install_redaction
 
 from .embedded import load_tap_config
@@ -115,13 +116,20 @@ class TapWellSky(Tap):
 
     def sync_all(self) -> None:  # type: ignore[misc]  # extended, not replaced: adds the summary
         started = time.monotonic()
+        report: dict[str, Any] | None = None
         try:
             if not self._sync_streams_in_parallel():
                 super().sync_all()
         finally:
-            self.print_summary(time.monotonic() - started)
+            if "connection" in self.__dict__:
+                report = self.connection.quality_report(self.max_flagged_fraction)
+            self.print_summary(time.monotonic() - started, report)
+            if report is not None:
+                self.write_quality_report(report)
             if "connection" in self.__dict__:
                 self.connection.close()
+        if report is not None:
+            raise_unless_clean(report, self.settings.dead_letter_path)
 
     def _sync_streams_in_parallel(self) -> bool:
         """The SDK's ``sync_all`` with up to ``max_parallel_streams`` streams at once (see ``parallel.py``).
@@ -171,27 +179,78 @@ class TapWellSky(Tap):
             self.logger.warning("%s received: partial sync stopped after its last STATE; resume from it", name)
             sys.exit(128 + signum)
 
-    def print_summary(self, seconds: float) -> None:
-        """A human summary on stderr (stdout is the Singer stream)."""
+
+    @property
+    def max_flagged_fraction(self) -> float | None:
+        return self.settings.max_flagged_fraction
+
+    def write_quality_report(self, report: dict[str, Any]) -> None:
+        path = self.settings.data_quality_report_path or default_report_path()
+        try:
+            written = write_report(report, path)
+        except OSError as exc:
+            self.logger.warning("could not write the data-quality report to %s (%s)", path, exc.strerror or exc)
+            return
+        self.logger.info("data-quality report written to %s", written)
+
+    def print_summary(self, seconds: float, report: dict[str, Any] | None = None) -> None:
+        """A human summary on stderr (stdout is the Singer stream), with each stream's data-quality counts."""
         rows = [(s.name, s.summary) for s in self.streams.values() if getattr(s, "summary", {}).get("source")]
         if not rows:
             return
         metrics = self.connection.metrics.snapshot() if "connection" in self.__dict__ else {}
+        quality = (report or {}).get("streams", {})
         lines = [
             f"tap-wellsky sync summary ({seconds:.1f}s, product {self.connection.config.product or '?'}):",
-            f"  {'stream':<16}{'source':<10}{'records':>10}{'seconds':>10}{'rec/s':>10}",
+            f"  {'stream':<16}{'source':<10}{'records':>10}{'seconds':>10}{'rec/s':>10}"
+            f"{'flagged':>9}{'unmapped':>10}{'invalid':>9}{'dead':>7}",
         ]
         total = 0
         for name, s in rows:
             total += s["records"]
             rate = s["records"] / s["seconds"] if s["seconds"] else 0.0
-            lines.append(f"  {name:<16}{s['source']:<10}{s['records']:>10}{s['seconds']:>10.2f}{rate:>10.0f}")
+            q = quality.get(name, {})
+            lines.append(
+                f"  {name:<16}{s['source']:<10}{s['records']:>10}{s['seconds']:>10.2f}{rate:>10.0f}"
+                f"{q.get('flagged', 0):>9}{q.get('unmapped_codes', 0):>10}{q.get('validation_failures', 0):>9}"
+                f"{q.get('dead_lettered', 0):>7}"
+            )
         lines.append(
             f"  total {total} records; {metrics.get('pages', 0)} pages, {metrics.get('requests', 0)} requests, "
             f"{metrics.get('retries', 0)} retries{_reasons(metrics.get('retries_by_reason'))}, "
             f"{metrics.get('reauths', 0)} re-logins"
         )
+        if report is not None:
+            totals = report["totals"]
+            skipped = "; ".join(
+                f"{src}: " + ", ".join(f"{k} {v}" for k, v in kinds.items()) for src, kinds in report["skipped"].items()
+            )
+            lines.append(
+                f"  data quality: {totals['flagged']} flagged, {totals['dead_lettered']} dead-lettered, "
+                f"{totals['skipped']} skipped{f' ({skipped})' if skipped else ''}; status {report['status'].upper()}"
+            )
         print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def raise_unless_clean(report: dict[str, Any], dead_letter_path: str | None) -> None:
+    """A run with refusals or too many flagged records is never reported as plain success."""
+    over = report["streams_over_threshold"]
+    if over:
+        details = ", ".join(f"{s} {report['streams'][s]['flagged_fraction']:.1%}" for s in over)
+        raise RunNotClean(
+            f"share of records with data-quality flags above max_flagged_fraction={report['max_flagged_fraction']} "
+            f"({details}); see the data-quality report for the fields, or raise the threshold",
+            exit_code=EXIT_QUALITY,
+            label="failed",
+        )
+    dead = report["totals"]["dead_lettered"]
+    if dead:
+        raise RunNotClean(
+            f"{dead} input(s) could not be read and were dead-lettered to "
+            f"{dead_letter_path or 'the dead-letter file'}; every other record was synced",
+            exit_code=EXIT_REFUSALS,
+            label="completed with refusals",
+        )
 
 
 def _reasons(by_reason: dict[str, int] | None) -> str:

@@ -15,11 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .errors import WellSkyError
+from .errors import RunNotClean, WellSkyError
 from .redaction import redact
 
 EXIT_FATAL = 2
 EXIT_INTERNAL = 1
+EXIT_REFUSALS = 3
+"""The run finished, but records were dead-lettered."""
+EXIT_QUALITY = 4
+"""The run finished, but a stream's share of flagged records exceeded ``max_flagged_fraction``."""
 
 
 def unreadable_input_file(argv: list[str]) -> str | None:
@@ -35,9 +39,9 @@ def unreadable_input_file(argv: list[str]) -> str | None:
     return None
 
 
-def fail(name: str, message: object, code: int = EXIT_FATAL) -> NoReturn:
+def fail(name: str, message: object, code: int = EXIT_FATAL, label: str = "error") -> NoReturn:
     """One error line on stderr, redacted like every log line (a message may quote a server's echo)."""
-    print(f"{name}: error: {redact(str(message))}", file=sys.stderr, flush=True)
+    print(f"{name}: {label}: {redact(str(message))}", file=sys.stderr, flush=True)
     sys.exit(code)
 
 
@@ -53,6 +57,8 @@ def run_singer_cli(
         fail(name, problem)
     try:
         return command()
+    except RunNotClean as exc:
+        fail(name, exc, exc.exit_code, exc.label)
     except WellSkyError as exc:
         fail(name, exc)
     except config_errors as exc:

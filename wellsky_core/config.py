@@ -43,6 +43,7 @@ SourceName = Literal[tuple(CHANNELS)]  # type: ignore[valid-type]
 """A ``source`` value: the channel registry's names (``wellsky_core.channels.CHANNELS``)."""
 ProductName = Literal[PRODUCTS]  # type: ignore[valid-type]
 """A ``product`` value: the dialect registry's names (``wellsky_core.dialects.DIALECTS``)."""
+IdentifierKind = Literal["mrn", "medicare_mbi", "medicaid_id", "member_id", "payer_id", "external_id", "npi"]
 
 SDK_BUILTIN_KEYS = frozenset(
     {
@@ -233,6 +234,20 @@ class WellSkyConfig(BaseModel):
         default=None,
         description="Directory for bulk job resume state and the download spool; default <tmp>/wellsky-fhir-bulk.",
     )
+    fhir_identifier_systems: dict[IdentifierKind, list[str]] = Field(
+        default_factory=dict,
+        description="FHIR identifier system URLs per canonical identifier for this tenant, e.g. "
+        '{"mrn": ["urn:oid:1.2.3.4"]}; without them MRN is the identifier of type MR (any system).',
+    )
+    hl7_timezone: str | None = Field(
+        default=None,
+        description="IANA time zone (e.g. America/Chicago) for HL7 timestamps sent without an offset; "
+        "unset: such messages are refused.",
+    )
+    hl7_mrn_authorities: list[str] = Field(
+        default_factory=list,
+        description="HL7 PID-3 assigning authorities whose identifiers are the MRN (else identifier type MR).",
+    )
     sftp_host: str | None = Field(default=None, description="SFTP host for the hl7_sftp and export channels.")
     sftp_port: int = Field(default=22, ge=1, le=65535, description="SFTP port.")
     sftp_username: str | None = Field(default=None, description="SFTP login.")
@@ -391,7 +406,7 @@ class WellSkyConfig(BaseModel):
             return " ".join(str(v) for v in value)
         return value
 
-    @field_validator("stream_sources", mode="before")
+    @field_validator("stream_sources", "fhir_identifier_systems", mode="before")
     @classmethod
     def _stream_sources_json(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -423,6 +438,26 @@ class WellSkyConfig(BaseModel):
             kind, sep, query = item.partition("?")
             if not sep or not kind.isalpha() or not query:
                 raise ValueError(f"each filter must look like Type?param=value (got one without that shape: {kind!r})")
+        return value
+
+    @field_validator("hl7_timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("is not an IANA time zone name such as America/Chicago") from None
+        return value
+
+    @field_validator("hl7_mrn_authorities", mode="before")
+    @classmethod
+    def _authorities_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
         return value
 
     @field_validator("ca_bundle", "private_key_path", "mfa_code_file", "sftp_known_hosts", "fhir_bulk_job_dir")
@@ -630,6 +665,18 @@ class TapConfig(WellSkyConfig):
         le=32,
         description="Streams synced at once, all within the one max_requests_per_second budget (1: one stream "
         "at a time, as singer-sdk does).",
+    )
+    data_quality_report_path: str | None = Field(
+        default=None,
+        description="Where the data-quality JSON report of each sync is written "
+        "(default $XDG_STATE_HOME/tap-wellsky/data_quality.json, i.e. ~/.local/state/tap-wellsky/...).",
+    )
+    max_flagged_fraction: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Fail the sync (exit 4) when a stream's share of records with data-quality flags exceeds "
+        "this fraction (0-1); unset: flags are reported, never fatal.",
     )
 
 

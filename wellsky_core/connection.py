@@ -10,6 +10,7 @@ from .config import WellSkyConfig
 from .dialects import DIALECTS, PRODUCTS
 from .errors import ConfigError, RemoteError
 from .metrics import Metrics
+from .quality import QualityCounter
 from .transport import WellSkyClient
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ class Connection:
         self._product: str | None = config.product
         self._tenant: dict[str, Any] | None = None
         self._channels: dict[str, Channel] = {}
+        self.quality = QualityCounter()
 
     @property
     def client(self) -> WellSkyClient:
@@ -76,6 +78,19 @@ class Connection:
         if use == "required" or (use == "optional" and self.config.base_url):
             return self.client
         return None
+
+    def quality_report(self, max_flagged_fraction: float | None = None) -> dict[str, Any]:
+        """The run's data-quality report: record counts observed so far plus the open channels' refusals."""
+        counter = QualityCounter()
+        counter.merge(self.quality)
+        for channel in self._channels.values():
+            for key, count in channel.dead_letter.counts.items():
+                stage, _, stream = key.partition(":")
+                if stage == "read":
+                    counter.add_dead_lettered(stream if stream != "-" else "unknown", count)
+            for kind, count in channel.skipped.items():
+                counter.add_skipped(channel.name, kind, count)
+        return counter.report(max_flagged_fraction)
 
     def close(self) -> None:
         for channel in self._channels.values():

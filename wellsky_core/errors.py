@@ -17,7 +17,8 @@
     ├── WriteAborted                  a write stopped by a fatal error; carries what was sent, for the audit
     ├── WriteRunRefusals              a write run ended with refused (dead-lettered) records: not plainly successful
     ├── SingerInputError              the Singer input itself is broken (names the line)
-    └── StateError                    the tap's input state is unusable (names the stream and the fix)
+    ├── StateError                    the tap's input state is unusable (names the stream and the fix)
+    └── RunNotClean                   a sync finished with dead letters (exit 3) or too many flagged records (exit 4)
 
     RetryableAuthFailure (Exception)  internal signal from auth to transport: retry the whole request;
                                       never surfaced to users
@@ -355,3 +356,16 @@ class StateError(WellSkyError):
     def __init__(self, problem: str) -> None:
         self.problem = problem
         super().__init__(f"invalid state: {problem}")
+
+
+class RunNotClean(WellSkyError):
+    """A sync that finished but must not be reported as plain success.
+
+    ``exit_code`` 3: records were dead-lettered (the same code the target uses for refused writes);
+    4: the share of flagged records of a stream exceeded ``max_flagged_fraction``.
+    """
+
+    def __init__(self, message: str, *, exit_code: int, label: str) -> None:
+        self.exit_code = exit_code
+        self.label = label
+        super().__init__(message)

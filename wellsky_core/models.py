@@ -15,8 +15,8 @@ Conventions:
 
 from __future__ import annotations
 
-from datetime import date, datetime
-from typing import Annotated, Literal
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -25,7 +25,7 @@ def _require_utc(value: datetime) -> datetime:
     """Refuse naive datetimes: a timestamp without an offset is ambiguous across agencies' time zones."""
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("timestamp must carry a UTC offset (e.g. 2026-01-31T14:00:00Z)")
-    return value
+    return value.astimezone(UTC)
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_require_utc)]
@@ -37,53 +37,112 @@ Gender = Literal["male", "female", "other", "unknown"]
 
 
 class CanonicalModel(BaseModel):
+    """Base of every canonical shape.
+
+    Reads are lenient: only a record's key and replication timestamp are required, every other field may be
+    null (the record then says why in ``data_quality``). ``expected`` names the fields a complete record has:
+    a read that cannot fill one flags it, and a write must carry all of them (strict on write).
+    """
+
     model_config = ConfigDict(extra="forbid", frozen=False, str_strip_whitespace=True)
+    expected: ClassVar[tuple[str, ...]] = ()
+    read_only: ClassVar[tuple[str, ...]] = ()
+    """Fields only standard feeds (FHIR US Core, Da Vinci PAS, HL7) carry: WellSky's write API, reports and
+    exports have no place for them, so writes leave them out and report/export readers do not expect them."""
+
+
+class DataQualityFlag(CanonicalModel):
+    """One field of a read record that could not be mapped, and why (the reason never quotes the value)."""
+
+    field: str = Field(description="Dotted canonical field path, e.g. discipline or diagnoses.0.code")
+    kind: Literal["missing", "unmapped_code", "invalid", "unresolved_reference"] = Field(
+        description="missing: the source did not carry it; unmapped_code: a code with no canonical equivalent; "
+        "invalid: present but failed validation; unresolved_reference: a reference that could not be resolved"
+    )
+    reason: str
+
+
+DataQuality = Annotated[
+    list[DataQualityFlag],
+    Field(description="Fields of this record that could not be mapped from the source (null in the record), and why"),
+]
+
+
+class Record(CanonicalModel):
+    """A top-level canonical record: an entity read from WellSky, with its data-quality flags."""
+
+    data_quality: DataQuality = Field(default_factory=list)
 
 
 class Address(CanonicalModel):
-    line1: str
+    expected = ("line1", "city", "state", "postal_code")
+
+    line1: str | None = None
     line2: str | None = None
-    city: str
-    state: str = Field(min_length=2, max_length=2, description="USPS two-letter state code")
-    postal_code: str
+    city: str | None = None
+    state: str | None = Field(default=None, min_length=2, max_length=2, description="USPS two-letter state code")
+    postal_code: str | None = None
+
+
+class Coding(CanonicalModel):
+    """A code from a standard vocabulary, as the source sent it."""
+
+    system: str | None = Field(default=None, description="Code system URI or HL7 table, e.g. http://snomed.info/sct")
+    code: str | None = None
+    display: str | None = None
 
 
 class PatientCoverage(CanonicalModel):
     """The payers on a patient's face sheet, in order of benefits."""
 
-    payer_id: str
-    payer_name: str
-    member_id: str
-    order: int = Field(ge=1, description="1 = primary, 2 = secondary, ...")
+    expected = ("payer_id", "payer_name", "member_id", "order")
+
+    payer_id: str | None = None
+    payer_name: str | None = None
+    member_id: str | None = None
+    order: int | None = Field(default=None, ge=1, description="1 = primary, 2 = secondary, ...")
 
 
-class Patient(CanonicalModel):
+class Patient(Record):
+    expected = ("first_name", "last_name", "birth_date", "gender", "status")
+    read_only = ("deceased", "deceased_at", "race", "ethnicity", "merged_ids")
+
     id: str
     mrn: str | None = Field(default=None, description="Agency medical record number; natural key for writes")
     medicare_mbi: str | None = None
     medicaid_id: str | None = None
-    first_name: str
-    last_name: str
-    birth_date: date | None = Field(default=None, description="Null when the source has none (flagged in data_quality)")
-    gender: Gender
+    first_name: str | None = None
+    last_name: str | None = None
+    birth_date: date | None = None
+    gender: Gender | None = None
     phone: str | None = None
     address: Address | None = None
-    status: Literal["pending", "active", "discharged", "inactive"]
+    status: Literal["pending", "active", "discharged", "inactive"] | None = None
     status_code: str | None = Field(
         default=None, description="The product's own status code as sent (e.g. Home Connect client status 80)"
     )
     coverage: list[PatientCoverage] = Field(default_factory=list)
-    data_quality: list[str] = Field(
-        default_factory=list, description="Fields the source left empty or unusable (read as null), by name"
+    deceased: bool | None = Field(default=None, description="True when the source reports the patient deceased")
+    deceased_at: UtcDatetime | None = Field(default=None, description="Date/time of death when the source gives one")
+    race: list[str] = Field(
+        default_factory=list, description="CDC Race & Ethnicity codes (US Core race extension, ombCategory + detailed)"
+    )
+    ethnicity: list[str] = Field(
+        default_factory=list, description="CDC Race & Ethnicity codes (US Core ethnicity extension)"
+    )
+    merged_ids: list[str] = Field(
+        default_factory=list, description="Ids of patient records merged into this one (HL7 ADT^A40 survivor)"
     )
     updated_at: UtcDatetime
 
 
-class Practitioner(CanonicalModel):
+class Practitioner(Record):
+    expected = ("first_name", "last_name")
+
     id: str
     npi: str | None = Field(default=None, pattern=r"^\d{10}$")
-    first_name: str
-    last_name: str
+    first_name: str | None = None
+    last_name: str | None = None
     credentials: str | None = Field(default=None, description="e.g. RN, LPN, PT, OTR, HHA")
     roles: list[str] = Field(default_factory=list, description="e.g. clinician, case_manager, aide")
     disciplines: list[Discipline] = Field(default_factory=list)
@@ -91,9 +150,6 @@ class Practitioner(CanonicalModel):
     active: bool = True
     status_code: str | None = Field(
         default=None, description="The product's own status code as sent (e.g. Home Connect applicant status 100)"
-    )
-    data_quality: list[str] = Field(
-        default_factory=list, description="Fields the source left empty or unusable (read as null), by name"
     )
     updated_at: UtcDatetime
 
@@ -104,8 +160,11 @@ class ShiftTask(CanonicalModel):
     status: Literal["complete", "not_complete"] | None = None
 
 
-class Appointment(CanonicalModel):
+class Appointment(Record):
     """A scheduled visit (home health), hospice visit, or shift (personal care)."""
+
+    expected = ("patient_id", "start", "end", "status", "discipline", "service_code")
+    read_only = ("location_name",)
 
     id: str
     series_id: str | None = Field(
@@ -116,35 +175,37 @@ class Appointment(CanonicalModel):
     external_id: str | None = Field(
         default=None, description="Id in the system that booked it; natural key for writes when set"
     )
-    patient_id: str
+    patient_id: str | None = None
     practitioner_id: str | None = None
     payer_id: str | None = Field(default=None, description="Payer whose authorization covers the visit")
-    start: UtcDatetime
-    end: UtcDatetime
-    status: Literal["scheduled", "completed", "cancelled", "missed"]
-    discipline: Discipline
+    start: UtcDatetime | None = None
+    end: UtcDatetime | None = None
+    status: Literal["scheduled", "completed", "cancelled", "missed"] | None = None
+    discipline: Discipline | None = None
     service_code: str | None = Field(
-        default=None,
-        description="HCPCS code billed for the visit, e.g. G0299 (SN), G0151 (PT), T1019; null when the source "
-        "does not carry one (Home Connect shifts)",
+        default=None, description="HCPCS code billed for the visit, e.g. G0299 (SN), G0151 (PT), T1019"
     )
     location: Address | None = None
-    tasks: list[ShiftTask] = Field(default_factory=list, description="Tasks planned for the shift (Home Connect)")
-    data_quality: list[str] = Field(
-        default_factory=list, description="Fields the source left empty or unusable (read as null), by name"
+    location_name: str | None = Field(
+        default=None, description="Named place of the visit (FHIR Location display / HL7 AIL-3), when given"
     )
+    tasks: list[ShiftTask] = Field(default_factory=list, description="Tasks planned for the shift (Home Connect)")
     updated_at: UtcDatetime
 
 
 class Diagnosis(CanonicalModel):
-    code: str = Field(description="ICD-10-CM code, e.g. I50.9")
+    expected = ("code", "rank")
+
+    code: str | None = Field(default=None, description="ICD-10-CM code, e.g. I50.9")
     description: str | None = None
-    rank: int = Field(ge=1, description="1 = primary diagnosis")
+    rank: int | None = Field(default=None, ge=1, description="1 = primary diagnosis")
 
 
 class Procedure(CanonicalModel):
-    code: str
-    system: Literal["HCPCS", "CPT"]
+    expected = ("code", "system")
+
+    code: str | None = None
+    system: Literal["HCPCS", "CPT"] | None = None
     description: str | None = None
 
 
@@ -173,110 +234,185 @@ class TaskLog(CanonicalModel):
     recorded: UtcDatetime | None = None
 
 
-class Encounter(CanonicalModel):
+class Encounter(Record):
     """A documented visit: what was done, found and billed."""
 
+    expected = ("patient_id", "start", "discipline", "status", "finalized")
+    read_only = ("encounter_class", "encounter_type")
+
     id: str
-    patient_id: str
+    patient_id: str | None = None
     practitioner_id: str | None = None
     appointment_id: str | None = None
-    start: UtcDatetime
+    start: UtcDatetime | None = None
     end: UtcDatetime | None = None
-    discipline: Discipline
-    status: Literal["in_progress", "completed", "cancelled"]
+    discipline: Discipline | None = None
+    status: Literal["in_progress", "completed", "cancelled"] | None = None
+    encounter_class: str | None = Field(
+        default=None, description="HL7 v3 ActCode class of the encounter, e.g. HH (home health), AMB, VR"
+    )
+    encounter_type: Coding | None = Field(default=None, description="The first Encounter.type coding")
     diagnoses: list[Diagnosis] = Field(default_factory=list)
     procedures: list[Procedure] = Field(default_factory=list)
     vitals: Vitals | None = None
     note_summary: str | None = None
-    finalized: bool
+    finalized: bool | None = None
     pay_rates: list[Rate] = Field(default_factory=list, description="Caregiver pay rates of a care log")
     bill_rates: list[Rate] = Field(default_factory=list, description="Client bill rates of a care log")
     task_logs: list[TaskLog] = Field(default_factory=list, description="Shift notes recorded on a care log")
-    data_quality: list[str] = Field(
-        default_factory=list, description="Fields the source left empty or unusable (read as null), by name"
-    )
     updated_at: UtcDatetime
 
 
 class Goal(CanonicalModel):
-    description: str
-    status: Literal["proposed", "in_progress", "achieved", "not_achieved"]
+    expected = ("description", "status")
+
+    description: str | None = None
+    status: Literal["proposed", "in_progress", "achieved", "not_achieved"] | None = None
     target_date: date | None = None
 
 
 class Intervention(CanonicalModel):
-    description: str
-    discipline: Discipline
+    expected = ("description", "discipline")
+
+    description: str | None = None
+    discipline: Discipline | None = None
     frequency: str | None = Field(default=None, description="Visit frequency as ordered, e.g. 2W4 (2/week for 4 weeks)")
 
 
+class CarePlanActivity(CanonicalModel):
+    """One planned activity of a care plan as the source states it (FHIR CarePlan.activity)."""
+
+    expected = ("status",)
+
+    description: str | None = None
+    code: Coding | None = None
+    status: (
+        Literal[
+            "not_started",
+            "scheduled",
+            "in_progress",
+            "on_hold",
+            "completed",
+            "cancelled",
+            "stopped",
+            "unknown",
+            "entered_in_error",
+        ]
+        | None
+    ) = None
+    reference: str | None = Field(
+        default=None, description="The resource the activity points at, e.g. ServiceRequest/12"
+    )
+
+
 class Outcome(CanonicalModel):
-    description: str
-    achieved: bool
-    recorded_on: date
+    expected = ("description", "achieved", "recorded_on")
+
+    description: str | None = None
+    achieved: bool | None = None
+    recorded_on: date | None = None
 
 
-class CarePlan(CanonicalModel):
+class CarePlan(Record):
+    expected = ("patient_id", "status", "period_start")
+    read_only = ("activities",)
+
     id: str
-    patient_id: str
-    status: Literal["draft", "active", "completed", "revoked"]
-    period_start: date
+    patient_id: str | None = None
+    status: Literal["draft", "active", "completed", "revoked"] | None = None
+    period_start: date | None = None
     period_end: date | None = None
     goals: list[Goal] = Field(default_factory=list)
     interventions: list[Intervention] = Field(default_factory=list)
+    activities: list[CarePlanActivity] = Field(default_factory=list)
     outcomes: list[Outcome] = Field(default_factory=list)
     updated_at: UtcDatetime
 
 
-class Authorization(CanonicalModel):
+class AuthorizationItem(CanonicalModel):
+    """One authorized service line (FHIR ClaimResponse.addItem / Da Vinci PAS item)."""
+
+    expected = ("service_code",)
+
+    service_code: str | None = None
+    units_authorized: float | None = Field(default=None, ge=0)
+    units_used: float | None = Field(default=None, ge=0)
+    start_date: date | None = None
+    end_date: date | None = None
+
+
+class Authorization(Record):
     """A payer's prior authorization: which services, how many units, over which dates."""
 
+    expected = (
+        "patient_id",
+        "payer_id",
+        "payer_name",
+        "member_id",
+        "unit_type",
+        "units_authorized",
+        "start_date",
+        "end_date",
+        "status",
+    )
+    read_only = ("authorization_number", "items")
+
     id: str
-    patient_id: str
-    payer_id: str
-    payer_name: str
-    member_id: str
-    service_codes: list[str] = Field(description="Disciplines and/or HCPCS codes the authorization covers")
-    unit_type: Literal["visit", "hour", "15min"]
+    authorization_number: str | None = Field(
+        default=None, description="The payer's prior-authorization number (ClaimResponse.preAuthRef)"
+    )
+    patient_id: str | None = None
+    payer_id: str | None = None
+    payer_name: str | None = None
+    member_id: str | None = None
+    service_codes: list[str] = Field(
+        default_factory=list, description="Disciplines and/or HCPCS codes the authorization covers"
+    )
+    items: list[AuthorizationItem] = Field(default_factory=list, description="Item-level services and units")
+    unit_type: Literal["visit", "hour", "15min"] | None = None
     rounding: Literal["up", "down", "nearest"] = Field(
         default="nearest", description="Payer rule for rounding hour and 15-minute units"
     )
-    units_authorized: int = Field(ge=0)
-    units_used: int = Field(ge=0)
-    start_date: date
-    end_date: date
-    status: Literal["pending", "active", "expired", "denied"]
+    units_authorized: int | None = Field(default=None, ge=0)
+    units_used: int | None = Field(default=None, ge=0)
+    start_date: date | None = None
+    end_date: date | None = None
+    status: Literal["pending", "active", "expired", "denied"] | None = None
     updated_at: UtcDatetime
 
 
-class Referral(CanonicalModel):
+class Referral(Record):
+    expected = ("patient_id", "source_name", "reason", "priority", "status", "received_date")
+
     id: str
-    patient_id: str
-    source_name: str = Field(description="Referring physician or facility")
+    patient_id: str | None = None
+    source_name: str | None = Field(default=None, description="Referring physician or facility")
     source_npi: str | None = None
-    reason: str
-    priority: Literal["routine", "urgent", "stat"]
-    status: Literal["received", "accepted", "declined", "pending"]
-    received_date: date
+    reason: str | None = None
+    priority: Literal["routine", "urgent", "stat"] | None = None
+    status: Literal["received", "accepted", "declined", "pending"] | None = None
+    received_date: date | None = None
     accepted_date: date | None = None
     updated_at: UtcDatetime
 
 
-class Coverage(CanonicalModel):
+class Coverage(Record):
+    expected = ("patient_id", "payer_id", "payer_name", "member_id", "order", "period_start", "status")
+
     id: str
-    patient_id: str
-    payer_id: str
-    payer_name: str
+    patient_id: str | None = None
+    payer_id: str | None = None
+    payer_name: str | None = None
     plan_name: str | None = None
-    member_id: str
-    order: int = Field(ge=1)
-    period_start: date
+    member_id: str | None = None
+    order: int | None = Field(default=None, ge=1)
+    period_start: date | None = None
     period_end: date | None = None
-    status: Literal["active", "cancelled"]
+    status: Literal["active", "cancelled"] | None = None
     updated_at: UtcDatetime
 
 
-class RelatedPerson(CanonicalModel):
+class RelatedPerson(Record):
     """A client's family member, emergency contact, payer or professional contact."""
 
     id: str
@@ -292,13 +428,10 @@ class RelatedPerson(CanonicalModel):
     primary_contact: bool | None = None
     payer: bool | None = None
     power_of_attorney: bool | None = None
-    data_quality: list[str] = Field(
-        default_factory=list, description="Fields the source left empty or unusable (read as null), by name"
-    )
     updated_at: UtcDatetime
 
 
-class Location(CanonicalModel):
+class Location(Record):
     """An agency office or branch (clients and caregivers carry its id as their locationId)."""
 
     id: str
@@ -306,9 +439,6 @@ class Location(CanonicalModel):
     active: bool | None = None
     phone: str | None = None
     address: Address | None = None
-    data_quality: list[str] = Field(
-        default_factory=list, description="Fields the source left empty or unusable (read as null), by name"
-    )
     updated_at: UtcDatetime
 
 
@@ -386,6 +516,7 @@ class WebhookEvent(CanonicalModel):
 
 READ_ONLY_FIELDS = frozenset(
     {"data_quality", "status_code", "series_id", "tasks", "pay_rates", "bill_rates", "task_logs"}
+    | {f for model in (Patient, Appointment, Encounter, CarePlan, Authorization) for f in model.read_only}
 )
 """Fields a reader reports but a writer never sends (provenance, data-quality flags, nested read detail)."""
 
@@ -448,3 +579,51 @@ MODELED_ENTITIES: dict[str, EntitySpec] = {
 }
 """The entities of the modeled home health / hospice API surfaces (REST, FHIR, HL7, exports); the portal-only
 ones (``sources``: episodes, claims, unbilled) come through the Kinnser portal channel alone."""
+
+
+_STRICT: dict[type[CanonicalModel], type[CanonicalModel]] = {}
+
+
+def strict_variant(model: type[CanonicalModel]) -> type[CanonicalModel]:
+    """``model`` as writes need it: every ``expected`` field required and non-null, nested models likewise.
+
+    Reads are lenient (null + data-quality flag); a write must carry a complete record (strict on write).
+    """
+    if model in _STRICT:
+        return _STRICT[model]
+    import copy
+    import types
+    import typing
+
+    from pydantic import create_model
+    from pydantic_core import PydanticUndefined
+
+    def swap(annotation: Any) -> Any:
+        if isinstance(annotation, type) and issubclass(annotation, CanonicalModel):
+            return strict_variant(annotation)
+        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+        if origin is list and args:
+            return list[swap(args[0])]  # type: ignore[misc]
+        if origin in (typing.Union, types.UnionType) and args:
+            swapped = tuple(swap(a) for a in args)
+            return typing.Union[swapped]  # noqa: UP007 - built from a tuple
+        return annotation
+
+    fields: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        annotation = swap(info.annotation)
+        new = copy.copy(info)
+        if name in model.expected:
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if typing.get_origin(annotation) in (typing.Union, types.UnionType) and args:
+                annotation = args[0] if len(args) == 1 else typing.Union[tuple(args)]  # noqa: UP007
+            new.default = PydanticUndefined
+            new.default_factory = None
+        new.annotation = annotation
+        fields[name] = (annotation, new)
+    strict = create_model(  # type: ignore[call-overload]
+        f"{model.__name__}Strict", __base__=CanonicalModel, __doc__=model.__doc__, **fields
+    )
+    strict.expected = model.expected
+    _STRICT[model] = strict
+    return strict  # type: ignore[no-any-return]

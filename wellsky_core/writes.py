@@ -24,7 +24,7 @@ from .connection import Connection
 from .dialects import dialect
 from .errors import AuthorizationRefused, RemoteError, WriteAborted, WriteRefused, error_fields
 from .idempotency import idempotency_key
-from .models import ENTITIES, READ_ONLY_FIELDS, WRITABLE, UtcDatetime
+from .models import ENTITIES, READ_ONLY_FIELDS, WRITABLE, UtcDatetime, strict_variant
 from .normalize.native import to_canonical, to_native
 from .scheduling import AuthorizationUnitLedger, Reservation, current_charge
 from .write_hashes import WriteHashLedger, record_hash
@@ -54,8 +54,9 @@ class WriteResult:
 
 
 def _write_model(entity: str) -> type[BaseModel]:
-    """The canonical model with ``id`` and ``updated_at`` optional: new records have neither yet."""
-    base = ENTITIES[entity].model
+    """The strict canonical model (every ``expected`` field required; patients also need a birth date) with
+    ``id`` and ``updated_at`` optional: new records have neither yet."""
+    base = strict_variant(ENTITIES[entity].model)
     required: dict[str, Any] = {"birth_date": (date, ...)} if entity == "patients" else {}
     return create_model(  # type: ignore[call-overload,no-any-return]
         f"{base.__name__}Write",

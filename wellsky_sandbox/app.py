@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
 from .faults import FaultMiddleware, FaultPlan
-from .generator import ENTITIES
+from .generator import ENTITIES, truth_record
 from .render import NativeError, Renderer
 from .security import SESSION_COOKIE, AuthFailure, Principal
 from .store import decode_cursor, encode_cursor, epoch
@@ -343,7 +343,8 @@ class Api:
         if entity not in ENTITIES:
             raise WriteRejected(404, "unknown_entity", f"entity must be one of {', '.join(ENTITIES)}")
         since = request.query_params.get("updated_since")
-        records = [public(r) for r in self.store.iter_all(entity, epoch(since) if since else None)]
+        stored = self.store.iter_all(entity, epoch(since) if since else None)
+        records = [truth_record(entity, public(r)) for r in stored]
         return ORJSONResponse({"data": records})
 
     async def audit_log(self, request: Request) -> Response:

@@ -29,6 +29,27 @@ ENTITIES = (
     "referrals",
     "coverage",
 )
+NOT_HELD: dict[str, dict[str, object]] = {
+    "patients": {"status_code": None, "deceased": None, "deceased_at": None, "race": [], "ethnicity": [],
+                 "merged_ids": []},
+    "practitioners": {"status_code": None},
+    "appointments": {"series_id": None, "tasks": [], "location_name": None},
+    "encounters": {"encounter_class": None, "encounter_type": None, "pay_rates": [], "bill_rates": [],
+                   "task_logs": []},
+    "care_plans": {"activities": []},
+    "authorizations": {"authorization_number": None, "items": []},
+}
+"""Canonical fields this emulated tenant does not hold in its logical data (other systems' standard FHIR and HL7
+feeds, or Home Connect, carry them); the truth endpoint reports them empty, and every truth record carries an empty
+``data_quality`` list: the tenant's own data is complete."""
+
+
+def truth_record(entity: str, rec: dict[str, object]) -> dict[str, object]:
+    """A logical record as the test oracle publishes it: complete canonical shape, no data-quality flags."""
+    defaults = {k: (list(v) if isinstance(v, list) else v) for k, v in NOT_HELD.get(entity, {}).items()}
+    return {**defaults, "data_quality": [], **rec}  # what a record holds itself always wins
+
+
 FIELDS: dict[str, tuple[str, ...]] = {
     "patients": (
         "id",

@@ -12,6 +12,7 @@ from typing import IO, Any
 
 from wellsky_core.connection import Connection
 from wellsky_core.errors import AuthError, ConfigError
+from wellsky_core.quality import default_report_path, write_report
 from wellsky_core.redaction import install_redaction
 
 from .protocol import (
@@ -71,6 +72,7 @@ def read(output: Output, config_path: str, catalog_path: str, state_path: str | 
             log.info("%s: %d records", stream.name, count)
     finally:
         metrics = connection.metrics.snapshot()
+        report = connection.quality_report(config.max_flagged_fraction)
         connection.close()
         log.info(
             "sync finished in %.1fs: %d pages, %d requests, %d retries, %d re-logins",
@@ -80,10 +82,43 @@ def read(output: Output, config_path: str, catalog_path: str, state_path: str | 
             metrics["retries"],
             metrics["reauths"],
         )
+        _log_quality(report, config.data_quality_report_path)
     if failed:
         log.error("streams that did not finish: %s (rerun with the last state to resume)", ", ".join(failed))
         return 1
+    if report["streams_over_threshold"]:
+        output.error(
+            ConfigError(
+                "max_flagged_fraction",
+                f"share of records with data-quality flags above {report['max_flagged_fraction']} in "
+                f"{', '.join(report['streams_over_threshold'])}; see the data-quality report, or raise the threshold",
+            )
+        )
+        return 1
     return 0
+
+
+def _log_quality(report: dict[str, Any], path: str | None) -> None:
+    """The data-quality counts as a LOG line and the JSON report file (same report as the Singer tap's)."""
+    totals = report["totals"]
+    level = logging.WARNING if report["status"] != "ok" else logging.INFO
+    per_stream = ", ".join(
+        f"{name} {s['flagged']}/{s['records']} flagged, {s['dead_lettered']} dead-lettered"
+        for name, s in report["streams"].items()
+    )
+    log.log(
+        level,
+        "data quality %s: %d flagged, %d dead-lettered, %d skipped (%s)",
+        report["status"].upper(),
+        totals["flagged"],
+        totals["dead_lettered"],
+        totals["skipped"],
+        per_stream or "no records",
+    )
+    try:
+        write_report(report, path or default_report_path())
+    except OSError as exc:
+        log.warning("could not write the data-quality report (%s)", exc.strerror or exc)
 
 
 def _read_stream(
@@ -117,12 +152,14 @@ def _read_stream(
     best: datetime | None = cursor if incremental else None
     running = False
     started = last_report = time.monotonic()
+    observe = connection.quality.observe
     records: Iterator[dict[str, Any]] = channel.iter_records(stream.name, since)
     for record in records:
         if not running:
             output.stream_status(stream.name, "RUNNING")
             running = True
         output.record(stream.name, record)
+        observe(stream.name, record)
         count += 1
         if incremental:
             value = record.get("updated_at")

@@ -370,3 +370,45 @@ def test_bulk_channel_state_is_the_exports_transaction_time(sandbox, tmp_path):
     assert sorted(str(r["id"]) for r in records_by_stream(second).get("coverage", [])) == truth_ids(
         sandbox, "coverage", since=mark
     )
+
+
+def _patients_catalog(tmp_path: Path) -> str:
+    return write_json(
+        tmp_path / "patients-catalog.json",
+        {
+            "streams": [
+                {
+                    "stream": {"name": "patients", "json_schema": {}, "supported_sync_modes": SYNC_MODES},
+                    "sync_mode": "full_refresh",
+                    "destination_sync_mode": "overwrite",
+                }
+            ]
+        },
+    )
+
+
+def test_read_reports_data_quality_and_fails_above_the_threshold(sandbox, tmp_path):
+    """The Airbyte face counts flagged records like the Singer tap: a LOG line, the JSON report, and a TRACE
+    error (exit 1) when a stream's flagged share exceeds max_flagged_fraction."""
+    import shutil
+
+    from wellsky_sandbox.hl7 import feeds_for
+
+    feeds = feeds_for(sandbox.tenant)
+    feeds.refresh()
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "hl7"
+    shutil.copy(fixtures / "adt_batch_fhs_v251_cr.hl7", feeds.hl7.dir / "29990101T000000Z-batch.hl7")
+    creds = sandbox.credentials()
+    base = {k: creds[k] for k in ("base_url", "username", "password", "sftp_host", "sftp_port", "sftp_username",
+                                  "sftp_password", "sftp_host_key")}
+    base |= {"stream_sources": {"patients": "hl7_sftp"}, "data_quality_report_path": str(tmp_path / "q.json")}
+    catalog = _patients_catalog(tmp_path)
+    messages = run_source("read", "--config", write_json(tmp_path / "ok.json", base), "--catalog", catalog)
+    logs = [m.log.message for m in of_type(messages, Type.LOG)]
+    assert any(line.startswith("data quality OK: 2 flagged, 0 dead-lettered") for line in logs), logs
+    report = json.loads((tmp_path / "q.json").read_text())
+    assert report["streams"]["patients"]["flagged"] == 2  # the A08 and A28 patients carry no status
+    strict = write_json(tmp_path / "strict.json", {**base, "max_flagged_fraction": 0.001})
+    failed = run_source("read", "--config", strict, "--catalog", catalog, expect_rc=1)
+    [error] = [m.trace.error for m in of_type(failed, Type.TRACE) if m.trace.error is not None]
+    assert "max_flagged_fraction" in error.message

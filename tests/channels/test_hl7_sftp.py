@@ -204,3 +204,36 @@ def test_real_openssh_server(sshd: dict[str, Any], sandbox: SandboxServer, tmp_p
     mismatch = WellSkyConfig.load(base | {"sftp_host_key": sandbox.credentials()["sftp_host_key"]})
     with pytest.raises(AuthError, match="host key mismatch"), Hl7SftpChannel(config=mismatch) as channel:
         list(channel.iter_records("patients", None))
+
+
+def test_standard_interface_engine_files_over_sftp(sandbox: SandboxServer, tmp_path: Path) -> None:
+    """The hand-written standard fixtures dropped beside WellSky's own feed: BOM, MLLP, batches, every line ending;
+    merges mark the merged id, unsupported types are counted per type, nothing is dead-lettered."""
+    import json
+    import shutil
+
+    from wellsky_core.deadletter import DeadLetter
+    from wellsky_sandbox.hl7 import feeds_for
+
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "hl7"
+    feeds = feeds_for(sandbox.tenant)
+    feeds.refresh()
+    for i, source in enumerate(sorted(fixtures.glob("*.hl7"))):
+        shutil.copy(source, feeds.hl7.dir / f"29990101T0000{i:02d}Z-{source.stem}.hl7")
+    expected = json.loads((fixtures / "expected.json").read_text())
+    config = sftp_config(sandbox, tmp_path, hl7_timezone=expected["_options"]["timezone"])
+    with Hl7SftpChannel(config=config) as channel:
+        records = {e: {r["id"]: r for r in channel.iter_records(e, None)} for e in ("patients", "appointments",
+                                                                                  "encounters")}
+        skipped = dict(channel.skipped)
+    assert DeadLetter.read(tmp_path / "dead.jsonl") == []
+    assert skipped == {"MDM^T02": 1, "ACK^A01": 1, "ADT^A17": 1, "ORM^O01": 1}
+    assert records["patients"]["MRN500"]["merged_ids"] == ["MRN501"]
+    assert records["patients"]["MRN600"]["merged_ids"] == ["MRN-OLD-600"]
+    assert records["appointments"]["FL-3007"]["status"] == "missed"
+    assert records["appointments"]["FL-2001"]["location_name"] == "Patient home"
+    assert records["encounters"]["VISIT-9001"]["vitals"]["pulse_bpm"] == 72
+    wanted = [r for name, messages in expected.items() if not name.startswith("_") for m in messages
+              if isinstance(m, list) for r in m]
+    for want in wanted:
+        assert want["id"] in records[want["entity"]], want["id"]

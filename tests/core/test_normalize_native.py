@@ -117,8 +117,10 @@ def test_the_same_patient_from_each_product_gives_the_same_canonical_record():
             "modified_at": 1772373600,
         },
     }
+    complete = ENTITIES["patients"].model.model_validate(canonical).model_dump(mode="json")
     for product, native in natives.items():
-        assert to_canonical(product, "patients", native) == canonical, product
+        assert to_canonical(product, "patients", native) == complete, product
+        assert complete["data_quality"] == []
     # personal care (Home Connect, fact sheet section 3) carries no MRN or payers: everything else is the same
     home_connect_native = {
         "resourceType": "Patient",
@@ -135,7 +137,7 @@ def test_the_same_patient_from_each_product_gives_the_same_canonical_record():
     from datetime import UTC, datetime
 
     got = home_connect.to_canonical("patients", home_connect_native, datetime.now(UTC))
-    assert got == {**canonical, "mrn": None, "status_code": "80"}
+    assert got == {**complete, "mrn": None, "status_code": "80"}
 
 
 @pytest.mark.parametrize(
@@ -198,9 +200,21 @@ def test_the_same_patient_from_each_product_gives_the_same_canonical_record():
         ),
     ],
 )
-def test_bad_native_records_name_the_field_not_the_value(native, field):
-    with pytest.raises(NormalizationError) as info:
-        to_canonical("home_health", "patients", native)
-    message = str(info.value)
-    assert field in message
-    assert "1941" not in message and "A B" not in message
+def test_bad_native_values_become_null_with_a_flag_naming_the_field_not_the_value(native, field):
+    """Lenient read: only a bad key or timestamp refuses the record; any other bad value is null + a flag."""
+    if field == "lastModified":
+        with pytest.raises(NormalizationError) as info:
+            to_canonical("home_health", "patients", native)
+        message = str(info.value)
+        assert field in message and "2026" not in message
+        return
+    record = to_canonical("home_health", "patients", native)
+    flagged = {f["field"]: f for f in record["data_quality"]}
+    canonical_field = {"birthDate": "birth_date", "gender": "gender", "name": "first_name"}.get(field, field)
+    assert canonical_field in flagged, record["data_quality"]
+    assert record[canonical_field] is None
+    assert record["id"] == "1" and record["updated_at"] == "2026-03-01T14:00:00Z"
+    flag = flagged[canonical_field]
+    assert flag["kind"] == ("missing" if field == "last_name" else "unmapped_code" if field == "gender" else "invalid")
+    assert flag["kind"] == "missing" or field in flag["reason"] or canonical_field in flag["reason"]
+    assert "1941" not in str(record["data_quality"]) and "A B" not in str(record["data_quality"])

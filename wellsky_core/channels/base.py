@@ -6,6 +6,7 @@ import abc
 import logging
 import queue
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
@@ -48,6 +49,8 @@ class Channel(abc.ABC):
         self.product = product
         self._own_dead_letter = dead_letter is None
         self.dead_letter = dead_letter or DeadLetter(config.dead_letter_path)
+        self.skipped: Counter[str] = Counter()
+        """Inputs deliberately not read, by type (e.g. an HL7 message type no stream carries)."""
 
     def reject(self, entity: str | None, problem: Exception | str, payload: Any, **context: Any) -> None:
         """Refuse one input that cannot become a canonical record — the one reject path of every channel.

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError, RemoteError, WellSkyTransportError
 from ..models import ENTITIES
+from ..normalize.validation import validated
 from .base import Channel, LatestVersions
 
 if TYPE_CHECKING:
@@ -202,7 +203,8 @@ class ExportChannel(Channel):
         except (csv.Error, UnicodeDecodeError) as exc:
             self.reject(entity, f"unreadable header ({type(exc).__name__})", None, file=name, row=1)
             return
-        required = {n for n, f in model.model_fields.items() if f.is_required()}
+        # WellSky's export always writes every column a complete record has: a file without one is not an export
+        required = {n for n, f in model.model_fields.items() if f.is_required()} | set(model.expected)
         missing = sorted(required - set(header))
         unknown = sorted(set(header) - set(model.model_fields))
         if missing or unknown or len(set(header)) != len(header):
@@ -253,12 +255,14 @@ class ExportChannel(Channel):
         for name, info in model.model_fields.items():  # an empty list cell means an empty list, not null
             if data.get(name) is None and name in nested and typing.get_origin(info.annotation) is list:
                 data[name] = []
-        try:
-            return model.model_validate(data).model_dump(mode="json")
+        try:  # an export is WellSky's own file: a value it wrote that fails the model is a broken row
+            model.model_validate(data)
         except ValidationError as exc:
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err["loc"]) or "row"
             raise ValueError(f"column {where}: {err['type']}: {err['msg']}") from None
+        entity = next(name for name, spec in ENTITIES.items() if spec.model is model)
+        return validated(entity, data)  # empty expected columns become data-quality flags
 
     def close(self) -> None:
         if self._sftp is not None:

@@ -9,8 +9,8 @@ CarePlan, hospice no ServiceRequest). Child resources ride along with their pare
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections import ChainMap, Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -128,61 +128,100 @@ class FhirChannel(Channel):
                     continue
                 yield record
 
+    @property
+    def rules(self) -> fhir_norm.FhirRules:
+        return fhir_norm.FhirRules(dict(self.config.fhir_identifier_systems))
+
     def _records(self, entity: str, resource_type: str, bundle: Mapping[str, Any]) -> list[dict[str, Any]]:
         """One Bundle page -> canonical records in (updated_at, id) order."""
-        matches: list[dict[str, Any]] = []
-        by_ref: dict[str, dict[str, Any]] = {}
-        children: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
-        for entry in bundle.get("entry") or []:
-            res = entry.get("resource") if isinstance(entry, Mapping) else None
-            if not isinstance(res, Mapping):
-                continue
-            mode = (entry.get("search") or {}).get("mode")
-            kind = res.get("resourceType")
-            if mode == "match" or (mode is None and kind == resource_type):
-                matches.append(dict(res))
-                continue
-            by_ref[f"{kind}/{res.get('id')}"] = dict(res)
-            parent = _parent_ref(res)
-            if parent:
-                children[parent][str(kind)].append(dict(res))
-        out = []
-        for res in matches:
-            ref = f"{resource_type}/{res.get('id')}"
-            try:
-                out.append(self._normalize(entity, res, by_ref, children[ref]))
-            except NormalizationError as exc:
-                self.reject(entity, exc, res)
-        out.sort(key=lambda r: (r["updated_at"], r["id"]))
-        return out
-
-    @staticmethod
-    def _normalize(
-        entity: str,
-        res: dict[str, Any],
-        by_ref: Mapping[str, Mapping[str, Any]],
-        kids: Mapping[str, list[dict[str, Any]]],
-    ) -> dict[str, Any]:
-        if entity == "practitioners":
-            roles = kids.get("PractitionerRole") or []
-            return fhir_norm.practitioner(res, roles[0] if roles else None)
-        if entity == "encounters":
-            return fhir_norm.encounter(
-                res,
-                {f"Condition/{c.get('id')}": c for c in kids.get("Condition") or []} or by_ref,
-                kids.get("Procedure") or [],
-                kids.get("Observation") or [],
-            )
-        if entity == "care_plans":
-            return fhir_norm.care_plan(res, by_ref)
-        return fhir_norm.SIMPLE[entity](res)
+        return normalize_page(entity, resource_type, _resources(bundle), self.rules, self.reject, self.skipped)
 
 
-def _parent_ref(res: Mapping[str, Any]) -> str | None:
-    """The record an included child belongs to (``Encounter/…`` or ``Practitioner/…``)."""
-    for key in ("encounter", "practitioner"):
+def _resources(bundle: Mapping[str, Any]) -> Iterator[tuple[str | None, dict[str, Any]]]:
+    for entry in bundle.get("entry") or []:
+        res = entry.get("resource") if isinstance(entry, Mapping) else None
+        if isinstance(res, Mapping):
+            yield (entry.get("search") or {}).get("mode"), dict(res)
+
+
+def normalize_page(
+    entity: str,
+    resource_type: str,
+    resources: Iterable[tuple[str | None, dict[str, Any]]],
+    rules: fhir_norm.FhirRules,
+    reject: Callable[..., None],
+    skipped: Counter[str],
+) -> list[dict[str, Any]]:
+    """Resources of one page (``(search mode, resource)``) -> canonical records in (updated_at, id) order.
+
+    Shared by paged search and bulk NDJSON: matches are the records, everything else is what they reference
+    (children are joined by literal or identifier reference; a PractitionerRole to its Practitioner by either).
+    """
+    matches: list[dict[str, Any]] = []
+    resolver = fhir_norm.Resolver(rules=rules)
+    children: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    others: list[dict[str, Any]] = []
+    for mode, res in resources:
+        kind = res.get("resourceType")
+        resolver.add(res)
+        if mode == "match" or (mode is None and kind == resource_type):
+            matches.append(res)
+        else:
+            others.append(res)
+    for res in others:
+        parent = _parent_ref(res, resolver)
+        if parent:
+            children[parent][str(res.get("resourceType"))].append(res)
+    out = []
+    for res in matches:
+        ref = f"{resource_type}/{res.get('id')}"
+        try:
+            out.append(_normalize(entity, res, resolver, children[ref]))
+        except fhir_norm.NotThisEntity as exc:
+            skipped[f"{resource_type} ({exc.reason})"] += 1
+        except NormalizationError as exc:
+            reject(entity, exc, res)
+    out.sort(key=lambda r: (r["updated_at"], r["id"]))
+    return out
+
+
+def normalize_one(
+    entity: str,
+    res: dict[str, Any],
+    refs: Mapping[str, Mapping[str, Any]],
+    kids: Mapping[str, list[dict[str, Any]]],
+    rules: fhir_norm.FhirRules = fhir_norm.DEFAULT_RULES,
+) -> dict[str, Any]:
+    """One resource with its children, references looked up in ``refs`` (``"Type/id"`` -> resource, e.g. a
+    bulk export's on-disk spool). Raises NormalizationError, or NotThisEntity for a resource to skip."""
+    resolver = fhir_norm.Resolver(rules=rules)
+    resolver.by_ref = ChainMap({}, refs)  # type: ignore[assignment]
+    return _normalize(entity, res, resolver, kids)
+
+
+def _normalize(
+    entity: str, res: dict[str, Any], resolver: fhir_norm.Resolver, kids: Mapping[str, list[dict[str, Any]]]
+) -> dict[str, Any]:
+    if entity == "practitioners":
+        return fhir_norm.practitioner(res, kids.get("PractitionerRole") or [], resolver)
+    if entity == "encounters":
+        conditions = {f"Condition/{c.get('id')}": c for c in kids.get("Condition") or []}
+        return fhir_norm.encounter(
+            res, conditions, kids.get("Procedure") or [], kids.get("Observation") or [], resolver
+        )
+    if entity == "care_plans":
+        return fhir_norm.care_plan(res, {}, resolver)
+    return fhir_norm.SIMPLE[entity](res, resolver)
+
+
+def _parent_ref(res: Mapping[str, Any], resolver: fhir_norm.Resolver | None = None) -> str | None:
+    """The record an included child belongs to (``Encounter/…`` or ``Practitioner/…``), by literal or
+    identifier reference (identifier references need the page's ``resolver``)."""
+    resolver = resolver or fhir_norm.Resolver()
+    for key, kind in (("encounter", "Encounter"), ("practitioner", "Practitioner")):
         ref = res.get(key)
-        if isinstance(ref, Mapping) and isinstance(ref.get("reference"), str):
-            parts = ref["reference"].rstrip("/").split("/")
-            return "/".join(parts[-2:])
+        if isinstance(ref, Mapping):
+            _, rid, _, problem = resolver.find(ref, (kind,), res)
+            if problem is None and rid:
+                return f"{kind}/{rid}"
     return None

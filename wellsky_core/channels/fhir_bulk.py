@@ -55,7 +55,7 @@ from ..auth import parse_retry_after
 from ..errors import ConfigError, NormalizationError, RemoteError, WellSkyTransportError, error_fields
 from ..normalize import fhir as fhir_norm
 from .base import Channel
-from .fhir import INCLUDES, FhirChannel, _parent_ref, fhir_instant
+from .fhir import INCLUDES, FhirChannel, _parent_ref, fhir_instant, normalize_one
 
 if TYPE_CHECKING:
     from ..transport import WellSkyClient
@@ -345,6 +345,7 @@ class FhirBulkChannel(Channel):
         by_ref = _ByRef(job.spool)
         as_of = job.state["manifest"].get("transactionTime")
         undated = 0
+        rules = fhir_norm.FhirRules(dict(self.config.fhir_identifier_systems))
         for res in job.spool.of_type(main):
             kids = job.spool.children(f"{main}/{res.get('id')}") if entity in INCLUDES else {}
             stamped = False
@@ -354,7 +355,10 @@ class FhirBulkChannel(Channel):
                 res = {**res, "meta": {**(res.get("meta") or {}), "lastUpdated": as_of}}
                 stamped = True
             try:
-                record = FhirChannel._normalize(entity, res, by_ref, kids)
+                record = normalize_one(entity, res, by_ref, kids, rules)
+            except fhir_norm.NotThisEntity as exc:  # e.g. a ClaimResponse for a claim: counted, not an error
+                self.skipped[f"{main} ({exc.reason})"] += 1
+                continue
             except NormalizationError as exc:
                 self.reject(entity, exc, res)
                 continue

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import paramiko
 
 from ..errors import NormalizationError
-from ..normalize.hl7 import normalize_message, split_messages
+from ..normalize.hl7 import Hl7Options, Unsupported, normalize_records, split_messages
 from .base import Channel, LatestVersions
 from .sftp import SftpConnection, close_sftp, connect_sftp, list_files
 
@@ -53,6 +53,11 @@ class Hl7SftpChannel(Channel):
         self.files_read = 0
         self.messages_read = 0
 
+    @property
+    def options(self) -> Hl7Options:
+        """The tenant's HL7 reading rules (``hl7_timezone``, ``hl7_mrn_authorities``)."""
+        return Hl7Options(timezone=self.config.hl7_timezone, mrn_authorities=tuple(self.config.hl7_mrn_authorities))
+
     def supports(self, entity: str) -> bool:
         return entity in HL7_ENTITIES
 
@@ -76,6 +81,7 @@ class Hl7SftpChannel(Channel):
         cache = LatestVersions()  # on disk: the newest version of each record, constant memory
         directory = self.config.sftp_hl7_dir
         processed: list[str] = []
+        options = self.options
         for file_no, attr in enumerate(list_files(self.sftp, directory, ".hl7", setting="sftp_hl7_dir")):
             if attr.st_mtime is not None and attr.st_mtime < floor:
                 continue
@@ -90,18 +96,24 @@ class Hl7SftpChannel(Channel):
             for index, message in enumerate(split_messages(text), start=1):
                 self.messages_read += 1
                 try:
-                    entity, rec = normalize_message(message)
+                    records = normalize_records(message, options)
+                except Unsupported as exc:  # a message type no stream carries: counted, not an error
+                    self.skipped[exc.message_type] += 1
+                    continue
                 except NormalizationError as exc:
                     entity = exc.entity if exc.entity in HL7_ENTITIES else None
                     self.reject(entity, exc, message, file=attr.filename, message_index=index)
                     continue
-                cache.offer(entity, rec, (file_no, index))
+                for entity, rec in records:
+                    cache.offer(entity, rec, (file_no, index))
             processed.append(path)
             self.files_read += 1
             if self.last_file is None or attr.filename >= self.last_file:
                 self.last_file, self.last_mtime = attr.filename, attr.st_mtime
         if self.dead_letter.total:
             log.warning("hl7_sftp: %d message(s) dead-lettered", self.dead_letter.total)
+        if self.skipped:
+            log.info("hl7_sftp: skipped message types no stream carries: %s", dict(self.skipped))
         if self._cache is not None:
             self._cache.close()
         self._cache, self._cache_since, self._processed = cache, floor, processed

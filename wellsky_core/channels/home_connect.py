@@ -236,8 +236,8 @@ class HomeConnectChannel(Channel):
             except NormalizationError as exc:
                 self.reject(entity, exc, resource)
                 continue
-            for name in record.get("data_quality") or ():
-                self.quality[entity][name] += 1
+            for flag in record.get("data_quality") or ():
+                self.quality[entity][flag["field"]] += 1
             yield record
 
     # -- fan-out over clients ------------------------------------------------------------------------------

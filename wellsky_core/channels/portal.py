@@ -67,7 +67,8 @@ AUTH_CSV_COLUMNS = {
     "Status": "status",
     "Last Updated": "updated_at",
 }
-CARE_PLAN_FIELDS = tuple(CarePlan.model_fields)  # the report has one data-field cell per canonical field
+CARE_PLAN_FIELDS = tuple(f for f in CarePlan.model_fields if f != "data_quality" and f not in CarePlan.read_only)
+"""The report has one data-field cell per canonical field WellSky holds (not data_quality, not standard-only)."""
 PER_PAGE = 200
 KINNSER_PRODUCTS = ("home_health", "hospice")
 

@@ -17,10 +17,8 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from ..errors import NormalizationError
-from ..models import ENTITIES
+from ..normalize.validation import validated
 from .base import Dialect
 
 PRODUCTION_URL = "https://connect.clearcareonline.com"
@@ -524,13 +522,9 @@ def to_canonical(
         raise NormalizationError(entity, "id", "missing or not a string/integer id")
     try:
         fields = MAPPERS[entity]({**resource, "id": rid}, observed_at, hint)
-        return ENTITIES[entity].model.model_validate(fields).model_dump(mode="json")
     except _Refuse as bad:
         raise NormalizationError(entity, bad.field, bad.reason, record_id=rid) from None
-    except ValidationError as exc:
-        err = exc.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(p) for p in err["loc"]) or "$"
-        raise NormalizationError(entity, where, err["msg"], record_id=rid) from None
+    return validated(entity, fields, rid)  # the names in fields["data_quality"] become flags
 
 
 # -- canonical -> native (writes, §4) --------------------------------------------------------------------------

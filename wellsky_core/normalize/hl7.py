@@ -1,61 +1,87 @@
-"""HL7 v2 (WellSky's outbound feed) -> canonical records.
+"""HL7 v2 -> canonical records: WellSky's outbound feed and what agencies' interface engines send.
 
 Input is a file's text: one message or a batch (FHS/BHS ... BTS/FTS), segments ended by ``\\r``, ``\\n`` or
-``\\r\\n``. :func:`split_messages` cuts it into messages; :func:`normalize_message` parses one with hl7apy
-(tolerant validation; vendor Z-segments and repeated segments are kept, never fatal)
-and maps it onto the canonical model. hl7apy checks each header (encoding characters, supported version,
-message type); the body segments are read positionally with the message's own encoding characters, because
-hl7apy's full object tree costs about 20 ms per message (measured), hours for a large tenant's feed
-(the header verdict is cached per header shape):
+``\\r\\n``, optionally with a UTF-8 byte-order mark and MLLP framing characters (``\\x0b`` ... ``\\x1c\\r``) left
+in the file. :func:`split_messages` cuts it into messages; :func:`normalize_records` parses one with hl7apy
+(tolerant validation of the header, cached per header shape; vendor Z-segments and repeated segments are kept)
+and maps it onto the canonical models, reading the body positionally with the message's own encoding
+characters (hl7apy's full object tree costs about 20 ms per message, hours for a large tenant's feed).
+Versions 2.1 to 2.8 are accepted.
 
 ============================  =====================================================================
 message                       canonical
 ============================  =====================================================================
-ADT^A04/A08/A28/A31           patients: PID-3 (PI = WellSky id, MR, MC = Medicare MBI, MA = Medicaid),
-                              PID-5/7/8/11/13, PV1-41 status (P/A/D/I), IN1 per payer (IN1-1 order,
-                              IN1-3 payer id, IN1-4 payer name, IN1-36 member id)
-SIU^S12-S15                   appointments: SCH-2 (else SCH-1) id, SCH-11.4/.5 start/end, SCH-25 status,
-                              PID-3 patient, AIP-3 practitioner, AIP-4 (else ZSC-4, SCH-7) discipline,
-                              AIS-3 service code, ZSC-2 external id, ZSC-3 payer, ZSC-5 location
+ADT^A01-A08, A11, A13,        patients: PID-3 (PI = WellSky id; else MR or a configured assigning
+A28, A31, A40, A47            authority = MRN, also the record id), MC = Medicare MBI, MA = Medicaid,
+                              PID-5/7/8/10/11/13/22/29/30, PV1-41 status (P/A/D/I; else from the event:
+                              A05/A11 pending, A03 discharged, A01/A02/A04/A06/A07/A13 active), IN1
+                              per payer (IN1-1 order, IN1-3 payer id, IN1-4 payer name, IN1-36 member
+                              id); A40/A47: each PID with its MRG, MRG-1 ids -> ``merged_ids``
+SIU^S12-S17, S26              appointments: SCH-2 (else SCH-1) id, SCH-1 placer id (else ZSC-2)
+                              external id; start/end from SCH-11.4/.5, else TQ1-7/8, else AIS-4,
+                              AIG-8, AIL-6, AIP-6 with their durations (AIS-7/8 ...) or SCH-9/10;
+                              SCH-25 status, else the event (S15-S17 cancelled, S26 missed); PID-3
+                              patient, AIP-3 practitioner, AIP-4 (else ZSC-4, SCH-7) discipline, AIS-3
+                              service code (HCPCS/CPT), AIL-3 location name, ZSC-3 payer, ZSC-5 address
 ORU^R01                       encounters: OBR-3 (else PV1-19) id, OBR-2 appointment, PV1-7 practitioner,
                               PV1-10 discipline, PV1-44/45 (else OBR-7/8) start/end, OBR-25 status,
                               OBX (LOINC) vitals, OBX ``NOTE`` note summary, DG1 diagnoses (DG1-15 rank),
-                              PR1 procedures, ZEN-2 finalized (default: status is completed)
+                              PR1 procedures, ZEN-2 finalized (default: status is completed); PV1 optional
 ============================  =====================================================================
 
-``updated_at`` is MSH-7, which must carry a UTC offset. Every failure raises
-:class:`~wellsky_core.errors.NormalizationError` naming the entity, the HL7 field and the reason — never a
-value from the message (they are patient data).
+Other message types are not errors: :class:`Unsupported` names the type, and the channel counts it.
+``updated_at`` is MSH-7 (a timestamp without offset is read in ``hl7_timezone``, else refused). Only a
+record without an id or a usable MSH-7 is refused; any other unmappable field is null and named in the
+record's ``data_quality`` flags. Errors and flags name the HL7 field, never a value (they are patient data).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_segment
 
 from ..errors import NormalizationError
+from ..quality import FlagKind, Flags
 from .validation import validated
 
 BATCH_SEGMENTS = ("FHS", "BHS", "BTS", "FTS")
-SINGLE_SEGMENTS = ("MSH", "EVN", "PID", "PV1", "SCH", "OBR")
-"""Segments a single ADT/SIU/ORU message of this feed holds at most once."""
-PATIENT_EVENTS = {"A04", "A08", "A28", "A31", "A01", "A05"}
-APPOINTMENT_EVENTS = {"S12", "S13", "S14", "S15"}
-SEX = {"M": "male", "F": "female", "O": "other", "U": "unknown", "A": "other", "N": "unknown"}
+SINGLE_SEGMENTS = ("MSH", "EVN", "SCH", "OBR")
+"""Segments a single message of these types holds at most once (PID repeats only in merges)."""
+PATIENT_EVENTS = frozenset({"A01", "A02", "A03", "A04", "A05", "A06", "A07", "A08", "A11", "A13", "A28", "A31",
+                            "A40", "A47"})
+MERGE_EVENTS = frozenset({"A40", "A47"})
+APPOINTMENT_EVENTS = frozenset({"S12", "S13", "S14", "S15", "S16", "S17", "S26"})
+EVENT_PATIENT_STATUS = {"A01": "active", "A02": "active", "A03": "discharged", "A04": "active", "A05": "pending",
+                        "A06": "active", "A07": "active", "A11": "pending", "A13": "active"}
+"""Status an ADT event implies when PV1-41 does not say (A08/A28/A31/A40/A47 imply none)."""
+EVENT_APPOINTMENT_STATUS = {"S12": "scheduled", "S13": "scheduled", "S14": "scheduled", "S15": "cancelled",
+                            "S16": "cancelled", "S17": "cancelled", "S26": "missed"}
+SEX = {"M": "male", "F": "female", "O": "other", "U": "unknown", "A": "other", "N": "unknown", "X": "other"}
 PATIENT_STATUS = {"P": "pending", "A": "active", "D": "discharged", "I": "inactive"}
 FILLER_STATUS = {
     "booked": "scheduled",
     "pending": "scheduled",
+    "waitlist": "scheduled",
+    "overbook": "scheduled",
+    "started": "scheduled",
     "complete": "completed",
     "cancelled": "cancelled",
     "deleted": "cancelled",
+    "blocked": "cancelled",
+    "dc": "cancelled",
     "noshow": "missed",
 }
-RESULT_STATUS = {"P": "in_progress", "I": "in_progress", "F": "completed", "C": "completed", "X": "cancelled"}
+RESULT_STATUS = {"P": "in_progress", "I": "in_progress", "R": "in_progress", "S": "in_progress", "A": "in_progress",
+                 "F": "completed", "C": "completed", "X": "cancelled"}
+DISCIPLINES = frozenset({"SN", "PT", "OT", "ST", "MSW", "HHA"})
+PROCEDURE_SYSTEMS = {"HCPCS": "HCPCS", "HCPCS-II": "HCPCS", "HC": "HCPCS", "C4": "CPT", "CPT": "CPT", "CPT4": "CPT"}
+_HCPCS_LIKE = re.compile(r"^(?:[A-V][0-9]{4}|[0-9]{4}[0-9FTU])$")
 VITALS = {
     "8310-5": ("temperature_f", float),
     "8867-4": ("pulse_bpm", int),
@@ -66,16 +92,47 @@ VITALS = {
     "2708-6": ("spo2_pct", int),
     "29463-7": ("weight_lb", float),
 }
+DURATION_UNITS = {"": 1, "MIN": 1, "M": 1, "MINUTES": 1, "H": 60, "HR": 60, "HOUR": 60, "HOURS": 60, "S": 1 / 60,
+                  "SEC": 1 / 60, "D": 1440}
 _DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.\d{1,4})?([+-]\d{4})?$")
 _SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
+_FRAMING = str.maketrans("", "", "\x0b\x1c\x00")
+
+
+@dataclass(frozen=True)
+class Hl7Options:
+    """Per-tenant reading rules (settings ``hl7_timezone`` and ``hl7_mrn_authorities``)."""
+
+    timezone: str | None = None
+    """IANA zone for timestamps sent without an offset; None: such timestamps are refused."""
+    mrn_authorities: tuple[str, ...] = ()
+    """PID-3.4 assigning authorities whose identifiers are the MRN (besides identifier type MR)."""
+    zone: ZoneInfo | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.timezone and self.zone is None:
+            object.__setattr__(self, "zone", ZoneInfo(self.timezone))
+
+
+DEFAULT_OPTIONS = Hl7Options()
+
+
+class Unsupported(NormalizationError):
+    """A message type no stream carries: skipped and counted by type, not dead-lettered."""
+
+    def __init__(self, message_type: str) -> None:
+        self.message_type = message_type
+        super().__init__("hl7", "MSH-9", f"unsupported message type {message_type}")
 
 
 def split_messages(text: str) -> list[str]:
-    """Messages of a file, each with ``\\r`` terminators; batch header/trailer segments are dropped."""
+    """Messages of a file, each with ``\\r`` terminators; BOM, MLLP framing and batch segments are dropped."""
+    text = text.lstrip("\ufeff").translate(_FRAMING)
     lines = re.split(r"\r\n|\r|\n", text)
     messages: list[list[str]] = []
     current: list[str] | None = None
     for line in lines:
+        line = line.lstrip("\ufeff")
         if not line.strip():
             continue
         if line.startswith(BATCH_SEGMENTS) and (len(line) == 3 or not line[3].isalnum()):
@@ -95,10 +152,14 @@ def split_messages(text: str) -> list[str]:
 class _Msg:
     """Positional access to a parsed message's fields, split with the message's own encoding characters."""
 
-    def __init__(self, entity: str, segments: list[tuple[str, list[str]]], enc: dict[str, str]) -> None:
+    def __init__(
+        self, entity: str, segments: list[tuple[str, list[str]]], enc: dict[str, str], options: Hl7Options
+    ) -> None:
         self.entity = entity
         self.segments = segments
         self.enc = enc
+        self.options = options
+        self.flags = Flags()
 
     def all(self, name: str) -> list[list[str]]:
         return [fields for seg, fields in self.segments if seg == name]
@@ -113,10 +174,7 @@ class _Msg:
         return fields[n]
 
     def reps(self, raw: str) -> list[str]:
-        return [r for r in raw.split(self.enc["rep"])] if raw else []
-
-    def comps(self, raw: str) -> list[str]:
-        return [self.unescape(c) for c in raw.split(self.enc["comp"])]
+        return list(raw.split(self.enc["rep"])) if raw else []
 
     def comp(self, raw: str, n: int) -> str:
         parts = raw.split(self.enc["comp"]) if raw else []
@@ -146,37 +204,51 @@ class _Msg:
     def fail(self, where: str, reason: str) -> NormalizationError:
         return NormalizationError(self.entity, where, reason)
 
-    def required(self, value: str, where: str) -> str:
-        if not value:
-            raise self.fail(where, "is required but empty")
-        return value
+    def flag(self, canonical: str, kind: FlagKind, reason: str) -> None:
+        self.flags.add(canonical, kind, reason)
 
-    def timestamp(self, raw: str, where: str, required: bool = True) -> datetime | None:
+    def timestamp(self, raw: str, where: str, canonical: str | None = None) -> datetime | None:
+        """An HL7 DTM as UTC. Bad or offset-less (without ``hl7_timezone``): refused for ``updated_at``
+        (``canonical`` None), else null + a flag on ``canonical``."""
         value = raw.split(self.enc["comp"])[0] if raw else ""
         if not value:
-            if required:
-                raise self.fail(where, "is required but empty")
             return None
         m = _DTM.match(value)
-        if not m or not m.group(7):
-            raise self.fail(where, "is not an HL7 timestamp with a UTC offset (YYYYMMDDHHMMSS+ZZZZ)")
-        y, mo, d, h, mi, s, off = m.groups()
-        try:
-            naive = datetime(int(y), int(mo or 1), int(d or 1), int(h or 0), int(mi or 0), int(s or 0))
-        except ValueError:
-            raise self.fail(where, "is not a valid calendar date/time") from None
-        sign = 1 if off[0] == "+" else -1
-        offset = timedelta(hours=int(off[1:3]), minutes=int(off[3:5])) * sign
-        return (naive - offset).replace(tzinfo=UTC)
+        problem = None
+        if not m:
+            problem = "is not an HL7 timestamp (YYYYMMDDHHMMSS+ZZZZ)"
+        elif not m.group(7) and self.options.zone is None:
+            problem = "has no UTC offset; send YYYYMMDDHHMMSS+ZZZZ or set hl7_timezone"
+        if problem is None:
+            assert m is not None
+            y, mo, d, h, mi, s, off = m.groups()
+            try:
+                naive = datetime(int(y), int(mo or 1), int(d or 1), int(h or 0), int(mi or 0), int(s or 0))
+            except ValueError:
+                problem = "is not a valid calendar date/time"
+            else:
+                if off:
+                    sign = 1 if off[0] == "+" else -1
+                    offset = timedelta(hours=int(off[1:3]), minutes=int(off[3:5])) * sign
+                    return (naive - offset).replace(tzinfo=UTC)
+                return naive.replace(tzinfo=self.options.zone).astimezone(UTC)
+        if canonical is None:
+            raise self.fail(where, problem)
+        self.flag(canonical, "invalid", f"{where} {problem}")
+        return None
 
-    def day(self, raw: str, where: str) -> date:
-        value = self.required(raw.split(self.enc["comp"])[0], where)
-        if not re.fullmatch(r"\d{8}(\d*)?([+-]\d{4})?", value):
-            raise self.fail(where, "is not an HL7 date (YYYYMMDD)")
+    def day(self, raw: str, where: str, canonical: str) -> date | None:
+        value = raw.split(self.enc["comp"])[0] if raw else ""
+        if not value:
+            return None
+        if not re.fullmatch(r"\d{8}(\d*)?(\.\d+)?([+-]\d{4})?", value):
+            self.flag(canonical, "invalid", f"{where} is not an HL7 date (YYYYMMDD)")
+            return None
         try:
             return date(int(value[:4]), int(value[4:6]), int(value[6:8]))
         except ValueError:
-            raise self.fail(where, "is not a valid calendar date") from None
+            self.flag(canonical, "invalid", f"{where} is not a valid calendar date")
+            return None
 
 
 _HEADER_SHAPES: dict[tuple[str, ...], str | None] = {}
@@ -194,7 +266,7 @@ def _check_header(msh: str, field_sep: str, enc_chars: str) -> None:
         verdict = None
         try:
             parse_segment(
-                msh,
+                field_sep.join(fields[:12]),  # MSH-1..12: later fields differ by version and do not matter here
                 encoding_chars={
                     "FIELD": field_sep,
                     "COMPONENT": enc_chars[0],
@@ -215,27 +287,35 @@ def _check_header(msh: str, field_sep: str, enc_chars: str) -> None:
         raise NormalizationError("hl7", "MSH", _HEADER_SHAPES[shape] or "")
 
 
-def _parse(text: str) -> tuple[str, str, _Msg]:
-    """hl7apy parse + structural checks; returns (message type, trigger event, accessor)."""
+def _parse(text: str, options: Hl7Options) -> tuple[str, str, _Msg]:
+    """Structural checks + hl7apy header check; returns (message type, trigger event, accessor)."""
+    text = text.lstrip("\ufeff").translate(_FRAMING)
     if not text.startswith("MSH"):
         raise NormalizationError("hl7", "MSH", "message does not start with an MSH segment")
     if len(text) < 8:
         raise NormalizationError("hl7", "MSH-2", "MSH is truncated before its encoding characters")
-    field_sep, enc_chars = text[3], text[4:8]
+    field_sep = text[3]
+    enc_chars = text[4:8]
+    if enc_chars[3] == field_sep:  # only three encoding characters (no subcomponent separator)
+        enc_chars = enc_chars[:3] + "&"
     if field_sep.isalnum() or len(set(field_sep + enc_chars)) != 5 or any(c.isalnum() for c in enc_chars):
         raise NormalizationError("hl7", "MSH-2", "encoding characters are not 4 distinct non-alphanumeric characters")
-    for line in text.rstrip("\r").split("\r"):
+    lines = [line for line in re.split(r"\r\n|\r|\n", text) if line.strip()]
+    for line in lines:
         if not _SEGMENT_NAME.match(line[:3]) or (len(line) > 3 and line[3] != field_sep):
             raise NormalizationError("hl7", "segment", "a segment does not start with a 3-character segment id")
     enc = {"field": field_sep, "comp": enc_chars[0], "rep": enc_chars[1], "esc": enc_chars[2], "sub": enc_chars[3]}
-    lines = text.rstrip("\r").split("\r")
-    _check_header(lines[0], field_sep, enc_chars)
     segments: list[tuple[str, list[str]]] = []
     for line in lines:
         parts = line.split(field_sep)
         if parts[0] == "MSH":  # MSH-1 is the separator itself: shift so that fields[n] is MSH-n
             parts = ["MSH", field_sep, *parts[1:]]
         segments.append((parts[0], parts))
+    msh = segments[0][1]
+    version = msh[12].split(enc["comp"])[0] if len(msh) > 12 else ""
+    if not re.fullmatch(r"2\.[1-8](\.\d+)?", version):
+        raise NormalizationError("hl7", "MSH-12", "version is missing or not HL7 v2.1-2.8")
+    _check_header(lines[0], field_sep, enc_chars)
     names = [name for name, _ in segments]
     for single in SINGLE_SEGMENTS:
         if names.count(single) > 1:
@@ -244,15 +324,15 @@ def _parse(text: str) -> tuple[str, str, _Msg]:
                 single,
                 "segment appears more than once; a message without its MSH was probably merged into the one before it",
             )
-    msh = segments[0][1]
-    version = msh[12].split(enc["comp"])[0] if len(msh) > 12 else ""
-    if not re.fullmatch(r"2\.[1-8](\.\d)?", version):
-        raise NormalizationError("hl7", "MSH-12", "version is missing or not HL7 v2.1-2.8")
     msg_type = msh[9] if len(msh) > 9 else ""
     kind = msg_type.split(enc["comp"])
     if len(kind) < 2 or not kind[0] or not kind[1]:
-        raise NormalizationError("hl7", "MSH-9", "message type is missing (expected e.g. ADT^A08)")
-    return kind[0], kind[1], _Msg("hl7", segments, enc)
+        evn = next((f for n, f in segments if n == "EVN"), None)
+        if kind and kind[0] and evn is not None and len(evn) > 1 and evn[1]:
+            kind = [kind[0], evn[1]]  # v2.1/2.2 style: the trigger event only in EVN-1
+        else:
+            raise NormalizationError("hl7", "MSH-9", "message type is missing (expected e.g. ADT^A08)")
+    return kind[0], kind[1], _Msg("hl7", segments, enc, options)
 
 
 def entity_of(msg_type: str, event: str) -> str | None:
@@ -265,35 +345,71 @@ def entity_of(msg_type: str, event: str) -> str | None:
     return None
 
 
-def normalize_message(text: str) -> tuple[str, dict[str, Any]]:
-    """One HL7 message -> (entity, canonical JSON-ready record). Raises NormalizationError."""
-    msg_type, event, m = _parse(text)
+def normalize_records(text: str, options: Hl7Options = DEFAULT_OPTIONS) -> list[tuple[str, dict[str, Any]]]:
+    """One HL7 message -> its canonical records (a merge carries one survivor per PID). Raises
+    :class:`Unsupported` for message types no stream carries and NormalizationError for unusable messages."""
+    msg_type, event, m = _parse(text, options)
     entity = entity_of(msg_type, event)
     if entity is None:
-        raise NormalizationError("hl7", "MSH-9", f"unsupported message type {msg_type}^{event}")
+        raise Unsupported(f"{msg_type}^{event}")
     m.entity = entity
     updated_at = m.timestamp(m.field(m.first("MSH"), 7), "MSH-7")
+    if updated_at is None:
+        raise m.fail("MSH-7", "message date/time is required: it is the record's updated_at")
     if entity == "patients":
-        rec = _patient(m)
-    elif entity == "appointments":
-        rec = _appointment(m, event)
-    else:
-        rec = _encounter(m)
+        groups = _patient_groups(m) if event in MERGE_EVENTS else [(m.first("PID"), None, m.first("PV1"))]
+        out = []
+        for pid, mrg, pv1 in groups:
+            m.flags = Flags()
+            rec = _patient(m, pid, pv1, event, mrg)
+            rec["updated_at"] = updated_at
+            out.append((entity, validated(entity, rec, rec.get("id"), m.flags)))
+        return out
+    rec = _appointment(m, event) if entity == "appointments" else _encounter(m)
     rec["updated_at"] = updated_at
-    return entity, validated(entity, rec, rec.get("id"), with_type=True)
+    return [(entity, validated(entity, rec, rec.get("id"), m.flags))]
 
 
-def _wellsky_id(m: _Msg, pid: list[str] | None) -> tuple[str, dict[str, str]]:
-    if pid is None:
-        raise m.fail("PID", "segment is missing")
+def normalize_message(text: str, options: Hl7Options = DEFAULT_OPTIONS) -> tuple[str, dict[str, Any]]:
+    """One HL7 message -> (entity, its first canonical record). Raises NormalizationError."""
+    return normalize_records(text, options)[0]
+
+
+def _patient_groups(m: _Msg) -> list[tuple[list[str] | None, list[str] | None, list[str] | None]]:
+    """A40/A47: each PID with the MRG (and PV1) that follows it."""
+    groups: list[list[list[str] | None]] = []
+    for name, fields in m.segments:
+        if name == "PID":
+            groups.append([fields, None, None])
+        elif name == "MRG" and groups and groups[-1][1] is None:
+            groups[-1][1] = fields
+        elif name == "PV1" and groups and groups[-1][2] is None:
+            groups[-1][2] = fields
+    return [(g[0], g[1], g[2]) for g in groups] or [(None, None, None)]
+
+
+def _identifiers(m: _Msg, raw: str) -> tuple[dict[str, str], str | None]:
+    """PID-3 style CX list -> ({identifier type: value}, MRN by configured assigning authority)."""
     ids: dict[str, str] = {}
-    for rep in m.reps(m.field(pid, 3)):
-        value, kind = m.comp(rep, 1), m.comp(rep, 5)
-        if value and kind and kind not in ids:
+    by_authority = None
+    for rep in m.reps(raw):
+        value, authority, kind = m.comp(rep, 1), m.comp(rep, 4), m.comp(rep, 5)
+        if not value:
+            continue
+        if kind and kind not in ids:
             ids[kind] = value
-    if "PI" not in ids:
-        raise m.fail("PID-3", "has no WellSky patient id (identifier type code PI)")
-    return ids["PI"], ids
+        if by_authority is None and authority and authority in m.options.mrn_authorities:
+            by_authority = value
+    return ids, by_authority
+
+
+def _patient_id(m: _Msg, pid: list[str] | None) -> tuple[str | None, dict[str, str], str | None]:
+    """(record id, identifiers by type, MRN): the WellSky PI id, else the MRN (type MR or configured authority)."""
+    if pid is None:
+        return None, {}, None
+    ids, by_authority = _identifiers(m, m.field(pid, 3))
+    mrn = by_authority or ids.get("MR")
+    return ids.get("PI") or mrn, ids, mrn
 
 
 def _address(m: _Msg, raw: str) -> dict[str, Any] | None:
@@ -301,27 +417,35 @@ def _address(m: _Msg, raw: str) -> dict[str, Any] | None:
     if not first.strip(m.enc["comp"]):
         return None
     return {
-        "line1": m.comp(first, 1),
+        "line1": m.comp(first, 1) or None,
         "line2": m.comp(first, 2) or None,
-        "city": m.comp(first, 3),
-        "state": m.comp(first, 4),
-        "postal_code": m.comp(first, 5),
+        "city": m.comp(first, 3) or None,
+        "state": m.comp(first, 4) or None,
+        "postal_code": m.comp(first, 5) or None,
     }
 
 
-def _patient(m: _Msg) -> dict[str, Any]:
-    pid = m.first("PID")
-    pid_id, ids = _wellsky_id(m, pid)
+def _coded_list(m: _Msg, raw: str) -> list[str]:
+    return [code for code in (m.comp(rep, 1) for rep in m.reps(raw)) if code]
+
+
+def _patient(
+    m: _Msg, pid: list[str] | None, pv1: list[str] | None, event: str, mrg: list[str] | None
+) -> dict[str, Any]:
+    if pid is None:
+        raise m.fail("PID", "segment is missing: the patient cannot be identified")
+    pid_id, ids, mrn = _patient_id(m, pid)
+    if pid_id is None:
+        raise m.fail("PID-3", "has no WellSky patient id (type PI) and no MRN (type MR or a configured authority)")
     name = m.reps(m.field(pid, 5))
-    if not name:
-        raise m.fail("PID-5", "patient name is required")
-    sex = m.field(pid, 8)
-    if sex and sex not in SEX:
-        raise m.fail("PID-8", "administrative sex is not one of M, F, O, U, A, N")
-    pv1 = m.first("PV1")
+    sex = m.field(pid, 8).split(m.enc["comp"])[0]
+    gender = SEX.get(sex.upper()) if sex else None
+    if sex and gender is None:
+        m.flag("gender", "unmapped_code", "PID-8 administrative sex is not one of M, F, O, U, A, N, X")
     status_code = m.field(pv1, 41)
-    if status_code not in PATIENT_STATUS:
-        raise m.fail("PV1-41", "account status is missing or not one of P, A, D, I")
+    status = PATIENT_STATUS.get(status_code) or EVENT_PATIENT_STATUS.get(event)
+    if status_code and status_code not in PATIENT_STATUS:
+        m.flag("status", "unmapped_code", "PV1-41 account status is not one of P, A, D, I")
     phones = m.reps(m.field(pid, 13))
     phone = None
     if phones:
@@ -331,99 +455,174 @@ def _patient(m: _Msg) -> dict[str, Any]:
             else None
         )
     coverage = []
-    for in1 in m.all("IN1"):
+    for i, in1 in enumerate(m.all("IN1")):
         order = m.field(in1, 1)
-        if not order.isdigit():
-            raise m.fail("IN1-1", "set id (order of benefits) is not a number")
+        if order and not order.isdigit():
+            m.flag(f"coverage.{i}.order", "invalid", "IN1-1 set id (order of benefits) is not a number")
         coverage.append(
             {
-                "order": int(order),
-                "payer_id": m.required(m.comp(m.field(in1, 3), 1) or m.comp(m.field(in1, 2), 1), "IN1-3"),
-                "payer_name": m.required(m.comp(m.field(in1, 4), 1), "IN1-4"),
-                "member_id": m.required(m.comp(m.field(in1, 36), 1), "IN1-36"),
+                "order": int(order) if order.isdigit() else None,
+                "payer_id": m.comp(m.field(in1, 3), 1) or m.comp(m.field(in1, 2), 1) or None,
+                "payer_name": m.comp(m.field(in1, 4), 1) or None,
+                "member_id": m.comp(m.field(in1, 36), 1) or m.comp(m.field(in1, 49), 1) or None,
             }
         )
-    coverage.sort(key=lambda c: c["order"])
+    coverage.sort(key=lambda c: (c["order"] is None, c["order"] or 0))
+    death = m.field(pid, 29)
+    indicator = m.field(pid, 30)
+    deceased = True if indicator == "Y" or death else False if indicator == "N" else None
+    merged: list[str] = []
+    if mrg is not None:
+        prior_ids, prior_by_authority = _identifiers(m, m.field(mrg, 1))
+        untyped = m.comp(m.reps(m.field(mrg, 1))[0], 1) if m.field(mrg, 1) else ""
+        candidates = (prior_ids.get("PI"), prior_by_authority or prior_ids.get("MR"), untyped)
+        merged = list(dict.fromkeys(v for v in candidates if v and v != pid_id))[:1]
+        if not merged:
+            m.flag("merged_ids", "missing", "MRG-1 names no prior patient identifier")
     return {
         "id": pid_id,
-        "mrn": ids.get("MR"),
+        "mrn": mrn,
         "medicare_mbi": ids.get("MC"),
         "medicaid_id": ids.get("MA"),
-        "last_name": m.required(m.comp(name[0], 1), "PID-5.1"),
-        "first_name": m.required(m.comp(name[0], 2), "PID-5.2"),
-        "birth_date": m.day(m.field(pid, 7), "PID-7"),
-        "gender": SEX.get(sex, "unknown"),
+        "last_name": m.comp(name[0], 1) or None if name else None,
+        "first_name": m.comp(name[0], 2) or None if name else None,
+        "birth_date": m.day(m.field(pid, 7), "PID-7", "birth_date"),
+        "gender": gender,
         "phone": phone,
         "address": _address(m, m.field(pid, 11)),
-        "status": PATIENT_STATUS[status_code],
+        "status": status,
         "coverage": coverage,
+        "deceased": deceased,
+        "deceased_at": m.timestamp(death, "PID-29", "deceased_at") if len(death) > 8 else None,
+        "race": _coded_list(m, m.field(pid, 10)),
+        "ethnicity": _coded_list(m, m.field(pid, 22)),
+        "merged_ids": merged,
     }
+
+
+def _minutes(m: _Msg, amount: str, unit: str) -> float | None:
+    if not amount:
+        return None
+    try:
+        value = float(amount)
+    except ValueError:
+        return None
+    factor = DURATION_UNITS.get(m.comp(unit, 1).upper())
+    return value * factor if factor is not None else None
+
+
+def _appointment_times(m: _Msg, sch: list[str]) -> tuple[datetime | None, datetime | None]:
+    """Start/end: SCH-11 (TQ, up to v2.4), else TQ1-7/8 (v2.5+), else the resource segments with durations."""
+    timing = m.reps(m.field(sch, 11))
+    start = m.timestamp(m.comp(timing[0], 4), "SCH-11.4", "start") if timing else None
+    end = m.timestamp(m.comp(timing[0], 5), "SCH-11.5", "end") if timing else None
+    tq1 = m.first("TQ1")
+    if start is None and tq1 is not None:
+        start = m.timestamp(m.comp(m.field(tq1, 7), 1), "TQ1-7", "start")
+        end = end or m.timestamp(m.comp(m.field(tq1, 8), 1), "TQ1-8", "end")
+    duration: float | None = None
+    for seg, at, length, unit in (("AIS", 4, 7, 8), ("AIG", 8, 11, 12), ("AIL", 6, 9, 10), ("AIP", 6, 9, 10)):
+        fields = m.first(seg)
+        if fields is None:
+            continue
+        if start is None:
+            start = m.timestamp(m.field(fields, at), f"{seg}-{at}", "start")
+        if duration is None:
+            duration = _minutes(m, m.field(fields, length), m.field(fields, unit))
+    if duration is None:
+        duration = _minutes(m, m.field(sch, 9), m.field(sch, 10))
+    if end is None and start is not None and duration is not None:
+        end = start + timedelta(minutes=duration)
+    return start, end
 
 
 def _appointment(m: _Msg, event: str) -> dict[str, Any]:
     sch = m.first("SCH")
     if sch is None:
-        raise m.fail("SCH", "segment is missing")
-    appt_id = m.comp(m.field(sch, 2), 1) or m.comp(m.field(sch, 1), 1)
-    patient_id, _ = _wellsky_id(m, m.first("PID"))
-    timing = m.reps(m.field(sch, 11))
-    start = m.timestamp(m.comp(timing[0], 4) if timing else "", "SCH-11.4", required=False)
-    end = m.timestamp(m.comp(timing[0], 5) if timing else "", "SCH-11.5", required=False)
-    ais, aip, zsc = m.first("AIS"), m.first("AIP"), m.first("ZSC")
-    if start is None:
-        start = m.timestamp(m.field(ais, 4), "AIS-4")
-    if end is None:
-        minutes = m.field(ais, 7) or m.field(sch, 9)
-        if not minutes.isdigit():
-            raise m.fail("SCH-11.5", "end time is missing and no duration (AIS-7/SCH-9) is given")
-        assert start is not None
-        end = start + timedelta(minutes=int(minutes))
-    status_raw = m.field(sch, 25).split(m.enc["comp"])[0].strip().lower()
+        raise m.fail("SCH", "segment is missing: the appointment cannot be identified")
+    filler, placer = m.comp(m.field(sch, 2), 1), m.comp(m.field(sch, 1), 1)
+    appt_id = filler or placer
+    if not appt_id:
+        raise m.fail("SCH-2", "has no filler (or placer) appointment id")
+    pid = m.first("PID")
+    patient_id = _patient_id(m, pid)[0]
+    if pid is not None and patient_id is None:
+        m.flag("patient_id", "unresolved_reference", "PID-3 has no WellSky id (PI) and no MRN")
+    start, end = _appointment_times(m, sch)
+    ais, aip, ail, zsc = m.first("AIS"), m.first("AIP"), m.first("AIL"), m.first("ZSC")
+    status_raw = m.comp(m.field(sch, 25), 1).strip().lower()
     status = FILLER_STATUS.get(status_raw)
-    if status is None:
-        if event == "S15":
-            status = "cancelled"
-        else:
-            raise m.fail("SCH-25", "filler status code is missing or unknown")
-    discipline = m.comp(m.field(aip, 4), 1) or m.comp(m.field(zsc, 4), 1) or m.comp(m.field(sch, 7), 1)
+    if event in ("S15", "S16", "S17", "S26"):
+        status = EVENT_APPOINTMENT_STATUS[event]
+    elif status is None:
+        if status_raw:
+            m.flag("status", "unmapped_code", "SCH-25 filler status code has no canonical equivalent")
+        status = EVENT_APPOINTMENT_STATUS[event]
+    discipline = None
+    for raw in (m.field(aip, 4), m.field(zsc, 4), m.field(sch, 7)):
+        code = m.comp(raw, 1).upper()
+        if code in DISCIPLINES:
+            discipline = code
+            break
+    if discipline is None:
+        m.flag("discipline", "unmapped_code", "no WellSky discipline code in AIP-4, ZSC-4 or SCH-7")
+    service = m.field(ais, 3)
+    service_code = m.comp(service, 1) or None
+    system = m.comp(service, 3).upper()
+    if service_code and not (system in PROCEDURE_SYSTEMS or (not system and _HCPCS_LIKE.match(service_code))):
+        m.flag("service_code", "unmapped_code", "AIS-3 is not a HCPCS or CPT code")
+        service_code = None
+    location = m.field(ail, 3)
+    location_name = (m.comp(location, 9) or m.comp(location, 1) or m.comp(location, 4) or
+                     m.comp(m.field(ail, 4), 2) or m.comp(m.field(ail, 4), 1)) or None
+    practitioner = m.comp(m.field(aip, 3), 1) or None
     return {
-        "id": m.required(appt_id, "SCH-2"),
-        "external_id": m.comp(m.field(zsc, 2), 1) or None,
+        "id": appt_id,
+        "external_id": m.comp(m.field(zsc, 2), 1) or (placer if filler and placer and placer != filler else None),
         "patient_id": patient_id,
-        "practitioner_id": m.comp(m.field(aip, 3), 1) or None,
+        "practitioner_id": practitioner,
         "payer_id": m.comp(m.field(zsc, 3), 1) or None,
         "start": start,
         "end": end,
         "status": status,
-        "discipline": m.required(discipline, "AIP-4"),
-        "service_code": m.required(m.comp(m.field(ais, 3), 1), "AIS-3"),
+        "discipline": discipline,
+        "service_code": service_code,
         "location": _address(m, m.field(zsc, 5)),
+        "location_name": location_name,
     }
 
 
-def _number(m: _Msg, raw: str, kind: type, where: str) -> int | float:
+def _number(m: _Msg, raw: str, kind: type, canonical: str, where: str) -> int | float | None:
     try:
         value = float(raw)
     except ValueError:
-        raise m.fail(where, "numeric observation value is not a number") from None
+        m.flag(canonical, "invalid", f"{where} numeric observation value is not a number")
+        return None
     if kind is int:
         if value != int(value):
-            raise m.fail(where, "observation value must be a whole number")
+            m.flag(canonical, "invalid", f"{where} observation value must be a whole number")
+            return None
         return int(value)
     return value
 
 
 def _encounter(m: _Msg) -> dict[str, Any]:
     pv1, obr = m.first("PV1"), m.first("OBR")
-    if obr is None:
-        raise m.fail("OBR", "segment is missing")
-    patient_id, _ = _wellsky_id(m, m.first("PID"))
+    if obr is None and pv1 is None:
+        raise m.fail("OBR", "segment is missing: the encounter cannot be identified")
     enc_id = m.comp(m.field(obr, 3), 1) or m.comp(m.field(pv1, 19), 1)
-    start = m.timestamp(m.field(pv1, 44) or m.field(obr, 7), "PV1-44")
-    end = m.timestamp(m.field(pv1, 45) or m.field(obr, 8), "PV1-45", required=False)
-    status = RESULT_STATUS.get(m.field(obr, 25))
-    if status is None:
-        raise m.fail("OBR-25", "result status is missing or not one of P, I, F, C, X")
+    if not enc_id:
+        raise m.fail("OBR-3", "has no filler order number (and PV1-19 no visit number)")
+    pid = m.first("PID")
+    patient_id = _patient_id(m, pid)[0]
+    if pid is not None and patient_id is None:
+        m.flag("patient_id", "unresolved_reference", "PID-3 has no WellSky id (PI) and no MRN")
+    start = m.timestamp(m.field(pv1, 44) or m.field(obr, 7), "PV1-44", "start")
+    end = m.timestamp(m.field(pv1, 45) or m.field(obr, 8), "PV1-45", "end")
+    result = m.field(obr, 25)
+    status = RESULT_STATUS.get(result)
+    if result and status is None:
+        m.flag("status", "unmapped_code", "OBR-25 result status is not one of P, I, R, S, A, F, C, X")
     vitals: dict[str, Any] = {}
     note = None
     for i, obx in enumerate(m.all("OBX"), start=1):
@@ -432,48 +631,46 @@ def _encounter(m: _Msg) -> dict[str, Any]:
             note = m.unescape(m.field(obx, 5))
         elif code in VITALS:
             key, kind = VITALS[code]
-            vitals[key] = _number(m, m.field(obx, 5), kind, f"OBX[{i}]-5")
+            value = _number(m, m.field(obx, 5), kind, f"vitals.{key}", f"OBX[{i}]-5")
+            if value is not None:
+                vitals[key] = value
     diagnoses = []
     for i, dg1 in enumerate(m.all("DG1"), start=1):
         rank = m.field(dg1, 15) or m.field(dg1, 1) or str(i)
         if not rank.isdigit():
-            raise m.fail(f"DG1[{i}]-15", "diagnosis priority is not a number")
+            m.flag(f"diagnoses.{len(diagnoses)}.rank", "invalid", f"DG1[{i}]-15 diagnosis priority is not a number")
         code = m.field(dg1, 3)
         diagnoses.append(
-            {
-                "code": m.required(m.comp(code, 1), f"DG1[{i}]-3"),
-                "description": m.comp(code, 2) or None,
-                "rank": int(rank),
-            }
+            {"code": m.comp(code, 1) or None, "description": m.comp(code, 2) or None,
+             "rank": int(rank) if rank.isdigit() else None}
         )
-    diagnoses.sort(key=lambda d: d["rank"])
+    diagnoses.sort(key=lambda d: (d["rank"] is None, d["rank"] or 0))
     procedures = []
     for i, pr1 in enumerate(m.all("PR1"), start=1):
         code = m.field(pr1, 3)
-        system = {"HCPCS": "HCPCS", "C4": "CPT", "CPT": "CPT"}.get(m.comp(code, 3))
+        system = PROCEDURE_SYSTEMS.get(m.comp(code, 3).upper())
         if system is None:
-            raise m.fail(f"PR1[{i}]-3.3", "coding system is not HCPCS or C4/CPT")
-        procedures.append(
-            {
-                "code": m.required(m.comp(code, 1), f"PR1[{i}]-3"),
-                "system": system,
-                "description": m.comp(code, 2) or None,
-            }
-        )
+            m.flag(f"procedures.{len(procedures)}.system", "unmapped_code",
+                   f"PR1[{i}]-3.3 coding system is not HCPCS or C4/CPT")
+        procedures.append({"code": m.comp(code, 1) or None, "system": system, "description": m.comp(code, 2) or None})
     zen = m.first("ZEN")
     finalized_flag = m.field(zen, 2)
-    finalized = finalized_flag == "Y" if finalized_flag in ("Y", "N") else status == "completed"
+    finalized = finalized_flag == "Y" if finalized_flag in ("Y", "N") else status == "completed" if status else None
     full_vitals = None
     if vitals:
         full_vitals = {key: vitals.get(key) for key, _ in VITALS.values()}
+    discipline = m.field(pv1, 10).split(m.enc["comp"])[0].upper() or None
+    if discipline and discipline not in DISCIPLINES:
+        m.flag("discipline", "unmapped_code", "PV1-10 hospital service is not a WellSky discipline")
+        discipline = None
     return {
-        "id": m.required(enc_id, "OBR-3"),
+        "id": enc_id,
         "patient_id": patient_id,
         "practitioner_id": m.comp(m.field(pv1, 7), 1) or None,
         "appointment_id": m.comp(m.field(obr, 2), 1) or None,
         "start": start,
         "end": end,
-        "discipline": m.required(m.field(pv1, 10), "PV1-10"),
+        "discipline": discipline,
         "status": status,
         "diagnoses": diagnoses,
         "procedures": procedures,
@@ -483,4 +680,4 @@ def _encounter(m: _Msg) -> dict[str, Any]:
     }
 
 
-__all__ = ["entity_of", "normalize_message", "split_messages"]
+__all__ = ["Hl7Options", "Unsupported", "entity_of", "normalize_message", "normalize_records", "split_messages"]

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..dialects import DATE_FIELDS, ID_FIELDS, TIMESTAMP_FIELDS, Dialect, dialect
 from ..errors import NormalizationError
+from ..quality import Flags
 from .validation import validated
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
@@ -148,20 +149,43 @@ def _nested_list(d: Dialect, items: Any, name: str) -> Any:
     return out
 
 
-def native_to_fields(d: Dialect, entity: str, native: dict[str, Any]) -> dict[str, Any]:
-    """Translate one native record into canonical field names and conventions (not yet validated)."""
+KEY_FIELDS = frozenset({"id", "updated_at"})
+"""A native value of these that cannot be converted refuses the record; any other becomes null + a flag."""
+
+
+def native_to_fields(
+    d: Dialect, entity: str, native: dict[str, Any], flags: Flags | None = None
+) -> dict[str, Any]:
+    """Translate one native record into canonical field names and conventions (not yet validated).
+
+    With ``flags``, a non-key value that cannot be converted becomes null and is flagged (lenient read);
+    without, it raises.
+    """
     rec = _restyle(native, _snake) if d.camel_case else dict(native)
     out: dict[str, Any] = {}
+
+    def lenient(bad: _Bad, *fields: str) -> None:
+        if flags is None:
+            raise bad
+        kind = "unmapped_code" if bad.reason.startswith("unexpected code") else "invalid"
+        for name in fields:
+            out[name] = None
+            flags.add(name, kind, f"native {bad.field}: {bad.reason}")
+
     if entity in ("patients", "appointments"):
         key = "address" if entity == "patients" else "location"
-        out[key] = _address(d, rec, key)
+        try:
+            out[key] = _address(d, rec, key)
+        except _Bad as bad:
+            lenient(bad, key)
         rec.pop("addresses", None)
     if entity == "patients":
         if d.name_style == "nested":
             name = rec.pop("name", None) or {}
             if not isinstance(name, dict):
-                raise _Bad("name", "expected an object {first, last}")
-            out["first_name"], out["last_name"] = name.get("first"), name.get("last")
+                lenient(_Bad("name", "expected an object {first, last}"), "first_name", "last_name")
+            else:
+                out["first_name"], out["last_name"] = name.get("first"), name.get("last")
         elif d.name_style == "flat_short":
             out["first_name"], out["last_name"] = rec.pop("first", None), rec.pop("last", None)
     renames = d.renames_for(entity)
@@ -169,7 +193,15 @@ def native_to_fields(d: Dialect, entity: str, native: dict[str, Any]) -> dict[st
     for nkey, value in rec.items():
         key = renames.get(nkey, nkey)
         convert = converters.get(key)
-        out[key] = value if convert is None else convert(value, nkey)
+        if convert is None:
+            out[key] = value
+            continue
+        try:
+            out[key] = convert(value, nkey)
+        except _Bad as bad:
+            if key in KEY_FIELDS:
+                raise
+            lenient(bad, key)
     return out
 
 
@@ -213,11 +245,12 @@ def to_canonical(product: str, entity: str, native: Any) -> dict[str, Any]:
         raise NormalizationError(entity, "$", "record is not a JSON object")
     d = dialect(product)
     try:
-        fields = native_to_fields(d, entity, native)
+        flags = Flags()
+        fields = native_to_fields(d, entity, native, flags)
     except _Bad as bad:
         label = ".".join(_camel(p) for p in bad.field.split(".")) if d.camel_case else bad.field
         raise NormalizationError(entity, label, bad.reason, record_id=_safe_id(native)) from None
-    return validated(entity, fields, _safe_id(native), root="$")
+    return validated(entity, fields, _safe_id(native), flags)
 
 
 def _safe_id(native: dict[str, Any]) -> str | None:

@@ -1,27 +1,23 @@
-"""The one way every normalizer validates a canonical record: the entity's pydantic model, errors naming the
-field path (never the input value, which may be PHI)."""
+"""The one way every normalizer validates a canonical record: leniently, naming fields (never values, which may
+be PHI).
+
+Native REST, FHIR, HL7, export and portal records all end here. A record is refused (NormalizationError) only
+when its primary key or replication timestamp is unusable; any other value that fails the entity's model is
+nulled and named in the record's ``data_quality`` flags, and empty expected fields are flagged too (the rule
+itself lives in :func:`wellsky_core.quality.finish`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pydantic import ValidationError
-
-from ..errors import NormalizationError
-from ..models import ENTITIES
+from ..quality import finish
 
 
 def validated(
-    entity: str, data: dict[str, Any], record_id: str | None = None, *, root: str = "record", with_type: bool = False
+    entity: str, data: dict[str, Any], record_id: str | None = None, flags: Iterable[Mapping[str, str]] = ()
 ) -> dict[str, Any]:
-    """``data`` validated by the entity's canonical model, as a JSON-ready dict.
-
-    ``root`` names an error about the record as a whole; ``with_type`` prefixes pydantic's error type (the
-    HL7 dead-letter reasons carry it)."""
-    try:
-        return ENTITIES[entity].model.model_validate(data).model_dump(mode="json")
-    except ValidationError as exc:
-        first = exc.errors(include_input=False, include_url=False)[0]
-        field = ".".join(str(p) for p in first["loc"]) or root
-        reason = f"{first['type']}: {first['msg']}" if with_type else first["msg"]
-        raise NormalizationError(entity, field, reason, record_id=record_id) from None
+    """``data`` validated by the entity's canonical model, as a JSON-ready dict with its ``data_quality`` flags
+    (``flags``: what the normalizer already knows it could not map)."""
+    return finish(entity, data, flags, record_id=record_id)

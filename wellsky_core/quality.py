@@ -1,0 +1,276 @@
+"""Data quality: lenient reads that say what they could not map, and the per-stream counts a run reports.
+
+A record read from WellSky is refused (dead-lettered) only when its primary key or replication timestamp is
+missing or unusable. Any other gap — a field the source did not send, a code with no canonical equivalent, a
+value that fails validation, a reference that cannot be resolved — leaves that field null and adds a flag
+``{field, kind, reason}`` to the record's ``data_quality`` list. Reasons name the rule, never the value
+(values are patient data).
+
+:func:`finish` is the one place every normalizer (native REST, FHIR, HL7, exports) ends: it validates with the
+entity's canonical model, repairs what fails into null + flag, and flags every *expected* field
+(``CanonicalModel.expected``) that is still empty. :class:`QualityCounter` keeps the per-stream counts
+(records, flagged, unmapped codes, validation failures, missing fields, unresolved references, dead-lettered,
+skipped inputs by type) that the tap prints and writes as the ``data_quality`` JSON report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from .errors import NormalizationError
+from .models import ENTITIES, CanonicalModel, DataQualityFlag
+
+FlagKind = Literal["missing", "unmapped_code", "invalid", "unresolved_reference"]
+KINDS: tuple[str, ...] = ("missing", "unmapped_code", "invalid", "unresolved_reference")
+_MAX_REPAIRS = 64
+
+
+def flag(field: str, kind: FlagKind, reason: str) -> dict[str, str]:
+    """One data-quality flag (``reason`` must not quote the value)."""
+    return {"field": field, "kind": kind, "reason": reason}
+
+
+class Flags(list[dict[str, str]]):
+    """The flags a normalizer collects for one record; ``add`` ignores a field flagged already."""
+
+    def add(self, field: str, kind: FlagKind, reason: str) -> None:
+        if not any(f["field"] == field for f in self):
+            self.append(flag(field, kind, reason))
+
+    def covers(self, path: str) -> bool:
+        return any(path == f["field"] or path.startswith(f["field"] + ".") for f in self)
+
+
+def _dotted(loc: Iterable[Any]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _repair(data: dict[str, Any], loc: tuple[Any, ...], seen: set[tuple[Any, ...]]) -> bool:
+    """Null (or, for a list item or a field that cannot be null, remove) the value at ``loc``; False if gone."""
+    parent: Any = data
+    for step in loc[:-1]:
+        try:
+            parent = parent[step]
+        except (KeyError, IndexError, TypeError):
+            return False
+    last = loc[-1]
+    if isinstance(parent, list) and isinstance(last, int):
+        if 0 <= last < len(parent):
+            parent[last] = _REMOVED
+            return True
+        return False
+    if not isinstance(parent, dict) or last not in parent:
+        return False
+    if loc in seen or parent[last] is None:
+        del parent[last]  # a field that cannot be null falls back to its default
+    else:
+        parent[last] = None
+    seen.add(loc)
+    return True
+
+
+class _Removed:
+    """Placeholder for list items removed during repair (dropped before the next validation)."""
+
+
+_REMOVED = _Removed()
+
+
+def _drop_removed(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_drop_removed(v) for v in value if v is not _REMOVED]
+    if isinstance(value, dict):
+        return {k: _drop_removed(v) for k, v in value.items()}
+    return value
+
+
+def _missing(model: BaseModel, prefix: str, flags: Flags) -> None:
+    """Flag every expected field of ``model`` (and its nested models) that is empty."""
+    for name in type(model).expected if isinstance(model, CanonicalModel) else ():
+        path = prefix + name
+        if getattr(model, name, None) is None and not flags.covers(path):
+            flags.append(flag(path, "missing", "not provided by the source"))
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel) and name != "data_quality":
+            _missing(value, f"{prefix}{name}.", flags)
+        elif isinstance(value, list) and name != "data_quality":
+            for i, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    _missing(item, f"{prefix}{name}.{i}.", flags)
+
+
+def finish(
+    entity: str, data: dict[str, Any], flags: Iterable[Mapping[str, str]] = (), record_id: str | None = None
+) -> dict[str, Any]:
+    """Validate ``data`` as a canonical ``entity`` record, leniently; returns the JSON-ready record.
+
+    Raises :class:`NormalizationError` only when the primary key or the replication key is unusable.
+    """
+    spec = ENTITIES[entity]
+    refusing = {*spec.primary_key, spec.replication_key}
+    collected = Flags(dict(f) for f in flags)
+    work = dict(data)
+    for item in work.pop("data_quality", None) or ():  # flags a mapper already attached (names or flags)
+        if isinstance(item, str):
+            collected.add(item, "missing", "left empty or unusable by the source")
+        elif isinstance(item, Mapping) and isinstance(item.get("field"), str):
+            collected.add(item["field"], item.get("kind", "invalid"), str(item.get("reason", "")))
+    for key in refusing:
+        if work.get(key) in (None, ""):
+            raise NormalizationError(entity, key, "is missing; a record without it cannot be read", record_id=record_id)
+    seen: set[tuple[Any, ...]] = set()
+    for _ in range(_MAX_REPAIRS):
+        try:
+            model = spec.model.model_validate(work)
+            break
+        except ValidationError as exc:
+            errors = exc.errors(include_input=False, include_url=False)
+            # deepest and last list items first, so removing one never shifts another's index
+            errors.sort(key=lambda e: [(-p if isinstance(p, int) else 0) for p in e["loc"]])
+            repaired = False
+            for err in errors:
+                loc = tuple(err["loc"])
+                if not loc or loc[0] in refusing:
+                    field = _dotted(loc) or "record"
+                    raise NormalizationError(entity, field, err["msg"], record_id=record_id) from None
+                if err["type"] == "extra_forbidden":
+                    work.pop(loc[0], None) if len(loc) == 1 else _repair(work, loc, {loc})
+                    collected.add(_dotted(loc), "invalid", "not a canonical field")
+                    repaired = True
+                    continue
+                if _repair(work, loc, seen):
+                    collected.add(_dotted(loc), "invalid", err["msg"])
+                    repaired = True
+            work = _drop_removed(work)
+            if not repaired:
+                first = errors[0]
+                raise NormalizationError(entity, _dotted(first["loc"]), first["msg"], record_id=record_id) from None
+    else:  # pragma: no cover - a model that keeps failing after every field was repaired is a programming error
+        raise NormalizationError(entity, "record", "cannot be repaired into a canonical record", record_id=record_id)
+    _missing(model, "", collected)
+    if collected:
+        model.data_quality = [DataQualityFlag(**f) for f in collected]  # type: ignore[attr-defined]
+    return model.model_dump(mode="json")
+
+
+# -- per-run counts --------------------------------------------------------------------------------------------
+class QualityCounter:
+    """Per-stream counts of one run; thread-safe. ``observe`` is called once per emitted record."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.records: Counter[str] = Counter()
+        self.flagged: Counter[str] = Counter()
+        self.by_kind: dict[str, Counter[str]] = defaultdict(Counter)
+        self.by_field: dict[str, Counter[str]] = defaultdict(Counter)
+        self.dead_lettered: Counter[str] = Counter()
+        self.skipped: dict[str, Counter[str]] = defaultdict(Counter)
+
+    def observe(self, stream: str, record: Mapping[str, Any]) -> None:
+        flags = record.get("data_quality")
+        with self._lock:
+            self.records[stream] += 1
+            if flags:
+                self.flagged[stream] += 1
+                for f in flags:
+                    self.by_kind[stream][f.get("kind", "invalid")] += 1
+                    self.by_field[stream][f.get("field", "?")] += 1
+
+    def add_dead_lettered(self, stream: str, count: int = 1) -> None:
+        with self._lock:
+            self.dead_lettered[stream] += count
+
+    def add_skipped(self, source: str, kind: str, count: int = 1) -> None:
+        """Inputs deliberately not read (e.g. an HL7 message type no stream carries), by type."""
+        with self._lock:
+            self.skipped[source][kind] += count
+
+    def merge(self, other: QualityCounter) -> None:
+        """Add ``other``'s counts to this counter."""
+        with other._lock:
+            records, flagged = Counter(other.records), Counter(other.flagged)
+            by_kind = {k: Counter(v) for k, v in other.by_kind.items()}
+            by_field = {k: Counter(v) for k, v in other.by_field.items()}
+            dead = Counter(other.dead_lettered)
+            skipped = {k: Counter(v) for k, v in other.skipped.items()}
+        with self._lock:
+            self.records.update(records)
+            self.flagged.update(flagged)
+            for k, v in by_kind.items():
+                self.by_kind[k].update(v)
+            for k, v in by_field.items():
+                self.by_field[k].update(v)
+            self.dead_lettered.update(dead)
+            for k, v in skipped.items():
+                self.skipped[k].update(v)
+
+    def streams(self) -> list[str]:
+        return sorted(set(self.records) | set(self.dead_lettered))
+
+    def stream_report(self, stream: str) -> dict[str, Any]:
+        kinds = self.by_kind.get(stream, Counter())
+        records = self.records[stream]
+        return {
+            "records": records,
+            "flagged": self.flagged[stream],
+            "flagged_fraction": round(self.flagged[stream] / records, 6) if records else 0.0,
+            "unmapped_codes": kinds["unmapped_code"],
+            "validation_failures": kinds["invalid"],
+            "missing_fields": kinds["missing"],
+            "unresolved_references": kinds["unresolved_reference"],
+            "dead_lettered": self.dead_lettered[stream],
+            "flags_by_field": dict(sorted(self.by_field.get(stream, Counter()).items())),
+        }
+
+    def report(self, max_flagged_fraction: float | None = None) -> dict[str, Any]:
+        """The JSON report: per stream, totals, skipped inputs and the verdict against the threshold."""
+        with self._lock:
+            streams = {s: self.stream_report(s) for s in self.streams()}
+            skipped = {src: dict(sorted(c.items())) for src, c in self.skipped.items()}
+        over = [
+            s
+            for s, r in streams.items()
+            if max_flagged_fraction is not None and r["records"] and r["flagged_fraction"] > max_flagged_fraction
+        ]
+        dead = sum(r["dead_lettered"] for r in streams.values())
+        status = "failed" if over else "completed_with_refusals" if dead else "ok"
+        return {
+            "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "status": status,
+            "max_flagged_fraction": max_flagged_fraction,
+            "streams_over_threshold": over,
+            "totals": {
+                "records": sum(r["records"] for r in streams.values()),
+                "flagged": sum(r["flagged"] for r in streams.values()),
+                "dead_lettered": dead,
+                "skipped": sum(sum(c.values()) for c in skipped.values()),
+            },
+            "streams": streams,
+            "skipped": skipped,
+        }
+
+
+def default_report_path() -> Path:
+    """``$XDG_STATE_HOME/tap-wellsky/data_quality.json`` (``~/.local/state/...`` when unset)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "tap-wellsky" / "data_quality.json"
+
+
+def write_report(report: Mapping[str, Any], path: str | Path) -> Path:
+    """Write the report atomically (a crash never leaves half a JSON file)."""
+    target = Path(path).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    tmp.replace(target)
+    return target
