@@ -18,7 +18,7 @@ import pytest
 
 from wellsky_core.config import WellSkyConfig
 from wellsky_core.connection import Connection
-from wellsky_core.models import ENTITIES
+from wellsky_core.models import READ_ONLY_FIELDS
 from wellsky_core.write_hashes import WriteHashLedger, record_hash
 from wellsky_core.writes import RecordWriter, validate_for_write
 from wellsky_sandbox.testing import SandboxServer
@@ -163,7 +163,7 @@ def test_invalid_records_are_refused_before_any_request(sb):
 def test_validate_for_write_keeps_only_what_was_sent(sb):
     record = _new_patient(sb)
     # how the record was read (data_quality) and standard-only fields (deceased, race...) are never written
-    never_written = {"data_quality", *ENTITIES["patients"].model.read_only}
+    never_written = READ_ONLY_FIELDS
     assert validate_for_write("patients", record) == {k: v for k, v in record.items() if k not in never_written}
     assert "id" not in validate_for_write("patients", record), "unset optional fields are not invented"
     with pytest.raises(Exception) as exc:

@@ -26,6 +26,8 @@ def _config(sandbox: SandboxServer, tmp: Path, **over: Any) -> dict[str, Any]:
         **{k: creds[k] for k in KEYS},
         "dead_letter_path": str(tmp / "dead.jsonl"),
         "data_quality_report_path": str(tmp / "quality.json"),
+        # one stream at a time: the hl7_sftp channel's on-disk cache is not shared across stream threads yet
+        "max_parallel_streams": 1,
         **over,
     }
 
