@@ -158,7 +158,7 @@ def finish(
     else:  # pragma: no cover - a model that keeps failing after every field was repaired is a programming error
         raise NormalizationError(entity, "record", "cannot be repaired into a canonical record", record_id=record_id)
     _missing(model, "", collected)
-    if collected:
+    if collected and "data_quality" in type(model).model_fields:
         model.data_quality = [DataQualityFlag(**f) for f in collected]  # type: ignore[attr-defined]
     return model.model_dump(mode="json")
 
