@@ -156,14 +156,21 @@ class LatestVersions:
     Batch files (HL7, nightly exports) repeat a record each time it changes; the channel must emit each
     record once, in its latest version, in (updated_at, id) order. A temporary SQLite table does the
     "latest wins" bookkeeping and the ordering without holding the tenant in memory.
+
+    Streams sync in parallel and share one channel, so several threads use the table: every statement runs
+    under one lock, and reads page by (updated_at, id) instead of holding a cursor open across yields.
     """
+
+    PAGE = 1000
 
     def __init__(self) -> None:
         import sqlite3
         import tempfile
+        import threading
 
+        self._lock = threading.Lock()
         self._dir = tempfile.TemporaryDirectory(prefix="wellsky-latest-")
-        self._db = sqlite3.connect(f"{self._dir.name}/latest.sqlite", isolation_level=None)
+        self._db = sqlite3.connect(f"{self._dir.name}/latest.sqlite", isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=OFF")
         self._db.execute("PRAGMA synchronous=OFF")
         self._db.execute(
@@ -176,12 +183,17 @@ class LatestVersions:
         """Keep ``record`` unless a version with a later (updated_at, rank) is already held."""
         import orjson
 
+        body = orjson.dumps(record)
+        with self._lock:
+            self._offer(entity, record, rank, body)
+
+    def _offer(self, entity: str, record: dict[str, Any], rank: tuple[int, int], body: bytes) -> None:
         self._db.execute(
             "INSERT INTO latest VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (entity, id) DO UPDATE SET "
             "updated_at = excluded.updated_at, rank_a = excluded.rank_a, rank_b = excluded.rank_b, "
             "body = excluded.body WHERE (excluded.updated_at, excluded.rank_a, excluded.rank_b) >= "
             "(latest.updated_at, latest.rank_a, latest.rank_b)",
-            (entity, record["id"], record["updated_at"], rank[0], rank[1], orjson.dumps(record)),
+            (entity, record["id"], record["updated_at"], rank[0], rank[1], body),
         )
 
     def records(self, entity: str, since: datetime | None) -> Iterator[dict[str, Any]]:
@@ -189,12 +201,21 @@ class LatestVersions:
         import orjson
 
         floor = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if since is not None else ""
-        cursor = self._db.execute(
-            "SELECT body FROM latest WHERE entity = ? AND updated_at >= ? ORDER BY updated_at, id", (entity, floor)
-        )
-        for (body,) in cursor:
-            yield orjson.loads(body)
+        after = (floor, "")
+        while True:
+            with self._lock:
+                page = self._db.execute(
+                    "SELECT updated_at, id, body FROM latest WHERE entity = ? AND updated_at >= ? "
+                    "AND (updated_at, id) > (?, ?) ORDER BY updated_at, id LIMIT ?",
+                    (entity, floor, *after, self.PAGE),
+                ).fetchall()
+            for _, _, body in page:
+                yield orjson.loads(body)
+            if len(page) < self.PAGE:
+                return
+            after = (page[-1][0], page[-1][1])
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
         self._dir.cleanup()
