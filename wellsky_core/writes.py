@@ -282,7 +282,7 @@ class RecordWriter:
 
     @staticmethod
     def _changed(existing: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in desired.items() if k not in ("id", "updated_at") and existing.get(k) != v}
+        return {k: v for k, v in desired.items() if k not in ("id", "updated_at") and not _same(existing.get(k), v)}
 
     # -- patients ---------------------------------------------------------------------------------------
     def _write_patient(self, desired: dict[str, Any]) -> WriteResult:
@@ -437,6 +437,15 @@ def _update_basis(existing: dict[str, Any], changes: dict[str, Any]) -> dict[str
     ``updated_at``, and A -> B -> A replaces B with A twice only if the versions differ too.
     """
     return {"at": existing.get("updated_at"), "was": {k: existing.get(k) for k in sorted(changes)}}
+
+
+def _same(current: Any, wanted: Any) -> bool:
+    """Whether a field already holds what a write wants. Nested objects compare on the keys the write sets:
+    validation drops unset nested fields (``exclude_unset``), so an address sent without ``line2`` must not
+    read as a change against the stored ``line2: null`` on every run."""
+    if isinstance(current, dict) and isinstance(wanted, dict):
+        return all(_same(current.get(k), v) for k, v in wanted.items())
+    return bool(current == wanted)
 
 
 def match_key(stream: str, record: dict[str, Any]) -> str | None:

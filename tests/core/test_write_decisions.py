@@ -351,3 +351,15 @@ def test_prime_threshold_and_the_write_hash_ledger_pre_filter(sb, tmp_path):
     keys = with_ledger._primed["patients"][0]
     assert len(keys) == 200 and settled["mrn"] not in keys
     ledger.close()
+
+
+def test_an_address_sent_without_line2_is_unchanged_on_the_next_run(sb):
+    """A nested object compares on the fields the write sets: the stored ``line2: null`` is no change."""
+    _, _, booking = _bookable(sb)
+    booking = {**booking, "location": {"line1": "12 Elm St", "city": "Wichita", "state": "KS", "postal_code": "67202"}}
+    first = _writer(sb).write("appointments", booking)
+    assert first.action == "created"
+    again = _writer(sb).write("appointments", booking)
+    assert again.action == "unchanged", "a re-run of the same visit must not write"
+    moved = _writer(sb).write("appointments", {**booking, "location": {**booking["location"], "line1": "14 Elm St"}})
+    assert moved.action == "updated"
