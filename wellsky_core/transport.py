@@ -56,6 +56,10 @@ def _no_cookie_jar() -> CookieJar:
     return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
 
 
+PACING_HEADROOM = 0.97
+"""Share of ``max_requests_per_second`` the token bucket paces at (see ``WellSkyClient.__init__``)."""
+
+
 class WellSkyClient:
     """A connection to one tenant: pooled HTTP, auth, rate limit, retries, pagination and metrics."""
 
@@ -79,7 +83,11 @@ class WellSkyClient:
             auth.metrics = self.metrics
         self.auth = auth
         register_secret(*config.secret_values())
-        self._limiter = TokenBucket(config.max_requests_per_second or None, burst=1)
+        # paced at PACING_HEADROOM of the budget: a request whose send is delayed a few ms by thread scheduling
+        # lands in the tenant's next second, which at exactly the budget then holds one request too many
+        # (measured: 3 overruns in 5,106 requests at 100 req/s, 16 threads, 150 ms latency)
+        rate = (config.max_requests_per_second or 0) * PACING_HEADROOM
+        self._limiter = TokenBucket(rate or None, burst=1)
         self._sleep = sleep
         self._backoff = Backoff(config.backoff_base_seconds, config.backoff_max_seconds)
         self._connected = False
