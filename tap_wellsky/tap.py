@@ -9,14 +9,13 @@ import sys
 import time
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from singer_sdk import Tap
 from singer_sdk.exceptions import ConfigValidationError
 
 from wellsky_core.cli import EXIT_QUALITY, EXIT_REFUSALS, run_singer_cli
 from wellsky_core.config import TapConfig, WellSkyConfig, config_json_schema
-from wellsky_core.connection import Connection
 from wellsky_core.errors import ConfigError, RunNotClean, StateError
 from wellsky_core.quality import default_report_path, write_report
 from wellsky_core.redaction import install_redaction
@@ -26,6 +25,9 @@ from .parallel import OutputGate, run_parallel
 from .state import checked_state
 from .stream import WellSkyStream
 from .streams import STREAM_TYPES, WebhookEventsStream
+
+if TYPE_CHECKING:
+    from wellsky_core.connection import Connection
 
 TAP_ONLY_KEYS = {
     name: prop
@@ -74,6 +76,8 @@ class TapWellSky(Tap):
     @cached_property
     def connection(self) -> Connection:
         """The tenant connection (with no base_url, the embedded sandbox starts here, at the first sync)."""
+        from wellsky_core.connection import Connection  # here: `--about` and discovery never load the transport
+
         return Connection(load_tap_config(self.config, start_embedded=True))
 
     def discover_streams(self) -> list[Any]:

@@ -20,7 +20,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Self
 
-import httpx
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -126,6 +125,12 @@ def with_product_defaults(data: Any) -> Any:
         budget = product.rate_budget if product is not None else None
         data["max_requests_per_second"] = budget if budget is not None else DEFAULT_REQUESTS_PER_SECOND
     return data
+
+
+def _url_path(url: str) -> str:
+    import httpx
+
+    return httpx.URL(url).path
 
 
 class WellSkyConfig(BaseModel):
@@ -357,6 +362,8 @@ class WellSkyConfig(BaseModel):
     def _https_or_loopback(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
+        import httpx  # here, not at import: `--about` and discovery never need it (start-up time)
+
         try:
             url = httpx.URL(value)
         except (httpx.InvalidURL, TypeError):
@@ -517,7 +524,7 @@ class WellSkyConfig(BaseModel):
             need("fhir_bulk_group_id", "when fhir_bulk_level=group (the Group to export, e.g. from GET /fhir/Group)")
         product = DIALECTS.get(self.product or "")
         root = product.api_root if product is not None else None
-        if root and self.base_url and httpx.URL(self.base_url).path.rstrip("/").endswith(root):
+        if root and self.base_url and _url_path(self.base_url).rstrip("/").endswith(root):
             problems.append(
                 ConfigProblem(
                     "base_url",
@@ -587,6 +594,8 @@ class WellSkyConfig(BaseModel):
             raise ConfigError("token_url", "set `token_url` or `base_url`")
         product = DIALECTS.get(self.product or "")
         if product is not None and product.token_path:  # at the host root, not under the API path
+            import httpx
+
             origin = httpx.URL(self.base_url).copy_with(path="/", query=None)
             return str(origin).rstrip("/") + product.token_path
         return f"{self.base_url}/oauth/token"

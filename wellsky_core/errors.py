@@ -41,10 +41,11 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-import httpx
+if TYPE_CHECKING:  # imported where used: `--about` and discovery never need httpx (start-up time)
+    import httpx
 
 
 class WellSkyError(Exception):
@@ -76,6 +77,8 @@ def _request_values(request: httpx.Request | None) -> list[str]:
                 walk(value)
         elif isinstance(node, str | int | float) and not isinstance(node, bool):
             values.append(str(node))
+
+    import httpx
 
     try:
         content = request.content
@@ -203,6 +206,8 @@ class MfaError(AuthError):
 
 def redact_url(url: str | httpx.URL) -> str:
     """The URL with every query value masked: cursors, MRN filters and signatures stay out of messages."""
+    import httpx
+
     parsed = httpx.URL(str(url))
     base = f"{parsed.scheme}://{parsed.netloc.decode('ascii')}{parsed.path}" if parsed.scheme else parsed.path
     if not parsed.query:
