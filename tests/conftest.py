@@ -9,7 +9,22 @@ from typing import Any
 
 import pytest
 
+from wellsky_core.models import ENTITIES
 from wellsky_sandbox.testing import SandboxServer
+
+_raw_truth = SandboxServer.truth
+
+
+def _canonical_truth(self: SandboxServer, entity: str, updated_since: str | None = None) -> list[dict[str, Any]]:
+    """The oracle in canonical form: the sandbox's logical records (it never imports the core) with the canonical
+    fields added since (data_quality, status_code, tasks, rates...) at their defaults, exactly as a channel
+    emits them for a modeled product."""
+    records = _raw_truth(self, entity, updated_since)
+    spec = ENTITIES.get(entity)
+    return records if spec is None else [spec.model.model_validate(r).model_dump(mode="json") for r in records]
+
+
+SandboxServer.truth = _canonical_truth  # type: ignore[method-assign]
 
 
 @pytest.fixture

@@ -116,7 +116,8 @@ def with_product_defaults(data: Any) -> Any:
     if not isinstance(data, dict):
         return data
     data = dict(data)
-    product = DIALECTS.get(data.get("product") or "")
+    named = data.get("product")
+    product = DIALECTS.get(named) if isinstance(named, str) else None  # a bad value is reported by validation
     if product is not None and product.default_base_url and not data.get("base_url"):
         data["base_url"] = product.default_base_url
     if data.get("auth_method") in (None, ""):  # singer-sdk and Meltano pass unset keys as null
