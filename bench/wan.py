@@ -175,7 +175,7 @@ def bench_source(key: str, args: argparse.Namespace, work: Path) -> list[dict[st
     try:
         full_out = cfg_dir / "full.jsonl"
         for name, par in (
-            ("tap-wellsky (parallel)", {}),
+            ("tap-wellsky (parallel)", {"max_parallel_streams": 8}),
             ("tap-wellsky one stream at a time", {"max_parallel_streams": 1}),
         ):
             cfg = cfg_dir / f"tap-{len(rows)}.json"
