@@ -19,6 +19,7 @@ byte is sent; a refusal names the field and the fix, never the value.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import threading
 from datetime import UTC, datetime
@@ -31,7 +32,7 @@ from .dialects import personal_care as hc
 from .errors import RemoteError, WriteRefused
 from .models import UtcDatetime
 from .write_hashes import WriteHashLedger, record_hash
-from .writes import Action, WriteResult, validate_for_write
+from .writes import Action, WriteResult, _tenant_secret, validate_for_write
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class HomeConnectWriter:
         dry_run: bool = False,
         write_hashes: WriteHashLedger | None = None,
         authorization_policy: str = "off",
+        key_hash_secret: bytes | None = None,
         appointment_writes: bool | None = None,
     ) -> None:
         """Same arguments as ``writes.RecordWriter`` (Home Connect has no payer authorizations to check);
@@ -77,6 +79,7 @@ class HomeConnectWriter:
         if appointment_writes is None:
             appointment_writes = bool(getattr(connection.config, "home_connect_appointment_writes", False))
         self.connection = connection
+        self._key_hash_secret = key_hash_secret or _tenant_secret(connection)
         self.client = connection.client
         self.dry_run = dry_run
         self.write_hashes = write_hashes
@@ -162,7 +165,7 @@ class HomeConnectWriter:
             self._warned_not_stored = True
             log.warning("Home Connect has no field for %s; those values are not written", ", ".join(ignored))
         hc.patient_body(desired, "0", create=not desired.get("id"))  # every documented rule, before any request
-        key_hash = _key_hash(desired)
+        key_hash = self._key_hash(desired)
         ledger_key = f"i:{desired['id']}" if desired.get("id") else f"n:{_natural(desired)}"
         digest = record_hash(desired)
         if self.write_hashes is not None:
@@ -191,6 +194,12 @@ class HomeConnectWriter:
         if self.write_hashes is not None and result.action in ("created", "updated", "unchanged"):
             self.write_hashes.remember(self.tenant_key, "patients", ledger_key, digest, result.wellsky_id)
         return result
+
+    def _key_hash(self, desired: dict[str, Any]) -> str:
+        """A keyed hash (HMAC-SHA256, per-tenant secret, as ``RecordWriter``) of the WellSky id or the natural key:
+        the audit correlates writes, but nobody holding it can test a guessed name and birth date against it."""
+        natural = desired.get("id") or _natural(desired)
+        return hmac.new(self._key_hash_secret, str(natural).encode(), hashlib.sha256).hexdigest()[:32]
 
     def _get(self, rid: str) -> dict[str, Any] | None:
         response = self.client.request("GET", _path(rid), expected=(404,))
@@ -344,12 +353,6 @@ def _rid(record: Any) -> str | None:
 def _natural(desired: dict[str, Any]) -> str:
     last, first = str(desired.get("last_name") or "").lower(), str(desired.get("first_name") or "").lower()
     return f"{last}|{first}|{desired.get('birth_date')}"
-
-
-def _key_hash(desired: dict[str, Any]) -> str:
-    """Correlates writes in the audit trail without holding a name or birth date."""
-    natural = desired.get("id") or _natural(desired)
-    return hashlib.sha256(str(natural).encode()).hexdigest()[:16]
 
 
 def _digits(phone: Any) -> Any:

@@ -29,7 +29,7 @@ def fake():
     return f
 
 
-def writer_for(fake: FakeHomeConnect, **extra) -> HomeConnectWriter:
+def writer_for(fake: FakeHomeConnect, key_hash_secret: bytes | None = None, **extra) -> HomeConnectWriter:
     cfg = TargetConfig.load(
         {"product": "personal_care", "client_id": "cid-123", "client_secret": "secret-xyz",
          "max_requests_per_second": 0, **extra},
@@ -37,7 +37,9 @@ def writer_for(fake: FakeHomeConnect, **extra) -> HomeConnectWriter:
     )
     connection = Connection(cfg)
     connection._client = WellSkyClient(cfg, transport=fake.transport(), sleep=lambda s: None)
-    return HomeConnectWriter(connection, appointment_writes=cfg.home_connect_appointment_writes)
+    return HomeConnectWriter(
+        connection, appointment_writes=cfg.home_connect_appointment_writes, key_hash_secret=key_hash_secret
+    )
 
 
 def test_create_carries_the_agency_tag_and_a_rerun_creates_nothing(fake):
@@ -52,6 +54,23 @@ def test_create_carries_the_agency_tag_and_a_rerun_creates_nothing(fake):
     again = writer_for(fake).write("patients", NEW)
     assert again.action == "unchanged" and again.wellsky_id == first.wellsky_id
     assert fake.calls["create"] == 1, "matched on last name, first name and birth date"
+
+
+def test_audit_key_hash_is_keyed_like_the_record_writer(fake):
+    """The audit's key_hash is an HMAC of the natural key under the run's secret: stable for one secret, different
+    under another, and not a bare SHA-256 anyone could test a guessed name and birth date against."""
+    import hashlib
+    import hmac
+
+    natural = "parkes|rosa|1938-04-01"
+    first = writer_for(fake, key_hash_secret=b"tenant-a").write("patients", NEW)
+    again = writer_for(fake, key_hash_secret=b"tenant-a").write("patients", NEW)
+    other = writer_for(fake, key_hash_secret=b"tenant-b").write("patients", NEW)
+    assert first.key_hash == again.key_hash == hmac.new(b"tenant-a", natural.encode(), hashlib.sha256).hexdigest()[:32]
+    assert other.key_hash != first.key_hash
+    assert not first.key_hash.startswith(hashlib.sha256(natural.encode()).hexdigest()[:16])
+    derived = writer_for(fake).write("patients", NEW).key_hash
+    assert derived and derived not in (first.key_hash, other.key_hash), "without a secret: one from the credentials"
 
 
 def test_update_sends_only_the_changed_fields(fake):
