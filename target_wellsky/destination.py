@@ -26,10 +26,9 @@ from airbyte_protocol.models import (
 )
 from pydantic import ValidationError
 
-from tap_wellsky.airbyte.protocol import AirbyteLogHandler, Output, connection_check, read_json
+from tap_wellsky.airbyte.protocol import Output, connection_check, read_json, run_command
 from wellsky_core.config import TargetConfig, config_json_schema
 from wellsky_core.errors import ConfigError, LineOverBounds, SingerInputError, WriteRunRefusals
-from wellsky_core.redaction import install_redaction
 from wellsky_core.write_run import WriteRun, parse_input_line
 
 log = logging.getLogger("destination-wellsky")
@@ -182,25 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: list[str] | None = None, stdout: IO[bytes] | None = None, stdin: IO[str] | None = None) -> int:
     """Run one command; every outcome, including failures, is reported as Airbyte messages on stdout."""
     args = build_parser().parse_args(argv)
-    output = Output(stdout or sys.stdout.buffer)
-    root = logging.getLogger()
-    root.handlers[:] = [AirbyteLogHandler(output)]
-    root.setLevel(logging.INFO)
-    for noisy in ("httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    install_redaction()
-    try:
+
+    def command(output: Output) -> int:
         if args.command == "spec":
             output.emit(spec_message(), flush=True)
             return 0
         if args.command == "check":
             return connection_check(output, lambda: load_settings(args.config))
         return write(output, args.config, args.catalog, stdin or sys.stdin)
-    except Exception as exc:
-        output.error(exc)
-        return 1
-    finally:
-        output.flush()
+
+    return run_command(stdout, command)
 
 
 def main() -> None:

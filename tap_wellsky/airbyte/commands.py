@@ -13,11 +13,9 @@ from typing import IO, Any
 from wellsky_core.connection import Connection
 from wellsky_core.errors import AuthError, ConfigError
 from wellsky_core.quality import default_report_path, write_report
-from wellsky_core.redaction import install_redaction
 
 from .protocol import (
     PROGRESS_EVERY_SECONDS,
-    AirbyteLogHandler,
     ConfiguredStream,
     Output,
     catalog_message,
@@ -26,6 +24,7 @@ from .protocol import (
     load_config,
     load_state,
     parse_cursor,
+    run_command,
     spec_message,
 )
 
@@ -202,15 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: list[str] | None = None, stdout: IO[bytes] | None = None) -> int:
     """Run one command; every outcome, including failures, is reported as Airbyte messages."""
     args = build_parser().parse_args(argv)
-    output = Output(stdout or sys.stdout.buffer)
-    handler = AirbyteLogHandler(output)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    for noisy in ("httpx", "httpcore", "uvicorn", "uvicorn.error"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    install_redaction()
-    try:
+
+    def command(output: Output) -> int:
         if args.command == "spec":
             output.emit(spec_message(), flush=True)
             return 0
@@ -219,11 +211,8 @@ def run(argv: list[str] | None = None, stdout: IO[bytes] | None = None) -> int:
         if args.command == "discover":
             return discover(output, args.config)
         return read(output, args.config, args.catalog, args.state)
-    except Exception as exc:
-        output.error(exc)
-        return 1
-    finally:
-        output.flush()
+
+    return run_command(stdout, command)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ read against ``AirbyteMessage``.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 import traceback
@@ -173,6 +174,27 @@ def describe_error(exc: BaseException) -> tuple[str, str, str]:
         f"{type(exc).__module__}.{type(exc).__name__}",
         "system_error",
     )
+
+
+def run_command(stdout: IO[bytes] | None, command: Callable[[Output], int]) -> int:
+    """Run one Airbyte command (source or destination): logs become redacted LOG messages on stdout, any failure
+    becomes a TRACE error and exit 1, and stdout is flushed whatever happens."""
+    from wellsky_core.redaction import install_redaction
+
+    output = Output(stdout or sys.stdout.buffer)
+    root = logging.getLogger()
+    root.handlers[:] = [AirbyteLogHandler(output)]
+    root.setLevel(logging.INFO)
+    for noisy in ("httpx", "httpcore", "uvicorn", "uvicorn.error"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    install_redaction()
+    try:
+        return command(output)
+    except Exception as exc:
+        output.error(exc)
+        return 1
+    finally:
+        output.flush()
 
 
 def connection_check(output: Output, settings: Callable[[], WellSkyConfig]) -> int:
