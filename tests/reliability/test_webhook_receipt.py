@@ -44,10 +44,13 @@ def test_receiver_validates_on_receipt(tmp_path):
     with WebhookReceiver(store, SECRET, product="home_health") as rx:
         good = {"id": "evt-1", "type": "patient.updated", "entity": "patients", "record": PATIENT}
         assert _post(rx.url, good).status_code == 200
+        # lenient on read: a bad birth date becomes null + a data-quality flag, so the tap can process it
+        flagged = {**good, "id": "evt-5", "record": {**PATIENT, "birthDate": "not a date"}}
+        assert _post(rx.url, flagged).status_code == 200
         refused = {
             "unknown entity": ({**good, "id": "evt-2", "entity": "invoices"}, 422, "unknown_entity"),
             "record not mappable": (
-                {**good, "id": "evt-3", "record": {**PATIENT, "birthDate": "not a date"}},
+                {**good, "id": "evt-3", "record": {**PATIENT, "lastModified": "not a date"}},  # replication key
                 422,
                 "unmappable_record",
             ),
@@ -61,7 +64,7 @@ def test_receiver_validates_on_receipt(tmp_path):
         with socket.create_connection((rx.host, rx.port), timeout=10) as sock:  # httpx will not send this
             sock.sendall(b"POST /webhooks HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}")
             assert sock.recv(1024).startswith(b"HTTP/1.0 400"), "an answer, not a dropped connection"
-    assert [e["id"] for e in store.iter_events()] == ["evt-1"], "nothing refused was stored"
+    assert [e["id"] for e in store.iter_events()] == ["evt-1", "evt-5"], "nothing refused was stored"
     store.close()
 
 
