@@ -113,6 +113,7 @@ class RefreshingAuth(httpx.Auth):
         self._login_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._generation = 0
+        self._refused: AuthError | None = None
         self.logins = 0
         self.reauths = 0
 
@@ -150,6 +151,10 @@ class RefreshingAuth(httpx.Auth):
 
     def _ensure(self, stale_generation: int | None) -> Generator[httpx.Request, httpx.Response, tuple[str, int]]:
         with self._login_lock:
+            if self._refused is not None:
+                # WellSky refused these credentials once: every later login (other streams waiting on this
+                # lock) would be refused too, each after its own MFA wait, so fail them all at once
+                raise self._refused
             with self._state_lock:
                 generation = self._generation
                 current = self._current()
@@ -160,7 +165,11 @@ class RefreshingAuth(httpx.Auth):
                 self.reauths += 1
                 if self.metrics is not None:
                     self.metrics.add_reauth()
-            yield from self._login()
+            try:
+                yield from self._login()
+            except AuthError as exc:
+                self._refused = exc
+                raise
             self.logins += 1
             with self._state_lock:
                 self._generation += 1

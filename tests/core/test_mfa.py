@@ -131,6 +131,45 @@ def test_wrong_totp_secret_is_rejected(mfa_sandbox):
     assert "rejected" in str(info.value)
 
 
+def test_a_refused_login_fails_every_waiting_request_without_logging_in_again(mfa_sandbox):
+    """Parallel streams share one auth: after WellSky refuses the credentials, the others fail at once.
+
+    Each further login would be refused too, after its own wait for the next TOTP step (8 streams took 237 s).
+    """
+    cfg = session_config(
+        mfa_sandbox, mfa_method="totp", totp_secret=pyotp.random_base32(), mfa_code_timeout_seconds=0.5
+    )
+    with WellSkyClient(cfg) as client:
+        auth = client.auth
+        assert isinstance(auth, SessionAuth)
+        logins = []
+        real_login = auth._login
+
+        def counted_login():
+            logins.append(threading.current_thread().name)
+            return (yield from real_login())
+
+        auth._login = counted_login
+        errors: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                client.tenant()
+            except BaseException as exc:  # collected and checked below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=call) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not any(t.is_alive() for t in threads)
+        with pytest.raises(MfaError):
+            client.tenant()  # a later request too
+    assert len(errors) == 4 and all(isinstance(e, MfaError) and "totp_secret" in str(e) for e in errors), errors
+    assert len(logins) == 1, f"{len(logins)} logins after a refusal"
+
+
 def test_tenant_asking_for_mfa_without_mfa_method(mfa_sandbox):
     with pytest.raises(MfaError) as info, WellSkyClient(session_config(mfa_sandbox)) as client:
         client.tenant()
