@@ -27,7 +27,7 @@ import sqlite3
 import threading
 import time
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from .config import WellSkyConfig
 from .connection import Connection
 from .dialects import personal_care as hc
 from .errors import ConfigError, RemoteError, WellSkyError
-from .webhooks import MAX_BODY_BYTES, EventStore
+from .webhooks import MAX_BODY_BYTES, EventStore, JsonRequestHandler
 
 log = logging.getLogger("wellsky_core.home_connect_webhooks")
 
@@ -181,19 +181,14 @@ class HomeConnectReceiver:
         self._wake = threading.Event()
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, fmt: str, *args: Any) -> None:
-                log.debug("delivery %s", fmt % args)
-
-            def _answer(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonRequestHandler):
             def do_POST(self) -> None:
+                try:
+                    self._receive()
+                except (TimeoutError, ConnectionError):
+                    self.close_connection = True  # the client stalled or hung up; nothing queued
+
+            def _receive(self) -> None:
                 sent = self.headers.get(receiver._name) or ""
                 if not hmac.compare_digest(sent.encode(), receiver._value.encode()):
                     receiver.rejected += 1

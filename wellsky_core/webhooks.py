@@ -220,6 +220,24 @@ def event_problem(event: Any, product: str | None = None) -> str | None:
     return None
 
 
+class JsonRequestHandler(BaseHTTPRequestHandler):
+    """The base of every webhook receiver's handler: JSON answers, quiet request logs (request lines can carry
+    ids only) and a socket timeout, so a slow or silent client cannot hold a thread for longer than that."""
+
+    timeout = DEFAULT_SOCKET_TIMEOUT
+
+    def log_message(self, fmt: str, *args: Any) -> None:
+        log.debug("webhook %s", fmt % args)
+
+    def _answer(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
 class WebhookReceiver:
     """HTTP receiver (stdlib, threaded) in front of an :class:`EventStore`; use ``start()``/``stop()`` or ``with``."""
 
@@ -243,19 +261,8 @@ class WebhookReceiver:
         self.product = product
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
-            timeout = socket_timeout  # a slow or silent client cannot hold a thread for longer than this
-
-            def log_message(self, fmt: str, *args: Any) -> None:  # quiet: request lines can carry ids only
-                log.debug("webhook %s", fmt % args)
-
-            def _answer(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+        class Handler(JsonRequestHandler):
+            timeout = socket_timeout
 
             def do_POST(self) -> None:
                 try:
