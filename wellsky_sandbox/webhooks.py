@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import heapq
 import hmac
 import logging
 import secrets
-import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -35,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from .delivery import DeliveryQueue
 from .hl7 import feeds_for
 
 if TYPE_CHECKING:
@@ -45,7 +44,6 @@ log = logging.getLogger("wellsky_sandbox.webhooks")
 MAX_ATTEMPTS = 6
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 30.0
-IDLE_EXIT_SECONDS = 2.0
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS webhook_subscriptions (
     id TEXT PRIMARY KEY, url TEXT NOT NULL, events TEXT NOT NULL, secret TEXT NOT NULL, created_at TEXT NOT NULL
@@ -67,18 +65,17 @@ def _now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class WebhookHub:
+class WebhookHub(DeliveryQueue):
     """Subscriptions, the retry queue and the (on-demand) delivery worker of one tenant."""
+
+    thread_name = "wellsky-webhooks"
 
     def __init__(self, tenant: Tenant) -> None:
         self.renderer = tenant.renderer
         self.fdb = feeds_for(tenant).fdb
         with self.fdb.lock:
             self.fdb.db.executescript(SCHEMA)
-        self._queue: list[tuple[float, int, dict[str, Any]]] = []  # (due, tiebreak, job)
-        self._cond = threading.Condition()
-        self._counter = 0
-        self._worker: threading.Thread | None = None
+        super().__init__()
         self.client = httpx.Client(timeout=5.0)
 
     # -- subscriptions --------------------------------------------------------------------------------
@@ -129,32 +126,6 @@ class WebhookHub:
         for sub in subs:
             self._schedule({"sub": sub, "event_id": payload["id"], "type": event, "body": body, "attempt": 1}, 0.0)
 
-    def _schedule(self, job: dict[str, Any], delay: float) -> None:
-        with self._cond:
-            self._counter += 1
-            heapq.heappush(self._queue, (time.monotonic() + delay, self._counter, job))
-            if self._worker is None or not self._worker.is_alive():
-                self._worker = threading.Thread(target=self._run, daemon=True, name="wellsky-webhooks")
-                self._worker.start()
-            self._cond.notify()
-
-    def _run(self) -> None:
-        idle_since = time.monotonic()
-        while True:
-            with self._cond:
-                while True:
-                    now = time.monotonic()
-                    if self._queue and self._queue[0][0] <= now:
-                        _, _, job = heapq.heappop(self._queue)
-                        break
-                    if not self._queue and now - idle_since > IDLE_EXIT_SECONDS:
-                        self._worker = None
-                        return  # restarted on the next event; no thread lingers after a test
-                    wait = self._queue[0][0] - now if self._queue else IDLE_EXIT_SECONDS
-                    self._cond.wait(timeout=max(0.01, min(wait, IDLE_EXIT_SECONDS)))
-            self._deliver(job)
-            idle_since = time.monotonic()
-
     def _deliver(self, job: dict[str, Any]) -> None:
         sub, body = job["sub"], job["body"]
         status, err = None, None
@@ -186,9 +157,6 @@ class WebhookHub:
             delay = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (job["attempt"] - 1))
             self._schedule({**job, "attempt": job["attempt"] + 1}, delay)
 
-    def pending(self) -> int:
-        with self._cond:
-            return len(self._queue)
 
 
 def routes(tenant: Tenant) -> list[BaseRoute]:

@@ -8,16 +8,14 @@ delivery log at ``GET /_sandbox/homeconnect/deliveries`` so tests can poll for a
 
 from __future__ import annotations
 
-import heapq
 import logging
-import threading
-import time
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import orjson
 
+from ..delivery import DeliveryQueue
 from .data import Extras
 
 log = logging.getLogger("wellsky_sandbox.homeconnect")
@@ -58,7 +56,6 @@ RESOURCE_TYPE = {
 }
 MAX_ATTEMPTS = 3
 BACKOFF_SECONDS = 0.5
-IDLE_EXIT_SECONDS = 2.0
 
 
 def parse_headers(values: list[str]) -> dict[str, str]:
@@ -69,17 +66,16 @@ def parse_headers(values: list[str]) -> dict[str, str]:
     return out
 
 
-class SubscriptionHub:
+class SubscriptionHub(DeliveryQueue):
     """Stored subscriptions (``hc_objects`` kind ``subscription``) and the delivery worker."""
+
+    thread_name = "homeconnect-subscriptions"
 
     def __init__(self, extras: Extras) -> None:
         self.extras = extras
         self.client = httpx.Client(timeout=5.0)
         self.log: list[dict[str, Any]] = []
-        self._queue: list[tuple[float, int, dict[str, Any]]] = []
-        self._cond = threading.Condition()
-        self._counter = 0
-        self._worker: threading.Thread | None = None
+        super().__init__()
 
     def active(self) -> list[dict[str, Any]]:
         return [s for s in self.extras.all("subscription") if s.get("status") == "active"]
@@ -90,32 +86,6 @@ class SubscriptionHub:
         for sub in self.active():
             if sub.get("criteria") == criteria:
                 self._schedule({"sub": sub, "criteria": criteria, "body": body, "attempt": 1}, 0.0)
-
-    def _schedule(self, job: dict[str, Any], delay: float) -> None:
-        with self._cond:
-            self._counter += 1
-            heapq.heappush(self._queue, (time.monotonic() + delay, self._counter, job))
-            if self._worker is None or not self._worker.is_alive():
-                self._worker = threading.Thread(target=self._run, daemon=True, name="homeconnect-subscriptions")
-                self._worker.start()
-            self._cond.notify()
-
-    def _run(self) -> None:
-        idle_since = time.monotonic()
-        while True:
-            with self._cond:
-                while True:
-                    now = time.monotonic()
-                    if self._queue and self._queue[0][0] <= now:
-                        _, _, job = heapq.heappop(self._queue)
-                        break
-                    if not self._queue and now - idle_since > IDLE_EXIT_SECONDS:
-                        self._worker = None
-                        return
-                    wait = self._queue[0][0] - now if self._queue else IDLE_EXIT_SECONDS
-                    self._cond.wait(timeout=max(0.01, min(wait, IDLE_EXIT_SECONDS)))
-            self._deliver(job)
-            idle_since = time.monotonic()
 
     def _deliver(self, job: dict[str, Any]) -> None:
         sub = job["sub"]
@@ -148,6 +118,3 @@ class SubscriptionHub:
         if not ok and job["attempt"] < MAX_ATTEMPTS:
             self._schedule({**job, "attempt": job["attempt"] + 1}, BACKOFF_SECONDS * 2 ** (job["attempt"] - 1))
 
-    def pending(self) -> int:
-        with self._cond:
-            return len(self._queue)
