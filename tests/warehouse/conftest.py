@@ -142,6 +142,22 @@ def target_postgres() -> str:
     return warehouse_tool("target-postgres")
 
 
+def target_postgres_config(postgres: Postgres, tmp_path: Path) -> Path:
+    """target-postgres settings for the throwaway cluster: upsert into SCHEMA (one row per primary key)."""
+    path = tmp_path / "target-postgres.json"
+    settings = {
+        "host": "127.0.0.1",
+        "port": postgres.port,
+        "user": postgres.user,
+        "password": postgres.password,
+        "database": postgres.database,
+        "default_target_schema": SCHEMA,
+        "load_method": "upsert",
+    }
+    path.write_text(json.dumps(settings))
+    return path
+
+
 def warehouse_tool(name: str) -> str:
     """Install (cached) and locate a loader or dbt in its own virtualenv."""
     proc = subprocess.run([str(ROOT / "scripts/warehouse-setup"), name], capture_output=True, text=True, timeout=600)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.warehouse.conftest import ROOT, SCHEMA, TAP, as_utc, pipe, tap_config, warehouse_tool
+from tests.warehouse.conftest import ROOT, SCHEMA, TAP, as_utc, pipe, tap_config, target_postgres_config, warehouse_tool
 from wellsky_core.models import MODELED_ENTITIES
 
 STREAMS = list(MODELED_ENTITIES)  # what the REST API carries (portal-only and Home Connect streams left out)
@@ -163,20 +163,7 @@ def test_dbt_build_on_tap_output_in_duckdb(sandbox, tmp_path):
 
 @pytest.mark.postgres
 def test_dbt_build_on_tap_output_in_postgres(postgres, target_postgres, sandbox, tmp_path):
-    target_config = tmp_path / "target-postgres.json"
-    target_config.write_text(
-        json.dumps(
-            {
-                "host": "127.0.0.1",
-                "port": postgres.port,
-                "user": postgres.user,
-                "password": postgres.password,
-                "database": postgres.database,
-                "default_target_schema": SCHEMA,
-                "load_method": "upsert",
-            }
-        )
-    )
+    target_config = target_postgres_config(postgres, tmp_path)
     pipe([TAP, "--config", str(tap_config(sandbox, tmp_path))], [target_postgres, "--config", str(target_config)])
     as_of = datetime.now(UTC).date()
     dbt_build(

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.warehouse.conftest import SCHEMA, TAP, as_utc, last_state, pipe, tap_config
+from tests.warehouse.conftest import SCHEMA, TAP, as_utc, last_state, pipe, tap_config, target_postgres_config
 from wellsky_core.models import MODELED_ENTITIES as ENTITIES
 
 
@@ -35,20 +35,7 @@ def assert_warehouse_equals_truth(conn: Any, sandbox) -> int:
 @pytest.mark.postgres
 def test_tap_to_target_postgres_full_then_incremental(postgres, target_postgres, sandbox, tmp_path):
     config = tap_config(sandbox, tmp_path)
-    target_config = tmp_path / "target.json"
-    target_config.write_text(
-        json.dumps(
-            {
-                "host": "127.0.0.1",
-                "port": postgres.port,
-                "user": postgres.user,
-                "password": postgres.password,
-                "database": postgres.database,
-                "default_target_schema": SCHEMA,
-                "load_method": "upsert",
-            }
-        )
-    )
+    target_config = target_postgres_config(postgres, tmp_path)
     out = pipe([TAP, "--config", str(config)], [target_postgres, "--config", str(target_config)])
     state_file = tmp_path / "state.json"
     state_file.write_text(json.dumps(last_state(out)))
