@@ -240,6 +240,12 @@ class WellSkyConfig(BaseModel):
         default=None,
         description="Directory for bulk job resume state and the download spool; default <tmp>/wellsky-fhir-bulk.",
     )
+    state_dir: str | None = Field(
+        default=None,
+        description="Private directory (0700, files 0600) for everything this connector keeps between runs: "
+        "bulk spool and job, write ledger, audit, dead letters, data-quality reports, webhook queues, portal "
+        "state. Default $XDG_STATE_HOME/tap-wellsky/<product>-<host> (one directory per tenant).",
+    )
     fhir_identifier_systems: dict[IdentifierKind, list[str]] = Field(
         default_factory=dict,
         description="FHIR identifier system URLs per canonical identifier for this tenant, e.g. "
@@ -610,6 +616,13 @@ class WellSkyConfig(BaseModel):
                 if value is not None and value.get_secret_value():
                     values.append(value.get_secret_value())
         return values
+
+    def private_state_dir(self) -> Path:
+        """This tenant's private state directory (``state_dir`` or the per-tenant XDG default), created 0700."""
+        from .private_files import private_dir, state_root, tenant_slug
+
+        chosen = Path(self.state_dir) if self.state_dir else state_root() / tenant_slug(self.product, self.base_url)
+        return private_dir(chosen)
 
     def source_for(self, stream: str) -> str:
         """The channel a stream reads from: ``stream_sources[stream]`` or ``source``."""
