@@ -87,4 +87,5 @@ def load_tap_config(raw: Mapping[str, Any], *, start_embedded: bool) -> TapConfi
         else:
             product = values.get("product") or "home_health"
             values.update(EMBEDDED_PLACEHOLDER if _signs_in_with_session(product) else EMBEDDED_CLIENT_PLACEHOLDER)
+            values["product"] = product  # as the embedded sandbox will be: discovery and the state stamp need it
     return TapConfig.load(values, ignore_keys=SDK_BUILTIN_KEYS)

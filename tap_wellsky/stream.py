@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -12,7 +11,6 @@ from singer_sdk import Stream
 from singer_sdk.helpers.conform import TypeConformanceLevel
 
 from wellsky_core.channels import channel_class
-from wellsky_core.models import ENTITIES
 from wellsky_core.schemas import stream_schema
 
 from .fastio import FastRecordWriter, fast_writer_for
@@ -23,9 +21,6 @@ if TYPE_CHECKING:
 
     from .tap import TapWellSky
 
-PROGRESS_EVERY_SECONDS = 15.0
-MEMO_STATE_KEY = "content_hashes"
-"""Stream-state key of a change memo (content hashes of the last window, for streams without a change filter)."""
 
 
 class WellSkyStream(Stream):
@@ -74,61 +69,32 @@ class WellSkyStream(Stream):
         return self.wellsky_tap.connection.channel(self.name)
 
     def get_records(self, context: dict | None) -> Iterable[dict[str, Any]]:
+        """The core's read loop (``wellsky_core.read_loop``, shared with source-wellsky), as Singer records."""
+        from wellsky_core.read_loop import StreamRead
+
         self._fast_writer = False  # decided again per sync: catalog, maps and stream version may differ
         project = self.selected_projection()
-        channel = self.open_channel()
-        self.summary["source"] = channel.name
-        reason = channel.unavailable_reason(self.name)
-        if reason is not None:
-            self.logger.warning(
-                "%s is not available for this product (%s): %s; nothing synced for it",
-                self.name,
-                self.wellsky_tap.connection.product,
-                reason,
-            )
-            return
-        if not channel.supports(self.name):
-            self.logger.warning(
-                "%s is not available through source %r for this tenant (%s); nothing synced for it. Read it "
-                'through another channel with stream_sources, e.g. {"%s": "%s"}',
-                self.name,
-                channel.name,
-                self.wellsky_tap.connection.product,
-                self.name,
-                (ENTITIES[self.name].sources or ("api",))[0] if self.name in ENTITIES else "api",
-            )
-            return
-        if self.replication_method == "FULL_TABLE":  # ignore the bookmark, still honour start_date
-            since = self.wellsky_tap.settings.start_date
-        else:
-            since = self.get_starting_timestamp(context)
-        started = last_report = time.monotonic()
-        count = 0
-        memo_state = self.get_context_state(context) if self.name in channel.memo_streams else None
-        if memo_state is not None:
-            channel.load_memo(self.name, memo_state.get(MEMO_STATE_KEY))
-        observe = self.wellsky_tap.connection.quality.observe
+        full_table = self.replication_method == "FULL_TABLE"
+        read = StreamRead(
+            self.wellsky_tap.connection,
+            self.name,
+            incremental=not full_table,
+            state=self.get_context_state(context),
+            owns_cursor=False,  # singer-sdk keeps the bookmark, by the same rule
+            logger=self.logger,
+        )
+        self.summary["source"] = read.channel.name
         try:
             # the output gate opens while the channel fetches (parallel sync; a no-op otherwise)
-            for record in self.wellsky_tap.output_gate.waiting(iter(channel.iter_records(self.name, since))):
-                count += 1
-                observe(self.name, record)
-                if count == 1 and self.logger.isEnabledFor(logging.DEBUG):  # redacted like every log line
+            for record in self.wellsky_tap.output_gate.waiting(iter(read.records())):
+                if read.count == 1 and self.logger.isEnabledFor(logging.DEBUG):  # redacted like every log line
                     self.logger.debug("%s: first record %s", self.name, record)
                 yield record if project is None else project(record)
-                now = time.monotonic()
-                if now - last_report >= PROGRESS_EVERY_SECONDS:
-                    last_report = now
-                    self.logger.info("%s: %d records so far (%.0f/s)", self.name, count, count / (now - started))
-            resume = channel.resume_point(self.name)
-            if resume is not None and self.replication_method != "FULL_TABLE":
-                self._bookmark_exactly(context, resume)
-            if memo_state is not None:  # only a complete read may replace the memo
-                memo_state[MEMO_STATE_KEY] = channel.dump_memo(self.name)
+            if not full_table and read.resume_point is not None:
+                self._bookmark_exactly(context, read.resume_point)
         finally:
-            self.summary["records"] += count
-            self.summary["seconds"] += time.monotonic() - started
-            self.summary["source"] = channel.name
+            self.summary["records"] += read.count
+            self.summary["seconds"] += read.seconds
 
     def _bookmark_exactly(self, context: dict | None, moment: datetime) -> None:
         """Make the final bookmark ``moment`` (a bulk export's transactionTime), whatever updated_at values came.

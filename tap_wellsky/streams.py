@@ -1,4 +1,9 @@
-"""The tap's streams: one small declaration per canonical entity (schemas and keys come from the core)."""
+"""The tap's streams, generated from ``wellsky_core.models.ENTITIES`` (the one list of streams).
+
+Each canonical entity becomes a small ``WellSkyStream`` subclass named after it, with its description as the
+docstring; keys and schemas come from the core. Only the webhook event stream, which reads the receiver's
+store instead of a channel, is declared by hand.
+"""
 
 from __future__ import annotations
 
@@ -6,102 +11,19 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
+from wellsky_core.models import ENTITIES
+
 from .stream import WellSkyStream
 
 
-class PatientsStream(WellSkyStream):
-    """Patients (personal care: clients) with identifiers, demographics and payers."""
-
-    name = "patients"
-
-
-class PractitionersStream(WellSkyStream):
-    """Clinicians, hospice staff and caregivers with NPI, roles and disciplines."""
-
-    name = "practitioners"
+def _stream_class(name: str) -> type[WellSkyStream]:
+    class_name = "".join(part.title() for part in name.split("_")) + "Stream"
+    body = {"name": name, "__doc__": ENTITIES[name].description, "__module__": __name__}
+    return type(class_name, (WellSkyStream,), body)
 
 
-class AppointmentsStream(WellSkyStream):
-    """Scheduled visits and shifts."""
-
-    name = "appointments"
-
-
-class EncountersStream(WellSkyStream):
-    """Documented visits with diagnoses, procedures and vitals."""
-
-    name = "encounters"
-
-
-class CarePlansStream(WellSkyStream):
-    """Plans of care with goals, interventions and outcomes."""
-
-    name = "care_plans"
-
-
-class AuthorizationsStream(WellSkyStream):
-    """Payer prior authorizations: services, units authorized and used, date range."""
-
-    name = "authorizations"
-
-
-class ReferralsStream(WellSkyStream):
-    """Incoming referrals."""
-
-    name = "referrals"
-
-
-class CoverageStream(WellSkyStream):
-    """Insurance coverage per patient and payer."""
-
-    name = "coverage"
-
-
-class RelatedPersonsStream(WellSkyStream):
-    """Clients' family, emergency and professional contacts (personal care / Home Connect)."""
-
-    name = "related_persons"
-
-
-class LocationsStream(WellSkyStream):
-    """Agency offices and branches (personal care / Home Connect)."""
-
-    name = "locations"
-
-
-class EpisodesStream(WellSkyStream):
-    """Certification periods (home health) and benefit periods (hospice); read through the portal."""
-
-    name = "episodes"
-
-
-class ClaimsStream(WellSkyStream):
-    """RAP, end-of-episode and hospice claims with billing period, type of bill, payer and status (portal)."""
-
-    name = "claims"
-
-
-class UnbilledStream(WellSkyStream):
-    """The Unbilled report as a dated snapshot per office, payer and aging bucket (portal)."""
-
-    name = "unbilled"
-
-
-STREAM_TYPES: list[type[WellSkyStream]] = [
-    PatientsStream,
-    PractitionersStream,
-    AppointmentsStream,
-    EncountersStream,
-    CarePlansStream,
-    AuthorizationsStream,
-    ReferralsStream,
-    CoverageStream,
-    RelatedPersonsStream,
-    LocationsStream,
-    EpisodesStream,
-    ClaimsStream,
-    UnbilledStream,
-]
+STREAM_TYPES: dict[str, type[WellSkyStream]] = {name: _stream_class(name) for name in ENTITIES}
+"""Stream name -> class, one per canonical entity, in ``ENTITIES`` order."""
 
 
 class WebhookEventsStream(WellSkyStream):

@@ -16,13 +16,14 @@ from singer_sdk.exceptions import ConfigValidationError
 
 from wellsky_core.cli import EXIT_QUALITY, EXIT_REFUSALS, run_singer_cli
 from wellsky_core.config import TapConfig, WellSkyConfig, config_json_schema
+from wellsky_core.discovery import discoverable_streams, not_offered_reason
 from wellsky_core.errors import ConfigError, RunNotClean, StateError
 from wellsky_core.quality import default_report_path, write_report
 from wellsky_core.redaction import install_redaction
+from wellsky_core.stream_state import check_ownership, checked_state
 
 from .embedded import load_tap_config
 from .parallel import OutputGate, run_parallel
-from .state import checked_state
 from .stream import WellSkyStream
 from .streams import STREAM_TYPES, WebhookEventsStream
 
@@ -54,19 +55,30 @@ class TapWellSky(Tap):
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the progress log
         if isinstance(state, str | Path):
             state = _read_state_file(state)
-        keys = {cls.name: str(cls.replication_key) for cls in (*STREAM_TYPES, WebhookEventsStream)}
-        super().__init__(*args, state=checked_state(state, keys), **kwargs)
+        keys = {cls.name: str(cls.replication_key) for cls in (*STREAM_TYPES.values(), WebhookEventsStream)}
+        state = checked_state(state, keys)
+        super().__init__(*args, state=state, **kwargs)
         self._started = time.monotonic()
         self.output_gate = OutputGate()
         if self.input_catalog:
-            known = {cls.name for cls in STREAM_TYPES} | {WebhookEventsStream.name}
-            unknown = sorted(set(self.input_catalog) - known)
-            if unknown:
-                raise ConfigError(
-                    "catalog",
-                    f"names unknown stream(s) {', '.join(unknown)}; valid streams are {', '.join(sorted(known))} "
-                    "(run --discover for a fresh catalog)",
-                )
+            self._check_catalog(set(self.input_catalog))
+        # before any work: a state written for another tenant or source is refused (one line, exit 2)
+        check_ownership(state.get("bookmarks", {}), self.settings, accept_foreign=self.settings.accept_foreign_state)
+
+    def _check_catalog(self, names: set[str]) -> None:
+        """A catalog naming a stream this configuration cannot serve is refused before any work starts."""
+        known = set(STREAM_TYPES) | {WebhookEventsStream.name}
+        unknown = sorted(names - known)
+        if unknown:
+            raise ConfigError(
+                "catalog",
+                f"names unknown stream(s) {', '.join(unknown)}; valid streams are {', '.join(sorted(known))} "
+                "(run --discover for a fresh catalog)",
+            )
+        served = set(discoverable_streams(self.settings)) | {WebhookEventsStream.name}
+        selected = {name for name in names if _selected(self.input_catalog[name])}
+        for name in sorted(selected - served):
+            raise ConfigError("catalog", not_offered_reason(self.settings, name))
 
     @cached_property
     def settings(self) -> TapConfig:
@@ -81,7 +93,7 @@ class TapWellSky(Tap):
         return Connection(load_tap_config(self.config, start_embedded=True))
 
     def discover_streams(self) -> list[Any]:
-        streams = [cls(tap=self) for cls in STREAM_TYPES]
+        streams = [STREAM_TYPES[name](tap=self) for name in discoverable_streams(self.settings)]
         if self.config.get("webhook_events_path"):
             streams.append(WebhookEventsStream(tap=self))
         return streams
@@ -255,6 +267,11 @@ def raise_unless_clean(report: dict[str, Any], dead_letter_path: str | None) -> 
             exit_code=EXIT_REFUSALS,
             label="completed with refusals",
         )
+
+
+def _selected(entry: Any) -> bool:
+    root = entry.metadata.root
+    return bool(root.selected) or (root.selected is None and bool(root.selected_by_default))
 
 
 def _reasons(by_reason: dict[str, int] | None) -> str:

@@ -694,6 +694,16 @@ class TapConfig(WellSkyConfig):
         description="Where the data-quality JSON report of each sync is written "
         "(default $XDG_STATE_HOME/tap-wellsky/data_quality.json, i.e. ~/.local/state/tap-wellsky/...).",
     )
+    discover_all_streams: bool = Field(
+        default=False,
+        description="List every canonical stream in discovery, not only those the configured product and sources "
+        "serve.",
+    )
+    accept_foreign_state: bool = Field(
+        default=False,
+        description="Use a state stamped for another product, host, agency or source instead of refusing it "
+        "(only when you moved a tenant on purpose).",
+    )
     max_flagged_fraction: float | None = Field(
         default=None,
         ge=0,

@@ -538,6 +538,8 @@ class EntitySpec(BaseModel):
     """Served by the modeled REST/FHIR/batch surfaces of home health and hospice (False: Home Connect only)."""
     sources: tuple[str, ...] | None = None
     """Only these channels carry the entity (None: every channel that knows it)."""
+    description: str = ""
+    """What the stream holds, for catalogs and generated stream classes."""
 
     @model_validator(mode="after")
     def _writable_has_one_natural_key(self) -> EntitySpec:
@@ -555,19 +557,46 @@ class EntitySpec(BaseModel):
 ENTITIES: dict[str, EntitySpec] = {
     spec.name: spec
     for spec in (
-        EntitySpec(name="patients", model=Patient, natural_key=("mrn",), writable=True),
-        EntitySpec(name="practitioners", model=Practitioner),
-        EntitySpec(name="appointments", model=Appointment, natural_key=("external_id",), writable=True),
-        EntitySpec(name="encounters", model=Encounter),
-        EntitySpec(name="care_plans", model=CarePlan),
-        EntitySpec(name="authorizations", model=Authorization),
-        EntitySpec(name="referrals", model=Referral),
-        EntitySpec(name="coverage", model=Coverage),
-        EntitySpec(name="related_persons", model=RelatedPerson, modeled_rest=False),
-        EntitySpec(name="locations", model=Location, modeled_rest=False),
-        EntitySpec(name="episodes", model=Episode, sources=("portal",)),
-        EntitySpec(name="claims", model=Claim, sources=("portal",)),
-        EntitySpec(name="unbilled", model=Unbilled, sources=("portal",)),
+        EntitySpec(
+            name="patients", model=Patient, natural_key=("mrn",), writable=True,
+            description="Patients (personal care: clients) with identifiers, demographics and payers.",
+        ),
+        EntitySpec(
+            name="practitioners", model=Practitioner,
+            description="Clinicians, hospice staff and caregivers with NPI, roles and disciplines.",
+        ),
+        EntitySpec(
+            name="appointments", model=Appointment, natural_key=("external_id",), writable=True,
+            description="Scheduled visits and shifts.",
+        ),
+        EntitySpec(name="encounters", model=Encounter, description="Documented visits (personal care: care logs)."),
+        EntitySpec(name="care_plans", model=CarePlan, description="Plans of care with goals, interventions, outcomes."),
+        EntitySpec(
+            name="authorizations", model=Authorization,
+            description="Payer prior authorizations: services, units authorized and used, date range.",
+        ),
+        EntitySpec(name="referrals", model=Referral, description="Incoming referrals."),
+        EntitySpec(name="coverage", model=Coverage, description="Insurance coverage per patient and payer."),
+        EntitySpec(
+            name="related_persons", model=RelatedPerson, modeled_rest=False,
+            description="Clients' family, emergency and professional contacts (personal care).",
+        ),
+        EntitySpec(
+            name="locations", model=Location, modeled_rest=False,
+            description="Agency offices and branches (personal care).",
+        ),
+        EntitySpec(
+            name="episodes", model=Episode, sources=("portal",),
+            description="Certification periods (home health) and benefit periods (hospice), from the portal.",
+        ),
+        EntitySpec(
+            name="claims", model=Claim, sources=("portal",),
+            description="RAP, end-of-episode and hospice claims: period, type of bill, payer, status (portal).",
+        ),
+        EntitySpec(
+            name="unbilled", model=Unbilled, sources=("portal",),
+            description="The Unbilled report as a dated snapshot per office, payer and aging bucket (portal).",
+        ),
     )
 }
 

@@ -6,16 +6,17 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import IO, Any
 
 from wellsky_core.connection import Connection
+from wellsky_core.discovery import not_offered_reason, offered
 from wellsky_core.errors import AuthError, ConfigError
+from wellsky_core.models import ENTITIES
 from wellsky_core.quality import default_report_path, write_report
+from wellsky_core.read_loop import StreamRead
+from wellsky_core.stream_state import check_ownership, checked_state
 
 from .protocol import (
-    PROGRESS_EVERY_SECONDS,
     ConfiguredStream,
     Output,
     catalog_message,
@@ -23,7 +24,6 @@ from .protocol import (
     load_catalog,
     load_config,
     load_state,
-    parse_cursor,
     run_command,
     spec_message,
 )
@@ -44,11 +44,23 @@ def discover(output: Output, config_path: str) -> int:
 
 
 def read(output: Output, config_path: str, catalog_path: str, state_path: str | None) -> int:
-    """RECORD and STATE messages for every configured stream; one failing stream does not stop the others."""
-    config = load_config(config_path, start_embedded=True)
+    """RECORD and STATE messages for every configured stream; one failing stream does not stop the others.
+
+    Config, catalog and state are all checked before the first request (a foreign state, a stream this
+    configuration cannot serve: one TRACE error, nothing read).
+    """
+    settings = load_config(config_path, start_embedded=False)
     streams = load_catalog(catalog_path)
-    raw_cursors = load_state(state_path)
-    cursors = {name: parse_cursor(name, value) for name, value in raw_cursors.items()}
+    for stream in streams:
+        if not offered(settings, stream.name):
+            raise ConfigError("catalog", not_offered_reason(settings, stream.name))
+    keys = {name: spec.replication_key for name, spec in ENTITIES.items()}
+    states = checked_state({"bookmarks": load_state(state_path)}, keys)["bookmarks"]
+    incremental = {s.name for s in streams if s.sync_mode == "incremental"}  # a full refresh reads no state
+    check_ownership(
+        {k: v for k, v in states.items() if k in incremental}, settings, accept_foreign=settings.accept_foreign_state
+    )
+    config = load_config(config_path, start_embedded=True)
     connection = Connection(config)
     failed: list[str] = []
     started = time.monotonic()
@@ -56,7 +68,7 @@ def read(output: Output, config_path: str, catalog_path: str, state_path: str | 
         for stream in streams:
             output.stream_status(stream.name, "STARTED")
             try:
-                count = _read_stream(output, connection, stream, cursors.get(stream.name), raw_cursors.get(stream.name))
+                count = _read_stream(output, connection, stream, states.get(stream.name))
             except (ConfigError, AuthError) as exc:
                 # Every other stream would fail the same way: stop here with one clear error.
                 output.error(exc, stream=stream.name)
@@ -121,67 +133,24 @@ def _log_quality(report: dict[str, Any], path: str | None) -> None:
 
 
 def _read_stream(
-    output: Output,
-    connection: Connection,
-    stream: ConfiguredStream,
-    cursor: datetime | None,
-    cursor_text: str | None,
+    output: Output, connection: Connection, stream: ConfiguredStream, state: dict[str, Any] | None
 ) -> int:
-    config = connection.config
+    """The core's read loop (``wellsky_core.read_loop``, shared with the Singer tap), as Airbyte messages."""
     incremental = stream.sync_mode == "incremental"
-    since = cursor if incremental else None
-    if config.start_date is not None and (since is None or config.start_date > since):
-        since = config.start_date
-    channel = connection.channel(stream.name)
-    reason = channel.unavailable_reason(stream.name)
-    if reason is not None:
-        log.warning("%s is not available for this product: %s; nothing synced for it", stream.name, reason)
-        return 0
-    if not channel.supports(stream.name):
-        raise ConfigError(
-            "stream_sources",
-            f"source {channel.name} cannot deliver {stream.name} for this tenant; set stream_sources."
-            f"{stream.name} to another source (e.g. api)",
-        )
-    every = config.page_size
-    count = checkpointed = 0
-    # The bookmark never moves past what was emitted: ordered channels advance record by record, unordered
-    # ones only at the end, to the largest updated_at seen.
-    bookmark_text = cursor_text if incremental else None
-    best: datetime | None = cursor if incremental else None
+    read = StreamRead(connection, stream.name, incremental=incremental, state=dict(state or {}), logger=log)
+    every = connection.config.page_size
     running = False
-    started = last_report = time.monotonic()
-    observe = connection.quality.observe
-    records: Iterator[dict[str, Any]] = channel.iter_records(stream.name, since)
-    for record in records:
+    for record in read.records():
         if not running:
             output.stream_status(stream.name, "RUNNING")
             running = True
         output.record(stream.name, record)
-        observe(stream.name, record)
-        count += 1
-        if incremental:
-            value = record.get("updated_at")
-            if channel.ordered:
-                bookmark_text = value
-            elif value is not None:
-                parsed = datetime.fromisoformat(value)
-                if best is None or parsed > best:
-                    best, bookmark_text = parsed, value
-            if channel.ordered and count % every == 0:
-                output.state(stream.name, bookmark_text, count - checkpointed)
-                checkpointed = count
-        now = time.monotonic()
-        if now - last_report >= PROGRESS_EVERY_SECONDS:
-            last_report = now
-            log.info("%s: %d records so far (%.0f/s)", stream.name, count, count / (now - started))
-    resume = channel.resume_point(stream.name)
-    if incremental and resume is not None:  # e.g. a bulk export's transactionTime, not the newest updated_at
-        bookmark_text = resume.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        if read.checkpoint_due(every):
+            output.state(stream.name, *read.checkpoint())
     if incremental:
-        output.state(stream.name, bookmark_text, count - checkpointed)
+        output.state(stream.name, *read.checkpoint())
     output.flush()
-    return count
+    return read.count
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -45,6 +44,7 @@ from airbyte_protocol.models import (
 )
 
 from wellsky_core.config import TapConfig, WellSkyConfig, config_json_schema
+from wellsky_core.discovery import discoverable_streams
 from wellsky_core.errors import AuthError, ConfigError, WellSkyError, WellSkyTransportError
 from wellsky_core.models import ENTITIES
 from wellsky_core.schemas import stream_schema
@@ -95,12 +95,14 @@ class Output:
     def log(self, level: str, message: str) -> None:
         self.emit(AirbyteMessage(type=Type.LOG, log=AirbyteLogMessage(level=Level(level), message=message)), flush=True)
 
-    def state(self, stream: str, cursor: str | None, records: int) -> None:
-        """A per-stream checkpoint; ``records`` counts the records since the previous one (sourceStats)."""
-        blob = AirbyteStateBlob(updated_at=cursor) if cursor is not None else AirbyteStateBlob()
+    def state(self, stream: str, stream_state: Mapping[str, Any], records: int) -> None:
+        """A per-stream checkpoint: the stream's whole state (the same dict the Singer tap keeps, see
+        ``wellsky_core.stream_state``); ``records`` counts the records since the previous one (sourceStats)."""
         state = AirbyteStateMessage(
             type=AirbyteStateType.STREAM,
-            stream=AirbyteStreamState(stream_descriptor=StreamDescriptor(name=stream), stream_state=blob),
+            stream=AirbyteStreamState(
+                stream_descriptor=StreamDescriptor(name=stream), stream_state=AirbyteStateBlob(**stream_state)
+            ),
             sourceStats=AirbyteStateStats(recordCount=float(records)),
         )
         self.emit(AirbyteMessage(type=Type.STATE, state=state), flush=True)
@@ -252,13 +254,9 @@ def airbyte_stream(name: str) -> AirbyteStream:
     )
 
 
-def catalog_message(config: TapConfig | None = None) -> AirbyteMessage:
-    """Every stream the configured sources can deliver (portal-only streams appear once routed to the portal)."""
-    names = [
-        name
-        for name, spec in ENTITIES.items()
-        if spec.sources is None or (config is not None and config.source_for(name) in spec.sources)
-    ]
+def catalog_message(config: TapConfig) -> AirbyteMessage:
+    """The streams this configuration serves (``wellsky_core.discovery``, the same list as the Singer tap's)."""
+    names = discoverable_streams(config)
     return AirbyteMessage(type=Type.CATALOG, catalog=AirbyteCatalog(streams=[airbyte_stream(n) for n in names]))
 
 
@@ -319,12 +317,13 @@ def load_catalog(path: str) -> list[ConfiguredStream]:
     return streams
 
 
-def load_state(path: str | None) -> dict[str, str]:
-    """Per-stream cursors from any state shape a platform may hand back.
+def load_state(path: str | None) -> dict[str, dict[str, Any]]:
+    """Per-stream states from any state shape a platform may hand back, in the shared per-stream form.
 
     Accepted: the per-stream list (``[{"type": "STREAM", "stream": {...}}]``), a single STATE message or its
     ``state`` body, the legacy dict (``{"patients": {"updated_at": ...}}``, optionally wrapped in ``data``)
-    and a Singer tap's ``{"bookmarks": ...}`` so a pipeline can switch faces without a full resync.
+    and a Singer tap's ``{"bookmarks": ...}`` (memo and stamp included), so a pipeline can switch faces without a
+    full resync. Shapes and values are then checked like the Singer tap's input state, stamp included.
     """
     if not path:
         return {}
@@ -333,52 +332,45 @@ def load_state(path: str | None) -> dict[str, str]:
         raw = raw["state"]
     if isinstance(raw, dict) and raw.get("type") in ("STREAM", "LEGACY", "GLOBAL"):
         raw = [raw]
-    cursors: dict[str, str] = {}
+    states: dict[str, dict[str, Any]] = {}
     if isinstance(raw, list):
         for item in raw:
             kind = item.get("type") if isinstance(item, dict) else None
             if kind == "STREAM":
                 body = item.get("stream") or {}
                 name = (body.get("stream_descriptor") or {}).get("name")
-                value = (body.get("stream_state") or {}).get("updated_at")
-                if name and value:
-                    cursors[name] = str(value)
+                value = body.get("stream_state")
+                if name and isinstance(value, dict) and value:
+                    states[name] = _shared_form(value)
             elif kind == "LEGACY":
-                cursors.update(_legacy_cursors(item.get("data") or {}))
+                states.update(_legacy_states(item.get("data") or {}))
             else:
                 raise ConfigError(
                     "state",
                     f"holds a {kind or 'malformed'} state; this source writes per-stream (STREAM) state — pass "
                     "the state it emitted, or no --state for a full sync",
                 )
-        return cursors
+        return states
     if isinstance(raw, dict):
-        return _legacy_cursors(raw.get("data", raw) if "data" in raw and isinstance(raw["data"], dict) else raw)
+        return _legacy_states(raw.get("data", raw) if "data" in raw and isinstance(raw["data"], dict) else raw)
     raise ConfigError("state", f"{path} must hold a JSON list of STREAM states or a legacy state object")
 
 
-def _legacy_cursors(data: Mapping[str, Any]) -> dict[str, str]:
+def _shared_form(value: Mapping[str, Any]) -> dict[str, Any]:
+    """An older ``{"updated_at": ...}`` stream state in the shared form (``replication_key_value``)."""
+    state = dict(value)
+    if "replication_key_value" not in state and state.get("updated_at") is not None:
+        state["replication_key"] = "updated_at"
+        state["replication_key_value"] = str(state.pop("updated_at"))
+    return state
+
+
+def _legacy_states(data: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    if isinstance(data.get("singer_state"), dict):
+        data = data["singer_state"]
     if isinstance(data.get("bookmarks"), dict):
-        data = {
-            name: {"updated_at": b.get("replication_key_value")}
-            for name, b in data["bookmarks"].items()
-            if isinstance(b, dict)
-        }
-    return {
-        name: str(value["updated_at"])
-        for name, value in data.items()
-        if isinstance(value, dict) and value.get("updated_at")
-    }
-
-
-def parse_cursor(stream: str, value: str) -> datetime:
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise ConfigError("state", f"stream {stream}: updated_at is not an ISO 8601 timestamp") from None
-    if parsed.tzinfo is None:
-        raise ConfigError("state", f"stream {stream}: updated_at must carry a UTC offset (e.g. ...Z)")
-    return parsed
+        return {name: dict(b) for name, b in data["bookmarks"].items() if isinstance(b, dict)}
+    return {name: _shared_form(value) for name, value in data.items() if isinstance(value, dict) and value}
 
 
 def _now_ms() -> int:

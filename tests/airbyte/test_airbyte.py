@@ -204,7 +204,7 @@ def assert_checkpoints_never_pass_unsent_records(messages: list[AirbyteMessage])
             last_seen[m.record.stream] = current
         elif m.type == Type.STATE:
             stream = m.state.stream.stream_descriptor.name
-            cursor = m.state.stream.stream_state.model_dump().get("updated_at")
+            cursor = m.state.stream.stream_state.model_dump().get("replication_key_value")
             assert cursor == last_seen.get(stream), f"{stream}: checkpoint {cursor} is not the last record sent"
 
 
@@ -233,7 +233,7 @@ def test_full_read_then_incremental_after_advance(sandbox, config_file, tmp_path
     # Round trip: the platform stores the last per-stream states and passes them back after the tenant changed.
     states = final_states(first)
     state_file = write_json(tmp_path / "state.json", states)
-    bookmarks = {s["stream"]["stream_descriptor"]["name"]: s["stream"]["stream_state"]["updated_at"] for s in states}
+    bookmarks = {s["stream"]["stream_descriptor"]["name"]: s["stream"]["stream_state"]["replication_key_value"] for s in states}
     changed = sandbox.advance(fraction=0.05)
     assert changed
     second = run_source("read", "--config", config_file, "--catalog", catalog, "--state", state_file)
@@ -330,7 +330,7 @@ def test_unordered_channel_checkpoints_once_at_the_end(sandbox, tmp_path):
     assert sorted(str(r["id"]) for r in records) == truth_ids(sandbox, "coverage")
     [state] = of_type(messages, Type.STATE)
     assert messages.index(state) > max(i for i, m in enumerate(messages) if m.type == Type.RECORD)
-    assert state.state.stream.stream_state.model_dump()["updated_at"] == max(r["updated_at"] for r in records)
+    assert state.state.stream.stream_state.model_dump()["replication_key_value"] == max(r["updated_at"] for r in records)
 
 
 def test_bulk_channel_state_is_the_exports_transaction_time(sandbox, tmp_path):
@@ -355,7 +355,7 @@ def test_bulk_channel_state_is_the_exports_transaction_time(sandbox, tmp_path):
     first = run_source("read", "--config", config, "--catalog", catalog)
     assert sorted(str(r["id"]) for r in records_by_stream(first)["coverage"]) == truth_ids(sandbox, "coverage")
     [state] = of_type(first, Type.STATE)
-    mark = state.state.stream.stream_state.model_dump()["updated_at"]
+    mark = state.state.stream.stream_state.model_dump()["replication_key_value"]
     assert mark > max(r["updated_at"] for r in records_by_stream(first)["coverage"])  # the export's instant
     sandbox.advance(count=40, seed=2)
     second = run_source(

@@ -10,6 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tap_wellsky.embedded import load_tap_config
+from wellsky_core.stream_state import state_stamp
+
 from .conftest import assert_no_traceback, last_state, parse_messages, record_set, run_tap_cli, tap_config, truth_set
 
 BAD_STATES = {
@@ -54,14 +57,27 @@ def test_meltano_wrapped_state_resumes_like_the_plain_one(tmp_path, small_tenant
 
 def test_future_bookmark_and_unknown_stream_are_warned(tmp_path, sandbox) -> None:
     future = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+    config = tap_config(sandbox)
+    stamp = state_stamp(load_tap_config(config, start_embedded=False), "patients")
     state = {
         "bookmarks": {
-            "patients": {"replication_key": "updated_at", "replication_key_value": future},
+            "patients": {"replication_key": "updated_at", "replication_key_value": future, "stamp": stamp},
             "invoices": {"replication_key_value": "2026-01-01T00:00:00Z"},
         }
     }
-    proc = run_tap_cli(tmp_path, tap_config(sandbox), state)
+    proc = run_tap_cli(tmp_path, config, state)
     assert proc.returncode == 0, proc.stderr[-1500:]
     assert "'patients' has a bookmark in the future" in proc.stderr
     assert "unknown stream 'invoices'" in proc.stderr
     assert not any(s == "patients" for s, _ in record_set(parse_messages(proc.stdout)))
+
+
+def test_unstamped_state_with_a_future_bookmark_is_refused(tmp_path, sandbox) -> None:
+    future = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+    state = {"bookmarks": {"patients": {"replication_key": "updated_at", "replication_key_value": future}}}
+    proc = run_tap_cli(tmp_path, tap_config(sandbox), state)
+    assert proc.returncode == 2
+    assert "unstamped state" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout.count('"type":"RECORD"') == 0
+
+

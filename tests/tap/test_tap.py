@@ -21,7 +21,8 @@ def test_full_sync_emits_every_record_valid_against_its_schema(sandbox, tmp_path
     proc = run_tap(tmp_path, sandbox_config(sandbox))
     msgs = messages(proc.stdout)
     schemas = {m["stream"]: m["schema"] for m in msgs if m["type"] == "SCHEMA"}
-    assert set(schemas) == set(ENTITIES)
+    # product detected at sync time: every stream some product serves through the api (portal-only ones not)
+    assert set(schemas) == {name for name, spec in ENTITIES.items() if spec.sources is None}
     for stream, schema in schemas.items():
         assert schema == stream_schema(stream)
     got = records_by_stream(msgs)
@@ -138,4 +139,20 @@ def test_discovery_and_about_open_no_connection(tmp_path):
     proc = run_tap(tmp_path, {}, args=("--discover",))
     assert "embedded WellSky sandbox" not in proc.stderr
     streams = {s["tap_stream_id"] for s in json.loads(proc.stdout)["streams"]}
-    assert streams == set(ENTITIES)
+    assert streams == set(MODELED_ENTITIES)  # the embedded sandbox's product (home_health) over its REST API
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"product": "personal_care"}, {"patients", "practitioners", "appointments", "encounters",
+                                        "related_persons", "locations"}),
+        ({"product": "hospice", "source": "hl7_sftp"}, {"patients", "appointments", "encounters"}),
+        ({"product": "home_health", "stream_sources": {"claims": "portal", "episodes": "portal"}},
+         set(MODELED_ENTITIES) | {"claims", "episodes"}),
+        ({"product": "personal_care", "discover_all_streams": True}, set(ENTITIES)),
+    ],
+)
+def test_discovery_lists_what_the_product_and_sources_serve(tmp_path, config, expected):
+    proc = run_tap(tmp_path, config, args=("--discover",))
+    assert {s["tap_stream_id"] for s in json.loads(proc.stdout)["streams"]} == expected

@@ -71,6 +71,15 @@ class Channel(abc.ABC):
         )
         logging.getLogger(type(self).__module__).warning("dead-lettered one %s input: %s", entity, problem)
 
+    @classmethod
+    def offers(cls, entity: str, product: str | None) -> bool:
+        """Whether this channel can ever carry ``entity`` for ``product``: static, so discovery opens no
+        connection. ``supports`` refines it at run time (the server's capabilities and permissions)."""
+        from ..models import ENTITIES
+
+        spec = ENTITIES.get(entity)
+        return spec is not None and spec.modeled_rest and (spec.sources is None or cls.name in spec.sources)
+
     @abc.abstractmethod
     def supports(self, entity: str) -> bool:
         """Whether this channel can deliver ``entity`` for this tenant (product and permissions)."""

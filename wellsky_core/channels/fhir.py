@@ -81,6 +81,10 @@ class FhirChannel(Channel):
         codes = {i.get("code") for i in entry.get("interaction") or [] if isinstance(i, Mapping)}
         return not codes or "search-type" in codes
 
+    @classmethod
+    def offers(cls, entity: str, product: str | None) -> bool:
+        return entity in fhir_norm.ENTITY_TYPES
+
     def supports(self, entity: str) -> bool:
         resource_type = fhir_norm.ENTITY_TYPES.get(entity)
         return resource_type is not None and self._searchable(resource_type)

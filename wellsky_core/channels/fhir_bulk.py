@@ -278,6 +278,10 @@ class FhirBulkChannel(Channel):
         capability = self._capability()
         return [main] + [child for _, _, child in INCLUDES.get(entity, []) if child in capability]
 
+    @classmethod
+    def offers(cls, entity: str, product: str | None) -> bool:
+        return entity in fhir_norm.ENTITY_TYPES
+
     def supports(self, entity: str) -> bool:
         if entity not in fhir_norm.ENTITY_TYPES:
             return False

@@ -58,6 +58,10 @@ class Hl7SftpChannel(Channel):
         """The tenant's HL7 reading rules (``hl7_timezone``, ``hl7_mrn_authorities``)."""
         return Hl7Options(timezone=self.config.hl7_timezone, mrn_authorities=tuple(self.config.hl7_mrn_authorities))
 
+    @classmethod
+    def offers(cls, entity: str, product: str | None) -> bool:
+        return entity in HL7_ENTITIES
+
     def supports(self, entity: str) -> bool:
         return entity in HL7_ENTITIES
 

@@ -158,6 +158,10 @@ class HomeConnectChannel(Channel):
         client.search_json(search_path("patients"), {"_count": 1, "_page": 0}, {})
 
     # -- what this API has ------------------------------------------------------------------------------
+    @classmethod
+    def offers(cls, entity: str, product: str | None) -> bool:
+        return entity in RESOURCES
+
     def supports(self, entity: str) -> bool:
         return entity in RESOURCES
 

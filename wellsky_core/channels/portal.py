@@ -125,6 +125,10 @@ class PortalChannel(Channel):
         self._context: BrowserContext | None = None
         self._page: Page | None = None
 
+    @classmethod
+    def offers(cls, entity: str, product: str | None) -> bool:
+        return entity in cls.ENTITIES
+
     def supports(self, entity: str) -> bool:
         return entity in self.ENTITIES
 

@@ -34,6 +34,10 @@ class RestChannel(Channel):
     client_use = "required"
     client: WellSkyClient
 
+    @classmethod
+    def offers(cls, entity: str, product: str | None) -> bool:
+        return entity in dialect(product).streams if product else entity in PATHS
+
     def supports(self, entity: str) -> bool:
         return entity in dialect(self.product).streams if self.product else entity in PATHS
 

@@ -139,6 +139,10 @@ class KinnserPortalChannel(Channel):
         self.data_quality: Counter[str] = Counter()
         self.progress: list[dict[str, Any]] = []
 
+    @classmethod
+    def offers(cls, entity: str, product: str | None) -> bool:
+        return entity in GROUP_OF
+
     def supports(self, entity: str) -> bool:
         return entity in GROUP_OF
 
