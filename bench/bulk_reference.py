@@ -1,7 +1,7 @@
 """Opt-in conformance run: the ``fhir_bulk`` channel against SMART's reference Bulk Data server.
 
 Not part of CI (the server's sources cannot be downloaded there). Set it up and start it as
-``/work/shared/bulk-reference-server/README.md`` says, then:
+``bench/bulk-reference-server/README.md`` says, then:
 
     python bench/bulk_reference.py --root http://127.0.0.1:PORT [--alg ES384] [--group ID] [--level system]
 

@@ -26,6 +26,8 @@ from typing import Any
 import run as base  # bench/run.py: child-process measurement, peers' venvs, sandbox process
 from run import BIN, PATHS, ensure_venv, log, run_pipeline
 
+from wellsky_core.products import dialect
+
 PAGE = 100  # a real tenant caps pages at 100 records
 SOURCES = {
     "rest": ("home_health", {}),
@@ -113,7 +115,7 @@ class WanSandbox(base.Sandbox):
 def tap_cfg(sb: WanSandbox, extra: dict[str, Any]) -> dict[str, Any]:
     creds = (
         {"client_id": sb.info["client_id"], "client_secret": sb.info["client_secret"]}
-        if sb.product == "personal_care"
+        if dialect(sb.product).auth_methods == ("oauth_client_credentials",)
         else {"username": sb.info["username"], "password": sb.info["password"]}
     )
     return {

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from wellsky_core.config import SDK_BUILTIN_KEYS, TapConfig
-from wellsky_core.dialects import DIALECTS
+from wellsky_core.products import DIALECTS
 
 log = logging.getLogger("tap_wellsky")
 

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from pydantic import SecretStr
 
-from wellsky_core.dialects import DIALECTS
 from wellsky_core.errors import AuthError, ConfigError, MfaError, RemoteError, RetryableAuthFailure, error_fields
 from wellsky_core.mfa import Challenge, CodeSource, build_code_source
+from wellsky_core.products import DIALECTS
 from wellsky_core.redaction import register_secret
 
 if TYPE_CHECKING:

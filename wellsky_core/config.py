@@ -31,8 +31,8 @@ from pydantic import (
 )
 
 from wellsky_core.channels import CHANNELS
-from wellsky_core.dialects import DIALECTS, PRODUCTS
 from wellsky_core.errors import ConfigError, ConfigProblem
+from wellsky_core.products import DIALECTS, PRODUCTS
 
 ENV_PREFIX = "WELLSKY_"
 
@@ -41,7 +41,7 @@ LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 SourceName = Literal[tuple(CHANNELS)]  # type: ignore[valid-type]
 """A ``source`` value: the channel registry's names (``wellsky_core.channels.CHANNELS``)."""
 ProductName = Literal[PRODUCTS]  # type: ignore[valid-type]
-"""A ``product`` value: the dialect registry's names (``wellsky_core.dialects.DIALECTS``)."""
+"""A ``product`` value: the dialect registry's names (``wellsky_core.products.DIALECTS``)."""
 IdentifierKind = Literal["mrn", "medicare_mbi", "medicaid_id", "member_id", "payer_id", "external_id", "npi"]
 
 SDK_BUILTIN_KEYS = frozenset(

@@ -7,9 +7,9 @@ from typing import Any
 
 from .channels import Channel, channel_class, open_channel
 from .config import WellSkyConfig
-from .dialects import DIALECTS, PRODUCTS
 from .errors import ConfigError, RemoteError
 from .metrics import Metrics
+from .products import DIALECTS, PRODUCTS
 from .quality import QualityCounter
 from .transport import WellSkyClient
 

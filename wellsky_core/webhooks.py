@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     hc_serve.add_argument("--store", default="webhook-events.sqlite", help="SQLite file the events are kept in")
     args = parser.parse_args(argv)
     if args.command in ("subscriptions", "serve-home-connect"):
-        from .home_connect_webhooks import run_subscriptions, serve
+        from .products.personal_care.webhooks import run_subscriptions, serve
 
         try:
             if args.command == "subscriptions":

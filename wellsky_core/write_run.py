@@ -85,7 +85,7 @@ class WriteRun:
     @cached_property
     def writer(self) -> Any:
         """The product's writer (the dialect may name its own, e.g. Home Connect), else the generic one."""
-        from .dialects import DIALECTS
+        from .products import DIALECTS
         from .write_hashes import WriteHashLedger
 
         ledger = WriteHashLedger(self.settings.write_ledger_path) if self.settings.write_ledger_path else None

@@ -21,11 +21,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError, create_model
 
 from .connection import Connection
-from .dialects import dialect
 from .errors import AuthorizationRefused, RemoteError, WriteAborted, WriteRefused, error_fields
 from .idempotency import idempotency_key
 from .models import ENTITIES, READ_ONLY_FIELDS, WRITABLE, UtcDatetime, strict_variant
 from .normalize.native import to_canonical, to_native
+from .products import dialect
 from .scheduling import AuthorizationUnitLedger, Reservation, current_charge
 from .write_hashes import WriteHashLedger, record_hash
 

@@ -29,7 +29,7 @@ def render_doc() -> str:
         "| product | REST surface | basis |",
         "|---|---|---|",
         "| `personal_care` | WellSky Home Connect (`/oauth/accesstoken`, `/v1/…`) | the documented partner API, per"
-        " the fact sheet `/work/shared/wellsky-home-connect.md`; per-behaviour sources and the modeled gaps below |",
+        " the fact sheet `docs/facts/wellsky-home-connect.md`; per-behaviour sources and the modeled gaps below |",
         "| `home_health` | `GET/POST/PUT /<resource>` | **modeled**: no public WellSky (Kinnser) REST specification"
         " exists |",
         "| `hospice` | `GET/POST/PUT /<resource>` | **modeled**: no public specification exists |",

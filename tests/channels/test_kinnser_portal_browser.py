@@ -18,10 +18,10 @@ import httpx
 import pytest
 
 from wellsky_core.channels import open_channel
-from wellsky_core.channels.kinnser import KinnserPortalChannel
 from wellsky_core.channels.portal import PortalLayoutChanged
 from wellsky_core.config import WellSkyConfig
 from wellsky_core.models import ENTITIES
+from wellsky_core.products.kinnser import KinnserPortalChannel
 from wellsky_sandbox.testing import SandboxServer
 
 CHROMIUM = "/usr/bin/chromium"

@@ -1,5 +1,5 @@
 """A Home Connect tenant as an ``httpx.MockTransport`` handler, written from the fact sheet
-(/work/shared/wellsky-home-connect.md), not from the sandbox: fast unit tests of the connector's side.
+(docs/facts/wellsky-home-connect.md), not from the sandbox: fast unit tests of the connector's side.
 
 Only what the sheet states is modeled: the Apigee token body (§1), exact resource names with the mandatory
 trailing slash and the locations exception, 403 with the AWS-style body on unknown routes (§7.1), Bundles with

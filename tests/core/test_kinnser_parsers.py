@@ -8,9 +8,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from wellsky_core.channels.kinnser.state import PortalState
 from wellsky_core.errors import NormalizationError
-from wellsky_core.normalize import kinnser as norm
+from wellsky_core.products.kinnser import normalize as norm
+from wellsky_core.products.kinnser.state import PortalState
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "kinnser"
 OBSERVED = "2026-03-10T12:00:00Z"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from wellsky_core.dialects import personal_care as home_connect
 from wellsky_core.errors import NormalizationError
 from wellsky_core.models import ENTITIES, MODELED_ENTITIES
 from wellsky_core.normalize.native import to_canonical, to_native
+from wellsky_core.products.personal_care import normalize as home_connect
 
 MODELED_PRODUCTS = ["home_health", "hospice"]
 """The products with a modeled REST dialect; personal care speaks Home Connect (tests/core/test_home_connect.py)."""

@@ -1,6 +1,6 @@
 """The personal_care tenant speaks WellSky Home Connect: each test checks one fact of the fact sheet over HTTP.
 
-Expected values come from ``/work/shared/wellsky-home-connect.md`` (section numbers in the test names'
+Expected values come from ``docs/facts/wellsky-home-connect.md`` (section numbers in the test names'
 docstrings) and from the canonical truth (``/_sandbox/truth``), never from the emulation's own code.
 """
 

@@ -27,16 +27,18 @@ CHANNELS = {
 
 
 def channel_class(name: str, product: str | None = None) -> type[Channel]:
-    """The channel class for a ``source`` value (imported on first use). ``source: api`` of a product whose API
-    is not the modeled REST is the product dialect's ``api_channel`` (personal care: Home Connect)."""
+    """The channel class for a ``source`` value (imported on first use). The product's dialect may name its own
+    channel for a source: ``api_channel`` when its API is not the modeled REST (personal care: Home Connect),
+    ``portal_channel`` when its portal is not the generic one (home health and hospice: Kinnser)."""
     if name not in CHANNELS:
         raise ValueError(f"unknown source {name!r}; use one of {', '.join(CHANNELS)}")
     path = CHANNELS[name]
-    if name == "api" and product:
-        from ..dialects import DIALECTS
+    if product:
+        from ..products import DIALECTS
 
         d = DIALECTS.get(product)
-        path = d.api_channel if d is not None and d.api_channel else path
+        own = {"api": d.api_channel, "portal": d.portal_channel}.get(name) if d is not None else None
+        path = own or path
     module_name, _, cls_name = path.partition(":")
     return getattr(importlib.import_module(module_name), cls_name)  # type: ignore[no-any-return]
 

@@ -70,7 +70,6 @@ AUTH_CSV_COLUMNS = {
 CARE_PLAN_FIELDS = tuple(f for f in CarePlan.model_fields if f != "data_quality" and f not in CarePlan.read_only)
 """The report has one data-field cell per canonical field WellSky holds (not data_quality, not standard-only)."""
 PER_PAGE = 200
-KINNSER_PRODUCTS = ("home_health", "hospice")
 
 _EXTRACT_ROWS = """
 (rows) => rows.map((tr) => {
@@ -91,22 +90,14 @@ _EXTRACT_ROWS = """
 class PortalChannel(Channel):
     """Authorizations and care plans read through the portal in headless Chromium.
 
-    Home health and hospice tenants run the Kinnser portal instead: ``source=portal`` opens
-    :class:`~wellsky_core.channels.kinnser.KinnserPortalChannel` for them.
+    Home health and hospice tenants run the Kinnser portal instead: their dialects name
+    :class:`~wellsky_core.products.kinnser.channel.KinnserPortalChannel` as ``portal_channel``.
     """
 
     name = "portal"
     ordered = False
     client_use = "none"  # the portal keeps its own browser session
     ENTITIES = ("authorizations", "care_plans")
-
-    def __new__(cls, *args: Any, product: str | None = None, **kwargs: Any) -> Any:
-        if cls is PortalChannel and product in KINNSER_PRODUCTS:
-            from .kinnser import KinnserPortalChannel
-
-            # not a PortalChannel, so Python does not run PortalChannel.__init__ on it afterwards
-            return KinnserPortalChannel(*args, product=product, **kwargs)
-        return super().__new__(cls)
 
     def __init__(self, **common: Any) -> None:
         """``common``: the base Channel's keyword arguments; login, password, TOTP secret and browser are checked."""

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ..dialects import dialect
 from ..errors import NormalizationError
 from ..models import ENTITIES
 from ..normalize.native import to_canonical
+from ..products import dialect
 from .base import Channel, prefetch
 
 if TYPE_CHECKING:

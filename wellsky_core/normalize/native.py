@@ -2,7 +2,7 @@
 
 The three product lines disagree on almost everything: key style, entity words (patient/client,
 clinician/staff/caregiver, visit/shift), id types, timestamp and date formats, code lists. A ``Dialect`` holds
-one product's conventions as data (``wellsky_core/dialects/<product>.py``); the two functions
+one product's conventions as data (``wellsky_core/products/<product>/dialect.py``); the two functions
 ``to_canonical`` and ``to_native`` interpret it. Adding a product means adding a dialect module, not code here.
 
 Every record is validated by its pydantic model, so a malformed body raises ``NormalizationError`` naming
@@ -17,8 +17,8 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
-from ..dialects import DATE_FIELDS, ID_FIELDS, TIMESTAMP_FIELDS, Dialect, dialect
 from ..errors import NormalizationError
+from ..products import DATE_FIELDS, ID_FIELDS, TIMESTAMP_FIELDS, Dialect, dialect
 from ..quality import Flags
 from .validation import validated
 

@@ -1,6 +1,6 @@
 """WellSky Personal Care "Home Connect" API emulation (``--product personal_care``).
 
-Follows ``/work/shared/wellsky-home-connect.md`` (the fact sheet; sections cited in docstrings): the token
+Follows ``docs/facts/wellsky-home-connect.md`` (the fact sheet; sections cited in docstrings): the token
 endpoint at the host root, ``/v1/`` resources with their exact spellings, Bundles, search rules, shapes,
 documented writes, subscriptions and the 100 req/s soft limit. ``docs/sandbox-api.md`` says which parts are
 sourced and which are modeled.

@@ -13,7 +13,7 @@ from .options import Options
 from .shapes import Shapes
 from .subscriptions import CRITERIA
 
-FACTS = "`/work/shared/wellsky-home-connect.md`"
+FACTS = "`docs/facts/wellsky-home-connect.md`"
 
 SOURCED = [
     (

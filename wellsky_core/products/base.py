@@ -1,8 +1,9 @@
 """``Dialect``: everything one WellSky product line does its own way, as data.
 
-A dialect module (``wellsky_core/dialects/<product>.py``) defines one ``DIALECT``; nothing outside the
-dialects asks ``if product == ...``. The interpreters are ``normalize/native.py`` (records both ways), the
-REST channel (which streams exist) and the write engine (which streams accept writes).
+Each product package (``wellsky_core/products/<product>/``) defines one ``DIALECT`` in its ``dialect.py``;
+nothing outside ``products/`` asks ``if product == ...``. The interpreters are ``normalize/native.py`` (records
+both ways), ``channels.channel_class`` (which channel serves ``source: api`` and ``source: portal``), the REST
+channel (which streams exist) and the write engine (which streams accept writes).
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ class Dialect:
     """Streams this product's API lacks, with the reason the tap reports (never faked)."""
     api_channel: str | None = None
     """``module:Class`` of the channel behind ``source: api`` when it is not the modeled REST channel."""
+    portal_channel: str | None = None
+    """``module:Class`` of the channel behind ``source: portal`` when it is not the generic ``channels.portal``
+    one (home health and hospice: the shared Kinnser portal)."""
     writer: str | None = None
     """``module:Class`` of the write engine when it is not ``writes.RecordWriter``."""
     has_tenant_endpoint: bool = True

@@ -33,14 +33,15 @@ from typing import Any
 
 import orjson
 
-from .channels.home_connect import HomeConnectChannel, record_path
-from .config import WellSkyConfig
-from .connection import Connection
-from .dialects import personal_care as hc
-from .errors import ConfigError, RemoteError, WellSkyError
-from .webhooks import MAX_BODY_BYTES, EventStore, JsonRequestHandler
+from ...config import WellSkyConfig
+from ...connection import Connection
+from ...errors import ConfigError, RemoteError, WellSkyError
+from ...webhooks import MAX_BODY_BYTES, EventStore, JsonRequestHandler
+from .channel import HomeConnectChannel, record_path
+from .normalize import to_canonical
+from .write_rules import agency_tag
 
-log = logging.getLogger("wellsky_core.home_connect_webhooks")
+log = logging.getLogger(__name__)
 
 FETCHABLE = {"Patient": ("patients", "patients"), "Practitioner": ("practitioners", "practitioners"),
              "Encounter": ("encounter", "encounters")}
@@ -87,7 +88,7 @@ class Subscriptions:
     def create(self) -> list[dict[str, Any]]:
         """Subscribe ``webhook_endpoint`` to each of ``webhook_criteria`` that it is not subscribed to yet."""
         endpoint, header = self._require()
-        from .home_connect_writes import HomeConnectWriter
+        from .writer import HomeConnectWriter
 
         agency = HomeConnectWriter(self.connection).agency_id()
         have = {(s["criteria"], s["endpoint"]) for s in self.list() if s["status"] == "active"}
@@ -103,7 +104,7 @@ class Subscriptions:
                 "reason": "tap-wellsky change feed",
                 "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json",
                             "header": [header]},
-                "meta": {"tag": [hc.agency_tag(agency)]},
+                "meta": {"tag": [agency_tag(agency)]},
             }
             response = self.client.request("POST", "/v1/subscriptions/", json=body, expected=(400, 422))
             if response.status_code >= 400:
@@ -239,7 +240,7 @@ class HomeConnectReceiver:
                 self.queue.done(n)
                 continue
             observed = datetime.now(UTC)
-            record = hc.to_canonical(stream, response.json(), observed)
+            record = to_canonical(stream, response.json(), observed)
             digest = hashlib.sha256(orjson.dumps(record | {"updated_at": None}, option=orjson.OPT_SORT_KEYS))
             event = {
                 "id": f"{resource_type}/{rid}/{digest.hexdigest()[:16]}",  # the same content notified twice: once

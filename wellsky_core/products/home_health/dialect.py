@@ -1,8 +1,9 @@
-"""Home health (Kinnser-like): camelCase, ``HH-`` prefixed ids, UTC ISO timestamps, upper-case discipline codes."""
+"""Home health: camelCase, ``HH-`` prefixed ids, UTC ISO timestamps, upper-case discipline codes; its web portal is
+the shared Kinnser portal (``products/kinnser/``)."""
 
 from __future__ import annotations
 
-from .base import Dialect
+from ..base import Dialect
 
 DIALECT = Dialect(
     product="home_health",
@@ -22,5 +23,6 @@ DIALECT = Dialect(
     discipline=str,
     discipline_out=str,
     name_style="nested",
+    portal_channel="wellsky_core.products.kinnser.channel:KinnserPortalChannel",
     address_style="nested",
 )

@@ -27,12 +27,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .connection import Connection
-from .dialects import personal_care as hc
-from .errors import RemoteError, WriteRefused
-from .models import UtcDatetime
-from .write_hashes import WriteHashLedger, record_hash
-from .writes import Action, WriteResult, _tenant_secret, validate_for_write
+from ...connection import Connection
+from ...errors import RemoteError, WriteRefused
+from ...models import UtcDatetime
+from ...write_hashes import WriteHashLedger, record_hash
+from ...writes import Action, WriteResult, _tenant_secret, validate_for_write
+from .dialect import MAX_COUNT
+from .normalize import tags, to_canonical
+from .write_rules import WriteInvalid, check_text, patient_body
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +121,13 @@ class HomeConnectWriter:
         """``agency_id`` from the config, else the agencyId tag of the tenant's own records (one request)."""
         with self._lock:
             if self._agency is None:
-                from .channels.home_connect import search_path
+                from .channel import search_path
 
                 for resource in ("patients", "practitioners"):
                     bundle = self.client.search_json(search_path(resource), {"_count": 1, "_page": 0}, {})
                     entries = bundle.get("entry") if isinstance(bundle, dict) else None
                     if entries and isinstance(entries[0], dict):
-                        found = hc.tags(entries[0].get("resource", entries[0])).get("agencyId")
+                        found = tags(entries[0].get("resource", entries[0])).get("agencyId")
                         if found:
                             self._agency = found
                             break
@@ -148,7 +150,7 @@ class HomeConnectWriter:
             raise ValueError(f"{stream} is not writable to Home Connect")
         except WriteRefused as exc:
             return WriteResult(stream, "rejected", reason=str(exc), code=exc.code, wellsky_id=_rid(record))
-        except hc.WriteInvalid as exc:
+        except WriteInvalid as exc:
             return WriteResult(stream, "rejected", reason=str(exc), code="validation_error", wellsky_id=_rid(record))
         except RemoteError as exc:
             if exc.status >= 500:
@@ -164,7 +166,7 @@ class HomeConnectWriter:
         if ignored and not self._warned_not_stored:
             self._warned_not_stored = True
             log.warning("Home Connect has no field for %s; those values are not written", ", ".join(ignored))
-        hc.patient_body(desired, "0", create=not desired.get("id"))  # every documented rule, before any request
+        patient_body(desired, "0", create=not desired.get("id"))  # every documented rule, before any request
         key_hash = self._key_hash(desired)
         ledger_key = f"i:{desired['id']}" if desired.get("id") else f"n:{_natural(desired)}"
         digest = record_hash(desired)
@@ -179,13 +181,13 @@ class HomeConnectWriter:
             if not changes:
                 result = WriteResult("patients", "unchanged", wellsky_id=existing["id"], key_hash=key_hash)
             else:
-                body = hc.patient_body(changes, self.agency_id(), create=False)
+                body = patient_body(changes, self.agency_id(), create=False)
                 if self.dry_run:
                     return WriteResult("patients", "would_update", wellsky_id=existing["id"], key_hash=key_hash)
                 response = self.client.request("PUT", _path(existing["id"]), json=body, expected=(400, 404, 422))
                 result = self._answer("updated", response, existing["id"], key_hash)
         else:
-            body = hc.patient_body(desired, self.agency_id(), create=True)
+            body = patient_body(desired, self.agency_id(), create=True)
             if self.dry_run:
                 return WriteResult("patients", "would_create", key_hash=key_hash)
             response = self.client.request("POST", "/v1/patients/", json=body, expected=(400, 409, 422))
@@ -205,7 +207,7 @@ class HomeConnectWriter:
         response = self.client.request("GET", _path(rid), expected=(404,))
         if response.status_code == 404:
             return None
-        return hc.to_canonical("patients", response.json(), datetime.now(UTC))
+        return to_canonical("patients", response.json(), datetime.now(UTC))
 
     def _resolve(self, desired: dict[str, Any]) -> dict[str, Any] | None:
         if desired.get("id"):
@@ -217,23 +219,23 @@ class HomeConnectWriter:
                     "or fix it",
                 )
             return found
-        from .channels.home_connect import search_path
+        from .channel import search_path
 
         body = {"last_name": desired["last_name"], "first_name": desired["first_name"]}
         matches: list[dict[str, Any]] = []
         page = self.connection.config.home_connect_first_page
         while True:  # the name search is narrow; page in case of common names
-            bundle = self.client.search_json(search_path("patients"), {"_count": hc.MAX_COUNT, "_page": page}, body)
+            bundle = self.client.search_json(search_path("patients"), {"_count": MAX_COUNT, "_page": page}, body)
             entries = [e.get("resource", e) for e in (bundle.get("entry") or []) if isinstance(e, dict)]
             now = datetime.now(UTC)
             for entry in entries:
-                candidate = hc.to_canonical("patients", entry, now)
+                candidate = to_canonical("patients", entry, now)
                 same_name = (candidate["last_name"].lower(), candidate["first_name"].lower()) == (
                     desired["last_name"].lower(), desired["first_name"].lower()
                 )
                 if same_name and candidate["birth_date"] == desired.get("birth_date"):
                     matches.append(candidate)
-            if len(entries) < hc.MAX_COUNT:
+            if len(entries) < MAX_COUNT:
                 break
             page += 1
         if len(matches) > 1:
@@ -263,8 +265,8 @@ class HomeConnectWriter:
                 for e in exc.errors(include_url=False, include_input=False)
             ]
             raise WriteRefused("validation_error", "clock event is invalid: " + "; ".join(problems)) from None
-        hc.check_text(event.comment, "comment")
-        hc.check_text(event.mileage_description, "mileage_description")
+        check_text(event.comment, "comment")
+        check_text(event.mileage_description, "mileage_description")
         if event.clock_out is not None and event.clock_out < event.clock_in:
             raise WriteRefused("validation_error", "clock_out: must not be before clock_in")
         if (event.latitude is None) != (event.longitude is None):
@@ -325,7 +327,7 @@ class HomeConnectWriter:
         }
         if desired.get("practitioner_id"):
             body["caregiver"] = {"id": desired["practitioner_id"]}
-        hc.check_text(body, "appointment")
+        check_text(body, "appointment")
         series = str(desired.get("series_id") or desired.get("id") or "").split("@", 1)[0] or None
         if self.dry_run:
             return WriteResult("appointments", "would_update" if series else "would_create", wellsky_id=series)

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ...channels.base import Channel
+from ...channels.portal import PortalLayoutChanged
 from ...errors import ConfigError, NormalizationError, WellSkyError
 from ...mfa import build_code_source
-from ...normalize import kinnser as norm
-from ..base import Channel
-from ..portal import PortalLayoutChanged
+from . import normalize as norm
 from .browser import PortalBrowser
 from .pagemap import PAGE_MAPS, ClaimView
 from .state import PortalState
@@ -35,7 +35,7 @@ from .state import PortalState
 if TYPE_CHECKING:
     pass
 
-log = logging.getLogger("wellsky_core.channels.kinnser")
+log = logging.getLogger("wellsky_core.products.kinnser")
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "clinical": ("patients", "appointments", "episodes"),

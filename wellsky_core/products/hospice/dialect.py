@@ -1,8 +1,9 @@
-"""Hospice: snake_case, UUID ids, epoch-second timestamps, lower-case discipline codes."""
+"""Hospice: snake_case, UUID ids, epoch-second timestamps, lower-case discipline codes; its web portal is the shared
+Kinnser portal (``products/kinnser/``)."""
 
 from __future__ import annotations
 
-from .base import Dialect
+from ..base import Dialect
 
 DIALECT = Dialect(
     product="hospice",
@@ -22,5 +23,6 @@ DIALECT = Dialect(
     discipline=str.upper,
     discipline_out=str.lower,
     name_style="flat_long",
+    portal_channel="wellsky_core.products.kinnser.channel:KinnserPortalChannel",
     address_style="flat",
 )

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from ...channels.portal import CHROMIUM_ARGS, PortalLayoutChanged
 from ...errors import AuthError, MfaError, WellSkyError
 from ...mfa import Challenge, CodeSource
-from ..portal import CHROMIUM_ARGS, PortalLayoutChanged
 from .pagemap import PageMap
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from ...config import WellSkyConfig
 
-log = logging.getLogger("wellsky_core.channels.kinnser")
+log = logging.getLogger("wellsky_core.products.kinnser")
 T = TypeVar("T")
 LOGIN_PATH = "/login.cfm"
 INBOX_PATH = "/AM/Message/inbox.cfm"

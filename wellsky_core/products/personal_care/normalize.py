@@ -1,44 +1,21 @@
-"""Personal care (formerly ClearCare): WellSky's "Home Connect" partner API — its record shapes <-> canonical
-records, its write rules, and the product facts the connector follows (host, token, streams, rate budget).
+"""Personal care's Home Connect record shapes -> canonical records (reading).
 
-Everything here follows ``/work/shared/wellsky-home-connect.md`` (the sourced fact sheet; section numbers in
-comments). Home Connect speaks a FHIR-flavoured JSON of its own: ``meta.tag`` lists of ``{code, display}`` with
-every display a string, ``name``/``telecom``/``address`` lists, times in UTC with ``+00:00``, and integer ids.
+Follows ``docs/facts/wellsky-home-connect.md`` (the sourced fact sheet; section numbers in comments). Home
+Connect speaks a FHIR-flavoured JSON of its own: ``meta.tag`` lists of ``{code, display}`` with every display a
+string, ``name``/``telecom``/``address`` lists, times in UTC with ``+00:00``, and integer ids.
 
 Reading is lenient: a record is refused only when its id (or a time its key is built from) is unusable; any
-other gap becomes null and its field name goes into the record's ``data_quality`` list. Writing is strict:
-:func:`patient_body` validates every field by the documented rules (§4) before a byte is sent.
+other gap becomes null and its field name goes into the record's ``data_quality`` list.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
-from ..errors import NormalizationError
-from ..normalize.validation import validated
-from .base import Dialect
-
-PRODUCTION_URL = "https://connect.clearcareonline.com"
-TOKEN_PATH = "/oauth/accesstoken"
-API_ROOT = "/v1"
-MAX_COUNT = 100
-"""``_count`` maximum (§2 paging)."""
-RATE_BUDGET = 100.0
-"""Requests per second the vendor asks partners to stay under (§6)."""
-TOKEN_RENEW_MARGIN_SECONDS = 300.0
-"""Production refreshes the one-hour token five minutes early (§1)."""
-
-UNAVAILABLE: dict[str, str] = {
-    "care_plans": "Home Connect has no bulk care-plan read: care plans are only reachable per client "
-    "(/v1/careplan/activity/{patientId}/) and carry no plan period, goals or outcomes",
-    "authorizations": "Home Connect exposes no payer authorizations (no resource in the vendor API)",
-    "referrals": "Home Connect exposes referral *sources* (POST-only collection), not referrals",
-    "coverage": "Home Connect exposes no insurance coverage resource",
-}
-"""Canonical streams this API does not have, with the reason reported to the user (never faked)."""
+from ...errors import NormalizationError
+from ...normalize.validation import validated
 
 CLIENT_STATUS: dict[str, str] = {
     "1": "New Lead",
@@ -69,13 +46,11 @@ APPLICANT_STATUS: dict[str, str] = {
     "100": "Hired",
     "110": "Application Completed",
 }
-CANONICAL_TO_CLIENT_STATUS = {"pending": "1", "active": "80", "inactive": "90", "discharged": "80"}
-"""For creates and status changes: the code each canonical status is written as (inverse of client_status)."""
-
 APPOINTMENT_STATUS = {"SCHEDULED": "scheduled", "COMPLETED": "completed", "CANCELLED": "cancelled"}
 ENCOUNTER_STATUS = {"COMPLETE": "completed", "IN_PROGRESS": "in_progress"}
 GENDER = {"male": "male", "female": "female", "other": "other", "unknown": "unknown", "m": "male", "f": "female"}
 PHONE_USE_ORDER = ("mobile", "home", "work")
+
 
 
 # -- small readers ------------------------------------------------------------------------------------------
@@ -527,122 +502,15 @@ def to_canonical(
     return validated(entity, fields, rid)  # the names in fields["data_quality"] become flags
 
 
-# -- canonical -> native (writes, §4) --------------------------------------------------------------------------
-class WriteInvalid(ValueError):
-    """A canonical record that breaks a documented Home Connect write rule; names the field and the fix."""
-
-    def __init__(self, field: str, fix: str) -> None:
-        self.field = field
-        super().__init__(f"{field}: {fix}")
-
-
-_PHONE_FORMATTING = re.compile(r"[\s().\-]")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
-
-
-def valid_phone(value: str, field: str = "phone") -> str:
-    """Exactly 10 digits, no country code, first digit 2-9 (§4); spaces, dots, dashes and brackets are dropped."""
-    digits = _PHONE_FORMATTING.sub("", value)
-    if not re.fullmatch(r"[2-9]\d{9}", digits):
-        raise WriteInvalid(field, "must be a 10-digit US number without country code, first digit 2-9 "
-                                  "(e.g. 3035550123)")
-    return digits
-
-
-def check_text(value: Any, field: str) -> None:
-    """Code points below 32 are refused except tab, CR and LF (§6)."""
-    if isinstance(value, str) and _CONTROL.search(value):
-        raise WriteInvalid(field, "contains a control character (below U+0020 other than tab, CR, LF); remove it")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            check_text(item, f"{field}.{key}")
-    if isinstance(value, list):
-        for n, item in enumerate(value):
-            check_text(item, f"{field}[{n}]")
-
-
-def agency_tag(agency_id: str) -> dict[str, str]:
-    return {"code": "agencyId", "display": str(agency_id)}
-
-
-def patient_body(changes: dict[str, Any], agency_id: str, *, create: bool) -> dict[str, Any]:
-    """Canonical patient fields -> the body of ``POST /v1/patients/`` (create) or ``PUT /v1/patients/{id}/``
-    (partial update: only the fields given change, §4). Validates every documented rule first."""
-    check_text(changes, "patient")
-    body: dict[str, Any] = {"resourceType": "Patient"}
-    tag_list = [agency_tag(agency_id)]
-    if "first_name" in changes or "last_name" in changes:
-        body["name"] = [{"use": "official", "family": changes.get("last_name"), "given": [changes.get("first_name")]}]
-    if "birth_date" in changes and changes["birth_date"] is not None:
-        try:
-            body["birthDate"] = date.fromisoformat(str(changes["birth_date"])).isoformat()
-        except ValueError:
-            raise WriteInvalid("birth_date", "must be a date YYYY-MM-DD") from None
-    if "gender" in changes:
-        body["gender"] = changes["gender"]
-    if "phone" in changes:
-        body["telecom"] = (
-            [{"system": "phone", "value": valid_phone(changes["phone"]), "use": "mobile"}] if changes["phone"] else []
-        )
-    if "address" in changes:
-        addr = changes["address"]
-        body["address"] = (
-            [
-                {
-                    "use": "home",
-                    "line": [p for p in (addr.get("line1"), addr.get("line2")) if p],
-                    "city": addr.get("city"),
-                    "state": addr.get("state"),
-                    "postalCode": addr.get("postal_code"),
-                }
-            ]
-            if addr
-            else []
-        )
-    if "status" in changes:
-        status = changes["status"]
-        body["active"] = status in ("active", "pending")  # discharged = client code 80 + active false
-        tag_list += [
-            {"code": "status", "display": CANONICAL_TO_CLIENT_STATUS[status]},
-            {"code": "isClient", "display": "false" if status == "pending" else "true"},
-        ]
-    if create:
-        missing = [f for f in ("first_name", "last_name", "birth_date", "status") if not changes.get(f)]
-        if missing:
-            raise WriteInvalid(missing[0], "is required to create a Home Connect client")
-    body["meta"] = {"tag": tag_list}
-    return body
-
-
-DIALECT = Dialect(
-    product="personal_care",
-    streams=frozenset({"patients", "practitioners", "appointments", "encounters", "related_persons", "locations"}),
-    writable=frozenset({"patients"}),
-    unavailable=UNAVAILABLE,
-    api_channel="wellsky_core.channels.home_connect:HomeConnectChannel",
-    writer="wellsky_core.home_connect_writes:HomeConnectWriter",
-    has_tenant_endpoint=False,
-    default_base_url=PRODUCTION_URL,
-    api_root=API_ROOT,
-    token_path=TOKEN_PATH,
-    auth_methods=("oauth_client_credentials",),
-    token_renew_margin_seconds=TOKEN_RENEW_MARGIN_SECONDS,
-    rate_budget=RATE_BUDGET,
-)
-
 __all__ = [
-    "API_ROOT",
-    "DIALECT",
-    "MAX_COUNT",
-    "PRODUCTION_URL",
-    "RATE_BUDGET",
-    "TOKEN_PATH",
-    "UNAVAILABLE",
-    "WriteInvalid",
+    "APPLICANT_STATUS",
+    "CLIENT_STATUS",
     "client_status",
+    "iso",
     "occurrence_id",
-    "patient_body",
+    "parse_time",
     "tags",
     "task_logs",
     "to_canonical",
+    "updated_at",
 ]

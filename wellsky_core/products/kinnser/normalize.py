@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ..errors import NormalizationError
-from .validation import validated
+from ...errors import NormalizationError
+from ...normalize.validation import validated
 
 PATIENT_STATUS = {"Pending": "pending", "Admitted": "active", "Discharged": "discharged", "Non-Admit": "inactive"}
 GENDER = {"Female": "female", "Male": "male", "Other": "other", "Unknown": "unknown", "F": "female", "M": "male"}

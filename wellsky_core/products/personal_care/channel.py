@@ -1,6 +1,6 @@
 """The Home Connect channel: WellSky Personal Care's partner API (``/v1/…``), read the way the vendor documents it.
 
-Facts from ``/work/shared/wellsky-home-connect.md`` (section numbers in comments) shape every request:
+Facts from ``docs/facts/wellsky-home-connect.md`` (section numbers in comments) shape every request:
 
 - reads are ``POST /v1/{res}/_search/?_count=100&_page=N`` with a JSON body; ``_page`` counts pages from 0
   (``home_connect_first_page`` switches to the 1-based reading of the older reference); a search stops on
@@ -15,7 +15,7 @@ Facts from ``/work/shared/wellsky-home-connect.md`` (section numbers in comments
 - neither carries a change time, so a sync re-reads a trailing window of months and emits only records
   whose content hash differs from the last run's (:class:`ChangeMemo`, kept in the stream's state).
 
-Streams the API lacks are reported with the reason (:data:`~wellsky_core.normalize.home_connect.UNAVAILABLE`).
+Streams the API lacks are reported with the reason (:data:`~wellsky_core.products.personal_care.dialect.UNAVAILABLE`).
 """
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from ..dialects import personal_care as hc
-from ..errors import NormalizationError, RemoteError
-from .base import Channel
+from ...channels.base import Channel
+from ...errors import NormalizationError, RemoteError
+from .dialect import API_ROOT, MAX_COUNT, UNAVAILABLE
+from .normalize import tags, task_logs, to_canonical
 
 if TYPE_CHECKING:
-    from ..transport import WellSkyClient
+    from ...transport import WellSkyClient
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,13 @@ MEMO_LIMIT = 500_000
 def search_path(resource: str, *, locations_slash: bool = False) -> str:
     """``/v1/{res}/_search/`` — with the one documented exception, ``/v1/locations/_search`` (§2)."""
     if resource == "locations" and not locations_slash:
-        return f"{hc.API_ROOT}/locations/_search"
-    return f"{hc.API_ROOT}/{resource}/_search/"
+        return f"{API_ROOT}/locations/_search"
+    return f"{API_ROOT}/{resource}/_search/"
 
 
 def record_path(resource: str, rid: str) -> str:
     """By-id reads and writes keep the trailing slash: ``/v1/{res}/{id}/``."""
-    return f"{hc.API_ROOT}/{resource}/{rid}/"
+    return f"{API_ROOT}/{resource}/{rid}/"
 
 
 def months(first: date, last: date) -> list[str]:
@@ -145,7 +146,7 @@ class HomeConnectChannel(Channel):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.first_page = self.config.home_connect_first_page
-        self.count = min(self.config.page_size, hc.MAX_COUNT)
+        self.count = min(self.config.page_size, MAX_COUNT)
         self.memos: dict[str, ChangeMemo] = {}
         self.quality: dict[str, Counter[str]] = {}
         self.requests_by_stream: Counter[str] = Counter()
@@ -166,7 +167,7 @@ class HomeConnectChannel(Channel):
         return entity in RESOURCES
 
     def unavailable_reason(self, entity: str) -> str | None:
-        return hc.UNAVAILABLE.get(entity) if entity not in RESOURCES else None
+        return UNAVAILABLE.get(entity) if entity not in RESOURCES else None
 
     def load_memo(self, entity: str, previous: dict[str, str] | None) -> None:
         """The content hashes the stream's state kept from the last run (appointments, encounters, locations)."""
@@ -203,7 +204,7 @@ class HomeConnectChannel(Channel):
     # -- streams -----------------------------------------------------------------------------------------
     def iter_records(self, entity: str, since: datetime | None) -> Iterator[dict[str, Any]]:
         if entity not in RESOURCES:
-            raise ValueError(f"Home Connect has no {entity}: {hc.UNAVAILABLE.get(entity, 'unknown stream')}")
+            raise ValueError(f"Home Connect has no {entity}: {UNAVAILABLE.get(entity, 'unknown stream')}")
         observed = self._clock()
         self.quality[entity] = Counter()
         if entity in SERVER_INCREMENTAL:
@@ -236,7 +237,7 @@ class HomeConnectChannel(Channel):
     ) -> Iterator[dict[str, Any]]:
         for resource in resources:
             try:
-                record = hc.to_canonical(entity, resource, observed, **hint)
+                record = to_canonical(entity, resource, observed, **hint)
             except NormalizationError as exc:
                 self.reject(entity, exc, resource)
                 continue
@@ -252,7 +253,7 @@ class HomeConnectChannel(Channel):
             self._people["clients"] = [
                 str(r["id"])
                 for r in self.search("patients", {}, stream="fan_out_list")
-                if r.get("id") is not None and (everyone or hc.tags(r).get("isClient", "true").lower() != "false")
+                if r.get("id") is not None and (everyone or tags(r).get("isClient", "true").lower() != "false")
             ]
         return self._people["clients"]
 
@@ -262,7 +263,7 @@ class HomeConnectChannel(Channel):
             self._people["caregivers"] = [
                 str(r["id"])
                 for r in self.search("practitioners", {}, stream="fan_out_list")
-                if r.get("id") is not None and hc.tags(r).get("isHired", "true").lower() != "false"
+                if r.get("id") is not None and tags(r).get("isHired", "true").lower() != "false"
             ]
         return self._people["caregivers"]
 
@@ -316,9 +317,9 @@ class HomeConnectChannel(Channel):
             logs: list[dict[str, Any]] = []
             rid = resource.get("id") if isinstance(resource, dict) else None
             if self.config.home_connect_task_logs and rid is not None:
-                bundle = self.client.get_json(f"{hc.API_ROOT}/encounter/{rid}/tasklog/")
+                bundle = self.client.get_json(f"{API_ROOT}/encounter/{rid}/tasklog/")
                 self.requests_by_stream["encounters"] += 1
-                logs = hc.task_logs(bundle)
+                logs = task_logs(bundle)
             out.extend(self._normalized("encounters", [resource], observed, client_id=client_id, task_logs=logs))
         return out
 
