@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 def _products(config: WellSkyConfig) -> tuple[str | None, ...]:
     if config.product:
         return (config.product,)
-    from .dialects import PRODUCTS
+    from .products import PRODUCTS
 
     return PRODUCTS
 

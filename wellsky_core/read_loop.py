@@ -16,8 +16,7 @@ from collections.abc import Iterator, MutableMapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
-from .models import ENTITIES
+from .channels import CHANNELS, channel_class
 from .stream_state import CURSOR_KEY, MEMO_KEY, STAMP_KEY, VALUE_KEY, cursor_value, parse_cursor, state_stamp
 
 if TYPE_CHECKING:
@@ -70,19 +69,20 @@ class StreamRead:
     def skip_reason(self) -> str | None:
         """Why nothing will be read for this stream (told to the user once), or None.
 
-        A stream the product's API lacks is reported and skipped; a stream the configured source cannot carry
-        while another source could is a configuration error (``stream_sources``), raised before any record.
+        A stream the product's API lacks, or that this tenant's server does not offer through the configured
+        source (its capabilities), is reported with the fix and skipped; the other streams go on.
         """
         reason = self.channel.unavailable_reason(self.stream)
         if reason is not None:
             return f"{self.stream} is not available for this product ({self.connection.product}): {reason}"
         if not self.channel.supports(self.stream):
-            other = (ENTITIES[self.stream].sources or ("api",))[0] if self.stream in ENTITIES else "api"
-            raise ConfigError(
-                "stream_sources",
-                f"source {self.channel.name} cannot deliver {self.stream} for this tenant "
-                f"({self.connection.product}); read it through another source, e.g. stream_sources "
-                f'{{"{self.stream}": "{other}"}}, or deselect it',
+            product = self.connection.product
+            others = [name for name in CHANNELS if channel_class(name, product).offers(self.stream, product)]
+            if not others:
+                return f"{self.stream} is not available for this product ({product}): no source serves it"
+            return (
+                f"{self.stream} is not available through source '{self.channel.name}' on this tenant ({product}); "
+                f'read it through another source with stream_sources, e.g. {{"{self.stream}": "{others[0]}"}}'
             )
         return None
 

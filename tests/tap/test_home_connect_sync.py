@@ -49,9 +49,14 @@ def test_tap_emits_every_stream_the_api_offers_and_names_the_rest(tenant, tmp_pa
     got = records_by_stream(messages(proc.stdout))
     for stream in OFFERED:
         assert got[stream], f"{stream} is empty"
-    for stream in LACKING:
-        assert stream not in got
-        assert f"{stream} is not available for this product (personal_care)" in proc.stderr
+    schemas = {m["stream"] for m in messages(proc.stdout) if m["type"] == "SCHEMA"}
+    for stream in LACKING:  # not discovered for personal_care, so never selected, never warned about
+        assert stream not in got and stream not in schemas
+        assert stream not in proc.stderr
+    # selected on purpose (discover_all_streams), the product's reason is told once and nothing is synced
+    everything = run_tap(tmp_path, hc_config(tenant, discover_all_streams=True))
+    assert "care_plans is not available for this product (personal_care)" in everything.stderr
+    assert "care_plans" not in records_by_stream(messages(everything.stdout))
 
     truth = {p["id"]: p for p in tenant.truth("patients")}
     assert sorted(p["id"] for p in got["patients"]) == sorted(truth)
