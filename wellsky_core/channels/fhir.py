@@ -46,7 +46,8 @@ def fhir_instant(moment: datetime) -> str:
 
 
 class FhirChannel(Channel):
-    """``GET /fhir/<Type>?_lastUpdated=ge…&_sort=_lastUpdated&_count=…`` following Bundle ``next`` links."""
+    """``GET <fhir_base>/<Type>?_lastUpdated=ge…&_sort=_lastUpdated&_count=…`` following Bundle ``next`` links
+    (``fhir_base``: ``fhir_base_url``, default ``{base_url}/fhir``)."""
 
     name = "fhir"
     ordered = True
@@ -62,9 +63,9 @@ class FhirChannel(Channel):
     def capability(self) -> dict[str, dict[str, Any]]:
         """Resource type -> its CapabilityStatement entry (fetched once per channel)."""
         if self._capability is None:
-            body = self.client.get_json("/fhir/metadata")
+            body = self.client.get_json(f"{self.config.fhir_base}/metadata")
             if not isinstance(body, Mapping) or body.get("resourceType") != "CapabilityStatement":
-                raise RemoteError(200, "unexpected_shape", "/fhir/metadata is not a CapabilityStatement")
+                raise RemoteError(200, "unexpected_shape", "the FHIR base's /metadata is not a CapabilityStatement")
             resources: dict[str, dict[str, Any]] = {}
             for rest in body.get("rest") or []:
                 if isinstance(rest, Mapping) and rest.get("mode", "server") == "server":
@@ -121,7 +122,7 @@ class FhirChannel(Channel):
         floor = since.astimezone(UTC) if since is not None else None
         # _include/_revinclude repeat, which a params mapping cannot express (and httpx replaces a path's query
         # when params are given), so the whole query is encoded into the path.
-        bundles = self.client.iter_fhir_bundles(f"/fhir/{resource_type}?{urlencode(params)}")
+        bundles = self.client.iter_fhir_bundles(f"{self.config.fhir_base}/{resource_type}?{urlencode(params)}")
         for bundle in prefetch(bundles):
             for record in self._records(entity, resource_type, bundle):
                 if floor is not None and datetime.fromisoformat(record["updated_at"]) < floor:
