@@ -16,7 +16,10 @@ WellSky's ``…/sid/<name>`` convention, in that order.
 
 Child data of one canonical record arrives as separate resources (an encounter's Conditions, Procedures and
 Observations, a care plan's Goals, a practitioner's PractitionerRoles); :class:`Resolver` finds them among
-the page's resources, the parent's ``contained`` list, or by identifier.
+the page's resources, the parent's ``contained`` list, or by identifier. References across streams (an
+Encounter's ``Practitioner?identifier=…|<npi>``, a PractitionerRole's NPI-only practitioner) resolve through
+an :class:`IdentifierIndex` that outlives the page: server ids of the Practitioners and Organizations the sync
+has read, by each of their identifiers.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 from wellsky_core.errors import NormalizationError
+from wellsky_core.normalize.status import patient_status
 from wellsky_core.normalize.validation import validated
 from wellsky_core.quality import FlagKind, Flags
 
@@ -268,15 +272,125 @@ def _sub(extension: Mapping[str, Any], url: str, value_key: str | None = None) -
 
 
 # -- references --------------------------------------------------------------------------------------------
-class Resolver:
-    """Finds the resources a record refers to: in the parent's ``contained``, in the page, or by identifier."""
+INDEXED_TYPES = frozenset({"Practitioner", "Organization"})
+"""Resource types other streams refer to by identifier (NPI, payer ids): the ones :class:`IdentifierIndex` keeps."""
 
-    def __init__(self, resources: Iterable[Mapping[str, Any]] = (), rules: FhirRules = DEFAULT_RULES) -> None:
+
+AMBIGUOUS = ""
+"""Index value of an identifier without system that two resources share: never resolved."""
+
+
+class IdentifierIndex:
+    """``(type, identifier system, value)`` -> server id of every Practitioner and Organization a sync has read.
+
+    Lives as long as the channel (one sync), so a reference by identifier in one stream resolves to a resource
+    read in another. Compact by design: ids only, never resources, and only the few types other records point
+    at by identifier (practitioners and payers number in the thousands even for a 100,000-patient tenant);
+    past ``limit`` entries new ones are not kept and such references stay unresolved, null + flagged."""
+
+    def __init__(self, limit: int = 2_000_000) -> None:
+        self.limit = limit
+        self._ids: dict[tuple[str, str, str], str] = {}
+        self._absent: set[tuple[str, str, str]] = set()
+        self.full = False
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, res: Mapping[str, Any]) -> None:
+        kind, rid = res.get("resourceType"), res.get("id")
+        if kind not in INDEXED_TYPES or not isinstance(rid, str) or not rid:
+            return
+        for ident in _list(res.get("identifier")):
+            ident = _map(ident)
+            value = _str(ident.get("value"))
+            if value is None:
+                continue
+            key = (str(kind), str(ident.get("system") or ""), value)
+            if key not in self._ids and len(self._ids) >= self.limit:
+                self.full = True
+                return
+            self._ids[key] = rid
+            self._absent.discard(key)
+            anysystem = (str(kind), "", value)  # a reference without system matches any, unless two ids share it
+            if key != anysystem:
+                self._ids[anysystem] = rid if self._ids.get(anysystem, rid) == rid else AMBIGUOUS
+                self._absent.discard(anysystem)
+
+    def get(self, kind: str, system: str, value: str) -> str | None:
+        rid = self._ids.get((kind, system, value))
+        return None if rid == AMBIGUOUS else rid
+
+    def known_absent(self, key: tuple[str, str, str]) -> bool:
+        """The server was asked for this identifier and has no such resource (asked once per sync)."""
+        return key in self._absent
+
+    def mark_absent(self, key: tuple[str, str, str]) -> None:
+        if key not in self._ids and len(self._absent) < self.limit:
+            self._absent.add(key)
+
+
+def identifier_references(res: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """``(type, system, value)`` of the references by identifier to indexed types anywhere in ``res``: conditional
+    (``Practitioner?identifier=system|value``), typed identifier-only, and a PractitionerRole's practitioner."""
+    found: list[tuple[str, str, str]] = []
+
+    def visit(node: Any, key: str | None) -> None:
+        if isinstance(node, list):
+            for item in node:
+                visit(item, key)
+            return
+        if not isinstance(node, Mapping):
+            return
+        ref = node.get("reference")
+        if isinstance(ref, str) and "?" in ref:
+            kind, _, query = ref.partition("?")
+            kind = kind.rsplit("/", 1)[-1]
+            for part in query.split("&"):
+                name, _, val = part.partition("=")
+                if kind in INDEXED_TYPES and name == "identifier" and val:
+                    system, _, code = val.rpartition("|")
+                    found.append((kind, system, code))
+        elif ref is None and isinstance(node.get("identifier"), Mapping):
+            kind = node.get("type") or ("Practitioner" if key == "practitioner" else None)
+            ident = node["identifier"]
+            if kind in INDEXED_TYPES and _str(ident.get("value")):
+                found.append((str(kind), str(ident.get("system") or ""), ident["value"]))
+        for child_key, child in node.items():
+            if child_key not in ("identifier", "contained") and isinstance(child, (Mapping, list)):
+                visit(child, child_key)
+
+    visit(res, None)
+    return list(dict.fromkeys(found))
+
+
+class Resolver:
+    """Finds the resources a record refers to: in the parent's ``contained``, in the page, by identifier among
+    the page's resources, then (ids only) in the sync's :class:`IdentifierIndex`."""
+
+    def __init__(
+        self,
+        resources: Iterable[Mapping[str, Any]] = (),
+        rules: FhirRules = DEFAULT_RULES,
+        index: IdentifierIndex | None = None,
+    ) -> None:
         self.rules = rules
+        self.index = index
         self.by_ref: dict[str, Mapping[str, Any]] = {}
         self.by_identifier: dict[tuple[str, str, str], Mapping[str, Any]] = {}
         for res in resources:
             self.add(res)
+
+    def _by_identifier(
+        self, kind: str, system: str, value: str
+    ) -> tuple[str | None, str | None, Mapping[str, Any] | None, str | None] | None:
+        res = self.by_identifier.get((kind, system, value))
+        if res is not None:
+            return kind, str(res.get("id")), res, None
+        rid = self.index.get(kind, system, value) if self.index is not None else None
+        if rid is not None:
+            return kind, rid, self.by_ref.get(f"{kind}/{rid}"), None
+        return None
 
     def add(self, res: Mapping[str, Any]) -> None:
         kind, rid = res.get("resourceType"), res.get("id")
@@ -307,10 +421,10 @@ class Resolver:
                     name, _, val = part.partition("=")
                     if name == "identifier" and val:
                         system, _, code = val.rpartition("|")
-                        res = self.by_identifier.get((kind, system, code))
-                        if res is not None:
-                            return kind, str(res.get("id")), res, None
-            return None, None, None, "conditional reference that no returned resource matches"
+                        hit = self._by_identifier(kind, system, code)
+                        if hit is not None:
+                            return hit
+            return None, None, None, "conditional reference that no resource read in this sync matches"
         if isinstance(ref, str) and ref:
             parts = ref.rstrip("/").split("/")
             if "_history" in parts:
@@ -323,11 +437,14 @@ class Resolver:
             return None, None, None, f"reference is not to a {' or '.join(kinds)}"
         ident = _map(value.get("identifier"))
         if _str(ident.get("value")):
+            typed = value.get("type")
             for kind in kinds:
-                res = self.by_identifier.get((kind, str(ident.get("system") or ""), ident["value"]))
-                if res is not None:
-                    return kind, str(res.get("id")), res, None
-            return None, None, None, "identifier-only reference that no returned resource matches"
+                if isinstance(typed, str) and typed != kind:
+                    continue
+                hit = self._by_identifier(kind, str(ident.get("system") or ""), ident["value"])
+                if hit is not None:
+                    return hit
+            return None, None, None, "identifier-only reference that no resource read in this sync matches"
         if value.get("display"):
             return None, None, None, "display-only reference"
         return None, None, None, "missing reference"
@@ -470,9 +587,8 @@ def patient(res: Mapping[str, Any], resolver: Resolver | None = None) -> dict[st
     )
     addresses = [a for a in _list(res.get("address")) if isinstance(a, Mapping)]
     home = next((a for a in addresses if a.get("use") == "home"), None)
-    status = r.ext("patient-status", "valueCode", "status")
-    if status is None and isinstance(res.get("active"), bool):
-        status = "active" if res["active"] else "inactive"
+    stated = r.ext("patient-status", "valueCode", "status")
+    implied = ("active" if res["active"] else "inactive") if isinstance(res.get("active"), bool) else None
     coverage = [
         {
             "payer_id": _sub(e, "payer-id", "valueString"),
@@ -492,6 +608,7 @@ def patient(res: Mapping[str, Any], resolver: Resolver | None = None) -> dict[st
             deceased_at = moment
         else:
             r.flag("deceased_at", "invalid", "deceasedDateTime has no time of day")
+    status = patient_status(stated, deceased, implied)
     race = _omb(res, "us-core-race")
     ethnicity = _omb(res, "us-core-ethnicity")
     data = {
@@ -851,14 +968,16 @@ def care_plan(
 
 
 def _payer(r: _Reader, value: Any, field_prefix: str = "") -> tuple[str | None, str | None]:
-    """Payer id and name from a reference with identifier/display, or the resolved Organization."""
+    """Payer id and name from a reference with identifier/display, the resolved Organization's identifiers, else
+    the referenced Organization's server id (``Organization/<id>``: the reference's id is known, so it is kept)."""
     value = _map(value)
     ident = _map(value.get("identifier"))
     payer_id = _str(ident.get("value"))
     name = _str(value.get("display"))
     org: Mapping[str, Any] | None = None
+    org_id: str | None = None
     if value.get("reference"):
-        _kind, _, org, problem = r.resolver.find(value, ("Organization",), r.res)
+        _kind, org_id, org, problem = r.resolver.find(value, ("Organization",), r.res)
         if problem is not None and not (payer_id or name):
             r.flag(f"{field_prefix}payer_id", "unresolved_reference", problem)
     if org:
@@ -867,6 +986,8 @@ def _payer(r: _Reader, value: Any, field_prefix: str = "") -> tuple[str | None, 
             None,
         )
         name = name or _str(org.get("name"))
+    if payer_id is None and org_id is not None:
+        payer_id = org_id  # no payer identifier anywhere: the Organization's server id is the payer's key
     if value.get("reference") and not org and not (payer_id and name):
         r.flag(f"{field_prefix}payer_id" if not payer_id else f"{field_prefix}payer_name", "unresolved_reference",
                "payer given by reference only and the Organization was not returned")
