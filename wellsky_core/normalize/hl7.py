@@ -626,11 +626,12 @@ def _resource(m: _Msg, seg: str, fields: list[str]) -> dict[str, Any] | None:
 
 def _resources(m: _Msg) -> tuple[str | None, list[dict[str, Any]]]:
     """(practitioner id, other resources): the first AIP with an id is the practitioner; every AIG and any
-    further AIP are resources, so none is lost."""
+    further AIP are resources, so none is lost. A segment whose action code (AIG-2/AIP-2) is ``D`` removes that
+    resource from the appointment (S20-S22) and is left out."""
     practitioner = None
     out: list[dict[str, Any]] = []
     for seg, fields in m.segments:
-        if seg not in ("AIG", "AIP"):
+        if seg not in ("AIG", "AIP") or m.comp(m.field(fields, 2), 1).upper() == "D":
             continue
         if seg == "AIP" and practitioner is None and m.comp(m.field(fields, 3), 1):
             practitioner = m.comp(m.field(fields, 3), 1)
