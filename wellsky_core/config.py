@@ -128,6 +128,14 @@ def with_product_defaults(data: Any) -> Any:
     return data
 
 
+def _origin(url: str) -> str:
+    """``scheme://host[:port]`` of a URL (default ports left out)."""
+    import httpx
+
+    parsed = httpx.URL(url)
+    return str(parsed.copy_with(path="/", query=None, fragment=None)).rstrip("/")
+
+
 def _url_path(url: str) -> str:
     import httpx
 
@@ -219,6 +227,12 @@ class WellSkyConfig(BaseModel):
     stream_sources: dict[str, SourceName] = Field(
         default_factory=dict,
         description='Channel per stream, overriding source, e.g. {"encounters": "fhir"}.',
+    )
+    fhir_base_url: str | None = Field(
+        default=None,
+        description="FHIR R4 base for source=fhir and fhir_bulk, any path on base_url's host (e.g. "
+        "https://agency.wellsky.example/r4/tenant-123); SMART discovery is read at "
+        "<fhir_base_url>/.well-known/smart-configuration. Default: {base_url}/fhir.",
     )
     fhir_bulk_level: Literal["system", "patient", "group"] = Field(
         default="system",
@@ -364,7 +378,7 @@ class WellSkyConfig(BaseModel):
 
     # --- field validators -------------------------------------------------------------------------------
 
-    @field_validator("base_url", "token_url")
+    @field_validator("base_url", "token_url", "fhir_base_url")
     @classmethod
     def _https_or_loopback(cls, value: str | None) -> str | None:
         if value is None or value == "":
@@ -527,6 +541,15 @@ class WellSkyConfig(BaseModel):
                     "private_key_id",
                     "when auth_method=oauth_private_key_jwt (the kid the key was registered with)",
                 )
+        if self.fhir_base_url and self.base_url and _origin(self.fhir_base_url) != _origin(self.base_url):
+            problems.append(
+                ConfigProblem(
+                    "fhir_base_url",
+                    "must be on base_url's host (same scheme, host and port): the access token is only ever sent "
+                    "to the tenant's own origin; give the FHIR path on that host, e.g. "
+                    f"{_origin(self.base_url)}/r4/<tenant>",
+                )
+            )
         if self.fhir_bulk_level == "group":
             need("fhir_bulk_group_id", "when fhir_bulk_level=group (the Group to export, e.g. from GET /fhir/Group)")
         product = DIALECTS.get(self.product or "")
@@ -592,6 +615,16 @@ class WellSkyConfig(BaseModel):
         if self.ca_bundle and self.verify_tls:
             return ssl.create_default_context(cafile=self.ca_bundle)
         return self.verify_tls
+
+    @property
+    def fhir_base(self) -> str:
+        """The FHIR base URL, no trailing slash: ``fhir_base_url``, else ``{base_url}/fhir`` (the one place
+        that decides where the FHIR channels and SMART discovery go)."""
+        if self.fhir_base_url:
+            return self.fhir_base_url.rstrip("/")
+        if not self.base_url:
+            raise ConfigError("base_url", "set `base_url` (or `fhir_base_url`) to reach the tenant's FHIR API")
+        return f"{self.base_url.rstrip('/')}/fhir"
 
     def resolved_token_url(self) -> str:
         """The OAuth2 token endpoint: ``token_url`` or ``{base_url}/oauth/token``."""

@@ -160,11 +160,22 @@ class ShiftTask(CanonicalModel):
     status: Literal["complete", "not_complete"] | None = None
 
 
+class AppointmentResource(CanonicalModel):
+    """A person or thing booked for a visit besides its practitioner (HL7 AIG, further AIPs)."""
+
+    id: str | None = Field(default=None, description="The sender's resource id (AIG-3.1, AIP-3.1)")
+    name: str | None = None
+    type: str | None = Field(default=None, description="Resource type or role code as sent (AIG-4, AIP-4)")
+    kind: Literal["personnel", "general"] = Field(
+        default="general", description="personnel (HL7 AIP) or any other resource (HL7 AIG: equipment, aides)"
+    )
+
+
 class Appointment(Record):
     """A scheduled visit (home health), hospice visit, or shift (personal care)."""
 
     expected = ("patient_id", "start", "end", "status", "discipline", "service_code")
-    read_only = ("location_name",)
+    read_only = ("location_name", "resources")
 
     id: str
     series_id: str | None = Field(
@@ -190,6 +201,9 @@ class Appointment(Record):
         default=None, description="Named place of the visit (FHIR Location display / HL7 AIL-3), when given"
     )
     tasks: list[ShiftTask] = Field(default_factory=list, description="Tasks planned for the shift (Home Connect)")
+    resources: list[AppointmentResource] = Field(
+        default_factory=list, description="Other people and things booked for the visit (HL7 AIG, further AIP)"
+    )
     updated_at: UtcDatetime
 
 

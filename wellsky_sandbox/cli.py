@@ -56,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
         help="soft limit in requests/s: answered, overruns counted in /_sandbox/stats (default: the product's, "
         "100 for personal_care, else none)",
     )
+    serve.add_argument(
+        "--fhir-references",
+        choices=("literal", "identifier"),
+        default="literal",
+        help="identifier: refer to practitioners by NPI (PractitionerRole.practitioner, Encounter/Appointment "
+        "Practitioner?identifier=...) and offer no PractitionerRole _revinclude, as US Core servers do",
+    )
     serve.add_argument("--ready-file", type=Path, help="also write the JSON line to this file")
     return parser
 
@@ -111,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         latency=args.latency or None,
         jitter=args.jitter,
         rate_limit=args.rate_limit,
+        fhir_references=args.fhir_references,
     )
     try:
         server.start()

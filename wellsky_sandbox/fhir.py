@@ -7,6 +7,13 @@ records field by field). Children without a record of their own (an encounter's 
 vitals, a care plan's goals, a practitioner's roles) become separate resources with ids derived from the
 parent's id and the parent's ``updated_at`` as ``meta.lastUpdated``.
 
+With ``fhir_references="identifier"`` (a tenant option) the server behaves like a certified US Core server
+holding Synthea-style data instead: a PractitionerRole names its practitioner by NPI identifier only, an
+Encounter's or Appointment's practitioner is a conditional reference (``Practitioner?identifier=<npi
+system>|<npi>``), Practitioner can be searched by ``identifier`` (US Core SHALL), and
+``_revinclude=PractitionerRole:practitioner`` is not offered (a server cannot reverse-include roles that do not
+refer to the practitioner by id). Practitioners without an NPI keep literal references.
+
 Errors are OperationOutcome JSON: 400 for a bad search parameter (named in ``issue.expression``), 401/403 for
 auth, 404 for an unknown or unexposed type or id. Like REST, every route needs a session cookie or a bearer
 token, and an authenticated response may rotate the session cookie.
@@ -618,6 +625,40 @@ class Fhir:
         self.tenant = tenant
         self.api = Api(tenant)
         self.exposed = set(fhir_resources(tenant.product))
+        self.identifier_references = tenant.config.fhir_references == "identifier"
+        if tenant.config.fhir_references not in ("literal", "identifier"):
+            raise ValueError("fhir_references must be 'literal' or 'identifier'")
+
+    def _npis(self) -> dict[str, str]:
+        """Practitioner id -> NPI (identifier-reference mode; practitioners are few, read per request)."""
+        return {p["id"]: p["npi"] for p in self.tenant.store.iter_all("practitioners") if p.get("npi")}
+
+    def _by_identifier(self, resource: dict[str, Any], npis: dict[str, str]) -> dict[str, Any]:
+        """A resource as a US Core server refers to practitioners: by NPI identifier instead of by id."""
+        kind = resource["resourceType"]
+
+        def conditional(ref: Any) -> Any:
+            rid = ref.get("reference", "").removeprefix("Practitioner/") if isinstance(ref, dict) else ""
+            if isinstance(ref, dict) and ref.get("reference", "").startswith("Practitioner/") and rid in npis:
+                return {"reference": f"Practitioner?identifier={SID_NPI}|{npis[rid]}"}
+            return ref
+
+        if kind == "PractitionerRole" and resource["practitioner"]["reference"].removeprefix("Practitioner/") in npis:
+            rid = resource["practitioner"]["reference"].removeprefix("Practitioner/")
+            return {**resource, "practitioner": {"identifier": {"system": SID_NPI, "value": npis[rid]}}}
+        if kind == "Encounter" and resource.get("participant"):
+            return {**resource, "participant": [{**p, "individual": conditional(p.get("individual"))}
+                                                for p in resource["participant"]]}
+        if kind == "Appointment":
+            return {**resource, "participant": [{**p, "actor": conditional(p.get("actor"))}
+                                                for p in resource["participant"]]}
+        return resource
+
+    def _revincludes(self, kind: str) -> dict[str, str]:
+        offered = {k: v for k, v in REVINCLUDES.get(kind, {}).items() if v in self.exposed}
+        if self.identifier_references:
+            offered.pop("PractitionerRole:practitioner", None)
+        return offered
 
     def _type(self, name: str) -> str:
         if name not in TYPES or name not in self.exposed:
@@ -649,13 +690,15 @@ class Fhir:
             ]
             if TYPES[name][2]:
                 params.append({"name": "patient", "type": "reference"})
+            if name == "Practitioner" and self.identifier_references:
+                params.append({"name": "identifier", "type": "token", "documentation": "system|value, comma = or"})
             entry: dict[str, Any] = {
                 "type": name,
                 "interaction": [{"code": "read"}, {"code": "search-type"}],
                 "searchParam": params,
             }
             includes = [k for k, v in INCLUDES.get(name, {}).items() if v in self.exposed]
-            revincludes = [k for k, v in REVINCLUDES.get(name, {}).items() if v in self.exposed]
+            revincludes = list(self._revincludes(name))
             if includes:
                 entry["searchInclude"] = includes
             if revincludes:
@@ -694,6 +737,8 @@ class Fhir:
             found = [r for r in build(public(rec)) if r["id"] == rid] if rec else []
             if not found:
                 raise FhirProblem(404, "not-found", f"{kind}/{rid} is not known")
+            if self.identifier_references:
+                return _fhir_response(self._by_identifier(found[0], self._npis()))
             return _fhir_response(found[0])
 
         return await self._guard(request, run)
@@ -707,6 +752,8 @@ class Fhir:
         entity, build, by_patient = TYPES[kind]
         q = request.query_params
         allowed = set(SEARCH_PARAMS) | ({"patient"} if by_patient else set())
+        if kind == "Practitioner" and self.identifier_references:
+            allowed.add("identifier")
         for name in q:
             if name not in allowed:
                 raise FhirProblem(
@@ -715,7 +762,7 @@ class Fhir:
                     f"search parameter {name} is not supported on {kind}; use {', '.join(sorted(allowed))}",
                     name,
                 )
-        for name in ("_lastUpdated", "_count", "_sort", "_cursor", "patient"):
+        for name in ("_lastUpdated", "_count", "_sort", "_cursor", "patient", "identifier"):
             if len(q.getlist(name)) > 1:
                 raise FhirProblem(400, "invalid", f"{name} may be given only once", name)
         since = parse_last_updated(q["_lastUpdated"]) if q.get("_lastUpdated") else None
@@ -729,7 +776,8 @@ class Fhir:
             raise FhirProblem(400, "not-supported", "_sort supports _lastUpdated (ascending) only", "_sort")
         extra: list[str] = []
         for param, table in (("_include", INCLUDES), ("_revinclude", REVINCLUDES)):
-            options = {k: v for k, v in table.get(kind, {}).items() if v in self.exposed}
+            options = (self._revincludes(kind) if param == "_revinclude"
+                       else {k: v for k, v in table.get(kind, {}).items() if v in self.exposed})
             for value in q.getlist(param):
                 if value not in options:
                     hint = ", ".join(options) or "none on this type"
@@ -741,9 +789,18 @@ class Fhir:
             if not pid:
                 raise FhirProblem(400, "invalid", "patient must be a Patient id or Patient/<id>", "patient")
             filters["patient_id"] = pid
+        if q.get("identifier"):
+            filters["identifier"] = q["identifier"]
         cursor = _decode_cursor(kind, q["_cursor"]) if q.get("_cursor") else None
 
-        matches, included, nxt = self._page(kind, entity, build, since, cursor, count, filters, extra)
+        if "identifier" in filters:
+            matches, included, nxt = self._identified(filters["identifier"]), [], None
+        else:
+            matches, included, nxt = self._page(kind, entity, build, since, cursor, count, filters, extra)
+        if self.identifier_references:
+            npis = self._npis()
+            matches = [self._by_identifier(r, npis) for r in matches]
+            included = [self._by_identifier(r, npis) for r in included]
         base = str(request.base_url).rstrip("/")
         entries = [
             {"fullUrl": f"{base}/fhir/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": mode}}
@@ -765,6 +822,22 @@ class Fhir:
         if not entries:
             del bundle["entry"]
         return _fhir_response(bundle)
+
+    def _identified(self, value: str) -> list[dict[str, Any]]:
+        """``Practitioner?identifier=system|value[,system|value…]`` (a value without ``system|`` matches any
+        system); one page, as US Core servers answer a token search."""
+        wanted = []
+        for part in value.split(","):
+            system, bar, code = part.rpartition("|")
+            if not code:
+                raise FhirProblem(400, "invalid", "identifier must be system|value (comma-separated)", "identifier")
+            wanted.append((system if bar else None, code))
+        out = []
+        for rec in self.tenant.store.iter_all("practitioners"):
+            npi = rec.get("npi")
+            if npi and any(code == npi and system in (None, SID_NPI) for system, code in wanted):
+                out.append(practitioner(public(rec)))
+        return out
 
     def _page(
         self,

@@ -51,10 +51,12 @@ class SandboxServer:
         latency: str | float | None = None,
         jitter: str | float | None = None,
         rate_limit: int | None = None,
+        fhir_references: str = "literal",
     ) -> None:
         """``latency`` (``"150ms"`` or seconds) delays every request by latency ± jitter (default a fifth of
         it); ``rate_limit`` is the soft requests/s whose overruns ``/_sandbox/stats`` counts (None: the
-        product's documented limit, 100 for personal care)."""
+        product's documented limit, 100 for personal care); ``fhir_references="identifier"`` refers to
+        practitioners by NPI as certified US Core servers do (see ``fhir.Fhir.identifier_references``)."""
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="wellsky-sandbox-"))
         self.config = TenantConfig(
@@ -74,6 +76,7 @@ class SandboxServer:
             homeconnect=homeconnect,
             wan=WanPlan.parse(latency, jitter, seed=seed),
             rate_limit=rate_limit,
+            fhir_references=fhir_references,
         )
         self.host = host
         self.port = port

@@ -60,6 +60,7 @@ class TenantConfig:
     homeconnect: str | dict[str, Any] | None = None  # personal_care: Home Connect options (homeconnect.Options)
     wan: WanPlan = field(default_factory=WanPlan)  # latency + jitter on every request (wan.py)
     rate_limit: int | None = None  # soft requests/s, overruns counted; None: the product's documented limit
+    fhir_references: str = "literal"  # "identifier": practitioners referenced by NPI as US Core servers do (fhir.py)
 
 
 SOFT_RATE_LIMITS = {"personal_care": 100}

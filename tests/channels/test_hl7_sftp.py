@@ -227,7 +227,7 @@ def test_standard_interface_engine_files_over_sftp(sandbox: SandboxServer, tmp_p
                                                                                   "encounters")}
         skipped = dict(channel.skipped)
     assert DeadLetter.read(tmp_path / "dead.jsonl") == []
-    assert skipped == {"MDM^T02": 1, "ACK^A01": 1, "ADT^A17": 1, "ORM^O01": 1}
+    assert skipped == {"MDM^T02": 1, "ACK^A01": 1, "ADT^A17": 1, "ORM^O01": 1, "SIU^S23": 1}
     assert records["patients"]["MRN500"]["merged_ids"] == ["MRN501"]
     assert records["patients"]["MRN600"]["merged_ids"] == ["MRN-OLD-600"]
     assert records["appointments"]["FL-3007"]["status"] == "missed"

@@ -224,3 +224,73 @@ def test_standard_elements_of_the_sandbox_fill_the_widened_fields(tenant: Sandbo
     for plan in channel.iter_records("care_plans", None):
         assert len(plan["activities"]) == len(plans[plan["id"]]["interventions"])
         assert {a["status"] for a in plan["activities"]} <= {"in_progress"}
+
+
+# -- identifier references across streams (issue 26) ----------------------------------------------------------
+@pytest.fixture
+def us_core_tenant(sandbox_factory: Callable[..., SandboxServer]) -> SandboxServer:
+    """Practitioners referred to by NPI (PractitionerRole, Encounter, Appointment) and no role _revinclude."""
+    return sandbox_factory(product="home_health", scale=60, fhir_references="identifier")
+
+
+def _field_by_field(tenant: SandboxServer, entity: str, got: list[dict[str, Any]]) -> None:
+    want = canonical(entity, tenant.truth(entity))
+    assert len(got) == len(want) > 0, entity
+    for mine, theirs in zip(got, want, strict=True):
+        for field in ENTITIES[entity].model.model_fields:
+            if field not in FHIR_ONLY.get(entity, ()):
+                assert mine[field] == theirs[field], (entity, mine["id"], field)
+        assert mine["data_quality"] == [], (entity, mine["id"], mine["data_quality"])
+
+
+def test_identifier_references_resolve_across_streams_in_either_order(us_core_tenant: SandboxServer) -> None:
+    channel, client = make_channel(us_core_tenant)
+    try:
+        assert "PractitionerRole:practitioner" not in (
+            channel.capability()["Practitioner"].get("searchRevInclude") or []
+        ), "the variant under test: no role _revinclude"
+        # encounters first: nothing indexed yet, so the NPIs are looked up (batched, once per sync)
+        before = us_core_tenant.stats()
+        encounters = fhir_records(channel, "encounters")
+        lookups = _requests(us_core_tenant.stats()) - _requests(before)
+        assert any(e["practitioner_id"] for e in encounters)
+        _field_by_field(us_core_tenant, "encounters", encounters)
+        practitioners = len(us_core_tenant.truth("practitioners"))
+        pages = -(-len(encounters) // 37)
+        assert lookups <= 2 * pages + 1, f"{lookups} requests: identifiers looked up per record, not per page"
+        assert len(channel.index) > 0, "encounter pages carry no Practitioner: only the lookups can fill the index"
+        assert practitioners > 0
+        _field_by_field(us_core_tenant, "appointments", fhir_records(channel, "appointments"))
+        # roles name their practitioner by NPI only: read by search and joined by identifier
+        got = fhir_records(channel, "practitioners")
+        assert any(p["roles"] for p in got)
+        _field_by_field(us_core_tenant, "practitioners", got)
+    finally:
+        channel.close()
+        client.close()
+
+
+def test_an_identifier_no_server_resource_carries_is_null_and_flagged(us_core_tenant: SandboxServer) -> None:
+    channel, client = make_channel(us_core_tenant)
+    try:
+        encounter = {
+            "resourceType": "Encounter", "id": "e-x", "meta": {"lastUpdated": "2026-01-02T00:00:00Z"},
+            "status": "finished", "subject": {"reference": "Patient/p1"},
+            "participant": [{"individual": {"reference": f"Practitioner?identifier={fhir_norm.SID_NPI}|0000000000"}}],
+        }
+        resources: list[tuple[str | None, dict[str, Any]]] = [("match", encounter)]
+        channel._resolve_identifiers(resources)
+        assert channel.index.known_absent(("Practitioner", fhir_norm.SID_NPI, "0000000000"))
+        before = _requests(us_core_tenant.stats())
+        channel._resolve_identifiers(resources)
+        assert _requests(us_core_tenant.stats()) == before, "a miss is asked once per sync"
+        from wellsky_core.channels.fhir import normalize_page
+
+        [record] = normalize_page("encounters", "Encounter", resources, channel.rules, channel.reject,
+                                  channel.skipped, index=channel.index)
+        assert record["practitioner_id"] is None
+        assert {"field": "practitioner_id", "kind": "unresolved_reference"}.items() <= next(
+            f for f in record["data_quality"] if f["field"] == "practitioner_id").items()
+    finally:
+        channel.close()
+        client.close()

@@ -206,3 +206,34 @@ def test_child_resources_page_exactly_for_any_page_size(server: SandboxServer, c
     for count in (1, 2, 3, 4, 5, 7):
         paged, _ = search_all(client, "Condition", _count=str(count))
         assert [c["id"] for c in paged] == [c["id"] for c in whole], count
+
+
+def test_identifier_reference_variant_refers_to_practitioners_by_npi(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """``fhir_references="identifier"``: US Core/Synthea style references, identifier search, no role _revinclude."""
+    npi = "http://hl7.org/fhir/sid/us-npi"
+    with SandboxServer(product="home_health", scale=20, data_dir=tmp_path_factory.mktemp("idref"), sftp_port=None,
+                       fhir_references="identifier") as srv:
+        token = httpx.post(srv.base_url + "/oauth/token", data={
+            "grant_type": "client_credentials", "client_id": srv.client_id, "client_secret": srv.client_secret,
+        }).json()["access_token"]
+        with httpx.Client(base_url=srv.base_url, headers={"authorization": f"Bearer {token}"}) as c:
+            meta = c.get("/fhir/metadata").json()
+            practitioner = next(r for r in meta["rest"][0]["resource"] if r["type"] == "Practitioner")
+            assert "PractitionerRole:practitioner" not in practitioner.get("searchRevInclude", [])
+            assert "identifier" in {p["name"] for p in practitioner["searchParam"]}
+            bad = c.get("/fhir/Practitioner", params={"_revinclude": "PractitionerRole:practitioner"})
+            assert bad.status_code == 400
+            roles, _ = search_all(c, "PractitionerRole")
+            by_npi = [r for r in roles if "identifier" in r["practitioner"]]
+            assert by_npi and all(r["practitioner"]["identifier"]["system"] == npi for r in by_npi)
+            encounters, _ = search_all(c, "Encounter", _count="50")
+            refs = [p["individual"]["reference"] for e in encounters for p in e.get("participant", [])]
+            conditional = [r for r in refs if r.startswith(f"Practitioner?identifier={npi}|")]
+            without_npi = {p["id"] for p in search_all(c, "Practitioner")[0] if not p.get("identifier")}
+            assert conditional and all(r.removeprefix("Practitioner/") in without_npi
+                                       for r in refs if r not in conditional)
+            wanted = sorted({r.rpartition("|")[2] for r in conditional})[:3]
+            found = c.get("/fhir/Practitioner", params={"identifier": ",".join(f"{npi}|{v}" for v in wanted)}).json()
+            assert sorted(e["resource"]["identifier"][0]["value"] for e in found["entry"]) == wanted
+            none = c.get("/fhir/Practitioner", params={"identifier": f"{npi}|0000000000"}).json()
+            assert not none.get("entry")

@@ -4,11 +4,20 @@ Which entities a tenant serves comes from its CapabilityStatement (products diff
 CarePlan, hospice no ServiceRequest). Child resources ride along with their parent in the same Bundle page
 (``_revinclude`` of an encounter's Conditions/Procedures/Observations and a practitioner's PractitionerRole,
 ``_include`` of a care plan's Goals), so an entity costs one request per page, never one per record.
+
+References by identifier cross streams (US Core servers and Synthea data name a PractitionerRole's practitioner
+by NPI, an Encounter's by ``Practitioner?identifier=…``). The channel keeps one :class:`IdentifierIndex` for the
+sync, fed by every Practitioner and Organization it reads; an identifier it has not seen is looked up with one
+``<Type>?identifier=a,b,…`` search per page when the server offers that parameter (asked once per sync, misses
+remembered). A server that cannot ``_revinclude`` PractitionerRoles (they refer to the practitioner by
+identifier, which a reverse include cannot follow) has its roles read once by plain search into a compact
+index by practitioner key. What stays unresolved is null and flagged by the normalizer.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import ChainMap, Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -46,7 +55,8 @@ def fhir_instant(moment: datetime) -> str:
 
 
 class FhirChannel(Channel):
-    """``GET /fhir/<Type>?_lastUpdated=ge…&_sort=_lastUpdated&_count=…`` following Bundle ``next`` links."""
+    """``GET <fhir_base>/<Type>?_lastUpdated=ge…&_sort=_lastUpdated&_count=…`` following Bundle ``next`` links
+    (``fhir_base``: ``fhir_base_url``, default ``{base_url}/fhir``)."""
 
     name = "fhir"
     ordered = True
@@ -57,14 +67,18 @@ class FhirChannel(Channel):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._capability: dict[str, dict[str, Any]] | None = None
+        self.index = fhir_norm.IdentifierIndex()
+        """Practitioners and Organizations read in this sync, by identifier (see the module docstring)."""
+        self._roles: dict[tuple[str, ...], list[dict[str, Any]]] | None = None
+        self._roles_lock = threading.Lock()
 
     # -- capability -----------------------------------------------------------------------------------------
     def capability(self) -> dict[str, dict[str, Any]]:
         """Resource type -> its CapabilityStatement entry (fetched once per channel)."""
         if self._capability is None:
-            body = self.client.get_json("/fhir/metadata")
+            body = self.client.get_json(f"{self.config.fhir_base}/metadata")
             if not isinstance(body, Mapping) or body.get("resourceType") != "CapabilityStatement":
-                raise RemoteError(200, "unexpected_shape", "/fhir/metadata is not a CapabilityStatement")
+                raise RemoteError(200, "unexpected_shape", "the FHIR base's /metadata is not a CapabilityStatement")
             resources: dict[str, dict[str, Any]] = {}
             for rest in body.get("rest") or []:
                 if isinstance(rest, Mapping) and rest.get("mode", "server") == "server":
@@ -99,7 +113,9 @@ class FhirChannel(Channel):
         for param, value, child in INCLUDES.get(entity, []):
             if value in offered[param]:
                 params.append((param, value))
-            elif child in self.capability() and entity != "practitioners":
+            elif entity == "practitioners":
+                pass  # roles are then read by search (_roles_by_practitioner)
+            elif child in self.capability():
                 raise RemoteError(
                     200,
                     "include_not_supported",
@@ -123,11 +139,20 @@ class FhirChannel(Channel):
             params.append(("_lastUpdated", "ge" + fhir_instant(since)))
         params += self._include_params(entity, resource_type)
         floor = since.astimezone(UTC) if since is not None else None
+        roles = None
+        if entity == "practitioners" and not any(p == "_revinclude" for p, _ in params):
+            roles = self._roles_by_practitioner()
         # _include/_revinclude repeat, which a params mapping cannot express (and httpx replaces a path's query
         # when params are given), so the whole query is encoded into the path.
-        bundles = self.client.iter_fhir_bundles(f"/fhir/{resource_type}?{urlencode(params)}")
+        bundles = self.client.iter_fhir_bundles(f"{self.config.fhir_base}/{resource_type}?{urlencode(params)}")
         for bundle in prefetch(bundles):
-            for record in self._records(entity, resource_type, bundle):
+            resources = list(_resources(bundle))
+            if roles is not None:
+                resources += [("include", role) for role in _roles_of(resources, resource_type, roles)]
+            self._resolve_identifiers(resources)
+            for record in normalize_page(
+                entity, resource_type, resources, self.rules, self.reject, self.skipped, index=self.index
+            ):
                 if floor is not None and datetime.fromisoformat(record["updated_at"]) < floor:
                     continue
                 yield record
@@ -138,7 +163,96 @@ class FhirChannel(Channel):
 
     def _records(self, entity: str, resource_type: str, bundle: Mapping[str, Any]) -> list[dict[str, Any]]:
         """One Bundle page -> canonical records in (updated_at, id) order."""
-        return normalize_page(entity, resource_type, _resources(bundle), self.rules, self.reject, self.skipped)
+        return normalize_page(
+            entity, resource_type, _resources(bundle), self.rules, self.reject, self.skipped, index=self.index
+        )
+
+    # -- references across streams -----------------------------------------------------------------------------
+    def _search_params(self, resource_type: str) -> set[str]:
+        entry = self.capability().get(resource_type) or {}
+        return {p.get("name") for p in entry.get("searchParam") or [] if isinstance(p, Mapping)}
+
+    def _resolve_identifiers(self, resources: list[tuple[str | None, dict[str, Any]]]) -> None:
+        """Index the page's Practitioners and Organizations, then look up (once per sync) the identifiers its
+        references name that no resource read so far carries, when the server offers ``identifier`` search."""
+        for _, res in resources:
+            self.index.add(res)
+        wanted: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
+        for _, res in resources:
+            for key in fhir_norm.identifier_references(res):
+                if self.index.get(*key) is None and not self.index.known_absent(key) and key not in wanted[key[0]]:
+                    wanted[key[0]].append(key)
+        for kind, keys in wanted.items():
+            if not keys or not self._searchable(kind) or "identifier" not in self._search_params(kind):
+                continue
+            for start in range(0, len(keys), IDENTIFIER_BATCH):
+                batch = keys[start : start + IDENTIFIER_BATCH]
+                tokens = ",".join(f"{system}|{value}" if system else value for _, system, value in batch)
+                query = urlencode([("identifier", tokens), ("_count", str(self.config.page_size))])
+                for bundle in self.client.iter_fhir_bundles(f"{self.config.fhir_base}/{kind}?{query}"):
+                    for _, res in _resources(bundle):
+                        self.index.add(res)
+                for key in batch:
+                    self.index.mark_absent(key)  # ignored for the keys just found
+
+    def _roles_by_practitioner(self) -> dict[tuple[str, ...], list[dict[str, Any]]]:
+        """Every PractitionerRole (read once per sync by plain search), keyed by the practitioner it names:
+        ``("id", id)`` or ``("identifier", system, value)``. Only the elements the mapping reads are kept."""
+        with self._roles_lock:
+            if self._roles is not None:
+                return self._roles
+            roles: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+            if self._searchable("PractitionerRole"):
+                query = urlencode([("_count", str(self.config.page_size))])
+                for bundle in self.client.iter_fhir_bundles(f"{self.config.fhir_base}/PractitionerRole?{query}"):
+                    for _, res in _resources(bundle):
+                        key = _role_key(res)
+                        if res.get("resourceType") == "PractitionerRole" and key is not None:
+                            roles[key].append({k: res[k] for k in ROLE_ELEMENTS if k in res})
+            self._roles = dict(roles)
+            return self._roles
+
+
+IDENTIFIER_BATCH = 50
+"""Identifiers per ``identifier=a,b,…`` lookup (keeps the URL well under common 8 KB limits)."""
+ROLE_ELEMENTS = ("resourceType", "id", "meta", "active", "practitioner", "code", "specialty")
+"""What a PractitionerRole read by search keeps in memory: the elements the practitioner mapping reads."""
+
+
+def _role_key(role: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The practitioner a role names: ``("id", id)`` for a literal reference, ``("identifier", system, value)``
+    for an identifier or conditional one."""
+    ref = role.get("practitioner")
+    if not isinstance(ref, Mapping):
+        return None
+    literal = ref.get("reference")
+    if isinstance(literal, str) and "?" not in literal and "/" in literal:
+        parts = literal.rstrip("/").split("/")
+        if "_history" in parts:
+            parts = parts[: parts.index("_history")]
+        return ("id", parts[-1]) if len(parts) >= 2 and parts[-2] == "Practitioner" else None
+    keys = fhir_norm.identifier_references({"practitioner": ref})
+    return ("identifier", keys[0][1], keys[0][2]) if keys else None
+
+
+def _roles_of(
+    resources: list[tuple[str | None, dict[str, Any]]],
+    resource_type: str,
+    roles: Mapping[tuple[str, ...], list[dict[str, Any]]],
+) -> list[dict[str, Any]]:
+    """The roles (read by search) of the page's practitioners, by id or by any of their identifiers."""
+    out: dict[str, dict[str, Any]] = {}
+    for _, res in resources:
+        if res.get("resourceType") != resource_type:
+            continue
+        keys: list[tuple[str, ...]] = [("id", str(res.get("id")))]
+        for ident in res.get("identifier") or []:
+            if isinstance(ident, Mapping) and isinstance(ident.get("value"), str):
+                keys.append(("identifier", str(ident.get("system") or ""), ident["value"]))
+        for key in keys:
+            for role in roles.get(key, []):
+                out.setdefault(str(role.get("id")), role)
+    return list(out.values())
 
 
 def _resources(bundle: Mapping[str, Any]) -> Iterator[tuple[str | None, dict[str, Any]]]:
@@ -155,6 +269,8 @@ def normalize_page(
     rules: fhir_norm.FhirRules,
     reject: Callable[..., None],
     skipped: Counter[str],
+    *,
+    index: fhir_norm.IdentifierIndex | None = None,
 ) -> list[dict[str, Any]]:
     """Resources of one page (``(search mode, resource)``) -> canonical records in (updated_at, id) order.
 
@@ -162,7 +278,7 @@ def normalize_page(
     (children are joined by literal or identifier reference; a PractitionerRole to its Practitioner by either).
     """
     matches: list[dict[str, Any]] = []
-    resolver = fhir_norm.Resolver(rules=rules)
+    resolver = fhir_norm.Resolver(rules=rules, index=index)
     children: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     others: list[dict[str, Any]] = []
     for mode, res in resources:

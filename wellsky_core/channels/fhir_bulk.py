@@ -62,7 +62,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FHIR_BASE = "/fhir"
 PATIENT_LEVEL_EXCLUDED = {"practitioners"}
 """Entities outside the patient compartment: not exported at Patient or Group level."""
 MAX_POLL_WAIT_SECONDS = 120.0
@@ -295,7 +294,7 @@ class FhirBulkChannel(Channel):
         if self._discovered:
             return None
         self._discovered = True
-        url = f"{FHIR_BASE}/.well-known/smart-configuration"
+        url = f"{self.config.fhir_base}/.well-known/smart-configuration"
         with self.client.stream("GET", url, authenticate=False) as response:
             response.read()
         if response.status_code != 200:
@@ -459,11 +458,11 @@ class FhirBulkChannel(Channel):
     def _kickoff(self, kickoff: dict[str, Any]) -> str:
         level = kickoff["level"]
         if level == "group":
-            path = f"{FHIR_BASE}/Group/{kickoff['group']}/$export"
+            path = f"{self.config.fhir_base}/Group/{kickoff['group']}/$export"
         elif level == "patient":
-            path = f"{FHIR_BASE}/Patient/$export"
+            path = f"{self.config.fhir_base}/Patient/$export"
         else:
-            path = f"{FHIR_BASE}/$export"
+            path = f"{self.config.fhir_base}/$export"
         params: list[tuple[str, str]] = [
             ("_outputFormat", "application/fhir+ndjson"),
             ("_type", ",".join(kickoff["types"])),

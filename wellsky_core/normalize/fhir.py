@@ -16,7 +16,10 @@ WellSky's ``…/sid/<name>`` convention, in that order.
 
 Child data of one canonical record arrives as separate resources (an encounter's Conditions, Procedures and
 Observations, a care plan's Goals, a practitioner's PractitionerRoles); :class:`Resolver` finds them among
-the page's resources, the parent's ``contained`` list, or by identifier.
+the page's resources, the parent's ``contained`` list, or by identifier. References across streams (an
+Encounter's ``Practitioner?identifier=…|<npi>``, a PractitionerRole's NPI-only practitioner) resolve through
+an :class:`IdentifierIndex` that outlives the page: server ids of the Practitioners and Organizations the sync
+has read, by each of their identifiers.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 from wellsky_core.errors import NormalizationError
+from wellsky_core.normalize.status import patient_status
 from wellsky_core.normalize.validation import validated
 from wellsky_core.quality import FlagKind, Flags
 
@@ -268,15 +272,125 @@ def _sub(extension: Mapping[str, Any], url: str, value_key: str | None = None) -
 
 
 # -- references --------------------------------------------------------------------------------------------
-class Resolver:
-    """Finds the resources a record refers to: in the parent's ``contained``, in the page, or by identifier."""
+INDEXED_TYPES = frozenset({"Practitioner", "Organization"})
+"""Resource types other streams refer to by identifier (NPI, payer ids): the ones :class:`IdentifierIndex` keeps."""
 
-    def __init__(self, resources: Iterable[Mapping[str, Any]] = (), rules: FhirRules = DEFAULT_RULES) -> None:
+
+AMBIGUOUS = ""
+"""Index value of an identifier without system that two resources share: never resolved."""
+
+
+class IdentifierIndex:
+    """``(type, identifier system, value)`` -> server id of every Practitioner and Organization a sync has read.
+
+    Lives as long as the channel (one sync), so a reference by identifier in one stream resolves to a resource
+    read in another. Compact by design: ids only, never resources, and only the few types other records point
+    at by identifier (practitioners and payers number in the thousands even for a 100,000-patient tenant);
+    past ``limit`` entries new ones are not kept and such references stay unresolved, null + flagged."""
+
+    def __init__(self, limit: int = 2_000_000) -> None:
+        self.limit = limit
+        self._ids: dict[tuple[str, str, str], str] = {}
+        self._absent: set[tuple[str, str, str]] = set()
+        self.full = False
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, res: Mapping[str, Any]) -> None:
+        kind, rid = res.get("resourceType"), res.get("id")
+        if kind not in INDEXED_TYPES or not isinstance(rid, str) or not rid:
+            return
+        for ident in _list(res.get("identifier")):
+            ident = _map(ident)
+            value = _str(ident.get("value"))
+            if value is None:
+                continue
+            key = (str(kind), str(ident.get("system") or ""), value)
+            if key not in self._ids and len(self._ids) >= self.limit:
+                self.full = True
+                return
+            self._ids[key] = rid
+            self._absent.discard(key)
+            anysystem = (str(kind), "", value)  # a reference without system matches any, unless two ids share it
+            if key != anysystem:
+                self._ids[anysystem] = rid if self._ids.get(anysystem, rid) == rid else AMBIGUOUS
+                self._absent.discard(anysystem)
+
+    def get(self, kind: str, system: str, value: str) -> str | None:
+        rid = self._ids.get((kind, system, value))
+        return None if rid == AMBIGUOUS else rid
+
+    def known_absent(self, key: tuple[str, str, str]) -> bool:
+        """The server was asked for this identifier and has no such resource (asked once per sync)."""
+        return key in self._absent
+
+    def mark_absent(self, key: tuple[str, str, str]) -> None:
+        if key not in self._ids and len(self._absent) < self.limit:
+            self._absent.add(key)
+
+
+def identifier_references(res: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """``(type, system, value)`` of the references by identifier to indexed types anywhere in ``res``: conditional
+    (``Practitioner?identifier=system|value``), typed identifier-only, and a PractitionerRole's practitioner."""
+    found: list[tuple[str, str, str]] = []
+
+    def visit(node: Any, key: str | None) -> None:
+        if isinstance(node, list):
+            for item in node:
+                visit(item, key)
+            return
+        if not isinstance(node, Mapping):
+            return
+        ref = node.get("reference")
+        if isinstance(ref, str) and "?" in ref:
+            kind, _, query = ref.partition("?")
+            kind = kind.rsplit("/", 1)[-1]
+            for part in query.split("&"):
+                name, _, val = part.partition("=")
+                if kind in INDEXED_TYPES and name == "identifier" and val:
+                    system, _, code = val.rpartition("|")
+                    found.append((kind, system, code))
+        elif ref is None and isinstance(node.get("identifier"), Mapping):
+            kind = node.get("type") or ("Practitioner" if key == "practitioner" else None)
+            ident = node["identifier"]
+            if kind in INDEXED_TYPES and _str(ident.get("value")):
+                found.append((str(kind), str(ident.get("system") or ""), ident["value"]))
+        for child_key, child in node.items():
+            if child_key not in ("identifier", "contained") and isinstance(child, (Mapping, list)):
+                visit(child, child_key)
+
+    visit(res, None)
+    return list(dict.fromkeys(found))
+
+
+class Resolver:
+    """Finds the resources a record refers to: in the parent's ``contained``, in the page, by identifier among
+    the page's resources, then (ids only) in the sync's :class:`IdentifierIndex`."""
+
+    def __init__(
+        self,
+        resources: Iterable[Mapping[str, Any]] = (),
+        rules: FhirRules = DEFAULT_RULES,
+        index: IdentifierIndex | None = None,
+    ) -> None:
         self.rules = rules
+        self.index = index
         self.by_ref: dict[str, Mapping[str, Any]] = {}
         self.by_identifier: dict[tuple[str, str, str], Mapping[str, Any]] = {}
         for res in resources:
             self.add(res)
+
+    def _by_identifier(
+        self, kind: str, system: str, value: str
+    ) -> tuple[str | None, str | None, Mapping[str, Any] | None, str | None] | None:
+        res = self.by_identifier.get((kind, system, value))
+        if res is not None:
+            return kind, str(res.get("id")), res, None
+        rid = self.index.get(kind, system, value) if self.index is not None else None
+        if rid is not None:
+            return kind, rid, self.by_ref.get(f"{kind}/{rid}"), None
+        return None
 
     def add(self, res: Mapping[str, Any]) -> None:
         kind, rid = res.get("resourceType"), res.get("id")
@@ -307,10 +421,10 @@ class Resolver:
                     name, _, val = part.partition("=")
                     if name == "identifier" and val:
                         system, _, code = val.rpartition("|")
-                        res = self.by_identifier.get((kind, system, code))
-                        if res is not None:
-                            return kind, str(res.get("id")), res, None
-            return None, None, None, "conditional reference that no returned resource matches"
+                        hit = self._by_identifier(kind, system, code)
+                        if hit is not None:
+                            return hit
+            return None, None, None, "conditional reference that no resource read in this sync matches"
         if isinstance(ref, str) and ref:
             parts = ref.rstrip("/").split("/")
             if "_history" in parts:
@@ -323,11 +437,14 @@ class Resolver:
             return None, None, None, f"reference is not to a {' or '.join(kinds)}"
         ident = _map(value.get("identifier"))
         if _str(ident.get("value")):
+            typed = value.get("type")
             for kind in kinds:
-                res = self.by_identifier.get((kind, str(ident.get("system") or ""), ident["value"]))
-                if res is not None:
-                    return kind, str(res.get("id")), res, None
-            return None, None, None, "identifier-only reference that no returned resource matches"
+                if isinstance(typed, str) and typed != kind:
+                    continue
+                hit = self._by_identifier(kind, str(ident.get("system") or ""), ident["value"])
+                if hit is not None:
+                    return hit
+            return None, None, None, "identifier-only reference that no resource read in this sync matches"
         if value.get("display"):
             return None, None, None, "display-only reference"
         return None, None, None, "missing reference"
@@ -470,9 +587,8 @@ def patient(res: Mapping[str, Any], resolver: Resolver | None = None) -> dict[st
     )
     addresses = [a for a in _list(res.get("address")) if isinstance(a, Mapping)]
     home = next((a for a in addresses if a.get("use") == "home"), None)
-    status = r.ext("patient-status", "valueCode", "status")
-    if status is None and isinstance(res.get("active"), bool):
-        status = "active" if res["active"] else "inactive"
+    stated = r.ext("patient-status", "valueCode", "status")
+    implied = ("active" if res["active"] else "inactive") if isinstance(res.get("active"), bool) else None
     coverage = [
         {
             "payer_id": _sub(e, "payer-id", "valueString"),
@@ -492,6 +608,7 @@ def patient(res: Mapping[str, Any], resolver: Resolver | None = None) -> dict[st
             deceased_at = moment
         else:
             r.flag("deceased_at", "invalid", "deceasedDateTime has no time of day")
+    status = patient_status(stated, deceased, implied)
     race = _omb(res, "us-core-race")
     ethnicity = _omb(res, "us-core-ethnicity")
     data = {
@@ -665,39 +782,8 @@ def encounter(
             resolver.add(cond)
     r = _Reader("encounters", res, resolver)
     rid, updated = r.key(), r.updated_at()
-    diagnoses = []
-    for i, dx in enumerate(_list(res.get("diagnosis"))):
-        dx = _map(dx)
-        _, cond = r.ref(dx.get("condition"), "Condition", f"diagnoses.{i}")
-        if cond is None:
-            if f"diagnoses.{i}" not in {f["field"] for f in r.flags}:
-                r.flag(f"diagnoses.{i}", "unresolved_reference", "the referenced Condition was not returned")
-            continue
-        code = _map(cond.get("code"))
-        icd = next((c for c in _codings(code) if c.get("system") == ICD10CM), None)
-        coding = icd or next(iter(_codings(code)), {})
-        if coding and icd is None:
-            r.flag(f"diagnoses.{len(diagnoses)}.code", "unmapped_code", "Condition.code has no ICD-10-CM coding")
-        rank = dx.get("rank") if isinstance(dx.get("rank"), int) else len(diagnoses) + 1
-        diagnoses.append({"code": coding.get("code") if icd else None,
-                          "description": coding.get("display") or _str(code.get("text")), "rank": rank})
-    procs = []
-    ordered = sorted(
-        procedures,
-        key=lambda p: _Reader("encounters", p).ext("procedure-sequence", "valuePositiveInt", "procedures") or 0,
-    )
-    for proc in ordered:
-        coding = next(
-            (c for c in _codings(proc.get("code")) if c.get("system") in HCPCS_SYSTEMS | CPT_SYSTEMS),
-            None,
-        )
-        if coding is None:
-            r.flag(f"procedures.{len(procs)}.system", "unmapped_code", "Procedure.code is neither HCPCS nor CPT")
-            first = next(iter(_codings(proc.get("code"))), {})
-            procs.append({"code": first.get("code"), "system": None, "description": _text(proc.get("code"))})
-            continue
-        system = "HCPCS" if coding.get("system") in HCPCS_SYSTEMS else "CPT"
-        procs.append({"code": coding.get("code"), "system": system, "description": coding.get("display")})
+    diagnoses = _diagnoses(r, res)
+    procs = _procedures(r, procedures)
     vitals: dict[str, Any] = {}
     for obs in observations:
         _vitals(r, obs, vitals)
@@ -737,6 +823,49 @@ def encounter(
         "updated_at": updated,
     }
     return _done(r, data)
+
+
+def _diagnoses(r: _Reader, res: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``Encounter.diagnosis`` -> ICD-10-CM codes by rank; a Condition not returned is left out and flagged."""
+    diagnoses: list[dict[str, Any]] = []
+    for i, dx in enumerate(_list(res.get("diagnosis"))):
+        dx = _map(dx)
+        _, cond = r.ref(dx.get("condition"), "Condition", f"diagnoses.{i}")
+        if cond is None:
+            if f"diagnoses.{i}" not in {f["field"] for f in r.flags}:
+                r.flag(f"diagnoses.{i}", "unresolved_reference", "the referenced Condition was not returned")
+            continue
+        code = _map(cond.get("code"))
+        icd = next((c for c in _codings(code) if c.get("system") == ICD10CM), None)
+        coding = icd or next(iter(_codings(code)), {})
+        if coding and icd is None:
+            r.flag(f"diagnoses.{len(diagnoses)}.code", "unmapped_code", "Condition.code has no ICD-10-CM coding")
+        rank = dx.get("rank") if isinstance(dx.get("rank"), int) else len(diagnoses) + 1
+        diagnoses.append({"code": coding.get("code") if icd else None,
+                          "description": coding.get("display") or _str(code.get("text")), "rank": rank})
+    return diagnoses
+
+
+def _procedures(r: _Reader, procedures: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Procedures in WellSky's sequence order; a code that is neither HCPCS nor CPT is kept and flagged."""
+    procs: list[dict[str, Any]] = []
+    ordered = sorted(
+        procedures,
+        key=lambda p: _Reader("encounters", p).ext("procedure-sequence", "valuePositiveInt", "procedures") or 0,
+    )
+    for proc in ordered:
+        coding = next(
+            (c for c in _codings(proc.get("code")) if c.get("system") in HCPCS_SYSTEMS | CPT_SYSTEMS),
+            None,
+        )
+        if coding is None:
+            r.flag(f"procedures.{len(procs)}.system", "unmapped_code", "Procedure.code is neither HCPCS nor CPT")
+            first = next(iter(_codings(proc.get("code"))), {})
+            procs.append({"code": first.get("code"), "system": None, "description": _text(proc.get("code"))})
+            continue
+        system = "HCPCS" if coding.get("system") in HCPCS_SYSTEMS else "CPT"
+        procs.append({"code": coding.get("code"), "system": system, "description": coding.get("display")})
+    return procs
 
 
 def _vitals(r: _Reader, obs: Mapping[str, Any], vitals: dict[str, Any]) -> None:
@@ -787,6 +916,35 @@ def care_plan(
             resolver.add(goal)
     r = _Reader("care_plans", res, resolver)
     rid, updated = r.key(), r.updated_at()
+    goal_records = _care_plan_goals(r, res)
+    activities, interventions = _activities(r, res)
+    outcomes = [
+        {
+            "description": _sub(e, "description", "valueString"),
+            "achieved": _sub(e, "achieved", "valueBoolean"),
+            "recorded_on": _sub(e, "recorded-on", "valueDate"),
+        }
+        for e in r.exts("careplan-outcome")
+    ]
+    start, end = _period(res.get("period"))
+    patient_id, _ = r.ref(res.get("subject"), "Patient", "patient_id")
+    data = {
+        "id": rid,
+        "patient_id": patient_id,
+        "status": r.mapped(res.get("status"), CARE_PLAN_STATUS, "status", "CarePlan.status"),
+        "period_start": _day(start),
+        "period_end": _day(end),
+        "goals": goal_records,
+        "interventions": interventions,
+        "activities": activities,
+        "outcomes": outcomes,
+        "updated_at": updated,
+    }
+    return _done(r, data)
+
+
+def _care_plan_goals(r: _Reader, res: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``CarePlan.goal`` -> goal records; a Goal not returned is left out and flagged ``goals.<n>``."""
     goal_records = []
     for i, ref in enumerate(_list(res.get("goal"))):
         _, goal = r.ref(ref, "Goal", f"goals.{i}")
@@ -795,8 +953,13 @@ def care_plan(
                 r.flag(f"goals.{i}", "unresolved_reference", "the referenced Goal was not returned")
             continue
         goal_records.append(_goal(goal))
-    interventions = []
-    activities = []
+    return goal_records
+
+
+def _activities(r: _Reader, res: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(every activity as sent, the discipline-coded ones as WellSky interventions)."""
+    interventions: list[dict[str, Any]] = []
+    activities: list[dict[str, Any]] = []
     for i, activity in enumerate(_list(res.get("activity"))):
         activity = _map(activity)
         detail = _map(activity.get("detail"))
@@ -825,40 +988,20 @@ def care_plan(
                 "frequency": detail.get("scheduledString"),
             }
         )
-    outcomes = [
-        {
-            "description": _sub(e, "description", "valueString"),
-            "achieved": _sub(e, "achieved", "valueBoolean"),
-            "recorded_on": _sub(e, "recorded-on", "valueDate"),
-        }
-        for e in r.exts("careplan-outcome")
-    ]
-    start, end = _period(res.get("period"))
-    patient_id, _ = r.ref(res.get("subject"), "Patient", "patient_id")
-    data = {
-        "id": rid,
-        "patient_id": patient_id,
-        "status": r.mapped(res.get("status"), CARE_PLAN_STATUS, "status", "CarePlan.status"),
-        "period_start": _day(start),
-        "period_end": _day(end),
-        "goals": goal_records,
-        "interventions": interventions,
-        "activities": activities,
-        "outcomes": outcomes,
-        "updated_at": updated,
-    }
-    return _done(r, data)
+    return activities, interventions
 
 
 def _payer(r: _Reader, value: Any, field_prefix: str = "") -> tuple[str | None, str | None]:
-    """Payer id and name from a reference with identifier/display, or the resolved Organization."""
+    """Payer id and name from a reference with identifier/display, the resolved Organization's identifiers, else
+    the referenced Organization's server id (``Organization/<id>``: the reference's id is known, so it is kept)."""
     value = _map(value)
     ident = _map(value.get("identifier"))
     payer_id = _str(ident.get("value"))
     name = _str(value.get("display"))
     org: Mapping[str, Any] | None = None
+    org_id: str | None = None
     if value.get("reference"):
-        _kind, _, org, problem = r.resolver.find(value, ("Organization",), r.res)
+        _kind, org_id, org, problem = r.resolver.find(value, ("Organization",), r.res)
         if problem is not None and not (payer_id or name):
             r.flag(f"{field_prefix}payer_id", "unresolved_reference", problem)
     if org:
@@ -867,6 +1010,8 @@ def _payer(r: _Reader, value: Any, field_prefix: str = "") -> tuple[str | None, 
             None,
         )
         name = name or _str(org.get("name"))
+    if payer_id is None and org_id is not None:
+        payer_id = org_id  # no payer identifier anywhere: the Organization's server id is the payer's key
     if value.get("reference") and not org and not (payer_id and name):
         r.flag(f"{field_prefix}payer_id" if not payer_id else f"{field_prefix}payer_name", "unresolved_reference",
                "payer given by reference only and the Organization was not returned")
@@ -925,112 +1070,18 @@ def authorization(res: Mapping[str, Any], resolver: Resolver | None = None) -> d
     rid, updated = r.key(), r.updated_at()
     if res.get("use") != "preauthorization":
         raise NotThisEntity("authorizations", "use", "ClaimResponse.use is not preauthorization", record_id=rid)
-    units: dict[str, Any] = {}
-    for adj in _list(res.get("adjudication")):
-        code = next(iter(_wellsky_codes(_map(adj).get("category"), "authorization-units")), None)
-        if code:
-            units[code] = _map(adj).get("value")
-    claim: Mapping[str, Any] | None = None
-    if res.get("request"):
-        _, _, claim, _ = r.resolver.find(res.get("request"), ("Claim",), res)
-    claim_items = {i.get("sequence"): i for i in _list(_map(claim).get("item")) if isinstance(i, Mapping)}
-    items: list[dict[str, Any]] = []
-    review_numbers: list[str] = []
-    review_codes: list[str] = []
-    unit_types: list[str] = []
-    for item in _list(res.get("item")):
-        item = _map(item)
-        detail = next((e for e in r.exts("extension-itemAuthorizedDetail", item)), None) or next(
-            (e for e in _list(item.get("extension")) if isinstance(e, Mapping)
-             and str(e.get("url", "")).lower().endswith("itemauthorizeddetail")), None)
-        requested = _map(claim_items.get(item.get("itemSequence")))
-        product = _sub(detail, "productOrServiceCode") if detail else None
-        quantity = _sub(detail, "quantity") if detail else None
-        product = product or requested.get("productOrService")
-        quantity = quantity or requested.get("quantity")
-        period = next((e.get("valuePeriod") for e in _list(item.get("extension")) if isinstance(e, Mapping)
-                       and str(e.get("url", "")).lower().endswith("itempreauthperiod")), None)
-        for adj in _list(item.get("adjudication")):
-            for ext in _list(_map(adj).get("extension")):
-                if isinstance(ext, Mapping) and str(ext.get("url", "")).lower().endswith("reviewaction"):
-                    number = _sub(ext, "number")
-                    code = _first_code(_sub(ext, "code"))
-                    if isinstance(number, str):
-                        review_numbers.append(number)
-                    if code:
-                        review_codes.append(code)
-        p_start, p_end = _period(period)
-        if _unit_type(quantity):
-            unit_types.append(_unit_type(quantity))  # type: ignore[arg-type]
-        items.append(
-            {
-                "service_code": _first_code(product),
-                "units_authorized": _map(quantity).get("value"),
-                "units_used": None,
-                "start_date": _day(p_start),
-                "end_date": _day(p_end),
-            }
-        )
-    for add in _list(res.get("addItem")):
-        add = _map(add)
-        add_units = {}
-        for adj in _list(add.get("adjudication")):
-            code = next(iter(_wellsky_codes(_map(adj).get("category"), "authorization-units")), None)
-            if code:
-                add_units[code] = _map(adj).get("value")
-        if _unit_type(add.get("quantity")):
-            unit_types.append(_unit_type(add.get("quantity")))  # type: ignore[arg-type]
-        items.append(
-            {
-                "service_code": _first_code(add.get("productOrService")),
-                "units_authorized": add_units.get("authorized", _map(add.get("quantity")).get("value")),
-                "units_used": add_units.get("used"),
-                "start_date": None,
-                "end_date": None,
-            }
-        )
+    adjudicated = _adjudicated_items(r, res, _requested_items(r, res))
+    added = _added_items(res)
+    items = adjudicated.items + added.items
     for i, item in enumerate(items):
         if item["service_code"] is None:
             r.flag(f"items.{i}.service_code", "missing", "no productOrService code for the item")
-    for code, field_name in (("authorized", "units_authorized"), ("used", "units_used")):
-        value = units.get(code)
-        if value is None:
-            if field_name == "units_authorized":
-                quantities = [i["units_authorized"] for i in items if isinstance(i["units_authorized"], int | float)]
-                if len(quantities) == len(items) and len(set(quantities)) == 1 and quantities:
-                    value = quantities[0]  # every item authorizes the same units: the header total
-            if value is None:
-                continue
-        if not isinstance(value, int | float) or isinstance(value, bool) or float(value) != int(value):
-            r.flag(field_name, "invalid", "expected a whole number of units")
-            units[code] = None
-            continue
-        units[code] = int(value)
+    units = _unit_totals(r, _wellsky_units(res.get("adjudication")), items)
     insurer_id, insurer_name = _payer(r, res.get("insurer"))
-    member = None
-    for ins in _list(res.get("insurance")):
-        cov_ref = _map(_map(ins).get("coverage"))
-        ident = _map(cov_ref.get("identifier"))
-        member = _str(ident.get("value"))
-        if member is None and cov_ref.get("reference"):
-            _, _, cov, _ = r.resolver.find(cov_ref, ("Coverage",), res)
-            if cov:
-                member = _str(cov.get("subscriberId")) or r.identifier(cov.get("identifier"), "member_id")
-        if member:
-            break
-    if member is None and res.get("insurance"):
-        r.flag("member_id", "unresolved_reference", "insurance.coverage gives no member id and was not returned")
-    start, end = _period(res.get("preAuthPeriod"))
-    if start is None and items:
-        starts = [i["start_date"] for i in items if i["start_date"]]
-        ends = [i["end_date"] for i in items if i["end_date"]]
-        start, end = (min(starts) if starts else None), (max(ends) if ends else None)
-    pre_auth = res.get("preAuthRef")
-    if isinstance(pre_auth, list):  # R5 spelling
-        pre_auth = next((p for p in pre_auth if isinstance(p, str)), None)
-    status = r.ext("authorization-status", "valueCode", "status")
-    if status is None and review_codes:
-        status = r.mapped(review_codes[0], REVIEW_ACTION, "status", "reviewAction.code")
+    member = _insurance_member(r, res)
+    start, end = _authorized_period(res, items)
+    status = _authorization_status(r, adjudicated.review_codes)
+    unit_types = adjudicated.unit_types + added.unit_types
     unit_type = r.ext("unit-type", "valueCode", "unit_type")
     if unit_type is None and unit_types and len(set(unit_types)) == 1:
         unit_type = unit_types[0]
@@ -1038,7 +1089,7 @@ def authorization(res: Mapping[str, Any], resolver: Resolver | None = None) -> d
     service_codes = [i["service_code"] for i in items if i["service_code"]]
     data = {
         "id": rid,
-        "authorization_number": _str(pre_auth) or (review_numbers[0] if review_numbers else None),
+        "authorization_number": _authorization_number(res, adjudicated.review_numbers),
         "patient_id": patient_id,
         "payer_id": insurer_id,
         "payer_name": insurer_name,
@@ -1055,6 +1106,162 @@ def authorization(res: Mapping[str, Any], resolver: Resolver | None = None) -> d
         "updated_at": updated,
     }
     return _done(r, data)
+
+
+@dataclass
+class _Items:
+    """Authorization items read from one part of a ClaimResponse, with what they say about the whole."""
+
+    items: list[dict[str, Any]] = field(default_factory=list)
+    unit_types: list[str] = field(default_factory=list)
+    review_numbers: list[str] = field(default_factory=list)
+    review_codes: list[str] = field(default_factory=list)
+
+
+def _wellsky_units(adjudications: Any) -> dict[str, Any]:
+    """WellSky's ``authorization-units`` adjudication categories (``authorized``, ``used``) -> their values."""
+    units: dict[str, Any] = {}
+    for adj in _list(adjudications):
+        code = next(iter(_wellsky_codes(_map(adj).get("category"), "authorization-units")), None)
+        if code:
+            units[code] = _map(adj).get("value")
+    return units
+
+
+def _requested_items(r: _Reader, res: Mapping[str, Any]) -> dict[Any, Mapping[str, Any]]:
+    """The requesting Claim's items by sequence (PAS: what was asked for, when the response omits it)."""
+    claim: Mapping[str, Any] | None = None
+    if res.get("request"):
+        _, _, claim, _ = r.resolver.find(res.get("request"), ("Claim",), res)
+    return {i.get("sequence"): i for i in _list(_map(claim).get("item")) if isinstance(i, Mapping)}
+
+
+def _adjudicated_items(r: _Reader, res: Mapping[str, Any], requested: Mapping[Any, Mapping[str, Any]]) -> _Items:
+    """``ClaimResponse.item``: PAS ``itemAuthorizedDetail`` (else the requested item) for code and quantity,
+    ``itemPreAuthPeriod`` for dates, and the ``reviewAction`` numbers and codes of their adjudications."""
+    out = _Items()
+    for item in _list(res.get("item")):
+        item = _map(item)
+        detail = next((e for e in r.exts("extension-itemAuthorizedDetail", item)), None) or next(
+            (e for e in _list(item.get("extension")) if isinstance(e, Mapping)
+             and str(e.get("url", "")).lower().endswith("itemauthorizeddetail")), None)
+        asked = _map(requested.get(item.get("itemSequence")))
+        product = (_sub(detail, "productOrServiceCode") if detail else None) or asked.get("productOrService")
+        quantity = (_sub(detail, "quantity") if detail else None) or asked.get("quantity")
+        period = next((e.get("valuePeriod") for e in _list(item.get("extension")) if isinstance(e, Mapping)
+                       and str(e.get("url", "")).lower().endswith("itempreauthperiod")), None)
+        _review_actions(item, out)
+        p_start, p_end = _period(period)
+        unit = _unit_type(quantity)
+        if unit:
+            out.unit_types.append(unit)
+        out.items.append(
+            {
+                "service_code": _first_code(product),
+                "units_authorized": _map(quantity).get("value"),
+                "units_used": None,
+                "start_date": _day(p_start),
+                "end_date": _day(p_end),
+            }
+        )
+    return out
+
+
+def _review_actions(item: Mapping[str, Any], out: _Items) -> None:
+    """PAS ``reviewAction`` extensions of an item's adjudications: the review number and X12 306 code."""
+    for adj in _list(item.get("adjudication")):
+        for ext in _list(_map(adj).get("extension")):
+            if isinstance(ext, Mapping) and str(ext.get("url", "")).lower().endswith("reviewaction"):
+                number = _sub(ext, "number")
+                code = _first_code(_sub(ext, "code"))
+                if isinstance(number, str):
+                    out.review_numbers.append(number)
+                if code:
+                    out.review_codes.append(code)
+
+
+def _added_items(res: Mapping[str, Any]) -> _Items:
+    """``ClaimResponse.addItem`` (WellSky's items): code, quantity and WellSky's per-item unit categories."""
+    out = _Items()
+    for add in _list(res.get("addItem")):
+        add = _map(add)
+        add_units = _wellsky_units(add.get("adjudication"))
+        unit = _unit_type(add.get("quantity"))
+        if unit:
+            out.unit_types.append(unit)
+        out.items.append(
+            {
+                "service_code": _first_code(add.get("productOrService")),
+                "units_authorized": add_units.get("authorized", _map(add.get("quantity")).get("value")),
+                "units_used": add_units.get("used"),
+                "start_date": None,
+                "end_date": None,
+            }
+        )
+    return out
+
+
+def _unit_totals(r: _Reader, units: dict[str, Any], items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Header totals as whole numbers: WellSky's categories, else (authorized) the items' common quantity."""
+    for code, field_name in (("authorized", "units_authorized"), ("used", "units_used")):
+        value = units.get(code)
+        if value is None:
+            if field_name == "units_authorized":
+                quantities = [i["units_authorized"] for i in items if isinstance(i["units_authorized"], int | float)]
+                if len(quantities) == len(items) and len(set(quantities)) == 1 and quantities:
+                    value = quantities[0]  # every item authorizes the same units: the header total
+            if value is None:
+                continue
+        if not isinstance(value, int | float) or isinstance(value, bool) or float(value) != int(value):
+            r.flag(field_name, "invalid", "expected a whole number of units")
+            units[code] = None
+            continue
+        units[code] = int(value)
+    return units
+
+
+def _insurance_member(r: _Reader, res: Mapping[str, Any]) -> str | None:
+    """The member id: ``insurance.coverage`` identifier, else the referenced Coverage's subscriber id."""
+    member = None
+    for ins in _list(res.get("insurance")):
+        cov_ref = _map(_map(ins).get("coverage"))
+        ident = _map(cov_ref.get("identifier"))
+        member = _str(ident.get("value"))
+        if member is None and cov_ref.get("reference"):
+            _, _, cov, _ = r.resolver.find(cov_ref, ("Coverage",), res)
+            if cov:
+                member = _str(cov.get("subscriberId")) or r.identifier(cov.get("identifier"), "member_id")
+        if member:
+            break
+    if member is None and res.get("insurance"):
+        r.flag("member_id", "unresolved_reference", "insurance.coverage gives no member id and was not returned")
+    return member
+
+
+def _authorized_period(res: Mapping[str, Any], items: list[dict[str, Any]]) -> tuple[Any, Any]:
+    """``preAuthPeriod``, else the span of the items' periods."""
+    start, end = _period(res.get("preAuthPeriod"))
+    if start is None and items:
+        starts = [i["start_date"] for i in items if i["start_date"]]
+        ends = [i["end_date"] for i in items if i["end_date"]]
+        start, end = (min(starts) if starts else None), (max(ends) if ends else None)
+    return start, end
+
+
+def _authorization_number(res: Mapping[str, Any], review_numbers: list[str]) -> str | None:
+    """``preAuthRef`` (R5: a list), else the first PAS review number."""
+    pre_auth = res.get("preAuthRef")
+    if isinstance(pre_auth, list):  # R5 spelling
+        pre_auth = next((p for p in pre_auth if isinstance(p, str)), None)
+    return _str(pre_auth) or (review_numbers[0] if review_numbers else None)
+
+
+def _authorization_status(r: _Reader, review_codes: list[str]) -> str | None:
+    """WellSky's ``authorization-status`` extension, else the first PAS review action code (X12 306)."""
+    status = r.ext("authorization-status", "valueCode", "status")
+    if status is None and review_codes:
+        status = r.mapped(review_codes[0], REVIEW_ACTION, "status", "reviewAction.code")
+    return status
 
 
 def referral(res: Mapping[str, Any], resolver: Resolver | None = None) -> dict[str, Any]:

@@ -12,17 +12,22 @@ Versions 2.1 to 2.8 are accepted.
 message                       canonical
 ============================  =====================================================================
 ADT^A01-A08, A11, A13,        patients: PID-3 (PI = WellSky id; else MR or a configured assigning
-A28, A31, A40, A47            authority = MRN, also the record id), MC = Medicare MBI, MA = Medicaid,
-                              PID-5/7/8/10/11/13/22/29/30, PV1-41 status (P/A/D/I; else from the event:
-                              A05/A11 pending, A03 discharged, A01/A02/A04/A06/A07/A13 active), IN1
+A28, A31, A40, A47            authority = MRN, also the record id), MC = Medicare MBI, MA = Medicaid;
+                              a type sent in CX.4 with CX.5 empty (``123^^^MR``) is read as the type, flagged;
+                              PID-5/7/8/10/11/13/22/29/30, PV1-41 status (P/A/D/I; else deceased
+                              (PID-30 Y or PID-29) = discharged; else from the event: A05/A11 pending,
+                              A03 discharged, A01/A02/A04/A06/A07/A13 active), IN1
                               per payer (IN1-1 order, IN1-3 payer id, IN1-4 payer name, IN1-36 member
                               id); A40/A47: each PID with its MRG, MRG-1 ids -> ``merged_ids``
-SIU^S12-S17, S26              appointments: SCH-2 (else SCH-1) id, SCH-1 placer id (else ZSC-2)
-                              external id; start/end from SCH-11.4/.5, else TQ1-7/8, else AIS-4,
-                              AIG-8, AIL-6, AIP-6 with their durations (AIS-7/8 ...) or SCH-9/10;
-                              SCH-25 status, else the event (S15-S17 cancelled, S26 missed); PID-3
-                              patient, AIP-3 practitioner, AIP-4 (else ZSC-4, SCH-7) discipline, AIS-3
-                              service code (HCPCS/CPT), AIL-3 location name, ZSC-3 payer, ZSC-5 address
+SIU^S12-S22, S26              appointments: SCH-2 (else SCH-1) id, SCH-1 placer id (else ZSC-2)
+                              external id; start/end from TQ1-7/8 (else TQ1-6 duration): the v2.5+
+                              timing; SCH-11.4/.5 (deprecated) only when TQ1 has no start, flagged when
+                              it disagrees; else AIS-4, AIG-8, AIL-6, AIP-6 with their durations
+                              (AIS-7/8 ...) or SCH-9/10; SCH-25 status, else the event (S12-S14
+                              scheduled, S15-S17 cancelled, S26 missed; S18-S22 edit a resource: SCH-25
+                              only); PID-3 patient, first AIP-3 practitioner (later AIPs and every AIG
+                              are ``resources``), AIP-4 (else ZSC-4, SCH-7) discipline, AIS-3 service
+                              code (HCPCS/CPT), AIL-3 location name, ZSC-3 payer, ZSC-5 address
 ORU^R01                       encounters: OBR-3 (else PV1-19) id, OBR-2 appointment, PV1-7 practitioner,
                               PV1-10 discipline, PV1-44/45 (else OBR-7/8) start/end, OBR-25 status,
                               OBX (LOINC) vitals, OBX ``NOTE`` note summary, DG1 diagnoses (DG1-15 rank),
@@ -48,6 +53,7 @@ from hl7apy.parser import parse_segment
 
 from ..errors import NormalizationError
 from ..quality import FlagKind, Flags
+from .status import PatientStatus, patient_status
 from .validation import validated
 
 BATCH_SEGMENTS = ("FHS", "BHS", "BTS", "FTS")
@@ -56,14 +62,26 @@ SINGLE_SEGMENTS = ("MSH", "EVN", "SCH", "OBR")
 PATIENT_EVENTS = frozenset({"A01", "A02", "A03", "A04", "A05", "A06", "A07", "A08", "A11", "A13", "A28", "A31",
                             "A40", "A47"})
 MERGE_EVENTS = frozenset({"A40", "A47"})
-APPOINTMENT_EVENTS = frozenset({"S12", "S13", "S14", "S15", "S16", "S17", "S26"})
-EVENT_PATIENT_STATUS = {"A01": "active", "A02": "active", "A03": "discharged", "A04": "active", "A05": "pending",
-                        "A06": "active", "A07": "active", "A11": "pending", "A13": "active"}
+APPOINTMENT_EVENTS = frozenset({"S12", "S13", "S14", "S15", "S16", "S17", "S18", "S19", "S20", "S21", "S22",
+                                "S26"})
+"""SIU events about one appointment; S23/S24 (blocked/opened slots) and S25 (a query) are not appointments."""
+EVENT_PATIENT_STATUS: dict[str, PatientStatus] = {
+    "A01": "active", "A02": "active", "A03": "discharged", "A04": "active", "A05": "pending", "A06": "active",
+    "A07": "active", "A11": "pending", "A13": "active",
+}
 """Status an ADT event implies when PV1-41 does not say (A08/A28/A31/A40/A47 imply none)."""
 EVENT_APPOINTMENT_STATUS = {"S12": "scheduled", "S13": "scheduled", "S14": "scheduled", "S15": "cancelled",
                             "S16": "cancelled", "S17": "cancelled", "S26": "missed"}
+"""Status an SIU event implies when SCH-25 does not say (v2.5.1 ch. 10.3: S12 new, S13 rescheduled, S14
+modified, S15 cancelled, S16 discontinued, S17 deleted, S26 patient did not show up). S18-S22 add, modify,
+cancel, discontinue or delete one service or resource *of* the appointment and imply no status of its own:
+without SCH-25 the status is null and flagged."""
+FINAL_EVENTS = frozenset({"S15", "S16", "S17", "S26"})
+"""Events whose status wins over SCH-25 (a cancellation message may still carry the old filler status)."""
+CX_TYPE_IN_AUTHORITY = {"PI": "id", "MR": "mrn", "MC": "medicare_mbi", "MA": "medicaid_id"}
+"""Identifier types a sender may put in CX.4 (assigning authority) instead of CX.5 (``123^^^MR``)."""
 SEX = {"M": "male", "F": "female", "O": "other", "U": "unknown", "A": "other", "N": "unknown", "X": "other"}
-PATIENT_STATUS = {"P": "pending", "A": "active", "D": "discharged", "I": "inactive"}
+PATIENT_STATUS: dict[str, PatientStatus] = {"P": "pending", "A": "active", "D": "discharged", "I": "inactive"}
 FILLER_STATUS = {
     "booked": "scheduled",
     "pending": "scheduled",
@@ -207,9 +225,9 @@ class _Msg:
     def flag(self, canonical: str, kind: FlagKind, reason: str) -> None:
         self.flags.add(canonical, kind, reason)
 
-    def timestamp(self, raw: str, where: str, canonical: str | None = None) -> datetime | None:
+    def timestamp(self, raw: str, where: str, canonical: str | None = None, *, quiet: bool = False) -> datetime | None:
         """An HL7 DTM as UTC. Bad or offset-less (without ``hl7_timezone``): refused for ``updated_at``
-        (``canonical`` None), else null + a flag on ``canonical``."""
+        (``canonical`` None), else null + a flag on ``canonical`` (none when ``quiet``: a value only compared)."""
         value = raw.split(self.enc["comp"])[0] if raw else ""
         if not value:
             return None
@@ -234,7 +252,8 @@ class _Msg:
                 return naive.replace(tzinfo=self.options.zone).astimezone(UTC)
         if canonical is None:
             raise self.fail(where, problem)
-        self.flag(canonical, "invalid", f"{where} {problem}")
+        if not quiet:
+            self.flag(canonical, "invalid", f"{where} {problem}")
         return None
 
     def day(self, raw: str, where: str, canonical: str) -> date | None:
@@ -388,9 +407,14 @@ def _patient_groups(m: _Msg) -> list[tuple[list[str] | None, list[str] | None, l
     return [(g[0], g[1], g[2]) for g in groups] or [(None, None, None)]
 
 
-def _identifiers(m: _Msg, raw: str) -> tuple[dict[str, str], str | None]:
-    """PID-3 style CX list -> ({identifier type: value}, MRN by configured assigning authority)."""
+def _identifiers(m: _Msg, raw: str, misplaced: list[str] | None = None) -> tuple[dict[str, str], str | None]:
+    """PID-3 style CX list -> ({identifier type: value}, MRN by configured assigning authority).
+
+    The type belongs in CX.5; a sender that puts it in CX.4 (the assigning authority, ``123^^^MR``) with CX.5
+    empty is read as if CX.5 said so, but only for a type no repetition states properly; each type read that
+    way is appended to ``misplaced`` so the caller can flag it."""
     ids: dict[str, str] = {}
+    fallback: dict[str, str] = {}
     by_authority = None
     for rep in m.reps(raw):
         value, authority, kind = m.comp(rep, 1), m.comp(rep, 4), m.comp(rep, 5)
@@ -400,16 +424,38 @@ def _identifiers(m: _Msg, raw: str) -> tuple[dict[str, str], str | None]:
             ids[kind] = value
         if by_authority is None and authority and authority in m.options.mrn_authorities:
             by_authority = value
+        elif not kind and authority.upper() in CX_TYPE_IN_AUTHORITY and authority.upper() not in fallback:
+            fallback[authority.upper()] = value
+    for kind, value in fallback.items():
+        if kind not in ids and not (kind == "MR" and by_authority):
+            ids[kind] = value
+            if misplaced is not None:
+                misplaced.append(kind)
     return ids, by_authority
 
 
-def _patient_id(m: _Msg, pid: list[str] | None) -> tuple[str | None, dict[str, str], str | None]:
-    """(record id, identifiers by type, MRN): the WellSky PI id, else the MRN (type MR or configured authority)."""
+def _patient_id(
+    m: _Msg, pid: list[str] | None, subject: str | None = None
+) -> tuple[str | None, dict[str, str], str | None]:
+    """(record id, identifiers by type, MRN): the WellSky PI id, else the MRN (type MR or configured authority).
+
+    A type read from CX.4 is flagged on the canonical field it fills (``subject``: the field that holds the
+    patient's id in a record that only refers to the patient, e.g. an appointment's ``patient_id``)."""
     if pid is None:
         return None, {}, None
-    ids, by_authority = _identifiers(m, m.field(pid, 3))
+    misplaced: list[str] = []
+    ids, by_authority = _identifiers(m, m.field(pid, 3), misplaced)
     mrn = by_authority or ids.get("MR")
-    return ids.get("PI") or mrn, ids, mrn
+    record_id = ids.get("PI") or mrn
+    for kind in misplaced:
+        canonical = CX_TYPE_IN_AUTHORITY[kind]
+        if subject is not None:
+            if ids.get(kind) != record_id:
+                continue  # not the identifier this record refers to the patient by
+            canonical = subject
+        m.flag(canonical, "invalid", f"PID-3 identifier type {kind} sent in CX.4 (assigning authority) instead of "
+               "CX.5; read as the type")
+    return record_id, ids, mrn
 
 
 def _address(m: _Msg, raw: str) -> dict[str, Any] | None:
@@ -443,7 +489,6 @@ def _patient(
     if sex and gender is None:
         m.flag("gender", "unmapped_code", "PID-8 administrative sex is not one of M, F, O, U, A, N, X")
     status_code = m.field(pv1, 41)
-    status = PATIENT_STATUS.get(status_code) or EVENT_PATIENT_STATUS.get(event)
     if status_code and status_code not in PATIENT_STATUS:
         m.flag("status", "unmapped_code", "PV1-41 account status is not one of P, A, D, I")
     phones = m.reps(m.field(pid, 13))
@@ -471,6 +516,7 @@ def _patient(
     death = m.field(pid, 29)
     indicator = m.field(pid, 30)
     deceased = True if indicator == "Y" or death else False if indicator == "N" else None
+    status = patient_status(PATIENT_STATUS.get(status_code), deceased, EVENT_PATIENT_STATUS.get(event))
     merged: list[str] = []
     if mrg is not None:
         prior_ids, prior_by_authority = _identifiers(m, m.field(mrg, 1))
@@ -511,15 +557,43 @@ def _minutes(m: _Msg, amount: str, unit: str) -> float | None:
     return value * factor if factor is not None else None
 
 
-def _appointment_times(m: _Msg, sch: list[str]) -> tuple[datetime | None, datetime | None]:
-    """Start/end: SCH-11 (TQ, up to v2.4), else TQ1-7/8 (v2.5+), else the resource segments with durations."""
+def _sch11(m: _Msg, sch: list[str], *, quiet: bool) -> tuple[datetime | None, datetime | None]:
+    """SCH-11 (TQ, deprecated since v2.5): start in component 4, end in component 5 of the first repetition."""
     timing = m.reps(m.field(sch, 11))
-    start = m.timestamp(m.comp(timing[0], 4), "SCH-11.4", "start") if timing else None
-    end = m.timestamp(m.comp(timing[0], 5), "SCH-11.5", "end") if timing else None
+    if not timing:
+        return None, None
+    return (m.timestamp(m.comp(timing[0], 4), "SCH-11.4", "start", quiet=quiet),
+            m.timestamp(m.comp(timing[0], 5), "SCH-11.5", "end", quiet=quiet))
+
+
+def _tq1(m: _Msg) -> tuple[datetime | None, datetime | None]:
+    """TQ1-7/8 start and end; without TQ1-8, the end is the start plus TQ1-6 (service duration, CQ)."""
     tq1 = m.first("TQ1")
-    if start is None and tq1 is not None:
-        start = m.timestamp(m.comp(m.field(tq1, 7), 1), "TQ1-7", "start")
-        end = end or m.timestamp(m.comp(m.field(tq1, 8), 1), "TQ1-8", "end")
+    if tq1 is None:
+        return None, None
+    start = m.timestamp(m.comp(m.field(tq1, 7), 1), "TQ1-7", "start")
+    end = m.timestamp(m.comp(m.field(tq1, 8), 1), "TQ1-8", "end")
+    duration = m.field(tq1, 6)
+    if start is not None and end is None and duration:
+        minutes = _minutes(m, m.comp(duration, 1), m.comp(duration, 2))
+        end = start + timedelta(minutes=minutes) if minutes is not None else None
+    return start, end
+
+
+def _appointment_times(m: _Msg, sch: list[str]) -> tuple[datetime | None, datetime | None]:
+    """Start/end: TQ1 (v2.5+), else SCH-11 (up to v2.4), else the resource segments with durations.
+
+    From v2.5 SCH-11 is kept only for backward compatibility and TQ1 carries the timing, so when both are
+    sent TQ1 wins whole (start and end are never mixed from the two); a SCH-11 that disagrees is flagged."""
+    start, end = _tq1(m)
+    if start is not None:
+        old_start, old_end = _sch11(m, sch, quiet=True)
+        if old_start is not None and old_start != start:
+            m.flag("start", "invalid", "SCH-11.4 (deprecated) disagrees with TQ1-7; TQ1 used (v2.5+ rule)")
+        if old_end is not None and end is not None and old_end != end:
+            m.flag("end", "invalid", "SCH-11.5 (deprecated) disagrees with TQ1-8; TQ1 used (v2.5+ rule)")
+    else:
+        start, end = _sch11(m, sch, quiet=False)
     duration: float | None = None
     for seg, at, length, unit in (("AIS", 4, 7, 8), ("AIG", 8, 11, 12), ("AIL", 6, 9, 10), ("AIP", 6, 9, 10)):
         fields = m.first(seg)
@@ -536,6 +610,38 @@ def _appointment_times(m: _Msg, sch: list[str]) -> tuple[datetime | None, dateti
     return start, end
 
 
+def _resource(m: _Msg, seg: str, fields: list[str]) -> dict[str, Any] | None:
+    """One AIG (general resource) or AIP (personnel) as a canonical appointment resource."""
+    ident, kind = (m.field(fields, 3), m.field(fields, 4))
+    rid = m.comp(ident, 1) or None
+    if seg == "AIP":  # XCN: id^family^given
+        name = " ".join(x for x in (m.comp(ident, 3), m.comp(ident, 2)) if x) or None
+    else:  # CWE: id^text^system
+        name = m.comp(ident, 2) or None
+    if rid is None and name is None:
+        return None
+    return {"id": rid, "name": name, "type": m.comp(kind, 1) or m.comp(kind, 2) or None,
+            "kind": "personnel" if seg == "AIP" else "general"}
+
+
+def _resources(m: _Msg) -> tuple[str | None, list[dict[str, Any]]]:
+    """(practitioner id, other resources): the first AIP with an id is the practitioner; every AIG and any
+    further AIP are resources, so none is lost. A segment whose action code (AIG-2/AIP-2) is ``D`` removes that
+    resource from the appointment (S20-S22) and is left out."""
+    practitioner = None
+    out: list[dict[str, Any]] = []
+    for seg, fields in m.segments:
+        if seg not in ("AIG", "AIP") or m.comp(m.field(fields, 2), 1).upper() == "D":
+            continue
+        if seg == "AIP" and practitioner is None and m.comp(m.field(fields, 3), 1):
+            practitioner = m.comp(m.field(fields, 3), 1)
+            continue
+        found = _resource(m, seg, fields)
+        if found is not None:
+            out.append(found)
+    return practitioner, out
+
+
 def _appointment(m: _Msg, event: str) -> dict[str, Any]:
     sch = m.first("SCH")
     if sch is None:
@@ -545,19 +651,12 @@ def _appointment(m: _Msg, event: str) -> dict[str, Any]:
     if not appt_id:
         raise m.fail("SCH-2", "has no filler (or placer) appointment id")
     pid = m.first("PID")
-    patient_id = _patient_id(m, pid)[0]
+    patient_id = _patient_id(m, pid, "patient_id")[0]
     if pid is not None and patient_id is None:
         m.flag("patient_id", "unresolved_reference", "PID-3 has no WellSky id (PI) and no MRN")
     start, end = _appointment_times(m, sch)
     ais, aip, ail, zsc = m.first("AIS"), m.first("AIP"), m.first("AIL"), m.first("ZSC")
-    status_raw = m.comp(m.field(sch, 25), 1).strip().lower()
-    status = FILLER_STATUS.get(status_raw)
-    if event in ("S15", "S16", "S17", "S26"):
-        status = EVENT_APPOINTMENT_STATUS[event]
-    elif status is None:
-        if status_raw:
-            m.flag("status", "unmapped_code", "SCH-25 filler status code has no canonical equivalent")
-        status = EVENT_APPOINTMENT_STATUS[event]
+    status = _appointment_status(m, sch, event)
     discipline = None
     for raw in (m.field(aip, 4), m.field(zsc, 4), m.field(sch, 7)):
         code = m.comp(raw, 1).upper()
@@ -575,7 +674,7 @@ def _appointment(m: _Msg, event: str) -> dict[str, Any]:
     location = m.field(ail, 3)
     location_name = (m.comp(location, 9) or m.comp(location, 1) or m.comp(location, 4) or
                      m.comp(m.field(ail, 4), 2) or m.comp(m.field(ail, 4), 1)) or None
-    practitioner = m.comp(m.field(aip, 3), 1) or None
+    practitioner, resources = _resources(m)
     return {
         "id": appt_id,
         "external_id": m.comp(m.field(zsc, 2), 1) or (placer if filler and placer and placer != filler else None),
@@ -589,7 +688,25 @@ def _appointment(m: _Msg, event: str) -> dict[str, Any]:
         "service_code": service_code,
         "location": _address(m, m.field(zsc, 5)),
         "location_name": location_name,
+        "resources": resources,
     }
+
+
+def _appointment_status(m: _Msg, sch: list[str], event: str) -> str | None:
+    """A cancel/discontinue/delete/no-show event wins; else SCH-25 (filler status); else what the event
+    implies (S18-S22 imply nothing: null + a flag)."""
+    status_raw = m.comp(m.field(sch, 25), 1).strip().lower()
+    if event in FINAL_EVENTS:
+        return EVENT_APPOINTMENT_STATUS[event]
+    status = FILLER_STATUS.get(status_raw)
+    if status is not None:
+        return status
+    if status_raw:
+        m.flag("status", "unmapped_code", "SCH-25 filler status code has no canonical equivalent")
+    implied = EVENT_APPOINTMENT_STATUS.get(event)
+    if implied is None and not status_raw:
+        m.flag("status", "missing", f"SIU^{event} changes a resource of the appointment and SCH-25 gives no status")
+    return implied
 
 
 def _number(m: _Msg, raw: str, kind: type, canonical: str, where: str) -> int | float | None:
@@ -614,7 +731,7 @@ def _encounter(m: _Msg) -> dict[str, Any]:
     if not enc_id:
         raise m.fail("OBR-3", "has no filler order number (and PV1-19 no visit number)")
     pid = m.first("PID")
-    patient_id = _patient_id(m, pid)[0]
+    patient_id = _patient_id(m, pid, "patient_id")[0]
     if pid is not None and patient_id is None:
         m.flag("patient_id", "unresolved_reference", "PID-3 has no WellSky id (PI) and no MRN")
     start = m.timestamp(m.field(pv1, 44) or m.field(obr, 7), "PV1-44", "start")
