@@ -45,7 +45,7 @@ from airbyte_protocol.models import (
 
 from wellsky_core.config import TapConfig, WellSkyConfig, config_json_schema
 from wellsky_core.discovery import discoverable_streams
-from wellsky_core.errors import AuthError, ConfigError, WellSkyError, WellSkyTransportError
+from wellsky_core.errors import AuthError, ConfigError, StateError, WellSkyError, WellSkyTransportError
 from wellsky_core.models import ENTITIES
 from wellsky_core.schemas import stream_schema
 
@@ -162,7 +162,7 @@ def describe_error(exc: BaseException) -> tuple[str, str, str]:
     Core errors carry messages written to be shown (they name the setting and the fix, never PHI or secrets,
     so they are passed on verbatim). Anything else is reported by its type only.
     """
-    if isinstance(exc, ConfigError | AuthError):
+    if isinstance(exc, ConfigError | AuthError | StateError):
         text = str(exc)
         return text, f"{type(exc).__name__}: {text}", "config_error"
     if isinstance(exc, WellSkyTransportError):
