@@ -33,8 +33,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from wellsky_core.channels import open_channel
 from wellsky_core.config import WellSkyConfig
+from wellsky_core.http.client import WellSkyClient
 from wellsky_core.models import ENTITIES
-from wellsky_core.transport import WellSkyClient
 
 
 def _b64(n: int, length: int | None = None) -> str:

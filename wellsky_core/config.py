@@ -197,6 +197,16 @@ class WellSkyConfig(BaseModel):
         description="OAuth2 token endpoint; default {base_url}/oauth/token (personal_care: "
         "https://{host}/oauth/accesstoken).",
     )
+    trusted_origins: list[str] = Field(
+        default_factory=list,
+        description="Other origins (https://host[:port]) that may receive credentials besides base_url and "
+        "token_url: e.g. a SMART token endpoint or bulk file server on another host. Empty: only those two.",
+    )
+    save_error_bodies: bool = Field(
+        default=False,
+        description="Keep the raw body of each server error answer in a 0600 file in the private state "
+        "directory (error messages then name the file). Off: server text is never stored or shown.",
+    )
     timeout_seconds: float = Field(default=30, gt=0, description="Per-request timeout.")
     max_retries: int = Field(default=6, ge=0, le=50, description="Retries per request before giving up.")
     backoff_base_seconds: float = Field(default=0.5, ge=0, description="First retry backoff (doubles each retry).")
@@ -399,6 +409,26 @@ class WellSkyConfig(BaseModel):
         if url.query or url.fragment:
             raise ValueError("must not carry a query string or fragment; give the API root only")
         return str(url).rstrip("/")
+
+    @field_validator("trusted_origins", mode="before")
+    @classmethod
+    def _origins_list(cls, value: Any) -> Any:
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+    @field_validator("trusted_origins")
+    @classmethod
+    def _origins_shape(cls, value: list[str]) -> list[str]:
+        return [cls._origin_only(item) for item in value]
+
+    @classmethod
+    def _origin_only(cls, item: str) -> str:
+        checked = cls._https_or_loopback(item)
+        import httpx
+
+        url = httpx.URL(checked or "")
+        if url.path not in ("", "/"):
+            raise ValueError(f"{url.scheme}://{url.netloc.decode()}{url.path}: give an origin only (scheme://host[:port])")
+        return f"{url.scheme}://{url.netloc.decode()}"
 
     @field_validator("agency_timezone")
     @classmethod

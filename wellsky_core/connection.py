@@ -8,10 +8,10 @@ from typing import Any
 from .channels import Channel, channel_class, open_channel
 from .config import WellSkyConfig
 from .errors import ConfigError, RemoteError
+from .http.client import WellSkyClient
 from .metrics import Metrics
 from .products import DIALECTS, PRODUCTS
 from .quality import QualityCounter
-from .transport import WellSkyClient
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,15 @@ class Connection:
                 channel_class("api", product.product).probe(self.client)  # type: ignore[attr-defined]
                 self._tenant = {"product": product.product, "name": f"{product.product} tenant"}
             else:
-                self._tenant = self.client.tenant()
+                self._tenant = self._tenant_endpoint()
         return self._tenant
+
+    def _tenant_endpoint(self) -> dict[str, Any]:
+        """``GET /tenant`` (the WellSky REST API's health check and product name)."""
+        body = self.client.get_json("/tenant")
+        if not isinstance(body, dict):
+            raise RemoteError(200, "unexpected_shape", "/tenant did not answer a JSON object", url="/tenant")
+        return body
 
     @property
     def product(self) -> str:

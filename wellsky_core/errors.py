@@ -37,12 +37,10 @@ path with query values masked, and normalization errors name the field, never th
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
 
 if TYPE_CHECKING:  # imported where used: `--about` and discovery never need httpx (start-up time)
     import httpx
@@ -52,101 +50,114 @@ class WellSkyError(Exception):
     """Base class of every error raised by the core."""
 
 
-MAX_SERVER_TEXT = 300
-"""Server error codes and messages are cut to this many characters: a message is a hint, not a payload."""
-_ECHO_MIN_LENGTH = 2
-_ECHO_SUBSTRING_LENGTH = 6
+SERVER_CODES = frozenset({
+    # WellSky / Home Connect API codes the connector reacts to or names in a fix
+    "authorization_exceeded", "authorization_expired", "conflict", "duplicate_external_id", "duplicate_mrn",
+    "forbidden", "idempotency_key_reused", "internal_error", "invalid_credentials", "invalid_cursor",
+    "invalid_idempotency_key", "invalid_json", "invalid_mfa_code", "invalid_parameter", "invalid_session",
+    "invalid_signature", "invalid_token", "method_not_allowed", "mfa_locked", "not_found", "rate_limited",
+    "read_only", "read_only_tenant", "server_error", "session_expired", "token_expired", "unauthenticated",
+    "unknown_challenge", "unknown_entity", "unknown_field", "unknown_parameter", "unknown_resource",
+    "url_expired", "validation_error", "cookie_rotated", "code_not_sent", "bad_request", "unavailable",
+    # OAuth 2.0 (RFC 6749 5.2, RFC 6750 3.1)
+    "invalid_request", "invalid_client", "invalid_grant", "unauthorized_client", "unsupported_grant_type",
+    "invalid_scope", "insufficient_scope",
+    # FHIR OperationOutcome issue types
+    "invalid", "structure", "required", "value", "invariant", "security", "login", "unknown", "expired",
+    "suppressed", "processing", "not-supported", "duplicate", "multiple-matches", "not-found", "deleted",
+    "too-long", "code-invalid", "extension", "too-costly", "business-rule", "lock-error", "no-store",
+    "exception", "timeout", "incomplete", "throttled", "transient", "informational",
+})
+"""The machine codes an error may carry from a server's body: a short token from this list, else ``http_<status>``.
+
+Anything else a server writes (messages, descriptions, diagnostics, an unknown code) is untrusted text that may
+hold patient data (error bodies echo names and MRNs): it never enters an exception, a log line or an output.
+"""
+REQUEST_ID_HEADERS = ("x-request-id", "x-correlation-id", "request-id", "x-amzn-requestid", "x-ms-request-id")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-def _request_values(request: httpx.Request | None) -> list[str]:
-    """Every value the request carried (JSON/form body leaves, query values, credential headers), longest first.
-
-    A server that echoes its input in an error message would otherwise hand our own password, session cookie
-    or the patient's name, MRN and birth date straight back into an exception, a log line or stderr.
-    """
-    if request is None:
-        return []
-    values: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-        elif isinstance(node, str | int | float) and not isinstance(node, bool):
-            values.append(str(node))
-
-    import httpx
-
+def _body(response: httpx.Response) -> Any:
     try:
-        content = request.content
-    except httpx.RequestNotRead:
-        content = b""
-    if content:
-        text = content.decode("utf-8", "replace")
-        try:
-            walk(json.loads(text))
-        except ValueError:
-            walk([v for _, v in parse_qsl(text, keep_blank_values=False)])
-    walk([v for _, v in request.url.params.multi_items()])
-    for name in ("cookie", "authorization", "idempotency-key"):
-        header = request.headers.get(name)
-        if header:
-            values.append(header)
-            values += [part.partition("=")[2].strip() for part in header.split(";")]
-            values += header.split()
-    return sorted({v for v in values if len(v) >= _ECHO_MIN_LENGTH}, key=len, reverse=True)
+        return response.json()
+    except (ValueError, UnicodeDecodeError, RuntimeError):
+        return None
+    except Exception as exc:  # httpx.ResponseNotRead: a streamed answer nobody read
+        if type(exc).__name__ == "ResponseNotRead":
+            return None
+        raise
 
 
-def scrub_server_text(text: str | None, request: httpx.Request | None) -> str | None:
-    """A server-supplied message with everything echoed from ``request`` masked, then the log redaction applied."""
-    if not text:
-        return text
-    from .redaction import MASK, redact
+def server_code(response: httpx.Response) -> str:
+    """The answer's machine code: WellSky's ``error``, OAuth's ``error`` or an OperationOutcome's first
+    ``issue.code``, kept only when it is in :data:`SERVER_CODES`; otherwise ``http_<status>``."""
+    body = _body(response)
+    code: Any = None
+    if isinstance(body, dict):
+        if body.get("resourceType") == "OperationOutcome":
+            issues = body.get("issue")
+            first = issues[0] if isinstance(issues, list) and issues else None
+            code = first.get("code") if isinstance(first, dict) else None
+        else:
+            code = body.get("error") if isinstance(body.get("error"), str) else body.get("code")
+    if isinstance(code, str) and code in SERVER_CODES:
+        return code
+    return f"http_{response.status_code}"
 
-    for value in _request_values(request):
-        if value not in text:
-            continue
-        if len(value) >= _ECHO_SUBSTRING_LENGTH:
-            text = text.replace(value, MASK)
-        else:  # short values (a 2-letter surname, a count) only as whole words, so "10" leaves "100" alone
-            text = re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", MASK, text)
-    text = redact(text)
-    return text if len(text) <= MAX_SERVER_TEXT else text[:MAX_SERVER_TEXT] + "…"
+
+def request_id(response: httpx.Response) -> str | None:
+    """The server's request id header (for the vendor's support), if it sent a plain token."""
+    for name in REQUEST_ID_HEADERS:
+        value = response.headers.get(name)
+        if value and _REQUEST_ID.fullmatch(value.strip()):
+            return value.strip()
+    return None
 
 
-def error_fields(response: httpx.Response) -> tuple[str | None, str | None]:
-    """The server's error code and message, from WellSky's ``{error, message}`` shape, OAuth's
-    ``{error, error_description}`` or a FHIR OperationOutcome (``issue[0].code`` / ``diagnostics``).
+ERROR_BODY_DIR = "wellsky_error_body_dir"
+"""``response.extensions`` key: the private directory the client asks error bodies to be kept in (opt-in)."""
 
-    Both are scrubbed of anything the request carried (see :func:`scrub_server_text`): this is the one door
-    through which server text enters our errors.
-    """
+
+def keep_error_body(response: httpx.Response) -> str | None:
+    """Write the raw body of an error answer to a 0600 file when the operator opted in (``save_error_bodies``).
+
+    Only for an operator who needs the server's own words: the file is in the tenant's private state directory;
+    the error names the file, never its content."""
+    directory = response.extensions.get(ERROR_BODY_DIR) if hasattr(response, "extensions") else None
+    if not directory:
+        return None
     try:
-        body = response.json()
-    except (ValueError, UnicodeDecodeError):
-        return None, None
-    if not isinstance(body, dict):
-        return None, None
-    if body.get("resourceType") == "OperationOutcome":
-        issues = body.get("issue") or [{}]
-        issue = issues[0] if isinstance(issues, list) and isinstance(issues[0], dict) else {}
-        code = issue.get("code")
-        details = issue.get("details")
-        message = issue.get("diagnostics") or (details.get("text") if isinstance(details, dict) else None)
-    else:
-        code = body.get("error")
-        message = body.get("message") or body.get("error_description")
+        content = response.content
+    except Exception:
+        return None
+    import os
+    import time
+    from pathlib import Path
+
+    from .private_files import write_private
+
+    name = f"error-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{response.status_code}-{os.urandom(4).hex()}.body"
     try:
-        request: httpx.Request | None = response.request
-    except RuntimeError:  # a Response built by hand, without a request
-        request = None
-    return (
-        scrub_server_text(str(code), request) if code else None,
-        scrub_server_text(str(message), request) if message else None,
-    )
+        return str(write_private(Path(directory) / name, content))
+    except OSError:
+        return None
+
+
+_DEFAULT_FIXES = {
+    400: "the server refused the request as malformed; check the values sent against the API docs",
+    403: "the credentials lack permission for this request; check the client's role or oauth_scopes",
+    404: "not found: check the id or path (and base_url)",
+    409: "the record conflicts with one already in WellSky; look it up and update it instead",
+    422: "the server refused the values sent; check the record against the API docs",
+}
+
+
+def default_fix(status: int) -> str:
+    if status in _DEFAULT_FIXES:
+        return _DEFAULT_FIXES[status]
+    if status >= 500:
+        return "the server failed; try again later or check the tenant's status"
+    return "check the request and the tenant's status"
 
 
 @dataclass(frozen=True)
@@ -237,7 +248,11 @@ class WellSkyTransportError(WellSkyError):
 
 
 class RemoteError(WellSkyError):
-    """WellSky answered with an error the connector cannot retry away (4xx, or a body it cannot read)."""
+    """WellSky answered with an error the connector cannot retry away (4xx, or a body it cannot read).
+
+    Built from a response with :meth:`from_response`: the status, an allow-listed machine ``code``, the
+    server's ``request_id`` and the fix; never the server's own text. ``message`` is always ours.
+    """
 
     def __init__(
         self,
@@ -246,18 +261,49 @@ class RemoteError(WellSkyError):
         message: str | None,
         *,
         url: str | httpx.URL | None = None,
+        request_id: str | None = None,
+        body_file: str | None = None,
     ) -> None:
         self.status = status
         self.code = code
-        self.server_message = message
+        self.fix = message
+        self.request_id = request_id
+        self.body_file = body_file
         self.url = redact_url(url) if url is not None else None
         where = f" from {self.url}" if self.url else ""
         text = f"WellSky returned {status}{where}"
         if code:
             text += f" [{code}]"
+        if request_id:
+            text += f" (request id {request_id})"
         if message:
             text += f": {message}"
+        if body_file:
+            text += f" (server's body kept in {body_file})"
         super().__init__(text)
+
+    @property
+    def tag(self) -> str:
+        """``status code`` (and the request id): what other errors quote of this one."""
+        rid = f", request id {self.request_id}" if self.request_id else ""
+        return f"{self.status} {self.code or ''}".strip() + rid
+
+    @classmethod
+    def from_response(cls, response: httpx.Response, *, fix: str | None = None) -> RemoteError:
+        """The error for a server's error answer: status, allow-listed code, request id and ``fix`` (default: by
+        status; ``""`` for none), plus the file holding the raw body when ``save_error_bodies`` is on."""
+        try:
+            url: httpx.URL | None = response.request.url
+        except RuntimeError:
+            url = None
+        return cls(
+            response.status_code,
+            server_code(response),
+            default_fix(response.status_code) if fix is None else (fix or None),
+            url=url,
+            request_id=request_id(response),
+            body_file=keep_error_body(response),
+        )
 
 
 class NormalizationError(WellSkyError):

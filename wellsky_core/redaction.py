@@ -11,7 +11,7 @@ Three kinds of sensitive text are masked in every record of the project's logger
   recently registered values are forgotten first) so a million-patient sync cannot grow it without limit.
 
 :func:`install_redaction` redacts at record creation for the project's loggers and their children (a logger
-filter alone would miss records of child loggers such as ``wellsky_core.transport``), and also attaches
+filter alone would miss records of child loggers such as ``wellsky_core.http.client``), and also attaches
 :class:`RedactionFilter` to the handlers of those loggers and of the root logger.
 """
 

@@ -20,8 +20,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError, create_model
 
+from .channels.rest import MAX_PAGE_SIZE as REST_MAX_PAGE_SIZE
+from .channels.rest import rest_pages
 from .connection import Connection
-from .errors import AuthorizationRefused, RemoteError, WriteAborted, WriteRefused, error_fields
+from .errors import AuthorizationRefused, RemoteError, WriteAborted, WriteRefused, server_code
 from .idempotency import idempotency_key
 from .models import ENTITIES, READ_ONLY_FIELDS, WRITABLE, UtcDatetime, strict_variant
 from .normalize.native import to_canonical, to_native
@@ -270,7 +272,7 @@ class RecordWriter:
             return
         found: dict[str, dict[str, Any]] = {}
         shared: set[str] = set()
-        for page in self.client.iter_pages("/" + entity.replace("_", "-"), {"limit": 1000}):
+        for page in rest_pages(self.client, "/" + entity.replace("_", "-"), page_size=REST_MAX_PAGE_SIZE):
             for native in page:
                 record = to_canonical(self.product, entity, native)
                 value = record.get(natural)
@@ -335,7 +337,9 @@ class RecordWriter:
         if cached is not None:
             return cached
         found: list[dict[str, Any]] = []
-        for page in self.client.iter_pages("/authorizations", {"patient_id": patient_id, "limit": 1000}):
+        for page in rest_pages(
+            self.client, "/authorizations", {"patient_id": patient_id}, page_size=REST_MAX_PAGE_SIZE
+        ):
             found += [to_canonical(self.product, "authorizations", n) for n in page]
         with self._auth_lock:
             return self._auth_cache.setdefault(patient_id, found)
@@ -382,15 +386,14 @@ class RecordWriter:
 
     def _answer(self, entity: str, action: Action, response: Any, key: str, desired: dict[str, Any]) -> WriteResult:
         if response.status_code >= 400:
-            code = _error_code(response) or str(response.status_code)
-            message = _error_message(response)
+            refusal = RemoteError.from_response(response)
             return WriteResult(
                 entity,
                 "rejected",
                 wellsky_id=desired.get("id"),
                 idempotency_key=key,
-                reason=f"WellSky refused the write ({response.status_code} {code}): {message}",
-                code=code,
+                reason=f"WellSky refused the write ({refusal.tag}): {refusal.fix}",
+                code=refusal.code,
                 key_hash=self._key_hash(entity, desired),
             )
         if response.headers.get("idempotent-replayed") == "true" and response.extensions.get("wellsky_attempt", 1) == 1:
@@ -458,11 +461,5 @@ def match_key(stream: str, record: dict[str, Any]) -> str | None:
     return f"i:{record['id']}" if record.get("id") else None
 
 
-def _error_code(response: Any) -> str | None:
-    return error_fields(response)[0]
-
-
-def _error_message(response: Any) -> str:
-    """The server's message, scrubbed of everything the request carried (it may echo the patient's data)."""
-    code, message = error_fields(response)
-    return message or ("no detail" if code else "non-JSON or unexpected error body")
+def _error_code(response: Any) -> str:
+    return server_code(response)

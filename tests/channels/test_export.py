@@ -14,8 +14,8 @@ from wellsky_core.channels.export import ExportChannel
 from wellsky_core.config import WellSkyConfig
 from wellsky_core.deadletter import DeadLetter
 from wellsky_core.errors import RemoteError
+from wellsky_core.http.client import WellSkyClient
 from wellsky_core.models import MODELED_ENTITIES as ENTITIES
-from wellsky_core.transport import WellSkyClient
 from wellsky_sandbox.testing import SandboxServer
 
 API_KEYS = ("base_url", "username", "password")

@@ -13,9 +13,9 @@ from wellsky_core.channels import open_channel
 from wellsky_core.channels.fhir import FhirChannel, fhir_instant
 from wellsky_core.config import WellSkyConfig
 from wellsky_core.errors import NormalizationError, RemoteError
+from wellsky_core.http.client import WellSkyClient
 from wellsky_core.models import MODELED_ENTITIES as ENTITIES
 from wellsky_core.normalize import fhir as fhir_norm
-from wellsky_core.transport import WellSkyClient
 from wellsky_sandbox.testing import SandboxServer
 
 from ..fhir_only import FHIR_ONLY, comparable

@@ -7,13 +7,13 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.core.home_connect_fake import FakeHomeConnect, care_log, patient, practitioner, shift
-from wellsky_core.auth import ClientCredentialsAuth, build_auth
 from wellsky_core.channels import open_channel
 from wellsky_core.config import WellSkyConfig
 from wellsky_core.errors import NormalizationError, RemoteError
+from wellsky_core.http.auth import ClientCredentialsAuth, build_auth
+from wellsky_core.http.client import WellSkyClient
 from wellsky_core.products.personal_care import normalize as hc
 from wellsky_core.products.personal_care.channel import HomeConnectChannel, months, search_path
-from wellsky_core.transport import WellSkyClient
 
 NOW = datetime(2026, 8, 15, 12, 0, tzinfo=UTC)
 

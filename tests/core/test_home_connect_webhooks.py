@@ -10,8 +10,8 @@ import pytest
 from tests.core.home_connect_fake import FakeHomeConnect, care_log, patient
 from wellsky_core.config import WellSkyConfig
 from wellsky_core.connection import Connection
+from wellsky_core.http.client import WellSkyClient
 from wellsky_core.products.personal_care.webhooks import HomeConnectReceiver, Subscriptions
-from wellsky_core.transport import WellSkyClient
 from wellsky_core.webhooks import EventStore, iter_canonical_events
 
 HEADER = "X-Partner-Token: 7f3c0a9b1e2d4c5f8a6b"

@@ -7,9 +7,9 @@ import pytest
 from tests.core.home_connect_fake import FakeHomeConnect, patient
 from wellsky_core.config import TargetConfig
 from wellsky_core.connection import Connection
+from wellsky_core.http.client import WellSkyClient
 from wellsky_core.products.personal_care import normalize as hc
 from wellsky_core.products.personal_care.writer import APPOINTMENT_WRITES_REFUSED, HomeConnectWriter
-from wellsky_core.transport import WellSkyClient
 
 NEW = {
     "first_name": "Rosa",

@@ -9,11 +9,11 @@ import time
 import pyotp
 import pytest
 
-from wellsky_core.auth import SessionAuth
 from wellsky_core.config import WellSkyConfig
 from wellsky_core.errors import MfaError
+from wellsky_core.http.auth import SessionAuth
+from wellsky_core.http.client import WellSkyClient
 from wellsky_core.mfa import Challenge, TotpSource
-from wellsky_core.transport import WellSkyClient
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def session_config(sb, **extra) -> WellSkyConfig:
 
 def login_and_check(cfg: WellSkyConfig) -> WellSkyClient:
     client = WellSkyClient(cfg)
-    assert client.tenant()["product"] == "home_health"
+    assert client.get_json("/tenant")["product"] == "home_health"
     assert isinstance(client.auth, SessionAuth) and client.auth.logins == 1
     return client
 
@@ -102,7 +102,7 @@ def test_command_without_code_times_out_naming_method_and_setting(mfa_sandbox):
     )
     start = time.monotonic()
     with pytest.raises(MfaError) as info, WellSkyClient(cfg) as client:
-        client.tenant()
+        client.get_json("/tenant")
     assert time.monotonic() - start < 5
     assert info.value.method == "sms" and info.value.setting == "mfa_code_command"
     assert "sms" in str(info.value) and "mfa_code_command" in str(info.value)
@@ -117,7 +117,7 @@ def test_file_source_times_out(mfa_sandbox, tmp_path):
         mfa_code_timeout_seconds=0.5,
     )
     with pytest.raises(MfaError) as info, WellSkyClient(cfg) as client:
-        client.tenant()
+        client.get_json("/tenant")
     assert info.value.method == "email" and "mfa_code_file" in str(info.value)
 
 
@@ -126,7 +126,7 @@ def test_wrong_totp_secret_is_rejected(mfa_sandbox):
         mfa_sandbox, mfa_method="totp", totp_secret=pyotp.random_base32(), mfa_code_timeout_seconds=0.5
     )
     with pytest.raises(MfaError) as info, WellSkyClient(cfg) as client:
-        client.tenant()
+        client.get_json("/tenant")
     assert info.value.method == "totp" and "totp_secret" in str(info.value)
     assert "rejected" in str(info.value)
 
@@ -154,7 +154,7 @@ def test_a_refused_login_fails_every_waiting_request_without_logging_in_again(mf
 
         def call() -> None:
             try:
-                client.tenant()
+                client.get_json("/tenant")
             except BaseException as exc:  # collected and checked below
                 errors.append(exc)
 
@@ -165,14 +165,14 @@ def test_a_refused_login_fails_every_waiting_request_without_logging_in_again(mf
             thread.join(timeout=60)
         assert not any(t.is_alive() for t in threads)
         with pytest.raises(MfaError):
-            client.tenant()  # a later request too
+            client.get_json("/tenant")  # a later request too
     assert len(errors) == 4 and all(isinstance(e, MfaError) and "totp_secret" in str(e) for e in errors), errors
     assert len(logins) == 1, f"{len(logins)} logins after a refusal"
 
 
 def test_tenant_asking_for_mfa_without_mfa_method(mfa_sandbox):
     with pytest.raises(MfaError) as info, WellSkyClient(session_config(mfa_sandbox)) as client:
-        client.tenant()
+        client.get_json("/tenant")
     assert info.value.setting == "mfa_method" and "mfa_method" in str(info.value)
 
 

@@ -16,9 +16,11 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from wellsky_core.channels.fhir import fhir_bundles
+from wellsky_core.channels.rest import rest_pages
 from wellsky_core.config import WellSkyConfig
 from wellsky_core.errors import RemoteError
-from wellsky_core.transport import WellSkyClient
+from wellsky_core.http.client import WellSkyClient
 
 
 class Scripted:
@@ -72,7 +74,7 @@ def test_cursor_pages_are_followed_until_the_cursor_is_null(server):
     server.pages[("/patients", "c2")] = {"data": [{"id": 3}], "next_cursor": "c3"}
     server.pages[("/patients", "c3")] = {"data": [], "next_cursor": None}
     with _client(server, page_size=2) as client:
-        pages = list(client.iter_pages("/patients", {"updated_since": "2026-01-01T00:00:00Z"}))
+        pages = list(rest_pages(client, "/patients", {"updated_since": "2026-01-01T00:00:00Z"}))
         assert client.metrics.snapshot()["pages"] == 3
     assert pages == [[{"id": 1}, {"id": 2}], [{"id": 3}], []]
     sent = [q for _, q in server.requests]
@@ -84,14 +86,14 @@ def test_cursor_pages_are_followed_until_the_cursor_is_null(server):
 def test_an_explicit_limit_wins_and_an_empty_cursor_ends(server):
     server.pages[("/visits", None)] = {"data": [{"id": 1}], "next_cursor": ""}
     with _client(server) as client:
-        assert list(client.iter_pages("/visits", {"limit": 7})) == [[{"id": 1}]]
+        assert list(rest_pages(client, "/visits", {"limit": 7})) == [[{"id": 1}]]
     assert server.requests == [("/visits", {"limit": ["7"]})]
 
 
 def test_default_limit_is_the_configured_page_size(server):
     server.pages[("/visits", None)] = {"data": [], "next_cursor": None}
     with _client(server) as client:
-        list(client.iter_pages("/visits"))
+        list(rest_pages(client, "/visits"))
     assert server.requests == [("/visits", {"limit": [str(WellSkyConfig.model_fields["page_size"].default)]})]
 
 
@@ -99,7 +101,7 @@ def test_a_repeated_cursor_is_a_loop_not_an_endless_sync(server):
     server.pages[("/patients", None)] = {"data": [{"id": 1}], "next_cursor": "same"}
     server.pages[("/patients", "same")] = {"data": [{"id": 2}], "next_cursor": "same"}
     with _client(server) as client, pytest.raises(RemoteError) as exc:
-        list(client.iter_pages("/patients"))
+        list(rest_pages(client, "/patients"))
     assert str(exc.value) == (
         "WellSky returned 200 from /patients [cursor_loop]: /patients returned the same next_cursor twice"
     )
@@ -111,7 +113,7 @@ def test_distinct_cursors_are_followed_to_the_end(server):
     server.pages[("/p", "a")] = {"data": [2], "next_cursor": "b"}
     server.pages[("/p", "b")] = {"data": [3], "next_cursor": None}
     with _client(server) as client:
-        assert list(client.iter_pages("/p")) == [[1], [2], [3]]
+        assert list(rest_pages(client, "/p")) == [[1], [2], [3]]
 
 
 @pytest.mark.parametrize(
@@ -121,7 +123,7 @@ def test_distinct_cursors_are_followed_to_the_end(server):
 def test_a_page_of_the_wrong_shape_is_refused(server, body):
     server.pages[("/patients", None)] = body
     with _client(server) as client, pytest.raises(RemoteError) as exc:
-        list(client.iter_pages("/patients"))
+        list(rest_pages(client, "/patients"))
     assert str(exc.value) == (
         'WellSky returned 200 from /patients [unexpected_shape]: /patients did not answer {"data": [...], '
         '"next_cursor": ...}'
@@ -146,7 +148,7 @@ def test_bundles_follow_relative_and_absolute_next_links(server):
     server.pages[("/fhir/Patient", "2")] = _bundle([3], f"{server.base_url}/fhir/Patient?page=3")
     server.pages[("/fhir/Patient", "3")] = _bundle([4])
     with _client(server) as client:
-        bundles = list(client.iter_fhir_bundles("/fhir/Patient", {"_count": 2}))
+        bundles = list(fhir_bundles(client, "/fhir/Patient", {"_count": 2}))
         assert client.metrics.snapshot()["pages"] == 3
     assert [[e["resource"]["id"] for e in b["entry"]] for b in bundles] == [["1", "2"], ["3"], ["4"]]
     assert [q for _, q in server.requests] == [{"_count": ["2"]}, {"page": ["2"]}, {"page": ["3"]}]
@@ -155,7 +157,7 @@ def test_bundles_follow_relative_and_absolute_next_links(server):
 def test_a_bundle_without_entries_or_links_ends_paging(server):
     server.pages[("/fhir/Coverage", None)] = {"resourceType": "Bundle", "type": "searchset"}
     with _client(server) as client:
-        assert len(list(client.iter_fhir_bundles("/fhir/Coverage"))) == 1
+        assert len(list(fhir_bundles(client, "/fhir/Coverage"))) == 1
         assert client.metrics.snapshot()["pages"] == 1
 
 
@@ -164,7 +166,7 @@ def test_next_links_without_url_or_of_another_relation_are_not_followed(server):
     bundle["link"] += [{"relation": "next"}, {"relation": "previous", "url": "/fhir/Patient?page=0"}]
     server.pages[("/fhir/Patient", None)] = bundle
     with _client(server) as client:
-        assert len(list(client.iter_fhir_bundles("/fhir/Patient"))) == 1
+        assert len(list(fhir_bundles(client, "/fhir/Patient"))) == 1
     assert len(server.requests) == 1
 
 
@@ -175,7 +177,7 @@ def test_next_links_without_url_or_of_another_relation_are_not_followed(server):
 def test_a_next_link_to_another_origin_is_refused_before_any_request(server, link):
     server.pages[("/fhir/Patient", None)] = _bundle([1], link)
     with _client(server) as client, pytest.raises(RemoteError) as exc:
-        list(client.iter_fhir_bundles("/fhir/Patient"))
+        list(fhir_bundles(client, "/fhir/Patient"))
     assert exc.value.code == "foreign_next_link" and "another host" in str(exc.value)
     assert "page=2" not in str(exc.value), "the refused URL is named without its query"
     assert len(server.requests) == 1
@@ -186,7 +188,7 @@ def test_a_repeated_next_link_is_a_loop(server):
     server.pages[("/fhir/Patient", "2")] = _bundle([2], "/fhir/Patient?page=3")
     server.pages[("/fhir/Patient", "3")] = _bundle([3], "/fhir/Patient?page=2")
     with _client(server) as client, pytest.raises(RemoteError) as exc:
-        list(client.iter_fhir_bundles("/fhir/Patient"))
+        list(fhir_bundles(client, "/fhir/Patient"))
     assert str(exc.value) == (
         "WellSky returned 200 from /fhir/Patient [link_loop]: /fhir/Patient returned the same next link twice"
     )
@@ -197,7 +199,7 @@ def test_a_repeated_next_link_is_a_loop(server):
 def test_something_other_than_a_bundle_is_refused(server, body):
     server.pages[("/fhir/Patient", None)] = body
     with _client(server) as client, pytest.raises(RemoteError) as exc:
-        list(client.iter_fhir_bundles("/fhir/Patient"))
+        list(fhir_bundles(client, "/fhir/Patient"))
     assert str(exc.value) == (
         "WellSky returned 200 from /fhir/Patient [unexpected_shape]: /fhir/Patient did not answer a FHIR Bundle"
     )

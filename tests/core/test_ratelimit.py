@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from wellsky_core.ratelimit import TokenBucket
+from wellsky_core.http.ratelimit import TokenBucket
 
 
 class FakeClock:

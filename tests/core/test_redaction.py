@@ -7,7 +7,9 @@ import logging
 import pytest
 
 from wellsky_core import redaction
+from wellsky_core.channels.rest import rest_pages
 from wellsky_core.config import WellSkyConfig
+from wellsky_core.http.client import WellSkyClient
 from wellsky_core.redaction import (
     PHI_MASK,
     RedactionFilter,
@@ -16,7 +18,6 @@ from wellsky_core.redaction import (
     register_phi,
     register_secret,
 )
-from wellsky_core.transport import WellSkyClient
 
 
 @pytest.fixture(autouse=True)
@@ -100,14 +101,14 @@ def test_a_whole_session_sync_logs_no_secret_and_no_patient_name(sandbox_factory
     )
     patients = sb.truth("patients")
     with WellSkyClient(cfg) as client:
-        for page in client.iter_pages("/patients", {"limit": 5}):
+        for page in rest_pages(client, "/patients", {"limit": 5}):
             for native in page:
                 register_phi(native["name"]["first"], native["name"]["last"], native.get("mrn"))
                 logging.getLogger("wellsky_core.normalize").debug("normalized %s", native)
         cookie = client.auth._cookie
         assert sum(client.metrics.retries.values()) > 0
     output = caplog.text
-    assert "wellsky_core.transport" in output and "HTTP Request" in output
+    assert "wellsky_core.http.client" in output and "HTTP Request" in output
     sensitive = [sb.password, sb.totp_secret, cookie] + [p["last_name"] for p in patients[:20]]
     sensitive += [p["mrn"] for p in patients[:20] if p.get("mrn")]
     leaked = [value for value in sensitive if value and value in output]

@@ -8,10 +8,12 @@ import time
 
 import pytest
 
-from wellsky_core.auth import parse_retry_after
+from wellsky_core.channels.fhir import fhir_bundles
+from wellsky_core.channels.rest import rest_pages
 from wellsky_core.config import WellSkyConfig
 from wellsky_core.errors import RemoteError, WellSkyTransportError
-from wellsky_core.transport import WellSkyClient
+from wellsky_core.http.client import WellSkyClient
+from wellsky_core.http.policy import parse_retry_after
 
 FAST = {"backoff_base_seconds": 0.01, "backoff_max_seconds": 0.05, "max_requests_per_second": 0}
 
@@ -22,7 +24,7 @@ def config(sb, **extra) -> WellSkyConfig:
 
 
 def visit_ids(client: WellSkyClient, **params) -> list[str]:
-    return [rec["visitId"] for page in client.iter_pages("/appointments", params) for rec in page]
+    return [rec["visitId"] for page in rest_pages(client, "/appointments", params) for rec in page]
 
 
 @pytest.fixture
@@ -39,7 +41,7 @@ def test_unreachable_url_fails_fast_naming_base_url():
     )
     start = time.monotonic()
     with pytest.raises(WellSkyTransportError) as info, WellSkyClient(cfg) as client:
-        client.tenant()
+        client.get_json("/tenant")
     assert time.monotonic() - start < 2
     assert "base_url" in str(info.value) and info.value.reason == "connect"
 
@@ -58,7 +60,7 @@ def test_retries_under_faults_match_the_sandbox_counters(tenant, caplog):
     """Every injected 5xx, 429, dropped connection and truncated page is retried exactly once, and logged."""
     truth = [r["id"] for r in tenant.truth("appointments")]
     tenant.set_faults("error=0.15,429=0.1,reset=0.08,malformed=0.08,retry_after=0,seed=11")
-    caplog.set_level(logging.WARNING, logger="wellsky_core.transport")
+    caplog.set_level(logging.WARNING, logger="wellsky_core.http.client")
     with WellSkyClient(config(tenant, max_retries=12)) as client:
         ids = visit_ids(client, limit=20) + visit_ids(client, limit=50)
         retries = client.metrics.retries
@@ -71,7 +73,7 @@ def test_retries_under_faults_match_the_sandbox_counters(tenant, caplog):
     assert retries.get("429", 0) == faults.get("429", 0)
     assert retries.get("connection", 0) == faults.get("reset", 0)
     assert retries.get("malformed", 0) == faults.get("malformed", 0)
-    lines = [r.getMessage() for r in caplog.records if r.name == "wellsky_core.transport"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "wellsky_core.http.client"]
     assert len(lines) == sum(retries.values())
     assert all("cursor=***" in line or "cursor" not in line for line in lines)
 
@@ -79,7 +81,7 @@ def test_retries_under_faults_match_the_sandbox_counters(tenant, caplog):
 def test_retry_after_is_honoured(tenant):
     tenant.set_faults("429=1.0,retry_after=1")
     with WellSkyClient(config(tenant, max_retries=1)) as client:
-        client.tenant()  # log in first: /tenant is not a faulted data endpoint
+        client.get_json("/tenant")  # log in first: /tenant is not a faulted data endpoint
         start = time.monotonic()
         with pytest.raises(WellSkyTransportError) as info:
             client.get_json("/patients", {"limit": 5, "mrn": "MRN-SECRET-1"})
@@ -102,7 +104,7 @@ def test_retry_after_http_date():
 def test_retry_budget_exhausted(tenant):
     tenant.set_faults("error=1.0,retry_after=0")
     with WellSkyClient(config(tenant, max_retries=3)) as client:
-        client.tenant()
+        client.get_json("/tenant")
         with pytest.raises(WellSkyTransportError) as info:
             client.get_json("/patients")
         assert sum(client.metrics.retries.values()) == 3
@@ -123,7 +125,7 @@ def test_client_errors_are_not_retried(tenant):
         with pytest.raises(RemoteError) as info:
             client.get_json("/patients", {"limit": 5000})
         assert info.value.status == 400 and info.value.code == "invalid_parameter"
-        assert "limit" in (info.value.server_message or "")
+        assert info.value.fix, "the error says what to do, in our words (never the server's text)"
         with pytest.raises(RemoteError) as info:
             client.get_json("/no-such-thing")
         assert info.value.status == 404
@@ -136,7 +138,7 @@ def test_session_expiry_mid_pagination_loses_and_repeats_nothing(tenant):
     truth = [r["id"] for r in tenant.truth("appointments")]
     with WellSkyClient(config(tenant)) as client:
         ids: list[str] = []
-        for n, page in enumerate(client.iter_pages("/appointments", {"limit": 30})):
+        for n, page in enumerate(rest_pages(client, "/appointments", {"limit": 30})):
             ids.extend(rec["visitId"] for rec in page)
             if n in (1, 5, 9):
                 tenant.set_tenant(expire_sessions=True)
@@ -155,7 +157,7 @@ def test_early_expiry_fault_every_n_requests(tenant):
 def test_rate_limiter_keeps_requests_per_second_under_the_limit(tenant):
     """20/s with a burst of one token: the average rate is <= 20/s and no 1 s window holds more than 21."""
     with WellSkyClient(config(tenant, max_requests_per_second=20)) as client:
-        client.tenant()
+        client.get_json("/tenant")
         stamps = []
         start = time.monotonic()
         for _ in range(30):
@@ -173,6 +175,6 @@ def test_rate_limiter_keeps_requests_per_second_under_the_limit(tenant):
 
 def test_fhir_bundles_follow_next_links(tenant):
     with WellSkyClient(config(tenant)) as client:
-        bundles = list(client.iter_fhir_bundles("/fhir/Patient", {"_count": 30}))
+        bundles = list(fhir_bundles(client, "/fhir/Patient", {"_count": 30}))
     entries = [e["resource"]["id"] for b in bundles for e in b.get("entry", [])]
     assert len(bundles) >= 4 and len(entries) == len(set(entries)) == len(tenant.truth("patients"))

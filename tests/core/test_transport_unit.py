@@ -9,10 +9,12 @@ import httpx
 import orjson
 import pytest
 
+from wellsky_core.channels.fhir import fhir_bundles
+from wellsky_core.channels.rest import rest_pages
 from wellsky_core.config import WellSkyConfig
 from wellsky_core.errors import AuthError, RemoteError, WellSkyTransportError
-from wellsky_core.retry import MAX_RETRY_AFTER_SECONDS, Backoff
-from wellsky_core.transport import WellSkyClient
+from wellsky_core.http.client import WellSkyClient
+from wellsky_core.http.policy import MAX_RETRY_AFTER_SECONDS, Backoff
 
 BASE = "https://tenant.example.test"
 
@@ -62,11 +64,24 @@ def test_429_waits_for_retry_after_seconds():
 
 
 def test_4xx_is_not_retried_and_names_the_server_code():
-    handler = scripted(httpx.Response(422, json={"error": "bad_field", "message": "mrn is required"}))
+    handler = scripted(httpx.Response(422, json={"error": "validation_error", "message": "mrn is required"}))
     client, waits = make_client(handler)
     with pytest.raises(RemoteError) as info:
         client.request("POST", "/patients", json={})
-    assert info.value.status == 422 and info.value.code == "bad_field" and waits == []
+    assert info.value.status == 422 and info.value.code == "validation_error" and waits == []
+    assert "mrn is required" not in str(info.value), "server text never enters an error"
+
+
+def test_a_code_outside_the_allow_list_becomes_http_status():
+    body = {"error": "Patient Jane Q Okonkwo (MRN 00482913) is locked", "message": "DOB 1950-03-04"}
+    headers = {"X-Request-Id": "req-7f3a9"}
+    client, _ = make_client(scripted(httpx.Response(423, json=body, headers=headers)))
+    with pytest.raises(RemoteError) as info:
+        client.request("POST", "/patients", json={})
+    error = info.value
+    assert (error.status, error.code, error.request_id) == (423, "http_423", "req-7f3a9")
+    assert "Okonkwo" not in str(error) and "00482913" not in str(error) and "1950" not in str(error)
+    assert "req-7f3a9" in str(error) and error.fix
 
 
 def test_expected_status_is_returned_not_raised():
@@ -176,7 +191,7 @@ def test_cursor_pages_are_followed_to_the_end():
         return ok({"data": [{"id": i} for i in data], "next_cursor": nxt})
 
     client, _ = make_client(handler, page_size=2)
-    assert [r["id"] for page in client.iter_pages("/patients") for r in page] == [1, 2, 3]
+    assert [r["id"] for page in rest_pages(client, "/patients") for r in page] == [1, 2, 3]
     assert client.metrics.snapshot()["pages"] == 3
 
 
@@ -184,14 +199,14 @@ def test_a_cursor_seen_before_stops_the_loop():
     pages = {None: "a", "a": "b", "b": "a"}  # a -> b -> a: not consecutive, still a loop
     client, _ = make_client(lambda r: ok({"data": [], "next_cursor": pages[r.url.params.get("cursor")]}))
     with pytest.raises(RemoteError) as info:
-        list(client.iter_pages("/patients"))
+        list(rest_pages(client, "/patients"))
     assert info.value.code == "cursor_loop"
 
 
 def test_a_page_without_data_is_an_unexpected_shape():
     client, _ = make_client(scripted(ok({"items": []})))
     with pytest.raises(RemoteError) as info:
-        list(client.iter_pages("/patients"))
+        list(rest_pages(client, "/patients"))
     assert info.value.code == "unexpected_shape"
 
 
@@ -202,11 +217,11 @@ def bundle(next_url: str | None, n: int = 1) -> dict:
 
 def test_bundle_next_links_are_followed_and_loops_stopped():
     client, _ = make_client(scripted(ok(bundle(f"{BASE}/fhir/Patient?page=2")), ok(bundle(None))))
-    assert len(list(client.iter_fhir_bundles("/fhir/Patient", {"_count": 1}))) == 2
+    assert len(list(fhir_bundles(client, "/fhir/Patient", {"_count": 1}))) == 2
     looping = scripted(ok(bundle("/fhir/Patient?page=2")), ok(bundle("/fhir/Patient?page=2")))
     client, _ = make_client(looping)
     with pytest.raises(RemoteError) as info:
-        list(client.iter_fhir_bundles("/fhir/Patient"))
+        list(fhir_bundles(client, "/fhir/Patient"))
     assert info.value.code == "link_loop"
 
 
@@ -214,7 +229,7 @@ def test_bundle_next_link_to_another_host_is_refused():
     handler = scripted(ok(bundle("https://evil.example.test/fhir/Patient?page=2")))
     client, _ = make_client(handler)
     with pytest.raises(RemoteError) as info:
-        list(client.iter_fhir_bundles("/fhir/Patient"))
+        list(fhir_bundles(client, "/fhir/Patient"))
     assert info.value.code == "foreign_next_link" and len(handler.seen) == 1
 
 

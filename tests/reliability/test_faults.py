@@ -108,7 +108,7 @@ def test_faulted_sync_delivers_exactly_the_clean_set_and_retries_match_the_sandb
           f"and survived {dict(faults)}, {len(hook.expired)} early expiries, retries {retries}")
 
     # 4. the retry log says what happened, one line per retry
-    retry_lines = [line for line in logs.lines if line.startswith("wellsky_core.transport: retrying")]
+    retry_lines = [line for line in logs.lines if line.startswith("wellsky_core.http.client: retrying")]
     assert len(retry_lines) == injected
     assert f"{injected} retries" in stderr and f"{len(STREAMS)} re-logins" in stderr
 

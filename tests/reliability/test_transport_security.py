@@ -28,9 +28,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from wellsky_core.channels.rest import rest_pages
 from wellsky_core.config import WellSkyConfig
 from wellsky_core.errors import AuthError, ConfigError, WellSkyTransportError
-from wellsky_core.transport import WellSkyClient
+from wellsky_core.http.client import WellSkyClient
 
 from .conftest import TAP_CMD, assert_no_traceback, child_env, write_json
 
@@ -110,15 +111,15 @@ def _config(sb: Any, base_url: str, **extra: Any) -> WellSkyConfig:
 def test_self_signed_https_is_refused_by_default_and_trusted_with_ca_bundle(tls_tenant: Any) -> None:
     sb, https = tls_tenant
     with pytest.raises(WellSkyTransportError) as info, WellSkyClient(_config(sb, https.base_url)) as client:
-        client.tenant()
+        client.get_json("/tenant")
     assert "ca_bundle" in str(info.value) and "not trusted" in str(info.value)
 
     with WellSkyClient(_config(sb, https.base_url, ca_bundle=str(https.ca_path))) as client:
-        assert client.tenant()["product"] == sb.product
-        assert sum(len(p) for p in client.iter_pages("/patients", {"limit": 50})) == len(sb.truth("patients"))
+        assert client.get_json("/tenant")["product"] == sb.product
+        assert sum(len(p) for p in rest_pages(client, "/patients", {"limit": 50})) == len(sb.truth("patients"))
 
     with WellSkyClient(_config(sb, https.base_url, verify_tls=False)) as client:  # an explicit, visible opt-out
-        assert client.tenant()["product"] == sb.product
+        assert client.get_json("/tenant")["product"] == sb.product
 
 
 def test_ca_bundle_does_not_disable_hostname_checks(sandbox_factory: Any, tmp_path: Path) -> None:
@@ -129,7 +130,7 @@ def test_ca_bundle_does_not_disable_hostname_checks(sandbox_factory: Any, tmp_pa
         with pytest.raises(WellSkyTransportError) as info, WellSkyClient(
             _config(sb, https.base_url, ca_bundle=str(https.ca_path))
         ) as client:
-            client.tenant()
+            client.get_json("/tenant")
         assert "not trusted" in str(info.value)
     finally:
         https.stop()

@@ -13,7 +13,7 @@ from .base import Channel
 
 if TYPE_CHECKING:
     from ..config import WellSkyConfig
-    from ..transport import WellSkyClient
+    from ..http.client import WellSkyClient
 
 CHANNELS = {
     "api": "wellsky_core.channels.rest:RestChannel",

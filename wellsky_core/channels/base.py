@@ -16,7 +16,7 @@ from ..errors import NormalizationError
 
 if TYPE_CHECKING:
     from ..config import WellSkyConfig
-    from ..transport import WellSkyClient
+    from ..http.client import WellSkyClient
 
 T = TypeVar("T")
 ClientUse = Literal["required", "optional", "none"]

@@ -25,13 +25,25 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from ..errors import NormalizationError, RemoteError
+from ..http.paging import NextLinkPaginator
 from ..normalize import fhir as fhir_norm
 from .base import Channel, prefetch
 
 if TYPE_CHECKING:
-    from ..transport import WellSkyClient
+    import httpx
+
+    from ..http.client import WellSkyClient
 
 log = logging.getLogger(__name__)
+
+
+def fhir_bundles(client: WellSkyClient, path: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    """Each searchset Bundle of a FHIR search, following its next links (trusted origins only)."""
+
+    def resolve(link: str) -> httpx.URL:
+        return client.trusted_url(link, what="a FHIR Bundle next link", code="foreign_next_link")
+
+    return NextLinkPaginator(client.get_json, resolve, metrics=client.metrics).pages(path, params)
 
 INCLUDES: dict[str, list[tuple[str, str, str]]] = {
     # entity -> [(search parameter, value, resource type it brings)]
@@ -144,7 +156,7 @@ class FhirChannel(Channel):
             roles = self._roles_by_practitioner()
         # _include/_revinclude repeat, which a params mapping cannot express (and httpx replaces a path's query
         # when params are given), so the whole query is encoded into the path.
-        bundles = self.client.iter_fhir_bundles(f"{self.config.fhir_base}/{resource_type}?{urlencode(params)}")
+        bundles = fhir_bundles(self.client, f"{self.config.fhir_base}/{resource_type}?{urlencode(params)}")
         for bundle in prefetch(bundles):
             resources = list(_resources(bundle))
             if roles is not None:

@@ -8,13 +8,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NormalizationError
+from ..http.paging import CursorPaginator
 from ..models import ENTITIES
 from ..normalize.native import to_canonical
 from ..products import dialect
 from .base import Channel, prefetch
 
 if TYPE_CHECKING:
-    from ..transport import WellSkyClient
+    from ..http.client import WellSkyClient
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,22 @@ PATHS = {
     for entity, spec in ENTITIES.items()
     if spec.modeled_rest and spec.sources is None
 }
+
+MAX_PAGE_SIZE = 1000
+"""The most records the REST API returns per page (``limit``)."""
+
+
+def rest_pages(
+    client: WellSkyClient, path: str, params: dict[str, Any] | None = None, *, page_size: int | None = None
+) -> Iterator[list[dict[str, Any]]]:
+    """Each page of a REST listing (``{"data": [...], "next_cursor": ...}``), cursor by cursor to the end."""
+    paginator = CursorPaginator(
+        client.get_json,
+        metrics=client.metrics,
+        page_size=page_size or client.config.page_size,
+        api_max=MAX_PAGE_SIZE,
+    )
+    return paginator.pages(path, params)
 
 
 class RestChannel(Channel):
@@ -42,10 +59,10 @@ class RestChannel(Channel):
         return entity in dialect(self.product).streams if self.product else entity in PATHS
 
     def iter_records(self, entity: str, since: datetime | None) -> Iterator[dict[str, Any]]:
-        params: dict[str, Any] = {"limit": self.config.page_size}
+        params: dict[str, Any] = {}
         if since is not None:
             params["updated_since"] = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        for page in prefetch(self.client.iter_pages(PATHS[entity], params)):
+        for page in prefetch(rest_pages(self.client, PATHS[entity], params)):
             for native in page:
                 try:
                     yield to_canonical(self.product, entity, native)

@@ -36,7 +36,7 @@ from .dialect import API_ROOT, MAX_COUNT, UNAVAILABLE
 from .normalize import tags, task_logs, to_canonical
 
 if TYPE_CHECKING:
-    from ...transport import WellSkyClient
+    from ...http.client import WellSkyClient
 
 log = logging.getLogger(__name__)
 

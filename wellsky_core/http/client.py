@@ -8,10 +8,12 @@ flow (login, cookie rotation, re-auth on 401) and a retry loop that composes thr
 - decoding (:meth:`WellSkyClient._decode`): a truncated JSON body is retried like a dropped connection.
 
 After ``max_retries`` the last failure is raised as :class:`~wellsky_core.errors.WellSkyTransportError` with
-the URL (query values masked), status and attempt count. Paging (REST cursors, FHIR Bundle links) lives in
-``paging.py``. Tests inject an ``httpx.MockTransport`` through ``transport=`` for fast unit tests.
+the URL (query values masked), status and attempt count. What an answer means (retry, re-login, fail) is
+``policy.py``'s; which URLs may get credentials is ``trust.py``'s (checked here before every authenticated
+send). The client knows HTTP, not API shapes: paging styles are ``paging.py``'s paginators, constructed by the
+channels that own each API. Tests inject an ``httpx.MockTransport`` through ``transport=``.
 
-Each retry logs one line on ``wellsky_core.transport`` and is counted in :class:`~wellsky_core.metrics.Metrics`
+Each retry logs one line on ``wellsky_core.http.client`` and is counted in :class:`~wellsky_core.metrics.Metrics`
 by reason (the status code, ``connection``, ``timeout`` or ``malformed``).
 """
 
@@ -27,9 +29,9 @@ from typing import Any
 import httpx
 import orjson
 
-from wellsky_core.auth import RefreshingAuth, build_auth
-from wellsky_core.config import WellSkyConfig
-from wellsky_core.errors import (
+from ..config import WellSkyConfig
+from ..errors import (
+    ERROR_BODY_DIR,
     ConfigError,
     RemoteError,
     RequestDeadlineExceeded,
@@ -38,13 +40,14 @@ from wellsky_core.errors import (
     WellSkyTransportError,
     redact_url,
 )
-from wellsky_core.metrics import Metrics
-from wellsky_core.paging import iter_bundles, iter_cursor_pages
-from wellsky_core.ratelimit import TokenBucket
-from wellsky_core.redaction import register_secret
-from wellsky_core.retry import Backoff, Retry, classify_exception, classify_response, connect_failure, is_safe
+from ..metrics import Metrics
+from ..redaction import register_secret
+from .auth import RefreshingAuth, build_auth
+from .policy import Backoff, Retry, classify_exception, classify_response, connect_failure, is_safe
+from .ratelimit import TokenBucket
+from .trust import is_trusted, require_trusted
 
-logger = logging.getLogger("wellsky_core.transport")
+logger = logging.getLogger(__name__)
 
 USER_AGENT = "tap-wellsky/0.1 (+wellsky_core)"
 
@@ -61,7 +64,7 @@ PACING_HEADROOM = 0.97
 
 
 class WellSkyClient:
-    """A connection to one tenant: pooled HTTP, auth, rate limit, retries, pagination and metrics."""
+    """A connection to one tenant: pooled HTTP, auth, rate limit, retries and metrics."""
 
     def __init__(
         self,
@@ -91,6 +94,7 @@ class WellSkyClient:
         self._sleep = sleep
         self._backoff = Backoff(config.backoff_base_seconds, config.backoff_max_seconds)
         self._connected = False
+        self._error_body_dir = str(config.private_state_dir() / "error-bodies") if config.save_error_bodies else None
         timeout = httpx.Timeout(config.timeout_seconds, connect=min(config.timeout_seconds, 10.0))
         self._http = httpx.Client(
             base_url=config.base_url,
@@ -100,10 +104,9 @@ class WellSkyClient:
             headers={"user-agent": USER_AGENT, "accept": "application/json"},
             cookies=_no_cookie_jar(),
             follow_redirects=False,
-            event_hooks={"request": [self._on_request]},
+            event_hooks={"request": [self._on_request], "response": [self._on_response]},
             transport=transport,
         )
-        self._origin = self._http.base_url.copy_with(raw_path=b"/")
 
     # -- plumbing ---------------------------------------------------------------------------------------
     def _on_request(self, request: httpx.Request) -> None:
@@ -111,6 +114,16 @@ class WellSkyClient:
         budget that paced only data requests overran the tenant's limit by the login in the first second."""
         self.metrics.add_rate_limit_wait(self._limiter.acquire())
         self.metrics.add_request()
+
+    def _on_response(self, response: httpx.Response) -> None:
+        """Every answer (auth exchanges too) learns where an error body may be kept (``save_error_bodies``)."""
+        if self._error_body_dir is not None:
+            response.extensions = {**response.extensions, ERROR_BODY_DIR: self._error_body_dir}
+
+    def _guard(self, request: httpx.Request, *, authenticated: bool) -> None:
+        """Credentials go only to trusted URLs (``trust.py``): refuse before anything is sent."""
+        if authenticated and not is_trusted(request.url, self.config):
+            require_trusted(str(request.url), self.config, what=f"a {request.method} request with credentials")
 
     def _attempt(
         self, request: httpx.Request, *, safe: bool, expected: Sequence[int], parse_json: bool, attempt: int, last: bool
@@ -222,6 +235,7 @@ class WellSkyClient:
         target: httpx.URL | str = url
         for attempt in range(1, attempts_allowed + 1):
             request = self._http.build_request(method, url, params=params, json=json, headers=all_headers)
+            self._guard(request, authenticated=self.auth is not None)
             target = request.url
             outcome = self._attempt(
                 request, safe=safe, expected=expected, parse_json=parse_json, attempt=attempt,
@@ -289,35 +303,17 @@ class WellSkyClient:
         _, body = self._send("GET", path, params=params, parse_json=True)
         return body
 
-    def search_json(self, path: str, params: Params = None, body: Any = None) -> Any:
-        """POST a *read* (a search with a JSON body, as Home Connect's ``_search``): retried like a GET, since
-        repeating a search changes nothing."""
+    def post_read_json(self, path: str, params: Params = None, body: Any = None) -> Any:
+        """POST a *read* (a query in a JSON body) and decode JSON: retried like a GET, since repeating a read
+        changes nothing."""
         _, decoded = self._send("POST", path, params=params, json=body, parse_json=True, read=True)
         return decoded
 
-    def iter_pages(self, path: str, params: Params = None) -> Iterator[list[dict[str, Any]]]:
-        """Yield ``data`` of each REST page, following ``next_cursor`` (``paging.iter_cursor_pages``)."""
-        return iter_cursor_pages(self.get_json, path, params, page_size=self.config.page_size, metrics=self.metrics)
+    search_json = post_read_json  # until the Home Connect channel moves (products/) and calls post_read_json
 
-    def same_origin(self, link: str) -> httpx.URL:
-        """A server-given link resolved against the tenant, refused when it points elsewhere (see below)."""
-        return self._same_origin(link)
-
-    def _same_origin(self, link: str) -> httpx.URL:
-        """Resolve a Bundle ``next`` link; refuse other hosts so credentials never leave the tenant."""
-        url = self._http.base_url.join(link) if not httpx.URL(link).is_absolute_url else httpx.URL(link)
-        if (url.scheme, url.host, url.port) != (self._origin.scheme, self._origin.host, self._origin.port):
-            raise RemoteError(
-                200,
-                "foreign_next_link",
-                "a FHIR Bundle next link points to another host; refusing to send credentials there",
-                url=url.copy_with(query=None),
-            )
-        return url
-
-    def iter_fhir_bundles(self, path: str, params: Params = None) -> Iterator[dict[str, Any]]:
-        """Yield each searchset Bundle, following ``link[relation=next]`` (``paging.iter_bundles``)."""
-        return iter_bundles(self.get_json, self._same_origin, path, params, metrics=self.metrics)
+    def trusted_url(self, link: str, *, what: str, code: str = "untrusted_url") -> httpx.URL:
+        """A server-given link resolved against the tenant, refused unless it may get credentials (``trust.py``)."""
+        return require_trusted(link, self.config, what=what, code=code)
 
     @contextmanager
     def stream(
@@ -337,6 +333,7 @@ class WellSkyClient:
         raised as :class:`WellSkyTransportError`.
         """
         request = self._http.build_request(method.upper(), url, params=params, headers=dict(headers or {}))
+        self._guard(request, authenticated=authenticate and self.auth is not None)
         try:
             response = self._http.send(request, auth=self.auth if authenticate else None, stream=True)
         except RetryableAuthFailure as exc:
@@ -367,15 +364,6 @@ class WellSkyClient:
         """Wait through the client's sleeper (tests inject a fake clock)."""
         if seconds > 0:
             self._sleep(seconds)
-
-    def tenant(self) -> dict[str, Any]:
-        """``GET /tenant``: proves the URL, TLS and credentials work (the connector's health check)."""
-        body = self.get_json("/tenant")
-        if not isinstance(body, dict):
-            raise RemoteError(200, "unexpected_shape", "/tenant did not answer a JSON object", url="/tenant")
-        return body
-
-    check = tenant
 
     def close(self) -> None:
         self._http.close()

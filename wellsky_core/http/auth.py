@@ -6,7 +6,7 @@ lock serializes logins and a generation counter makes sure that when eight threa
 of them logs in and the other seven just replay with the new credential.
 
 Login and token requests that meet a transient failure (5xx, 429, a truncated body) raise
-:class:`RetryableAuthFailure`, which :class:`~wellsky_core.transport.WellSkyClient` retries (and counts)
+:class:`RetryableAuthFailure`, which :class:`~wellsky_core.http.client.WellSkyClient` retries (and counts)
 like any other transient failure. Definitive refusals raise :class:`~wellsky_core.errors.AuthError` naming
 the settings to check.
 """
@@ -17,20 +17,20 @@ import threading
 import time
 import uuid
 from collections.abc import Generator
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
 from pydantic import SecretStr
 
-from wellsky_core.errors import AuthError, ConfigError, MfaError, RemoteError, RetryableAuthFailure, error_fields
-from wellsky_core.mfa import Challenge, CodeSource, build_code_source
-from wellsky_core.products import DIALECTS
-from wellsky_core.redaction import register_secret
+from ..errors import AuthError, ConfigError, MfaError, RemoteError, RetryableAuthFailure
+from ..mfa import Challenge, CodeSource, build_code_source
+from ..products import DIALECTS
+from ..redaction import register_secret
+from .policy import needs_reauth, raise_if_transient
 
 if TYPE_CHECKING:
-    from wellsky_core.config import WellSkyConfig
-    from wellsky_core.metrics import Metrics
+    from ..config import WellSkyConfig
+    from ..metrics import Metrics
 
 SESSION_COOKIE = "wsk_session"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -38,41 +38,6 @@ SESSION_RENEW_MARGIN_SECONDS = 5.0
 TOKEN_RENEW_MARGIN_SECONDS = 60.0
 
 Flow = Generator[httpx.Request, httpx.Response, None]
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date); None if absent/bad.
-
-    A number too large to be a delay is read as the absolute epoch some servers send instead (in seconds, or in
-    milliseconds above 1e12, as SMART's reference Bulk Data server does).
-    """
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        number = float(value)
-    except ValueError:
-        pass
-    else:
-        if number > 1e9:
-            clock = time.time() if now is None else now
-            return max(0.0, (number / 1000 if number > 1e12 else number) - clock)
-        return max(0.0, number)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def _raise_if_transient(response: httpx.Response) -> None:
-    status = response.status_code
-    if status >= 500 or status in (408, 429):
-        raise RetryableAuthFailure(
-            str(status), status=status, retry_after=parse_retry_after(response.headers.get("retry-after"))
-        )
 
 
 def _json_body(response: httpx.Response) -> dict[str, Any]:
@@ -187,7 +152,7 @@ class RefreshingAuth(httpx.Auth):
         self._apply(request, credential)
         response = yield request
         self._observe(response, generation)
-        if response.status_code != 401:
+        if not needs_reauth(response.status_code):
             return
         credential, generation = yield from self._ensure(generation)
         self._apply(request, credential)
@@ -292,22 +257,21 @@ class SessionAuth(RefreshingAuth):
             f"{self.base_url}/sessions",
             json={"username": self.username, "password": self._password.get_secret_value()},
         )
-        _raise_if_transient(response)
+        raise_if_transient(response)
         if response.status_code in (200, 201):
             self._accept(response)
             return
         if response.status_code == 202:
             yield from self._mfa(_json_body(response))
             return
-        code, message = error_fields(response)
+        refusal = RemoteError.from_response(response, fix="")
         if response.status_code in (400, 401, 403):
             raise AuthError(
-                f"WellSky refused the login ({response.status_code} {code or ''}: {message or 'no detail'}); "
-                "check `username` and `password`",
+                f"WellSky refused the login ({refusal.tag}); check `username` and `password`",
                 setting="password",
                 status=response.status_code,
             )
-        raise RemoteError(response.status_code, code, message, url=response.request.url)
+        raise RemoteError.from_response(response)
 
     def _mfa(self, challenge_body: dict[str, Any]) -> Flow:
         challenge_id = str(challenge_body.get("challenge_id") or "")
@@ -331,12 +295,11 @@ class SessionAuth(RefreshingAuth):
         issued_at = time.time()
         if method in ("sms", "email"):
             sent = yield self._request("POST", f"{self.base_url}/sessions/{challenge_id}/send", json={"method": method})
-            _raise_if_transient(sent)
+            raise_if_transient(sent)
             if sent.status_code >= 400:
-                code, message = error_fields(sent)
                 raise MfaError(
-                    f"WellSky could not send the {method} code ({sent.status_code} {code or ''}: "
-                    f"{message or 'no detail'}); check `mfa_method`",
+                    f"WellSky could not send the {method} code ({RemoteError.from_response(sent, fix='').tag}); "
+                    "check `mfa_method`",
                     method=method,
                     setting="mfa_method",
                 )
@@ -348,14 +311,14 @@ class SessionAuth(RefreshingAuth):
                 f"{self.base_url}/sessions/{challenge_id}/mfa",
                 json={"method": method, "code": code_value},
             )
-            _raise_if_transient(response)
+            raise_if_transient(response)
             if response.status_code in (200, 201):
                 self._accept(response)
                 return
-            error, message = error_fields(response)
+            refusal = RemoteError.from_response(response, fix="")
+            error = refusal.code
             rejected = MfaError(
-                f"WellSky rejected the {method} code ({response.status_code} {error or ''}: "
-                f"{message or 'no detail'}); check `{source.setting}`",
+                f"WellSky rejected the {method} code ({refusal.tag}); check `{source.setting}`",
                 method=method,
                 setting=source.setting,
             )
@@ -424,17 +387,16 @@ class _TokenAuth(RefreshingAuth):
         if self.scopes:
             form["scope"] = self.scopes
         response = yield self._request("POST", self.token_url, data=form)
-        _raise_if_transient(response)
+        raise_if_transient(response)
         if response.status_code != 200:
-            code, message = error_fields(response)
             if response.status_code in (400, 401, 403):
+                refusal = RemoteError.from_response(response, fix="")
                 raise AuthError(
-                    f"WellSky refused the token request ({response.status_code} {code or ''}: "
-                    f"{message or 'no detail'}); check {self.credential_settings}",
+                    f"WellSky refused the token request ({refusal.tag}); check {self.credential_settings}",
                     setting=self.credential_settings,
                     status=response.status_code,
                 )
-            raise RemoteError(response.status_code, code, message, url=response.request.url)
+            raise RemoteError.from_response(response)
         body = _json_body(response)
         token = body.get("access_token")
         if not isinstance(token, str) or not token:
@@ -568,5 +530,4 @@ __all__ = [
     "RetryableAuthFailure",
     "SessionAuth",
     "build_auth",
-    "parse_retry_after",
 ]

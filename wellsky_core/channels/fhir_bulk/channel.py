@@ -1,0 +1,265 @@
+"""The bulk channel itself: which job serves which stream, and records from the spool (see the package
+docstring)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ...errors import SERVER_CODES, NormalizationError, RemoteError
+from ...normalize import fhir as fhir_norm
+from ..base import Channel
+from ..fhir import INCLUDES, FhirChannel, fhir_instant, normalize_one
+from .download import Downloader
+from .export import BulkServer, JobGone
+from .spool import ByRef, ExportJob, job_root, prune
+
+if TYPE_CHECKING:
+    from ...http.client import WellSkyClient
+
+log = logging.getLogger(__name__)
+
+PATIENT_LEVEL_EXCLUDED = {"practitioners"}
+"""Entities outside the patient compartment: not exported at Patient or Group level."""
+MAX_RESTARTS = 2
+UNDATED_FLAG = {
+    "field": "updated_at",
+    "kind": "missing",
+    "reason": "the bulk-exported resource had no meta.lastUpdated; updated_at is the export's transactionTime",
+}
+
+
+class FhirBulkChannel(Channel):
+    """Bulk ``$export`` → NDJSON files → spool → canonical records (see the module docstring)."""
+
+    name = "fhir_bulk"
+    ordered = False
+    client_use = "required"
+    client: WellSkyClient
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._search = FhirChannel(
+            config=self.config, client=self.client, product=self.product, dead_letter=self.dead_letter
+        )
+        self._discovered = False
+        self._jobs: dict[str, ExportJob] = {}
+        self._served_by: dict[str, ExportJob] = {}
+        self._failed = False
+        self.export_issues = 0
+        self._lock = threading.Lock()  # download threads share the counters and the dead-letter file
+        self._jobs_lock = threading.RLock()  # streams run in parallel: one of them starts the shared export
+        self.undated: dict[str, int] = {}
+        self.job_root = job_root(self.config)
+        self.server = BulkServer(self.client, self.config)
+        self.downloader = Downloader(
+            self.client, self.config, trusted=self.server.trusted, on_reject=self._reject, on_issue=self._report_issue
+        )
+
+    # -- capability -----------------------------------------------------------------------------------------
+    def _capability(self) -> dict[str, dict[str, Any]]:
+        """The server's resource types; discovery first, so the token request already goes to the right place."""
+        with self._jobs_lock:
+            self.discover()
+            return self._search.capability()
+
+    def _types_of(self, entity: str) -> list[str]:
+        """The resource types one entity needs, limited to those the server has."""
+        main = fhir_norm.ENTITY_TYPES[entity]
+        capability = self._capability()
+        return [main] + [child for _, _, child in INCLUDES.get(entity, []) if child in capability]
+
+    @classmethod
+    def offers(cls, entity: str, product: str | None) -> bool:
+        return entity in fhir_norm.ENTITY_TYPES
+
+    def supports(self, entity: str) -> bool:
+        if entity not in fhir_norm.ENTITY_TYPES:
+            return False
+        if self.config.fhir_bulk_level != "system" and entity in PATIENT_LEVEL_EXCLUDED:
+            return False
+        return fhir_norm.ENTITY_TYPES[entity] in self._capability()
+
+    # -- discovery ------------------------------------------------------------------------------------------
+    def discover(self) -> dict[str, Any] | None:
+        """SMART configuration, once (``BulkServer.discover``: a foreign token endpoint is refused)."""
+        if self._discovered:
+            return None
+        self._discovered = True
+        return self.server.discover()
+
+    # -- records --------------------------------------------------------------------------------------------
+    def iter_records(self, entity: str, since: datetime | None) -> Iterator[dict[str, Any]]:
+        if not self.supports(entity):
+            level = self.config.fhir_bulk_level
+            raise RemoteError(
+                404,
+                "not_supported",
+                f"{fhir_norm.ENTITY_TYPES.get(entity, entity)} cannot be bulk-exported from this {self.product} "
+                f"tenant at {level} level (see /fhir/metadata); read {entity} with source=api or fhir",
+            )
+        try:
+            job = self._job_for(entity, since)
+            self._served_by[entity] = job
+            yield from self._records(entity, job)
+        except BaseException:
+            self._failed = True
+            raise
+        job.entities_left.discard(entity)
+
+    def resume_point(self, entity: str) -> datetime | None:
+        """The export's ``transactionTime``: where the next incremental run of ``entity`` starts (``_since``)."""
+        job = self._served_by.get(entity)
+        return job.transaction_time if job is not None else None
+
+    def _records(self, entity: str, job: ExportJob) -> Iterator[dict[str, Any]]:
+        main = fhir_norm.ENTITY_TYPES[entity]
+        by_ref = ByRef(job.spool)
+        as_of = job.state["manifest"].get("transactionTime")
+        undated = 0
+        rules = fhir_norm.FhirRules(dict(self.config.fhir_identifier_systems))
+        for res in job.spool.of_type(main):
+            kids = job.spool.children(f"{main}/{res.get('id')}") if entity in INCLUDES else {}
+            stamped = False
+            if as_of and not (res.get("meta") or {}).get("lastUpdated"):
+                # The IG lets servers omit meta.lastUpdated; the resource is then known as of transactionTime,
+                # which is also this stream's bookmark, so it is the honest replication timestamp.
+                res = {**res, "meta": {**(res.get("meta") or {}), "lastUpdated": as_of}}
+                stamped = True
+            try:
+                record = normalize_one(entity, res, by_ref, kids, rules)
+            except fhir_norm.NotThisEntity as exc:  # e.g. a ClaimResponse for a claim: counted, not an error
+                self.skipped[f"{main} ({exc.reason})"] += 1
+                continue
+            except NormalizationError as exc:
+                self.reject(entity, exc, res)
+                continue
+            if stamped:
+                undated += 1
+                if isinstance(record.get("data_quality"), list):
+                    record["data_quality"].append(UNDATED_FLAG)
+            yield record
+        if undated:
+            self.undated[entity] = undated
+            log.warning(
+                "%s: %d resource(s) had no meta.lastUpdated; their updated_at is the export's transactionTime",
+                entity,
+                undated,
+            )
+
+    # -- the job --------------------------------------------------------------------------------------------
+    def _bulk_entities(self) -> list[str]:
+        """Every entity this sync routes to fhir_bulk (one export serves them all)."""
+        return [e for e in fhir_norm.ENTITY_TYPES if self.config.source_for(e) == self.name and self.supports(e)]
+
+    def _job_for(self, entity: str, since: datetime | None) -> ExportJob:
+        """The export serving ``entity`` from ``since``: shared with every stream routed here (started once)."""
+        with self._jobs_lock:
+            return self._job_for_locked(entity, since)
+
+    def _job_for_locked(self, entity: str, since: datetime | None) -> ExportJob:
+        since_text = fhir_instant(since) if since is not None else None
+        for job in self._jobs.values():
+            if entity in job.entities_left and job.kickoff["since"] == since_text:
+                return job
+        self.discover()
+        # Streams already served, or waiting in another job (a different bookmark), do not ride along again.
+        pending = {e for job in self._jobs.values() for e in job.entities_left} | set(self._served_by)
+        entities = sorted({entity, *(e for e in self._bulk_entities() if e not in pending)})
+        types: list[str] = []
+        for name in entities:
+            types += [t for t in self._types_of(name) if t not in types]
+        kickoff = {
+            "server": str(self.client.config.base_url),
+            "level": self.config.fhir_bulk_level,
+            "group": self.config.fhir_bulk_group_id,
+            "types": types,
+            "since": since_text,
+            "type_filter": list(self.config.fhir_bulk_type_filter),
+            "entities": entities,
+        }
+        key = hashlib.sha256(orjson.dumps(kickoff, option=orjson.OPT_SORT_KEYS)).hexdigest()[:24]
+        prune(self.job_root)
+        job = ExportJob(self.job_root / key, kickoff)
+        self._jobs[key] = job
+        self._complete(job)
+        return job
+
+    def _complete(self, job: ExportJob) -> None:
+        """Kick off (or resume), wait for the manifest, spool every file, delete the server's job."""
+        for restart in range(MAX_RESTARTS + 1):
+            try:
+                if job.state.get("status_url") is None:
+                    try:
+                        status_url = self.server.kickoff(job.kickoff)
+                    except RemoteError:
+                        job.dead = True  # nothing on the server to resume
+                        raise
+                    job.state.update(status_url=status_url, manifest=None, deleted=False)
+                    job.spool.clear()
+                    job.save()
+                if job.state.get("manifest") is None:
+                    try:
+                        job.state["manifest"] = self.server.poll(job.state["status_url"])
+                    except RemoteError:
+                        job.dead = True  # the export failed on the server, or its status URL is not trusted
+                        raise
+                    job.save()
+                self.downloader.download(job)
+                break
+            except JobGone as gone:
+                if restart == MAX_RESTARTS:
+                    job.dead = True
+                    raise RemoteError(
+                        404, "export_gone", f"the export job vanished {restart + 1} times ({gone}); try again later"
+                    ) from None
+                log.warning("the bulk export job is gone on the server (%s); starting the export again", gone)
+                job.forget_server_job()
+        if not job.state.get("deleted"):
+            self.server.delete(job.state["status_url"])
+            job.state["deleted"] = True
+            job.save()
+
+    def _reject(self, entity: str, error: NormalizationError, resource: dict[str, Any]) -> None:
+        with self._lock:  # download threads share the counters and the dead-letter file
+            self.reject(entity, error, resource)
+
+    def _report_issue(self, outcome: dict[str, Any]) -> list[str]:
+        """One line of an error file: counted by issue code and dead-lettered (codes only, never its text)."""
+        codes = [
+            str(issue.get("code") or "unknown") if isinstance(issue, Mapping) else "unknown"
+            for issue in outcome.get("issue") or [{}]
+        ]
+        codes = [code if code in SERVER_CODES else "other" for code in codes]
+        with self._lock:
+            self.export_issues += 1
+            if self.dead_letter.path is not None:
+                self.dead_letter.write(
+                    stage="read",
+                    stream="fhir_bulk",
+                    reason=f"the bulk export reported a problem ({', '.join(codes)})",
+                    payload=outcome,
+                    context={"channel": self.name},
+                )
+        return codes
+
+    def close(self) -> None:
+        """Remove the spools of jobs whose streams were all emitted, and of dead jobs (nothing to resume); a
+        failed run keeps the others for the next run to resume."""
+        for key, job in list(self._jobs.items()):
+            if self._failed and not job.dead:
+                job.spool.close()
+            else:
+                job.remove()
+            del self._jobs[key]
+        self._search.close()
+        if self._own_dead_letter:
+            self.dead_letter.close()
+
+
