@@ -59,6 +59,8 @@ SERVER_CODES = frozenset({
     "read_only", "read_only_tenant", "server_error", "session_expired", "token_expired", "unauthenticated",
     "unknown_challenge", "unknown_entity", "unknown_field", "unknown_parameter", "unknown_resource",
     "url_expired", "validation_error", "cookie_rotated", "code_not_sent", "bad_request", "unavailable",
+    "authorization_missing", "authorization_out_of_range", "service_not_authorized", "unknown_patient",
+    "unknown_practitioner",
     # OAuth 2.0 (RFC 6749 5.2, RFC 6750 3.1)
     "invalid_request", "invalid_client", "invalid_grant", "unauthorized_client", "unsupported_grant_type",
     "invalid_scope", "insufficient_scope",
@@ -152,7 +154,27 @@ _DEFAULT_FIXES = {
 }
 
 
-def default_fix(status: int) -> str:
+_CODE_FIXES = {
+    "read_only_tenant": "the tenant is read-only for this client; ask the agency for write access or run read-only",
+    "read_only": "the record or tenant is read-only; do not send writes for it",
+    "authorization_exceeded": "the payer authorization has too few units left; extend it in WellSky or book fewer",
+    "authorization_missing": "no payer authorization covers this visit; add one in WellSky first",
+    "authorization_out_of_range": "the visit is outside the payer authorization's dates; adjust one of them",
+    "service_not_authorized": "the payer authorization does not cover this service; check the service code",
+    "unknown_patient": "the patient_id does not exist in the tenant; send an existing patient's id",
+    "unknown_practitioner": "the practitioner_id does not exist in the tenant; send an existing practitioner's id",
+    "duplicate_mrn": "another patient already has this MRN; look it up and update it instead",
+    "duplicate_external_id": "another record already has this external_id; look it up and update it instead",
+    "idempotency_key_reused": "an idempotency key was reused for a different body; do not edit a record mid-retry",
+    "validation_error": "the server refused a value of the record; check it against the API docs",
+}
+"""Fixes for allow-listed codes that say more than their status does."""
+
+
+def default_fix(status: int, code: str | None = None) -> str:
+    """What to do about an error answer, in our words (never the server's)."""
+    if code in _CODE_FIXES:
+        return _CODE_FIXES[code]
     if status in _DEFAULT_FIXES:
         return _DEFAULT_FIXES[status]
     if status >= 500:
@@ -296,10 +318,11 @@ class RemoteError(WellSkyError):
             url: httpx.URL | None = response.request.url
         except RuntimeError:
             url = None
+        code = server_code(response)
         return cls(
             response.status_code,
-            server_code(response),
-            default_fix(response.status_code) if fix is None else (fix or None),
+            code,
+            default_fix(response.status_code, code) if fix is None else (fix or None),
             url=url,
             request_id=request_id(response),
             body_file=keep_error_body(response),
