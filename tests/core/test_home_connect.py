@@ -299,5 +299,5 @@ def test_months():
 def test_unknown_route_gets_the_aws_style_403(fake):
     channel = channel_for(fake)
     with pytest.raises(RemoteError) as info:
-        channel.client.search_json("/v1/Practitioner", {"_count": 1, "_page": 0}, {})
+        channel.client.post_read_json("/v1/Practitioner", {"_count": 1, "_page": 0}, {})
     assert info.value.status == 403

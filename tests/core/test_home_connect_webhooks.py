@@ -82,3 +82,14 @@ def test_receiver_checks_the_header_fetches_by_id_and_stores_once(fake, tmp_path
     fetched = [c[1] for c in fake.log if c[0] == "GET"]
     assert fetched == ["/v1/patients/1/", "/v1/patients/1/", "/v1/encounter/900/"]
     store.close()
+
+
+def test_record_paths_take_only_home_connect_ids() -> None:
+    from wellsky_core.errors import NormalizationError
+    from wellsky_core.products.personal_care.channel import record_path
+
+    assert record_path("patients", "1234") == "/v1/patients/1234/"
+    assert record_path("patients", "a1b2-c3_d4.e") == "/v1/patients/a1b2-c3_d4.e/"
+    for bad in ("..", "../subscriptions", "1/../2", "1?x=2", "1#f", "", "a b", "%2e%2e", "１２"):
+        with pytest.raises(NormalizationError):
+            record_path("patients", bad)

@@ -138,3 +138,21 @@ def test_appointments_are_refused_as_a_stream_unless_the_tenant_has_them(fake):
     assert writer.refusal("appointments") == APPOINTMENT_WRITES_REFUSED
     assert "appointments" not in writer.writable
     assert writer_for(fake, home_connect_appointment_writes=True).refusal("appointments") is None
+
+
+def test_the_name_search_pages_with_the_loop_guard(fake):
+    """A server that ignores ``_page`` answers page 0 forever: the writer's lookup stops with page_loop."""
+    namesake = [{"use": "official", "family": "Parkes", "given": ["Rosa"]}]
+    fake.data["patients"] = [patient(i, name=namesake) for i in range(1, 151)]
+    fake.ignore_page = True
+    result = writer_for(fake).write("patients", NEW)
+    assert (result.action, result.code) == ("rejected", "page_loop")
+    searches = [c for c in fake.log if c[1] == "/v1/patients/_search/" and c[3].get("last_name") == "Parkes"]
+    assert len(searches) == 2, "the repeated page is caught on its first repeat"
+
+
+def test_ids_from_the_input_are_validated_before_they_reach_a_path(fake):
+    writer = writer_for(fake)
+    result = writer.write("patients", {**NEW, "id": "../subscriptions"})
+    assert result.action == "rejected" and result.code == "validation_error" and "id" in result.reason
+    assert not [c for c in fake.log if "subscriptions" in c[1]], "nothing was sent to another path"

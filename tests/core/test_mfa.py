@@ -13,7 +13,7 @@ from wellsky_core.config import WellSkyConfig
 from wellsky_core.errors import MfaError
 from wellsky_core.http.auth import SessionAuth
 from wellsky_core.http.client import WellSkyClient
-from wellsky_core.mfa import Challenge, TotpSource
+from wellsky_core.http.mfa import Challenge, TotpSource
 
 
 @pytest.fixture

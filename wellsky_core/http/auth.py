@@ -23,9 +23,9 @@ import httpx
 from pydantic import SecretStr
 
 from ..errors import AuthError, ConfigError, MfaError, RemoteError, RetryableAuthFailure
-from ..mfa import Challenge, CodeSource, build_code_source
 from ..products import DIALECTS
 from ..redaction import register_secret
+from .mfa import Challenge, CodeSource, build_code_source
 from .policy import needs_reauth, raise_if_transient
 
 if TYPE_CHECKING:

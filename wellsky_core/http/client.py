@@ -309,8 +309,6 @@ class WellSkyClient:
         _, decoded = self._send("POST", path, params=params, json=body, parse_json=True, read=True)
         return decoded
 
-    search_json = post_read_json  # until the Home Connect channel moves (products/) and calls post_read_json
-
     def trusted_url(self, link: str, *, what: str, code: str = "untrusted_url") -> httpx.URL:
         """A server-given link resolved against the tenant, refused unless it may get credentials (``trust.py``)."""
         return require_trusted(link, self.config, what=what, code=code)

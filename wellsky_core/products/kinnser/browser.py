@@ -17,7 +17,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ...channels.portal import CHROMIUM_ARGS, PortalLayoutChanged
 from ...errors import AuthError, MfaError, WellSkyError
-from ...mfa import Challenge, CodeSource
+from ...http.mfa import Challenge, CodeSource
+from ...http.trust import is_trusted, require_trusted
+from ...redaction import register_secret
 from .pagemap import PageMap
 
 if TYPE_CHECKING:
@@ -147,6 +149,7 @@ class PortalBrowser:
         )
         if not key:
             raise PortalLayoutChanged(_path(page.url), "sessionCacheKey (URL or sessionStorage)")
+        register_secret(key)  # a session credential: masked wherever a log line would carry it
         self.key = key
         self.office = None
         self.stats["logins"] += 1
@@ -219,8 +222,12 @@ class PortalBrowser:
         return f"{self.base_url}{path}?{urlencode({**params, 'sessionCacheKey': self.key or ''})}"
 
     def with_key(self, href: str) -> str:
-        """``href`` (scraped from a page) with this session's cache key (a re-login issues a new one)."""
-        parts = urlsplit(href if "://" in href else self.base_url + href)
+        """``href`` (scraped from a page) with this session's cache key (a re-login issues a new one); only for
+        the portal's own origin (``http/trust.py``): the key is a session credential."""
+        target = href if "://" in href else self.base_url + href
+        if not is_trusted(target, self.config):
+            require_trusted(target, self.config, what="a portal link", code="foreign_portal_link")
+        parts = urlsplit(target)
         query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "sessionCacheKey"]
         query.append(("sessionCacheKey", self.key or ""))
         return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))

@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from ...channels.base import Channel
 from ...channels.portal import PortalLayoutChanged
 from ...errors import ConfigError, NormalizationError, WellSkyError
-from ...mfa import build_code_source
+from ...http.mfa import build_code_source
 from . import normalize as norm
 from .browser import PortalBrowser
 from .pagemap import PAGE_MAPS, ClaimView

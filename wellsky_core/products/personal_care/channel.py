@@ -22,16 +22,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
 
 import orjson
 
 from ...channels.base import Channel
 from ...errors import NormalizationError, RemoteError
+from ...http.paging import PageNumberPaginator
 from .dialect import API_ROOT, MAX_COUNT, UNAVAILABLE
 from .normalize import tags, task_logs, to_canonical
 
@@ -66,9 +69,48 @@ def search_path(resource: str, *, locations_slash: bool = False) -> str:
     return f"{API_ROOT}/{resource}/_search/"
 
 
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""What a Home Connect id looks like (numbers and UUIDs in practice): anything else never reaches a path."""
+
+
 def record_path(resource: str, rid: str) -> str:
-    """By-id reads and writes keep the trailing slash: ``/v1/{res}/{id}/``."""
-    return f"{API_ROOT}/{resource}/{rid}/"
+    """By-id reads and writes keep the trailing slash: ``/v1/{res}/{id}/``. The id comes from a server or a
+    webhook: it is validated and quoted, so it cannot walk to another path (``../``) or add a query."""
+    if not isinstance(rid, str) or not _ID.fullmatch(rid) or rid in (".", ".."):
+        raise NormalizationError(resource, "id", "is not a Home Connect id (letters, digits, '.', '-', '_')")
+    return f"{API_ROOT}/{resource}/{quote(rid, safe='')}/"
+
+
+def search_pages(
+    client: WellSkyClient,
+    resource: str,
+    body: dict[str, Any],
+    *,
+    first_page: int,
+    page_size: int = MAX_COUNT,
+    locations_slash: bool = False,
+    on_request: Callable[[], None] | None = None,
+) -> Iterator[list[dict[str, Any]]]:
+    """Each page of one ``_search`` (§2): ``_page`` numbering from ``first_page``, at most ``MAX_COUNT`` a page;
+    stops on ``totalRecords``, on a short or empty page, and refuses a server that ignores ``_page``."""
+    path = search_path(resource, locations_slash=locations_slash)
+
+    def fetch(page: int, count: int) -> Any:
+        if on_request is not None:
+            on_request()
+        return client.post_read_json(path, {"_count": count, "_page": page}, body)
+
+    paginator = PageNumberPaginator(
+        fetch,
+        entries=lambda bundle: _entries(bundle, path),
+        total=_total,
+        metrics=client.metrics,
+        page_size=page_size,
+        api_max=MAX_COUNT,
+        first_page=first_page,
+        loop_fix="the server ignores _page (try home_connect_first_page)",
+    )
+    return paginator.pages(path)
 
 
 def months(first: date, last: date) -> list[str]:
@@ -146,7 +188,6 @@ class HomeConnectChannel(Channel):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.first_page = self.config.home_connect_first_page
-        self.count = min(self.config.page_size, MAX_COUNT)
         self.memos: dict[str, ChangeMemo] = {}
         self.quality: dict[str, Counter[str]] = {}
         self.requests_by_stream: Counter[str] = Counter()
@@ -156,7 +197,7 @@ class HomeConnectChannel(Channel):
     @staticmethod
     def probe(client: WellSkyClient) -> None:
         """Prove URL, TLS and credentials with one request (Home Connect has no ``GET /tenant``)."""
-        client.search_json(search_path("patients"), {"_count": 1, "_page": 0}, {})
+        client.post_read_json(search_path("patients"), {"_count": 1, "_page": 0}, {})
 
     # -- what this API has ------------------------------------------------------------------------------
     @classmethod
@@ -181,25 +222,17 @@ class HomeConnectChannel(Channel):
     def search(self, resource: str, body: dict[str, Any], *, stream: str = "") -> Iterator[dict[str, Any]]:
         """Every resource of one search, page by page (§2): stop on ``totalRecords``, on a short or empty page,
         and refuse a server that answers the same page twice (it ignores ``_page``: paging would never end)."""
-        path = search_path(resource, locations_slash=self.config.home_connect_locations_trailing_slash)
-        page, seen, previous_ids = self.first_page, 0, None
-        while True:
-            bundle = self.client.search_json(path, {"_count": self.count, "_page": page}, body)
-            self.requests_by_stream[stream or resource] += 1
-            entries = _entries(bundle, path)
-            self.client.metrics.add_page(len(entries))
-            ids = tuple(str(e.get("id")) if isinstance(e, dict) else "" for e in entries)
-            if entries and ids == previous_ids:
-                raise RemoteError(
-                    200, "page_loop", f"{path} answered page {page} with the same records as the page before; "
-                    "the server ignores _page (try home_connect_first_page)", url=path,
-                )
-            yield from entries
-            seen += len(entries)
-            total = _total(bundle)
-            if not entries or len(entries) < self.count or (total is not None and seen >= total):
-                return
-            previous_ids, page = ids, page + 1
+        pages = search_pages(
+            self.client,
+            resource,
+            body,
+            first_page=self.config.home_connect_first_page,
+            page_size=self.config.page_size,
+            locations_slash=self.config.home_connect_locations_trailing_slash,
+            on_request=lambda: self.requests_by_stream.update((stream or resource,)),
+        )
+        for page in pages:
+            yield from page
 
     # -- streams -----------------------------------------------------------------------------------------
     def iter_records(self, entity: str, since: datetime | None) -> Iterator[dict[str, Any]]:
@@ -317,7 +350,12 @@ class HomeConnectChannel(Channel):
             logs: list[dict[str, Any]] = []
             rid = resource.get("id") if isinstance(resource, dict) else None
             if self.config.home_connect_task_logs and rid is not None:
-                bundle = self.client.get_json(f"{API_ROOT}/encounter/{rid}/tasklog/")
+                try:
+                    path = record_path("encounter", str(rid)) + "tasklog/"
+                except NormalizationError as exc:  # a server id we will not put into a path
+                    self.reject("encounters", exc, resource)
+                    continue
+                bundle = self.client.get_json(path)
                 self.requests_by_stream["encounters"] += 1
                 logs = task_logs(bundle)
             out.extend(self._normalized("encounters", [resource], observed, client_id=client_id, task_logs=logs))

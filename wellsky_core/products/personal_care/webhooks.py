@@ -35,7 +35,7 @@ import orjson
 
 from ...config import WellSkyConfig
 from ...connection import Connection
-from ...errors import ConfigError, RemoteError, WellSkyError
+from ...errors import ConfigError, NormalizationError, RemoteError, WellSkyError
 from ...webhooks import MAX_BODY_BYTES, EventStore, JsonRequestHandler
 from .channel import HomeConnectChannel, record_path
 from .normalize import to_canonical
@@ -119,7 +119,7 @@ class Subscriptions:
         results = []
         for sub in self.list():
             if sub["endpoint"] == endpoint and sub["criteria"] in self.config.webhook_criteria:
-                self.client.request("DELETE", f"/v1/subscriptions/{sub['id']}/", expected=(404,))
+                self.client.request("DELETE", record_path("subscriptions", str(sub["id"])), expected=(404,))
                 results.append({"criteria": sub["criteria"], "action": "deleted", "id": sub["id"]})
         return results
 
@@ -230,7 +230,14 @@ class HomeConnectReceiver:
                 continue
             resource, stream = FETCHABLE[resource_type]
             try:
-                response = self.connection.client.request("GET", record_path(resource, rid), expected=(404,))
+                path = record_path(resource, rid)
+            except NormalizationError:  # never fetchable: ids are validated before they reach a path
+                log.warning("a notified %s carries an id that is not a Home Connect id; dropped from the queue",
+                            resource_type)
+                self.queue.done(n)
+                continue
+            try:
+                response = self.connection.client.request("GET", path, expected=(404,))
             except WellSkyError as exc:
                 log.warning("fetching a notified %s failed (%s); it stays queued", resource_type, type(exc).__name__)
                 self.queue.failed(n)

@@ -28,11 +28,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ...connection import Connection
-from ...errors import RemoteError, WriteRefused
+from ...errors import NormalizationError, RemoteError, WriteRefused
 from ...models import UtcDatetime
 from ...write_hashes import WriteHashLedger, record_hash
 from ...writes import Action, WriteResult, _tenant_secret, validate_for_write
-from .dialect import MAX_COUNT
 from .normalize import tags, to_canonical
 from .write_rules import WriteInvalid, check_text, patient_body
 
@@ -124,7 +123,7 @@ class HomeConnectWriter:
                 from .channel import search_path
 
                 for resource in ("patients", "practitioners"):
-                    bundle = self.client.search_json(search_path(resource), {"_count": 1, "_page": 0}, {})
+                    bundle = self.client.post_read_json(search_path(resource), {"_count": 1, "_page": 0}, {})
                     entries = bundle.get("entry") if isinstance(bundle, dict) else None
                     if entries and isinstance(entries[0], dict):
                         found = tags(entries[0].get("resource", entries[0])).get("agencyId")
@@ -219,14 +218,13 @@ class HomeConnectWriter:
                     "or fix it",
                 )
             return found
-        from .channel import search_path
+        from .channel import search_pages
 
         body = {"last_name": desired["last_name"], "first_name": desired["first_name"]}
         matches: list[dict[str, Any]] = []
-        page = self.connection.config.home_connect_first_page
-        while True:  # the name search is narrow; page in case of common names
-            bundle = self.client.search_json(search_path("patients"), {"_count": MAX_COUNT, "_page": page}, body)
-            entries = [e.get("resource", e) for e in (bundle.get("entry") or []) if isinstance(e, dict)]
+        first_page = self.connection.config.home_connect_first_page
+        # the name search is narrow; page in case of common names
+        for entries in search_pages(self.client, "patients", body, first_page=first_page):
             now = datetime.now(UTC)
             for entry in entries:
                 candidate = to_canonical("patients", entry, now)
@@ -235,9 +233,6 @@ class HomeConnectWriter:
                 )
                 if same_name and candidate["birth_date"] == desired.get("birth_date"):
                     matches.append(candidate)
-            if len(entries) < MAX_COUNT:
-                break
-            page += 1
         if len(matches) > 1:
             raise WriteRefused(
                 "ambiguous_natural_key",
@@ -248,10 +243,10 @@ class HomeConnectWriter:
 
     def _answer(self, action: Action, response: Any, rid: str | None, key_hash: str | None) -> WriteResult:
         if response.status_code >= 400:
-            message = _message(response)
+            refusal = RemoteError.from_response(response)
             return WriteResult(
-                "patients", "rejected", wellsky_id=rid, code=str(response.status_code), key_hash=key_hash,
-                reason=f"WellSky refused the write ({response.status_code}): {message}",
+                "patients", "rejected", wellsky_id=rid, code=refusal.code, key_hash=key_hash,
+                reason=f"WellSky refused the write ({refusal.tag}): {refusal.fix}",
             )
         return WriteResult("patients", action, wellsky_id=rid, key_hash=key_hash)
 
@@ -281,11 +276,12 @@ class HomeConnectWriter:
         if position:
             body["position"] = position
         response = self.client.request(
-            "POST", f"/v1/encounter/{shift_id}/clockin/", json=body, expected=(400, 404, 422)
+            "POST", _by_id("encounter", shift_id, "appointment_id") + "clockin/", json=body, expected=(400, 404, 422)
         )
         if response.status_code >= 400:
-            return WriteResult(EVV_STREAM, "rejected", code=str(response.status_code),
-                               reason=f"WellSky refused the clock-in ({response.status_code}): {_message(response)}")
+            refusal = RemoteError.from_response(response)
+            return WriteResult(EVV_STREAM, "rejected", code=refusal.code,
+                               reason=f"WellSky refused the clock-in ({refusal.tag}): {refusal.fix}")
         reply = response.json()
         carelog = str(reply.get("id"))
         opened_before = (reply.get("period") or {}).get("start") not in (None, body["period"]["start"]) or bool(
@@ -303,12 +299,13 @@ class HomeConnectWriter:
             if event.mileage_description:
                 out["mileageDescription"] = event.mileage_description
             response = self.client.request(
-                "PUT", f"/v1/encounter/{carelog}/clockout/", json=out, expected=(400, 404, 422)
+                "PUT", _by_id("encounter", carelog, "id") + "clockout/", json=out, expected=(400, 404, 422)
             )
             if response.status_code >= 400:
+                refusal = RemoteError.from_response(response)
                 return WriteResult(
-                    EVV_STREAM, "rejected", wellsky_id=carelog, code=str(response.status_code),
-                    reason=f"WellSky refused the clock-out ({response.status_code}): {_message(response)}",
+                    EVV_STREAM, "rejected", wellsky_id=carelog, code=refusal.code,
+                    reason=f"WellSky refused the clock-out ({refusal.tag}): {refusal.fix}",
                 )
             action = "updated" if action == "unchanged" else action
         return WriteResult(EVV_STREAM, action, wellsky_id=carelog)
@@ -332,20 +329,34 @@ class HomeConnectWriter:
         if self.dry_run:
             return WriteResult("appointments", "would_update" if series else "would_create", wellsky_id=series)
         if series:
-            response = self.client.request("PUT", f"/v1/appointment/{series}/", json=body, expected=(400, 404, 422))
+            path = _by_id("appointment", series, "series_id")
+            response = self.client.request("PUT", path, json=body, expected=(400, 404, 422))
             action: Action = "updated"
         else:
             response = self.client.request("POST", "/v1/appointment/", json=body, expected=(400, 422))
             action = "created"
         if response.status_code >= 400:
-            return WriteResult("appointments", "rejected", wellsky_id=series, code=str(response.status_code),
-                               reason=f"WellSky refused the write ({response.status_code}): {_message(response)}")
+            refusal = RemoteError.from_response(response)
+            return WriteResult("appointments", "rejected", wellsky_id=series, code=refusal.code,
+                               reason=f"WellSky refused the write ({refusal.tag}): {refusal.fix}")
         return WriteResult("appointments", action, wellsky_id=str(response.json().get("id") or series))
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------
 def _path(rid: str) -> str:
-    return f"/v1/patients/{rid}/"
+    return _by_id("patients", rid, "id")
+
+
+def _by_id(resource: str, rid: str, field: str) -> str:
+    """``/v1/{resource}/{id}/`` for an id from the input or a reply: validated and quoted, else refused."""
+    from .channel import record_path
+
+    try:
+        return record_path(resource, rid)
+    except NormalizationError:
+        raise WriteRefused(
+            "validation_error", f"{field}: is not a Home Connect id (letters, digits, '.', '-', '_')"
+        ) from None
 
 
 def _rid(record: Any) -> str | None:
@@ -387,11 +398,3 @@ def _wire_time(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
 
 
-def _message(response: Any) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return "non-JSON error body"
-    if isinstance(body, dict):
-        return str(body.get("error") or body.get("message") or "no detail")[:300]
-    return "unexpected error body"
