@@ -4,8 +4,11 @@ private_key_jwt, under injected faults, and through the tap (bookmark = the expo
 
 from __future__ import annotations
 
+import http.server
 import json
 import re
+import stat
+import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -410,3 +413,139 @@ def test_sigkilled_tap_resumes_the_same_export(tenant: SandboxServer, tmp_path: 
     got = records_by_stream(messages(second.stdout))
     assert {s: len(r) for s, r in got.items()} == {e: len(tenant.truth(e)) for e in FHIR_ENTITIES}
     assert not list(jobs.glob("*/job.json")), "the finished run removed its spool"
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """A second loopback server (another port: another origin) that records what reaches it."""
+
+    seen: list[tuple[str, str, str | None]] = []
+
+    def _answer(self) -> None:
+        self.seen.append((self.command, self.path, self.headers.get("Authorization")))
+        self.send_response(202)
+        self.send_header("Retry-After", "0")
+        self.end_headers()
+
+    do_GET = do_DELETE = _answer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def other_origin() -> Iterator[tuple[str, list[tuple[str, str, str | None]]]]:
+    seen: list[tuple[str, str, str | None]] = []
+    handler = type("Recorder", (_Recorder,), {"seen": seen})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _killed_after_manifest(tenant: SandboxServer, tmp_path: Path, entity: str) -> Path:
+    first, client = open_bulk(tenant, tmp_path)
+
+    def killed(job: Any) -> None:
+        raise KeyboardInterrupt
+
+    first.downloader.download = killed  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        list(first.iter_records(entity, None))
+    first.close()
+    client.close()
+    (job_file,) = (tmp_path / "bulk-jobs").glob("*/job.json")
+    return job_file
+
+
+@pytest.mark.parametrize("tenant", ["home_health"], indirect=True)
+def test_a_planted_job_file_never_sends_the_token_to_another_origin(
+    tenant: SandboxServer, tmp_path: Path, other_origin: tuple[str, list[tuple[str, str, str | None]]]
+) -> None:
+    elsewhere, seen = other_origin
+    job_file = _killed_after_manifest(tenant, tmp_path, "referrals")
+    job = json.loads(job_file.read_text())
+    job.update(status_url=f"{elsewhere}/fhir/bulkstatus/planted", manifest=None)
+    job_file.write_text(json.dumps(job))
+
+    second, client = open_bulk(tenant, tmp_path)
+    try:
+        with pytest.raises(RemoteError) as info:
+            list(second.iter_records("referrals", None))
+    finally:
+        second.close()
+        client.close()
+    assert info.value.code == "foreign_bulk_url" and "another host or port" in str(info.value)
+    assert not [auth for _, _, auth in seen if auth], "no Authorization header reached the other origin"
+    assert seen == [], "nothing at all was sent there"
+    assert not job_file.exists(), "the planted job cannot be resumed: its directory is wiped"
+
+
+@pytest.mark.parametrize("tenant", ["home_health"], indirect=True)
+def test_the_spool_and_job_file_are_private(tenant: SandboxServer, tmp_path: Path) -> None:
+    job_file = _killed_after_manifest(tenant, tmp_path, "referrals")
+    job_dir = job_file.parent
+    spool = job_dir / "spool-v2.sqlite"
+    assert spool.exists()
+    for path in (tmp_path / "bulk-jobs", job_dir):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    for path in job_dir.iterdir():  # job.json, the spool and its -wal/-shm
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
+
+    second, client = open_bulk(tenant, tmp_path)
+    try:
+        records = list(second.iter_records("referrals", None))
+        assert records
+        for path in job_dir.iterdir():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, f"{path.name} while streaming"
+    finally:
+        second.close()
+        client.close()
+    assert not job_dir.exists(), "a finished run removes its spool"
+
+
+def test_the_default_job_root_is_the_tenants_private_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from wellsky_core.channels.fhir_bulk.spool import job_root
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    config = WellSkyConfig.load(
+        {"base_url": "https://agency.example.test/api", "product": "home_health", "username": "u", "password": "p"},
+        env={},
+    )
+    root = job_root(config)
+    assert root.is_relative_to(tmp_path / "xdg") and root.name == "fhir-bulk"
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700 and stat.S_IMODE(root.parent.stat().st_mode) == 0o700
+
+
+def test_a_symlinked_job_root_is_refused_and_prune_never_follows_links(tmp_path: Path) -> None:
+    import os
+
+    from wellsky_core.channels.fhir_bulk.spool import job_root, prune
+    from wellsky_core.private_files import UnsafePathError
+
+    precious = tmp_path / "precious"
+    (precious / "old-job").mkdir(parents=True)
+    (precious / "old-job" / "keep.txt").write_text("not ours")
+    os.utime(precious / "old-job", (0, 0))
+    link = tmp_path / "jobs-link"
+    link.symlink_to(precious)
+    config = WellSkyConfig.load(
+        {"base_url": "https://a.example.test", "username": "u", "password": "p", "fhir_bulk_job_dir": str(link)}, env={}
+    )
+    with pytest.raises(UnsafePathError):
+        job_root(config)
+    prune(link)  # a symlinked root: never walked
+    assert (precious / "old-job" / "keep.txt").exists()
+
+    root = tmp_path / "jobs"
+    root.mkdir(mode=0o700)
+    (root / "linked-job").symlink_to(precious / "old-job")
+    stale = root / "stale-job"
+    stale.mkdir()
+    os.utime(stale, (0, 0))
+    prune(root)
+    assert not stale.exists(), "a real stale job directory is pruned"
+    assert (precious / "old-job" / "keep.txt").exists(), "a symlinked job is not followed"

@@ -381,6 +381,34 @@ def test_smart_discovery_points_the_assertion_at_the_token_endpoint(tmp_path: Pa
     client.close()
 
 
+@pytest.mark.parametrize(
+    "endpoint", ["https://collector.example.net/token", "https://example.com:8443/token", "http://example.com/token"]
+)
+def test_a_foreign_token_endpoint_is_refused_with_one_line(tmp_path: Path, endpoint: str) -> None:
+    """SMART discovery's token_endpoint replaces the default token URL only on a trusted origin (https): another
+    host, port or plain http would receive the client secret."""
+    server = FakeBulkServer()
+    server.smart = {"token_endpoint": endpoint, "token_endpoint_auth_methods_supported": ["client_secret_post"]}
+    channel, client = make(server, tmp_path)
+    with pytest.raises(ConfigError) as info:
+        list(channel.iter_records("patients", None))
+    assert info.value.field == "token_url" and "\n" not in str(info.value)
+    assert "trusted_origins" in str(info.value) and "another origin" in str(info.value)
+    assert server.tokens == [] and not [u for _, u in server.calls if "collector" in u or ":8443" in u]
+    channel.close()
+    client.close()
+
+    trusted = "https://collector.example.net"
+    server = FakeBulkServer()
+    server.smart = {"token_endpoint": f"{trusted}/token"}
+    channel, client = make(server, tmp_path / "trusted", trusted_origins=[trusted])
+    if endpoint.startswith(trusted):
+        assert len(list(channel.iter_records("patients", None))) == 5, "an origin the operator trusts is used"
+        assert server.tokens[0]["url"] == f"{trusted}/token"
+    channel.close()
+    client.close()
+
+
 def test_the_poll_timeout_is_a_clear_error_and_keeps_the_job(tmp_path: Path) -> None:
     server = FakeBulkServer()
     server.status = [httpx.Response(202, headers={"Retry-After": "0.02", "X-Progress": "still working"})]
