@@ -262,7 +262,8 @@ class WellSkyConfig(BaseModel):
     )
     fhir_bulk_job_dir: str | None = Field(
         default=None,
-        description="Directory for bulk job resume state and the download spool; default <tmp>/wellsky-fhir-bulk.",
+        description="Private directory (0700, files 0600) for bulk job resume state and the download spool; "
+        "default <private state dir>/fhir-bulk.",
     )
     state_dir: str | None = Field(
         default=None,
