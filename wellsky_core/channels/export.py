@@ -20,7 +20,6 @@ header lacks required columns is dead-lettered whole.
 from __future__ import annotations
 
 import codecs
-import contextlib
 import csv
 import hashlib
 import json
@@ -165,10 +164,9 @@ class ExportChannel(Channel):
                         continue
                     if response.status_code != 200:
                         response.read()
-                        code = None
-                        with contextlib.suppress(ValueError):
-                            code = response.json().get("error")
-                        raise RemoteError(response.status_code, code, "export download refused", url=url)
+                        raise RemoteError.from_response(
+                            response, fix="the export download was refused; check the client's access to /exports"
+                        )
                     for chunk in response.iter_bytes(64 * 1024):
                         digest.update(chunk)
                         size += len(chunk)
