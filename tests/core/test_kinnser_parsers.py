@@ -162,3 +162,26 @@ def test_state_compares_snapshots_and_resumes_a_killed_run(tmp_path: Path) -> No
     )
     second = {r["id"]: r["updated_at"] for r in later.finish(run3, ("claims",))["claims"]}
     assert second == {"C1": "2026-03-10T12:00:00Z", "C2": "2026-03-11T12:00:00Z"}  # unchanged keeps its time
+
+
+def test_the_portal_session_key_goes_only_to_the_portals_own_origin() -> None:
+    """``sessionCacheKey`` is a session credential: appended to the portal's own links, refused for another
+    origin (``http/trust.py``)."""
+    from wellsky_core.config import WellSkyConfig
+    from wellsky_core.errors import RemoteError
+    from wellsky_core.products.kinnser.browser import PortalBrowser
+    from wellsky_core.products.kinnser.pagemap import HOME_HEALTH
+
+    config = WellSkyConfig.load(
+        {"base_url": "https://kinnser.example.test", "product": "home_health", "source": "portal",
+         "username": "u", "password": "p"},
+        env={},
+    )
+    browser = PortalBrowser(config, HOME_HEALTH, None)
+    browser.key = "k3y-0f-the-tab"
+    assert browser.with_key("/Patient/list?x=1").startswith("https://kinnser.example.test/Patient/list?x=1&")
+    assert "sessionCacheKey=k3y-0f-the-tab" in browser.with_key("https://kinnser.example.test/Report?a=b")
+    for foreign in ("https://cdn.example.net/x", "https://kinnser.example.test:8443/x", "http://kinnser.example.test/"):
+        with pytest.raises(RemoteError) as info:
+            browser.with_key(foreign)
+        assert info.value.code == "foreign_portal_link" and "k3y" not in str(info.value)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from ..errors import NormalizationError, RemoteError
-from ..http.paging import NextLinkPaginator
+from ..http.paging import NextLinkPaginator, page_limit
 from ..normalize import fhir as fhir_norm
 from .base import Channel, prefetch
 
@@ -146,7 +146,7 @@ class FhirChannel(Channel):
                 f"FHIR (see /fhir/metadata); read {entity} with source=api",
             )
         resource_type = fhir_norm.ENTITY_TYPES[entity]
-        params: list[tuple[str, str]] = [("_sort", "_lastUpdated"), ("_count", str(self.config.page_size))]
+        params: list[tuple[str, str]] = [("_sort", "_lastUpdated"), ("_count", str(page_limit(self.config.page_size)))]
         if since is not None:
             params.append(("_lastUpdated", "ge" + fhir_instant(since)))
         params += self._include_params(entity, resource_type)
