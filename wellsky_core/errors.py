@@ -80,14 +80,13 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def _body(response: httpx.Response) -> Any:
+    """The decoded JSON body, or None (not JSON, or a streamed answer nobody read)."""
+    import httpx
+
     try:
         return response.json()
-    except (ValueError, UnicodeDecodeError, RuntimeError):
+    except (ValueError, UnicodeDecodeError, httpx.ResponseNotRead):
         return None
-    except Exception as exc:  # httpx.ResponseNotRead: a streamed answer nobody read
-        if type(exc).__name__ == "ResponseNotRead":
-            return None
-        raise
 
 
 def server_code(response: httpx.Response) -> str:
@@ -128,15 +127,18 @@ def keep_error_body(response: httpx.Response) -> str | None:
     directory = response.extensions.get(ERROR_BODY_DIR) if hasattr(response, "extensions") else None
     if not directory:
         return None
-    try:
-        content = response.content
-    except Exception:
-        return None
     import os
     import time
     from pathlib import Path
 
+    import httpx
+
     from .private_files import write_private
+
+    try:
+        content = response.content
+    except httpx.ResponseNotRead:  # a stream nobody read: nothing to keep
+        return None
 
     name = f"error-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{response.status_code}-{os.urandom(4).hex()}.body"
     try:
