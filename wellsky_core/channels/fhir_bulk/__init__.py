@@ -3,19 +3,21 @@
 Flow (HL7 Bulk Data Access IG v2, SMART Backend Services):
 
 1. Discovery: ``GET <fhir>/.well-known/smart-configuration`` without credentials. With an OAuth auth method and
-   no ``token_url`` configured, its ``token_endpoint`` becomes the token URL; the advertised signing algorithms
+   no ``token_url`` configured, its ``token_endpoint`` becomes the token URL if it is trusted (``http/trust.py``:
+   the tenant's origin or ``trusted_origins``; another is refused in one line); the advertised signing algorithms
    are checked against ``jwt_algorithm``. ``<fhir>/metadata`` tells which resource types the server has.
 2. Kick-off: ``GET <fhir>/$export`` (``fhir_bulk_level=system``), ``Patient/$export`` or ``Group/<id>/$export``
    with ``Prefer: respond-async``, ``_type`` (every type the streams routed to this channel need: an
    encounter's Conditions, Procedures and Observations, a practitioner's PractitionerRoles, a care plan's Goals),
    ``_since`` (the stream's bookmark) and ``_typeFilter`` (``fhir_bulk_type_filter``). A 4xx OperationOutcome
-   is raised with its code and diagnostics.
+   is raised with its allow-listed issue code (never its diagnostics text: ``RemoteError.from_response``).
 3. Polling the ``Content-Location`` status URL: ``Retry-After`` honoured (seconds, an HTTP date, or the epoch
-   values some servers send), capped, and ``X-Progress`` logged, until ``fhir_bulk_poll_timeout_seconds``.
+   values some servers send), capped, and the percentage of ``X-Progress`` logged (never its text), until
+   ``fhir_bulk_poll_timeout_seconds``.
 4. Download: each NDJSON output file is streamed (gzip either as ``Content-Encoding`` or as a ``.gz`` body)
    line by line into an on-disk SQLite spool, so memory stays flat at any size. A file counts as done only when
    all its lines parsed and their number matches the manifest's ``count``; otherwise it is downloaded again.
-   Error files (OperationOutcome NDJSON) are summarised in the log and written to the dead-letter file.
+   Error files (OperationOutcome NDJSON) are counted by issue code in the log and written to the dead-letter file.
 5. The job is DELETEd on the server as soon as every file is spooled; records are then normalized from the
    spool (children joined by reference) through the FHIR normalizer.
 

@@ -36,7 +36,7 @@ UNDATED_FLAG = {
 
 
 class FhirBulkChannel(Channel):
-    """Bulk ``$export`` → NDJSON files → spool → canonical records (see the module docstring)."""
+    """Bulk ``$export`` → NDJSON files → spool → canonical records (see the package docstring)."""
 
     name = "fhir_bulk"
     ordered = False
