@@ -285,7 +285,7 @@ VIOLATIONS = counted(
                           "service_code": "G0299"}, "patient"),
         ("appointments", {"external_id": "E6", "patient_id": "HH-P000001", "start": "2026-01-01T12:00:00Z",
                           "end": "2026-01-01T11:00:00Z", "status": "scheduled", "discipline": "SN",
-                          "service_code": "G0299"}, "end"),
+                          "service_code": "G0299"}, "validation_error"),  # the tenant's check: its code, not its text
     ],
 )
 
@@ -493,7 +493,7 @@ HTTP_CASES: dict[str, tuple[Callable[[str, int], Reply], str]] = {
     "html-404": (lambda t, n: (404, dict(HTML), b"<html>Not Found</html>"), "404"),
     "json-400": (
         lambda t, n: (400, dict(JSON), b'{"error": "invalid_request", "message": "limit must be 1-1000"}'),
-        "limit must be 1-1000",
+        "invalid_request",  # the allow-listed code; the server's own words stay out of the error
     ),
     "always-401": (lambda t, n: (401, dict(JSON), b'{"error": "invalid_session", "message": "nope"}'), "credentials"),
     "short-body": (
