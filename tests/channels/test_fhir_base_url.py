@@ -15,7 +15,7 @@ from wellsky_core.channels import open_channel
 from wellsky_core.channels.fhir import FhirChannel
 from wellsky_core.config import WellSkyConfig
 from wellsky_core.errors import ConfigError
-from wellsky_core.transport import WellSkyClient
+from wellsky_core.http.client import WellSkyClient
 
 from .test_fhir_bulk_protocol import BASE, FakeBulkServer, make
 

@@ -200,8 +200,8 @@ class FhirChannel(Channel):
             for start in range(0, len(keys), IDENTIFIER_BATCH):
                 batch = keys[start : start + IDENTIFIER_BATCH]
                 tokens = ",".join(f"{system}|{value}" if system else value for _, system, value in batch)
-                query = urlencode([("identifier", tokens), ("_count", str(self.config.page_size))])
-                for bundle in self.client.iter_fhir_bundles(f"{self.config.fhir_base}/{kind}?{query}"):
+                query = urlencode([("identifier", tokens), ("_count", str(page_limit(self.config.page_size)))])
+                for bundle in fhir_bundles(self.client, f"{self.config.fhir_base}/{kind}?{query}"):
                     for _, res in _resources(bundle):
                         self.index.add(res)
                 for key in batch:
@@ -215,8 +215,8 @@ class FhirChannel(Channel):
                 return self._roles
             roles: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
             if self._searchable("PractitionerRole"):
-                query = urlencode([("_count", str(self.config.page_size))])
-                for bundle in self.client.iter_fhir_bundles(f"{self.config.fhir_base}/PractitionerRole?{query}"):
+                query = urlencode([("_count", str(page_limit(self.config.page_size)))])
+                for bundle in fhir_bundles(self.client, f"{self.config.fhir_base}/PractitionerRole?{query}"):
                     for _, res in _resources(bundle):
                         key = _role_key(res)
                         if res.get("resourceType") == "PractitionerRole" and key is not None:
