@@ -4,11 +4,14 @@ A URL may carry our bearer token, session cookie, client secret or assertion onl
 
 - on the same origin (scheme, host, port) as a configured base: ``base_url``, ``fhir_base_url`` (held to
   base_url's origin by the config) or ``token_url`` *as configured*, or an origin listed in ``trusted_origins``;
+  and
 - https, unless its host is loopback (the local sandbox, a tunnel on this machine).
 
-Every URL a server hands us goes through it before credentials are attached: FHIR Bundle next links, bulk
-status and file URLs (also when read back from a job file on resume), SMART discovery's advertised
-``token_endpoint`` (it never replaces ``token_url`` unless trusted), and Home Connect by-id fetches. Redirects
+The client checks it before every authenticated send (``client._guard``), and every URL a server hands us goes
+through it by name first, for a clear error: FHIR Bundle next links, bulk status and file URLs (also when read
+back from a job file on resume), SMART discovery's advertised ``token_endpoint`` (it never replaces
+``token_url`` unless trusted), the portal's links that would carry its ``sessionCacheKey``. Home Connect ids are
+validated and quoted before they reach a path (``products/personal_care/channel.record_path``). Redirects
 are never followed (``follow_redirects=False`` on the client): a 3xx is an error, so no credential is replayed
 to the ``Location`` of another origin.
 """
