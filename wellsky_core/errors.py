@@ -179,7 +179,9 @@ def default_fix(status: int, code: str | None = None) -> str:
         return _CODE_FIXES[code]
     if status in _DEFAULT_FIXES:
         return _DEFAULT_FIXES[status]
-    if status >= 500:
+    from .http.policy import server_failed
+
+    if server_failed(status):
         return "the server failed; try again later or check the tenant's status"
     return "check the request and the tenant's status"
 

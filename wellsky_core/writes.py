@@ -24,6 +24,7 @@ from .channels.rest import MAX_PAGE_SIZE as REST_MAX_PAGE_SIZE
 from .channels.rest import rest_pages
 from .connection import Connection
 from .errors import AuthorizationRefused, RemoteError, WriteAborted, WriteRefused, server_code
+from .http.policy import server_failed
 from .idempotency import idempotency_key
 from .models import ENTITIES, READ_ONLY_FIELDS, WRITABLE, UtcDatetime, strict_variant
 from .normalize.native import to_canonical, to_native
@@ -176,7 +177,7 @@ class RecordWriter:
         except AuthorizationRefused as exc:
             return WriteResult(stream, "rejected", reason=str(exc), code=exc.code, wellsky_id=record.get("id"))
         except RemoteError as exc:
-            if exc.status >= 500:
+            if server_failed(exc.status):
                 raise self._aborted(stream, record, exc) from exc
             return WriteResult(
                 stream, "rejected", reason=str(exc), code=exc.code or str(exc.status), wellsky_id=record.get("id")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import io
 import os
+import re
 import stat
 import tokenize
 from pathlib import Path
@@ -29,6 +30,7 @@ from wellsky_core.http.trust import is_trusted
 BASE = "https://tenant.example.test"
 PACKAGE = Path(wellsky_core.__file__).parent
 POLICY = PACKAGE / "http" / "policy.py"
+SERVER_ERROR_TEST = re.compile(r"(>=\s*500|>\s*499|<\s*500|//\s*100\s*==\s*5)\b")
 
 
 def _numbers_and_strings(path: Path) -> tuple[set[str], list[str]]:
@@ -56,6 +58,8 @@ def test_retryable_statuses_and_retry_after_are_stated_only_in_the_policy() -> N
         for status in ("408", "429", "503"):
             if status in numbers:
                 offenders.append(f"{path.relative_to(PACKAGE)} names status {status}")
+        if SERVER_ERROR_TEST.search(path.read_text()):
+            offenders.append(f"{path.relative_to(PACKAGE)} decides what a 5xx is itself (use policy.server_failed)")
         if "retry-after" in strings:
             offenders.append(f"{path.relative_to(PACKAGE)} reads the Retry-After header itself")
         if "def parse_retry_after" in path.read_text():

@@ -88,11 +88,17 @@ def rule_for(status: int) -> Rule:
     explicit = STATUS_RULES.get(status)
     if explicit is not None:
         return explicit
-    if status >= 500:
+    if server_failed(status):
         return SERVER_ERROR
     if status >= 300:
         return REFUSED
     return USABLE
+
+
+def server_failed(status: int) -> bool:
+    """Whether the server failed (5xx) rather than refused the request: a write run stops instead of
+    dead-lettering the record, since the same failure would meet every record after it."""
+    return status >= 500
 
 
 def is_retryable(status: int) -> bool:

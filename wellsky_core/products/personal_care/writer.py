@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ...connection import Connection
 from ...errors import NormalizationError, RemoteError, WriteRefused
+from ...http.policy import server_failed
 from ...models import UtcDatetime
 from ...write_hashes import WriteHashLedger, record_hash
 from ...writes import Action, WriteResult, _tenant_secret, validate_for_write
@@ -152,7 +153,7 @@ class HomeConnectWriter:
         except WriteInvalid as exc:
             return WriteResult(stream, "rejected", reason=str(exc), code="validation_error", wellsky_id=_rid(record))
         except RemoteError as exc:
-            if exc.status >= 500:
+            if server_failed(exc.status):
                 raise
             return WriteResult(
                 stream, "rejected", reason=str(exc), code=exc.code or str(exc.status), wellsky_id=_rid(record)
