@@ -3,14 +3,13 @@
 One pooled keep-alive ``httpx.Client`` per client; every request goes through the token bucket, the auth
 flow (login, cookie rotation, re-auth on 401) and a retry loop that composes three pieces:
 
-- classification (``retry.py``): what one attempt got -> retry (and why), usable, or an error no retry fixes;
-- backoff (``retry.Backoff``): exponential with full jitter, or the server's ``Retry-After``;
+- classification (``policy.py``): what one attempt got -> retry (and why), usable, or an error no retry fixes;
+- backoff (``policy.Backoff``): exponential with full jitter, or the server's ``Retry-After``;
 - decoding (:meth:`WellSkyClient._decode`): a truncated JSON body is retried like a dropped connection.
 
 After ``max_retries`` the last failure is raised as :class:`~wellsky_core.errors.WellSkyTransportError` with
-the URL (query values masked), status and attempt count. What an answer means (retry, re-login, fail) is
-``policy.py``'s; which URLs may get credentials is ``trust.py``'s (checked here before every authenticated
-send). The client knows HTTP, not API shapes: paging styles are ``paging.py``'s paginators, constructed by the
+the URL (query values masked), status and attempt count. Which URLs may get credentials is ``trust.py``'s
+(checked here before every authenticated send; redirects are never followed). The client knows HTTP, not API shapes: paging styles are ``paging.py``'s paginators, constructed by the
 channels that own each API. Tests inject an ``httpx.MockTransport`` through ``transport=``.
 
 Each retry logs one line on ``wellsky_core.http.client`` and is counted in :class:`~wellsky_core.metrics.Metrics`
