@@ -9,8 +9,9 @@ flow (login, cookie rotation, re-auth on 401) and a retry loop that composes thr
 
 After ``max_retries`` the last failure is raised as :class:`~wellsky_core.errors.WellSkyTransportError` with
 the URL (query values masked), status and attempt count. Which URLs may get credentials is ``trust.py``'s
-(checked here before every authenticated send; redirects are never followed). The client knows HTTP, not API shapes: paging styles are ``paging.py``'s paginators, constructed by the
-channels that own each API. Tests inject an ``httpx.MockTransport`` through ``transport=``.
+(checked here before every authenticated send; redirects are never followed). The client knows HTTP, not API
+shapes: paging styles are ``paging.py``'s paginators, constructed by the channels that own each API. Tests
+inject an ``httpx.MockTransport`` through ``transport=``.
 
 Each retry logs one line on ``wellsky_core.http.client`` and is counted in :class:`~wellsky_core.metrics.Metrics`
 by reason (the status code, ``connection``, ``timeout`` or ``malformed``).
