@@ -18,7 +18,14 @@ from .stream import WellSkyStream
 
 def _stream_class(name: str) -> type[WellSkyStream]:
     class_name = "".join(part.title() for part in name.split("_")) + "Stream"
-    body = {"name": name, "__doc__": ENTITIES[name].description, "__module__": __name__}
+    spec = ENTITIES[name]
+    body = {
+        "name": name,
+        "__doc__": spec.description,
+        "__module__": __name__,
+        "primary_keys": list(spec.primary_key),
+        "replication_key": spec.replication_key,
+    }
     return type(class_name, (WellSkyStream,), body)
 
 

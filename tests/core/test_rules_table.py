@@ -1,0 +1,186 @@
+"""docs/architecture.md's table of rules is a contract: every row names its one home and a test proves it.
+
+``PROOFS`` maps each row (by the start of its rule text) to the tests that fail when the rule is stated a second
+time or its home is bypassed. A row without a proof, or a proof that names a test that does not exist, fails
+here; the "stated once" checks that no other file makes live below.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "architecture.md"
+HERE = "tests/core/test_rules_table.py"
+
+LAYERING = "tests/core/test_layering.py::"
+POLICY = "tests/core/test_http_policy.py::"
+BULK = "tests/channels/test_fhir_bulk.py::"
+ONCE = f"{HERE}::"
+
+PROOFS: dict[str, list[str]] = {
+    "which products exist": [LAYERING + "test_no_module_outside_products_compares_with_a_product_name"],
+    "which channel serves": [
+        "tests/core/test_products.py::test_the_dialect_names_the_channel_for_api_and_portal",
+        ONCE + "test_only_the_registry_names_channel_classes",
+    ],
+    "the vendor facts": [LAYERING + "test_no_tracked_file_cites_a_path_outside_the_repository"],
+    "which sources exist": [
+        ONCE + "test_channels_are_registered_once",
+        "tests/core/test_channel_reject.py::test_every_registered_channel_declares_its_client_use",
+    ],
+    "a stream's keys": [ONCE + "test_stream_keys_come_from_entities"],
+    "what identifies a write target": [ONCE + "test_defined_once"],
+    "what an answer means": [POLICY + "test_retryable_statuses_and_retry_after_are_stated_only_in_the_policy"],
+    "how long to wait": [POLICY + "test_retryable_statuses_and_retry_after_are_stated_only_in_the_policy"],
+    "which URLs may receive credentials": [
+        POLICY + "test_trust_is_one_function_of_the_configured_origins",
+        BULK + "test_a_planted_job_file_never_sends_the_token_to_another_origin",
+    ],
+    "what an error from a server answer carries": [
+        POLICY + "test_error_codes_are_allow_listed_and_the_body_is_kept_only_on_request"
+    ],
+    "following pages": [ONCE + "test_defined_once", ONCE + "test_page_sizes_come_from_page_limit"],
+    "where bulk exports keep PHI": [BULK + "test_the_spool_and_job_file_are_private"],
+    "refusing a bad input": [
+        "tests/core/test_channel_reject.py::test_without_a_dead_letter_file_a_reason_stops_the_sync_naming_the_fix"
+    ],
+    "validating a canonical record": [ONCE + "test_defined_once"],
+    "SFTP host-key pinning": [ONCE + "test_defined_once"],
+    "exception classes": [ONCE + "test_every_core_error_is_defined_in_errors"],
+    "a product's defaults": [LAYERING + "test_no_module_outside_products_compares_with_a_product_name"],
+    "change detection without a server change time": [
+        "tests/core/test_home_connect.py::test_change_memo_emits_only_changed_shifts_on_the_next_run"
+    ],
+    "reading a stream": [
+        ONCE + "test_only_the_read_loop_reads_channels",
+        "tests/faces/test_faces_agree.py::test_both_faces_discover_read_and_resume_alike",
+    ],
+    "which streams a configuration serves": [ONCE + "test_both_faces_use_the_one_discovery_and_state_check"],
+    "the shape of a stream's state": [ONCE + "test_both_faces_use_the_one_discovery_and_state_check"],
+    "the list of streams": [ONCE + "test_stream_keys_come_from_entities"],
+}
+
+
+def table_rows() -> list[str]:
+    text = DOC.read_text()
+    table = text[text.index("Rules and where they live"):]
+    table = table[: table.index("\n\n", table.index("| rule |"))]
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("|")]
+    return [row for row in rows if row != "rule" and not row.startswith("---")]
+
+
+def test_every_rule_in_the_table_names_a_proof() -> None:
+    rows = table_rows()
+    assert len(rows) >= 20
+    unproven = [row for row in rows if not any(row.startswith(key) for key in PROOFS)]
+    assert not unproven, f"rows without a proof in {HERE}: {unproven}"
+    stale = [key for key in PROOFS if not any(row.startswith(key) for row in rows)]
+    assert not stale, f"proofs for rows no longer in docs/architecture.md: {stale}"
+
+
+def test_every_proof_is_a_test_that_exists() -> None:
+    for tests in PROOFS.values():
+        for node in tests:
+            path, _, name = node.partition("::")
+            tree = ast.parse((ROOT / path).read_text())
+            names = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+            assert name in names, f"{node} does not exist"
+
+
+def _code(*roots: str) -> dict[str, str]:
+    out = subprocess.run(["git", "ls-files", *roots], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return {p: (ROOT / p).read_text() for p in out.split() if p.endswith(".py") and (ROOT / p).exists()}
+
+
+CONNECTOR = ("wellsky_core", "tap_wellsky", "target_wellsky")
+
+
+@pytest.mark.parametrize(
+    ("definition", "home"),
+    [
+        (r"^def match_key\(", "wellsky_core/writes.py"),
+        (r"^class LoopGuard\b", "wellsky_core/http/paging.py"),
+        (r"^def validated\(", "wellsky_core/normalize/validation.py"),
+        (r"^def connect_sftp\(", "wellsky_core/channels/sftp.py"),
+        (r"paramiko\.Transport\(", "wellsky_core/channels/sftp.py"),
+    ],
+)
+def test_defined_once(definition: str, home: str) -> None:
+    pattern = re.compile(definition, re.M)
+    homes = [path for path, text in _code(*CONNECTOR).items() if pattern.search(text)]
+    assert homes == [home], f"{definition!r} stated in {homes}, its one home is {home}"
+
+
+def test_channels_are_registered_once() -> None:
+    """``module:Class`` names of channels stand in the registry and in the dialects that pick them, nowhere else."""
+    pattern = re.compile(r'"wellsky_core\.[\w.]+:\w+Channel"')
+    homes = [p for p, text in _code(*CONNECTOR).items() if pattern.search(text)]
+    assert "wellsky_core/channels/__init__.py" in homes
+    strays = [p for p in homes if p != "wellsky_core/channels/__init__.py" and not p.endswith("/dialect.py")]
+    assert not strays, f"channel registrations outside the registry and the dialects: {strays}"
+
+
+def test_only_the_registry_names_channel_classes() -> None:
+    """Outside channels/ and products/, a channel class is reached through ``channel_class`` only."""
+    pattern = re.compile(r"\b(?:KinnserPortalChannel|HomeConnectChannel|RestChannel|FhirChannel|FhirBulkChannel|"
+                         r"Hl7SftpChannel|ExportChannel|PortalChannel)\b")
+    offenders = [p for p, text in _code(*CONNECTOR).items()
+                 if pattern.search(text) and not p.startswith(("wellsky_core/channels/", "wellsky_core/products/"))]
+    assert not offenders, offenders
+
+
+def test_stream_keys_come_from_entities() -> None:
+    from tap_wellsky.streams import STREAM_TYPES
+    from wellsky_core.models import ENTITIES
+
+    assert list(STREAM_TYPES) == list(ENTITIES)
+    for name, cls in STREAM_TYPES.items():
+        assert cls.primary_keys == list(ENTITIES[name].primary_key)
+        assert cls.replication_key == ENTITIES[name].replication_key
+    stated = [p for p, text in _code("tap_wellsky").items() if re.search(r'name = "(patients|appointments)"', text)]
+    assert not stated, f"stream names restated in {stated}"
+
+
+def test_page_sizes_come_from_page_limit() -> None:
+    """No request parameter is built from ``page_size`` by hand: paginators and ``page_limit`` decide it."""
+    by_hand = re.compile(r"""["'](limit|_count|count|pageSize|_size)["']\s*[:,]\s*(str\()?self\.config\.page_size""")
+    offenders = [p for p, text in _code(*CONNECTOR).items() if by_hand.search(text)]
+    assert not offenders, f"page sizes decided outside http/paging.page_limit: {offenders}"
+
+
+def test_every_core_error_is_defined_in_errors() -> None:
+    from wellsky_core import errors
+
+    def subclasses(cls: type) -> list[type]:
+        return [cls, *(s for sub in cls.__subclasses__() for s in subclasses(sub))]
+
+    import wellsky_core.connection
+    import wellsky_core.read_loop  # noqa: F401
+
+    classes = subclasses(errors.WellSkyError)
+    strays = [f"{c.__module__}.{c.__name__}" for c in classes if c.__module__ != errors.__name__]
+    assert not strays, f"define these in wellsky_core/errors.py: {strays}"
+
+
+def test_only_the_read_loop_reads_channels() -> None:
+    callers = [p for p, text in _code(*CONNECTOR).items()
+               if re.search(r"\.iter_records\(", text) and not p.startswith(("wellsky_core/channels/",
+                                                                              "wellsky_core/products/"))]
+    assert callers == ["wellsky_core/read_loop.py"], callers
+
+
+def test_both_faces_use_the_one_discovery_and_state_check() -> None:
+    code = _code("tap_wellsky")
+    singer = code["tap_wellsky/tap.py"]
+    airbyte = code["tap_wellsky/airbyte/commands.py"] + code["tap_wellsky/airbyte/protocol.py"]
+    for face in (singer, airbyte):
+        assert "discoverable_streams" in face or "offered(" in face
+        assert "check_ownership(" in face and "checked_state(" in face
+        assert "StreamRead(" in face or face is singer
+    assert "StreamRead(" in code["tap_wellsky/stream.py"]
