@@ -21,7 +21,7 @@ from wellsky_core.quality import default_report_path, write_report
 from wellsky_core.redaction import install_redaction
 
 from .embedded import load_tap_config
-from .parallel import OutputGate, run_parallel
+from .parallel import OutputGate, run_parallel, seal_stdout
 from .state import checked_state
 from .stream import WellSkyStream
 from .streams import STREAM_TYPES, WebhookEventsStream
@@ -173,15 +173,27 @@ class TapWellSky(Tap):
         """SIGTERM/SIGINT: the STATE of what was emitted so far, then exit 128+signal (143/130), never 0.
 
         The SDK exits 0 here, so an orchestrator would take a partial sync for a complete one. In a parallel
-        sync the output gate is shut first (and stays shut): no stream writes after this last STATE.
+        sync the output gate is shut first (and stays shut). The final STATE is always written: the SDK's state
+        writer skips a STATE equal to its last one, which let a stream that had just started leave its SCHEMA
+        after the last STATE. Then stdout is sealed, so nothing at all can follow it.
         """
         try:
-            self.output_gate.close_for_good(timeout=30)
-            self.state_writer.write_state(self.state)
+            consistent = self.output_gate.close_for_good()
+            self.write_final_state(consistent)
         finally:
+            seal_stdout()
             name = signal.Signals(signum).name
             self.logger.warning("%s received: partial sync stopped after its last STATE; resume from it", name)
             sys.exit(128 + signum)
+
+    def write_final_state(self, consistent: bool) -> None:
+        """Write the state unconditionally; if a stream still held the gate (``consistent`` False), the state
+        may be mid-update, so the last STATE already written (which its records preceded) is repeated."""
+        from singer_sdk.singerlib import StateMessage
+
+        last = getattr(self.state_writer, "_last_emitted_state", None)  # the SDK's record of its last STATE
+        value = self.state if consistent or last is None else last
+        self.message_writer.write_message(StateMessage(value=value))
 
 
     @property
