@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from singer_sdk import Tap
 from singer_sdk.exceptions import ConfigValidationError
@@ -177,6 +180,7 @@ class TapWellSky(Tap):
         writer skips a STATE equal to its last one, which let a stream that had just started leave its SCHEMA
         after the last STATE. Then stdout is sealed, so nothing at all can follow it.
         """
+        _SIGNALLED.append(signum)
         try:
             consistent = self.output_gate.close_for_good()
             self.write_final_state(consistent)
@@ -284,7 +288,32 @@ def _read_state_file(path: str | Path) -> Any:
 
 def main() -> None:
     """Console entry point: the Singer CLI, with our errors printed as one actionable line."""
-    run_singer_cli("tap-wellsky", TapWellSky.cli, config_errors=(ConfigValidationError,))
+    try:
+        run_singer_cli("tap-wellsky", TapWellSky.cli, config_errors=(ConfigValidationError,))
+    except SystemExit as exc:
+        if _SIGNALLED:
+            _leave_after_signal(exc.code if isinstance(exc.code, int) else 1)
+        raise
+
+
+_SIGNALLED: list[int] = []
+"""Set by the signal handler: the run ends through :func:`_leave_after_signal`."""
+
+
+def _leave_after_signal(code: int) -> NoReturn:
+    """Exit ``code`` without the interpreter's finalization.
+
+    After a signal in a parallel sync, stream threads stay blocked at the shut gate; finalization tears such
+    daemon threads down by unwinding them, which once in ~100 runs aborted the process (SIGABRT, "exception not
+    rethrown") instead of exiting 143. The exit handlers still run and every stream is flushed first.
+    """
+    with contextlib.suppress(Exception):
+        atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
