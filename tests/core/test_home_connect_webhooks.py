@@ -146,3 +146,34 @@ def test_the_subscription_header_is_checked_before_the_body_is_read(fake, tmp_pa
                 sock.sendall(b"x" * 8192)  # a small prefix of the announced body; the rest never comes
                 assert sock.recv(4096).startswith(b"HTTP/1.0 401")
         assert receiver.rejected == 2 and receiver.queue.count() == 0
+
+
+def test_fetches_that_keep_failing_hold_up_nothing_and_are_given_up_after_a_day(fake, tmp_path):
+    """Failing entries are retried least-tried first, so they never keep a new notification out of a round
+    (a round takes 100); after a day of failures they move to the dead letters instead of staying forever."""
+    transport = fake.transport()
+
+    def patient_2_fails(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/patients/2/":
+            return httpx.Response(500, json={"error": "down"})
+        return transport.handle_request(request)
+
+    connection = connection_for(fake, max_retries=0)
+    connection._client = WellSkyClient(connection.config, transport=httpx.MockTransport(patient_2_fails),
+                                       sleep=lambda s: None)
+    receiver = HomeConnectReceiver(connection, EventStore(tmp_path / "events.sqlite"))
+    try:
+        for _ in range(150):
+            receiver.queue.add("Patient", "2")
+        receiver.queue.add("Patient", "1")
+        receiver.drain()
+        receiver.drain()
+        assert receiver.fetched == 1, "the good notification behind 150 failing ones was fetched"
+        assert receiver.queue.count() == 150 and receiver.dead_lettered == 0, "an outage is retried through"
+        with receiver.queue.lock:
+            receiver.queue.db.execute("UPDATE notifications SET received_at = '2026-01-01T00:00:00Z'")
+        assert receiver.drain() == 50 and receiver.drain() == 0
+        assert all(d["reason"].startswith("fetch_failed: ") for d in receiver.queue.dead_letters())
+        assert receiver.dead_lettered == 150
+    finally:
+        receiver.stop()

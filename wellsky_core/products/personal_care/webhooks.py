@@ -8,8 +8,9 @@ subscriber's own ``channel.header`` strings; no signature, retry policy or order
 - :class:`HomeConnectReceiver` refuses a delivery without the configured ``webhook_header`` (constant-time
   compare), commits the notification to a durable queue and answers 200 at once (the vendor's advice), then a
   worker fetches each notified record by id and stores it, normalized, in the :class:`~wellsky_core.webhooks.
-  EventStore` the tap's ``webhook_events`` stream reads. A fetch that fails stays queued and is retried (up to
-  ``MAX_ATTEMPTS`` times); the same record content notified twice is stored once. Each notification is
+  EventStore` the tap's ``webhook_events`` stream reads. A fetch that fails stays queued and is retried (the
+  least-tried first, so failing entries never hold up new ones) until ``GIVE_UP_AFTER``; the same record
+  content notified twice is stored once. Each notification is
   processed on its own: one that cannot be fetched for good or cannot be normalized is moved to the queue's
   ``dead_letters`` table with a PHI-free reason and counted (``dead_lettered``), and the worker goes on.
 - the notified id must match :data:`NOTIFIED_ID` (a FHIR-style id) and is URL-quoted into the fetch path: a
@@ -33,7 +34,7 @@ import re
 import sqlite3
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -55,8 +56,9 @@ FETCHABLE = {"Patient": ("patients", "patients"), "Practitioner": ("practitioner
              "Encounter": ("encounter", "encounters")}
 """Notified resourceType -> (Home Connect resource, canonical stream) the receiver can fetch by id."""
 RETRY_SECONDS = 5.0
-MAX_ATTEMPTS = 20
-"""Failed fetches of one notification before it is dead-lettered (a transient error is retried until then)."""
+GIVE_UP_AFTER = timedelta(days=1)
+"""A notification whose fetch has failed since this long after its receipt is dead-lettered (an outage of the
+tenant is retried through; a record the connector may never read does not stay queued forever)."""
 NOTIFIED_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,63}")
 """A notified id the receiver will fetch: FHIR's id alphabet (letters, digits, ``-`` and ``.``), at most 64."""
 
@@ -171,7 +173,7 @@ class NotificationQueue:
     def due(self) -> list[tuple[int, str, str, str]]:
         with self.lock:
             return self.db.execute(
-                "SELECT n, resource_type, rid, received_at FROM notifications ORDER BY n LIMIT 100"
+                "SELECT n, resource_type, rid, received_at FROM notifications ORDER BY attempts, n LIMIT 100"
             ).fetchall()
 
     def done(self, n: int) -> None:
@@ -310,8 +312,9 @@ class HomeConnectReceiver:
                 "GET", record_path(resource, quote(rid, safe="")), expected=(404,)
             )
         except WellSkyError as exc:
-            if self.queue.failed(n) >= MAX_ATTEMPTS:
-                self._dead_letter(n, resource_type, f"fetch_failed: {type(exc).__name__} x{MAX_ATTEMPTS}")
+            attempts = self.queue.failed(n)
+            if _received(received_at) < datetime.now(UTC) - GIVE_UP_AFTER:
+                self._dead_letter(n, resource_type, f"fetch_failed: {type(exc).__name__} x{attempts}")
             else:
                 log.warning("fetching a notified %s failed (%s); it stays queued", resource_type,
                             type(exc).__name__)
@@ -367,6 +370,14 @@ class HomeConnectReceiver:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _received(text: str) -> datetime:
+    """A queue entry's receipt time (an unreadable one counts as long ago: it is given up on, not kept forever)."""
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except (TypeError, ValueError):
+        return datetime.min.replace(tzinfo=UTC)
 
 
 def load_config(path: str | None) -> WellSkyConfig:
