@@ -10,9 +10,9 @@ subscriber's own ``channel.header`` strings; no signature, retry policy or order
   worker fetches each notified record by id and stores it, normalized, in the :class:`~wellsky_core.webhooks.
   EventStore` the tap's ``webhook_events`` stream reads. A fetch that fails stays queued and is retried (the
   least-tried first, so failing entries never hold up new ones) until ``GIVE_UP_AFTER``; the same record
-  content notified twice is stored once. Each notification is
-  processed on its own: one that cannot be fetched for good or cannot be normalized is moved to the queue's
-  ``dead_letters`` table with a PHI-free reason and counted (``dead_lettered``), and the worker goes on.
+  content notified twice is stored once. Each notification is processed on its own: one that cannot be
+  fetched for good or cannot be normalized is moved to the queue's ``dead_letters`` table with a PHI-free
+  reason and counted (``dead_lettered``), and the worker goes on.
 - the notified id must match :data:`NOTIFIED_ID` (a FHIR-style id) and is URL-quoted into the fetch path: a
   notification cannot steer the authenticated GET to another path. The HTTP front is
   :class:`~wellsky_core.webhook_server.ReceiverServer`: bounded threads, a total deadline per request, the
