@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from wellsky_core.config import SDK_BUILTIN_KEYS, TapConfig
+from wellsky_core.errors import ConfigError
 from wellsky_core.products import DIALECTS
 
 log = logging.getLogger("tap_wellsky")
@@ -18,6 +19,11 @@ _RUNNING: dict[tuple[str, str, int], Any] = {}
 
 def embedded_sandbox_config(config: dict[str, Any]) -> dict[str, Any]:
     """Start (once per process) a sandbox tenant and return the settings that point the tap at it."""
+    from wellsky_sandbox import server_packages_problem
+
+    problem = server_packages_problem()
+    if problem:
+        raise ConfigError("base_url", f"not set, so the embedded sandbox would start, but {problem}; or set base_url")
     from wellsky_sandbox.server import SandboxServer
 
     product = config.get("product") or "home_health"

@@ -11,12 +11,21 @@ serializing the shared state. A stream releases the gate only while it waits for
   written, so no STATE ever names a bookmark whose record has not been written before it;
 - the SDK's code still runs one stream at a time, as it was written to; only the waiting overlaps.
 
+On a signal the gate is shut for good (:meth:`OutputGate.close_for_good`), the final STATE is written, and then
+stdout itself is sealed (:func:`seal_stdout`): whatever any thread still tries to write afterwards (a stream that
+held the gate past the deadline, a path that does not pass the gate) goes nowhere, so nothing can follow the
+final STATE.
+
 Every stream shares the connection's client, so one token bucket (``wellsky_core/ratelimit.py``) budgets
 the requests of all of them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -34,6 +43,10 @@ class SyncStopped(BaseException):
 class OutputGate:
     """The one lock around the SDK's output and state; inactive (no locking at all) in a sequential sync."""
 
+    close_timeout = 10.0
+    """How long a signal waits for the stream inside the gate to leave it (an orchestrator's grace period before
+    SIGKILL is often 30 s: the final STATE must be out well before)."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.active = False
@@ -48,10 +61,14 @@ class OutputGate:
         if self.active:
             self._lock.release()
 
-    def close_for_good(self, timeout: float) -> bool:
-        """Stop every stream and keep the gate shut (the caller writes a last STATE, then exits)."""
+    def close_for_good(self, timeout: float | None = None) -> bool:
+        """Stop every stream and keep the gate shut (the caller writes a last STATE, seals stdout, exits).
+
+        False: a stream still held the gate after ``timeout`` (default :attr:`close_timeout`) seconds, so the
+        shared state may be mid-update; the caller then repeats the last STATE written instead.
+        """
         self.stopping.set()
-        return not self.active or self._lock.acquire(timeout=timeout)
+        return not self.active or self._lock.acquire(timeout=self.close_timeout if timeout is None else timeout)
 
     def waiting(self, items: Iterator[T]) -> Iterator[T]:
         """``items`` with the gate open while each next item is awaited (the caller holds the gate)."""
@@ -72,6 +89,29 @@ class OutputGate:
 
 
 _END: Any = object()
+
+
+def seal_stdout() -> None:
+    """Flush stdout, then send everything written to it from now on, by any thread and any path, nowhere.
+
+    Called right after the final STATE: fd 1 is pointed at /dev/null (a write already under way lands there)
+    and ``sys.stdout`` is replaced (the SDK's writer and the fast record path look it up per message).
+    """
+    stdout = sys.stdout
+    with contextlib.suppress(OSError, ValueError):
+        stdout.flush()
+    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation, AttributeError):
+        fd = stdout.fileno()
+        sink = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(sink, fd)
+        finally:
+            os.close(sink)
+    _SEALED.append(stdout)  # kept referenced: collecting it would close the stream under a writer
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115  # lives until exit
+
+
+_SEALED: list[Any] = []
 
 
 def run_parallel(gate: OutputGate, jobs: list[tuple[str, Callable[[], None]]], workers: int) -> None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from singer_sdk import Tap
 from singer_sdk.exceptions import ConfigValidationError
@@ -23,7 +26,7 @@ from wellsky_core.redaction import install_redaction
 from wellsky_core.stream_state import check_ownership, checked_state
 
 from .embedded import load_tap_config
-from .parallel import OutputGate, run_parallel
+from .parallel import OutputGate, run_parallel, seal_stdout
 from .stream import WellSkyStream
 from .streams import STREAM_TYPES, WebhookEventsStream
 
@@ -185,15 +188,28 @@ class TapWellSky(Tap):
         """SIGTERM/SIGINT: the STATE of what was emitted so far, then exit 128+signal (143/130), never 0.
 
         The SDK exits 0 here, so an orchestrator would take a partial sync for a complete one. In a parallel
-        sync the output gate is shut first (and stays shut): no stream writes after this last STATE.
+        sync the output gate is shut first (and stays shut). The final STATE is always written: the SDK's state
+        writer skips a STATE equal to its last one, which let a stream that had just started leave its SCHEMA
+        after the last STATE. Then stdout is sealed, so nothing at all can follow it.
         """
+        _SIGNALLED.append(signum)
         try:
-            self.output_gate.close_for_good(timeout=30)
-            self.state_writer.write_state(self.state)
+            consistent = self.output_gate.close_for_good()
+            self.write_final_state(consistent)
         finally:
+            seal_stdout()
             name = signal.Signals(signum).name
             self.logger.warning("%s received: partial sync stopped after its last STATE; resume from it", name)
             sys.exit(128 + signum)
+
+    def write_final_state(self, consistent: bool) -> None:
+        """Write the state unconditionally; if a stream still held the gate (``consistent`` False), the state
+        may be mid-update, so the last STATE already written (which its records preceded) is repeated."""
+        from singer_sdk.singerlib import StateMessage
+
+        last = getattr(self.state_writer, "_last_emitted_state", None)  # the SDK's record of its last STATE
+        value = self.state if consistent or last is None else last
+        self.message_writer.write_message(StateMessage(value=value))
 
 
     @property
@@ -289,7 +305,32 @@ def _read_state_file(path: str | Path) -> Any:
 
 def main() -> None:
     """Console entry point: the Singer CLI, with our errors printed as one actionable line."""
-    run_singer_cli("tap-wellsky", TapWellSky.cli, config_errors=(ConfigValidationError,))
+    try:
+        run_singer_cli("tap-wellsky", TapWellSky.cli, config_errors=(ConfigValidationError,))
+    except SystemExit as exc:
+        if _SIGNALLED:
+            _leave_after_signal(exc.code if isinstance(exc.code, int) else 1)
+        raise
+
+
+_SIGNALLED: list[int] = []
+"""Set by the signal handler: the run ends through :func:`_leave_after_signal`."""
+
+
+def _leave_after_signal(code: int) -> NoReturn:
+    """Exit ``code`` without the interpreter's finalization.
+
+    After a signal in a parallel sync, stream threads stay blocked at the shut gate; finalization tears such
+    daemon threads down by unwinding them, which once in ~100 runs aborted the process (SIGABRT, "exception not
+    rethrown") instead of exiting 143. The exit handlers still run and every stream is flushed first.
+    """
+    with contextlib.suppress(Exception):
+        atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

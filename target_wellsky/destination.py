@@ -27,7 +27,7 @@ from airbyte_protocol.models import (
 from pydantic import ValidationError
 
 from tap_wellsky.airbyte.protocol import Output, connection_check, read_json, run_command
-from wellsky_core.config import TargetConfig, config_json_schema
+from wellsky_core.config import TargetConfig, airbyte_spec_schema, refuse_command_settings
 from wellsky_core.errors import ConfigError, LineOverBounds, SingerInputError, WriteRunRefusals
 from wellsky_core.write_run import WriteRun, parse_input_line
 
@@ -40,9 +40,7 @@ SYNC_MODES = (DestinationSyncMode.append, DestinationSyncMode.append_dedup)
 
 
 def spec_message() -> AirbyteMessage:
-    schema = config_json_schema(TargetConfig)
-    schema["title"] = "WellSky Destination Spec"
-    schema["additionalProperties"] = True  # the platform may add its own keys; load() still rejects typos
+    schema = airbyte_spec_schema(TargetConfig, "WellSky Destination Spec")
     spec = ConnectorSpecification(
         documentationUrl=DOCUMENTATION_URL,
         connectionSpecification=schema,
@@ -56,6 +54,7 @@ def load_settings(path: str) -> TargetConfig:
     raw = read_json(path, "config")
     if not isinstance(raw, dict):
         raise ConfigError("config", f"{path} must hold a JSON object of settings")
+    refuse_command_settings(raw)
     return TargetConfig.load(raw)
 
 

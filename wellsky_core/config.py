@@ -849,6 +849,50 @@ def _problems_from_validation(model: type[BaseModel], exc: ValidationError) -> l
     return problems
 
 
+COMMAND_SETTINGS = ("mfa_code_command", "chromium_path")
+"""Settings that make the connector run a program of the config's choosing (a shell command, a browser binary).
+
+Plain settings for the Singer tap and target (the operator writes their config). On the Airbyte faces, whoever
+may edit a connection's config in a workspace is not necessarily allowed to run commands in the connector's
+container: there they are offered and accepted only when :data:`ALLOW_COMMAND_SETTINGS_ENV` is set on the
+connector's host (the ``WELLSKY_<KEY>`` environment variables, set by the host's operator, always work)."""
+ALLOW_COMMAND_SETTINGS_ENV = "WELLSKY_ALLOW_COMMAND_SETTINGS"
+
+
+def command_settings_allowed(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the connector's host lets an Airbyte config carry :data:`COMMAND_SETTINGS`."""
+    value = (os.environ if environ is None else environ).get(ALLOW_COMMAND_SETTINGS_ENV, "")
+    return value.strip().lower() in ("1", "true", "yes")
+
+
+def airbyte_spec_schema(
+    model: type[BaseModel], title: str, *, environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The Airbyte ``connectionSpecification``: the config schema, without :data:`COMMAND_SETTINGS` unless the
+    host allows them, nothing required (the environment may supply any key) and open to the platform's keys."""
+    schema = config_json_schema(model)
+    if not command_settings_allowed(environ):
+        for name in COMMAND_SETTINGS:
+            schema["properties"].pop(name, None)
+    schema["title"] = title
+    schema["required"] = []
+    schema["additionalProperties"] = True  # the platform may add its own keys; load() still rejects typos
+    return schema
+
+
+def refuse_command_settings(raw: Mapping[str, Any], *, environ: Mapping[str, str] | None = None) -> None:
+    """ConfigError when an Airbyte config carries a :data:`COMMAND_SETTINGS` key the host does not allow."""
+    if command_settings_allowed(environ):
+        return
+    present = [name for name in COMMAND_SETTINGS if raw.get(name) not in (None, "")]
+    if present:
+        raise ConfigError(
+            present[0],
+            "runs a program on the connector's host, so an Airbyte config may not set it; remove it, or have "
+            f"the host's operator set {ENV_PREFIX}{present[0].upper()} or {ALLOW_COMMAND_SETTINGS_ENV}=1 there",
+        )
+
+
 def config_json_schema(model: type[BaseModel] = WellSkyConfig) -> dict[str, Any]:
     """A flat JSON schema of the config for the Singer, Airbyte and Meltano faces.
 

@@ -10,7 +10,10 @@
     │                                 (named so it never shadows ``httpx.TransportError``)
     ├── RemoteError                   WellSky answered an error that retrying cannot fix (4xx, unreadable body)
     ├── NormalizationError            a native record does not map to its canonical model (names the field)
+    │   ├── NotThisEntity             a FHIR resource of the type that is not a record of the entity (skipped)
+    │   └── ReportFormatError         a portal report lacks its header row or a column
     ├── PortalLayoutChanged           the portal page lost an element the portal channel relies on
+    ├── PortalHang                    a portal page stopped answering, even after a browser restart
     ├── SignatureError                a webhook delivery whose signature is missing, wrong or too old
     ├── AuthorizationRefused          a booking the payer authorization does not cover
     ├── WriteRefused                  a record the target cannot write (machine-readable ``code``)
@@ -447,3 +450,16 @@ class RunNotClean(WellSkyError):
         self.exit_code = exit_code
         self.label = label
         super().__init__(message)
+
+
+class NotThisEntity(NormalizationError):
+    """A resource of the entity's type that is not a record of it (a ClaimResponse for a claim, not a
+    prior authorization): counted as skipped, not dead-lettered."""
+
+
+class ReportFormatError(NormalizationError):
+    """A downloaded report lacks its header row or a column: the vendor changed the file."""
+
+
+class PortalHang(WellSkyError):
+    """A portal page stopped answering within the configured wait, even after restarting the browser."""

@@ -3,7 +3,10 @@
 WellSky POSTs ``{"id", "type", "occurred_at", "entity", "record"}`` with ``X-WellSky-Signature:
 t=<unix>,v1=<hex hmac-sha256(secret, "<t>.<body>")>``. The receiver checks the signature over the raw body
 with a constant-time compare and refuses timestamps more than ``tolerance_seconds`` away from now (a captured
-request cannot be replayed later). Accepted events are committed to SQLite (``synchronous=FULL``) *before* the
+request cannot be replayed later); a missing, malformed or stale header is refused before the body is read.
+The HTTP front (:mod:`wellsky_core.webhook_server`) gives each request a total deadline and handles deliveries
+in a bounded pool of threads, so slow or hostile clients cannot exhaust the receiver.
+Accepted events are committed to SQLite (``synchronous=FULL``) *before* the
 200 answer, so an acknowledged event is never lost; redeliveries of the same event id are acknowledged but
 stored once. ``EventStore.iter_events(since_seq)`` replays them in arrival order — the ``webhook_events``
 stream's bookmark is the ``seq``.
@@ -31,29 +34,33 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from .errors import SignatureError, WellSkyError
+from .webhook_server import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_WORKERS,
+    Answer,
+    ReceiverServer,
+    Request,
+)
 
 log = logging.getLogger("wellsky_core.webhooks")
 
 SIGNATURE_HEADER = "X-WellSky-Signature"
 DEFAULT_TOLERANCE_SECONDS = 300
-MAX_BODY_BYTES = 5 * 1024 * 1024
-DEFAULT_SOCKET_TIMEOUT = 15.0
 
 
-def verify_signature(
-    secret: str,
-    header: str | None,
-    body: bytes,
-    *,
-    tolerance_seconds: float = DEFAULT_TOLERANCE_SECONDS,
-    now: float | None = None,
-) -> int:
-    """Check ``header`` against ``body``; returns the signed timestamp or raises :class:`SignatureError`."""
+def parse_signature_header(
+    header: str | None, *, tolerance_seconds: float = DEFAULT_TOLERANCE_SECONDS, now: float | None = None
+) -> tuple[int, list[str]]:
+    """The signed timestamp and the ``v1`` candidates of ``header``, or :class:`SignatureError`.
+
+    Everything but the MAC is judged here, from the header alone, so a receiver refuses a forged or replayed
+    delivery before it reads the body.
+    """
     if not header:
         raise SignatureError(f"missing {SIGNATURE_HEADER} header")
     parts: dict[str, list[str]] = {}
@@ -74,8 +81,21 @@ def verify_signature(
             f"signature timestamp is {int(current - timestamp)} s away from now (tolerance {tolerance_seconds:g} s); "
             "a replayed request or a clock out of sync"
         )
+    return timestamp, parts["v1"]
+
+
+def verify_signature(
+    secret: str,
+    header: str | None,
+    body: bytes,
+    *,
+    tolerance_seconds: float = DEFAULT_TOLERANCE_SECONDS,
+    now: float | None = None,
+) -> int:
+    """Check ``header`` against ``body``; returns the signed timestamp or raises :class:`SignatureError`."""
+    timestamp, candidates = parse_signature_header(header, tolerance_seconds=tolerance_seconds, now=now)
     expected = hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
-    if not any(hmac.compare_digest(expected, candidate) for candidate in parts["v1"]):
+    if not any(hmac.compare_digest(expected, candidate) for candidate in candidates):
         raise SignatureError("signature does not match the body; check the webhook secret")
     return timestamp
 
@@ -220,26 +240,9 @@ def event_problem(event: Any, product: str | None = None) -> str | None:
     return None
 
 
-class JsonRequestHandler(BaseHTTPRequestHandler):
-    """The base of every webhook receiver's handler: JSON answers, quiet request logs (request lines can carry
-    ids only) and a socket timeout, so a slow or silent client cannot hold a thread for longer than that."""
-
-    timeout = DEFAULT_SOCKET_TIMEOUT
-
-    def log_message(self, fmt: str, *args: Any) -> None:
-        log.debug("webhook %s", fmt % args)
-
-    def _answer(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
 class WebhookReceiver:
-    """HTTP receiver (stdlib, threaded) in front of an :class:`EventStore`; use ``start()``/``stop()`` or ``with``."""
+    """The signed-event receiver (a :class:`ReceiverServer`) in front of an :class:`EventStore`; use
+    ``start()``/``stop()`` or ``with``. The signature header is judged before the body is read."""
 
     def __init__(
         self,
@@ -250,7 +253,9 @@ class WebhookReceiver:
         port: int = 0,
         tolerance_seconds: float = DEFAULT_TOLERANCE_SECONDS,
         product: str | None = None,
-        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        workers: int = DEFAULT_WORKERS,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         if not secret:
             raise WellSkyError("webhook secret is empty; pass the secret returned by POST /webhooks")
@@ -259,77 +264,61 @@ class WebhookReceiver:
         self.tolerance_seconds = tolerance_seconds
         self.rejected = 0
         self.product = product
-        receiver = self
+        self.server = ReceiverServer(
+            self._handle,
+            check_head=self._check_head,
+            host=host,
+            port=port,
+            request_timeout=request_timeout,
+            workers=workers,
+            max_connections=max_connections,
+            name="wellsky-webhooks-rx",
+        )
+        self.host, self.port = self.server.host, self.server.port
 
-        class Handler(JsonRequestHandler):
-            timeout = socket_timeout
+    def _refused(self, status: int, code: str, message: str) -> Answer:
+        self.rejected += 1
+        return status, {"error": code, "message": message}
 
-            def do_POST(self) -> None:
-                try:
-                    self._receive()
-                except (TimeoutError, ConnectionError):
-                    self.close_connection = True  # the client stalled or hung up; nothing stored
-                except Exception:  # never a traceback on the console, never a dropped connection without answer
-                    log.exception("webhook receiver failed on a delivery")
-                    with contextlib.suppress(OSError):
-                        self._answer(500, {"error": "internal", "message": "the receiver failed; retry later"})
+    def _check_head(self, request: Request) -> Answer | None:
+        try:
+            parse_signature_header(request.header(SIGNATURE_HEADER), tolerance_seconds=self.tolerance_seconds)
+        except SignatureError as exc:
+            return self._refused(401, "invalid_signature", str(exc))
+        return None
 
-            def _receive(self) -> None:
-                try:
-                    length = int(self.headers.get("content-length") or 0)
-                except ValueError:
-                    length = -1
-                if length <= 0 or length > MAX_BODY_BYTES:
-                    self._answer(400, {"error": "invalid_body", "message": "a JSON body up to 5 MiB is required"})
-                    return
-                raw = self.rfile.read(length)
-                try:
-                    verify_signature(
-                        receiver._secret,
-                        self.headers.get(SIGNATURE_HEADER),
-                        raw,
-                        tolerance_seconds=receiver.tolerance_seconds,
-                    )
-                except SignatureError as exc:
-                    receiver.rejected += 1
-                    self._answer(401, {"error": "invalid_signature", "message": str(exc)})
-                    return
-                try:
-                    event = json.loads(raw)
-                except ValueError:
-                    event = None
-                problem = event_problem(event, receiver.product) if event is not None else "invalid_event: not JSON"
-                if problem is not None:
-                    receiver.rejected += 1
-                    code, _, message = problem.partition(": ")
-                    self._answer(422 if code != "invalid_event" else 400, {"error": code, "message": message})
-                    return
-                seq, new = receiver.store.add(event, raw)
-                self._answer(200, {"seq": seq, "duplicate": not new})
-
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
-        self._httpd.daemon_threads = True
-        self.host, self.port = self._httpd.server_address[0], self._httpd.server_address[1]
-        self._thread: threading.Thread | None = None
+    def _handle(self, request: Request) -> Answer:
+        raw = request.body
+        try:
+            verify_signature(
+                self._secret, request.header(SIGNATURE_HEADER), raw, tolerance_seconds=self.tolerance_seconds
+            )
+        except SignatureError as exc:
+            return self._refused(401, "invalid_signature", str(exc))
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            event = None
+        problem = event_problem(event, self.product) if event is not None else "invalid_event: not JSON"
+        if problem is not None:
+            code, _, message = problem.partition(": ")
+            return self._refused(422 if code != "invalid_event" else 400, code, message)
+        seq, new = self.store.add(event, raw)
+        return 200, {"seq": seq, "duplicate": not new}
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/webhooks"
 
     def start(self) -> WebhookReceiver:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True, name="wellsky-webhooks-rx")
-        self._thread.start()
+        self.server.start()
         return self
 
     def serve_forever(self) -> None:
-        self._httpd.serve_forever()
+        self.server.serve_forever()
 
     def stop(self) -> None:
-        if self._thread is not None:  # shutdown() waits for serve_forever: only call it when serving
-            self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self.server.stop()
 
     def __enter__(self) -> WebhookReceiver:
         return self.start()
@@ -348,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--store", default="webhook-events.sqlite", help="SQLite file the events are kept in")
     serve.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE_SECONDS, help="max clock skew, s")
     serve.add_argument("--product", default=None, help="tenant product: refuse (422) records the tap cannot map")
+    serve.add_argument(
+        "--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT, help="total seconds one request may take"
+    )
     replay = sub.add_parser("replay", help="print stored events after a sequence number as JSON lines")
     replay.add_argument("--store", default="webhook-events.sqlite")
     replay.add_argument("--since", type=int, default=0)
@@ -390,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         tolerance_seconds=args.tolerance,
         product=args.product,
+        request_timeout=args.request_timeout,
     )
     sys.stdout.write(json.dumps({"url": receiver.url, "store": str(Path(args.store).resolve())}) + "\n")
     sys.stdout.flush()

@@ -10,11 +10,9 @@ import threading
 import time
 from pathlib import Path
 
-from .faults import FaultPlan
+from . import server_packages_problem
 from .generator import PRODUCTS, scale_to_patients
-from .server import SandboxServer
 from .store import Store
-from .wan import WanPlan
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,9 +67,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    problem = server_packages_problem() if args.command == "serve" else None
+    if problem:
+        print(f"wellsky-sandbox: {problem}", file=sys.stderr)
+        return 2
     try:
         patients = scale_to_patients(args.scale)
         if args.command == "serve":
+            from .faults import FaultPlan
+            from .wan import WanPlan
+
             FaultPlan.parse(args.faults)
             WanPlan.parse(args.latency, args.jitter)
             if args.rate_limit is not None and args.rate_limit < 0:
@@ -103,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         return 0
+    from .server import SandboxServer
+
     server = SandboxServer(
         scale=patients,
         product=args.product,

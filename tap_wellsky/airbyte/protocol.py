@@ -43,7 +43,7 @@ from airbyte_protocol.models import (
     Type,
 )
 
-from wellsky_core.config import TapConfig, WellSkyConfig, config_json_schema
+from wellsky_core.config import TapConfig, WellSkyConfig, airbyte_spec_schema, refuse_command_settings
 from wellsky_core.discovery import discoverable_streams
 from wellsky_core.errors import AuthError, ConfigError, StateError, WellSkyError, WellSkyTransportError
 from wellsky_core.models import ENTITIES
@@ -223,12 +223,9 @@ def connection_check(output: Output, settings: Callable[[], WellSkyConfig]) -> i
 
 
 def connection_specification() -> dict[str, Any]:
-    """The config JSON schema (generated from TapConfig; secrets carry ``airbyte_secret``)."""
-    schema = config_json_schema(TapConfig)
-    schema["title"] = "WellSky Source Spec"
-    schema["required"] = []
-    schema["additionalProperties"] = True  # the platform may add its own keys; load() still rejects typos
-    return schema
+    """The config JSON schema (generated from TapConfig; secrets carry ``airbyte_secret``; the settings that run
+    programs only where the host allows them, see ``COMMAND_SETTINGS``)."""
+    return airbyte_spec_schema(TapConfig, "WellSky Source Spec")
 
 
 def spec_message() -> AirbyteMessage:
@@ -277,6 +274,7 @@ def load_config(path: str, *, start_embedded: bool) -> TapConfig:
     raw = read_json(path, "config")
     if not isinstance(raw, dict):
         raise ConfigError("config", f"{path} must hold a JSON object of settings")
+    refuse_command_settings(raw)
     return load_tap_config(raw, start_embedded=start_embedded)
 
 

@@ -4,6 +4,7 @@ Airbyte protocol models (airbyte-protocol-models-pdv2)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections import defaultdict
@@ -96,16 +97,49 @@ def truth_ids(sandbox, stream: str, since: str | None = None) -> list[str]:
 
 
 def test_spec_marks_secrets_and_lists_every_setting():
-    from wellsky_core.config import WellSkyConfig, secret_fields
+    from wellsky_core.config import COMMAND_SETTINGS, WellSkyConfig, secret_fields
 
     [message] = run_source("spec")
     assert message.type == Type.SPEC
     props = message.spec.connectionSpecification["properties"]
-    assert set(WellSkyConfig.model_fields) <= set(props)
+    assert set(WellSkyConfig.model_fields) - set(COMMAND_SETTINGS) <= set(props)
     secrets = {name for name, p in props.items() if p.get("airbyte_secret")}
     assert secrets == set(secret_fields(WellSkyConfig))
     assert {"password", "client_secret", "totp_secret"} <= secrets
     assert message.spec.supportsIncremental is True
+
+
+def _face(command: list[str], env_extra: dict[str, str]) -> tuple[int, list[AirbyteMessage]]:
+    env = {k: v for k, v in os.environ.items() if k != "WELLSKY_ALLOW_COMMAND_SETTINGS"} | env_extra
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    return proc.returncode, [AirbyteMessage.model_validate_json(line) for line in proc.stdout.splitlines()]
+
+
+DESTINATION = str(Path(sys.executable).with_name("destination-wellsky"))
+
+
+@pytest.mark.parametrize("face", [SOURCE, DESTINATION])
+def test_settings_that_run_programs_need_the_host_to_allow_them(face, tmp_path):
+    """Before: mfa_code_command (run with a shell) and chromium_path were plain settings of the Airbyte spec, so
+    whoever could edit a connection's config could run commands in the connector's container."""
+    from wellsky_core.config import COMMAND_SETTINGS
+
+    allow = {"WELLSKY_ALLOW_COMMAND_SETTINGS": "1"}
+    for allowed, env in ((False, {"WELLSKY_ALLOW_COMMAND_SETTINGS": "0"}), (True, allow)):
+        _, [spec] = _face([face, "spec"], env)
+        offered = set(COMMAND_SETTINGS) & set(spec.spec.connectionSpecification["properties"])
+        assert offered == (set(COMMAND_SETTINGS) if allowed else set()), env
+    key, value = ("mfa_code_command", "touch /tmp/pwned") if face == SOURCE else ("chromium_path", "/bin/sh")
+    settings = {"base_url": "http://127.0.0.1:9", "username": "u", "password": "p", "max_retries": 0, key: value}
+    config = write_json(tmp_path / f"{key}.json", settings)
+    _, messages = _face([face, "check", "--config", config], {})
+    text = " ".join(m.model_dump_json() for m in messages)
+    assert f"{key}: runs a program on the connector's host" in text, text[-2000:]
+    assert "WELLSKY_ALLOW_COMMAND_SETTINGS=1" in text
+    _, allowed_messages = _face([face, "check", "--config", config], allow)
+    assert "runs a program on the connector's host" not in " ".join(m.model_dump_json() for m in allowed_messages), (
+        "allowed on this host: the setting is accepted (the check then fails on the unreachable tenant)"
+    )
 
 
 def test_check_succeeds_with_good_credentials(config_file):

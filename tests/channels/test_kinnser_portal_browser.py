@@ -183,11 +183,11 @@ def test_refusing_the_acceptable_use_dialog_logs_the_session_out(
     """Why the channel accepts the dialog: a browser that dismisses it (Playwright's default) is logged out."""
     from playwright.sync_api import sync_playwright
 
-    from wellsky_core.channels.portal import CHROMIUM_ARGS
+    from wellsky_core.chromium import chromium_args
 
     tenant = sandbox_factory(product="home_health", scale=5, sftp_port=None)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=chromium_args(CHROMIUM))
         try:
             page = browser.new_page()
             seen: list[str] = []

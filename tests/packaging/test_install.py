@@ -79,9 +79,19 @@ def test_fresh_venv_from_the_wheel_runs_every_command(dist, clean_env, tmp_path)
     spec = json.loads(run([str(bin_ / "destination-wellsky"), "spec"], cwd=tmp_path, env=clean_env).splitlines()[0])
     assert spec["type"] == "SPEC"
 
-    # a real sync from the installed package: the tap starts its embedded sandbox tenant when no base_url is set
+    # the sandbox's server packages are an extra: without it, the embedded sandbox says how to get them
     config = tmp_path / "tap.json"
     config.write_text(json.dumps({"sandbox_scale": "20"}))
+    hint = "pip install 'tap-wellsky[sandbox]'"
+    for command in ([str(bin_ / "tap-wellsky"), "--config", str(config)], [str(bin_ / "wellsky-sandbox"), "serve"]):
+        bare = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=clean_env)
+        assert bare.returncode == 2 and hint in bare.stderr, (command, bare.returncode, bare.stderr[-2000:])
+        assert "Traceback" not in bare.stderr
+    wheel = next(dist.glob("*.whl"))
+    run([uv(), "pip", "install", "-q", "--python", str(venv / "bin" / "python"), f"{wheel}[sandbox]"],
+        cwd=tmp_path, env=clean_env)
+
+    # a real sync from the installed package: the tap starts its embedded sandbox tenant when no base_url is set
     out = run([str(bin_ / "tap-wellsky"), "--config", str(config)], cwd=tmp_path, env=clean_env)
     records = [json.loads(line) for line in out.splitlines() if '"RECORD"' in line]
     assert {r["stream"] for r in records} >= {"patients", "appointments"}

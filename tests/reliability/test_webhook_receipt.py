@@ -12,6 +12,7 @@ import json
 import socket
 import stat
 import subprocess
+import threading
 import time
 
 import httpx
@@ -80,13 +81,100 @@ def test_store_is_owner_only(tmp_path):
 def test_a_stalled_client_is_cut_off(tmp_path):
     store = EventStore(tmp_path / "events.sqlite")
     with (
-        WebhookReceiver(store, SECRET, socket_timeout=0.5) as rx,
+        WebhookReceiver(store, SECRET, request_timeout=0.5) as rx,
         socket.create_connection((rx.host, rx.port), timeout=30) as sock,
     ):
-        sock.sendall(b"POST /webhooks HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")  # then silence
+        signature = sign_header_for_tests(SECRET, int(time.time()), b"{}").encode()
+        sock.sendall(  # a head that passes the header check, then one byte of the body, then silence
+            b"POST /webhooks HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nX-WellSky-Signature: " + signature
+            + b"\r\n\r\n{"
+        )
         started = time.monotonic()
         assert sock.recv(1024) == b"", "the receiver must hang up on a stalled client"
         assert time.monotonic() - started < 20
+    store.close()
+
+
+def test_the_signature_is_checked_before_the_body_is_read(tmp_path):
+    """Before: the receiver read the whole declared body (up to 5 MiB) before looking at the signature."""
+    store = EventStore(tmp_path / "events.sqlite")
+    stale = sign_header_for_tests(SECRET, int(time.time()) - 3600, b"{}")
+    with WebhookReceiver(store, SECRET) as rx:
+        for header in (b"", f"X-WellSky-Signature: {stale}\r\n".encode(), b"X-WellSky-Signature: garbage\r\n"):
+            with socket.create_connection((rx.host, rx.port), timeout=10) as sock:
+                sock.sendall(b"POST /webhooks HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n" + header + b"\r\n")
+                sock.sendall(b"x" * 8192)  # a small prefix of the 5 MB the head announces; the rest never comes
+                answer = sock.recv(4096)
+            assert answer.startswith(b"HTTP/1.0 401"), (header, answer[:80])
+        assert rx.rejected == 3
+    assert store.count() == 0
+    store.close()
+
+
+class Tricklers:
+    """``n`` loopback clients that each send one byte of a never-ending request per ``interval`` seconds."""
+
+    def __init__(self, host: str, port: int, n: int, interval: float = 0.2) -> None:
+        self.socks = [socket.create_connection((host, port), timeout=10) for _ in range(n)]
+        self.interval = interval
+        self.cut_off: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.head = b"POST /webhooks HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\nX-Trickle: 1\r\n"
+
+    def _run(self) -> None:
+        position = 0
+        while not self._stop.wait(self.interval):
+            byte = self.head[position : position + 1] or b"x"
+            position += 1
+            for i, sock in enumerate(self.socks):
+                if i in self.cut_off:
+                    continue
+                try:
+                    sock.sendall(byte)
+                except OSError:
+                    self.cut_off.add(i)
+
+    def __enter__(self) -> Tricklers:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        for sock in self.socks:
+            sock.close()
+
+
+def test_trickling_clients_hold_no_threads_and_a_good_delivery_is_answered(tmp_path):
+    """Before: a thread per connection, each held as long as the client kept sending one byte per read
+    (150 tricklers: 150 threads, for as long as they liked). Now the connections cost no thread, the pool of
+    handler threads is bounded, and a signed delivery is answered while 150 tricklers are connected."""
+    store = EventStore(tmp_path / "events.sqlite")
+    baseline = threading.active_count()
+    with WebhookReceiver(store, SECRET, workers=4, request_timeout=60) as rx, Tricklers(rx.host, rx.port, 150) as t:
+        time.sleep(1.0)  # every trickler connected and sending
+        event = {"id": "evt-during-trickle", "type": "patient.updated"}
+        started = time.monotonic()
+        answer = _post(rx.url, event)  # httpx timeout 10 s: a starved receiver fails here
+        elapsed = time.monotonic() - started
+        assert answer.status_code == 200 and answer.json()["duplicate"] is False
+        assert not t.cut_off, "the tricklers are still connected (the answer did not wait for them to be cut off)"
+        threads = threading.active_count() - baseline
+        assert threads <= 1 + 4 + 1, f"{threads} threads for 150 connections"  # loop + pool + the trickler
+    print(f"good delivery answered in {elapsed * 1000:.0f} ms beside 150 tricklers; {threads} receiver threads")
+    assert store.count() == 1
+    store.close()
+
+
+def test_a_trickling_client_is_cut_off_by_the_total_deadline(tmp_path):
+    """One byte every 0.1 s never trips a per-read timeout; the total deadline per request cuts it off."""
+    store = EventStore(tmp_path / "events.sqlite")
+    with WebhookReceiver(store, SECRET, request_timeout=1.0) as rx, Tricklers(rx.host, rx.port, 5, 0.1) as t:
+        socks = t.socks
+        for sock in socks:
+            assert sock.recv(1024) == b"", "hung up without an answer"  # socket timeout 10 s: fails if never cut
+        assert rx.server.timed_out == 5
     store.close()
 
 

@@ -51,10 +51,10 @@ def test_child_environment_has_no_secrets():
 def test_playwright_driver_gets_the_scrubbed_environment(monkeypatch):
     from playwright._impl import transport
 
-    from wellsky_core.channels.portal import _scrub_playwright_driver_environment
+    from wellsky_core.chromium import scrub_playwright_driver_environment
 
     monkeypatch.setenv("WELLSKY_PASSWORD", "driver-must-not-see")
     monkeypatch.setattr(transport, "get_driver_env", transport.get_driver_env)  # restored after the test
-    _scrub_playwright_driver_environment()
+    scrub_playwright_driver_environment()
     env = transport.get_driver_env()
     assert "WELLSKY_PASSWORD" not in env and env.get("PW_LANG_NAME") == "python"

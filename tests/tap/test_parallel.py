@@ -3,6 +3,7 @@ records, and one request budget for every stream (the sandbox's soft-limit meter
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import threading
@@ -143,3 +144,93 @@ def test_the_private_sdk_steps_the_parallel_sync_calls_still_exist() -> None:
     from singer_sdk import Tap
 
     assert callable(Tap._reset_state_progress_markers) and callable(Tap._set_compatible_replication_methods)
+
+
+# -- a signal while streams run in parallel ----------------------------------------------------------------------
+@pytest.fixture
+def inprocess_tap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A TapWellSky in this process, stdout captured as bytes, signal handlers restored afterwards."""
+    import io
+    import signal
+    import sys
+
+    from tap_wellsky.tap import TapWellSky
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    kept: list[io.TextIOWrapper] = []
+    with SandboxServer(scale=20, sftp_port=None, data_dir=tmp_path / "tenant") as sb:
+
+        def make(**extra: Any) -> tuple[Any, io.BytesIO]:
+            """Called in the test itself: pytest resets sys.stdout between a fixture and the test."""
+            out = io.BytesIO()
+            wrapper = io.TextIOWrapper(out, encoding="utf-8", write_through=True)
+            monkeypatch.setattr(sys, "stdout", wrapper)
+            kept.append(wrapper)  # collecting the wrapper would close `out`
+            config = sandbox_config(sb, page_size=500, **extra)
+            return TapWellSky(config=config, parse_env_config=False), out
+
+        try:
+            yield make
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
+
+def _terminate(tap: Any) -> None:
+    """What the SIGTERM handler runs (it ends in sys.exit(143))."""
+    import signal
+
+    with pytest.raises(SystemExit) as stopped:
+        tap._handle_termination(signal.SIGTERM, None)
+    assert stopped.value.code == 143
+
+
+def test_nothing_follows_the_final_state_even_from_a_stream_inside_the_gate(inprocess_tap, monkeypatch) -> None:
+    """Before: 2 of ~40 SIGTERMs let SCHEMA lines out after the final STATE. A stream inside the gate when the
+    signal came (here: held just before it writes its SCHEMA, longer than the handler waits for the gate) wrote
+    its SCHEMA once released, after the handler had written the final STATE.
+
+    Deterministic: the stream is released only after the handler has returned; its SCHEMA must go nowhere."""
+    from tap_wellsky.stream import WellSkyStream
+
+    held, release, finished = threading.Event(), threading.Event(), threading.Event()
+    original = WellSkyStream._write_schema_message
+    starts: list[str] = []
+
+    def hold_the_second_schema(self: Any) -> None:
+        starts.append(self.name)
+        if len(starts) == 2:
+            held.set()
+            release.wait(60)
+        original(self)
+
+    monkeypatch.setattr(WellSkyStream, "_write_schema_message", hold_the_second_schema)
+    tap, out = inprocess_tap(max_parallel_streams=2)
+    tap.output_gate.close_timeout = 0.2  # the held stream keeps the gate: the handler must not wait for it
+
+    def sync() -> None:
+        with contextlib.suppress(BaseException):
+            tap.sync_all()
+        finished.set()
+
+    threading.Thread(target=sync, daemon=True).start()
+    assert held.wait(60), "a second stream started"
+    _terminate(tap)
+    release.set()  # the held stream goes on: SCHEMA, then SyncStopped at its first record
+    assert finished.wait(60), "every stream stops at its next record and the sync returns"
+    lines = _lines(out.getvalue().decode())
+    assert starts[1] not in {m.get("stream") for m in lines if m["type"] == "SCHEMA"}, "the late SCHEMA went nowhere"
+    assert lines[-1]["type"] == "STATE", [m["type"] for m in lines[-5:]]
+
+
+def test_the_final_state_is_written_even_when_nothing_changed(inprocess_tap) -> None:
+    """The SDK's state writer skips a STATE equal to the last one; the final STATE must not be skipped, or a
+    SCHEMA written since is the last line (a stream whose replication key is not a timestamp, such as
+    webhook_events' seq, starts without a signpost, so without changing the state)."""
+    tap, out = inprocess_tap()
+    stream = tap.streams["patients"]
+    tap.state_writer.write_state(tap.state)
+    stream._write_schema_message()  # a stream starts; no bookmark has moved
+    _terminate(tap)
+    assert [m["type"] for m in _lines(out.getvalue().decode())] == ["STATE", "SCHEMA", "STATE"]

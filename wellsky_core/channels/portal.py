@@ -21,10 +21,10 @@ from urllib.parse import urlencode, urlsplit
 
 import pyotp
 
+from ..chromium import launch_chromium, start_playwright
 from ..errors import AuthError, ConfigError, MfaError, NormalizationError, PortalLayoutChanged, WellSkyError
 from ..models import CarePlan
 from ..normalize.portal import authorization_row, care_plan_row
-from ..redaction import child_environment
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Locator, Page, Playwright
@@ -33,9 +33,6 @@ if TYPE_CHECKING:
 from .base import Channel
 
 log = logging.getLogger(__name__)
-
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
-"""Flags that let Debian's Chromium run headless in containers and CI (no user namespaces, small /dev/shm)."""
 
 SELECTORS = {
     "username": "#username",
@@ -127,14 +124,9 @@ class PortalChannel(Channel):
     def _open(self) -> Page:
         if self._page is not None:
             return self._page
-        from playwright.sync_api import sync_playwright
-
-        _scrub_playwright_driver_environment()
-        self._playwright = sync_playwright().start()
+        self._playwright = start_playwright()
         try:
-            self._browser = self._playwright.chromium.launch(
-                executable_path=self.config.chromium_path, headless=True, args=CHROMIUM_ARGS, env=child_environment()
-            )
+            self._browser = launch_chromium(self._playwright, self.config.chromium_path)
             self._context = self._browser.new_context(accept_downloads=True)
             page = self._context.new_page()
             page.set_default_timeout(self.config.timeout_seconds * 1000)
@@ -275,22 +267,3 @@ def _join(current: str, href: str) -> str:
     from urllib.parse import urljoin
 
     return urljoin(current, href)
-
-
-def _scrub_playwright_driver_environment() -> None:
-    """Start Playwright's Node driver with a scrubbed environment (it would inherit ``WELLSKY_*`` secrets).
-
-    Playwright builds the driver's environment in ``playwright._impl.transport.get_driver_env`` from
-    ``os.environ``; wrapping that one function (once) keeps the rest of Playwright untouched.
-    """
-    from playwright._impl import transport as driver_transport
-
-    original = driver_transport.get_driver_env
-    if getattr(original, "_wellsky_scrubbed", False):
-        return
-
-    def scrubbed() -> dict[str, str]:
-        return child_environment(original())
-
-    scrubbed._wellsky_scrubbed = True  # type: ignore[attr-defined]
-    driver_transport.get_driver_env = scrubbed

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NoReturn
 
-from wellsky_core.errors import NormalizationError
+from wellsky_core.errors import NormalizationError, NotThisEntity
 from wellsky_core.normalize.status import patient_status
 from wellsky_core.normalize.validation import validated
 from wellsky_core.quality import FlagKind, Flags
@@ -151,9 +151,6 @@ IDENTIFIER_KINDS: dict[str, tuple[frozenset[str], tuple[str, ...], str | None]] 
 }
 
 
-class NotThisEntity(NormalizationError):
-    """A resource of the entity's type that is not a record of it (a ClaimResponse for a claim, not a
-    prior authorization): counted as skipped, not dead-lettered."""
 
 
 @dataclass(frozen=True)

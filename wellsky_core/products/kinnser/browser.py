@@ -15,8 +15,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from ...channels.portal import CHROMIUM_ARGS, PortalLayoutChanged
-from ...errors import AuthError, MfaError, WellSkyError
+from ...channels.portal import PortalLayoutChanged
+from ...chromium import launch_chromium, start_playwright
+from ...errors import AuthError, MfaError, PortalHang, WellSkyError
 from ...http.mfa import Challenge, CodeSource
 from ...http.trust import is_trusted, require_trusted
 from ...redaction import register_secret
@@ -39,8 +40,6 @@ class Bounced(Exception):
     """The portal sent the browser to its login page: the session expired or was terminated."""
 
 
-class PortalHang(WellSkyError):
-    """A portal page stopped answering within the configured wait, even after restarting the browser."""
 
 
 class PortalBrowser:
@@ -68,13 +67,9 @@ class PortalBrowser:
         return self._page
 
     def start(self) -> None:
-        from playwright.sync_api import sync_playwright
-
-        self._playwright = sync_playwright().start()
+        self._playwright = start_playwright()
         try:
-            self._browser = self._playwright.chromium.launch(
-                executable_path=self.config.chromium_path, headless=True, args=CHROMIUM_ARGS, env=_scrubbed_env()
-            )
+            self._browser = launch_chromium(self._playwright, self.config.chromium_path)
             self._context = self._browser.new_context(accept_downloads=True)
             page = self._context.new_page()
             page.set_default_timeout(self.wait_ms)
@@ -365,11 +360,3 @@ def _accept(dialog: Any) -> None:
 
 def _path(url: str) -> str:
     return urlsplit(url).path or url
-
-
-def _scrubbed_env() -> dict[str, str]:
-    """The browser gets a minimal environment: no credentials or proxies from the connector's process."""
-    import os
-
-    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "XDG_RUNTIME_DIR", "FONTCONFIG_PATH", "TMPDIR")
-    return {k: v for k, v in os.environ.items() if k in keep}

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ...errors import NormalizationError
+from ...errors import NormalizationError, ReportFormatError
 from ...normalize.validation import validated
 
 PATIENT_STATUS = {"Pending": "pending", "Admitted": "active", "Discharged": "discharged", "Non-Admit": "inactive"}
@@ -337,8 +337,6 @@ def unbilled(rows: Iterable[Mapping[str, str]], as_of: str, observed: str) -> li
 
 
 # -- files ------------------------------------------------------------------------------------------------
-class ReportFormatError(NormalizationError):
-    """A downloaded report lacks its header row or a column: the vendor changed the file."""
 
 
 def _header_index(rows: list[list[str]], required: tuple[str, ...], what: str) -> tuple[int, dict[str, int]]:

@@ -8,8 +8,15 @@ subscriber's own ``channel.header`` strings; no signature, retry policy or order
 - :class:`HomeConnectReceiver` refuses a delivery without the configured ``webhook_header`` (constant-time
   compare), commits the notification to a durable queue and answers 200 at once (the vendor's advice), then a
   worker fetches each notified record by id and stores it, normalized, in the :class:`~wellsky_core.webhooks.
-  EventStore` the tap's ``webhook_events`` stream reads. A fetch that fails stays queued and is retried; the
-  same record content notified twice is stored once.
+  EventStore` the tap's ``webhook_events`` stream reads. A fetch that fails stays queued and is retried (the
+  least-tried first, so failing entries never hold up new ones) until ``GIVE_UP_AFTER``; the same record
+  content notified twice is stored once. Each notification is processed on its own: one that cannot be
+  fetched for good or cannot be normalized is moved to the queue's ``dead_letters`` table with a PHI-free
+  reason and counted (``dead_lettered``), and the worker goes on.
+- the notified id must match :data:`NOTIFIED_ID` (a FHIR-style id) and is URL-quoted into the fetch path: a
+  notification cannot steer the authenticated GET to another path. The HTTP front is
+  :class:`~wellsky_core.webhook_server.ReceiverServer`: bounded threads, a total deadline per request, the
+  header checked before the body is read.
 
 CLI (``--config`` is the connector's config file; ``WELLSKY_*`` variables work as everywhere)::
 
@@ -23,20 +30,22 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import sqlite3
 import threading
 import time
-from datetime import UTC, datetime
-from http.server import ThreadingHTTPServer
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
 from ...config import WellSkyConfig
 from ...connection import Connection
 from ...errors import ConfigError, NormalizationError, RemoteError, WellSkyError
-from ...webhooks import MAX_BODY_BYTES, EventStore, JsonRequestHandler
+from ...webhook_server import DEFAULT_REQUEST_TIMEOUT, Answer, ReceiverServer, Request
+from ...webhooks import EventStore
 from .channel import HomeConnectChannel, record_path
 from .normalize import to_canonical
 from .write_rules import agency_tag
@@ -47,6 +56,19 @@ FETCHABLE = {"Patient": ("patients", "patients"), "Practitioner": ("practitioner
              "Encounter": ("encounter", "encounters")}
 """Notified resourceType -> (Home Connect resource, canonical stream) the receiver can fetch by id."""
 RETRY_SECONDS = 5.0
+GIVE_UP_AFTER = timedelta(days=1)
+"""A notification whose fetch has failed since this long after its receipt is dead-lettered (an outage of the
+tenant is retried through; a record the connector may never read does not stay queued forever)."""
+NOTIFIED_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,63}")
+"""A notified id the receiver will fetch: FHIR's id alphabet (letters, digits, ``-`` and ``.``), at most 64."""
+
+
+def notified_id(value: object) -> str | None:
+    """``value`` as a fetchable id string, or None (not an int or str, or not an id: ``../x``, ``1?y=2``...)."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return None
+    text = str(value)
+    return text if NOTIFIED_ID.fullmatch(text) and text not in (".", "..") else None
 
 
 def split_header(line: str, field: str = "webhook_header") -> tuple[str, str]:
@@ -135,6 +157,10 @@ class NotificationQueue:
             "CREATE TABLE IF NOT EXISTS notifications (n INTEGER PRIMARY KEY AUTOINCREMENT, resource_type TEXT, "
             "rid TEXT, received_at TEXT, attempts INTEGER DEFAULT 0)"
         )
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS dead_letters (n INTEGER PRIMARY KEY, resource_type TEXT, rid TEXT, "
+            "received_at TEXT, attempts INTEGER, reason TEXT NOT NULL, dead_at TEXT NOT NULL)"
+        )
         self.lock = threading.Lock()
 
     def add(self, resource_type: str, rid: str) -> None:
@@ -147,16 +173,45 @@ class NotificationQueue:
     def due(self) -> list[tuple[int, str, str, str]]:
         with self.lock:
             return self.db.execute(
-                "SELECT n, resource_type, rid, received_at FROM notifications ORDER BY n LIMIT 100"
+                "SELECT n, resource_type, rid, received_at FROM notifications ORDER BY attempts, n LIMIT 100"
             ).fetchall()
 
     def done(self, n: int) -> None:
         with self.lock:
             self.db.execute("DELETE FROM notifications WHERE n = ?", (n,))
 
-    def failed(self, n: int) -> None:
+    def failed(self, n: int) -> int:
+        """Count one failed attempt; returns the attempts so far."""
         with self.lock:
             self.db.execute("UPDATE notifications SET attempts = attempts + 1 WHERE n = ?", (n,))
+            row = self.db.execute("SELECT attempts FROM notifications WHERE n = ?", (n,)).fetchone()
+            return int(row[0]) if row else 0
+
+    def dead_letter(self, n: int, reason: str) -> None:
+        """Move notification ``n`` out of the queue into ``dead_letters`` (``reason``: PHI-free), atomically."""
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO dead_letters (n, resource_type, rid, received_at, attempts, reason, "
+                    "dead_at) SELECT n, resource_type, rid, received_at, attempts, ?, ? FROM notifications "
+                    "WHERE n = ?",
+                    (reason, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), n),
+                )
+                self.db.execute("DELETE FROM notifications WHERE n = ?", (n,))
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """Dead-lettered notifications, oldest first: ``{n, resource_type, rid, received_at, attempts, reason}``."""
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT n, resource_type, rid, received_at, attempts, reason FROM dead_letters ORDER BY n"
+            ).fetchall()
+        keys = ("n", "resource_type", "rid", "received_at", "attempts", "reason")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def count(self) -> int:
         with self.lock:
@@ -167,7 +222,13 @@ class HomeConnectReceiver:
     """The endpoint subscriptions deliver to; ``start()``/``stop()`` or ``with``."""
 
     def __init__(
-        self, connection: Connection, store: EventStore, *, host: str = "127.0.0.1", port: int = 0
+        self,
+        connection: Connection,
+        store: EventStore,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     ) -> None:
         config = connection.config
         if config.webhook_header is None:
@@ -178,117 +239,145 @@ class HomeConnectReceiver:
         self.queue = NotificationQueue(Path(str(store.path) + ".queue"))
         self.rejected = 0
         self.fetched = 0
+        self.dead_lettered = 0
         self._stop = threading.Event()
         self._wake = threading.Event()
-        receiver = self
-
-        class Handler(JsonRequestHandler):
-            def do_POST(self) -> None:
-                try:
-                    self._receive()
-                except (TimeoutError, ConnectionError):
-                    self.close_connection = True  # the client stalled or hung up; nothing queued
-
-            def _receive(self) -> None:
-                sent = self.headers.get(receiver._name) or ""
-                if not hmac.compare_digest(sent.encode(), receiver._value.encode()):
-                    receiver.rejected += 1
-                    self._answer(401, {"error": "unauthorized", "message": "missing or wrong subscription header"})
-                    return
-                length = int(self.headers.get("content-length") or 0)
-                if length <= 0 or length > MAX_BODY_BYTES:
-                    self._answer(400, {"error": "invalid_body", "message": "a JSON body is required"})
-                    return
-                try:
-                    body = orjson.loads(self.rfile.read(length))
-                    resource_type, rid = body["resourceType"], body["id"]
-                    if not isinstance(resource_type, str) or isinstance(rid, bool) or not isinstance(rid, int | str):
-                        raise ValueError
-                except (ValueError, KeyError, TypeError):
-                    self._answer(400, {"error": "invalid_body", "message": 'expected {"resourceType", "id"}'})
-                    return
-                receiver.queue.add(resource_type, str(rid))
-                receiver._wake.set()
-                self._answer(200, {"received": True})
-
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
-        self._httpd.daemon_threads = True
-        self.host, self.port = self._httpd.server_address[0], self._httpd.server_address[1]
-        self._threads: list[threading.Thread] = []
+        self.server = ReceiverServer(
+            self._handle,
+            check_head=self._check_head,
+            host=host,
+            port=port,
+            request_timeout=request_timeout,
+            name="wellsky-hc-receiver",
+        )
+        self.host, self.port = self.server.host, self.server.port
+        self._worker: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/home-connect"
 
+    def _check_head(self, request: Request) -> Answer | None:
+        sent = request.header(self._name) or ""
+        if not hmac.compare_digest(sent.encode(), self._value.encode()):
+            self.rejected += 1
+            return 401, {"error": "unauthorized", "message": "missing or wrong subscription header"}
+        return None
+
+    def _handle(self, request: Request) -> Answer:
+        try:
+            body = orjson.loads(request.body)
+            resource_type, rid = body["resourceType"], notified_id(body["id"])
+            if not isinstance(resource_type, str) or not resource_type or len(resource_type) > 64:
+                raise ValueError
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return 400, {"error": "invalid_body", "message": 'expected {"resourceType", "id"}'}
+        if rid is None:
+            self.rejected += 1
+            return 400, {"error": "invalid_id", "message": "`id` must be letters, digits, '-' or '.' (at most 64)"}
+        self.queue.add(resource_type, rid)
+        self._wake.set()
+        return 200, {"received": True}
+
+    def _dead_letter(self, n: int, resource_type: str, reason: str) -> None:
+        self.queue.dead_letter(n, reason)
+        self.dead_lettered += 1
+        log.warning("a notified %s was dead-lettered (%s); the receiver goes on", resource_type, reason)
+
     def drain(self) -> int:
-        """Fetch and store every queued notification once; returns how many are still queued."""
+        """Fetch and store every queued notification once; returns how many are still queued.
+
+        Each notification is processed in isolation: whatever goes wrong with one (a record that cannot be
+        normalized, an id that is not an id) moves it to the dead letters, and the next is processed.
+        """
         for n, resource_type, rid, received_at in self.queue.due():
-            if resource_type not in FETCHABLE:
-                log.warning("a %s notification cannot be fetched by this connector; dropped from the queue "
-                            "(subscribe only to %s)", resource_type, ", ".join(FETCHABLE))
-                self.queue.done(n)
-                continue
-            resource, stream = FETCHABLE[resource_type]
             try:
-                path = record_path(resource, rid)
-            except NormalizationError:  # never fetchable: ids are validated before they reach a path
-                log.warning("a notified %s carries an id that is not a Home Connect id; dropped from the queue",
-                            resource_type)
-                self.queue.done(n)
-                continue
-            try:
-                response = self.connection.client.request("GET", path, expected=(404,))
-            except WellSkyError as exc:
-                log.warning("fetching a notified %s failed (%s); it stays queued", resource_type, type(exc).__name__)
-                self.queue.failed(n)
-                continue
-            if response.status_code == 404:
-                log.warning("a notified %s no longer exists; dropped from the queue", resource_type)
-                self.queue.done(n)
-                continue
-            observed = datetime.now(UTC)
-            record = to_canonical(stream, response.json(), observed)
-            digest = hashlib.sha256(orjson.dumps(record | {"updated_at": None}, option=orjson.OPT_SORT_KEYS))
-            event = {
-                "id": f"{resource_type}/{rid}/{digest.hexdigest()[:16]}",  # the same content notified twice: once
-                "type": f"{resource_type.lower()}.notified",
-                "entity": stream,
-                "occurred_at": received_at,
-                "record": record,
-                "canonical": True,
-            }
-            self.store.add(event, orjson.dumps(event))
-            self.fetched += 1
-            self.queue.done(n)
+                self._process(n, resource_type, rid, received_at)
+            except Exception as exc:  # the type only: a message may quote the record
+                self._dead_letter(n, resource_type, f"unprocessable: {type(exc).__name__}")
         return self.queue.count()
+
+    def _process(self, n: int, resource_type: str, rid: str, received_at: str) -> None:
+        if resource_type not in FETCHABLE:
+            log.warning("a %s notification cannot be fetched by this connector; dropped from the queue "
+                        "(subscribe only to %s)", resource_type[:64], ", ".join(FETCHABLE))
+            self.queue.done(n)
+            return
+        if notified_id(rid) is None:  # queued before ids were checked on receipt
+            self._dead_letter(n, resource_type, "invalid_id")
+            return
+        resource, stream = FETCHABLE[resource_type]
+        try:
+            response = self.connection.client.request(
+                "GET", record_path(resource, quote(rid, safe="")), expected=(404,)
+            )
+        except WellSkyError as exc:
+            attempts = self.queue.failed(n)
+            if _received(received_at) < datetime.now(UTC) - GIVE_UP_AFTER:
+                self._dead_letter(n, resource_type, f"fetch_failed: {type(exc).__name__} x{attempts}")
+            else:
+                log.warning("fetching a notified %s failed (%s); it stays queued", resource_type,
+                            type(exc).__name__)
+            return
+        if response.status_code == 404:
+            log.warning("a notified %s no longer exists; dropped from the queue", resource_type)
+            self.queue.done(n)
+            return
+        observed = datetime.now(UTC)
+        try:
+            record = to_canonical(stream, response.json(), observed)
+        except NormalizationError as exc:  # names the field, never the value
+            self._dead_letter(n, resource_type, f"unmappable_record: {exc.entity}.{exc.field}")
+            return
+        digest = hashlib.sha256(orjson.dumps(record | {"updated_at": None}, option=orjson.OPT_SORT_KEYS))
+        event = {
+            "id": f"{resource_type}/{rid}/{digest.hexdigest()[:16]}",  # the same content notified twice: once
+            "type": f"{resource_type.lower()}.notified",
+            "entity": stream,
+            "occurred_at": received_at,
+            "record": record,
+            "canonical": True,
+        }
+        self.store.add(event, orjson.dumps(event))
+        self.fetched += 1
+        self.queue.done(n)
 
     def _work(self) -> None:
         while not self._stop.is_set():
-            remaining = self.drain()
+            try:
+                remaining = self.drain()
+            except Exception as exc:  # the queue itself failed (disk full...): say so, wait, try again
+                log.error("the Home Connect worker could not drain its queue (%s); retrying", type(exc).__name__)
+                remaining = 1
             self._wake.wait(RETRY_SECONDS if remaining else 1.0)
             self._wake.clear()
 
     def start(self) -> HomeConnectReceiver:
-        for target in (self._httpd.serve_forever, self._work):
-            thread = threading.Thread(target=target, daemon=True, name="wellsky-hc-receiver")
-            thread.start()
-            self._threads.append(thread)
+        self.server.start()
+        self._worker = threading.Thread(target=self._work, daemon=True, name="wellsky-hc-worker")
+        self._worker.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        if self._threads:
-            self._httpd.shutdown()
-        self._httpd.server_close()
-        for thread in self._threads:
-            thread.join(timeout=5)
+        self.server.stop()
+        if self._worker is not None:
+            self._worker.join(timeout=5)
 
     def __enter__(self) -> HomeConnectReceiver:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _received(text: str) -> datetime:
+    """A queue entry's receipt time (an unreadable one counts as long ago: it is given up on, not kept forever)."""
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except (TypeError, ValueError):
+        return datetime.min.replace(tzinfo=UTC)
 
 
 def load_config(path: str | None) -> WellSkyConfig:
