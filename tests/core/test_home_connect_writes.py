@@ -138,3 +138,19 @@ def test_appointments_are_refused_as_a_stream_unless_the_tenant_has_them(fake):
     assert writer.refusal("appointments") == APPOINTMENT_WRITES_REFUSED
     assert "appointments" not in writer.writable
     assert writer_for(fake, home_connect_appointment_writes=True).refusal("appointments") is None
+
+
+def test_home_connect_writes_carry_their_idempotency_key_for_the_audit(fake):
+    """Home Connect honours no Idempotency-Key header, but the audit still names each intended write: the same
+    record sent again has the same key, another record (or another change) another key; none is sent."""
+    writer = writer_for(fake)
+    first, again = writer.write("patients", NEW), writer.write("patients", NEW)
+    other = writer.write("patients", {**NEW, "phone": "(303) 555-0199"})
+    assert first.idempotency_key and first.idempotency_key.startswith("wsk1-")
+    assert again.idempotency_key == first.idempotency_key != other.idempotency_key
+    event = {"appointment_id": "500", "clock_in": "2026-08-17T14:03:00Z"}
+    clock = writer.write("evv_clock", event)
+    assert clock.idempotency_key and clock.idempotency_key == writer.write("evv_clock", event).idempotency_key
+    refused = writer.write("evv_clock", {"appointment_id": "500", "clock_in": "not a time"})
+    assert refused.action == "rejected" and refused.idempotency_key
+    assert not any("idempotency-key" in {k.lower() for k in h} for h in fake.headers), "never sent"
