@@ -7,6 +7,7 @@ reconcile runs, what it finds (deletions included), and what the run-end report 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -162,3 +163,27 @@ def test_a_full_refresh_gets_no_memo_and_emits_everything(fake):
     _, memo, _ = sync(fake, "appointments", None, NOW)
     again, _, _ = sync(fake, "appointments", None, NOW + timedelta(days=1))
     assert len(again) == 3 and memo
+
+
+def test_a_subscription_event_re_reads_that_client_in_full_before_the_reconcile(fake, tmp_path):
+    from wellsky_core.webhooks import EventStore
+
+    path = tmp_path / "events.sqlite"
+    store = EventStore(path)
+    old = {"id": "e0", "type": "encounter.notified", "entity": "encounters", "record": {"id": "1", "patient_id": "2"}}
+    store.add(old, json.dumps(old).encode())
+    store.close()
+    _, memo, _ = sync(fake, "encounters", None, NOW, webhook_events_path=str(path))
+    assert memo["event_seq"] == 1, "events before the first run are not acted on"
+    fake.data["encounter"][1]["period"]["end"] = "2026-02-09T19:30:00+00:00"  # a late clock-out, six months back
+    quiet, _, _ = sync(fake, "encounters", memo, NOW + timedelta(days=1))
+    assert quiet == [], "without the event it waits for the reconcile"
+    store = EventStore(path)
+    event = {"id": "e1", "type": "encounter.notified", "entity": "encounters",
+             "record": {"id": "901", "patient_id": "1"}}
+    store.add(event, json.dumps(event).encode())
+    store.close()
+    records, memo, channel = sync(fake, "encounters", memo, NOW + timedelta(days=1), webhook_events_path=str(path))
+    assert [(r["id"], r["end"]) for r in records] == [("901", "2026-02-09T19:30:00Z")]
+    assert memo["event_seq"] == 2
+    assert "1 named by subscription events" in channel.reports["encounters"]

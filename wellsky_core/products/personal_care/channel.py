@@ -30,10 +30,12 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ...channels.base import Channel
 from ...errors import NormalizationError, RemoteError
+from ...webhooks import EventStore
 from .dialect import API_ROOT, MAX_COUNT, UNAVAILABLE
 from .normalize import tags, task_logs, to_canonical
 from .schedule_memo import ScheduleMemo
@@ -107,6 +109,9 @@ class ReadPlan:
     noun: str = "clients"
     new: int = 0
     deleted: int = 0
+    notified: int = 0
+    """Clients re-read in full because a subscription event named one of their care logs."""
+    event_seq: int | None = None
 
     @property
     def unseen_before(self) -> date | None:
@@ -124,6 +129,7 @@ class ReadPlan:
             read = (
                 f"re-read {len(self.people) - self.new} known {self.noun} from {self.horizon} to {self.last} and "
                 f"{self.new} new {self.noun} in full from {self.floor}"
+                + (f" ({self.notified} named by subscription events, also in full)" if self.notified else "")
             )
             unseen = (
                 f"changes to records dated before {self.unseen_before} may be unseen until the reconcile due {due}"
@@ -219,7 +225,8 @@ class HomeConnectChannel(Channel):
             return None
         if plan is None:  # locations: read whole every run
             return memo.dump(people=set(), floor=date.max, read_at=self._clock(), reconciled_at=None)
-        return memo.dump(people=plan.people, floor=plan.floor, read_at=plan.now, reconciled_at=plan.reconciled_at)
+        return memo.dump(people=plan.people, floor=plan.floor, read_at=plan.now, reconciled_at=plan.reconciled_at,
+                         event_seq=plan.event_seq)
 
     def _scope(self, entity: str) -> str:
         """What a memo's persons and dates mean: another fan-out or history start begins a new memo."""
@@ -362,15 +369,16 @@ class HomeConnectChannel(Channel):
         plan.people = set(people)
         plan.noun = "caregivers" if by_caregiver else "clients"
         known = memo.people or set()
+        notified = self._notified_clients(memo, plan) if not by_caregiver else set()
 
         def read(pid: str) -> tuple[str, date, list[dict[str, Any]]]:
-            first = plan.floor if plan.reconcile or pid not in known else plan.horizon
+            first = plan.floor if plan.reconcile or pid not in known or pid in notified else plan.horizon
             return pid, first, per_client(pid, first, plan.last, observed)
 
         workers = max(1, self.config.home_connect_concurrency)
         candidates: list[tuple[str, str]] = []
         for pid, first, batch in bounded_map(read, people, workers):
-            if first == plan.floor and not plan.reconcile:
+            if first == plan.floor and not plan.reconcile and pid not in notified:
                 plan.new += 1
             for record in batch:
                 if memo.changed(record["id"], record, _day(record.get("start")), pid):
@@ -389,6 +397,30 @@ class HomeConnectChannel(Channel):
             memo.mark_deleted(key)
             plan.deleted += 1
             yield tombstone(entity, key, pid if not by_caregiver else None, observed)
+
+    def _notified_clients(self, memo: ScheduleMemo, plan: ReadPlan) -> set[str]:
+        """Clients named by care-log events of the subscriptions (``encounter.clockout.changed``, received into
+        ``webhook_events_path``) since the last run: their whole schedule is re-read, whatever its age. They
+        only add to what is re-read; no documented criterion covers shift edits, cancellations or addenda,
+        so they never replace the horizon or the reconcile."""
+        path = self.config.webhook_events_path
+        if not path or not Path(path).is_file():
+            return set()
+        store = EventStore(path)
+        try:
+            clients: set[str] = set()
+            last = memo.event_seq
+            for event in store.iter_events(last or 0):
+                plan.event_seq = event["seq"]
+                record = event.get("record") if isinstance(event.get("record"), dict) else {}
+                if last is not None and event.get("entity") == "encounters" and record.get("patient_id"):
+                    clients.add(str(record["patient_id"]))
+            if plan.event_seq is None:
+                plan.event_seq = last
+        finally:
+            store.close()
+        plan.notified = len(clients)
+        return clients
 
     def _still_there(self, entity: str, key: str, observed: datetime) -> dict[str, Any] | None:
         """A care log a re-read no longer lists, read by id: None when the server no longer has it (404)."""

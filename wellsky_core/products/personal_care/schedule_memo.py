@@ -12,7 +12,9 @@ stream state, the same on both faces) makes that cheap and complete:
 - ``read_at`` / ``reconciled_at``: when the last run and the last full reconcile ran; the horizon reaches back
   from the older of today and ``read_at``, and the reconcile is due ``home_connect_reconcile_days`` after
   ``reconciled_at``;
-- ``scope``: the fan-out the memo was built with; another scope starts over (a full read, no deletions).
+- ``scope``: the fan-out the memo was built with; another scope starts over (a full read, no deletions);
+- ``event_seq``: the last subscription event (``webhook_events_path``) acted on: clients named by newer
+  care-log events get their whole schedule re-read, so a late clock-out older than the horizon is not missed.
 
 Older states kept a plain ``{key: hash}`` dict: it is read as hashes of unknown date, every person counts as
 new (so the first run after an upgrade reads everything, which is a reconcile), and none is lost.
@@ -65,6 +67,7 @@ class ScheduleMemo:
         self.people: set[str] | None = None  # None: unknown, every person is new
         self.read_at: datetime | None = None
         self.reconciled_at: datetime | None = None
+        self.event_seq: int | None = None  # last webhook event (subscriptions) this stream has acted on
         self.legacy = False
         if isinstance(previous, dict) and previous.get("v") == MEMO_VERSION:
             if previous.get("scope") == scope:
@@ -74,6 +77,8 @@ class ScheduleMemo:
                 self.people = {str(p) for p in previous.get("people") or ()}
                 self.read_at = _moment(previous.get("read_at"))
                 self.reconciled_at = _moment(previous.get("reconciled_at"))
+                seq = previous.get("event_seq")
+                self.event_seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else None
         elif isinstance(previous, dict):  # an older state: {key: hash}, dates and people unknown
             self.legacy = bool(previous)
             self.previous = {k: (str(v), None, None) for k, v in previous.items() if isinstance(v, str)}
@@ -117,7 +122,8 @@ class ScheduleMemo:
 
     # -- the next memo -------------------------------------------------------------------------------------
     def dump(
-        self, *, people: set[str], floor: date, read_at: datetime, reconciled_at: datetime | None
+        self, *, people: set[str], floor: date, read_at: datetime, reconciled_at: datetime | None,
+        event_seq: int | None = None,
     ) -> dict[str, Any]:
         """This run's records, plus the last run's that this run did not re-read and that are not older than
         the synced history (``floor``)."""
@@ -137,6 +143,7 @@ class ScheduleMemo:
             "scope": self.scope,
             "read_at": read_at.isoformat(),
             "reconciled_at": reconciled_at.isoformat() if reconciled_at else None,
+            "event_seq": event_seq,
             "people": sorted(people),
             "records": {k: [h, d.isoformat() if d else None, p] for k, (h, d, p) in kept.items()},
         }
