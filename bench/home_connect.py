@@ -65,19 +65,22 @@ def tap_run(config: dict, tmp: Path, state: dict | None = None) -> tuple[float, 
     return wall, counts, last_state, summary
 
 
-def tenant_requests(base_url: str) -> int:
-    """Requests the tenant has answered so far (its soft-limit meter)."""
+def tenant_meter(base_url: str) -> dict:
+    """The tenant's soft-limit meter: requests answered so far, seconds over the vendor's limit, peak rate."""
     import httpx
 
-    return int(httpx.get(base_url + "/_sandbox/stats", timeout=30).json()["homeconnect"]["requests"])
+    return dict(httpx.get(base_url + "/_sandbox/stats", timeout=30).json()["homeconnect"])
 
 
 def measured(config: dict, tmp: Path, state: dict | None, label: str) -> dict | None:
     """One tap run: its records, wall time, tenant requests and the channel's per-stream run-end reports."""
-    before = tenant_requests(config["base_url"])
+    before = tenant_meter(config["base_url"])
     wall, counts, new_state, summary = tap_run(config, tmp, state)
-    requests = tenant_requests(config["base_url"]) - before
-    print(f"\n{label}: {sum(counts.values())} records, {requests} requests, {wall:.1f} s wall")
+    after = tenant_meter(config["base_url"])
+    requests = int(after["requests"]) - int(before["requests"])
+    print(f"\n{label}: {sum(counts.values())} records, {requests} requests, {wall:.1f} s wall "
+          f"(tenant: {int(after.get('overruns', 0)) - int(before.get('overruns', 0))} seconds over its limit, "
+          f"peak {after.get('peak_per_second')}/s so far)")
     for line in summary.splitlines():
         if line.strip():
             print("  " + line.strip())

@@ -187,3 +187,15 @@ def test_a_subscription_event_re_reads_that_client_in_full_before_the_reconcile(
     assert [(r["id"], r["end"]) for r in records] == [("901", "2026-02-09T19:30:00Z")]
     assert memo["event_seq"] == 2
     assert "1 named by subscription events" in channel.reports["encounters"]
+
+
+def test_the_reconcile_reports_the_records_of_a_client_no_longer_listed(fake):
+    _, memo, _ = sync(fake, "appointments", None, NOW)
+    fake.data["patients"] = [p for p in fake.data["patients"] if p["id"] != 2]
+    fake.data["appointment"] = [a for a in fake.data["appointment"] if a["client"]["id"] != 2]
+    quiet, _, _ = sync(fake, "appointments", memo, NOW + timedelta(days=1))
+    assert quiet == [], "between reconciles a client that vanished is not read, so nothing is claimed"
+    records, memo, _ = sync(fake, "appointments", memo, NOW + timedelta(days=7))
+    assert [(r["id"], r["patient_id"], r["_sdc_deleted_at"]) for r in records] == [
+        ("502@2026-09-02T08:00:00Z", "2", "2026-08-22T12:00:00Z")]
+    assert memo["people"] == ["1"] and "502@2026-09-02T08:00:00Z" not in memo["records"]

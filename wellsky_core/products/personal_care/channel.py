@@ -385,7 +385,7 @@ class HomeConnectChannel(Channel):
                     yield record
             candidates.extend((key, pid) for key in memo.gone(pid, first, plan.last))
         if plan.reconcile:  # every person read in full: what no read found again is gone too
-            candidates.extend((key, "") for key in memo.orphans(plan.people))
+            candidates.extend((key, memo.previous[key][2] or "") for key in memo.orphans(plan.people))
         for key, pid in candidates:
             if key in memo.current:  # found under another person (a shift handed to another caregiver)
                 continue
@@ -396,7 +396,7 @@ class HomeConnectChannel(Channel):
                 continue
             memo.mark_deleted(key)
             plan.deleted += 1
-            yield tombstone(entity, key, pid if not by_caregiver else None, observed)
+            yield tombstone(entity, key, None if by_caregiver else pid or None, observed)
 
     def _notified_clients(self, memo: ScheduleMemo, plan: ReadPlan) -> set[str]:
         """Clients named by care-log events of the subscriptions (``encounter.clockout.changed``, received into
