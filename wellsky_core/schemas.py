@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     if args.check:
-        print(f"schemas/ matches the models ({len(STREAM_MODELS)} streams, write contract of {len(WRITABLE)})")
+        print(f"schemas/ matches the models ({len(STREAM_MODELS)} streams, write contract of "
+              f"{len(WRITABLE) + len(product_write_schemas())})")
     return 0
 
 

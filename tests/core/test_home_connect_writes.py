@@ -154,3 +154,15 @@ def test_home_connect_writes_carry_their_idempotency_key_for_the_audit(fake):
     refused = writer.write("evv_clock", {"appointment_id": "500", "clock_in": "not a time"})
     assert refused.action == "rejected" and refused.idempotency_key
     assert not any("idempotency-key" in {k.lower() for k in h} for h in fake.headers), "never sent"
+
+
+def test_a_deletion_record_is_refused_not_written(fake):
+    """A tap's `_sdc_deleted_at` record reaching the target is refused in one line: target-wellsky never deletes."""
+    from wellsky_core.errors import WriteRefused
+    from wellsky_core.writes import validate_for_write
+
+    with pytest.raises(WriteRefused, match="_sdc_deleted_at: the record is a deletion"):
+        validate_for_write("patients", {**NEW, "_sdc_deleted_at": "2026-08-22T12:00:00Z"})
+    result = writer_for(fake).write("patients", {**NEW, "_sdc_deleted_at": "2026-08-22T12:00:00Z"})
+    assert result.action == "rejected" and result.code == "deletion_not_written"
+    assert fake.calls["create"] == 0
