@@ -118,6 +118,11 @@ def test_an_incremental_after_advance_misses_nothing_on_both_faces(tenant, tmp_p
     assert not [i for i in lost["encounters"] if after[1][i][1] in new_clients]
     history = [r for r in got["appointments"] if r["patient_id"] in new_clients and r["start"][:10] < unseen_before]
     assert history, "new clients come with history older than the re-read horizon"
+    ab_got = airbyte_records(run_source("read", "--config", config_path, "--catalog", ab_catalog, "--state",
+                                        ab_state))
+    assert missed(before, after, ab_got) == lost, "the Airbyte face sees exactly what the Singer face sees"
+    for stream in STREAMS:
+        assert len(ab_got.get(stream, [])) <= len(got.get(stream, [])), f"{stream}: Airbyte re-sends more"
 
     # reconcile due: 0 missed, deletions reported, on both faces
     due = {**config, "home_connect_reconcile_days": 0}
