@@ -324,7 +324,7 @@ class WellSkyConfig(BaseModel):
         "new to the sync are read in full. See docs/home-connect-incremental.md.",
     )
     home_connect_reconcile_days: int = Field(
-        default=7, ge=0, le=7,
+        default=7, ge=0, le=31,
         description="Home Connect: every this many days one sync re-reads every client's whole schedule (history "
         "and future), catching changes older than the re-read horizon and deletions. 0: every sync.",
     )
