@@ -81,7 +81,8 @@ def missed(before: tuple[set[tuple], dict[str, tuple]], after: tuple[set[tuple],
     }
 
 
-def test_an_incremental_after_advance_misses_nothing_on_both_faces(tenant, tmp_path):
+def test_an_incremental_after_advance_misses_nothing_on_both_faces(tenant, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))  # the CLIs never write to the home dir
     config = hc_config(tenant)
     catalog = selected_catalog(tmp_path, config)
     singer_state = last_state(messages(run_tap(tmp_path, config, catalog=catalog).stdout))

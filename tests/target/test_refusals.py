@@ -40,6 +40,12 @@ SHIFTS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def private_state(tmp_path, monkeypatch):
+    """The CLIs keep their state under tmp_path, never in the user's home directory."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
+
+
 @pytest.fixture
 def pc_tenant(sandbox_factory):
     return sandbox_factory(product="personal_care", scale=5)
