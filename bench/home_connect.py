@@ -4,8 +4,11 @@
 
 Starts ``wellsky-sandbox serve --product personal_care`` in its own process, then:
 1. a full ``tap-wellsky`` sync (subprocess, records to /dev/null) at ``max_requests_per_second`` = rate;
-2. the same sync again with the state of the first (nothing changed: the trailing-window re-read only);
-3. per stream, the channel in-process with its own request counter, for the requests-per-record table.
+2. the same sync again with the state of the first (nothing changed: known clients over the re-read horizon);
+3. the same again with ``home_connect_reconcile_days: 0`` (the weekly reconcile: every client in full);
+4. per stream, the channel in-process with its own request counter, for the requests-per-record table.
+Requests per run are the tenant's own meter (``/_sandbox/stats``, every request including the token); the
+per-stream lines are the tap's run-end reports (docs/home-connect-incremental.md).
 Prints figures; asserts nothing (speed targets live here, not in unit tests).
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -55,8 +59,32 @@ def tap_run(config: dict, tmp: Path, state: dict | None = None) -> tuple[float, 
             counts[message["stream"]] += 1
         elif message["type"] == "STATE":
             last_state = message["value"]
-    summary = proc.stderr[proc.stderr.find("tap-wellsky sync summary"):]
+    reports = [line[line.find(m.group(0)):] for line in proc.stderr.splitlines()
+               if (m := re.search(r"(appointments|encounters): (re-read|reconcile)", line))]
+    summary = "\n".join(reports) + "\n" + proc.stderr[proc.stderr.find("tap-wellsky sync summary"):]
     return wall, counts, last_state, summary
+
+
+def tenant_meter(base_url: str) -> dict:
+    """The tenant's soft-limit meter: requests answered so far, seconds over the vendor's limit, peak rate."""
+    import httpx
+
+    return dict(httpx.get(base_url + "/_sandbox/stats", timeout=30).json()["homeconnect"])
+
+
+def measured(config: dict, tmp: Path, state: dict | None, label: str) -> dict | None:
+    """One tap run: its records, wall time, tenant requests and the channel's per-stream run-end reports."""
+    before = tenant_meter(config["base_url"])
+    wall, counts, new_state, summary = tap_run(config, tmp, state)
+    after = tenant_meter(config["base_url"])
+    requests = int(after["requests"]) - int(before["requests"])
+    print(f"\n{label}: {sum(counts.values())} records, {requests} requests, {wall:.1f} s wall "
+          f"(tenant: {int(after.get('overruns', 0)) - int(before.get('overruns', 0))} seconds over its limit, "
+          f"peak {after.get('peak_per_second')}/s so far)")
+    for line in summary.splitlines():
+        if line.strip():
+            print("  " + line.strip())
+    return new_state
 
 
 def per_stream(config: dict) -> list[tuple[str, int, int, float]]:
@@ -94,13 +122,9 @@ def main() -> int:
             print(f"Home Connect sandbox, scale {args.scale} ({info['counts']['patients']} patients), "
                   f"{args.rate:g} req/s, defaults: 12 months of history + 2 ahead, fan-out per client, task logs on",
                   flush=True)
-            wall, counts, state, summary = tap_run(config, tmp)
-            total = sum(counts.values())
-            print(f"\nfull sync: {total} records in {wall:.1f} s wall")
-            print(summary.strip())
-            wall2, counts2, _, summary2 = tap_run(config, tmp, state)
-            print(f"\nincremental sync, nothing changed: {sum(counts2.values())} records in {wall2:.1f} s wall")
-            print(summary2.strip())
+            state = measured(config, tmp, None, "full sync")
+            measured(config, tmp, state, "incremental sync, nothing changed (reconcile not due)")
+            measured({**config, "home_connect_reconcile_days": 0}, tmp, state, "incremental sync with the reconcile")
             if not args.skip_per_stream:
                 print(f"\n{'stream':<16}{'records':>9}{'requests':>10}{'req/rec':>9}{'seconds':>9}")
                 all_records = all_requests = 0

@@ -109,19 +109,21 @@ class Writer:
     def record(self, number: int, stream: str, data: dict[str, Any]) -> None:
         if stream not in self.streams:
             raise SingerInputError(f"input line {number}: stream {stream!r} is not in the configured catalog")
+        refusal = self.run.refusal(stream)
+        if refusal is not None:  # every record is dead-lettered and audited; the reason is said once
+            if stream not in self.skipped:
+                self.skipped.add(stream)
+                log.error(refusal)
+            self.run.refuse_record(stream, number, data, refusal)
+            return
         if stream in self.skipped:
             return
-        refusal = self.run.refusal(stream)
-        if refusal is not None or stream not in self.run.writable:
+        if stream not in self.run.writable:
             self.skipped.add(stream)
-            if refusal is not None:
-                log.error(refusal)
-                self.run.refused_streams[stream] += 1
-            else:
-                log.warning(
-                    "stream %r cannot be written to WellSky (only %s); skipped", stream, ", ".join(self.run.writable)
-                )
-                self.run.ignored[stream] += 1
+            log.warning(
+                "stream %r cannot be written to WellSky (only %s); skipped", stream, ", ".join(self.run.writable)
+            )
+            self.run.ignored[stream] += 1
             return
         self.pending[stream].append((number, data))
         if len(self.pending[stream]) >= BATCH_SIZE:

@@ -25,6 +25,9 @@ class _QuietSink(BatchSink):
         super().__init__(target, *args, **kwargs)
         self.wellsky_target = target
 
+    def _singer_validate_message(self, record: dict) -> None:
+        """A missing key property is refused per record in :meth:`process_record` (one line), not a traceback."""
+
     def process_record(self, record: dict, context: dict) -> None:
         context.setdefault("records", []).append((self.wellsky_target.line_number, record))
 
@@ -34,8 +37,10 @@ class WellSkySink(_QuietSink):
 
     MAX_SIZE_DEFAULT = 10_000  # large batches: one natural-key scan serves many records (see RecordWriter.prime)
 
-    def _singer_validate_message(self, record: dict) -> None:
-        """New records legitimately lack a WellSky id; the core matches them on their natural key instead."""
+    def process_record(self, record: dict, context: dict) -> None:
+        line = self.wellsky_target.line_number
+        if not self.wellsky_target.run.missing_key(self.stream_name, line, record, list(self.key_properties or [])):
+            context.setdefault("records", []).append((line, record))
 
     def process_batch(self, context: dict) -> None:
         self.wellsky_target.run.write_batch(self.stream_name, context.get("records", []))
@@ -52,4 +57,7 @@ class RefusedStreamSink(_QuietSink):
     """A stream this tenant refuses as a whole (said once, up front): counted as refused, nothing sent."""
 
     def process_batch(self, context: dict) -> None:
-        self.wellsky_target.run.refused_streams[self.stream_name] += len(context.get("records", []))
+        run = self.wellsky_target.run
+        reason = run.refusal(self.stream_name) or f"{self.stream_name} is refused by this tenant"
+        for line, record in context.get("records", []):
+            run.refuse_record(self.stream_name, line, record, reason)

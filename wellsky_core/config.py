@@ -343,8 +343,15 @@ class WellSkyConfig(BaseModel):
     )
     home_connect_trailing_months: int = Field(
         default=2, ge=0, le=36,
-        description="Home Connect: later syncs re-read shifts and care logs this many months back and emit "
-        "only records whose content changed (the API has no change filter for them).",
+        description="Home Connect: the re-read horizon. Later syncs re-read known clients' shifts and care logs "
+        "from the first day of the month this many months before the last sync (where agencies edit: late "
+        "clock-outs, addenda, back-dated cancellations, billing corrections) and emit only what changed; clients "
+        "new to the sync are read in full. See docs/home-connect-incremental.md.",
+    )
+    home_connect_reconcile_days: int = Field(
+        default=7, ge=0, le=31,
+        description="Home Connect: every this many days one sync re-reads every client's whole schedule (history "
+        "and future), catching changes older than the re-read horizon and deletions. 0: every sync.",
     )
     home_connect_future_months: int = Field(
         default=2, ge=0, le=24, description="Home Connect: months of scheduled shifts read ahead of today."

@@ -171,7 +171,24 @@ class AppointmentResource(CanonicalModel):
     )
 
 
-class Appointment(Record):
+DELETED_AT = "_sdc_deleted_at"
+"""The Singer convention for a deleted record (singer-sdk targets and target-postgres soft- or hard-delete on it)."""
+
+
+class Deletable(Record):
+    """A stream a channel can report deletions on: a deleted record arrives with its key, its client and
+    ``_sdc_deleted_at`` set (every other field null). See docs/deletions.md for which channels can know."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    sdc_deleted_at: UtcDatetime | None = Field(
+        default=None,
+        alias=DELETED_AT,
+        description="When the connector found the record deleted in WellSky (null: the record exists)",
+    )
+
+
+class Appointment(Deletable):
     """A scheduled visit (home health), hospice visit, or shift (personal care)."""
 
     expected = ("patient_id", "start", "end", "status", "discipline", "service_code")
@@ -248,7 +265,7 @@ class TaskLog(CanonicalModel):
     recorded: UtcDatetime | None = None
 
 
-class Encounter(Record):
+class Encounter(Deletable):
     """A documented visit: what was done, found and billed."""
 
     expected = ("patient_id", "start", "discipline", "status", "finalized")
@@ -530,6 +547,7 @@ class WebhookEvent(CanonicalModel):
 
 READ_ONLY_FIELDS = frozenset(
     {"data_quality", "status_code", "series_id", "tasks", "pay_rates", "bill_rates", "task_logs"}
+    | {"sdc_deleted_at", DELETED_AT}
     | {f for model in (Patient, Appointment, Encounter, CarePlan, Authorization) for f in model.read_only}
 )
 """Fields a reader reports but a writer never sends (provenance, data-quality flags, nested read detail)."""

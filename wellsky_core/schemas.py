@@ -160,7 +160,33 @@ def generated_files() -> dict[Path, str]:
     files = {SCHEMA_DIR / f"{stream}.json": render(stream) for stream in STREAM_MODELS}
     for stream in WRITABLE:
         files[WRITE_DIR / f"{stream}.json"] = json.dumps(write_schema(stream), indent=2) + "\n"
+    for stream, schema in product_write_schemas().items():
+        files[WRITE_DIR / f"{stream}.json"] = json.dumps(schema, indent=2) + "\n"
     return files
+
+
+def product_write_schemas() -> dict[str, dict[str, Any]]:
+    """Write contracts of streams only one product writes (Home Connect's ``evv_clock``), from its dialect."""
+    import importlib
+
+    from .products import DIALECTS
+
+    out: dict[str, dict[str, Any]] = {}
+    for dialect in DIALECTS.values():
+        for stream, path in dialect.write_streams:
+            module, _, name = path.partition(":")
+            model = getattr(importlib.import_module(module), name)
+            raw = model.model_json_schema(mode="validation")
+            schema = _inline(raw, raw.get("$defs", {}))
+            schema.pop("title", None)
+            description = schema.pop("description", "") or stream
+            out[stream] = {
+                "$schema": "http://json-schema.org/draft-07/schema#",
+                "description": f"What target-wellsky accepts on the {stream} stream ({dialect.product}): "
+                f"{description}",
+                **schema,
+            }
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     if args.check:
-        print(f"schemas/ matches the models ({len(STREAM_MODELS)} streams, write contract of {len(WRITABLE)})")
+        print(f"schemas/ matches the models ({len(STREAM_MODELS)} streams, write contract of "
+              f"{len(WRITABLE) + len(product_write_schemas())})")
     return 0
 
 

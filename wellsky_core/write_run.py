@@ -227,6 +227,34 @@ class WriteRun:
             self.logger.warning("input line %d: %s record refused: %s", line, stream, result.reason)
         return None
 
+    def refuse_record(self, stream: str, line: int, record: Any, reason: str) -> None:
+        """One record of a stream this tenant refuses as a whole: counted, audited as ``refused`` and
+        dead-lettered with the reason (the stream's one line was already said), never sent, never fatal."""
+        self.refused_streams[stream] += 1
+        rid = record.get("id") if isinstance(record, dict) else None
+        self.audit.record(
+            stream=stream, action="refused", wellsky_id=str(rid) if rid not in (None, "") else None,
+            idempotency_key=None, key_hash=None, code="stream_refused", line=line,
+        )
+        self.dead_letter.write(
+            stage="write", stream=stream, reason=reason, payload=record,
+            context={"input_line": line, "code": "stream_refused"},
+        )
+
+    def missing_key(self, stream: str, line: int, record: dict[str, Any], key_properties: list[str]) -> bool:
+        """A record lacking a field its stream's ``key_properties`` names is refused in one line (rejected,
+        dead-lettered), never a traceback. ``id`` is exempt: new records have none and are matched on their
+        natural key. True when the record was refused."""
+        missing = [k for k in key_properties if k != "id" and record.get(k) in (None, "")]
+        if not missing:
+            return False
+        reason = (
+            f"key property {', '.join(missing)} is missing or empty; the stream's SCHEMA names it in "
+            "key_properties: send it, or drop it from key_properties"
+        )
+        self.account(stream, line, record, WriteResult(stream, "rejected", reason=reason, code="missing_key"))
+        return True
+
     def refuse_input(self, line: int, reason: str, raw: str) -> None:
         """An input line past the bounds: dead-lettered exactly as received (never parsed further), or fatal."""
         if self.dead_letter.path is None:

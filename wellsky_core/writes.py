@@ -26,7 +26,7 @@ from .connection import Connection
 from .errors import AuthorizationRefused, RemoteError, WriteAborted, WriteRefused, server_code
 from .http.policy import server_failed
 from .idempotency import idempotency_key
-from .models import ENTITIES, READ_ONLY_FIELDS, WRITABLE, UtcDatetime, strict_variant
+from .models import DELETED_AT, ENTITIES, READ_ONLY_FIELDS, WRITABLE, UtcDatetime, strict_variant
 from .normalize.native import to_canonical, to_native
 from .products import dialect
 from .scheduling import AuthorizationUnitLedger, Reservation, current_charge
@@ -75,6 +75,12 @@ WRITE_MODELS = {entity: _write_model(entity) for entity in WRITABLE}
 
 def validate_for_write(entity: str, record: dict[str, Any]) -> dict[str, Any]:
     """Validate a record as sent by a tap; the error names the field and the rule, never the value."""
+    if record.get(DELETED_AT):
+        raise WriteRefused(
+            "deletion_not_written",
+            f"{DELETED_AT}: the record is a deletion, and target-wellsky never deletes in WellSky; filter deleted "
+            "records out upstream (a shift is cancelled with status 'cancelled')",
+        )
     try:
         model = WRITE_MODELS[entity].model_validate(record)
     except ValidationError as exc:

@@ -255,6 +255,11 @@ class Store:
                 ),
             )
 
+    def delete(self, entity: str, rec_id: str) -> None:
+        """Remove a logical record (a care log deleted as entered in error); truth no longer has it."""
+        with self.lock:
+            self.db.execute("DELETE FROM records WHERE entity = ? AND id = ?", (entity, rec_id))
+
     def put_many(self, items: Iterable[tuple[str, dict[str, Any]]]) -> None:
         with self.lock:
             self.db.execute("BEGIN")

@@ -327,13 +327,14 @@ class Tenant:
         counters = dict(self.store.meta_json("id_counters"))
         changed: dict[tuple[str, str], dict[str, Any]] = {}
         originals: dict[tuple[str, str], dict[str, Any]] = {}
+        deleted: set[tuple[str, str]] = set()
         kinds: Counter[str] = Counter()
         gen = Generator(self.product, seed=rng.randrange(1 << 30))
         gen.ids = IdMinter(self.product, self.config.seed, counters)
         weights = [max(1, counters.get(e, 0)) for e in ENTITIES]
         now = self.store.now()
         attempts = 0
-        while len(changed) < n and attempts < n * 20:
+        while len(changed) + len(deleted) < n and attempts < n * 20:
             attempts += 1
             roll = rng.random()
             if roll < 0.2:  # new rows: a new patient with a few records, or a new appointment
@@ -348,6 +349,12 @@ class Tenant:
                     changed[(entity, rec["id"])] = rec
                     kinds["created"] += 1
                 continue
+            if self.product == "personal_care" and roll < 0.34:  # kinds the Home Connect emulation also makes
+                kind = self._late_entry(gen, rng, counters, now, changed) if roll < 0.3 else self._delete_care_log(
+                    rng, counters, changed, deleted)
+                if kind:
+                    kinds[kind] += 1
+                continue
             entity = rng.choices(ENTITIES, weights)[0]
             rec = self._random(entity, rng, counters)
             if rec is None:
@@ -361,6 +368,8 @@ class Tenant:
         with self.store.transaction():
             for (entity, _), rec in changed.items():
                 self.store.put(entity, rec)
+            for entity, rec_id in deleted:
+                self.store.delete(entity, rec_id)
             self.store.set_meta_json("id_counters", gen.ids.counters)
         self.store.tick()
         for (entity, _), rec in changed.items():
@@ -375,7 +384,46 @@ class Tenant:
         for hook in list(self.advance_hooks):
             hook(batch)
         by_entity = Counter(e for e, _ in changed)
-        return {"changed": len(changed), "updated_at": now, "by_entity": dict(by_entity), "by_kind": dict(kinds)}
+        return {
+            "changed": len(changed), "updated_at": now, "by_entity": dict(by_entity), "by_kind": dict(kinds),
+            "deleted": sorted(f"{e}/{i}" for e, i in deleted),
+        }
+
+    def _late_entry(
+        self, gen: Generator, rng: random.Random, counters: dict[str, int], now: str,
+        changed: dict[tuple[str, str], dict[str, Any]],
+    ) -> str | None:
+        """A visit entered after the fact for an existing client: a completed shift dated up to three weeks
+        back, usually with its care log (a forgotten clock-in the office keys in later)."""
+        patient = self._random("patients", rng, counters)
+        if patient is None:
+            return None
+        if not gen.practitioners:
+            gen.practitioners = [p for p in (self._random("practitioners", rng, counters) for _ in range(5)) if p]
+        payer = (patient.get("coverage") or [{}])[0].get("payer_id")
+        appt = gen.appointment(patient["id"], payer, parse_iso(now))
+        start = (parse_iso(now) - timedelta(days=rng.randint(1, 21))).replace(
+            hour=rng.randint(13, 20), minute=0, second=0)
+        length = parse_iso(appt["end"]) - parse_iso(appt["start"])
+        appt.update(start=start.strftime("%Y-%m-%dT%H:%M:%SZ"), end=(start + length).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    status="completed", updated_at=now)
+        changed[("appointments", appt["id"])] = appt
+        if rng.random() < 0.7:
+            enc = gen.encounter(appt)
+            enc["updated_at"] = now
+            changed[("encounters", enc["id"])] = enc
+        return "late_entry"
+
+    def _delete_care_log(
+        self, rng: random.Random, counters: dict[str, int], changed: dict[tuple[str, str], dict[str, Any]],
+        deleted: set[tuple[str, str]],
+    ) -> str | None:
+        """A care log deleted as entered in error (Home Connect documents ``DELETE /v1/encounter/{id}/``)."""
+        rec = self._random("encounters", rng, counters)
+        if rec is None or ("encounters", rec["id"]) in changed:
+            return None
+        deleted.add(("encounters", rec["id"]))
+        return "deleted"
 
     def _random(self, entity: str, rng: random.Random, counters: dict[str, int]) -> dict[str, Any] | None:
         top = counters.get(entity, 0)

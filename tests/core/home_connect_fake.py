@@ -114,6 +114,7 @@ class FakeHomeConnect:
         self.next_id = 9000
         self.clock_ins: dict[str, dict[str, Any]] = {}
         self.calls = Counter()
+        self.headers: list[dict[str, str]] = []
 
     # -- helpers ---------------------------------------------------------------------------------------
     def transport(self) -> httpx.MockTransport:
@@ -129,6 +130,7 @@ class FakeHomeConnect:
     # -- the handler -------------------------------------------------------------------------------------
     def handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
+        self.headers.append(dict(request.headers))
         query = parse_qs(request.url.query.decode())
         body: Any = None
         if request.content:

@@ -226,7 +226,7 @@ def test_change_memo_emits_only_changed_shifts_on_the_next_run(fake):
     channel.load_memo("appointments", None)
     assert len(list(channel.iter_records("appointments", None))) == 4
     memo = channel.dump_memo("appointments")
-    assert len(memo) == 4
+    assert len(memo["records"]) == 4
     fake.data["appointment"][2]["caregiver"] = {"id": 79}  # a reassignment
     again = channel_for(fake, home_connect_history_months=2, home_connect_future_months=1)
     again.load_memo("appointments", memo)

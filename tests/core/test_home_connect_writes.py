@@ -156,3 +156,31 @@ def test_ids_from_the_input_are_validated_before_they_reach_a_path(fake):
     result = writer.write("patients", {**NEW, "id": "../subscriptions"})
     assert result.action == "rejected" and result.code == "validation_error" and "id" in result.reason
     assert not [c for c in fake.log if "subscriptions" in c[1]], "nothing was sent to another path"
+
+
+def test_home_connect_writes_carry_their_idempotency_key_for_the_audit(fake):
+    """Home Connect honours no Idempotency-Key header, but the audit still names each intended write: the same
+    record sent again has the same key, another record (or another change) another key; none is sent."""
+    writer = writer_for(fake)
+    first, again = writer.write("patients", NEW), writer.write("patients", NEW)
+    other = writer.write("patients", {**NEW, "phone": "(303) 555-0199"})
+    assert first.idempotency_key and first.idempotency_key.startswith("wsk1-")
+    assert again.idempotency_key == first.idempotency_key != other.idempotency_key
+    event = {"appointment_id": "500", "clock_in": "2026-08-17T14:03:00Z"}
+    clock = writer.write("evv_clock", event)
+    assert clock.idempotency_key and clock.idempotency_key == writer.write("evv_clock", event).idempotency_key
+    refused = writer.write("evv_clock", {"appointment_id": "500", "clock_in": "not a time"})
+    assert refused.action == "rejected" and refused.idempotency_key
+    assert not any("idempotency-key" in {k.lower() for k in h} for h in fake.headers), "never sent"
+
+
+def test_a_deletion_record_is_refused_not_written(fake):
+    """A tap's `_sdc_deleted_at` record reaching the target is refused in one line: target-wellsky never deletes."""
+    from wellsky_core.errors import WriteRefused
+    from wellsky_core.writes import validate_for_write
+
+    with pytest.raises(WriteRefused, match="_sdc_deleted_at: the record is a deletion"):
+        validate_for_write("patients", {**NEW, "_sdc_deleted_at": "2026-08-22T12:00:00Z"})
+    result = writer_for(fake).write("patients", {**NEW, "_sdc_deleted_at": "2026-08-22T12:00:00Z"})
+    assert result.action == "rejected" and result.code == "deletion_not_written"
+    assert fake.calls["create"] == 0

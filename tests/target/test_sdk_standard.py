@@ -16,7 +16,7 @@ _SANDBOX = SandboxServer(scale="XS", sftp_port=None).start()
 atexit.register(_SANDBOX.cleanup)
 _DIR = tempfile.mkdtemp(prefix="target-std-")
 
-TestTargetWellSkyStandard = get_target_test_class(
+_Standard = get_target_test_class(
     target_class=TargetWellSky,
     config={
         "base_url": _SANDBOX.base_url,
@@ -25,5 +25,17 @@ TestTargetWellSkyStandard = get_target_test_class(
         "dead_letter_path": f"{_DIR}/dead.jsonl",
     },
 )
+
+
+
+class TestTargetWellSkyStandard(_Standard):  # type: ignore[misc,valid-type]
+    @pytest.mark.skip(
+        reason="deliberate: a record missing a key property is never raised (issue 23 item 5): on a writable "
+        "stream it is refused in one line and dead-lettered (tests/target/test_refusals.py), on a stream WellSky "
+        "cannot take (this SDK sample) it is counted and skipped like the stream's other records"
+    )
+    def test_target_record_missing_key_property(self) -> None:  # the SDK expects MissingKeyPropertiesError
+        """Replaced: see the skip reason."""
+
 
 pytestmark = pytest.mark.sdk_suite  # generic singer-sdk checks, counted apart from project tests

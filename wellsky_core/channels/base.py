@@ -92,10 +92,10 @@ class Channel(abc.ABC):
             return f"only WellSky Personal Care's Home Connect API (product personal_care) has {entity}"
         return None
 
-    def load_memo(self, entity: str, previous: dict[str, str] | None) -> None:  # noqa: B027 - optional hook
+    def load_memo(self, entity: str, previous: dict[str, Any] | None) -> None:  # noqa: B027 - optional hook
         """Hand the memo of the last run in (only for ``memo_streams``)."""
 
-    def dump_memo(self, entity: str) -> dict[str, str] | None:
+    def dump_memo(self, entity: str) -> dict[str, Any] | None:
         """The memo to keep for the next run, once ``iter_records`` is exhausted."""
         return None
 

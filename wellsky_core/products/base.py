@@ -71,6 +71,9 @@ class Dialect:
     one (home health and hospice: the shared Kinnser portal)."""
     writer: str | None = None
     """``module:Class`` of the write engine when it is not ``writes.RecordWriter``."""
+    write_streams: tuple[tuple[str, str], ...] = ()
+    """Streams only this product writes, as (stream, ``module:Model``): their write schema is published in
+    ``schemas/write/`` next to the canonical ones."""
     has_tenant_endpoint: bool = True
     """``GET /tenant`` exists (product detection and the connection check); False: the api channel's ``probe``."""
     default_base_url: str | None = None

@@ -86,6 +86,7 @@ class HomeConnect(PeopleRoutes, ScheduleRoutes, ContactRoutes, SubscriptionRoute
         add("GET", r"encounter/(?P<id>\d+)/", lambda r, p, b: self.get_encounter(p["id"]))
         add("POST", r"encounter/", lambda r, p, b: self.create_encounter(b))
         add("PUT", r"encounter/(?P<id>\d+)/", lambda r, p, b: self.update_encounter(p["id"], b))
+        add("DELETE", r"encounter/(?P<id>\d+)/", lambda r, p, b: self.delete_encounter(p["id"]))
         add(
             "PUT",
             r"encounter/(?P<id>\d+)/task/(?P<tid>\d+)/",
@@ -283,12 +284,23 @@ class HomeConnect(PeopleRoutes, ScheduleRoutes, ContactRoutes, SubscriptionRoute
     def _on_advance(self, batch: list[tuple[str, dict[str, Any] | None, dict[str, Any]]]) -> None:
         """A simulated day of changes notifies subscribers with the criteria each change matches."""
         for entity, old, new in batch:
+            if entity == "encounters" and old is not None and new.get("note_summary") != old.get("note_summary"):
+                self._addendum(new)
             if entity not in ("patients", "practitioners"):
                 continue  # care logs reach subscribers through tenant.listeners (encounter.updated)
             if old is None:
                 self.hub.fire("patient.created" if entity == "patients" else "practitioner.created", new["id"])
             else:
                 self._fire_changes(entity, old, new)
+
+    def _addendum(self, enc: dict[str, Any]) -> None:
+        """A late addendum to a care log shows on Home Connect as one more shift note (task log) on it."""
+        log_id = self.extras.next_id("tasklog")
+        body = {
+            "id": log_id, "title": "Addendum", "description": enc.get("note_summary"), "status": "COMPLETE",
+            "comment": None, "recorded": enc["updated_at"].replace("Z", "+00:00"),
+        }
+        self.extras.put("tasklog", str(log_id), enc["id"], body)
 
     def _on_change(self, event: str, entity: str, rec: dict[str, Any]) -> None:
         """Changes made outside /v1 (FHIR writes, /_sandbox/advance) still reach subscribers."""

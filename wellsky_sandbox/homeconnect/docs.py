@@ -255,8 +255,8 @@ def render_section() -> str:
         "| `POST /v1/practitioners/_search/`, `GET /v1/practitioners/`, `…/{id}/`, `POST` | as patients, plus "
         "`is_hired`, `tags` |",
         "| `POST /v1/appointment/_search/`, `GET /v1/appointment/?…`, `GET /v1/appointment/{id}/` | shifts |",
-        "| `POST /v1/encounter/_search/`, `GET/PUT /v1/encounter/{id}/`, `POST /v1/encounter/` | care logs (PUT "
-        "takes the create body's fields, each optional) |",
+        "| `POST /v1/encounter/_search/`, `GET/PUT/DELETE /v1/encounter/{id}/`, `POST /v1/encounter/` | care logs "
+        "(PUT takes the create body's fields, each optional; DELETE removes one entered in error) |",
         "| `PUT /v1/encounter/{id}/task/{taskId}/` | a shift task's status (NOT_COMPLETE needs `comment`; fact "
         "sheet §4, REF M) |",
         "| `POST /v1/profileTags/`, `GET/PUT /v1/profileTags/{id}/` | caregiver profile tags; `GET` on the "
@@ -274,8 +274,11 @@ def render_section() -> str:
         "",
         "Sandbox machinery on this product: `/_sandbox/truth/{entity}` stays canonical (no `_…` keys, one record per",
         "shift occurrence); `/_sandbox/advance` changes are visible through `updated=` and notify the matching",
-        "subscriptions (patient/practitioner created, name/address/telecom/deactivated, prospect/applicant status;",
-        "care logs closed → `encounter.clockout.changed`); every `/v1/` write is in `/_sandbox/audit`;",
+        "subscriptions; on this product it also enters late visits (completed shifts up to 3 weeks back, most",
+        "with a care log), deletes care logs entered in error (listed under `deleted` in its answer), besides",
+        "new clients with up to two years of history, cancellations and addenda in any month. Notified:",
+        "patient/practitioner created, name/address/telecom/deactivated, prospect/applicant status;",
+        "care logs closed → `encounter.clockout.changed`. Every `/v1/` write is in `/_sandbox/audit`;",
         "`/_sandbox/stats` adds `homeconnect: {requests, overruns, peak_per_second, limit_per_second, deliveries}`",
         "(the tenant's soft-limit meter, the same as `rate`: every request but the control API, the token too);",
         "faults (`/_sandbox/faults`) hit `/v1/` (not the token endpoint); `malformed` also truncates `_search`.",

@@ -204,6 +204,14 @@ class ScheduleRoutes(RoutesBase):
             self.tenant.notify("encounter.updated", "encounters", rec)
         return HcResponse({"resourceType": "Encounter", "id": enc_id})
 
+    def delete_encounter(self, enc_id: str) -> Response:
+        """``DELETE /v1/encounter/{id}/`` (fact sheet §2): a care log entered in error is gone, not cancelled."""
+        if self.store.get("encounters", enc_id) is None:
+            raise Invalid(404, f"Encounter {enc_id} not found.")
+        with self.store.transaction():
+            self.store.delete("encounters", enc_id)
+        return HcResponse({"success": True})
+
     def _flat_encounter(self, body: Any, *, creating: bool) -> tuple[Any, ...]:
         """Validate a flat care-log body: (patient, caregiver, appointment, start, end, status, rates)."""
         if not isinstance(body, dict):

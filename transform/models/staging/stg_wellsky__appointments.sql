@@ -1,9 +1,11 @@
 -- Scheduled visits (home health, hospice) and shifts (personal care).
+-- Rows the tap reported deleted (`_sdc_deleted_at`, e.g. a Home Connect reconcile) are dropped here, so no
+-- mart counts them; a loader that hard-deletes never keeps them (docs/deletions.md).
 with raw as (
     {{ wellsky_stream('appointments', {
         'id': 'varchar', 'external_id': 'varchar', 'patient_id': 'varchar', 'practitioner_id': 'varchar',
         'payer_id': 'varchar', 'start': 'timestamp', 'end': 'timestamp', 'status': 'varchar',
-        'discipline': 'varchar', 'service_code': 'varchar', 'updated_at': 'timestamp'}) }}
+        'discipline': 'varchar', 'service_code': 'varchar', 'updated_at': 'timestamp', '_sdc_deleted_at': 'timestamp'}) }}
 )
 select
     id as appointment_id,
@@ -20,3 +22,4 @@ select
     service_code,
     updated_at
 from raw
+where {{ adapter.quote('_sdc_deleted_at') }} is null

@@ -12,31 +12,36 @@ Facts from ``docs/facts/wellsky-home-connect.md`` (section numbers in comments) 
 - shifts can only be read per client and month (§2, §7.6), care logs per client and date range: both are
   fanned out over the clients with bounded concurrency, every request under the client's shared token
   bucket (the vendor asks for at most 100 requests/s, §6);
-- neither carries a change time, so a sync re-reads a trailing window of months and emits only records
-  whose content hash differs from the last run's (:class:`ChangeMemo`, kept in the stream's state).
+- neither carries a change time, so a sync re-reads them and emits only records whose content hash differs
+  from the last run's; what is re-read is decided per person by the schedule memo kept in the stream state
+  (:mod:`.schedule_memo`): a client new to the sync is read in full (history and published future), known
+  clients over the re-read horizon (``home_connect_trailing_months`` back from the last run), and every
+  ``home_connect_reconcile_days`` one sync reads everything again (a reconcile), which also finds deletions.
+  A record gone from a re-read range is emitted with ``_sdc_deleted_at``. See docs/home-connect-incremental.md.
 
 Streams the API lacks are reported with the reason (:data:`~wellsky_core.products.personal_care.dialect.UNAVAILABLE`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
-
-import orjson
 
 from ...channels.base import Channel
 from ...errors import NormalizationError, RemoteError
 from ...http.paging import PageNumberPaginator
+from ...webhooks import EventStore
 from .dialect import API_ROOT, MAX_COUNT, UNAVAILABLE
 from .normalize import tags, task_logs, to_canonical
+from .schedule_memo import ScheduleMemo
 
 if TYPE_CHECKING:
     from ...http.client import WellSkyClient
@@ -58,8 +63,8 @@ SERVER_INCREMENTAL = frozenset({"patients", "practitioners", "related_persons"})
 """Streams whose ``updated`` filter the server honours (§2); the others use the change memo."""
 UPDATED_OVERLAP = timedelta(minutes=5)
 """Re-read this much before the bookmark: the bookmark is our clock, the filter runs on the server's."""
-MEMO_LIMIT = 500_000
-"""Most content hashes kept per stream (about 20 MB of state would be far past any agency's trailing window)."""
+FANNED_OUT = frozenset({"appointments", "encounters"})
+"""Streams read per client (or caregiver) and date range, with the schedule memo (:mod:`.schedule_memo`)."""
 
 
 def search_path(resource: str, *, locations_slash: bool = False) -> str:
@@ -128,36 +133,73 @@ def month_start(day: date, back: int) -> date:
     return date(index // 12, index % 12 + 1, 1)
 
 
-def content_hash(record: dict[str, Any]) -> str:
-    """What a record says, minus when we saw it: the change memo compares these between runs."""
-    body = {k: v for k, v in record.items() if k != "updated_at"}
-    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:20]
+@dataclass
+class ReadPlan:
+    """One run's re-read of a fanned-out stream, and what it did (reported at the end of the stream)."""
+
+    now: datetime
+    floor: date
+    """First date of the synced history (``start_date``, else ``home_connect_history_months`` back)."""
+    last: date
+    """Last date of the published future (``home_connect_future_months`` ahead)."""
+    horizon: date
+    """First date re-read for known persons; a change to an older record waits for the reconcile."""
+    reconcile: bool
+    reconciled_at: datetime | None
+    every: timedelta
+    people: set[str] = field(default_factory=set)
+    noun: str = "clients"
+    new: int = 0
+    deleted: int = 0
+    notified: int = 0
+    """Clients re-read in full because a subscription event named one of their care logs."""
+    event_seq: int | None = None
+
+    @property
+    def unseen_before(self) -> date | None:
+        """Records dated before this may hold changes this run could not see (None after a reconcile)."""
+        return None if self.reconcile or self.horizon <= self.floor else self.horizon
+
+    def report(self, entity: str, requests: int) -> str:
+        """The run-end line: what was re-read, deletions, and from when a change could still be unseen."""
+        span = f"{self.floor} to {self.last}"
+        due = (self.reconciled_at + self.every).strftime("%Y-%m-%dT%H:%MZ") if self.reconciled_at else "now"
+        if self.reconcile:
+            read = f"reconcile: re-read all {len(self.people)} {self.noun} in full ({span})"
+            unseen = f"no change in the synced history is unseen; next reconcile due {due}"
+        else:
+            read = (
+                f"re-read {len(self.people) - self.new} known {self.noun} from {self.horizon} to {self.last} and "
+                f"{self.new} new {self.noun} in full from {self.floor}"
+                + (f" ({self.notified} named by subscription events, also in full)" if self.notified else "")
+            )
+            unseen = (
+                f"changes to records dated before {self.unseen_before} may be unseen until the reconcile due {due}"
+                if self.unseen_before else f"no change in the synced history is unseen; next reconcile due {due}"
+            )
+        return f"{entity}: {read}; {self.deleted} deleted; {unseen}; {requests} requests"
 
 
-class ChangeMemo:
-    """Content hashes of the records seen in the last run's window, so only changed records are emitted.
+def tombstone(entity: str, key: str, client_id: str | None, observed: datetime) -> dict[str, Any]:
+    """A record the server no longer has, in the Singer convention targets understand (``_sdc_deleted_at``)."""
+    stamp = observed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    record: dict[str, Any] = {"id": key, "patient_id": client_id, "data_quality": [], "updated_at": stamp}
+    if entity == "appointments" and "@" in key:
+        record["series_id"] = key.split("@", 1)[0]
+    record["_sdc_deleted_at"] = stamp
+    return record
 
-    The stream hands the previous memo in (``load``) and stores ``dump()`` in its state after the stream ends.
-    The new memo holds only what this run saw, so it is bounded by the window, never by history.
-    """
 
-    def __init__(self, previous: dict[str, str] | None = None) -> None:
-        self.previous = dict(previous or {})
-        self.current: dict[str, str] = {}
+def _day(value: Any) -> date | None:
+    try:
+        return date.fromisoformat(str(value)[:10]) if value else None
+    except ValueError:
+        return None
 
-    def changed(self, key: str, record: dict[str, Any]) -> bool:
-        digest = content_hash(record)
-        if key in self.current:  # seen twice in one run (a shift in two month windows): emit once
-            self.current[key] = digest
-            return False
-        self.current[key] = digest
-        return self.previous.get(key) != digest
 
-    def dump(self) -> dict[str, str]:
-        if len(self.current) > MEMO_LIMIT:
-            log.warning("change memo above %d records; keeping the newest keys only", MEMO_LIMIT)
-            return dict(list(self.current.items())[-MEMO_LIMIT:])
-        return dict(self.current)
+def _ref_id_of(subject: Any) -> str | None:
+    ref = subject.get("reference") if isinstance(subject, dict) else None
+    return ref.split("/", 1)[1] if isinstance(ref, str) and ref.startswith("Patient/") and "/" in ref else None
 
 
 def bounded_map(fn: Callable[[T], Any], items: Iterable[T], workers: int) -> Iterator[Any]:
@@ -188,11 +230,13 @@ class HomeConnectChannel(Channel):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.first_page = self.config.home_connect_first_page
-        self.memos: dict[str, ChangeMemo] = {}
+        self.memos: dict[str, ScheduleMemo] = {}
+        self.reports: dict[str, str] = {}
         self.quality: dict[str, Counter[str]] = {}
         self.requests_by_stream: Counter[str] = Counter()
         self._clock: Callable[[], datetime] = lambda: datetime.now(UTC)
         self._people: dict[str, list[str]] = {}
+        self._plans: dict[str, ReadPlan] = {}
 
     @staticmethod
     def probe(client: WellSkyClient) -> None:
@@ -210,13 +254,30 @@ class HomeConnectChannel(Channel):
     def unavailable_reason(self, entity: str) -> str | None:
         return UNAVAILABLE.get(entity) if entity not in RESOURCES else None
 
-    def load_memo(self, entity: str, previous: dict[str, str] | None) -> None:
-        """The content hashes the stream's state kept from the last run (appointments, encounters, locations)."""
-        self.memos[entity] = ChangeMemo(previous)
+    def load_memo(self, entity: str, previous: dict[str, Any] | None) -> None:
+        """The memo the stream's state kept from the last run (appointments, encounters, locations); a plain
+        ``{key: hash}`` dict of older versions is read too."""
+        self.memos[entity] = ScheduleMemo(previous, self._scope(entity))
 
-    def dump_memo(self, entity: str) -> dict[str, str] | None:
+    def dump_memo(self, entity: str) -> dict[str, Any] | None:
         memo = self.memos.get(entity)
-        return memo.dump() if memo is not None else None
+        plan = self._plans.get(entity)
+        if memo is None:
+            return None
+        if plan is None:  # locations: read whole every run
+            return memo.dump(people=set(), floor=date.max, read_at=self._clock(), reconciled_at=None)
+        return memo.dump(people=plan.people, floor=plan.floor, read_at=plan.now, reconciled_at=plan.reconciled_at,
+                         event_seq=plan.event_seq)
+
+    def _scope(self, entity: str) -> str:
+        """What a memo's persons and dates mean: another fan-out or history start begins a new memo."""
+        if entity not in FANNED_OUT:
+            return entity
+        by = "caregiver" if entity == "appointments" and self.config.home_connect_shift_fanout == "caregiver" else (
+            "client" if not self.config.home_connect_fanout_prospects else "client+prospect")
+        start = self.config.start_date
+        since = start.astimezone(UTC).date().isoformat() if start else f"{self.config.home_connect_history_months}m"
+        return f"{entity}:{by}:{since}"
 
     # -- paging ------------------------------------------------------------------------------------------
     def search(self, resource: str, body: dict[str, Any], *, stream: str = "") -> Iterator[dict[str, Any]]:
@@ -252,11 +313,17 @@ class HomeConnectChannel(Channel):
             records = self._fan_out(entity, self._shifts_of, since, observed)
         else:
             records = self._fan_out(entity, self._care_logs_of, since, observed)
-        if entity in self.memo_streams:
-            memo = self.memos.setdefault(entity, ChangeMemo())
-            records = (r for r in records if memo.changed(r["id"], r))
+        if entity == "locations":
+            memo = self.memos.setdefault(entity, ScheduleMemo(None, self._scope(entity)))
+            records = (r for r in records if memo.changed(r["id"], r, None, None))
         try:
             yield from records
+            plan = self._plans.get(entity)
+            if plan is not None:
+                self.reports[entity] = plan.report(entity, self.requests_by_stream[entity])
+                log.info("%s", self.reports[entity])
+            else:
+                log.info("%s: %d requests this run", entity, self.requests_by_stream[entity])
         finally:
             flagged = self.quality.get(entity)
             if flagged:
@@ -300,17 +367,23 @@ class HomeConnectChannel(Channel):
             ]
         return self._people["caregivers"]
 
-    def window(self, since: datetime | None) -> tuple[date, date]:
-        """The dates re-read this run: the trailing months (or from the bookmark/start_date when older) up to
-        the scheduled future."""
-        today = self._clock().date()
-        if since is None:
-            start_date = self.config.start_date
-            first = start_date.date() if start_date else month_start(today, self.config.home_connect_history_months)
-        else:
-            first = min(since.astimezone(UTC).date(), month_start(today, self.config.home_connect_trailing_months))
+    def plan(self, entity: str, memo: ScheduleMemo) -> ReadPlan:
+        """What this run re-reads of a fanned-out stream, from the last run's memo and the settings."""
+        now = self._clock()
+        today = now.date()
+        start_date = self.config.start_date
+        history = self.config.home_connect_history_months
+        floor = start_date.astimezone(UTC).date() if start_date else month_start(today, history)
         last = month_start(today, -self.config.home_connect_future_months - 1) - timedelta(days=1)
-        return first, last
+        # edits land within the horizon of when they are made: a run after a long pause reaches back further
+        anchor = min(today, memo.read_at.astimezone(UTC).date()) if memo.read_at else today
+        horizon = max(floor, month_start(anchor, self.config.home_connect_trailing_months))
+        every = timedelta(days=self.config.home_connect_reconcile_days)
+        due = memo.people is None or memo.reconciled_at is None or now - memo.reconciled_at >= every
+        return ReadPlan(
+            now=now, floor=floor, last=last, horizon=horizon, reconcile=due,
+            reconciled_at=now if due else memo.reconciled_at, every=every,
+        )
 
     def _fan_out(
         self,
@@ -319,12 +392,86 @@ class HomeConnectChannel(Channel):
         since: datetime | None,
         observed: datetime,
     ) -> Iterator[dict[str, Any]]:
-        first, last = self.window(since)
+        """Every person's schedule over its own range: in full for a person new to the sync (or on a
+        reconcile), over the re-read horizon otherwise; then what the re-read ranges no longer hold, as
+        deletions. ``since`` is not used: the memo, not the bookmark, says what was read when."""
+        memo = self.memos.get(entity) or self.memos.setdefault(entity, ScheduleMemo(None, self._scope(entity)))
+        plan = self._plans[entity] = self.plan(entity, memo)
         by_caregiver = entity == "appointments" and self.config.home_connect_shift_fanout == "caregiver"
         people = self.caregiver_ids() if by_caregiver else self.client_ids()
+        plan.people = set(people)
+        plan.noun = "caregivers" if by_caregiver else "clients"
+        known = memo.people or set()
+        notified = self._notified_clients(memo, plan) if not by_caregiver else set()
+
+        def read(pid: str) -> tuple[str, date, list[dict[str, Any]]]:
+            first = plan.floor if plan.reconcile or pid not in known or pid in notified else plan.horizon
+            return pid, first, per_client(pid, first, plan.last, observed)
+
         workers = max(1, self.config.home_connect_concurrency)
-        for batch in bounded_map(lambda pid: per_client(pid, first, last, observed), people, workers):
-            yield from batch
+        candidates: list[tuple[str, str]] = []
+        for pid, first, batch in bounded_map(read, people, workers):
+            if first == plan.floor and not plan.reconcile and pid not in notified:
+                plan.new += 1
+            for record in batch:
+                if memo.changed(record["id"], record, _day(record.get("start")), pid):
+                    yield record
+            candidates.extend((key, pid) for key in memo.gone(pid, first, plan.last))
+        if plan.reconcile:  # every person read in full: what no read found again is gone too
+            candidates.extend((key, memo.previous[key][2] or "") for key in memo.orphans(plan.people))
+        for key, pid in candidates:
+            if key in memo.current:  # found under another person (a shift handed to another caregiver)
+                continue
+            found = self._still_there(entity, key, observed) if entity == "encounters" else None
+            if found is not None:  # a care log whose date moved out of the range re-read: not deleted
+                if memo.changed(found["id"], found, _day(found.get("start")), found.get("patient_id") or pid):
+                    yield found
+                continue
+            memo.mark_deleted(key)
+            plan.deleted += 1
+            yield tombstone(entity, key, None if by_caregiver else pid or None, observed)
+
+    def _notified_clients(self, memo: ScheduleMemo, plan: ReadPlan) -> set[str]:
+        """Clients named by care-log events of the subscriptions (``encounter.clockout.changed``, received into
+        ``webhook_events_path``) since the last run: their whole schedule is re-read, whatever its age. They
+        only add to what is re-read; no documented criterion covers shift edits, cancellations or addenda,
+        so they never replace the horizon or the reconcile."""
+        path = self.config.webhook_events_path
+        if not path or not Path(path).is_file():
+            return set()
+        store = EventStore(path)
+        try:
+            clients: set[str] = set()
+            last = memo.event_seq
+            for event in store.iter_events(last or 0):
+                plan.event_seq = event["seq"]
+                record = event.get("record") if isinstance(event.get("record"), dict) else {}
+                if last is not None and event.get("entity") == "encounters" and record.get("patient_id"):
+                    clients.add(str(record["patient_id"]))
+            if plan.event_seq is None:
+                plan.event_seq = last
+        finally:
+            store.close()
+        plan.notified = len(clients)
+        return clients
+
+    def _still_there(self, entity: str, key: str, observed: datetime) -> dict[str, Any] | None:
+        """A care log a re-read no longer lists, read by id: None when the server no longer has it (404)."""
+        try:
+            resource = self.client.get_json(record_path("encounter", key))
+        except RemoteError as exc:
+            if exc.status in (404, 410):
+                return None
+            raise
+        finally:
+            self.requests_by_stream[entity] += 1
+        client_id = _ref_id_of(resource.get("subject") if isinstance(resource, dict) else None)
+        logs: list[dict[str, Any]] = []
+        if self.config.home_connect_task_logs:
+            logs = task_logs(self.client.get_json(f"{API_ROOT}/encounter/{key}/tasklog/"))
+            self.requests_by_stream[entity] += 1
+        out = list(self._normalized(entity, [resource], observed, client_id=client_id, task_logs=logs))
+        return out[0] if out else None
 
     def _shifts_of(self, person_id: str, first: date, last: date, observed: datetime) -> list[dict[str, Any]]:
         """One client's (or caregiver's) shifts, one ``monthNo`` search per month (§2: appointments need a client

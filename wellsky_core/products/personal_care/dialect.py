@@ -36,6 +36,7 @@ DIALECT = Dialect(
     unavailable=UNAVAILABLE,
     api_channel="wellsky_core.products.personal_care.channel:HomeConnectChannel",
     writer="wellsky_core.products.personal_care.writer:HomeConnectWriter",
+    write_streams=(("evv_clock", "wellsky_core.products.personal_care.writer:ClockEvent"),),
     has_tenant_endpoint=False,
     default_base_url=PRODUCTION_URL,
     api_root=API_ROOT,

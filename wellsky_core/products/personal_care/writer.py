@@ -30,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ...connection import Connection
 from ...errors import NormalizationError, RemoteError, WriteRefused
 from ...http.policy import server_failed
-from ...models import UtcDatetime
+from ...idempotency import idempotency_key
+from ...models import READ_ONLY_FIELDS, UtcDatetime
 from ...write_hashes import WriteHashLedger, record_hash
 from ...writes import Action, WriteResult, _tenant_secret, validate_for_write
 from .normalize import tags, to_canonical
@@ -140,6 +141,19 @@ class HomeConnectWriter:
 
     # -- entry point ----------------------------------------------------------------------------------------
     def write(self, stream: str, record: dict[str, Any]) -> WriteResult:
+        result = self._write(stream, record)
+        if result.idempotency_key is None:
+            result.idempotency_key = self.write_key(stream, record)
+        return result
+
+    def write_key(self, stream: str, record: dict[str, Any]) -> str:
+        """The audit's idempotency key of one intended write: the same record sent again (a replayed batch, a
+        re-run) has the same key, so the audit trail correlates them. Home Connect honours no Idempotency-Key
+        header, so it is never sent (a POST that may have landed is still never retried blindly)."""
+        body = {k: v for k, v in record.items() if k not in READ_ONLY_FIELDS} if isinstance(record, dict) else {}
+        return idempotency_key(self.tenant_key, stream, self.group_key(stream, record, 0), body)
+
+    def _write(self, stream: str, record: dict[str, Any]) -> WriteResult:
         try:
             if stream == "patients":
                 return self._write_patient(record)
