@@ -142,6 +142,18 @@ def redact(text: str) -> str:
     return text
 
 
+def redact_secrets(text: str) -> str:
+    """``text`` with every registered secret value masked, and nothing else.
+
+    For messages the connector writes itself from no input value (a configuration problem: "client_secret:
+    required when ..."): the shape rules would mask the word after ``client_secret:``, which is not a secret.
+    """
+    for secret in _registry.secrets_longest_first():
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
 def _redact_record(record: logging.LogRecord) -> None:
     """Render the message now and replace it with its redacted text (args may hold secrets or PHI)."""
     if getattr(record, "_wsk_redacted", False):

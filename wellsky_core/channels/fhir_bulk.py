@@ -54,7 +54,8 @@ import orjson
 from ..auth import parse_retry_after
 from ..errors import ConfigError, NormalizationError, RemoteError, WellSkyTransportError, error_fields
 from ..normalize import fhir as fhir_norm
-from .base import Channel
+from ..read_loop import PROGRESS_EVERY_SECONDS
+from .base import Channel, Progress
 from .fhir import INCLUDES, FhirChannel, _parent_ref, fhir_instant, normalize_one
 
 if TYPE_CHECKING:
@@ -599,8 +600,11 @@ class FhirBulkChannel(Channel):
         if done:
             log.info("resuming bulk job: %d file(s) already downloaded, %d to go", len(done), len(todo))
         stop = threading.Event()
+        plan = Progress(len(todo), "files")  # the manifest is the plan: a total and an ETA while downloading
+        started = last_line = time.monotonic()
 
         def fetch(url: str, kind: str, count: Any, is_error: bool) -> None:
+            nonlocal last_line
             if stop.is_set():
                 return
             try:
@@ -608,6 +612,11 @@ class FhirBulkChannel(Channel):
             except BaseException:
                 stop.set()
                 raise
+            plan.advance()
+            now = time.monotonic()
+            if now - last_line >= PROGRESS_EVERY_SECONDS or plan.done == plan.planned:
+                last_line = now
+                log.info("bulk export: downloading%s", plan.note(now - started))
 
         workers = max(1, min(self.config.fhir_bulk_parallel_downloads, len(todo)))
         if workers == 1:

@@ -290,7 +290,17 @@ class HomeConnectChannel(Channel):
         by_caregiver = entity == "appointments" and self.config.home_connect_shift_fanout == "caregiver"
         people = self.caregiver_ids() if by_caregiver else self.client_ids()
         workers = max(1, self.config.home_connect_concurrency)
-        for batch in bounded_map(lambda pid: per_client(pid, first, last, observed), people, workers):
+        # the plan is known up front: one search per person and month for shifts, one per client for care logs
+        per_person = len(months(first, last)) if entity == "appointments" else 1
+        unit = ("caregiver" if by_caregiver else "client") + ("-months" if entity == "appointments" else "s")
+        plan = self.plan_progress(entity, len(people) * per_person, unit)
+
+        def read(pid: str) -> list[dict[str, Any]]:
+            batch = per_client(pid, first, last, observed)
+            plan.advance(per_person)
+            return batch
+
+        for batch in bounded_map(read, people, workers):
             yield from batch
 
     def _shifts_of(self, person_id: str, first: date, last: date, observed: datetime) -> list[dict[str, Any]]:
