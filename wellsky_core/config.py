@@ -667,9 +667,10 @@ class WellSkyConfig(BaseModel):
             problems = _problems_from_validation(cls, exc, data)
             bad = {p.field for p in problems}
             valid_subset = {k: v for k, v in data.items() if k not in bad and k in cls.model_fields}
-            try:
+            try:  # with a bad product the cross-field rules would judge the wrong product's defaults: skip them
                 partial = cls.model_construct(**valid_subset)
-                problems += [p for p in partial.cross_field_problems() if p.field not in bad]
+                if "product" not in bad:
+                    problems += [p for p in partial.cross_field_problems() if p.field not in bad]
             except Exception:  # the partial model is best effort; field errors are already listed
                 pass
             if not problems:  # a cross-field rule failed but could not be recomputed: report it as is
