@@ -152,6 +152,7 @@ class HomeConnectChannel(Channel):
         self.requests_by_stream: Counter[str] = Counter()
         self._clock: Callable[[], datetime] = lambda: datetime.now(UTC)
         self._people: dict[str, list[str]] = {}
+        self._tag_names: dict[str, str | None] = {}
 
     @staticmethod
     def probe(client: WellSkyClient) -> None:
@@ -212,7 +213,8 @@ class HomeConnectChannel(Channel):
             if since is not None:
                 floor = since.astimezone(UTC) - UPDATED_OVERLAP
                 body["updated"] = "ge" + floor.strftime("%Y-%m-%dT%H:%M:%S")
-            records = self._normalized(entity, self.search(RESOURCES[entity], body, stream=entity), observed)
+            hint = {"profile_tag_name": self.profile_tag_name} if entity == "practitioners" else {}
+            records = self._normalized(entity, self.search(RESOURCES[entity], body, stream=entity), observed, **hint)
         elif entity == "locations":
             records = self._normalized(entity, self.search("locations", {}, stream=entity), observed)
         elif entity == "appointments":
@@ -244,6 +246,21 @@ class HomeConnectChannel(Channel):
             for flag in record.get("data_quality") or ():
                 self.quality[entity][flag["field"]] += 1
             yield record
+
+    def profile_tag_name(self, tag_id: str) -> str | None:
+        """A caregiver profile tag's name (``GET /v1/profileTags/{id}/``, once per id: the collection cannot be
+        listed, §2); None when the tenant does not name it (the id is kept as ``profile_tag:<id>``)."""
+        if not tag_id.isdigit():  # ids are numeric (§3); anything else never reaches a URL path
+            return None
+        if tag_id not in self._tag_names:
+            try:
+                body = self.client.get_json(f"{API_ROOT}/profileTags/{tag_id}/")
+            except RemoteError:
+                body = None
+            self.requests_by_stream["practitioners"] += 1
+            name = body.get("name") if isinstance(body, dict) else None
+            self._tag_names[tag_id] = name.strip() if isinstance(name, str) and name.strip() else None
+        return self._tag_names[tag_id]
 
     # -- fan-out over clients ------------------------------------------------------------------------------
     def client_ids(self) -> list[str]:
