@@ -44,6 +44,7 @@ PLANS: dict[str, dict[str, Any]] = {
             "source": "hl7_sftp",
             "stream_sources": {"claims": "portal", "unbilled": "portal"},
             "agency_timezone": "America/Chicago",
+            "portal_state_path": "{work}/state/portal.json",  # the last snapshot: the next walk sends only changes
             "hl7_timezone": "America/Chicago",
             "max_parallel_streams": 1,  # the HL7 channel's file cache is per stream thread
         },
@@ -107,12 +108,13 @@ def run_pipeline(tap_config: Path, out_dir: Path, state: Path | None, label: str
     loader = ROOT / ".venv-target-jsonl" / "bin" / "target-jsonl"
     tap_log = WORK / f"tap-{label}.log"
     began = time.monotonic()
-    with open(tap_log, "w") as log:
-        tap = subprocess.Popen(tap_cmd, stdout=subprocess.PIPE, stderr=log)
+    singer = WORK / f"{label}.singer.jsonl"  # kept: the warehouse step loads the same messages
+    with open(tap_log, "w") as log, open(singer, "w") as out:
+        tap = subprocess.run(tap_cmd, stdout=out, stderr=log)
+    with open(singer) as messages:
         target = subprocess.run(
-            [str(loader), "--config", str(target_config)], stdin=tap.stdout, capture_output=True, text=True
+            [str(loader), "--config", str(target_config)], stdin=messages, capture_output=True, text=True
         )
-        tap.wait()
     if tap.returncode or target.returncode:
         raise SystemExit(
             f"pipeline failed (tap {tap.returncode}, target-jsonl {target.returncode}); see {tap_log}\n"
@@ -159,22 +161,20 @@ def connection_settings(creds: dict, product: str) -> dict:
     return settings
 
 
-def build_marts(tap_config: Path, product: str) -> None:
-    """Load every stream into DuckDB with target-duckdb, `dbt build` the package, print a few mart rows."""
+def build_marts(product: str) -> None:
+    """Load what the full and incremental syncs sent into DuckDB with target-duckdb, `dbt build` the package,
+    print a few mart rows."""
     import duckdb
 
     database = WORK / "warehouse.duckdb"
     target_config = WORK / "target-duckdb.json"
     target_config.write_text(json.dumps({"path": str(database), "default_target_schema": "wellsky"}))
     loader = ROOT / ".venv-target-duckdb" / "bin" / "target-duckdb"
-    with open(WORK / "tap-warehouse.log", "w") as log:
-        tap = subprocess.Popen(
-            [str(BIN / "tap-wellsky"), "--config", str(tap_config)], stdout=subprocess.PIPE, stderr=log
-        )
-        target = subprocess.run([str(loader), "--config", str(target_config)], stdin=tap.stdout, capture_output=True)
-        tap.wait()
-    if tap.returncode or target.returncode:
-        raise SystemExit(f"warehouse load failed (tap {tap.returncode}, target-duckdb {target.returncode})")
+    for label in ("full", "incremental"):  # the two syncs' messages, merged on each stream's key (upserts)
+        with open(WORK / f"{label}.singer.jsonl") as messages:
+            target = subprocess.run([str(loader), "--config", str(target_config)], stdin=messages, capture_output=True)
+        if target.returncode:
+            raise SystemExit(f"warehouse load failed (target-duckdb {target.returncode}): {target.stderr[-2000:]!r}")
     env = {
         **os.environ,
         "DBT_TARGET": "duckdb",
@@ -274,7 +274,8 @@ def run_product(product: str, scale: str) -> dict[str, Any]:
             + ", ".join(f"{s} {n:,}" for s, n in creds["counts"].items() if n))
 
         tap_config = WORK / "tap-wellsky.json"
-        tap_config.write_text(json.dumps({**connection_settings(creds, product), **plan["settings"],
+        settings = {k: v.format(work=WORK) if isinstance(v, str) else v for k, v in plan["settings"].items()}
+        tap_config.write_text(json.dumps({**connection_settings(creds, product), **settings,
                                           "page_size": 1000, "data_quality_report_path": str(WORK / "quality.json"),
                                           "state_dir": str(WORK / "state")}))
 
@@ -307,8 +308,8 @@ def run_product(product: str, scale: str) -> dict[str, Any]:
         else:
             step(f"{product} 4. write-back: skipped ({product} agencies have no write API; see docs/guide.md)")
 
-        step(f"{product} 5. warehouse: tap-wellsky | target-duckdb, then the dbt package (transform/) builds the marts")
-        build_marts(tap_config, product)
+        step(f"{product} 5. warehouse: both syncs' messages into DuckDB (target-duckdb), then the dbt marts")
+        build_marts(product)
         result["seconds"] = time.monotonic() - started
         return result
     finally:
