@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .errors import ConfigError, RunNotClean, WellSkyError
-from .redaction import redact, redact_secrets
+from .redaction import redact, redact_config_message
 
 EXIT_FATAL = 2
 EXIT_INTERNAL = 1
@@ -42,14 +42,13 @@ def unreadable_input_file(argv: list[str]) -> str | None:
 def fail(name: str, message: object, code: int = EXIT_FATAL, label: str = "error") -> NoReturn:
     """One error line on stderr, redacted like every log line (a message may quote a server's echo).
 
-    A configuration error is written by the connector from no input value: only registered secret values
-    are masked in it (the shape rules would mask "required" in "client_secret: required when ..."). Several
-    problems stay on one line, joined by "; ".
+    A configuration error is written by the connector from no input value: the ``key: value`` rule is left out
+    (it would mask "required" in "client_secret: required when ..."). Several problems stay on one line.
     """
-    text = redact_secrets(str(message)) if isinstance(message, ConfigError) else redact(str(message))
+    text = redact_config_message(str(message)) if isinstance(message, ConfigError) else redact(str(message))
     if isinstance(message, ConfigError) and len(message.problems) > 1:
         text = f"invalid configuration ({len(message.problems)} problems): " + "; ".join(
-            redact_secrets(str(p)) for p in message.problems
+            redact_config_message(str(p)) for p in message.problems
         )
     print(f"{name}: {label}: {text}", file=sys.stderr, flush=True)
     sys.exit(code)

@@ -199,12 +199,13 @@ def test_a_required_key_message_keeps_the_word_required_on_the_cli(tmp_path):
     ]
 
 
-def test_config_error_lines_mask_registered_secrets_only():
-    from wellsky_core.redaction import clear_registry, redact_secrets, register_secret
+def test_config_error_lines_keep_the_fix_and_still_mask_secrets():
+    from wellsky_core.redaction import clear_registry, redact_config_message, register_secret
 
     register_secret("s3cr3t-value")
     try:
-        assert redact_secrets("client_secret: required; got s3cr3t-value") == "client_secret: required; got ***"
+        text = "client_secret: required; got s3cr3t-value, Bearer abc.def"
+        assert redact_config_message(text) == "client_secret: required; got ***, Bearer ***"
     finally:
         clear_registry()
 
