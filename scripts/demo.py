@@ -48,6 +48,8 @@ PLANS: dict[str, dict[str, Any]] = {
             "hl7_timezone": "America/Chicago",
             "max_parallel_streams": 1,  # the HL7 channel's file cache is per stream thread
         },
+        "incremental_note": " (the portal shows no change times: a walk stamps what it first sees with one time, "
+        "and the inclusive bookmark sends that second again; loaders merge on id)",
         "writes": False,
     },
     "hospice": {
