@@ -30,6 +30,7 @@ PLANS: dict[str, dict[str, Any]] = {
     "personal_care": {
         "title": "personal care through Home Connect, WellSky's partner API (OAuth client credentials)",
         "scale": "XS",
+        "login": "client_credentials",
         "settings": {"source": "api", "home_connect_history_months": 24},
         "writes": True,
         "incremental_note": " (Home Connect has no change filter for shifts and care logs: they are re-read for "
@@ -40,6 +41,7 @@ PLANS: dict[str, dict[str, Any]] = {
         "title": "home health (no partner API) through HL7 v2 feeds over SFTP (patients, visits, encounters) and "
         "the Kinnser web portal in headless Chromium (claims, unbilled)",
         "scale": "30",
+        "login": "session+sftp",
         "settings": {
             "source": "hl7_sftp",
             "stream_sources": {"claims": "portal", "unbilled": "portal"},
@@ -55,6 +57,7 @@ PLANS: dict[str, dict[str, Any]] = {
     "hospice": {
         "title": "hospice through FHIR Bulk Data ($export, NDJSON) as the interop API offers it",
         "scale": "XS",
+        "login": "client_credentials",
         "settings": {"source": "fhir_bulk"},
         "writes": False,
     },
@@ -150,7 +153,7 @@ def connection_settings(creds: dict, product: str) -> dict:
     """How the tap and the target reach the sandbox as that product's agencies do: Home Connect with client
     credentials, the FHIR interop API with OAuth client credentials, HL7 files over SFTP (pinned host key)."""
     settings: dict[str, Any] = {"base_url": creds["base_url"], "product": product, "max_requests_per_second": 0}
-    if product == "home_health":
+    if PLANS[product]["login"] == "session+sftp":
         settings.update(
             username=creds["username"], password=creds["password"], sftp_host=creds["sftp_host"],
             sftp_port=creds["sftp_port"], sftp_username=creds["sftp_username"],
