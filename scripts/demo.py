@@ -31,7 +31,7 @@ PLANS: dict[str, dict[str, Any]] = {
         "title": "personal care through Home Connect, WellSky's partner API (OAuth client credentials)",
         "scale": "XS",
         "login": "client_credentials",
-        "settings": {"source": "api", "home_connect_history_months": 24},
+        "settings": {"source": "api", "home_connect_history_months": 26},  # the tenant's two years of shifts
         "writes": True,
         "incremental_note": " (Home Connect has no change filter for shifts and care logs: they are re-read for "
         "the trailing home_connect_trailing_months (2) and only changed ones are sent; older reschedules wait "
@@ -231,7 +231,8 @@ def build_marts(product: str) -> None:
         say("authorizations: none read from this product's surface (an empty table, not a failure)")
     say(f"visits: {visits[0]}, documented {visits[1]:.0%}, on time {visits[2]:.0%}, missed {visits[3]}")
     if busiest:
-        say(f"busiest week: {busiest[0]}, week of {busiest[1]}: {busiest[2]} visits, {busiest[3]} h scheduled")
+        who = busiest[0] or "a practitioner this surface does not list"
+        say(f"busiest week: {who}, week of {busiest[1]}: {busiest[2]} visits, {busiest[3]} h scheduled")
 
 
 def write_back_patients(creds: dict, product: str) -> None:
