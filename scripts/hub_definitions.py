@@ -20,7 +20,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 HUB = ROOT / "hub"
 # The distribution that ships tap, target and core. Until it is on PyPI, override with a wheel or a git URL:
-# `meltano add ... --from-ref hub/extractors/tap-wellsky.yml`, then edit pip_url (README "Your own Meltano project").
+# `meltano add ... --from-ref hub/extractors/tap-wellsky.yml`, then edit pip_url (docs/operations.md, "Your own
+# Meltano project"); README.md shows a minimal meltano.yml that needs no --from-ref.
 # The Hub also wants `repo`: it is added when the repository is published, never guessed here.
 PIP_URL = "tap-wellsky"
 COMMON = {

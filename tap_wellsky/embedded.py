@@ -1,4 +1,6 @@
-"""The embedded sandbox: with no ``base_url`` the tap starts a local emulated tenant, so the demo needs no account."""
+"""The embedded sandbox: with no ``base_url`` and no credentials (or ``sandbox: true``) the tap starts a local
+emulated tenant, so the demo needs no account. :func:`run_banner` is the first line a run logs: sandbox or
+production, said up front."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from wellsky_core.config import SDK_BUILTIN_KEYS, TapConfig
+from wellsky_core.config import ENV_PREFIX, SDK_BUILTIN_KEYS, TapConfig
 from wellsky_core.errors import ConfigError
 from wellsky_core.products import DIALECTS
 
@@ -16,8 +18,16 @@ log = logging.getLogger("tap_wellsky")
 
 _RUNNING: dict[tuple[str, str, int], Any] = {}
 
+DEFAULT_SANDBOX_PRODUCT = "home_health"
 
-def embedded_sandbox_config(config: dict[str, Any]) -> dict[str, Any]:
+CONNECTION_KEYS = (
+    "base_url", "token_url", "auth_method", "username", "password", "mfa_method", "totp_secret", "client_id",
+    "client_secret", "private_key", "private_key_path", "private_key_id",
+)
+"""What points a run at a tenant: replaced by the sandbox's own when the embedded sandbox is used."""
+
+
+def embedded_sandbox_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """Start (once per process) a sandbox tenant and return the settings that point the tap at it."""
     from wellsky_sandbox import server_packages_problem
 
@@ -26,7 +36,7 @@ def embedded_sandbox_config(config: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("base_url", f"not set, so the embedded sandbox would start, but {problem}; or set base_url")
     from wellsky_sandbox.server import SandboxServer
 
-    product = config.get("product") or "home_health"
+    product = sandbox_product(config)
     scale = str(config.get("sandbox_scale") or "S")
     seed = int(config.get("sandbox_seed") or 42)
     key = (product, scale, seed)
@@ -35,13 +45,7 @@ def embedded_sandbox_config(config: dict[str, Any]) -> dict[str, Any]:
         server.start()
         atexit.register(server.cleanup)
         _RUNNING[key] = server
-        log.warning(
-            "no base_url configured: started the embedded WellSky sandbox at %s (%s, scale %s, synthetic data). "
-            "Set base_url and credentials to sync a real tenant.",
-            server.base_url,
-            product,
-            scale,
-        )
+        log.info("embedded sandbox listening at %s (%s, scale %s, seed %d)", server.base_url, product, scale, seed)
     server = _RUNNING[key]
     if not _signs_in_with_session(product):  # e.g. Home Connect: client credentials only
         return {
@@ -73,25 +77,76 @@ def _signs_in_with_session(product: str) -> bool:
     return not methods or "session" in methods
 
 
+def _setting(raw: Mapping[str, Any], key: str) -> Any:
+    value = raw.get(key)
+    return value if value not in (None, "") else os.environ.get(f"{ENV_PREFIX}{key.upper()}") or None
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on"))
+
+
+def sandbox_product(raw: Mapping[str, Any]) -> str:
+    """The product the embedded sandbox emulates: ``product``, else home health."""
+    return str(_setting(raw, "product") or DEFAULT_SANDBOX_PRODUCT)
+
+
 def has_production_host(raw: Mapping[str, Any]) -> bool:
     """A product with a production host (personal care's Home Connect): credentials alone mean a real tenant."""
-    product = DIALECTS.get(raw.get("product") or os.environ.get("WELLSKY_PRODUCT") or "")
-    has_credentials = bool(raw.get("client_id") or os.environ.get("WELLSKY_CLIENT_ID"))
-    return product is not None and product.default_base_url is not None and has_credentials
+    product = DIALECTS.get(_setting(raw, "product") or "")
+    return product is not None and product.default_base_url is not None and bool(_setting(raw, "client_id"))
+
+
+def uses_embedded_sandbox(raw: Mapping[str, Any]) -> bool:
+    """``sandbox: true``, or neither a base_url nor a product host with credentials (config or environment)."""
+    if _truthy(_setting(raw, "sandbox")):
+        return True
+    return not _setting(raw, "base_url") and not has_production_host(raw)
 
 
 def load_tap_config(raw: Mapping[str, Any], *, start_embedded: bool) -> TapConfig:
-    """The validated tap config; with no base_url (config or WELLSKY_BASE_URL) the embedded sandbox is used.
+    """The validated tap config; the embedded sandbox's when :func:`uses_embedded_sandbox`.
 
-    ``start_embedded=False`` (discovery, ``is_sorted``) validates every other key as the embedded sandbox would
-    be configured, without starting it: discovery never needs a tenant.
+    Every key is validated before the sandbox starts (a misspelled product is one line, not a failed start).
+    ``start_embedded=False`` (discovery, ``is_sorted``) validates as the embedded sandbox would be configured,
+    without starting it: discovery never needs a tenant.
     """
     values = dict(raw)
-    if not values.get("base_url") and not os.environ.get("WELLSKY_BASE_URL") and not has_production_host(values):
-        if start_embedded:
-            values.update(embedded_sandbox_config(values))
-        else:
-            product = values.get("product") or "home_health"
-            values.update(EMBEDDED_PLACEHOLDER if _signs_in_with_session(product) else EMBEDDED_CLIENT_PLACEHOLDER)
-            values["product"] = product  # as the embedded sandbox will be: discovery and the state stamp need it
-    return TapConfig.load(values, ignore_keys=SDK_BUILTIN_KEYS)
+    if not uses_embedded_sandbox(values):
+        return TapConfig.load(values, ignore_keys=SDK_BUILTIN_KEYS)
+    product = sandbox_product(values)
+    for key in CONNECTION_KEYS:  # the sandbox's own address and login replace any configured ones
+        values.pop(key, None)
+    env = {k: v for k, v in os.environ.items() if k.removeprefix(ENV_PREFIX).lower() not in CONNECTION_KEYS}
+    placeholder = EMBEDDED_PLACEHOLDER if _signs_in_with_session(product) else EMBEDDED_CLIENT_PLACEHOLDER
+    checked = TapConfig.load({**values, **placeholder, "product": product}, env=env, ignore_keys=SDK_BUILTIN_KEYS)
+    if not start_embedded:
+        return checked
+    values.update(embedded_sandbox_config(values))
+    return TapConfig.load(values, env=env, ignore_keys=SDK_BUILTIN_KEYS)
+
+
+def run_banner(raw: Mapping[str, Any]) -> str:
+    """The first line a run logs: the embedded sandbox (synthetic data, which product) or a production tenant
+    (which host). Validates the config on the way (a bad one raises ConfigError before anything starts)."""
+    import httpx
+
+    settings = load_tap_config(raw, start_embedded=False)
+    if uses_embedded_sandbox(raw):
+        forced = _truthy(_setting(raw, "sandbox"))
+        why = (
+            "sandbox: true; any base_url and credentials configured are not used"
+            if forced
+            else "no base_url and no credentials configured; set them to sync a real tenant"
+        )
+        return (
+            f"EMBEDDED SANDBOX: synthetic {settings.product} data (scale {settings.sandbox_scale or 'S'}, seed "
+            f"{settings.sandbox_seed or 42}; set `product` for another) - {why}"
+        )
+    from wellsky_core.config import is_loopback_host
+
+    url = httpx.URL(settings.base_url or "")
+    product = settings.product or "product detected at sign-in"
+    if is_loopback_host(url.host):
+        return f"TENANT AT {url.host}:{url.port} ({product}): a loopback host - a sandbox you started, or a tunnel"
+    return f"PRODUCTION TENANT: {url.host} ({product}) - real patient data; set sandbox: true to use the sandbox"

@@ -25,7 +25,7 @@ from wellsky_core.quality import default_report_path, write_report
 from wellsky_core.redaction import install_redaction
 from wellsky_core.stream_state import check_ownership, checked_state
 
-from .embedded import load_tap_config
+from .embedded import load_tap_config, run_banner
 from .parallel import OutputGate, run_parallel, seal_stdout
 from .stream import WellSkyStream
 from .streams import STREAM_TYPES, WebhookEventsStream
@@ -83,6 +83,28 @@ class TapWellSky(Tap):
         for name in sorted(selected - served):
             raise ConfigError("catalog", not_offered_reason(self.settings, name))
 
+    @classmethod
+    def invoke(cls, *, about: bool = False, about_format: str | None = None, config: Any = None,
+               state: Any = None, catalog: Any = None) -> None:  # type: ignore[override]
+        """A sync: the config is checked and the run says what it reads (sandbox or production) before the SDK
+        starts anything."""
+        if not about:
+            cls.announce(getattr(config, "config", None) or {})
+        super().invoke(about=about, about_format=about_format, config=config, state=state, catalog=catalog)
+
+    @classmethod
+    def announce(cls, raw: dict[str, Any]) -> None:
+        """The run's first log line (``embedded.run_banner``); a bad config is one line and exit 2 here."""
+        install_redaction()
+        cls.logger.info("%s", run_banner(raw))
+
+    def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
+        """Our validation first (one line per bad key, a did-you-mean for enum values, never the value); the
+        SDK's JSON-schema check, which echoes values, then only sees a config that already passed."""
+        if raise_errors:
+            self.settings  # noqa: B018 - raises ConfigError
+        return super()._validate_config(raise_errors=raise_errors)
+
     @cached_property
     def settings(self) -> TapConfig:
         """The validated connector config; with no base_url, as the embedded sandbox will be (not started)."""
@@ -129,6 +151,7 @@ class TapWellSky(Tap):
         if value not in ("all", "records"):
             return super().cb_test(ctx, param, value)  # disabled, or --test=schema
         given = ctx.params.get("config")
+        cls.announce(given.config if given else {})
         tap = cls(config=given.config if given else None, parse_env_config=bool(given and given.parse_env))
         tap.run_connection_test(emit_records=value == "records")
         ctx.exit()
@@ -136,13 +159,15 @@ class TapWellSky(Tap):
     def sync_all(self) -> None:  # type: ignore[misc]  # extended, not replaced: adds the summary
         started = time.monotonic()
         report: dict[str, Any] | None = None
+        failed = True
         try:
             if not self._sync_streams_in_parallel():
                 super().sync_all()
+            failed = False
         finally:
             if "connection" in self.__dict__:
                 report = self.connection.quality_report(self.max_flagged_fraction)
-            self.print_summary(time.monotonic() - started, report)
+            self.print_summary(time.monotonic() - started, report, failed=failed)
             if report is not None:
                 self.write_quality_report(report)
             if "connection" in self.__dict__:
@@ -225,15 +250,24 @@ class TapWellSky(Tap):
             return
         self.logger.info("data-quality report written to %s", written)
 
-    def print_summary(self, seconds: float, report: dict[str, Any] | None = None) -> None:
-        """A human summary on stderr (stdout is the Singer stream), with each stream's data-quality counts."""
+    def _product_name(self, failed: bool) -> str:
+        """The configured product, or the one the tenant was detected as (a finished sync has detected it; a
+        failed one asks nothing more of the tenant)."""
+        if "connection" in self.__dict__ and not failed:
+            return str(self.connection.product)
+        return self.settings.product or "not detected"
+
+    def print_summary(self, seconds: float, report: dict[str, Any] | None = None, *, failed: bool = False) -> None:
+        """A human summary on stderr (stdout is the Singer stream), with each stream's data-quality counts.
+
+        ``failed``: the sync stopped on an error (told on the next line): the status says so, never OK."""
         rows = [(s.name, s.summary) for s in self.streams.values() if getattr(s, "summary", {}).get("source")]
         if not rows:
             return
         metrics = self.connection.metrics.snapshot() if "connection" in self.__dict__ else {}
         quality = (report or {}).get("streams", {})
         lines = [
-            f"tap-wellsky sync summary ({seconds:.1f}s, product {self.connection.config.product or '?'}):",
+            f"tap-wellsky sync summary ({seconds:.1f}s, product {self._product_name(failed)}):",
             f"  {'stream':<16}{'source':<10}{'records':>10}{'seconds':>10}{'rec/s':>10}"
             f"{'flagged':>9}{'unmapped':>10}{'invalid':>9}{'dead':>7}",
         ]
@@ -259,7 +293,8 @@ class TapWellSky(Tap):
             )
             lines.append(
                 f"  data quality: {totals['flagged']} flagged, {totals['dead_lettered']} dead-lettered, "
-                f"{totals['skipped']} skipped{f' ({skipped})' if skipped else ''}; status {report['status'].upper()}"
+                f"{totals['skipped']} skipped{f' ({skipped})' if skipped else ''}; "
+                + ("sync FAILED (see the error below)" if failed else f"status {report['status'].upper()}")
             )
         print("\n".join(lines), file=sys.stderr, flush=True)
 

@@ -98,6 +98,13 @@ class TargetWellSky(Target):
         self.settings  # noqa: B018 - a bad config fails at startup, even when no record ever arrives
 
     # -- configuration and shared objects ----------------------------------------------------------------
+    def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
+        """Our validation first: one line per bad key with its fix (a did-you-mean for choices), never the value;
+        the SDK's JSON-schema check, which echoes values, only sees a config that already passed."""
+        if raise_errors:
+            self.settings  # noqa: B018 - raises ConfigError
+        return super()._validate_config(raise_errors=raise_errors)
+
     @cached_property
     def settings(self) -> TargetConfig:
         return TargetConfig.load(dict(self.config), ignore_keys=SDK_BUILTIN_KEYS)

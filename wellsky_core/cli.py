@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .errors import RunNotClean, WellSkyError
-from .redaction import redact
+from .errors import ConfigError, RunNotClean, WellSkyError
+from .redaction import redact, redact_config_message
 
 EXIT_FATAL = 2
 EXIT_INTERNAL = 1
@@ -40,8 +40,17 @@ def unreadable_input_file(argv: list[str]) -> str | None:
 
 
 def fail(name: str, message: object, code: int = EXIT_FATAL, label: str = "error") -> NoReturn:
-    """One error line on stderr, redacted like every log line (a message may quote a server's echo)."""
-    print(f"{name}: {label}: {redact(str(message))}", file=sys.stderr, flush=True)
+    """One error line on stderr, redacted like every log line (a message may quote a server's echo).
+
+    A configuration error is written by the connector from no input value: the ``key: value`` rule is left out
+    (it would mask "required" in "client_secret: required when ..."). Several problems stay on one line.
+    """
+    text = redact_config_message(str(message)) if isinstance(message, ConfigError) else redact(str(message))
+    if isinstance(message, ConfigError) and len(message.problems) > 1:
+        text = f"invalid configuration ({len(message.problems)} problems): " + "; ".join(
+            redact_config_message(str(p)) for p in message.problems
+        )
+    print(f"{name}: {label}: {text}", file=sys.stderr, flush=True)
     sys.exit(code)
 
 

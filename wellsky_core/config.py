@@ -14,6 +14,7 @@ import difflib
 import ipaddress
 import json
 import os
+import re
 import ssl
 from collections.abc import Mapping
 from datetime import datetime
@@ -154,7 +155,9 @@ class WellSkyConfig(BaseModel):
         "tap starts the embedded sandbox.",
     )
     product: ProductName | None = Field(
-        default=None, description="WellSky product line; empty: detected with GET /tenant."
+        default=None,
+        description="WellSky product line: home_health, hospice or personal_care; also the embedded sandbox's "
+        "product (default home_health). Empty on a real tenant: detected with GET /tenant.",
     )
     auth_method: Literal["session", "oauth_client_credentials", "oauth_private_key_jwt"] | None = Field(
         default=None,
@@ -588,6 +591,9 @@ class WellSkyConfig(BaseModel):
                     f"{_origin(self.base_url)}/r4/<tenant>",
                 )
             )
+        if "portal" in {self.source, *self.stream_sources.values()}:
+            need("agency_timezone", "when a stream reads through source=portal (the portal shows visit times in "
+                 "the agency's local time, e.g. America/Chicago)")
         if self.fhir_bulk_level == "group":
             need("fhir_bulk_group_id", "when fhir_bulk_level=group (the Group to export, e.g. from GET /fhir/Group)")
         product = DIALECTS.get(self.product or "")
@@ -729,12 +735,13 @@ class WellSkyConfig(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            problems = _problems_from_validation(cls, exc)
+            problems = _problems_from_validation(cls, exc, data)
             bad = {p.field for p in problems}
             valid_subset = {k: v for k, v in data.items() if k not in bad and k in cls.model_fields}
-            try:
+            try:  # with a bad product the cross-field rules would judge the wrong product's defaults: skip them
                 partial = cls.model_construct(**valid_subset)
-                problems += [p for p in partial.cross_field_problems() if p.field not in bad]
+                if "product" not in bad:
+                    problems += [p for p in partial.cross_field_problems() if p.field not in bad]
             except Exception:  # the partial model is best effort; field errors are already listed
                 pass
             if not problems:  # a cross-field rule failed but could not be recomputed: report it as is
@@ -748,6 +755,11 @@ class WellSkyConfig(BaseModel):
 class TapConfig(WellSkyConfig):
     """The tap's settings (and the Airbyte source's): everything the core needs plus the embedded sandbox."""
 
+    sandbox: bool = Field(
+        default=False,
+        description="Use the embedded sandbox (synthetic data of `product`) even when base_url or credentials are "
+        "set. Without base_url and credentials the embedded sandbox is used anyway.",
+    )
     sandbox_scale: str | None = Field(
         default=None,
         description="Embedded sandbox size when base_url is unset (XS, S, M, L or a patient count; default S).",
@@ -770,6 +782,12 @@ class TapConfig(WellSkyConfig):
         description="List every canonical stream in discovery, not only those the configured product and sources "
         "serve.",
     )
+    quality_ignore: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='Fields whose data-quality flags are expected, per stream, e.g. {"appointments": '
+        '["service_code"]}: their flags are dropped from the records and not counted (nor against '
+        "max_flagged_fraction). Fields a product's API never sends are expected already.",
+    )
     accept_foreign_state: bool = Field(
         default=False,
         description="Use a state stamped for another product, host, agency or source instead of refusing it "
@@ -782,6 +800,35 @@ class TapConfig(WellSkyConfig):
         description="Fail the sync (exit 4) when a stream's share of records with data-quality flags exceeds "
         "this fraction (0-1); unset: flags are reported, never fatal.",
     )
+
+
+    @field_validator("quality_ignore", mode="before")
+    @classmethod
+    def _quality_ignore_json(cls, value: Any) -> Any:
+        if isinstance(value, str):  # the environment / CLI spelling
+            try:
+                return json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError:
+                raise ValueError('must be a JSON object such as {"appointments": ["service_code"]}') from None
+        return value
+
+    @field_validator("quality_ignore")
+    @classmethod
+    def _quality_ignore_known(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        from .models import ENTITIES
+
+        for stream, fields in value.items():
+            if stream not in ENTITIES:
+                near = difflib.get_close_matches(stream, list(ENTITIES), n=1, cutoff=0.6)
+                hint = f"did you mean `{near[0]}`?" if near else f"streams are {', '.join(ENTITIES)}"
+                raise ValueError(f"names no stream {stream!r}; {hint}")
+            known = list(ENTITIES[stream].model.model_fields)
+            for path in fields:
+                if path.split(".", 1)[0] not in known:
+                    near = difflib.get_close_matches(path, known, n=1, cutoff=0.6)
+                    hint = f"did you mean `{near[0]}`?" if near else f"its fields are {', '.join(known)}"
+                    raise ValueError(f"{stream}: no field {path!r}; {hint}")
+        return value
 
 
 class TargetConfig(WellSkyConfig):
@@ -833,8 +880,14 @@ def secret_fields(model: type[BaseModel]) -> list[str]:
     return [name for name, field in model.model_fields.items() if _is_secret_annotation(field.annotation)]
 
 
-def _problems_from_validation(model: type[BaseModel], exc: ValidationError) -> list[ConfigProblem]:
-    """Turn pydantic errors into (field, fix) without ever echoing the input value (it may be a secret)."""
+def _problems_from_validation(
+    model: type[BaseModel], exc: ValidationError, data: Mapping[str, Any] | None = None
+) -> list[ConfigProblem]:
+    """Turn pydantic errors into (field, fix) without ever echoing the input value (it may be a secret).
+
+    An enum value gets the nearest valid value (``personal-care`` -> did you mean `personal_care`?): the
+    suggestion is one of the allowed values, never the input.
+    """
     problems: list[ConfigProblem] = []
     valid = list(model.model_fields)
     for err in exc.errors(include_input=False, include_url=False):
@@ -850,6 +903,8 @@ def _problems_from_validation(model: type[BaseModel], exc: ValidationError) -> l
         msg = err.get("msg", "invalid value")
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
+        if err["type"] == "literal_error":
+            msg = _enum_hint(msg, (data or {}).get(field) if len(loc) == 1 else None)
         if len(loc) > 1:
             msg = f"{'.'.join(str(p) for p in loc[1:])}: {msg}"
         problems.append(ConfigProblem(field, f"{msg}; fix `{field}` or {ENV_PREFIX}{field.upper()}"))
@@ -898,6 +953,17 @@ def refuse_command_settings(raw: Mapping[str, Any], *, environ: Mapping[str, str
             "runs a program on the connector's host, so an Airbyte config may not set it; remove it, or have "
             f"the host's operator set {ENV_PREFIX}{present[0].upper()} or {ALLOW_COMMAND_SETTINGS_ENV}=1 there",
         )
+
+
+def _enum_hint(msg: str, given: Any) -> str:
+    """pydantic's 'Input should be 'a' or 'b'' with the nearest allowed value named first."""
+    allowed = re.findall(r"'([^']*)'", msg)
+    if not isinstance(given, str) or not allowed:
+        return msg
+    folded = {value.casefold().replace("-", "_").replace(" ", "_"): value for value in allowed}
+    guess = given.strip().casefold().replace("-", "_").replace(" ", "_")
+    near = [folded[guess]] if guess in folded else difflib.get_close_matches(given, allowed, n=1, cutoff=0.5)
+    return f"did you mean `{near[0]}`? ({msg})" if near else msg
 
 
 def config_json_schema(model: type[BaseModel] = WellSkyConfig) -> dict[str, Any]:

@@ -26,7 +26,9 @@ class Connection:
         self._product: str | None = config.product
         self._tenant: dict[str, Any] | None = None
         self._channels: dict[str, Channel] = {}
-        self.quality = QualityCounter()
+        self.quality = QualityCounter(
+            ignore=getattr(config, "quality_ignore", None), never_sent=lambda: DIALECTS[self.product].never_sent
+        )
 
     @property
     def client(self) -> WellSkyClient:

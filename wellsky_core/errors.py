@@ -11,7 +11,8 @@
     ├── RemoteError                   WellSky answered an error that retrying cannot fix (4xx, unreadable body)
     ├── NormalizationError            a native record does not map to its canonical model (names the field)
     │   ├── NotThisEntity             a FHIR resource of the type that is not a record of the entity (skipped)
-    │   └── ReportFormatError         a portal report lacks its header row or a column
+    │   ├── ReportFormatError         a portal report lacks its header row or a column
+    │   └── Unsupported               an HL7 message type no stream carries (skipped and counted)
     ├── PortalLayoutChanged           the portal page lost an element the portal channel relies on
     ├── PortalHang                    a portal page stopped answering, even after a browser restart
     ├── SignatureError                a webhook delivery whose signature is missing, wrong or too old
@@ -463,3 +464,11 @@ class ReportFormatError(NormalizationError):
 
 class PortalHang(WellSkyError):
     """A portal page stopped answering within the configured wait, even after restarting the browser."""
+
+
+class Unsupported(NormalizationError):
+    """A message type no stream carries: skipped and counted by type, not dead-lettered."""
+
+    def __init__(self, message_type: str) -> None:
+        self.message_type = message_type
+        super().__init__("hl7", "MSH-9", f"unsupported message type {message_type}")

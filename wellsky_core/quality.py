@@ -19,7 +19,7 @@ import json
 import os
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -160,14 +160,31 @@ def finish(
     _missing(model, "", collected)
     if collected and "data_quality" in type(model).model_fields:
         model.data_quality = [DataQualityFlag(**f) for f in collected]  # type: ignore[attr-defined]
-    return model.model_dump(mode="json")
+    return model.model_dump(mode="json", by_alias=True)  # `_sdc_deleted_at`, the Singer name of a deletion
 
 
 # -- per-run counts --------------------------------------------------------------------------------------------
-class QualityCounter:
-    """Per-stream counts of one run; thread-safe. ``observe`` is called once per emitted record."""
+def _covers(fields: Iterable[str], path: str) -> bool:
+    return any(path == name or path.startswith(name + ".") for name in fields)
 
-    def __init__(self) -> None:
+
+class QualityCounter:
+    """Per-stream counts of one run; thread-safe. ``observe`` is called once per emitted record.
+
+    Expectations, applied to the record's own ``data_quality`` list before it is counted (and emitted):
+    ``ignore`` (the ``quality_ignore`` setting: stream -> fields) drops every flag of those fields; ``never_sent``
+    (the product dialect's fields its API never sends, resolved once the product is known) drops their
+    ``missing`` flags only: an empty field the API cannot send is no loss, a bad value in it still is.
+    """
+
+    def __init__(
+        self,
+        ignore: Mapping[str, Iterable[str]] | None = None,
+        never_sent: Callable[[], Mapping[str, Iterable[str]]] | None = None,
+    ) -> None:
+        self._ignore = {stream: tuple(fields) for stream, fields in (ignore or {}).items()}
+        self._never_sent_source = never_sent
+        self._never_sent: dict[str, tuple[str, ...]] | None = None
         self._lock = threading.Lock()
         self.records: Counter[str] = Counter()
         self.flagged: Counter[str] = Counter()
@@ -176,8 +193,22 @@ class QualityCounter:
         self.dead_lettered: Counter[str] = Counter()
         self.skipped: dict[str, Counter[str]] = defaultdict(Counter)
 
-    def observe(self, stream: str, record: Mapping[str, Any]) -> None:
+    def _expected(self, stream: str, item: Mapping[str, Any]) -> bool:
+        """A flag the configuration or the product says to expect (not a data-quality problem)."""
+        field = str(item.get("field", ""))
+        if _covers(self._ignore.get(stream, ()), field):
+            return True
+        if self._never_sent is None:
+            source = self._never_sent_source() if self._never_sent_source else {}
+            self._never_sent = {k: tuple(v) for k, v in source.items()}
+        return item.get("kind") == "missing" and _covers(self._never_sent.get(stream, ()), field)
+
+    def observe(self, stream: str, record: dict[str, Any]) -> None:
+        """Count one emitted record; flags the expectations cover are removed from the record first."""
         flags = record.get("data_quality")
+        if flags and (self._ignore or self._never_sent_source):
+            flags = [f for f in flags if not self._expected(stream, f)]
+            record["data_quality"] = flags
         with self._lock:
             self.records[stream] += 1
             if flags:

@@ -120,7 +120,8 @@ class StreamRead:
                 if now - last_report >= PROGRESS_EVERY_SECONDS:
                     last_report = now
                     self.log.info(
-                        "%s: %d records so far (%.0f/s)", self.stream, self.count, self.count / (now - started)
+                        "%s: %d records so far (%.0f/s)%s", self.stream, self.count, self.count / (now - started),
+                        channel.progress_note(self.stream, now - started),
                     )
             resume = channel.resume_point(self.stream)
             if resume is not None and self.incremental:

@@ -49,6 +49,11 @@ _SENSITIVE_KEYS = (  # ``_?`` so snake_case and camelCase spellings (birth_date,
     "refresh_?token|id_?token|token|api_?key|wsk_session|wsk_portal|session|code|signature|"
     "mrn|ssn|dob|birth_?date|first_?name|last_?name|medicare_?mbi|medicaid_?id|member_?id|phone"
 )
+_KEY_VALUE: tuple[re.Pattern[str], str] = (
+    re.compile(rf"(?i)\b({_SENSITIVE_KEYS})(['\"]?\s*[:=]\s*)('[^'\n]*'|\"[^\"\n]*\"|[^\s'\"&;,}}\])]+)"),
+    r"\1\2***",
+)
+"""``password=...`` / ``"mrn": "..."``: a credential or patient-identifier key and its value."""
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Authorization: Bearer xyz / Basic xyz / Cookie: a=b; c=d / Set-Cookie: ...
     (
@@ -57,10 +62,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]+=*"), r"\1 ***"),
     (re.compile(r"\beyJ[\w-]*\.[\w-]+\.[\w-]*"), MASK),
-    (
-        re.compile(rf"(?i)\b({_SENSITIVE_KEYS})(['\"]?\s*[:=]\s*)('[^'\n]*'|\"[^\"\n]*\"|[^\s'\"&;,}}\])]+)"),
-        r"\1\2***",
-    ),
+    _KEY_VALUE,
 )
 _WORD = re.compile(r"\w+(?:['\-./]\w+)*")
 _PART = re.compile(r"\w+")
@@ -126,7 +128,7 @@ def _mask_phi_word(match: re.Match[str], phi: OrderedDict[str, None]) -> str:
     return _PART.sub(lambda m: PHI_MASK if m.group(0).casefold() in phi else m.group(0), word)
 
 
-def redact(text: str) -> str:
+def redact(text: str, *, key_values: bool = True) -> str:
     """``text`` with every registered secret, credential-shaped value and registered PHI masked."""
     if not text:
         return text
@@ -134,12 +136,22 @@ def redact(text: str) -> str:
         if secret in text:
             text = text.replace(secret, MASK)
     for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
+        if key_values or (pattern, replacement) != _KEY_VALUE:
+            text = pattern.sub(replacement, text)
     phi = _registry.phi
     if phi:
         with _registry.lock:
             text = _WORD.sub(lambda m: _mask_phi_word(m, phi), text)
     return text
+
+
+def redact_config_message(text: str) -> str:
+    """A configuration error the connector wrote itself: every rule of :func:`redact` except ``key: value``.
+
+    That rule would mask the word after a setting's name ("client_secret: required when ..."), which is the fix,
+    not a secret; registered secrets, credential shapes and registered patient values are still masked.
+    """
+    return redact(text, key_values=False)
 
 
 def _redact_record(record: logging.LogRecord) -> None:

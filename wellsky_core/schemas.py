@@ -1,8 +1,8 @@
 """JSON schemas of the canonical records, generated from the pydantic models so the two never drift.
 
 ``schemas/<stream>.json`` are the published copies (what a warehouse team reads); the tap builds the same
-dicts at runtime from the models. ``python -m wellsky_core.schemas --write`` regenerates the files and
-``--check`` (run by CI) fails when they differ from the models.
+dicts at runtime from the models. ``python -m wellsky_core.schemas --write`` regenerates the files and the
+settings table of docs/configuration.md; ``--check`` (run by CI) fails when they differ from the models.
 
 The schemas are Singer-friendly: no ``$ref``, nullable fields as ``"type": [X, "null"]``, timestamps as
 ``format: date-time`` and dates as ``format: date``.
@@ -109,26 +109,28 @@ def write_schema(stream: str) -> dict[str, Any]:
     }
 
 
-README = SCHEMA_DIR.parent / "README.md"
+CONFIG_DOC = SCHEMA_DIR.parent / "docs" / "configuration.md"
 TABLE_START, TABLE_END = "<!-- settings:start -->", "<!-- settings:end -->"
 
 
 def settings_table() -> str:
-    """The README's configuration reference, generated from the config models (so it cannot drift)."""
-    from .config import TargetConfig, WellSkyConfig, secret_fields
+    """The configuration reference (docs/configuration.md), generated from the config models (it cannot drift):
+    every key of the tap (and source-wellsky) and of the target, with who reads it."""
+    from .config import TapConfig, TargetConfig, WellSkyConfig, secret_fields
 
-    secrets = set(secret_fields(TargetConfig))
-    rows = ["| setting | default | target only | meaning |", "|---|---|---|---|"]
-    for name, field in TargetConfig.model_fields.items():
+    secrets = set(secret_fields(TargetConfig)) | set(secret_fields(TapConfig))
+    fields = {**TapConfig.model_fields, **TargetConfig.model_fields}
+    rows = ["| setting | default | used by | meaning |", "|---|---|---|---|"]
+    for name, field in fields.items():
         default = field.get_default(call_default_factory=True)
         shown = "" if default is None else f"`{json.dumps(default) if not isinstance(default, str) else default}`"
         secret = " (secret)" if name in secrets else ""
-        only = "yes" if name not in WellSkyConfig.model_fields else ""
+        used = "all" if name in WellSkyConfig.model_fields else "tap" if name in TapConfig.model_fields else "target"
         meaning = (field.description or "").replace("|", "/")
         choices = _literal_values(field.annotation)
         if choices:
             meaning += " One of: " + ", ".join(f"`{c}`" for c in choices) + "."
-        rows.append(f"| `{name}`{secret} | {shown} | {only} | {meaning} |")
+        rows.append(f"| `{name}`{secret} | {shown} | {used} | {meaning} |")
     return "\n".join(rows)
 
 
@@ -143,9 +145,9 @@ def _literal_values(annotation: Any) -> list[str]:
     return values
 
 
-def _readme_with_table(text: str) -> str:
+def _doc_with_table(text: str) -> str:
     if TABLE_START not in text or TABLE_END not in text:
-        return text
+        raise SystemExit(f"{CONFIG_DOC} lost its {TABLE_START} ... {TABLE_END} markers; put them back")
     head, rest = text.split(TABLE_START, 1)
     _, tail = rest.split(TABLE_END, 1)
     return f"{head}{TABLE_START}\n{settings_table()}\n{TABLE_END}{tail}"
@@ -202,13 +204,12 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(text)
         elif not path.exists() or path.read_text() != text:
             stale.append(str(path.relative_to(SCHEMA_DIR.parent)))
-    if README.exists():
-        current = README.read_text()
-        wanted = _readme_with_table(current)
-        if args.write and wanted != current:
-            README.write_text(wanted)
-        elif not args.write and wanted != current:
-            stale.append("README.md settings table")
+    current = CONFIG_DOC.read_text() if CONFIG_DOC.exists() else f"{TABLE_START}\n{TABLE_END}\n"
+    wanted = _doc_with_table(current)
+    if args.write and wanted != current:
+        CONFIG_DOC.write_text(wanted)
+    elif not args.write and wanted != current:
+        stale.append("docs/configuration.md settings table")
     owned = set(generated_files())
     extra = sorted(str(p.relative_to(SCHEMA_DIR.parent)) for p in SCHEMA_DIR.rglob("*.json") if p not in owned)
     if stale or extra:

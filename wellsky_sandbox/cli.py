@@ -133,9 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wellsky-sandbox: {exc}", file=sys.stderr)
         return 2
     assert server.tenant is not None
-    line = json.dumps(
-        {**server.credentials(), "mfa": args.mfa, "counts": server.tenant.counts, "data_dir": str(data_dir)}
-    )
+    counts = server.tenant.counts
+    if hasattr(server.tenant, "homeconnect"):  # personal care: what its API serves, not the whole generated agency
+        from .homeconnect import served_counts
+
+        counts = served_counts(server.tenant)
+    line = json.dumps({**server.credentials(), "mfa": args.mfa, "counts": counts, "data_dir": str(data_dir)})
     print(line, flush=True)
     if args.ready_file:
         args.ready_file.write_text(line + "\n")

@@ -248,6 +248,28 @@ FIRST_NAMES = [
     "Wanda",
     "Wilma",
 ]
+MALE_NAMES = (
+    "Amos", "Ansel", "Benny", "Cecil", "Dale", "Earl", "Elmer", "Emmett", "Floyd", "Glenn", "Herbert", "Jack", "Leon",
+    "Marvin", "Milton", "Otis", "Ralph", "Virgil",
+)
+FEMALE_NAMES = tuple(name for name in FIRST_NAMES if name not in MALE_NAMES)
+
+
+def gendered_name(name: str, gender: str | None) -> str:
+    """A first name consistent with ``gender``: the drawn name if it fits, else the name at the same position of
+    that gender's list (no extra random draw, so every other generated value stays as it was)."""
+    position = FIRST_NAMES.index(name) if name in FIRST_NAMES else 0
+    if gender == "male" and name not in MALE_NAMES:
+        return MALE_NAMES[position % len(MALE_NAMES)]
+    if gender == "female" and name in MALE_NAMES:
+        return FEMALE_NAMES[position % len(FEMALE_NAMES)]
+    return name
+
+
+def gender_of(name: str) -> str:
+    """The gender a first name of these lists reads as (caregivers carry no gender in the canonical model)."""
+    return "male" if name in MALE_NAMES else "female"
+
 LAST_NAMES = [
     "Abbott",
     "Barker",
@@ -325,6 +347,8 @@ PAYERS = (
 DISCIPLINES = ("SN", "PT", "OT", "ST", "MSW", "HHA")
 SERVICE_CODE = {"SN": "G0299", "PT": "G0151", "OT": "G0152", "ST": "G0153", "MSW": "G0155", "HHA": "G0156"}
 PERSONAL_CARE_CODE = "T1019"
+PERSONAL_CARE_CREDENTIALS = ("HHA", "HHA", "HHA", "CNA", "CNA", "LPN")
+"""A personal-care agency's caregivers: mostly home health aides, some CNAs, a few LPNs (one draw, weighted)."""
 CREDENTIALS = {
     "SN": ("RN", "LPN"),
     "PT": ("PT", "PTA"),
@@ -470,7 +494,9 @@ class Generator:
             "npi": None if disc == "HHA" else "1" + self._digits(9),
             "first_name": r.choice(FIRST_NAMES),
             "last_name": r.choice(LAST_NAMES),
-            "credentials": r.choice(CREDENTIALS[disc]),
+            "credentials": r.choice(
+                PERSONAL_CARE_CREDENTIALS if self.product == "personal_care" else CREDENTIALS[disc]
+            ),
             "roles": ["aide"]
             if disc == "HHA"
             else (["clinician", "case_manager"] if r.random() < 0.2 else ["clinician"]),
@@ -510,6 +536,7 @@ class Generator:
             "coverage": coverage,
             "updated_at": self._updated_after(admitted),
         }
+        patient["first_name"] = gendered_name(str(patient["first_name"]), str(patient["gender"]))
         yield "patients", patient
 
         for cov in coverage:

@@ -66,3 +66,19 @@ def test_pyairbyte_full_then_incremental_into_its_cache(pyairbyte_python, sandbo
     check(read(pyairbyte_python, config, cache, "full"))
     sandbox.advance(fraction=0.05)  # updates and new rows: the incremental read must merge, not append
     check(read(pyairbyte_python, config, cache, "incremental"))
+
+
+@pytest.mark.timeout(900)
+def test_pyairbyte_reads_a_personal_care_tenant_as_the_readme_shows(pyairbyte_python, sandbox_factory, tmp_path):
+    """Issue 28: the README's PyAirbyte lines with a personal-care config reach its tables in the DuckDB cache —
+    only the six streams Home Connect serves, every patient once."""
+    tenant = sandbox_factory(product="personal_care", scale=20)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "product": "personal_care", "base_url": tenant.base_url, "client_id": tenant.client_id,
+        "client_secret": tenant.client_secret, "home_connect_history_months": 3, "max_requests_per_second": 0,
+    }))
+    streams = read(pyairbyte_python, config, tmp_path / "cache", "full")
+    assert set(streams) == {"patients", "practitioners", "appointments", "encounters", "related_persons", "locations"}
+    assert sorted(streams["patients"]) == sorted(str(r["id"]) for r in tenant.truth("patients"))
+    assert all(len(ids) == len(set(ids)) for ids in streams.values())

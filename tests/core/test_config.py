@@ -165,3 +165,66 @@ def test_json_schema_flags_secrets_and_lists_every_key():
     target = config_json_schema(TargetConfig)["properties"]
     assert {"authorization_policy", "dry_run", "write_concurrency", "audit_log_path", "strict"} <= set(target)
     assert TargetConfig.load({**BASE}, env={}).write_concurrency == 8
+
+
+# -- issue 28: one line per bad value, a did-you-mean for enum values, no masked non-secret word ------------------
+def test_a_misspelled_enum_value_suggests_the_valid_one():
+    with pytest.raises(ConfigError) as info:
+        WellSkyConfig.load({"product": "personal-care", "client_id": "c", "client_secret": "s"}, env={})
+    assert info.value.fields == ["product"]
+    assert "did you mean `personal_care`?" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load(source="fhir-bulk")
+    assert "did you mean `fhir_bulk`?" in str(info.value)
+
+
+def test_a_required_key_message_keeps_the_word_required_on_the_cli(tmp_path):
+    """The log redaction's key=value rule masked "required" after `client_secret:`; config errors mask only
+    registered secret values."""
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "c.json"
+    path.write_text('{"product": "personal_care", "client_id": "x"}')
+    proc = subprocess.run(
+        [sys.executable, "-m", "tap_wellsky.tap", "--config", str(path)], capture_output=True, text=True, timeout=120,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("WELLSKY_")}, "XDG_STATE_HOME": str(tmp_path)},
+    )
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert errors == [
+        "tap-wellsky: error: invalid configuration: client_secret: required when auth_method=oauth_client_credentials; "
+        "set `client_secret` or WELLSKY_CLIENT_SECRET"
+    ]
+
+
+def test_config_error_lines_keep_the_fix_and_still_mask_secrets():
+    from wellsky_core.redaction import clear_registry, redact_config_message, register_secret
+
+    register_secret("s3cr3t-value")
+    try:
+        text = "client_secret: required; got s3cr3t-value, Bearer abc.def"
+        assert redact_config_message(text) == "client_secret: required; got ***, Bearer ***"
+    finally:
+        clear_registry()
+
+
+def test_the_portal_needs_agency_timezone_before_any_stream_begins():
+    with pytest.raises(ConfigError) as info:
+        load(stream_sources={"appointments": "portal"})
+    assert info.value.fields == ["agency_timezone"] and "source=portal" in str(info.value)
+    assert load(source="portal", agency_timezone="America/Chicago").agency_timezone == "America/Chicago"
+
+
+def test_quality_ignore_names_known_streams_and_fields():
+    from wellsky_core.config import TapConfig
+
+    ok = TapConfig.load({**BASE, "quality_ignore": '{"appointments": ["service_code"]}'}, env={})
+    assert ok.quality_ignore == {"appointments": ["service_code"]}
+    with pytest.raises(ConfigError) as info:
+        TapConfig.load({**BASE, "quality_ignore": {"appointmnts": ["service_code"]}}, env={})
+    assert "did you mean `appointments`?" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        TapConfig.load({**BASE, "quality_ignore": {"appointments": ["servce_code"]}}, env={})
+    assert "did you mean `service_code`?" in str(info.value)

@@ -174,7 +174,7 @@ def test_the_portal_session_key_goes_only_to_the_portals_own_origin() -> None:
 
     config = WellSkyConfig.load(
         {"base_url": "https://kinnser.example.test", "product": "home_health", "source": "portal",
-         "username": "u", "password": "p"},
+         "username": "u", "password": "p", "agency_timezone": "America/Chicago"},
         env={},
     )
     browser = PortalBrowser(config, HOME_HEALTH, None)

@@ -22,6 +22,7 @@ import copy
 import io
 import json
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -144,6 +145,42 @@ def test_bad_config_through_the_clis_is_one_clear_line(tmp_path: Path) -> None:
         assert_no_traceback(stderr, f"CLI with bad {field}")
         assert proc.returncode != 0, f"bad {field} was accepted"
         assert field in stderr, f"error does not name {field}:\n{stderr[-800:]}"
+
+
+ISSUE_28_CASES = [  # (config, the one error line must contain)
+    ({"product": "personal-care"}, "product: did you mean `personal_care`?"),
+    ({"product": "personal_care", "client_id": "x"}, "client_secret: required when auth_method="),
+    ({"source": "portal", "username": "u", "password": "p"}, "agency_timezone: required when a stream reads"),
+    ({"max_flagged_fraction": 2}, "max_flagged_fraction"),
+]
+
+
+@pytest.mark.parametrize(("config", "needle"), ISSUE_28_CASES)
+def test_every_face_gives_the_same_one_line_before_any_stream(tmp_path: Path, config: dict, needle: str) -> None:
+    """Issue 28: tap-wellsky (a sync and --test), target-wellsky and source-wellsky (check: a FAILED status; read:
+    a TRACE config_error) report a bad value as one line, before anything starts, with the fix."""
+    cfg = write_json(tmp_path / "config.json", config)
+    source = [sys.executable, "-m", "tap_wellsky.airbyte"]
+    runs = {"tap sync": [*TAP_CMD, "--config", str(cfg)], "tap --test": [*TAP_CMD, "--config", str(cfg), "--test"]}
+    if "max_flagged_fraction" not in config:  # a tap-only setting
+        runs["target"] = [*TARGET_CMD, "--config", str(cfg)]
+    procs = {
+        name: subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=child_env())
+        for name, cmd in runs.items()
+    }
+    for name, proc in procs.items():
+        _, stderr = proc.communicate("", timeout=180)
+        errors = [line for line in stderr.splitlines() if ": error:" in line or " ERROR " in line]
+        assert proc.returncode == 2, f"{name}: exit {proc.returncode}\n{stderr[-800:]}"
+        assert len(errors) == 1 and needle in errors[0], f"{name}: {errors}"
+        assert "***" not in errors[0] and "Beginning sync" not in stderr and "status OK" not in stderr
+    read = subprocess.run([*source, "read", "--config", str(cfg), "--catalog", str(cfg)], capture_output=True,
+                          text=True, env=child_env(), timeout=180)
+    traces = [json.loads(line)["trace"]["error"] for line in read.stdout.splitlines() if '"TRACE"' in line]
+    assert read.returncode == 1 and len(traces) == 1, read.stdout[-800:]
+    assert traces[0]["failure_type"] == "config_error" and needle in traces[0]["message"]
+    CASES["one line on every face (issue 28)"] = len(ISSUE_28_CASES)
 
 
 # ==============================================================================================================

@@ -1,4 +1,4 @@
-"""Without ``dead_letter_path`` a malformed HL7 message or CSV export row stops the read (the README's promise).
+"""Without ``dead_letter_path`` a malformed HL7 message or CSV export row stops the read (docs/guide.md's promise).
 
 With a dead-letter file such inputs are set aside and the read goes on (``tests/channels/test_malformed_batch.py``);
 without one nothing may be dropped silently: the read stops with an error naming the problem and the setting.

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from wellsky_sandbox.generator import Generator
 from wellsky_sandbox.testing import SandboxServer
 
 
@@ -577,7 +578,7 @@ def test_profile_tags_are_a_post_only_collection(writable: SandboxServer) -> Non
         assert created.status_code == 201
         tag = created.json()["id"]
         assert client.get(f"/v1/profileTags/{tag}/").json()["name"] == "Night Shifts"
-        caregiver = writable.truth("practitioners")[0]["id"]
+        caregiver = next(p["id"] for p in writable.truth("practitioners") if p["active"])  # active: hired
         tags = {"meta": {"tag": [{"code": "profileTags", "display": f"45,{tag}"}]}}
         assert client.put(f"/v1/practitioners/{caregiver}/", json=tags).status_code == 200
         assert (
@@ -907,3 +908,27 @@ def test_truth_stays_canonical(tenant: SandboxServer) -> None:
     assert patient["status_code"] is None, "Home Connect's numeric client status stays out of the canonical truth"
     assert all(not k.startswith("_") for a in tenant.truth("appointments") for k in a)
     assert datetime.fromisoformat(patient["updated_at"].replace("Z", "+00:00")).tzinfo == UTC
+
+
+def test_people_look_like_an_agency_s(writable: SandboxServer) -> None:
+    """Issue 28: first names fit the gender, caregivers carry a credential (HHA/CNA/LPN) among readable profile
+    tags, and the same seed gives the same people."""
+    from wellsky_sandbox.generator import MALE_NAMES
+
+    with api(writable) as client:
+        clients = search_all(client, "/v1/patients/_search/", {})
+        caregivers = search_all(client, "/v1/practitioners/_search/", {})
+        for person in clients + caregivers:
+            first = person["name"][0]["given"][0]
+            if person["gender"] in ("male", "female"):
+                assert (first in MALE_NAMES) == (person["gender"] == "male"), "a first name of the other gender"
+        credentials = set()
+        for caregiver in caregivers:
+            ids = next(t["display"] for t in caregiver["meta"]["tag"] if t["code"] == "profileTags").split(",")
+            names = [client.get(f"/v1/profileTags/{i}/").json()["name"] for i in ids if i]
+            credentials |= {n for n in names if n in ("HHA", "CNA", "LPN")}
+            assert len([n for n in names if n in ("HHA", "CNA", "LPN")]) == 1
+        assert credentials <= {"HHA", "CNA", "LPN"} and len(credentials) >= 2
+    again = [r for e, r in Generator("personal_care", 42).generate(30) if e == "patients"]
+    first = [r for e, r in Generator("personal_care", 42).generate(30) if e == "patients"]
+    assert again == first

@@ -64,10 +64,12 @@ def test_dead_letters_exit_3_and_flags_and_skips_are_counted(sandbox: SandboxSer
     assert report["status"] == "completed_with_refusals"
     patients = report["streams"]["patients"]
     assert patients["dead_lettered"] == 1
-    # flagged standard records: the A08/A28/A40/A47 patients without a status (hand-counted in the fixtures)
-    assert patients["flagged"] == 5 and patients["missing_fields"] >= 5
+    # flagged standard records (hand-counted in the fixtures): the A08/A28/A40/A47 patients without a status (5),
+    # and the two of adt_v251_ch2_cx_type_in_authority_lf.hl7 whose MRN type stands in CX.4 (read, flagged)
+    assert patients["flagged"] == 7 and patients["missing_fields"] >= 5
     assert report["streams"]["appointments"]["unmapped_codes"] >= 1
-    assert report["skipped"]["hl7_sftp"] == {"ACK^A01": 1, "ADT^A17": 1, "MDM^T02": 1, "ORM^O01": 1}
+    # S23 (blocked time, v2.5.1 ch. 10 fixture) is no appointment: skipped and counted like the other types
+    assert report["skipped"]["hl7_sftp"] == {"ACK^A01": 1, "ADT^A17": 1, "MDM^T02": 1, "ORM^O01": 1, "SIU^S23": 1}
     records = records_by_stream(messages(catalog_free.stdout))
     flagged = [r for r in records["patients"] if r["data_quality"]]
     assert len(flagged) == patients["flagged"]
@@ -92,3 +94,58 @@ def test_a_bad_threshold_is_a_config_error(sandbox: SandboxServer, tmp_path: Pat
     proc = run_tap(tmp_path, _config(sandbox, tmp_path, max_flagged_fraction=2), check=False)
     assert proc.returncode in (1, 2)  # the SDK's config validation (1) or ours (2): before any record
     assert "max_flagged_fraction" in proc.stderr and '"type": "RECORD"' not in proc.stdout
+
+
+# -- issue 28: expectations per stream and field ---------------------------------------------------------------
+def _flagged(field: str, kind: str = "missing") -> dict[str, Any]:
+    return {"id": "1", "data_quality": [{"field": field, "kind": kind, "reason": "r"}]}
+
+
+def test_quality_ignore_drops_the_flags_of_expected_fields_from_record_and_counts() -> None:
+    from wellsky_core.quality import QualityCounter
+
+    counter = QualityCounter(ignore={"appointments": ["service_code", "address"]})
+    ignored, nested, kept = _flagged("service_code"), _flagged("address.zip"), _flagged("discipline")
+    for record in (ignored, nested, kept):
+        counter.observe("appointments", record)
+    counter.observe("patients", _flagged("service_code"))  # another stream: not covered
+    assert ignored["data_quality"] == [] and nested["data_quality"] == []
+    assert kept["data_quality"][0]["field"] == "discipline"
+    report = counter.report(max_flagged_fraction=0.5)
+    assert report["streams"]["appointments"]["flagged"] == 1 and report["streams"]["patients"]["flagged"] == 1
+    assert report["streams_over_threshold"] == ["patients"]
+
+
+def test_a_field_the_product_never_sends_is_not_missing_but_a_bad_value_still_counts() -> None:
+    from wellsky_core.products import DIALECTS
+    from wellsky_core.quality import QualityCounter
+
+    counter = QualityCounter(never_sent=lambda: DIALECTS["personal_care"].never_sent)
+    absent, invalid = _flagged("service_code"), _flagged("service_code", kind="invalid")
+    counter.observe("appointments", absent)
+    counter.observe("appointments", invalid)
+    assert absent["data_quality"] == [] and len(invalid["data_quality"]) == 1
+    assert counter.report()["streams"]["appointments"]["flagged"] == 1
+    home_health = QualityCounter(never_sent=lambda: DIALECTS["home_health"].never_sent)
+    record = _flagged("service_code")
+    home_health.observe("appointments", record)
+    assert len(record["data_quality"]) == 1  # home health does send service codes: missing is a real gap
+
+
+def test_personal_care_shifts_are_not_all_flagged(sandbox_factory: Any, tmp_path: Path) -> None:
+    """Home Connect has no service code: with the product default a clean tenant's shifts carry no flag, so
+    max_flagged_fraction is usable (it flagged 100% of shifts before)."""
+    tenant = sandbox_factory(product="personal_care", scale=20)
+    config = {
+        "product": "personal_care", "base_url": tenant.base_url, "client_id": tenant.client_id,
+        "client_secret": tenant.client_secret, "max_requests_per_second": 0, "home_connect_history_months": 2,
+        "data_quality_report_path": str(tmp_path / "quality.json"), "max_flagged_fraction": 0.2,
+    }
+    catalog = json.loads(run_tap(tmp_path, config, args=("--discover",)).stdout)
+    for entry in catalog["streams"]:
+        entry["metadata"][0]["metadata"]["selected"] = entry["tap_stream_id"] == "appointments"
+    proc = run_tap(tmp_path, config, catalog=catalog)
+    shifts = records_by_stream(messages(proc.stdout))["appointments"]
+    assert shifts and all(r["service_code"] is None for r in shifts)
+    report = json.loads((tmp_path / "quality.json").read_text())
+    assert "service_code" not in report["streams"]["appointments"]["flags_by_field"]

@@ -19,6 +19,7 @@ def _truth_ids(sb) -> dict[str, set[str]]:
 
 def test_full_sync_emits_every_record_valid_against_its_schema(sandbox, tmp_path):
     proc = run_tap(tmp_path, sandbox_config(sandbox))
+    assert "product home_health)" in proc.stderr  # detected with GET /tenant, named in the summary (not '?')
     msgs = messages(proc.stdout)
     schemas = {m["stream"]: m["schema"] for m in msgs if m["type"] == "SCHEMA"}
     # product detected at sync time: every stream some product serves through the api (portal-only ones not)
@@ -148,7 +149,8 @@ def test_discovery_and_about_open_no_connection(tmp_path):
         ({"product": "personal_care"}, {"patients", "practitioners", "appointments", "encounters",
                                         "related_persons", "locations"}),
         ({"product": "hospice", "source": "hl7_sftp"}, {"patients", "appointments", "encounters"}),
-        ({"product": "home_health", "stream_sources": {"claims": "portal", "episodes": "portal"}},
+        ({"product": "home_health", "stream_sources": {"claims": "portal", "episodes": "portal"},
+          "agency_timezone": "America/Chicago"},
          set(MODELED_ENTITIES) | {"claims", "episodes"}),
         ({"product": "personal_care", "discover_all_streams": True}, set(ENTITIES)),
     ],
@@ -156,3 +158,34 @@ def test_discovery_and_about_open_no_connection(tmp_path):
 def test_discovery_lists_what_the_product_and_sources_serve(tmp_path, config, expected):
     proc = run_tap(tmp_path, config, args=("--discover",))
     assert {s["tap_stream_id"] for s in json.loads(proc.stdout)["streams"]} == expected
+
+
+def test_the_first_log_line_says_sandbox_or_production(sandbox, tmp_path):
+    """Issue 28: a run says up front whether it reads synthetic data or a tenant, and which."""
+    forced = run_tap(
+        tmp_path,
+        {"sandbox": True, "product": "personal_care", "client_id": "real-id", "client_secret": "real-secret",
+         "sandbox_scale": "XS"},
+        args=("--test",),
+    )
+    first = forced.stderr.splitlines()[0]
+    assert "EMBEDDED SANDBOX: synthetic personal_care data" in first and "sandbox: true" in first
+    production = run_tap(
+        tmp_path,
+        {"base_url": "https://agency.invalid/api", "username": "u", "password": "p", "max_retries": 0,
+         "timeout_seconds": 2},
+        args=("--test",),
+        check=False,
+    )
+    assert production.returncode == 2
+    assert "PRODUCTION TENANT: agency.invalid" in production.stderr.splitlines()[0]
+    local = run_tap(tmp_path, sandbox_config(sandbox), args=("--test",))
+    assert f"TENANT AT 127.0.0.1:{sandbox.port}" in local.stderr.splitlines()[0]
+
+
+def test_a_failed_sync_never_reports_status_ok(sandbox, tmp_path):
+    proc = run_tap(tmp_path, sandbox_config(sandbox, password="wrong-password", max_retries=0), check=False)
+    assert proc.returncode == 2
+    assert "status OK" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("tap-wellsky: error:")

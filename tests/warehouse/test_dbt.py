@@ -139,7 +139,7 @@ def test_dbt_build_on_tap_output_in_duckdb(sandbox, tmp_path):
     with duckdb.connect(str(database), read_only=True) as conn:
         for stream in STREAMS:
             loaded = conn.execute(f'select count(*) from {SCHEMA}."{stream}"').fetchone()[0]
-            # target-duckdb 0.8.0 with duckdb >= 1.3 loses the first row of every batch (README): count them all
+            # target-duckdb 0.8.0 with duckdb >= 1.3 loses the first row of every batch (docs/operations.md): count all
             assert loaded == len(sandbox.truth(stream)), f"{stream}: {loaded} rows loaded"
 
     as_of = datetime.now(UTC).date()

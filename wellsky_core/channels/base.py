@@ -22,6 +22,33 @@ T = TypeVar("T")
 ClientUse = Literal["required", "optional", "none"]
 
 
+class Progress:
+    """A stream's known plan: ``planned`` units of work (client-months, bulk files, offices) and how many are done.
+
+    Fed by the channel (any thread), read by the read loop's progress line, which adds a total and an ETA."""
+
+    def __init__(self, planned: int, unit: str) -> None:
+        self.planned = planned
+        self.unit = unit
+        self.done = 0
+        self._lock = threading.Lock()
+
+    def advance(self, units: int = 1) -> None:
+        with self._lock:
+            self.done += units
+
+    def note(self, elapsed: float) -> str:
+        """``, 120/960 client-months (12%), ETA 3m05s`` (no ETA before the first unit is done)."""
+        done, planned = min(self.done, self.planned), self.planned
+        text = f", {done}/{planned} {self.unit}"
+        if planned:
+            text += f" ({done / planned:.0%})"
+        if 0 < done < planned and elapsed > 0:
+            left = int(elapsed * (planned - done) / done)
+            text += f", ETA {left // 60}m{left % 60:02d}s"
+        return text
+
+
 class Channel(abc.ABC):
     """A way to reach one tenant's data that yields canonical records per entity."""
 
@@ -51,6 +78,18 @@ class Channel(abc.ABC):
         self.dead_letter = dead_letter or DeadLetter(config.dead_letter_path)
         self.skipped: Counter[str] = Counter()
         """Inputs deliberately not read, by type (e.g. an HL7 message type no stream carries)."""
+        self.plans: dict[str, Progress] = {}
+        """Per stream, the plan of a read whose size is known up front (:meth:`plan_progress`)."""
+
+    def plan_progress(self, entity: str, planned: int, unit: str) -> Progress:
+        """Announce that reading ``entity`` takes ``planned`` units; advance the returned Progress as they finish."""
+        self.plans[entity] = Progress(planned, unit)
+        return self.plans[entity]
+
+    def progress_note(self, entity: str, elapsed: float) -> str:
+        """The plan's part of the read loop's progress line ('' when the channel knows no plan)."""
+        plan = self.plans.get(entity)
+        return plan.note(elapsed) if plan is not None else ""
 
     def reject(self, entity: str | None, problem: Exception | str, payload: Any, **context: Any) -> None:
         """Refuse one input that cannot become a canonical record — the one reject path of every channel.

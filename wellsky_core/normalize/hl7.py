@@ -51,7 +51,7 @@ from zoneinfo import ZoneInfo
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_segment
 
-from ..errors import NormalizationError
+from ..errors import NormalizationError, Unsupported
 from ..quality import FlagKind, Flags
 from .status import PatientStatus, patient_status
 from .validation import validated
@@ -135,12 +135,6 @@ class Hl7Options:
 DEFAULT_OPTIONS = Hl7Options()
 
 
-class Unsupported(NormalizationError):
-    """A message type no stream carries: skipped and counted by type, not dead-lettered."""
-
-    def __init__(self, message_type: str) -> None:
-        self.message_type = message_type
-        super().__init__("hl7", "MSH-9", f"unsupported message type {message_type}")
 
 
 def split_messages(text: str) -> list[str]:

@@ -64,6 +64,9 @@ class Dialect:
     """The streams this product accepts writes for."""
     unavailable: dict[str, str] = field(default_factory=dict)
     """Streams this product's API lacks, with the reason the tap reports (never faked)."""
+    never_sent: dict[str, frozenset[str]] = field(default_factory=dict)
+    """Stream -> canonical fields this product's API has no source for: left null, not flagged as missing
+    (every record would be flagged, and ``max_flagged_fraction`` could not be used)."""
     api_channel: str | None = None
     """``module:Class`` of the channel behind ``source: api`` when it is not the modeled REST channel."""
     portal_channel: str | None = None

@@ -21,8 +21,23 @@ from .options import Options
 if TYPE_CHECKING:
     from ..tenant import Tenant
 
-__all__ = ["HomeConnect", "Options", "forbidden_routes", "routes"]
+__all__ = ["SERVED", "HomeConnect", "Options", "forbidden_routes", "routes", "served_counts"]
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+
+
+SERVED = ("patients", "practitioners", "appointments", "encounters")
+"""Canonical entities of the tenant the Home Connect API renders (as clients, caregivers, shifts, care logs);
+coverage, authorizations, referrals and care plans exist in the generated agency but no Home Connect resource
+serves them."""
+
+
+def served_counts(tenant: Tenant) -> dict[str, int]:
+    """What a Home Connect client can read from this tenant, per canonical stream (the start-up counts)."""
+    hc: HomeConnect = tenant.homeconnect  # type: ignore[attr-defined]
+    counts = {entity: tenant.counts.get(entity, 0) for entity in SERVED}
+    counts["related_persons"] = sum(1 for _ in hc.extras.all("relatedperson"))
+    counts["locations"] = len(hc.extras.locations)
+    return counts
 
 
 def routes(tenant: Tenant) -> list[BaseRoute]:

@@ -65,7 +65,10 @@ APPLICANT_STATUS = {
     110: "Application Completed",
 }
 PROSPECT_CODES = (1, 10, 20, 30, 40, 50, 60, 70)
-PROFILE_TAGS = {45: "Dementia Care", 67: "Hoyer Lift", 80: "Spanish Speaking", 91: "Pet Friendly", 102: "Smoker OK"}
+SKILL_TAGS = {45: "Dementia Care", 67: "Hoyer Lift", 80: "Spanish Speaking", 91: "Pet Friendly", 102: "Smoker OK"}
+CREDENTIAL_TAGS = {11: "HHA", 12: "CNA", 13: "LPN"}
+"""Agencies record a caregiver's certification as a profile tag (modeled: the API has no credential field)."""
+PROFILE_TAGS = {**CREDENTIAL_TAGS, **SKILL_TAGS}
 RELATIONSHIPS = {
     "DAU": "Daughter",
     "SON": "Son",
@@ -170,9 +173,12 @@ class Extras:
             return rng.choice((10, 15, 18, 20, 25, 30, 40, 50, 60, 70, 80, 90, 110)), False
         return 100, True
 
-    def profile_tags(self, rec_id: str) -> str:
-        rng = rng_for(self.seed, "profile-tags", rec_id)
-        return ",".join(str(t) for t in sorted(rng.sample(sorted(PROFILE_TAGS), k=rng.randint(0, 2))))
+    def profile_tags(self, rec: dict[str, Any]) -> str:
+        """The caregiver's credential tag (from the generated credentials) and 0-2 skill tags, deterministic."""
+        rng = rng_for(self.seed, "profile-tags", rec["id"])
+        skills = rng.sample(sorted(SKILL_TAGS), k=rng.randint(0, 2))
+        credential = [t for t, name in CREDENTIAL_TAGS.items() if name == rec.get("credentials")]
+        return ",".join(str(t) for t in sorted(credential + skills))
 
     def person_extras(self, kind: str, rec_id: str) -> dict[str, Any]:
         """Phone, address, gender, birth date for people the canonical model keeps fewer fields on."""

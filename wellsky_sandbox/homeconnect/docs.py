@@ -260,7 +260,8 @@ def render_section() -> str:
         "| `PUT /v1/encounter/{id}/task/{taskId}/` | a shift task's status (NOT_COMPLETE needs `comment`; fact "
         "sheet §4, REF M) |",
         "| `POST /v1/profileTags/`, `GET/PUT /v1/profileTags/{id}/` | caregiver profile tags; `GET` on the "
-        "collection is 405 (CONN H) |",
+        "collection is 405 (CONN H). Seeded: skills (Dementia Care, Hoyer Lift, ...) and, modeled, one credential "
+        "tag per caregiver (HHA, CNA or LPN: the API has no credential field) |",
         "| `POST /v1/encounter/{appointmentId}/clockin/`, `PUT /v1/encounter/{carelogId}/clockout/` | EVV |",
         "| `GET/POST /v1/encounter/{id}/tasklog/`, `PUT /v1/encounter/{id}/tasklog/{taskLogId}/` | shift notes |",
         "| `GET /v1/relatedperson/{patientId}/`, `POST /v1/relatedperson/`, `POST /v1/relatedperson/_search/`, "

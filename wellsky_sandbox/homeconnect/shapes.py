@@ -11,7 +11,7 @@ import re
 from datetime import UTC, date, datetime
 from typing import Any
 
-from ..generator import iso
+from ..generator import gender_of, iso
 from .data import MARITAL, Extras, rng_for
 
 PHONE_RE = re.compile(r"[2-9]\d{9}")
@@ -120,7 +120,11 @@ class Shapes:
     def practitioner(self, rec: dict[str, Any]) -> dict[str, Any]:
         ex = self.extras
         code, hired = ex.caregiver_code(rec)
-        person = {**ex.person_extras("practitioner", rec["id"]), **(rec.get("_hc_person") or {})}
+        person = {
+            **ex.person_extras("practitioner", rec["id"]),
+            "gender": gender_of(rec["first_name"]),  # consistent with the name (the canonical record has none)
+            **(rec.get("_hc_person") or {}),
+        }
         return {
             "resourceType": "Practitioner",
             "id": rec["id"],
@@ -132,7 +136,7 @@ class Shapes:
                     tag("agencyId", ex.agency_id),
                     tag("isHired", hired),
                     tag("status", code),
-                    tag("profileTags", rec.get("_hc_profile_tags", ex.profile_tags(rec["id"]))),
+                    tag("profileTags", rec.get("_hc_profile_tags", ex.profile_tags(rec))),
                     tag("locationId", rec.get("_hc_location") or ex.location_id("practitioner", rec["id"])),
                 ],
             ),

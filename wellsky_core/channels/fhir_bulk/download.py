@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,8 @@ from ...errors import NormalizationError, RemoteError, WellSkyTransportError
 from ...http.policy import is_retryable, retry_after
 from ...http.trust import resolve
 from ...normalize import fhir as fhir_norm
+from ...read_loop import PROGRESS_EVERY_SECONDS
+from ..base import Progress
 from ..fhir import INCLUDES, _parent_ref
 from .export import MAX_POLL_WAIT_SECONDS, JobGone
 from .spool import ExportJob
@@ -83,8 +86,11 @@ class Downloader:
         if done:
             log.info("resuming bulk job: %d file(s) already downloaded, %d to go", len(done), len(todo))
         stop = threading.Event()
+        plan = Progress(len(todo), "files")  # the manifest is the plan: a total and an ETA while downloading
+        started = last_line = time.monotonic()
 
         def fetch(url: str, kind: str, count: Any, is_error: bool) -> None:
+            nonlocal last_line
             if stop.is_set():
                 return
             try:
@@ -92,6 +98,11 @@ class Downloader:
             except BaseException:
                 stop.set()
                 raise
+            plan.advance()
+            now = time.monotonic()
+            if now - last_line >= PROGRESS_EVERY_SECONDS or plan.done == plan.planned:
+                last_line = now
+                log.info("bulk export: downloading%s", plan.note(now - started))
 
         workers = max(1, min(self.config.fhir_bulk_parallel_downloads, len(todo)))
         if workers == 1:

@@ -15,6 +15,7 @@ yields nothing for the stream, never half the data, and a killed walk resumes at
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ...channels.base import Channel
+from ...channels.base import Channel, Progress
 from ...channels.portal import PortalLayoutChanged
 from ...errors import ConfigError, NormalizationError, WellSkyError
 from ...http.mfa import build_code_source
@@ -174,18 +175,22 @@ class KinnserPortalChannel(Channel):
                 len(offices) - len(todo),
                 len(offices),
             )
-        for n, (value, name) in enumerate(todo, start=1):
+        plan = Progress(len(todo), "offices")
+        for entity in entities:  # the walk serves every stream of the group
+            self.plans[entity] = plan
+        started = time.monotonic()
+        for value, name in todo:
             records = self._clinical(value, name, run) if group == "clinical" else self._billing(value, name, run)
             self.state.office_done(run, value, records)
             counts = {e: len(records.get(e, [])) for e in entities}
             self.progress.append({"group": group, "office": name, **counts})
+            plan.advance()
             log.info(
-                "portal: %s office %d/%d (%s) read: %s",
+                "portal: %s office %s read: %s%s",
                 group,
-                n,
-                len(todo),
                 name,
                 ", ".join(f"{v} {k}" for k, v in counts.items()),
+                plan.note(time.monotonic() - started),
             )
         return self.state.finish(run, entities)
 

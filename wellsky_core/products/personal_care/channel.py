@@ -237,6 +237,7 @@ class HomeConnectChannel(Channel):
         self._clock: Callable[[], datetime] = lambda: datetime.now(UTC)
         self._people: dict[str, list[str]] = {}
         self._plans: dict[str, ReadPlan] = {}
+        self._tag_names: dict[str, str | None] = {}
 
     @staticmethod
     def probe(client: WellSkyClient) -> None:
@@ -306,7 +307,8 @@ class HomeConnectChannel(Channel):
             if since is not None:
                 floor = since.astimezone(UTC) - UPDATED_OVERLAP
                 body["updated"] = "ge" + floor.strftime("%Y-%m-%dT%H:%M:%S")
-            records = self._normalized(entity, self.search(RESOURCES[entity], body, stream=entity), observed)
+            hint = {"profile_tag_name": self.profile_tag_name} if entity == "practitioners" else {}
+            records = self._normalized(entity, self.search(RESOURCES[entity], body, stream=entity), observed, **hint)
         elif entity == "locations":
             records = self._normalized(entity, self.search("locations", {}, stream=entity), observed)
         elif entity == "appointments":
@@ -344,6 +346,21 @@ class HomeConnectChannel(Channel):
             for flag in record.get("data_quality") or ():
                 self.quality[entity][flag["field"]] += 1
             yield record
+
+    def profile_tag_name(self, tag_id: str) -> str | None:
+        """A caregiver profile tag's name (``GET /v1/profileTags/{id}/``, once per id: the collection cannot be
+        listed, §2); None when the tenant does not name it (the id is kept as ``profile_tag:<id>``)."""
+        if not tag_id.isdigit():  # ids are numeric (§3); anything else never reaches a URL path
+            return None
+        if tag_id not in self._tag_names:
+            try:
+                body = self.client.get_json(f"{API_ROOT}/profileTags/{tag_id}/")
+            except RemoteError:
+                body = None
+            self.requests_by_stream["practitioners"] += 1
+            name = body.get("name") if isinstance(body, dict) else None
+            self._tag_names[tag_id] = name.strip() if isinstance(name, str) and name.strip() else None
+        return self._tag_names[tag_id]
 
     # -- fan-out over clients ------------------------------------------------------------------------------
     def client_ids(self) -> list[str]:
@@ -404,9 +421,20 @@ class HomeConnectChannel(Channel):
         known = memo.people or set()
         notified = self._notified_clients(memo, plan) if not by_caregiver else set()
 
+        def first_for(pid: str) -> date:
+            return plan.floor if plan.reconcile or pid not in known or pid in notified else plan.horizon
+
+        def units(pid: str) -> int:  # one search per person and month for shifts, one per client for care logs
+            return len(months(first_for(pid), plan.last)) if entity == "appointments" else 1
+
+        unit = ("caregiver" if by_caregiver else "client") + ("-months" if entity == "appointments" else "s")
+        progress = self.plan_progress(entity, sum(units(pid) for pid in people), unit)
+
         def read(pid: str) -> tuple[str, date, list[dict[str, Any]]]:
-            first = plan.floor if plan.reconcile or pid not in known or pid in notified else plan.horizon
-            return pid, first, per_client(pid, first, plan.last, observed)
+            first = first_for(pid)
+            batch = per_client(pid, first, plan.last, observed)
+            progress.advance(units(pid))
+            return pid, first, batch
 
         workers = max(1, self.config.home_connect_concurrency)
         candidates: list[tuple[str, str]] = []

@@ -29,11 +29,17 @@ UNAVAILABLE: dict[str, str] = {
 }
 """Canonical streams this API does not have, with the reason reported to the user (never faked)."""
 
+NEVER_SENT: dict[str, frozenset[str]] = {
+    "appointments": frozenset({"service_code"}),  # an Appointment (shift) has no service code (fact sheet §3)
+}
+"""Canonical fields the Home Connect API has no source for: null, and not flagged as missing."""
+
 DIALECT = Dialect(
     product="personal_care",
     streams=frozenset({"patients", "practitioners", "appointments", "encounters", "related_persons", "locations"}),
     writable=frozenset({"patients"}),
     unavailable=UNAVAILABLE,
+    never_sent=NEVER_SENT,
     api_channel="wellsky_core.products.personal_care.channel:HomeConnectChannel",
     writer="wellsky_core.products.personal_care.writer:HomeConnectWriter",
     write_streams=(("evv_clock", "wellsky_core.products.personal_care.writer:ClockEvent"),),
@@ -47,4 +53,6 @@ DIALECT = Dialect(
 )
 
 
-__all__ = ["API_ROOT", "DIALECT", "MAX_COUNT", "PRODUCTION_URL", "RATE_BUDGET", "TOKEN_PATH", "UNAVAILABLE"]
+__all__ = [
+    "API_ROOT", "DIALECT", "MAX_COUNT", "NEVER_SENT", "PRODUCTION_URL", "RATE_BUDGET", "TOKEN_PATH", "UNAVAILABLE",
+]

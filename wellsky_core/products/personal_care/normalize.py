@@ -265,6 +265,26 @@ def _patient(res: dict[str, Any], observed: datetime, hint: dict[str, Any]) -> d
     }
 
 
+CREDENTIAL_TAGS = frozenset({"HHA", "CNA", "LPN", "LVN", "RN", "PCA", "HCA", "CMA"})
+"""Profile-tag names agencies give a caregiver's certification: read as ``credentials``, not as a specialty."""
+
+
+def _profile(ids: str, name_of: Any) -> tuple[str | None, list[str]]:
+    """(credentials, specialties) from a ``profileTags`` id list; ``name_of`` resolves an id to the tag's name
+    (the channel's ``GET /v1/profileTags/{id}/``). An id it cannot name stays ``profile_tag:<id>``."""
+    credentials: str | None = None
+    specialties: list[str] = []
+    for tag_id in (t.strip() for t in ids.split(",") if t.strip()):
+        name = name_of(tag_id) if name_of is not None else None
+        if name is None:
+            specialties.append(f"profile_tag:{tag_id}")
+        elif name.upper() in CREDENTIAL_TAGS and credentials is None:
+            credentials = name.upper()
+        else:
+            specialties.append(name)
+    return credentials, specialties
+
+
 def _practitioner(res: dict[str, Any], observed: datetime, hint: dict[str, Any]) -> dict[str, Any]:
     flags: list[str] = []
     tag = tags(res)
@@ -284,14 +304,15 @@ def _practitioner(res: dict[str, Any], observed: datetime, hint: dict[str, Any])
         _flag(flags, "first_name")
     if last is None:
         _flag(flags, "last_name")
-    specialties = [t.strip() for t in tag.get("profileTags", "").split(",") if t.strip()]
+    credentials, specialties = _profile(tag.get("profileTags", ""), hint.get("profile_tag_name"))
     return {
         "id": res["id"],
         "first_name": first or "",
         "last_name": last or "",
         "roles": [] if hired is None else ["caregiver"] if hired else ["applicant"],
         "disciplines": ["HHA"],
-        "specialties": [f"profile_tag:{t}" for t in specialties],
+        "credentials": credentials,
+        "specialties": specialties,
         "active": active if active is not None else bool(hired),
         "status_code": code,
         "data_quality": flags,
