@@ -104,8 +104,8 @@ class TapWellSky(Tap):
         The SDK's test writes that record to stdout: a full patient (name, birth date, MRN) in a CI log. Only
         ``--test=records`` (an explicit ask) does that now.
         """
-        tenant = self.connection.tenant()
-        self.logger.info("connected to %s (%s)", tenant.get("name", "tenant"), self.connection.product)
+        self.connection.tenant()  # its name is server text: never quoted
+        self.logger.info("connected to the tenant (%s)", self.connection.product)
         if emit_records:
             return super().run_connection_test()
         for stream in self.streams.values():

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from .disclosure import safe_code
 from .jsonl import JsonlAppender
 
 
@@ -37,7 +38,7 @@ class AuditLog(JsonlAppender):
                 "wellsky_id": wellsky_id,
                 "idempotency_key": idempotency_key,
                 "key_hash": key_hash,
-                "code": code,
+                "code": safe_code(code),  # an allow-listed machine code: never a server's free text
                 "input_line": line,
             }
         )

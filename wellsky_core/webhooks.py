@@ -35,6 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from .disclosure import public_message
 from .errors import SignatureError, WellSkyError
 
 log = logging.getLogger("wellsky_core.webhooks")
@@ -169,7 +170,7 @@ def iter_canonical_events(
                 try:
                     record = to_canonical(product, event["entity"], event.get("record"))
                 except WellSkyError as exc:
-                    problem = str(exc)
+                    problem = public_message(exc)
         if problem is not None:
             if skipped is not None:
                 skipped[problem.split(":")[0]] += 1
@@ -216,7 +217,7 @@ def event_problem(event: Any, product: str | None = None) -> str | None:
         try:
             to_canonical(product, entity, event["record"])
         except WellSkyError as exc:
-            return f"unmappable_record: {exc}"
+            return f"unmappable_record: {public_message(exc)}"
     return None
 
 
@@ -373,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                 return run_subscriptions(args.action, args.config)
             return serve(args.config, args.host, args.port, args.store)
         except WellSkyError as exc:
-            print(f"wellsky-webhooks: {exc}", file=sys.stderr)
+            print(f"wellsky-webhooks: {public_message(exc)}", file=sys.stderr)
             return 2
     if args.command == "replay":
         store = EventStore(args.store)

@@ -21,11 +21,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError, create_model
 
 from .connection import Connection
+from .disclosure import public_message, safe_code
 from .errors import AuthorizationRefused, RemoteError, WriteAborted, WriteRefused, error_fields
 from .idempotency import idempotency_key
 from .models import ENTITIES, READ_ONLY_FIELDS, WRITABLE, UtcDatetime, strict_variant
 from .normalize.native import to_canonical, to_native
 from .products import dialect
+from .redaction import redact
 from .scheduling import AuthorizationUnitLedger, Reservation, current_charge
 from .write_hashes import WriteHashLedger, record_hash
 
@@ -51,6 +53,17 @@ class WriteResult:
     warnings: list[str] = field(default_factory=list)
     key_hash: str | None = None
     """A hash of the natural key: lets the audit trail correlate writes without holding an MRN."""
+
+    def __post_init__(self) -> None:
+        # The audit and the dead letters show ``code`` and ``reason``: only allow-listed codes, redacted text.
+        self.code = safe_code(self.code)
+        self.reason = redact(self.reason) if self.reason else self.reason
+
+    @classmethod
+    def refused(cls, stream: str, exc: BaseException, **fields: Any) -> WriteResult:
+        """A rejected write described by its error: the public message, never the error's (server's) text."""
+        code = getattr(exc, "code", None) or getattr(exc, "status", None)
+        return cls(stream, "rejected", reason=public_message(exc), code=str(code) if code else None, **fields)
 
 
 def _write_model(entity: str) -> type[BaseModel]:
@@ -169,16 +182,12 @@ class RecordWriter:
             ):
                 self.write_hashes.remember(self.tenant_key, stream, key, digest, result.wellsky_id)
             return result
-        except WriteRefused as exc:
-            return WriteResult(stream, "rejected", reason=str(exc), code=exc.code, wellsky_id=record.get("id"))
-        except AuthorizationRefused as exc:
-            return WriteResult(stream, "rejected", reason=str(exc), code=exc.code, wellsky_id=record.get("id"))
+        except (WriteRefused, AuthorizationRefused) as exc:
+            return WriteResult.refused(stream, exc, wellsky_id=record.get("id"))
         except RemoteError as exc:
             if exc.status >= 500:
                 raise self._aborted(stream, record, exc) from exc
-            return WriteResult(
-                stream, "rejected", reason=str(exc), code=exc.code or str(exc.status), wellsky_id=record.get("id")
-            )
+            return WriteResult.refused(stream, exc, wellsky_id=record.get("id"))
         except Exception as exc:
             raise self._aborted(stream, record, exc) from exc
 
@@ -190,7 +199,7 @@ class RecordWriter:
             "failed",
             wellsky_id=record.get("id") if isinstance(record.get("id"), str) else None,
             idempotency_key=self._local.sent,
-            reason=str(exc),
+            reason=public_message(exc),
             code=str(code),
             key_hash=self._key_hash(stream, record),
         )
@@ -310,7 +319,7 @@ class RecordWriter:
             except AuthorizationRefused as exc:
                 if self.policy == "enforce":
                     raise
-                warnings.append(str(exc))
+                warnings.append(public_message(exc))
                 log.warning("authorization check failed (policy=warn, writing anyway): %s", exc)
         try:
             result = self._upsert("appointments", "external_id", desired, existing, reservation=reservation)
@@ -382,16 +391,11 @@ class RecordWriter:
 
     def _answer(self, entity: str, action: Action, response: Any, key: str, desired: dict[str, Any]) -> WriteResult:
         if response.status_code >= 400:
-            code = _error_code(response) or str(response.status_code)
-            message = _error_message(response)
-            return WriteResult(
-                entity,
-                "rejected",
-                wellsky_id=desired.get("id"),
-                idempotency_key=key,
-                reason=f"WellSky refused the write ({response.status_code} {code}): {message}",
-                code=code,
-                key_hash=self._key_hash(entity, desired),
+            code, message = error_fields(response)
+            refusal = RemoteError(response.status_code, code, message, url=response.request.url)
+            key_hash = self._key_hash(entity, desired)
+            return WriteResult.refused(
+                entity, refusal, wellsky_id=desired.get("id"), idempotency_key=key, key_hash=key_hash
             )
         if response.headers.get("idempotent-replayed") == "true" and response.extensions.get("wellsky_attempt", 1) == 1:
             action = "replayed"  # our first send was answered from the tenant's memory: someone else wrote it
@@ -461,8 +465,3 @@ def match_key(stream: str, record: dict[str, Any]) -> str | None:
 def _error_code(response: Any) -> str | None:
     return error_fields(response)[0]
 
-
-def _error_message(response: Any) -> str:
-    """The server's message, scrubbed of everything the request carried (it may echo the patient's data)."""
-    code, message = error_fields(response)
-    return message or ("no detail" if code else "non-JSON or unexpected error body")

@@ -66,7 +66,7 @@ class Channel(abc.ABC):
                 f"{problem} ({self.name} channel); set dead_letter_path to set such inputs aside and continue",
             )
         self.dead_letter.write(
-            stage="read", stream=entity, reason=str(problem), payload=payload,
+            stage="read", stream=entity, reason=problem, payload=payload,
             context={"channel": self.name, **context},
         )
         logging.getLogger(type(self).__module__).warning("dead-lettered one %s input: %s", entity, problem)

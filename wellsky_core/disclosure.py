@@ -1,0 +1,234 @@
+"""What any output may say about an error: the one home of "server text never leaves the process".
+
+Every sink — the tap's and target's stderr line and summary, Airbyte TRACE and CONNECTION_STATUS messages, log
+lines (an exception passed as an argument or as ``exc_info``), uncaught exceptions in threads, dead-letter
+``reason``, the audit's ``code`` — renders an exception through :func:`public_message`, never ``str(exc)``.
+
+Why not ``str(exc)``: an error built from a response may quote the server ("Patient Jane Q Okonkwo (MRN ...)
+is locked"), and a server's text is untrusted patient data. So for the errors that carry server-derived fields
+(:class:`RemoteError`, :class:`AuthError`, :class:`AuthorizationRefused`, :class:`WriteAborted`, and anything
+that is not ours) only *structured* fields are shown: the HTTP status, the machine code if it is on
+:data:`ALLOWED_CODES` (otherwise ``unlisted_code``), the server's request id if it is token-shaped, the redacted
+URL path, and a fix we wrote ourselves (the error's ``fix`` attribute, else one from :data:`_STATUS_FIXES`).
+Errors whose message is composed only by our code from our own words, setting and field names
+(:data:`_OWN_TEXT`) keep their message. Everything is passed through :func:`redaction.redact` last.
+
+Extending: a new machine code → add it to :data:`ALLOWED_CODES`; a new error class with server-derived fields →
+it is rendered structurally by default; add it to :data:`_OWN_TEXT` only if no server text can reach its message.
+"""
+
+from __future__ import annotations
+
+import re
+import traceback
+from types import TracebackType
+
+from . import errors
+from .errors import (
+    AuthError,
+    AuthorizationRefused,
+    ConfigError,
+    MfaError,
+    NormalizationError,
+    PortalLayoutChanged,
+    RemoteError,
+    RunNotClean,
+    SignatureError,
+    SingerInputError,
+    StateError,
+    WellSkyError,
+    WellSkyTransportError,
+    WriteAborted,
+    WriteRefused,
+    WriteRunRefusals,
+)
+from .redaction import redact
+
+OTHER_CODE = "unlisted_code"
+"""Shown instead of a machine code that is not on the allow-list (it may be free text from the server)."""
+
+ALLOWED_CODES: frozenset[str] = frozenset(
+    {
+        # WellSky's documented {error, message} codes (and the sandbox's)
+        "invalid_request", "invalid_parameter", "invalid_body", "invalid_option", "invalid_setting",
+        "unknown_setting", "unknown_entity", "invalid_events", "invalid_signature", "invalid_public_key",
+        "invalid_url", "method_not_allowed", "not_found", "url_expired", "unauthorized", "forbidden",
+        "rate_limited", "throttled", "server_error", "internal", "internal_error", "conflict", "locked",
+        "duplicate", "gone", "unavailable", "maintenance", "read_only", "validation_error", "mfa_required",
+        "invalid_code", "session_expired", "invalid_credentials", "account_locked", "too_large",
+        # OAuth 2.0 (RFC 6749 / 6750)
+        "invalid_client", "invalid_grant", "unauthorized_client", "unsupported_grant_type", "invalid_scope",
+        "access_denied", "invalid_token", "insufficient_scope", "temporarily_unavailable",
+        # FHIR OperationOutcome issue types
+        "invalid", "structure", "required", "value", "invariant", "security", "login", "unknown", "expired",
+        "suppressed", "processing", "not-supported", "multiple-matches", "not-found", "deleted", "too-long",
+        "code-invalid", "extension", "too-costly", "business-rule", "transient", "lock-error", "no-store",
+        "exception", "timeout", "incomplete", "informational",
+        # our own codes (errors we raise, write refusals)
+        "unexpected_shape", "malformed_json", "invalid_listing", "foreign_next_link", "input_bounds",
+        "control_character", "ambiguous_natural_key", "unknown_id", "authorization_missing",
+        "authorization_out_of_range", "service_not_authorized", "authorization_exceeded", "rejected",
+        "stream_not_writable", "unmappable_record", "http_error", "agency_unknown",
+        # transport retry reasons (WellSkyTransportError.reason)
+        "connection", "connect", "deadline", "malformed", "download", "poll_timeout",
+    }
+)  # fmt: skip
+
+_ERROR_NAMES = frozenset(
+    name for name, value in vars(errors).items() if isinstance(value, type) and issubclass(value, BaseException)
+)
+_STATUS_CODE = re.compile(r"[1-5][0-9]{2}")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{5,79}")
+
+_STATUS_FIXES: dict[int, str] = {
+    400: "the request was refused as invalid; check the record or the setting it came from",
+    401: "the credentials were refused; check username/password (or client_id/client_secret)",
+    403: "the account lacks a permission; ask the tenant's administrator for access",
+    404: "the resource does not exist in this tenant; check base_url and the id",
+    409: "the record conflicts with WellSky's current state; retry later or fix it in WellSky",
+    410: "the resource is gone; rerun to list it again",
+    422: "WellSky refused the record's content; check the record against the canonical schema",
+    423: "the record is locked in WellSky; retry once it is unlocked",
+    429: "rate limited; lower max_requests_per_second",
+}
+
+_CODE_FIXES: dict[str, str] = {
+    "authorization_missing": "no active payer authorization covers this patient; add one in WellSky or set "
+    "authorization_policy",
+    "authorization_out_of_range": "the appointment date is outside every authorized date range; extend the "
+    "authorization in WellSky",
+    "service_not_authorized": "the appointment's service and discipline are not authorized; fix the record or the "
+    "authorization",
+    "authorization_exceeded": "not enough authorized units remain (counting this run's bookings); extend the "
+    "authorization in WellSky",
+}
+
+_OWN_TEXT: tuple[type[BaseException], ...] = (
+    ConfigError,
+    StateError,
+    SingerInputError,
+    RunNotClean,
+    WriteRunRefusals,
+    PortalLayoutChanged,
+    SignatureError,
+    NormalizationError,
+    WellSkyTransportError,
+    WriteRefused,
+)
+"""Errors whose message our code composes from our own words, setting names, field names and type names."""
+
+
+def safe_code(code: object) -> str | None:
+    """``code`` if it is an allow-listed machine code or an HTTP status, else :data:`OTHER_CODE`."""
+    if code is None or code == "":
+        return None
+    text = str(code)
+    if text in ALLOWED_CODES or _STATUS_CODE.fullmatch(text) or text in _ERROR_NAMES:
+        return text
+    return OTHER_CODE
+
+
+def safe_request_id(value: object) -> str | None:
+    """The server's request id if it is token-shaped (no spaces, 6-80 characters, a letter among them)."""
+    if not isinstance(value, str) or not _REQUEST_ID.fullmatch(value) or not re.search(r"[A-Za-z]", value):
+        return None
+    return redact(value)
+
+
+def _fix(exc: BaseException, status: int | None) -> str | None:
+    fix = getattr(exc, "fix", None)
+    if isinstance(fix, str) and fix:
+        return fix  # written by our code where the error is built, never the server's text
+    code = getattr(exc, "code", None)
+    return _CODE_FIXES.get(code) if isinstance(code, str) and code in _CODE_FIXES else _STATUS_FIXES.get(status or 0)
+
+
+def _structured(what: str, exc: BaseException, *, status: int | None, code: object, url: str | None = None) -> str:
+    parts = [what]
+    if url:
+        parts.append(f"from {url}")
+    if status is not None:
+        parts.append(f"(HTTP {status})")
+    shown = safe_code(code)
+    if shown:
+        parts.append(f"[{shown}]")
+    request_id = safe_request_id(getattr(exc, "request_id", None))
+    if request_id:
+        parts.append(f"request id {request_id}")
+    text = " ".join(parts)
+    fix = _fix(exc, status)
+    return f"{text}; {fix}" if fix else text
+
+
+def _render(exc: BaseException) -> str:
+    if isinstance(exc, WriteAborted):
+        cause = exc.__cause__ or exc.__context__
+        return "the write run stopped: " + (_render(cause) if cause is not None else "fatal error")
+    if isinstance(exc, _OWN_TEXT):
+        return str(exc)
+    if isinstance(exc, MfaError):
+        setting = f"; check `{exc.setting}`" if exc.setting else ""
+        return f"no usable MFA code ({exc.method}){setting}"
+    if isinstance(exc, AuthError):
+        setting = exc.setting or "the credentials"
+        status = f" (HTTP {exc.status})" if exc.status is not None else ""
+        code = safe_code(getattr(exc, "code", None))
+        label = f" [{code}]" if code else ""
+        fix = getattr(exc, "fix", None)
+        return f"WellSky did not accept the login{status}{label}; " + (
+            fix if isinstance(fix, str) and fix else f"check `{setting}`"
+        )
+    if isinstance(exc, RemoteError):
+        return _structured("WellSky returned an error", exc, status=exc.status, code=exc.code, url=exc.url)
+    if isinstance(exc, AuthorizationRefused):
+        return _structured("the payer authorization does not cover this appointment", exc, status=None, code=exc.code)
+    if isinstance(exc, WellSkyError):
+        return _structured(f"{type(exc).__name__}", exc, status=getattr(exc, "status", None), code=None)
+    if isinstance(exc, OSError):
+        where = f" ({exc.strerror})" if exc.strerror else ""
+        return f"{type(exc).__name__}{where}"
+    return f"unexpected {type(exc).__module__}.{type(exc).__name__}"
+
+
+def public_message(exc: BaseException) -> str:
+    """The text any output may show for ``exc``: structured fields and our own words only, redacted."""
+    try:
+        return redact(_render(exc))
+    except Exception:  # rendering must never fail a sink
+        return f"{type(exc).__name__}"
+
+
+def public_traceback(exc: BaseException | None, tb: TracebackType | None = None) -> str:
+    """A traceback whose frames are kept but whose every exception line is :func:`public_message`.
+
+    Frames name our files, functions and source lines (no data); the messages are what would leak.
+    """
+    if exc is None:
+        return ""
+    chunks: list[str] = []
+    seen: set[int] = set()
+    chain: list[tuple[BaseException, str]] = []
+    current: BaseException | None = exc
+    link = ""
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append((current, link))
+        if current.__cause__ is not None:
+            link = "\nThe above exception was the direct cause of the following exception:\n\n"
+            current = current.__cause__
+        elif current.__context__ is not None and not current.__suppress_context__:
+            link = "\nDuring handling of the above exception, another exception occurred:\n\n"
+            current = current.__context__
+        else:
+            current = None
+    for error, link in reversed(chain):
+        frames = traceback.format_tb(tb if error is exc and tb is not None else error.__traceback__)
+        if frames:
+            chunks.append("Traceback (most recent call last):\n" + "".join(frames))
+        chunks.append(f"{type(error).__module__}.{type(error).__name__}: {public_message(error)}\n")
+        if link:
+            chunks.append(link)
+    return redact("".join(chunks)).rstrip("\n")
+
+
+__all__ = ["ALLOWED_CODES", "OTHER_CODE", "public_message", "public_traceback", "safe_code", "safe_request_id"]
