@@ -133,12 +133,16 @@ class TapWellSky(Tap):
     def sync_all(self) -> None:  # type: ignore[misc]  # extended, not replaced: adds the summary
         started = time.monotonic()
         report: dict[str, Any] | None = None
+        ended_by: BaseException | None = None
         try:
             if not self._sync_streams_in_parallel():
                 super().sync_all()
+        except BaseException as exc:  # the report's status must say what the exit code will say
+            ended_by = exc
+            raise
         finally:
             if "connection" in self.__dict__:
-                report = self.connection.quality_report(self.max_flagged_fraction)
+                report = self.connection.quality_report(self.max_flagged_fraction, ended_by=ended_by)
             self.print_summary(time.monotonic() - started, report)
             if report is not None:
                 self.write_quality_report(report)
@@ -201,7 +205,7 @@ class TapWellSky(Tap):
         return self.settings.max_flagged_fraction
 
     def write_quality_report(self, report: dict[str, Any]) -> None:
-        path = self.settings.data_quality_report_path or default_report_path()
+        path = self.settings.data_quality_report_path or default_report_path(self.settings)
         try:
             written = write_report(report, path)
         except OSError as exc:

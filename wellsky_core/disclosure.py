@@ -56,6 +56,11 @@ ALLOWED_CODES: frozenset[str] = frozenset(
         "rate_limited", "throttled", "server_error", "internal", "internal_error", "conflict", "locked",
         "duplicate", "gone", "unavailable", "maintenance", "read_only", "validation_error", "mfa_required",
         "invalid_code", "session_expired", "invalid_credentials", "account_locked", "too_large",
+        "read_only_tenant", "unknown_practitioner", "unknown_patient", "duplicate_mrn", "duplicate_external_id",
+        "idempotency_key_reused", "invalid_idempotency_key", "unknown_parameter", "unknown_field",
+        "unknown_resource", "invalid_cursor", "invalid_json", "invalid_key", "invalid_mfa_code", "invalid_session",
+        "mfa_locked", "token_expired", "unauthenticated", "unknown_challenge", "code_not_sent", "cookie_rotated",
+        "no_modeled_dialect", "invalid_faults",
         # OAuth 2.0 (RFC 6749 / 6750)
         "invalid_client", "invalid_grant", "unauthorized_client", "unsupported_grant_type", "invalid_scope",
         "access_denied", "invalid_token", "insufficient_scope", "temporarily_unavailable",
@@ -93,6 +98,14 @@ _STATUS_FIXES: dict[int, str] = {
 }
 
 _CODE_FIXES: dict[str, str] = {
+    "read_only_tenant": "the tenant is read-only for this account; ask the tenant's administrator to enable writes",
+    "unknown_practitioner": "the record names a practitioner id this tenant does not have; fix practitioner_id",
+    "unknown_patient": "the record names a patient id this tenant does not have; fix patient_id",
+    "duplicate_mrn": "another patient already has this MRN; send that patient's WellSky id or fix the MRN",
+    "duplicate_external_id": "another record already has this external_id; send its WellSky id",
+    "validation_error": "WellSky refused the record's content; check it against the canonical schema",
+    "invalid_credentials": "check `username` and `password`",
+    "invalid_mfa_code": "the MFA code was refused; check the MFA settings (totp_secret, mfa_code_command)",
     "authorization_missing": "no active payer authorization covers this patient; add one in WellSky or set "
     "authorization_policy",
     "authorization_out_of_range": "the appointment date is outside every authorized date range; extend the "
@@ -161,9 +174,9 @@ def _structured(what: str, exc: BaseException, *, status: int | None, code: obje
 
 
 def _render(exc: BaseException) -> str:
-    if isinstance(exc, WriteAborted):
-        cause = exc.__cause__ or exc.__context__
-        return "the write run stopped: " + (_render(cause) if cause is not None else "fatal error")
+    if isinstance(exc, WriteAborted):  # its result's reason is the cause's public message (writes._aborted)
+        reason = getattr(exc.result, "reason", None)
+        return "the write run stopped: " + (reason if isinstance(reason, str) and reason else "fatal error")
     if isinstance(exc, _OWN_TEXT):
         return str(exc)
     if isinstance(exc, MfaError):

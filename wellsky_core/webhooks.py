@@ -24,7 +24,6 @@ import hmac
 import json
 import logging
 import os
-import sqlite3
 import sys
 import threading
 import time
@@ -37,6 +36,7 @@ from typing import Any
 
 from .disclosure import public_message
 from .errors import SignatureError, WellSkyError
+from .private_files import private_sqlite
 
 log = logging.getLogger("wellsky_core.webhooks")
 
@@ -92,11 +92,8 @@ class EventStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # owner-only before SQLite opens it (it holds patient records); SQLite gives -wal/-shm the same mode
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-        os.chmod(self.path, 0o600)
-        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # private (0600, -wal/-shm too, never through a symlink): it holds patient records
+        self.db = private_sqlite(self.path, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute(

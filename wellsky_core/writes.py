@@ -9,8 +9,6 @@ response for a write it already committed but whose answer was lost.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import re
 import threading
@@ -20,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError, create_model
 
+from .audit import tenant_secret
 from .connection import Connection
 from .disclosure import public_message, safe_code
 from .errors import AuthorizationRefused, RemoteError, WriteAborted, WriteRefused, error_fields
@@ -29,7 +28,7 @@ from .normalize.native import to_canonical, to_native
 from .products import dialect
 from .redaction import redact
 from .scheduling import AuthorizationUnitLedger, Reservation, current_charge
-from .write_hashes import WriteHashLedger, record_hash
+from .write_hashes import WriteHashLedger, keyed_hash
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +255,7 @@ class RecordWriter:
         key = match_key(stream, desired)
         if key is None:
             return None, None, None
-        return key, record_hash(desired), self.write_hashes.lookup(self.tenant_key, stream, key)
+        return key, self.write_hashes.digest(desired), self.write_hashes.lookup(self.tenant_key, stream, key)
 
     def _ledger_says_unchanged(self, stream: str, record: Any) -> bool:
         try:
@@ -419,19 +418,12 @@ class RecordWriter:
         natural = desired.get(ENTITIES[entity].match_field) or desired.get("id")
         if not natural:
             return None
-        return hmac.new(self._key_hash_secret, str(natural).encode(), hashlib.sha256).hexdigest()[:32]
+        return keyed_hash(self._key_hash_secret, str(natural))[:32]
 
 
 def _tenant_secret(connection: Connection) -> bytes:
-    """Without a configured secret: a key derived from the tenant's own credentials (never written anywhere).
-
-    Stable across runs with the same credentials, so audit entries correlate; unknown to anyone holding only
-    the audit file, so a guessed MRN cannot be tested against a key_hash. Set ``audit_hash_secret`` (or keep
-    the key file beside the audit log) for a key that survives a credential rotation.
-    """
-    config = connection.config
-    material = "\x1f".join([str(config.base_url or ""), *sorted(config.secret_values())])
-    return hashlib.sha256(b"wellsky-audit-key-hash\x1f" + material.encode()).digest()
+    """The per-tenant key-hash secret derived from the connection's credentials (see ``audit.tenant_secret``)."""
+    return tenant_secret(connection.config)
 
 
 def _update_basis(existing: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from ...private_files import write_private
 
 VERSION = 1
 RESUME_WITHIN = timedelta(hours=24)
@@ -41,16 +41,8 @@ class PortalState:
     def save(self) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".portal-state-")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(self.data, fh, separators=(",", ":"))
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # 0600, atomically, never through a symlink (the snapshot names patients)
+        write_private(self.path, json.dumps(self.data, separators=(",", ":")))
 
     # -- runs -------------------------------------------------------------------------------------------
     def begin(self, group: str, now: datetime) -> dict[str, Any]:

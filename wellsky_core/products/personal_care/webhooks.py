@@ -23,7 +23,6 @@ import hashlib
 import hmac
 import json
 import logging
-import sqlite3
 import threading
 import time
 from datetime import UTC, datetime
@@ -36,6 +35,7 @@ import orjson
 from ...config import WellSkyConfig
 from ...connection import Connection
 from ...errors import ConfigError, RemoteError, WellSkyError
+from ...private_files import private_sqlite
 from ...webhooks import MAX_BODY_BYTES, EventStore, JsonRequestHandler
 from .channel import HomeConnectChannel, record_path
 from .normalize import to_canonical
@@ -128,7 +128,8 @@ class NotificationQueue:
     """Received notifications, committed before the 200 answer and removed once their record is stored."""
 
     def __init__(self, path: str | Path) -> None:
-        self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        # private (0600, -wal/-shm too, never through a symlink): notified ids of patients
+        self.db = private_sqlite(path, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute(

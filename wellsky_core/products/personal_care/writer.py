@@ -28,9 +28,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ...connection import Connection
-from ...errors import RemoteError, WriteRefused
+from ...errors import RemoteError, WriteRefused, error_fields
 from ...models import UtcDatetime
-from ...write_hashes import WriteHashLedger, record_hash
+from ...write_hashes import WriteHashLedger
 from ...writes import Action, WriteResult, _tenant_secret, validate_for_write
 from .dialect import MAX_COUNT
 from .normalize import tags, to_canonical
@@ -149,15 +149,13 @@ class HomeConnectWriter:
                 return self._write_appointment(record)
             raise ValueError(f"{stream} is not writable to Home Connect")
         except WriteRefused as exc:
-            return WriteResult(stream, "rejected", reason=str(exc), code=exc.code, wellsky_id=_rid(record))
-        except WriteInvalid as exc:
-            return WriteResult(stream, "rejected", reason=str(exc), code="validation_error", wellsky_id=_rid(record))
+            return WriteResult.refused(stream, exc, wellsky_id=_rid(record))
+        except WriteInvalid as exc:  # our own rule (names the field and the fix)
+            return WriteResult.refused(stream, WriteRefused("validation_error", str(exc)), wellsky_id=_rid(record))
         except RemoteError as exc:
             if exc.status >= 500:
                 raise
-            return WriteResult(
-                stream, "rejected", reason=str(exc), code=exc.code or str(exc.status), wellsky_id=_rid(record)
-            )
+            return WriteResult.refused(stream, exc, wellsky_id=_rid(record))
 
     # -- patients ---------------------------------------------------------------------------------------------
     def _write_patient(self, record: dict[str, Any]) -> WriteResult:
@@ -169,7 +167,7 @@ class HomeConnectWriter:
         patient_body(desired, "0", create=not desired.get("id"))  # every documented rule, before any request
         key_hash = self._key_hash(desired)
         ledger_key = f"i:{desired['id']}" if desired.get("id") else f"n:{_natural(desired)}"
-        digest = record_hash(desired)
+        digest = self.write_hashes.digest(desired) if self.write_hashes is not None else ""
         if self.write_hashes is not None:
             known = self.write_hashes.lookup(self.tenant_key, "patients", ledger_key)
             if known is not None and known[0] == digest:
@@ -248,11 +246,7 @@ class HomeConnectWriter:
 
     def _answer(self, action: Action, response: Any, rid: str | None, key_hash: str | None) -> WriteResult:
         if response.status_code >= 400:
-            message = _message(response)
-            return WriteResult(
-                "patients", "rejected", wellsky_id=rid, code=str(response.status_code), key_hash=key_hash,
-                reason=f"WellSky refused the write ({response.status_code}): {message}",
-            )
+            return _refused("patients", response, wellsky_id=rid, key_hash=key_hash)
         return WriteResult("patients", action, wellsky_id=rid, key_hash=key_hash)
 
     # -- EVV clock-in / clock-out -------------------------------------------------------------------------------
@@ -284,8 +278,7 @@ class HomeConnectWriter:
             "POST", f"/v1/encounter/{shift_id}/clockin/", json=body, expected=(400, 404, 422)
         )
         if response.status_code >= 400:
-            return WriteResult(EVV_STREAM, "rejected", code=str(response.status_code),
-                               reason=f"WellSky refused the clock-in ({response.status_code}): {_message(response)}")
+            return _refused(EVV_STREAM, response)
         reply = response.json()
         carelog = str(reply.get("id"))
         opened_before = (reply.get("period") or {}).get("start") not in (None, body["period"]["start"]) or bool(
@@ -306,10 +299,7 @@ class HomeConnectWriter:
                 "PUT", f"/v1/encounter/{carelog}/clockout/", json=out, expected=(400, 404, 422)
             )
             if response.status_code >= 400:
-                return WriteResult(
-                    EVV_STREAM, "rejected", wellsky_id=carelog, code=str(response.status_code),
-                    reason=f"WellSky refused the clock-out ({response.status_code}): {_message(response)}",
-                )
+                return _refused(EVV_STREAM, response, wellsky_id=carelog)
             action = "updated" if action == "unchanged" else action
         return WriteResult(EVV_STREAM, action, wellsky_id=carelog)
 
@@ -338,8 +328,7 @@ class HomeConnectWriter:
             response = self.client.request("POST", "/v1/appointment/", json=body, expected=(400, 422))
             action = "created"
         if response.status_code >= 400:
-            return WriteResult("appointments", "rejected", wellsky_id=series, code=str(response.status_code),
-                               reason=f"WellSky refused the write ({response.status_code}): {_message(response)}")
+            return _refused("appointments", response, wellsky_id=series)
         return WriteResult("appointments", action, wellsky_id=str(response.json().get("id") or series))
 
 
@@ -387,11 +376,9 @@ def _wire_time(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
 
 
-def _message(response: Any) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return "non-JSON error body"
-    if isinstance(body, dict):
-        return str(body.get("error") or body.get("message") or "no detail")[:300]
-    return "unexpected error body"
+def _refused(stream: str, response: Any, **fields: Any) -> WriteResult:
+    """A refused write described by status, allow-listed code and our fix: never the server's message, which
+    may name a patient the request did not carry (``disclosure``)."""
+    code, _ = error_fields(response)
+    error = RemoteError(response.status_code, code, None, url=response.request.url)
+    return WriteResult.refused(stream, error, **fields)
