@@ -37,7 +37,7 @@ class DeadLetter(JsonlAppender):
     ) -> None:
         """Record one rejected item. ``reason`` is shown (counted, logged): an error becomes its public message
         (never its text, which may quote the server), our own text is redacted, a ``code`` is allow-listed."""
-        reason = public_message(reason) if isinstance(reason, BaseException) else redact(reason)
+        reason = public_message(reason) if isinstance(reason, BaseException) else redact(reason, keyed_values=False)
         context = dict(context or {})
         if "code" in context:
             context["code"] = safe_code(context["code"])

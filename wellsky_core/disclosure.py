@@ -206,7 +206,7 @@ def _render(exc: BaseException) -> str:
 def public_message(exc: BaseException) -> str:
     """The text any output may show for ``exc``: structured fields and our own words only, redacted."""
     try:
-        return redact(_render(exc))
+        return redact(_render(exc), keyed_values=not isinstance(exc, _OWN_TEXT))
     except Exception:  # rendering must never fail a sink
         return f"{type(exc).__name__}"
 

@@ -64,6 +64,7 @@ _LABELLED_ID = (  # prose labels of identifiers: "MRN 00482913", "DOB: 1950-03-0
     r"MRN|DOB|SSN|MBI|medical\s+record\s+(?:number|no\.?|#)|date\s+of\s+birth|birth\s*date|born|"
     r"social\s+security(?:\s+number)?|medicaid(?:\s+id)?|medicare(?:\s+id)?"
 )
+_KEYED_VALUE = re.compile(rf"(?i)\b({_SENSITIVE_KEYS})(['\"]?\s*[:=]\s*)('[^'\n]*'|\"[^\"\n]*\"|[^\s'\"&;,}}\])]+)")
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Authorization: Bearer xyz / Basic xyz / Cookie: a=b; c=d / Set-Cookie: ...
     (
@@ -72,10 +73,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]+=*"), r"\1 ***"),
     (re.compile(r"\beyJ[\w-]*\.[\w-]+\.[\w-]*"), MASK),
-    (
-        re.compile(rf"(?i)\b({_SENSITIVE_KEYS})(['\"]?\s*[:=]\s*)('[^'\n]*'|\"[^\"\n]*\"|[^\s'\"&;,}}\])]+)"),
-        r"\1\2***",
-    ),
+    (_KEYED_VALUE, r"\1\2***"),
     (  # "given": ["Jane", "Q"] / 'line': ['1 Main St'] / "family": "Okonkwo" / "value": 5558675309
         re.compile(
             rf"""(?i)(["'](?:{_PHI_JSON_KEYS})["']\s*:\s*)"""
@@ -123,15 +121,20 @@ def clear_registry() -> None:
         _registry.secrets.clear()
 
 
-def redact(text: str) -> str:
-    """``text`` with every registered secret, credential-shaped value and PHI-shaped value masked."""
+def redact(text: str, *, keyed_values: bool = True) -> str:
+    """``text`` with every registered secret, credential-shaped value and PHI-shaped value masked.
+
+    ``keyed_values=False`` leaves ``key: value`` prose alone (labelled identifiers with digits are still masked):
+    for our own messages, which name a field and its rule ("birth_date: Field required") and never its value.
+    """
     if not text:
         return text
     for secret in _registry.secrets_longest_first():
         if secret in text:
             text = text.replace(secret, MASK)
     for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
+        if keyed_values or pattern is not _KEYED_VALUE:
+            text = pattern.sub(replacement, text)
     return text
 
 

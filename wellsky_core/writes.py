@@ -56,7 +56,7 @@ class WriteResult:
     def __post_init__(self) -> None:
         # The audit and the dead letters show ``code`` and ``reason``: only allow-listed codes, redacted text.
         self.code = safe_code(self.code)
-        self.reason = redact(self.reason) if self.reason else self.reason
+        self.reason = redact(self.reason, keyed_values=False) if self.reason else self.reason
 
     @classmethod
     def refused(cls, stream: str, exc: BaseException, **fields: Any) -> WriteResult:
