@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 from .disclosure import public_message, public_traceback
 from .errors import RunNotClean, WellSkyError
+from .private_files import UnsafePathError
 from .redaction import redact
 
 EXIT_FATAL = 2
@@ -57,7 +58,7 @@ def exit_code_for(exc: BaseException | None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_FATAL)
     if isinstance(exc, KeyboardInterrupt):
         return 130
-    if isinstance(exc, WellSkyError):
+    if isinstance(exc, WellSkyError | UnsafePathError):
         return EXIT_FATAL
     return EXIT_INTERNAL
 
@@ -76,7 +77,7 @@ def run_singer_cli(
         return command()
     except RunNotClean as exc:
         fail(name, exc, exc.exit_code, exc.label)
-    except WellSkyError as exc:
+    except (WellSkyError, UnsafePathError) as exc:  # a planted symlink or a foreign state directory: one line
         fail(name, exc)
     except config_errors as exc:
         fail(name, "; ".join(getattr(exc, "errors", []) or [str(exc)]))

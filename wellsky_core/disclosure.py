@@ -42,6 +42,7 @@ from .errors import (
     WriteRefused,
     WriteRunRefusals,
 )
+from .private_files import UnsafePathError
 from .redaction import redact
 
 OTHER_CODE = "unlisted_code"
@@ -127,6 +128,7 @@ _OWN_TEXT: tuple[type[BaseException], ...] = (
     NormalizationError,
     WellSkyTransportError,
     WriteRefused,
+    UnsafePathError,
 )
 """Errors whose message our code composes from our own words, setting names, field names and type names."""
 

@@ -74,10 +74,10 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]+=*"), r"\1 ***"),
     (re.compile(r"\beyJ[\w-]*\.[\w-]+\.[\w-]*"), MASK),
     (_KEYED_VALUE, r"\1\2***"),
-    (  # "given": ["Jane", "Q"] / 'line': ['1 Main St'] / "family": "Okonkwo" / "value": 5558675309
+    (  # "given": ["Jane", "Q"] / 'line': ['1 Main St'] / "family": "Okonkwo" / "value": "5558675309"
         re.compile(
             rf"""(?i)(["'](?:{_PHI_JSON_KEYS})["']\s*:\s*)"""
-            r"""(\[[^\]\n]*\]|"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'|[^\s,}\]]+)"""
+            r"""(\[[^\]\n]*\]|"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')"""  # strings, lists: not numbers
         ),
         rf"\1{PHI_MASK}",
     ),

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ...private_files import write_private
+from ...private_files import UnsafePathError, write_private
 
 VERSION = 1
 RESUME_WITHIN = timedelta(hours=24)
@@ -33,6 +33,8 @@ class PortalState:
     def __init__(self, path: str | None) -> None:
         self.path = Path(path) if path else None
         self.data: dict[str, Any] = {"version": VERSION, "snapshot": {}, "runs": {}, "deviation": {}}
+        if self.path is not None and self.path.is_symlink():
+            raise UnsafePathError(f"{self.path} is a symbolic link; point portal_state_path at a real file")
         if self.path is not None and self.path.exists():
             loaded = json.loads(self.path.read_text(encoding="utf-8") or "{}")
             if loaded.get("version") == VERSION:
