@@ -150,6 +150,50 @@ def safe_request_id(value: object) -> str | None:
     return redact(value)
 
 
+def _known_fields() -> frozenset[str]:
+    """Every field name of the canonical models, nested models (``Address``, list items) included."""
+    from typing import get_args
+
+    from .models import ENTITIES
+
+    names: set[str] = set()
+    seen: set[object] = set()
+
+    def walk(annotation: object) -> None:
+        if annotation in seen:
+            return
+        seen.add(annotation)
+        fields = getattr(annotation, "model_fields", None)
+        if isinstance(fields, dict):
+            names.update(fields)
+            for info in fields.values():
+                walk(info.annotation)
+        for arg in get_args(annotation):
+            walk(arg)
+
+    for spec in ENTITIES.values():
+        walk(spec.model)
+    return frozenset(names)
+
+
+_FIELD_PATH = re.compile(r"[a-z][a-z0-9_]{0,40}(?:(?:\.|\[)[a-z0-9_]{1,40}\]?){0,4}")
+
+
+def safe_field(value: object) -> str | None:
+    """A field path the server named (``end``, ``address.postal_code``), if every name in it is one of our
+    canonical field names; a value or free text is not shown."""
+    if not isinstance(value, str) or not _FIELD_PATH.fullmatch(value):
+        return None
+    parts = [p for p in re.split(r"[.\[\]]", value) if p and not p.isdigit()]
+    global _FIELDS
+    if _FIELDS is None:
+        _FIELDS = _known_fields()
+    return value if parts and all(p in _FIELDS for p in parts) else None
+
+
+_FIELDS: frozenset[str] | None = None
+
+
 def _fix(exc: BaseException, status: int | None) -> str | None:
     fix = getattr(exc, "fix", None)
     if isinstance(fix, str) and fix:
@@ -167,6 +211,9 @@ def _structured(what: str, exc: BaseException, *, status: int | None, code: obje
     shown = safe_code(code)
     if shown:
         parts.append(f"[{shown}]")
+    field = safe_field(getattr(exc, "field", None))
+    if field:
+        parts.append(f"field {field}")
     request_id = safe_request_id(getattr(exc, "request_id", None))
     if request_id:
         parts.append(f"request id {request_id}")
@@ -246,4 +293,12 @@ def public_traceback(exc: BaseException | None, tb: TracebackType | None = None)
     return redact("".join(chunks)).rstrip("\n")
 
 
-__all__ = ["ALLOWED_CODES", "OTHER_CODE", "public_message", "public_traceback", "safe_code", "safe_request_id"]
+__all__ = [
+    "ALLOWED_CODES",
+    "OTHER_CODE",
+    "public_message",
+    "public_traceback",
+    "safe_code",
+    "safe_field",
+    "safe_request_id",
+]

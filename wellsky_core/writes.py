@@ -94,6 +94,10 @@ def validate_for_write(entity: str, record: dict[str, Any]) -> dict[str, Any]:
         raise WriteRefused(
             "validation_error", "record does not match the canonical schema: " + "; ".join(problems)
         ) from None
+    if entity == "appointments":
+        start, end = getattr(model, "start", None), getattr(model, "end", None)
+        if start is not None and end is not None and end <= start:  # WellSky refuses it; say so ourselves
+            raise WriteRefused("validation_error", "end: must be after start; fix the appointment's times")
     dumped = model.model_dump(mode="json", exclude_unset=True)
     desired = {k: v for k, v in dumped.items() if k not in READ_ONLY_FIELDS}
     where = _control_character_field(desired)
@@ -392,6 +396,7 @@ class RecordWriter:
         if response.status_code >= 400:
             code, message = error_fields(response)
             refusal = RemoteError(response.status_code, code, message, url=response.request.url)
+            refusal.field = _error_field(response)  # type: ignore[attr-defined]  # shown only if one of ours
             key_hash = self._key_hash(entity, desired)
             return WriteResult.refused(
                 entity, refusal, wellsky_id=desired.get("id"), idempotency_key=key, key_hash=key_hash
@@ -456,4 +461,14 @@ def match_key(stream: str, record: dict[str, Any]) -> str | None:
 
 def _error_code(response: Any) -> str | None:
     return error_fields(response)[0]
+
+
+def _error_field(response: Any) -> str | None:
+    """The ``field`` a WellSky validation error names (``disclosure.safe_field`` decides whether it is shown)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    field = body.get("field") if isinstance(body, dict) else None
+    return field if isinstance(field, str) else None
 

@@ -126,3 +126,11 @@ def test_uncaught_exceptions_in_threads_and_main_print_public_tracebacks():
     assert "Exception in thread" in proc.stderr and "HTTP 423" in proc.stderr and "ValueError" in proc.stderr
     _clean(proc.stderr)
     logging.getLogger(__name__).debug("done")
+
+
+def test_a_field_the_server_names_is_shown_only_when_it_is_one_of_ours():
+    error = RemoteError(422, "validation_error", PHI_TEXT, url="/appointments")
+    error.field = "end"  # type: ignore[attr-defined]
+    assert "field end" in public_message(error)
+    error.field = "Okonkwo"  # type: ignore[attr-defined]
+    assert "field" not in _clean(public_message(error)).split(";")[0]
