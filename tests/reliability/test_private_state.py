@@ -156,8 +156,8 @@ def test_tap_report_is_per_tenant_private_and_agrees_with_the_exit_code(tmp_path
 
 
 def test_receiver_stores_and_portal_state_are_private_and_refuse_symlinks(tmp_path: Path) -> None:
-    from wellsky_core.channels.kinnser.state import PortalState
-    from wellsky_core.home_connect_webhooks import NotificationQueue
+    from wellsky_core.products.kinnser.state import PortalState
+    from wellsky_core.products.personal_care.webhooks import NotificationQueue
     from wellsky_core.webhooks import EventStore
 
     store = EventStore(tmp_path / "hooks" / "events.sqlite")

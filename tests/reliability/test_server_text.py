@@ -220,7 +220,7 @@ def test_home_connect_writer_refusal_skips_the_server_text() -> None:
     from tests.core.home_connect_fake import FakeHomeConnect, patient
     from wellsky_core.config import TargetConfig
     from wellsky_core.connection import Connection
-    from wellsky_core.home_connect_writes import HomeConnectWriter
+    from wellsky_core.products.personal_care.writer import HomeConnectWriter
     from wellsky_core.transport import WellSkyClient
 
     fake = FakeHomeConnect()
