@@ -185,3 +185,16 @@ def test_receiver_stores_and_portal_state_are_private_and_refuse_symlinks(tmp_pa
     portal.path = link  # even a state object pointed at the link later replaces the link, not its target
     portal.save()
     assert victim.read_text() == VICTIM_TEXT and not link.is_symlink() and _mode(link) == 0o600
+
+
+def test_the_batch_channels_latest_version_table_is_private() -> None:
+    """HL7 and export reads keep whole records in a temporary SQLite table: 0600 in a 0700 directory."""
+    from wellsky_core.channels.base import LatestVersions
+
+    table = LatestVersions()
+    try:
+        table.offer("patients", {"id": "p1", "updated_at": "2026-01-01T00:00:00Z"}, (0, 0))
+        root = Path(table._dir.name)
+        assert _mode(root) == 0o700 and _mode(root / "latest.sqlite") == 0o600
+    finally:
+        table.close()

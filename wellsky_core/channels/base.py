@@ -173,13 +173,15 @@ class LatestVersions:
     PAGE = 1000
 
     def __init__(self) -> None:
-        import sqlite3
         import tempfile
         import threading
 
+        from ..private_files import private_sqlite
+
         self._lock = threading.Lock()
-        self._dir = tempfile.TemporaryDirectory(prefix="wellsky-latest-")
-        self._db = sqlite3.connect(f"{self._dir.name}/latest.sqlite", isolation_level=None, check_same_thread=False)
+        self._dir = tempfile.TemporaryDirectory(prefix="wellsky-latest-")  # 0700, removed on close
+        # whole patient records: 0600 like every file we write (private_files)
+        self._db = private_sqlite(f"{self._dir.name}/latest.sqlite", isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=OFF")
         self._db.execute("PRAGMA synchronous=OFF")
         self._db.execute(
