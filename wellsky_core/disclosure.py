@@ -14,7 +14,8 @@ Errors whose message is composed only by our code from our own words, setting an
 (:data:`_OWN_TEXT`) keep their message. Everything is passed through :func:`redaction.redact` last.
 
 Extending: a new machine code → add it to :data:`ALLOWED_CODES`; a new error class with server-derived fields →
-it is rendered structurally by default; add it to :data:`_OWN_TEXT` only if no server text can reach its message.
+it is rendered structurally by default; add it to :data:`_OWN_TEXT` (or give a class outside the core a class
+attribute ``own_text = True``) only if no server text can reach its message.
 """
 
 from __future__ import annotations
@@ -226,8 +227,8 @@ def _render(exc: BaseException) -> str:
     if isinstance(exc, WriteAborted):  # its result's reason is the cause's public message (writes._aborted)
         reason = getattr(exc.result, "reason", None)
         return "the write run stopped: " + (reason if isinstance(reason, str) and reason else "fatal error")
-    if isinstance(exc, _OWN_TEXT):
-        return str(exc)
+    if isinstance(exc, _OWN_TEXT) or type(exc) is WellSkyError or getattr(type(exc), "own_text", False):
+        return str(exc)  # a plain WellSkyError, or a class marked ``own_text``: our channels' own sentences
     if isinstance(exc, MfaError):
         setting = f"; check `{exc.setting}`" if exc.setting else ""
         return f"no usable MFA code ({exc.method}){setting}"

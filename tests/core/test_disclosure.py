@@ -134,3 +134,15 @@ def test_a_field_the_server_names_is_shown_only_when_it_is_one_of_ours():
     assert "field end" in public_message(error)
     error.field = "Okonkwo"  # type: ignore[attr-defined]
     assert "field" not in _clean(public_message(error)).split(";")[0]
+
+
+def test_our_plain_channel_errors_keep_their_sentence_subclasses_do_not():
+    from wellsky_core.errors import WellSkyError
+
+    own = WellSkyError("the Unbilled report refused the filter selection; the portal's filters changed")
+    assert public_message(own) == str(own)
+
+    class Unknown(WellSkyError):
+        pass
+
+    assert public_message(Unknown(PHI_TEXT)) == "Unknown", "an error class not known to be ours: its name only"

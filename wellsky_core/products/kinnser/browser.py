@@ -40,6 +40,8 @@ class Bounced(Exception):
 class PortalHang(WellSkyError):
     """A portal page stopped answering within the configured wait, even after restarting the browser."""
 
+    own_text = True  # its message names the page and the wait, never page content (disclosure.public_message)
+
 
 class PortalBrowser:
     def __init__(self, config: WellSkyConfig, pagemap: PageMap, code_source: CodeSource | None) -> None:
