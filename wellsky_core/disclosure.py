@@ -20,6 +20,7 @@ attribute ``own_text = True``) only if no server text can reach its message.
 
 from __future__ import annotations
 
+import functools
 import re
 import traceback
 from types import TracebackType
@@ -151,6 +152,7 @@ def safe_request_id(value: object) -> str | None:
     return redact(value)
 
 
+@functools.cache
 def _known_fields() -> frozenset[str]:
     """Every field name of the canonical models, nested models (``Address``, list items) included."""
     from typing import get_args
@@ -186,13 +188,8 @@ def safe_field(value: object) -> str | None:
     if not isinstance(value, str) or not _FIELD_PATH.fullmatch(value):
         return None
     parts = [p for p in re.split(r"[.\[\]]", value) if p and not p.isdigit()]
-    global _FIELDS
-    if _FIELDS is None:
-        _FIELDS = _known_fields()
-    return value if parts and all(p in _FIELDS for p in parts) else None
-
-
-_FIELDS: frozenset[str] | None = None
+    known = _known_fields()
+    return value if parts and all(p in known for p in parts) else None
 
 
 def _fix(exc: BaseException, status: int | None) -> str | None:
