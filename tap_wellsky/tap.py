@@ -129,8 +129,8 @@ class TapWellSky(Tap):
         The SDK's test writes that record to stdout: a full patient (name, birth date, MRN) in a CI log. Only
         ``--test=records`` (an explicit ask) does that now.
         """
-        tenant = self.connection.tenant()
-        self.logger.info("connected to %s (%s)", tenant.get("name", "tenant"), self.connection.product)
+        self.connection.tenant()  # its name is server text: never quoted
+        self.logger.info("connected to the tenant (%s)", self.connection.product)
         if emit_records:
             return super().run_connection_test()
         for stream in self.streams.values():
@@ -159,15 +159,17 @@ class TapWellSky(Tap):
     def sync_all(self) -> None:  # type: ignore[misc]  # extended, not replaced: adds the summary
         started = time.monotonic()
         report: dict[str, Any] | None = None
-        failed = True
+        ended_by: BaseException | None = None
         try:
             if not self._sync_streams_in_parallel():
                 super().sync_all()
-            failed = False
+        except BaseException as exc:  # the report's status must say what the exit code will say
+            ended_by = exc
+            raise
         finally:
             if "connection" in self.__dict__:
-                report = self.connection.quality_report(self.max_flagged_fraction)
-            self.print_summary(time.monotonic() - started, report, failed=failed)
+                report = self.connection.quality_report(self.max_flagged_fraction, ended_by=ended_by)
+            self.print_summary(time.monotonic() - started, report, failed=ended_by is not None)
             if report is not None:
                 self.write_quality_report(report)
             if "connection" in self.__dict__:
@@ -242,7 +244,7 @@ class TapWellSky(Tap):
         return self.settings.max_flagged_fraction
 
     def write_quality_report(self, report: dict[str, Any]) -> None:
-        path = self.settings.data_quality_report_path or default_report_path()
+        path = self.settings.data_quality_report_path or default_report_path(self.settings)
         try:
             written = write_report(report, path)
         except OSError as exc:

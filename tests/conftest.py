@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+# Tests never write to the user's home: every state file the connector keeps by default (per-tenant private
+# state directories, data-quality reports) goes to a throwaway XDG state root, inherited by CLI subprocesses.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="wellsky-tests-state-")
 
 from wellsky_core.models import ENTITIES
 from wellsky_sandbox.testing import SandboxServer
@@ -21,7 +27,11 @@ def _canonical_truth(self: SandboxServer, entity: str, updated_since: str | None
     emits them for a modeled product."""
     records = _raw_truth(self, entity, updated_since)
     spec = ENTITIES.get(entity)
-    return records if spec is None else [spec.model.model_validate(r).model_dump(mode="json") for r in records]
+    return (
+        records
+        if spec is None
+        else [spec.model.model_validate(r).model_dump(mode="json", by_alias=True) for r in records]
+    )
 
 
 SandboxServer.truth = _canonical_truth  # type: ignore[method-assign]

@@ -10,12 +10,13 @@ from __future__ import annotations
 import itertools
 import json
 import sys
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from .disclosure import public_message, public_traceback
 from .errors import ConfigError, RunNotClean, WellSkyError
+from .private_files import UnsafePathError
 from .redaction import redact, redact_config_message
 
 EXIT_FATAL = 2
@@ -39,19 +40,31 @@ def unreadable_input_file(argv: list[str]) -> str | None:
     return None
 
 
-def fail(name: str, message: object, code: int = EXIT_FATAL, label: str = "error") -> NoReturn:
-    """One error line on stderr, redacted like every log line (a message may quote a server's echo).
-
-    A configuration error is written by the connector from no input value: the ``key: value`` rule is left out
-    (it would mask "required" in "client_secret: required when ..."). Several problems stay on one line.
-    """
-    text = redact_config_message(str(message)) if isinstance(message, ConfigError) else redact(str(message))
+def fail(name: str, message: str | BaseException, code: int = EXIT_FATAL, label: str = "error") -> NoReturn:
+    """One error line on stderr: an exception as its public message (never its text, which may quote the
+    server), our own text redacted like every log line. Several configuration problems stay on one line."""
+    text = public_message(message) if isinstance(message, BaseException) else redact(message)
     if isinstance(message, ConfigError) and len(message.problems) > 1:
         text = f"invalid configuration ({len(message.problems)} problems): " + "; ".join(
             redact_config_message(str(p)) for p in message.problems
         )
     print(f"{name}: {label}: {text}", file=sys.stderr, flush=True)
     sys.exit(code)
+
+
+def exit_code_for(exc: BaseException | None) -> int:
+    """The exit code a run ending with ``exc`` has (None: finished), so a report can say the same as the shell."""
+    if exc is None:
+        return 0
+    if isinstance(exc, RunNotClean):
+        return exc.exit_code
+    if isinstance(exc, SystemExit):
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_FATAL)
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    if isinstance(exc, WellSkyError | UnsafePathError):
+        return EXIT_FATAL
+    return EXIT_INTERNAL
 
 
 def run_singer_cli(
@@ -68,12 +81,12 @@ def run_singer_cli(
         return command()
     except RunNotClean as exc:
         fail(name, exc, exc.exit_code, exc.label)
-    except WellSkyError as exc:
+    except (WellSkyError, UnsafePathError) as exc:  # a planted symlink or a foreign state directory: one line
         fail(name, exc)
     except config_errors as exc:
         fail(name, "; ".join(getattr(exc, "errors", []) or [str(exc)]))
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
-    except Exception:  # a bug: keep the traceback for the report, but redacted like any log line
-        print(f"{name}: internal error (please report it):\n{redact(traceback.format_exc())}", file=sys.stderr)
+    except Exception as exc:  # a bug: keep the frames for the report, with public messages only
+        print(f"{name}: internal error (please report it):\n{public_traceback(exc)}", file=sys.stderr)
         sys.exit(EXIT_INTERNAL)

@@ -774,8 +774,8 @@ class TapConfig(WellSkyConfig):
     )
     data_quality_report_path: str | None = Field(
         default=None,
-        description="Where the data-quality JSON report of each sync is written "
-        "(default $XDG_STATE_HOME/tap-wellsky/data_quality.json, i.e. ~/.local/state/tap-wellsky/...).",
+        description="Where the data-quality JSON report of each sync is written (0600; its status and exit_code "
+        "match the run's exit code). Default: data_quality.json in the tenant's private state directory.",
     )
     discover_all_streams: bool = Field(
         default=False,
@@ -855,8 +855,9 @@ class TargetConfig(WellSkyConfig):
     )
     audit_hash_secret: SecretStr | None = Field(
         default=None,
-        description="Per-tenant secret keying the audit log's key_hash (HMAC-SHA256 of the natural key). Unset: "
-        "a random one is kept next to the audit log (<audit_log_path>.key, owner-only).",
+        description="Per-tenant secret keying the audit log's key_hash and the write ledger's hashes "
+        "(HMAC-SHA256 of the natural key). Unset: a random one is kept next to the audit log "
+        "(<audit_log_path>.key, 0600), else one derived from the tenant's credentials.",
     )
     max_record_bytes: int = Field(
         default=16_000_000,

@@ -88,8 +88,11 @@ class Connection:
             return self.client
         return None
 
-    def quality_report(self, max_flagged_fraction: float | None = None) -> dict[str, Any]:
-        """The run's data-quality report: record counts observed so far plus the open channels' refusals."""
+    def quality_report(
+        self, max_flagged_fraction: float | None = None, *, ended_by: BaseException | None = None
+    ) -> dict[str, Any]:
+        """The run's data-quality report: record counts observed so far plus the open channels' refusals;
+        ``ended_by`` is the exception that ended the run (the report's status then says so)."""
         counter = QualityCounter()
         counter.merge(self.quality)
         for channel in self._channels.values():
@@ -99,7 +102,7 @@ class Connection:
                     counter.add_dead_lettered(stream if stream != "-" else "unknown", count)
             for kind, count in channel.skipped.items():
                 counter.add_skipped(channel.name, kind, count)
-        return counter.report(max_flagged_fraction)
+        return counter.report(max_flagged_fraction, ended_by=ended_by)
 
     def close(self) -> None:
         for channel in self._channels.values():

@@ -13,7 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .disclosure import public_message, safe_code
 from .jsonl import JsonlAppender
+from .redaction import redact
 
 
 class DeadLetter(JsonlAppender):
@@ -25,9 +27,20 @@ class DeadLetter(JsonlAppender):
         self._count_lock = threading.Lock()
 
     def write(
-        self, *, stage: str, stream: str | None, reason: str, payload: Any, context: dict[str, Any] | None = None
+        self,
+        *,
+        stage: str,
+        stream: str | None,
+        reason: str | BaseException,
+        payload: Any,
+        context: dict[str, Any] | None = None,
     ) -> None:
-        """Record one rejected item. ``reason`` must be PHI-free: it is also counted and logged."""
+        """Record one rejected item. ``reason`` is shown (counted, logged): an error becomes its public message
+        (never its text, which may quote the server), our own text is redacted, a ``code`` is allow-listed."""
+        reason = public_message(reason) if isinstance(reason, BaseException) else redact(reason, keyed_values=False)
+        context = dict(context or {})
+        if "code" in context:
+            context["code"] = safe_code(context["code"])
         with self._count_lock:
             self.counts[f"{stage}:{stream or '-'}"] += 1
         self.append(
@@ -36,7 +49,7 @@ class DeadLetter(JsonlAppender):
                 "stage": stage,
                 "stream": stream,
                 "reason": reason,
-                "context": context or {},
+                "context": context,
                 "payload": payload,
             }
         )

@@ -73,6 +73,10 @@ SERVER_CODES = frozenset({
     "suppressed", "processing", "not-supported", "duplicate", "multiple-matches", "not-found", "deleted",
     "too-long", "code-invalid", "extension", "too-costly", "business-rule", "lock-error", "no-store",
     "exception", "timeout", "incomplete", "throttled", "transient", "informational",
+    # WellSky and sandbox codes the tenant may answer with
+    "account_locked", "gone", "internal", "invalid_body", "invalid_code", "invalid_events", "invalid_faults",
+    "invalid_key", "invalid_option", "invalid_public_key", "invalid_setting", "invalid_url", "locked",
+    "maintenance", "mfa_required", "no_modeled_dialect", "too_large", "unauthorized", "unknown_setting",
 })
 """The machine codes an error may carry from a server's body: a short token from this list, else ``http_<status>``.
 
@@ -157,10 +161,13 @@ _DEFAULT_FIXES = {
     404: "not found: check the id or path (and base_url)",
     409: "the record conflicts with one already in WellSky; look it up and update it instead",
     422: "the server refused the values sent; check the record against the API docs",
+    423: "the record is locked in WellSky; retry once it is unlocked",
 }
 
 
 _CODE_FIXES = {
+    "invalid_credentials": "check `username` and `password` (or `client_id` and `client_secret`)",
+    "invalid_mfa_code": "the MFA code was refused; check the MFA settings (totp_secret, mfa_code_command)",
     "read_only_tenant": "the tenant is read-only for this client; ask the agency for write access or run read-only",
     "read_only": "the record or tenant is read-only; do not send writes for it",
     "authorization_exceeded": "the payer authorization has too few units left; extend it in WellSky or book fewer",
@@ -175,6 +182,11 @@ _CODE_FIXES = {
     "validation_error": "the server refused a value of the record; check it against the API docs",
 }
 """Fixes for allow-listed codes that say more than their status does."""
+
+
+def code_fix(code: str | None) -> str | None:
+    """Our fix for an allow-listed code that says more than its status does, or None."""
+    return _CODE_FIXES.get(code) if code else None
 
 
 def default_fix(status: int, code: str | None = None) -> str:

@@ -1,16 +1,18 @@
-"""Append-only JSON Lines files (dead letters, the audit trail): owner-only, one flushed line per entry.
+"""Append-only JSON Lines files (dead letters, the audit trail): private, one flushed line per entry.
 
 A killed process leaves a consistent prefix of whole lines; concurrent writers in one process take a lock.
+The file is opened through ``private_files.open_private`` (0600, never through a symlink, a new parent 0700).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from .private_files import open_private
 
 
 class JsonlAppender:
@@ -26,8 +28,7 @@ class JsonlAppender:
         line = orjson.dumps(entry, default=str, option=orjson.OPT_APPEND_NEWLINE)
         with self._lock:
             if self._fh is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._fh = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+                self._fh = open_private(self.path, "ab")
             self._fh.write(line)
             self._fh.flush()
 

@@ -22,12 +22,16 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
 from .errors import NormalizationError
 from .models import ENTITIES, CanonicalModel, DataQualityFlag
+from .private_files import private_dir, state_root, write_private
+
+if TYPE_CHECKING:
+    from .config import WellSkyConfig
 
 FlagKind = Literal["missing", "unmapped_code", "invalid", "unresolved_reference"]
 KINDS: tuple[str, ...] = ("missing", "unmapped_code", "invalid", "unresolved_reference")
@@ -263,8 +267,16 @@ class QualityCounter:
             "flags_by_field": dict(sorted(self.by_field.get(stream, Counter()).items())),
         }
 
-    def report(self, max_flagged_fraction: float | None = None) -> dict[str, Any]:
-        """The JSON report: per stream, totals, skipped inputs and the verdict against the threshold."""
+    def report(
+        self, max_flagged_fraction: float | None = None, *, ended_by: BaseException | None = None
+    ) -> dict[str, Any]:
+        """The JSON report: per stream, totals, skipped inputs and the verdict, which is the run's exit code.
+
+        ``ended_by``: the exception that ended the run, if any; the status is then ``aborted`` and
+        ``exit_code`` the one the process exits with (a report never says ``ok`` for a run that failed).
+        """
+        from .cli import EXIT_QUALITY, EXIT_REFUSALS, exit_code_for
+
         with self._lock:
             streams = {s: self.stream_report(s) for s in self.streams()}
             skipped = {src: dict(sorted(c.items())) for src, c in self.skipped.items()}
@@ -274,10 +286,16 @@ class QualityCounter:
             if max_flagged_fraction is not None and r["records"] and r["flagged_fraction"] > max_flagged_fraction
         ]
         dead = sum(r["dead_lettered"] for r in streams.values())
-        status = "failed" if over else "completed_with_refusals" if dead else "ok"
+        if ended_by is not None and exit_code_for(ended_by) != 0:
+            status, exit_code = "aborted", exit_code_for(ended_by)
+        elif over:
+            status, exit_code = "failed", EXIT_QUALITY
+        else:
+            status, exit_code = ("completed_with_refusals", EXIT_REFUSALS) if dead else ("ok", 0)
         return {
             "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "status": status,
+            "exit_code": exit_code,
             "max_flagged_fraction": max_flagged_fraction,
             "streams_over_threshold": over,
             "totals": {
@@ -291,17 +309,19 @@ class QualityCounter:
         }
 
 
-def default_report_path() -> Path:
-    """``$XDG_STATE_HOME/tap-wellsky/data_quality.json`` (``~/.local/state/...`` when unset)."""
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "tap-wellsky" / "data_quality.json"
+def default_report_path(config: WellSkyConfig | None = None) -> Path:
+    """Where the report goes when ``data_quality_report_path`` is unset: never one file shared by every run.
+
+    With the run's config: ``data_quality.json`` in that tenant's private state directory (each run of the tenant
+    replaces its own report). Without: a file of its own per run under the private state root.
+    """
+    if config is not None:
+        return config.private_state_dir() / "data_quality.json"
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    return private_dir(state_root() / "reports") / f"data_quality-{stamp}-{os.getpid()}.json"
 
 
 def write_report(report: Mapping[str, Any], path: str | Path) -> Path:
-    """Write the report atomically (a crash never leaves half a JSON file)."""
-    target = Path(path).expanduser()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(target.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
-    tmp.replace(target)
-    return target
+    """Write the report atomically and privately (0600, never through a symlink; a crash never leaves half a
+    JSON file). It names fields and counts, never values, but it is the tenant's business."""
+    return write_private(Path(path).expanduser(), json.dumps(report, indent=2, sort_keys=False) + "\n")

@@ -1,14 +1,20 @@
 """Log redaction: secrets and patient identifiers never reach a log line.
 
-Three kinds of sensitive text are masked in every record of the project's loggers:
+Sensitive text is masked in every record of the project's loggers (and by every sink that calls :func:`redact`):
 
 - registered secrets (exact values: passwords, client secrets, TOTP secrets, tokens) → ``***``;
 - credentials by shape: ``Authorization``/``Cookie`` header values, ``Bearer`` tokens, JWTs, and
   ``key=value`` / ``"key": "value"`` pairs whose key is a credential or a patient identifier
-  (``password``, ``wsk_session``, ``access_token``, ``mrn``, ``birth_date``...);
-- registered PHI values (patient names, dates of birth, MRNs), registered at runtime by normalizers through
-  :func:`register_phi`, matched as whole words case-insensitively → ``[PHI]``. The set is bounded (least
-  recently registered values are forgotten first) so a million-patient sync cannot grow it without limit.
+  (``password``, ``wsk_session``, ``sessionCacheKey``, ``access_token``, ``mrn``, ``birth_date``...);
+- patient data by shape: the fields of a FHIR or native record quoted as JSON or a Python dict
+  (``"family"``, ``"given"``, ``telecom`` / identifier ``"value"``, address ``"line"``, ``"first"``/``"last"``...),
+  labelled identifiers in prose (``MRN 00482913``, ``DOB 1950-03-04``, ``SSN ...``), and US SSN and phone
+  number shapes → ``[PHI]``.
+
+There is deliberately no registry of PHI *values* (an earlier ``register_phi`` was never called by a
+normalizer and is gone): a name in free prose ("Patient Jane Q Okonkwo is locked") cannot be recognised by shape,
+so server prose never reaches a log line or any other output in the first place — every sink renders errors
+through :func:`wellsky_core.disclosure.public_message` (structured fields only). This module is the second line.
 
 :func:`install_redaction` redacts at record creation for the project's loggers and their children (a logger
 filter alone would miss records of child loggers such as ``wellsky_core.http.client``), and also attaches
@@ -20,16 +26,16 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
+from types import TracebackType
 from typing import Any
 
 from pydantic import SecretStr
 
 MASK = "***"
 PHI_MASK = "[PHI]"
-MAX_PHI_VALUES = 200_000
 MIN_SECRET_LENGTH = 3
 
 DEFAULT_LOGGERS = (
@@ -47,13 +53,18 @@ DEFAULT_LOGGERS = (
 _SENSITIVE_KEYS = (  # ``_?`` so snake_case and camelCase spellings (birth_date, birthDate) both match
     "password|passwd|pwd|secret|client_?secret|client_?assertion|totp_?secret|private_?key|access_?token|"
     "refresh_?token|id_?token|token|api_?key|wsk_session|wsk_portal|session|code|signature|"
-    "mrn|ssn|dob|birth_?date|first_?name|last_?name|medicare_?mbi|medicaid_?id|member_?id|phone"
+    "session_?cache_?key|jsessionid|mrn|ssn|dob|birth_?date|first_?name|last_?name|medicare_?mbi|medicaid_?id|"
+    "member_?id|phone"
 )
-_KEY_VALUE: tuple[re.Pattern[str], str] = (
-    re.compile(rf"(?i)\b({_SENSITIVE_KEYS})(['\"]?\s*[:=]\s*)('[^'\n]*'|\"[^\"\n]*\"|[^\s'\"&;,}}\])]+)"),
-    r"\1\2***",
+_PHI_JSON_KEYS = (  # record fields that hold patient data, when quoted as JSON or a Python dict
+    "family|given|prefix|suffix|line|city|postal_?code|zip|text|div|value|first|last|middle|email|"
+    "street|address_?line\\d?|full_?name|patient_?name"
 )
-"""``password=...`` / ``"mrn": "..."``: a credential or patient-identifier key and its value."""
+_LABELLED_ID = (  # prose labels of identifiers: "MRN 00482913", "DOB: 1950-03-04", "SSN#123-45-6789"
+    r"MRN|DOB|SSN|MBI|medical\s+record\s+(?:number|no\.?|#)|date\s+of\s+birth|birth\s*date|born|"
+    r"social\s+security(?:\s+number)?|medicaid(?:\s+id)?|medicare(?:\s+id)?"
+)
+_KEYED_VALUE = re.compile(rf"(?i)\b({_SENSITIVE_KEYS})(['\"]?\s*[:=]\s*)('[^'\n]*'|\"[^\"\n]*\"|[^\s'\"&;,}}\])]+)")
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Authorization: Bearer xyz / Basic xyz / Cookie: a=b; c=d / Set-Cookie: ...
     (
@@ -62,20 +73,29 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]+=*"), r"\1 ***"),
     (re.compile(r"\beyJ[\w-]*\.[\w-]+\.[\w-]*"), MASK),
-    _KEY_VALUE,
+    (_KEYED_VALUE, r"\1\2***"),
+    (  # "given": ["Jane", "Q"] / 'line': ['1 Main St'] / "family": "Okonkwo" / "value": "5558675309"
+        re.compile(
+            rf"""(?i)(["'](?:{_PHI_JSON_KEYS})["']\s*:\s*)"""
+            r"""(\[[^\]\n]*\]|"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')"""  # strings, lists: not numbers
+        ),
+        rf"\1{PHI_MASK}",
+    ),
+    (
+        re.compile(rf"(?i)\b({_LABELLED_ID})(\s*(?:[:#=]|is|no\.?)?\s*)(?=[\w/.-]*\d)[\w/.-]+"),
+        rf"\1\2{PHI_MASK}",
+    ),
+    (re.compile(r"(?<![\w-])\d{3}-\d{2}-\d{4}(?![\w-])"), PHI_MASK),  # SSN shape
+    (re.compile(r"(?<![\w-])(?:\+?1[ .-]?)?\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}(?![\w-])"), PHI_MASK),  # US phone shape
 )
-_WORD = re.compile(r"\w+(?:['\-./]\w+)*")
-_PART = re.compile(r"\w+")
 
 
 class _Registry:
-    """Process-wide registered secrets and PHI values; thread-safe, PHI bounded (LRU)."""
+    """Process-wide registered secrets; thread-safe."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.secrets: set[str] = set()
-        self.phi: OrderedDict[str, None] = OrderedDict()
-        self.max_phi = MAX_PHI_VALUES
 
     def secrets_longest_first(self) -> list[str]:
         with self.lock:
@@ -95,53 +115,26 @@ def register_secret(*values: str | SecretStr | None) -> None:
                 _registry.secrets.add(value)
 
 
-def register_phi(*values: Any) -> None:
-    """Mask these patient values (names, DOB, MRN) as whole words; multi-word values register each word."""
-    with _registry.lock:
-        for value in values:
-            if value is None:
-                continue
-            text = value.isoformat() if hasattr(value, "isoformat") else str(value)
-            for word in _WORD.findall(text):
-                if len(word) < 2:
-                    continue
-                key = word.casefold()
-                _registry.phi[key] = None
-                _registry.phi.move_to_end(key)
-            while len(_registry.phi) > _registry.max_phi:
-                _registry.phi.popitem(last=False)
-
-
 def clear_registry() -> None:
     """Forget every registered value (tests; a new run with other credentials)."""
     with _registry.lock:
         _registry.secrets.clear()
-        _registry.phi.clear()
 
 
-def _mask_phi_word(match: re.Match[str], phi: OrderedDict[str, None]) -> str:
-    word = match.group(0)
-    if word.casefold() in phi:
-        return PHI_MASK
-    if not any(sep in word for sep in "'-./"):
-        return word
-    return _PART.sub(lambda m: PHI_MASK if m.group(0).casefold() in phi else m.group(0), word)
+def redact(text: str, *, keyed_values: bool = True) -> str:
+    """``text`` with every registered secret, credential-shaped value and PHI-shaped value masked.
 
-
-def redact(text: str, *, key_values: bool = True) -> str:
-    """``text`` with every registered secret, credential-shaped value and registered PHI masked."""
+    ``keyed_values=False`` leaves ``key: value`` prose alone (labelled identifiers with digits are still masked):
+    for our own messages, which name a field and its rule ("birth_date: Field required") and never its value.
+    """
     if not text:
         return text
     for secret in _registry.secrets_longest_first():
         if secret in text:
             text = text.replace(secret, MASK)
     for pattern, replacement in _PATTERNS:
-        if key_values or (pattern, replacement) != _KEY_VALUE:
+        if keyed_values or pattern is not _KEYED_VALUE:
             text = pattern.sub(replacement, text)
-    phi = _registry.phi
-    if phi:
-        with _registry.lock:
-            text = _WORD.sub(lambda m: _mask_phi_word(m, phi), text)
     return text
 
 
@@ -151,13 +144,23 @@ def redact_config_message(text: str) -> str:
     That rule would mask the word after a setting's name ("client_secret: required when ..."), which is the fix,
     not a secret; registered secrets, credential shapes and registered patient values are still masked.
     """
-    return redact(text, key_values=False)
+    return redact(text, keyed_values=False)
 
 
 def _redact_record(record: logging.LogRecord) -> None:
     """Render the message now and replace it with its redacted text (args may hold secrets or PHI)."""
     if getattr(record, "_wsk_redacted", False):
         return
+    from .disclosure import public_message, public_traceback
+
+    # An exception logged as an argument ("failed: %s", exc) is shown as its public message, never str(exc):
+    # its text may quote the server.
+    if isinstance(record.args, tuple):
+        record.args = tuple(public_message(a) if isinstance(a, BaseException) else a for a in record.args)
+    elif isinstance(record.args, Mapping):
+        record.args = {k: public_message(v) if isinstance(v, BaseException) else v for k, v in record.args.items()}
+    if isinstance(record.msg, BaseException):
+        record.msg = public_message(record.msg)
     try:
         message = record.getMessage()
     except Exception:  # a bad format string must not kill logging; keep it unformatted
@@ -165,7 +168,7 @@ def _redact_record(record: logging.LogRecord) -> None:
     record.msg = redact(message)
     record.args = ()
     if record.exc_info and not record.exc_text:
-        record.exc_text = logging.Formatter().formatException(record.exc_info)
+        record.exc_text = public_traceback(record.exc_info[1], record.exc_info[2])
     if record.exc_text:
         record.exc_text = redact(record.exc_text)
     if record.stack_info:
@@ -211,6 +214,7 @@ def install_redaction(*logger_names: str) -> RedactionFilter:
 
             logging.setLogRecordFactory(factory)
             _factory_installed = True
+    _install_excepthooks()
     for name in (*names, ""):
         logger = logging.getLogger(name) if name else logging.getLogger()
         if name and not any(isinstance(f, RedactionFilter) for f in logger.filters):
@@ -222,6 +226,30 @@ def install_redaction(*logger_names: str) -> RedactionFilter:
 
 
 _SHARED_FILTER = RedactionFilter()
+
+
+def _install_excepthooks() -> None:
+    """Uncaught exceptions (main thread or a worker thread) print their public traceback, never their text."""
+    from .disclosure import public_traceback
+
+    if getattr(sys.excepthook, "_wsk_public", False):
+        return
+
+    def main_hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            sys.__excepthook__(kind, value, tb)
+            return
+        print(public_traceback(value, tb), file=sys.stderr, flush=True)
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit or args.exc_value is None:
+            return
+        name = args.thread.name if args.thread is not None else "?"
+        print(f"Exception in thread {name}:\n{public_traceback(args.exc_value, args.exc_traceback)}", file=sys.stderr)
+
+    main_hook._wsk_public = True  # type: ignore[attr-defined]
+    sys.excepthook = main_hook
+    threading.excepthook = thread_hook
 
 
 SECRET_ENV_PREFIXES = ("WELLSKY_",)

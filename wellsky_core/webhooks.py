@@ -27,7 +27,6 @@ import hmac
 import json
 import logging
 import os
-import sqlite3
 import sys
 import threading
 import time
@@ -37,7 +36,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .disclosure import public_message
 from .errors import SignatureError, WellSkyError
+from .private_files import private_sqlite
 from .webhook_server import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_REQUEST_TIMEOUT,
@@ -111,11 +112,8 @@ class EventStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # owner-only before SQLite opens it (it holds patient records); SQLite gives -wal/-shm the same mode
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-        os.chmod(self.path, 0o600)
-        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # private (0600, -wal/-shm too, never through a symlink): it holds patient records
+        self.db = private_sqlite(self.path, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute(
@@ -189,7 +187,7 @@ def iter_canonical_events(
                 try:
                     record = to_canonical(product, event["entity"], event.get("record"))
                 except WellSkyError as exc:
-                    problem = str(exc)
+                    problem = public_message(exc)
         if problem is not None:
             if skipped is not None:
                 skipped[problem.split(":")[0]] += 1
@@ -236,7 +234,7 @@ def event_problem(event: Any, product: str | None = None) -> str | None:
         try:
             to_canonical(product, entity, event["record"])
         except WellSkyError as exc:
-            return f"unmappable_record: {exc}"
+            return f"unmappable_record: {public_message(exc)}"
     return None
 
 
@@ -365,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                 return run_subscriptions(args.action, args.config)
             return serve(args.config, args.host, args.port, args.store)
         except WellSkyError as exc:
-            print(f"wellsky-webhooks: {exc}", file=sys.stderr)
+            print(f"wellsky-webhooks: {public_message(exc)}", file=sys.stderr)
             return 2
     if args.command == "replay":
         store = EventStore(args.store)

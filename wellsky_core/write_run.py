@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from .audit import AuditLog, key_hash_secret
+from .audit import AuditLog, key_hash_secret, tenant_secret
 from .config import TargetConfig
 from .connection import Connection
 from .deadletter import DeadLetter
@@ -88,7 +88,12 @@ class WriteRun:
         from .products import DIALECTS
         from .write_hashes import WriteHashLedger
 
-        ledger = WriteHashLedger(self.settings.write_ledger_path) if self.settings.write_ledger_path else None
+        # one per-tenant secret keys the audit's key_hash and the ledger's hashes (issue 24: no unkeyed hashes)
+        secret = key_hash_secret(self.settings.audit_hash_secret, self.settings.audit_log_path) or tenant_secret(
+            self.settings
+        )
+        path = self.settings.write_ledger_path
+        ledger = WriteHashLedger(path, secret) if path and not self.settings.dry_run else None
         product = DIALECTS.get(self.settings.product or "")
         path = product.writer if product is not None and product.writer else "wellsky_core.writes:RecordWriter"
         module, _, name = path.partition(":")
@@ -97,8 +102,8 @@ class WriteRun:
             self.connection,
             authorization_policy=self.settings.authorization_policy,
             dry_run=self.settings.dry_run,
-            write_hashes=None if self.settings.dry_run else ledger,
-            key_hash_secret=key_hash_secret(self.settings.audit_hash_secret, self.settings.audit_log_path),
+            write_hashes=ledger,
+            key_hash_secret=secret,
         )
 
     @cached_property

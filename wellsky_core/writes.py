@@ -9,8 +9,6 @@ response for a write it already committed but whose answer was lost.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import re
 import threading
@@ -20,17 +18,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError, create_model
 
+from .audit import tenant_secret
 from .channels.rest import MAX_PAGE_SIZE as REST_MAX_PAGE_SIZE
 from .channels.rest import rest_pages
 from .connection import Connection
+from .disclosure import public_message, safe_code
 from .errors import AuthorizationRefused, RemoteError, WriteAborted, WriteRefused, server_code
 from .http.policy import server_failed
 from .idempotency import idempotency_key
 from .models import DELETED_AT, ENTITIES, READ_ONLY_FIELDS, WRITABLE, UtcDatetime, strict_variant
 from .normalize.native import to_canonical, to_native
 from .products import dialect
+from .redaction import redact
 from .scheduling import AuthorizationUnitLedger, Reservation, current_charge
-from .write_hashes import WriteHashLedger, record_hash
+from .write_hashes import WriteHashLedger, keyed_hash
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,17 @@ class WriteResult:
     warnings: list[str] = field(default_factory=list)
     key_hash: str | None = None
     """A hash of the natural key: lets the audit trail correlate writes without holding an MRN."""
+
+    def __post_init__(self) -> None:
+        # The audit and the dead letters show ``code`` and ``reason``: only allow-listed codes, redacted text.
+        self.code = safe_code(self.code)
+        self.reason = redact(self.reason, keyed_values=False) if self.reason else self.reason
+
+    @classmethod
+    def refused(cls, stream: str, exc: BaseException, **fields: Any) -> WriteResult:
+        """A rejected write described by its error: the public message, never the error's (server's) text."""
+        code = getattr(exc, "code", None) or getattr(exc, "status", None)
+        return cls(stream, "rejected", reason=public_message(exc), code=str(code) if code else None, **fields)
 
 
 def _write_model(entity: str) -> type[BaseModel]:
@@ -91,6 +103,10 @@ def validate_for_write(entity: str, record: dict[str, Any]) -> dict[str, Any]:
         raise WriteRefused(
             "validation_error", "record does not match the canonical schema: " + "; ".join(problems)
         ) from None
+    if entity == "appointments":
+        start, end = getattr(model, "start", None), getattr(model, "end", None)
+        if start is not None and end is not None and end <= start:  # WellSky refuses it; say so ourselves
+            raise WriteRefused("validation_error", "end: must be after start; fix the appointment's times")
     dumped = model.model_dump(mode="json", exclude_unset=True)
     desired = {k: v for k, v in dumped.items() if k not in READ_ONLY_FIELDS}
     where = _control_character_field(desired)
@@ -178,16 +194,12 @@ class RecordWriter:
             ):
                 self.write_hashes.remember(self.tenant_key, stream, key, digest, result.wellsky_id)
             return result
-        except WriteRefused as exc:
-            return WriteResult(stream, "rejected", reason=str(exc), code=exc.code, wellsky_id=record.get("id"))
-        except AuthorizationRefused as exc:
-            return WriteResult(stream, "rejected", reason=str(exc), code=exc.code, wellsky_id=record.get("id"))
+        except (WriteRefused, AuthorizationRefused) as exc:
+            return WriteResult.refused(stream, exc, wellsky_id=record.get("id"))
         except RemoteError as exc:
             if server_failed(exc.status):
                 raise self._aborted(stream, record, exc) from exc
-            return WriteResult(
-                stream, "rejected", reason=str(exc), code=exc.code or str(exc.status), wellsky_id=record.get("id")
-            )
+            return WriteResult.refused(stream, exc, wellsky_id=record.get("id"))
         except Exception as exc:
             raise self._aborted(stream, record, exc) from exc
 
@@ -199,7 +211,7 @@ class RecordWriter:
             "failed",
             wellsky_id=record.get("id") if isinstance(record.get("id"), str) else None,
             idempotency_key=self._local.sent,
-            reason=str(exc),
+            reason=public_message(exc),
             code=str(code),
             key_hash=self._key_hash(stream, record),
         )
@@ -256,7 +268,7 @@ class RecordWriter:
         key = match_key(stream, desired)
         if key is None:
             return None, None, None
-        return key, record_hash(desired), self.write_hashes.lookup(self.tenant_key, stream, key)
+        return key, self.write_hashes.digest(desired), self.write_hashes.lookup(self.tenant_key, stream, key)
 
     def _ledger_says_unchanged(self, stream: str, record: Any) -> bool:
         try:
@@ -319,7 +331,7 @@ class RecordWriter:
             except AuthorizationRefused as exc:
                 if self.policy == "enforce":
                     raise
-                warnings.append(str(exc))
+                warnings.append(public_message(exc))
                 log.warning("authorization check failed (policy=warn, writing anyway): %s", exc)
         try:
             result = self._upsert("appointments", "external_id", desired, existing, reservation=reservation)
@@ -394,14 +406,10 @@ class RecordWriter:
     def _answer(self, entity: str, action: Action, response: Any, key: str, desired: dict[str, Any]) -> WriteResult:
         if response.status_code >= 400:
             refusal = RemoteError.from_response(response)
-            return WriteResult(
-                entity,
-                "rejected",
-                wellsky_id=desired.get("id"),
-                idempotency_key=key,
-                reason=f"WellSky refused the write ({refusal.tag}): {refusal.fix}",
-                code=refusal.code,
-                key_hash=self._key_hash(entity, desired),
+            refusal.field = _error_field(response)  # type: ignore[attr-defined]  # shown only if one of ours
+            key_hash = self._key_hash(entity, desired)
+            return WriteResult.refused(
+                entity, refusal, wellsky_id=desired.get("id"), idempotency_key=key, key_hash=key_hash
             )
         if response.headers.get("idempotent-replayed") == "true" and response.extensions.get("wellsky_attempt", 1) == 1:
             action = "replayed"  # our first send was answered from the tenant's memory: someone else wrote it
@@ -425,19 +433,12 @@ class RecordWriter:
         natural = desired.get(ENTITIES[entity].match_field) or desired.get("id")
         if not natural:
             return None
-        return hmac.new(self._key_hash_secret, str(natural).encode(), hashlib.sha256).hexdigest()[:32]
+        return keyed_hash(self._key_hash_secret, str(natural))[:32]
 
 
 def _tenant_secret(connection: Connection) -> bytes:
-    """Without a configured secret: a key derived from the tenant's own credentials (never written anywhere).
-
-    Stable across runs with the same credentials, so audit entries correlate; unknown to anyone holding only
-    the audit file, so a guessed MRN cannot be tested against a key_hash. Set ``audit_hash_secret`` (or keep
-    the key file beside the audit log) for a key that survives a credential rotation.
-    """
-    config = connection.config
-    material = "\x1f".join([str(config.base_url or ""), *sorted(config.secret_values())])
-    return hashlib.sha256(b"wellsky-audit-key-hash\x1f" + material.encode()).digest()
+    """The per-tenant key-hash secret derived from the connection's credentials (see ``audit.tenant_secret``)."""
+    return tenant_secret(connection.config)
 
 
 def _update_basis(existing: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -470,3 +471,14 @@ def match_key(stream: str, record: dict[str, Any]) -> str | None:
 
 def _error_code(response: Any) -> str:
     return server_code(response)
+
+
+def _error_field(response: Any) -> str | None:
+    """The ``field`` a WellSky validation error names (``disclosure.safe_field`` decides whether it is shown)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    field = body.get("field") if isinstance(body, dict) else None
+    return field if isinstance(field, str) else None
+

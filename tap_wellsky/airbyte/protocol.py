@@ -159,17 +159,18 @@ class AirbyteLogHandler(logging.Handler):
 def describe_error(exc: BaseException) -> tuple[str, str, str]:
     """(message, internal_message, failure_type) for a TRACE error, never echoing data of unknown origin.
 
-    Core errors carry messages written to be shown (they name the setting and the fix, never PHI or secrets,
-    so they are passed on verbatim). Anything else is reported by its type only.
+    Both texts are :func:`wellsky_core.disclosure.public_message`: our own words, the setting and the fix, and
+    for errors built from a response only the status, an allow-listed code and the request id (never the
+    server's text, which is untrusted patient data). Anything that is not ours is reported by its type only.
     """
+    from wellsky_core.disclosure import public_message
+
+    text = public_message(exc)
     if isinstance(exc, ConfigError | AuthError | StateError):
-        text = str(exc)
         return text, f"{type(exc).__name__}: {text}", "config_error"
     if isinstance(exc, WellSkyTransportError):
-        text = str(exc)
         return text, f"{type(exc).__name__}: {text}", "transient_error"
     if isinstance(exc, WellSkyError):
-        text = str(exc)
         return text, f"{type(exc).__name__}: {text}", "system_error"
     return (
         f"source-wellsky failed with an unexpected {type(exc).__name__}; see the stack trace and report it",
@@ -209,7 +210,8 @@ def connection_check(output: Output, settings: Callable[[], WellSkyConfig]) -> i
         connection = Connection(settings())
         tenant = connection.tenant()
         product = connection.product
-        succeeded, message = True, f"connected to {tenant.get('name', 'the tenant')} ({product})"
+        del tenant  # its name is server text: not quoted (untrusted, like every server string)
+        succeeded, message = True, f"connected to the tenant ({product})"
     except WellSkyError as exc:
         succeeded, message = False, describe_error(exc)[0]
     finally:

@@ -20,12 +20,17 @@ from wellsky_sandbox.testing import SandboxServer
 
 from ..fhir_only import FHIR_ONLY, comparable
 
+
+def json_fields(model: type) -> list[str]:
+    """A canonical model's fields as records spell them (by alias: ``_sdc_deleted_at``)."""
+    return [info.alias or name for name, info in model.model_fields.items()]
+
 UNSUPPORTED = {"personal_care": {"care_plans"}, "hospice": {"referrals"}, "home_health": set()}
 
 
 def canonical(entity: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     model = ENTITIES[entity].model
-    return [comparable(entity, model.model_validate(r).model_dump(mode="json")) for r in records]
+    return [comparable(entity, model.model_validate(r).model_dump(mode="json", by_alias=True)) for r in records]
 
 
 def fhir_records(channel: FhirChannel, entity: str, since: datetime | None = None) -> list[dict[str, Any]]:
@@ -76,7 +81,7 @@ def test_every_entity_equals_truth_field_by_field(tenant: SandboxServer, channel
         want = canonical(entity, tenant.truth(entity))
         assert len(got) == len(want) > 0, entity
         for mine, theirs in zip(got, want, strict=True):
-            for field in ENTITIES[entity].model.model_fields:
+            for field in json_fields(ENTITIES[entity].model):
                 if field not in FHIR_ONLY.get(entity, ()):
                     assert mine[field] == theirs[field], (entity, mine["id"], field)
             assert mine["data_quality"] == [], (entity, mine["id"])
@@ -237,7 +242,7 @@ def _field_by_field(tenant: SandboxServer, entity: str, got: list[dict[str, Any]
     want = canonical(entity, tenant.truth(entity))
     assert len(got) == len(want) > 0, entity
     for mine, theirs in zip(got, want, strict=True):
-        for field in ENTITIES[entity].model.model_fields:
+        for field in json_fields(ENTITIES[entity].model):
             if field not in FHIR_ONLY.get(entity, ()):
                 assert mine[field] == theirs[field], (entity, mine["id"], field)
         assert mine["data_quality"] == [], (entity, mine["id"], mine["data_quality"])

@@ -38,7 +38,10 @@ def test_every_native_record_normalizes_to_the_truth(sandbox_factory, product):
     sb = sandbox_factory(product=product, scale=60)
     client = _login(sb)
     for entity in MODELED_ENTITIES:
-        truth = {r["id"]: ENTITIES[entity].model.model_validate(r).model_dump(mode="json") for r in sb.truth(entity)}
+        truth = {
+            r["id"]: ENTITIES[entity].model.model_validate(r).model_dump(mode="json", by_alias=True)
+            for r in sb.truth(entity)
+        }
         got = {}
         for native in _native(client, entity):
             rec = to_canonical(product, entity, native)
@@ -53,7 +56,7 @@ def test_canonical_to_native_round_trips(sandbox_factory, product):
     sb = sandbox_factory(product=product, scale=20)
     for entity in ("patients", "appointments"):
         for rec in sb.truth(entity)[:20]:
-            canonical = ENTITIES[entity].model.model_validate(rec).model_dump(mode="json")
+            canonical = ENTITIES[entity].model.model_validate(rec).model_dump(mode="json", by_alias=True)
             assert (
                 to_canonical(product, entity, {**to_native(product, entity, canonical), **_updated(product, canonical)})
                 == canonical
@@ -117,7 +120,7 @@ def test_the_same_patient_from_each_product_gives_the_same_canonical_record():
             "modified_at": 1772373600,
         },
     }
-    complete = ENTITIES["patients"].model.model_validate(canonical).model_dump(mode="json")
+    complete = ENTITIES["patients"].model.model_validate(canonical).model_dump(mode="json", by_alias=True)
     for product, native in natives.items():
         assert to_canonical(product, "patients", native) == complete, product
         assert complete["data_quality"] == []
@@ -126,9 +129,14 @@ def test_the_same_patient_from_each_product_gives_the_same_canonical_record():
         "resourceType": "Patient",
         "id": 7,
         "active": True,
-        "meta": {"lastUpdated": "2026-03-01T14:00:00+00:00",
-                 "tag": [{"code": "agencyId", "display": "4505"}, {"code": "isClient", "display": "true"},
-                         {"code": "status", "display": "80"}]},
+        "meta": {
+            "lastUpdated": "2026-03-01T14:00:00+00:00",
+            "tag": [
+                {"code": "agencyId", "display": "4505"},
+                {"code": "isClient", "display": "true"},
+                {"code": "status", "display": "80"},
+            ],
+        },
         "name": [{"use": "official", "family": "Hale", "given": ["Ada"]}],
         "address": [{"use": "home", "line": ["1 Oak St"], "city": "Tulsa", "state": "OK", "postalCode": "74101"}],
         "gender": "female",

@@ -19,7 +19,7 @@ import pytest
 from wellsky_core.config import WellSkyConfig
 from wellsky_core.connection import Connection
 from wellsky_core.models import READ_ONLY_FIELDS
-from wellsky_core.write_hashes import WriteHashLedger, record_hash
+from wellsky_core.write_hashes import LEDGER_FORMAT, WriteHashLedger, keyed_hash
 from wellsky_core.writes import RecordWriter, validate_for_write
 from wellsky_sandbox.testing import SandboxServer
 
@@ -235,15 +235,18 @@ def test_moving_a_booking_uses_its_own_units(sb):
     assert again.action == "unchanged"
 
 
+SECRET = b"tenant-key-hash-secret-for-tests"
+
+
 def test_write_ledger_skips_known_records_without_a_request(sb, tmp_path):
-    ledger = WriteHashLedger(tmp_path / "ledger.sqlite")
+    ledger = WriteHashLedger(tmp_path / "ledger.sqlite", SECRET)
     patient = _new_patient(sb)
     first = _writer(sb, write_hashes=ledger).write("patients", patient)
     assert first.action == "created"
     key = f"n:{patient['mrn']}"
     tenant = sb.base_url
     assert ledger.lookup(tenant, "patients", key) == (
-        record_hash(validate_for_write("patients", patient)),
+        ledger.digest(validate_for_write("patients", patient)),
         first.wellsky_id,
     )
     requests_before = sb.stats()["data_requests"]
@@ -253,7 +256,7 @@ def test_write_ledger_skips_known_records_without_a_request(sb, tmp_path):
     assert sb.stats()["data_requests"] == requests_before, "the ledger answered: no request"
     changed = _writer(sb, write_hashes=ledger).write("patients", {**patient, "phone": "555-0177"})
     assert changed.action == "updated"
-    assert ledger.lookup(tenant, "patients", key)[0] == record_hash(
+    assert ledger.lookup(tenant, "patients", key)[0] == ledger.digest(
         validate_for_write("patients", {**patient, "phone": "555-0177"})
     )
     rejected = _writer(sb, write_hashes=ledger).write("patients", {**_new_patient(sb), "id": "HH-P999998"})
@@ -263,7 +266,7 @@ def test_write_ledger_skips_known_records_without_a_request(sb, tmp_path):
 
 def test_write_ledger_stores_hashes_only_and_survives_a_reopen(tmp_path: Path):
     path = tmp_path / "two" / "levels" / "ledger.sqlite"
-    ledger = WriteHashLedger(path)
+    ledger = WriteHashLedger(path, SECRET)
     ledger.remember("t1", "patients", "n:MRN-42", "h1", "HH-P1")
     ledger.remember("t1", "patients", "n:MRN-42", "h2", "HH-P1")  # the latest write wins
     ledger.remember("t2", "patients", "n:MRN-42", "h3", None)
@@ -280,8 +283,36 @@ def test_write_ledger_stores_hashes_only_and_survives_a_reopen(tmp_path: Path):
     assert b"MRN-42" not in path.read_bytes()
     rows = sqlite3.connect(path).execute("SELECT key FROM writes").fetchall()
     assert len(rows) == 4 and all(len(r[0]) == 64 for r in rows)
-    assert WriteHashLedger(path).lookup("t1", "patients", "n:MRN-42") == ("h2", "HH-P1")
-    assert record_hash({"b": 1, "a": 2}) == record_hash({"a": 2, "b": 1}) != record_hash({"a": 2, "b": 2})
+    assert WriteHashLedger(path, SECRET).lookup("t1", "patients", "n:MRN-42") == ("h2", "HH-P1")
+    assert WriteHashLedger(path, b"another tenant").lookup("t1", "patients", "n:MRN-42") is None, "keyed"
+    digest = WriteHashLedger(path, SECRET).digest
+    assert digest({"b": 1, "a": 2}) == digest({"a": 2, "b": 1}) != digest({"a": 2, "b": 2})
+
+
+def test_write_ledger_natural_keys_are_keyed_hashes_a_guess_cannot_confirm(tmp_path: Path):
+    """Issue 24: the ledger stored sha256("n:last|first|dob") beside the WellSky id; a guessed name and birth
+    date could be confirmed by hashing it. Now HMAC-SHA256 with the tenant's secret; older files are emptied."""
+    import hashlib
+
+    path = tmp_path / "ledger.sqlite"
+    natural = "n:okonkwo|jane|1950-03-04"
+    old = sqlite3.connect(path)  # a ledger of the unkeyed format (user_version 0)
+    old.execute("CREATE TABLE writes (tenant TEXT, stream TEXT, key TEXT, hash TEXT NOT NULL, wellsky_id TEXT, "
+                "PRIMARY KEY (tenant, stream, key))")
+    old.execute("INSERT INTO writes VALUES ('t', 'patients', ?, 'h', 'HH-P1')",
+                (hashlib.sha256(natural.encode()).hexdigest(),))
+    old.commit()
+    old.close()
+    ledger = WriteHashLedger(path, SECRET)
+    ledger.remember("t", "patients", natural, ledger.digest({"last_name": "Okonkwo"}), "HH-P7")
+    ledger.close()
+    db = sqlite3.connect(path)
+    rows = db.execute("SELECT key, hash FROM writes").fetchall()
+    assert db.execute("PRAGMA user_version").fetchone()[0] == LEDGER_FORMAT
+    guessed = hashlib.sha256(natural.encode()).hexdigest()
+    assert rows == [(keyed_hash(SECRET, natural), keyed_hash(SECRET, '{"last_name":"Okonkwo"}'))]
+    assert all(guessed not in r and hashlib.sha256(b'{"last_name":"Okonkwo"}').hexdigest() not in r for r in rows)
+    assert (path.stat().st_mode & 0o777) == 0o600
 
 
 def test_another_run_created_it_between_lookup_and_write(sb):
@@ -339,10 +370,10 @@ def test_prime_threshold_and_the_write_hash_ledger_pre_filter(sb, tmp_path):
     writer = _writer(sb)
     writer.prime("patients", fresh)
     assert "patients" in writer._primed and len(writer._primed["patients"][0]) == 200
-    ledger = WriteHashLedger(tmp_path / "ledger.sqlite")
+    ledger = WriteHashLedger(tmp_path / "ledger.sqlite", SECRET)
     settled = fresh[0]
     ledger.remember(
-        sb.base_url, "patients", f"n:{settled['mrn']}", record_hash(validate_for_write("patients", settled)), "X"
+        sb.base_url, "patients", f"n:{settled['mrn']}", ledger.digest(validate_for_write("patients", settled)), "X"
     )
     with_ledger = _writer(sb, write_hashes=ledger)
     with_ledger.prime("patients", fresh)

@@ -322,7 +322,7 @@ VIOLATIONS = counted(
                           "service_code": "G0299"}, "patient"),
         ("appointments", {"external_id": "E6", "patient_id": "HH-P000001", "start": "2026-01-01T12:00:00Z",
                           "end": "2026-01-01T11:00:00Z", "status": "scheduled", "discipline": "SN",
-                          "service_code": "G0299"}, "validation_error"),  # the tenant's check: its code, not its text
+                          "service_code": "G0299"}, "end"),  # refused before sending, naming the field (issue 24)
     ],
 )
 

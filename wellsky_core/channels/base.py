@@ -105,7 +105,7 @@ class Channel(abc.ABC):
                 f"{problem} ({self.name} channel); set dead_letter_path to set such inputs aside and continue",
             )
         self.dead_letter.write(
-            stage="read", stream=entity, reason=str(problem), payload=payload,
+            stage="read", stream=entity, reason=problem, payload=payload,
             context={"channel": self.name, **context},
         )
         logging.getLogger(type(self).__module__).warning("dead-lettered one %s input: %s", entity, problem)
@@ -212,13 +212,15 @@ class LatestVersions:
     PAGE = 1000
 
     def __init__(self) -> None:
-        import sqlite3
         import tempfile
         import threading
 
+        from ..private_files import private_sqlite
+
         self._lock = threading.Lock()
-        self._dir = tempfile.TemporaryDirectory(prefix="wellsky-latest-")
-        self._db = sqlite3.connect(f"{self._dir.name}/latest.sqlite", isolation_level=None, check_same_thread=False)
+        self._dir = tempfile.TemporaryDirectory(prefix="wellsky-latest-")  # 0700, removed on close
+        # whole patient records: 0600 like every file we write (private_files)
+        self._db = private_sqlite(f"{self._dir.name}/latest.sqlite", isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=OFF")
         self._db.execute("PRAGMA synchronous=OFF")
         self._db.execute(

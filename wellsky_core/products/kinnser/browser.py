@@ -41,6 +41,8 @@ class Bounced(Exception):
 
 
 
+    own_text = True  # its message names the page and the wait, never page content (disclosure.public_message)
+
 
 class PortalBrowser:
     def __init__(self, config: WellSkyConfig, pagemap: PageMap, code_source: CodeSource | None) -> None:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from ...private_files import UnsafePathError, write_private
 
 VERSION = 1
 RESUME_WITHIN = timedelta(hours=24)
@@ -33,6 +33,8 @@ class PortalState:
     def __init__(self, path: str | None) -> None:
         self.path = Path(path) if path else None
         self.data: dict[str, Any] = {"version": VERSION, "snapshot": {}, "runs": {}, "deviation": {}}
+        if self.path is not None and self.path.is_symlink():
+            raise UnsafePathError(f"{self.path} is a symbolic link; point portal_state_path at a real file")
         if self.path is not None and self.path.exists():
             loaded = json.loads(self.path.read_text(encoding="utf-8") or "{}")
             if loaded.get("version") == VERSION:
@@ -41,16 +43,8 @@ class PortalState:
     def save(self) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".portal-state-")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(self.data, fh, separators=(",", ":"))
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # 0600, atomically, never through a symlink (the snapshot names patients)
+        write_private(self.path, json.dumps(self.data, separators=(",", ":")))
 
     # -- runs -------------------------------------------------------------------------------------------
     def begin(self, group: str, now: datetime) -> dict[str, Any]:

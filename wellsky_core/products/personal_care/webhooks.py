@@ -31,7 +31,6 @@ import hmac
 import json
 import logging
 import re
-import sqlite3
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -44,6 +43,7 @@ import orjson
 from ...config import WellSkyConfig
 from ...connection import Connection
 from ...errors import ConfigError, NormalizationError, RemoteError, WellSkyError
+from ...private_files import private_sqlite
 from ...webhook_server import DEFAULT_REQUEST_TIMEOUT, Answer, ReceiverServer, Request
 from ...webhooks import EventStore
 from .channel import HomeConnectChannel, record_path
@@ -150,7 +150,8 @@ class NotificationQueue:
     """Received notifications, committed before the 200 answer and removed once their record is stored."""
 
     def __init__(self, path: str | Path) -> None:
-        self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        # private (0600, -wal/-shm too, never through a symlink): notified ids of patients
+        self.db = private_sqlite(path, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute(

@@ -32,7 +32,7 @@ from ...errors import NormalizationError, RemoteError, WriteRefused
 from ...http.policy import server_failed
 from ...idempotency import idempotency_key
 from ...models import READ_ONLY_FIELDS, UtcDatetime
-from ...write_hashes import WriteHashLedger, record_hash
+from ...write_hashes import WriteHashLedger
 from ...writes import Action, WriteResult, _tenant_secret, validate_for_write
 from .normalize import tags, to_canonical
 from .write_rules import WriteInvalid, check_text, patient_body
@@ -163,15 +163,13 @@ class HomeConnectWriter:
                 return self._write_appointment(record)
             raise ValueError(f"{stream} is not writable to Home Connect")
         except WriteRefused as exc:
-            return WriteResult(stream, "rejected", reason=str(exc), code=exc.code, wellsky_id=_rid(record))
-        except WriteInvalid as exc:
-            return WriteResult(stream, "rejected", reason=str(exc), code="validation_error", wellsky_id=_rid(record))
+            return WriteResult.refused(stream, exc, wellsky_id=_rid(record))
+        except WriteInvalid as exc:  # our own rule (names the field and the fix)
+            return WriteResult.refused(stream, WriteRefused("validation_error", str(exc)), wellsky_id=_rid(record))
         except RemoteError as exc:
             if server_failed(exc.status):
                 raise
-            return WriteResult(
-                stream, "rejected", reason=str(exc), code=exc.code or str(exc.status), wellsky_id=_rid(record)
-            )
+            return WriteResult.refused(stream, exc, wellsky_id=_rid(record))
 
     # -- patients ---------------------------------------------------------------------------------------------
     def _write_patient(self, record: dict[str, Any]) -> WriteResult:
@@ -183,7 +181,7 @@ class HomeConnectWriter:
         patient_body(desired, "0", create=not desired.get("id"))  # every documented rule, before any request
         key_hash = self._key_hash(desired)
         ledger_key = f"i:{desired['id']}" if desired.get("id") else f"n:{_natural(desired)}"
-        digest = record_hash(desired)
+        digest = self.write_hashes.digest(desired) if self.write_hashes is not None else ""
         if self.write_hashes is not None:
             known = self.write_hashes.lookup(self.tenant_key, "patients", ledger_key)
             if known is not None and known[0] == digest:
@@ -258,11 +256,7 @@ class HomeConnectWriter:
 
     def _answer(self, action: Action, response: Any, rid: str | None, key_hash: str | None) -> WriteResult:
         if response.status_code >= 400:
-            refusal = RemoteError.from_response(response)
-            return WriteResult(
-                "patients", "rejected", wellsky_id=rid, code=refusal.code, key_hash=key_hash,
-                reason=f"WellSky refused the write ({refusal.tag}): {refusal.fix}",
-            )
+            return _refused("patients", response, wellsky_id=rid, key_hash=key_hash)
         return WriteResult("patients", action, wellsky_id=rid, key_hash=key_hash)
 
     # -- EVV clock-in / clock-out -------------------------------------------------------------------------------
@@ -294,9 +288,7 @@ class HomeConnectWriter:
             "POST", _by_id("encounter", shift_id, "appointment_id") + "clockin/", json=body, expected=(400, 404, 422)
         )
         if response.status_code >= 400:
-            refusal = RemoteError.from_response(response)
-            return WriteResult(EVV_STREAM, "rejected", code=refusal.code,
-                               reason=f"WellSky refused the clock-in ({refusal.tag}): {refusal.fix}")
+            return _refused(EVV_STREAM, response)
         reply = response.json()
         carelog = str(reply.get("id"))
         opened_before = (reply.get("period") or {}).get("start") not in (None, body["period"]["start"]) or bool(
@@ -317,11 +309,7 @@ class HomeConnectWriter:
                 "PUT", _by_id("encounter", carelog, "id") + "clockout/", json=out, expected=(400, 404, 422)
             )
             if response.status_code >= 400:
-                refusal = RemoteError.from_response(response)
-                return WriteResult(
-                    EVV_STREAM, "rejected", wellsky_id=carelog, code=refusal.code,
-                    reason=f"WellSky refused the clock-out ({refusal.tag}): {refusal.fix}",
-                )
+                return _refused(EVV_STREAM, response, wellsky_id=carelog)
             action = "updated" if action == "unchanged" else action
         return WriteResult(EVV_STREAM, action, wellsky_id=carelog)
 
@@ -351,9 +339,7 @@ class HomeConnectWriter:
             response = self.client.request("POST", "/v1/appointment/", json=body, expected=(400, 422))
             action = "created"
         if response.status_code >= 400:
-            refusal = RemoteError.from_response(response)
-            return WriteResult("appointments", "rejected", wellsky_id=series, code=refusal.code,
-                               reason=f"WellSky refused the write ({refusal.tag}): {refusal.fix}")
+            return _refused("appointments", response, wellsky_id=series)
         return WriteResult("appointments", action, wellsky_id=str(response.json().get("id") or series))
 
 
@@ -413,3 +399,7 @@ def _wire_time(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
 
 
+def _refused(stream: str, response: Any, **fields: Any) -> WriteResult:
+    """A refused write described by status, allow-listed code, request id and our fix (``RemoteError.from_response``):
+    never the server's message, which may name a patient the request did not carry (``disclosure``)."""
+    return WriteResult.refused(stream, RemoteError.from_response(response), **fields)

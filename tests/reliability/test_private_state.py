@@ -1,0 +1,200 @@
+"""Every file the connector writes is private: 0600 in 0700 directories, never written through a symlink (issue 24 #2).
+
+Checked while a target run is still going (a hostile tenant holds its second write open) and after it, for the
+tap's data-quality report in the per-tenant state directory, and for the stores the receivers and the portal
+channel keep. A planted symlink is refused with one line, and the file it points at is left untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from wellsky_core.private_files import UnsafePathError
+from wellsky_core.schemas import stream_schema
+
+from .conftest import SUBPROCESS_TIMEOUT, TAP_CMD, TARGET_CMD, assert_no_traceback, child_env, write_json
+from .hostile import HostileServer, Reply, config
+
+VICTIM_TEXT = "not yours\n"
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def assert_private(root: Path, *, skip: tuple[str, ...] = ()) -> list[Path]:
+    """Every file under ``root`` is 0600 and every directory 0700 (test inputs named ``in-*`` aside)."""
+    files = []
+    for path in [root, *root.rglob("*")]:
+        if path.name.startswith("in-") or path.name in skip:
+            continue
+        if path.is_dir():
+            assert _mode(path) == 0o700, f"{path}: directory {oct(_mode(path))}"
+        else:
+            assert _mode(path) == 0o600, f"{path}: file {oct(_mode(path))}"
+            files.append(path)
+    return files
+
+
+def _patients(n: int) -> str:
+    lines: list[dict] = [
+        {"type": "SCHEMA", "stream": "patients", "schema": stream_schema("patients"), "key_properties": ["id"]}
+    ]
+    for i in range(n):
+        record = {"mrn": f"MRN-90{i}", "first_name": "Ada", "last_name": f"Lind{i}", "birth_date": "1941-07-02",
+                  "gender": "female", "status": "active"}
+        lines.append({"type": "RECORD", "stream": "patients", "record": record})
+    return "\n".join(json.dumps(m) for m in lines) + "\n"
+
+
+def test_target_files_are_private_during_and_after_the_run(tmp_path: Path) -> None:
+    state = tmp_path / "state"  # a fresh directory the run creates: it must come out 0700
+    hold, held = threading.Event(), threading.Event()
+    posts = []
+
+    def route(h: Reply, method: str, path: str, body: bytes) -> bool:
+        if method == "POST" and path == "/patients":
+            posts.append(body)
+            if len(posts) == 2:  # the second write waits until the test has looked at the files
+                held.set()
+                hold.wait(60)
+            h.send_json(409, {"error": "conflict", "message": "refused"})
+            return True
+        return False
+
+    with HostileServer(route) as srv:
+        settings = config(
+            srv.base_url,
+            dead_letter_path=str(state / "dead.jsonl"),
+            audit_log_path=str(state / "audit" / "audit.jsonl"),
+            write_ledger_path=str(state / "ledger.sqlite"),
+            write_concurrency=1,
+        )
+        cfg = write_json(tmp_path / "in-config.json", settings)
+        proc = subprocess.Popen(
+            [*TARGET_CMD, "--config", str(cfg)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env={**child_env(), "XDG_STATE_HOME": str(tmp_path / "xdg")},
+        )
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(_patients(2))
+            proc.stdin.close()
+            proc.stdin = None
+            assert held.wait(SUBPROCESS_TIMEOUT), "the second write never arrived"
+            during = {p.name for p in assert_private(state)}  # whatever exists mid-run is private already
+            assert {"audit.jsonl.key", "ledger.sqlite", "ledger.sqlite-wal"} <= during, during
+        finally:
+            hold.set()
+            _, err = proc.communicate(timeout=SUBPROCESS_TIMEOUT)
+    assert proc.returncode == 3, err
+    after = {p.name for p in assert_private(state)}
+    assert {"dead.jsonl", "audit.jsonl", "ledger.sqlite"} <= after
+    assert len((state / "dead.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("which", ["dead_letter_path", "audit_log_path", "write_ledger_path"])
+def test_a_planted_symlink_is_refused_in_one_line_and_its_target_left_alone(tmp_path: Path, which: str) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text(VICTIM_TEXT)
+    planted = tmp_path / "state" / "planted"
+    planted.parent.mkdir(mode=0o700)
+    planted.symlink_to(victim)
+
+    def route(h: Reply, method: str, path: str, body: bytes) -> bool:
+        if method == "POST" and path == "/patients":
+            h.send_json(409, {"error": "conflict", "message": "refused"})
+            return True
+        return False
+
+    with HostileServer(route) as srv:
+        paths = {"dead_letter_path": str(tmp_path / "state" / "dead.jsonl"), which: str(planted)}
+        settings = config(srv.base_url, **paths)
+        cfg = write_json(tmp_path / "in-config.json", settings)
+        proc = subprocess.run(
+            [*TARGET_CMD, "--config", str(cfg)], input=_patients(1), capture_output=True, text=True,
+            timeout=SUBPROCESS_TIMEOUT, env=child_env(),
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert "symbolic link" in proc.stderr, proc.stderr
+    assert_no_traceback(proc.stderr, "target")
+    assert victim.read_text() == VICTIM_TEXT, "nothing was written through the link"
+
+
+def test_tap_report_is_per_tenant_private_and_agrees_with_the_exit_code(tmp_path: Path) -> None:
+    """Default path: the tenant's own directory under XDG_STATE_HOME (not one shared data_quality.json)."""
+    xdg = tmp_path / "xdg"
+    env = {**child_env(), "XDG_STATE_HOME": str(xdg)}
+    with HostileServer(lambda *_: False) as srv:
+        cfg = write_json(tmp_path / "in-config.json", config(srv.base_url))
+        ok = subprocess.run([*TAP_CMD, "--config", str(cfg)], capture_output=True, text=True,
+                            timeout=SUBPROCESS_TIMEOUT, env=env)
+    assert ok.returncode == 0, ok.stderr
+    report = xdg / "tap-wellsky" / "home_health-loopback" / "data_quality.json"
+    assert not (xdg / "tap-wellsky" / "data_quality.json").exists(), "no report shared by every tenant"
+    assert_private(xdg / "tap-wellsky")
+    verdict = json.loads(report.read_text())
+    assert (verdict["status"], verdict["exit_code"]) == ("ok", 0)
+
+    report.unlink()
+    victim = tmp_path / "victim.txt"
+    victim.write_text(VICTIM_TEXT)
+    report.symlink_to(victim)
+    with HostileServer(lambda *_: False) as srv:
+        cfg = write_json(tmp_path / "in-config.json", config(srv.base_url))
+        again = subprocess.run([*TAP_CMD, "--config", str(cfg)], capture_output=True, text=True,
+                               timeout=SUBPROCESS_TIMEOUT, env=env)
+    assert again.returncode == 0, again.stderr
+    assert victim.read_text() == VICTIM_TEXT, "the report was not written through the planted link"
+    assert not report.is_symlink() and _mode(report) == 0o600, "the link itself was replaced by a private file"
+
+
+def test_receiver_stores_and_portal_state_are_private_and_refuse_symlinks(tmp_path: Path) -> None:
+    from wellsky_core.products.kinnser.state import PortalState
+    from wellsky_core.products.personal_care.webhooks import NotificationQueue
+    from wellsky_core.webhooks import EventStore
+
+    store = EventStore(tmp_path / "hooks" / "events.sqlite")
+    queue = NotificationQueue(tmp_path / "hooks" / "events.sqlite.queue")
+    queue.db.execute("SELECT count(*) FROM notifications").fetchone()
+    portal = PortalState(str(tmp_path / "portal" / "state.json"))
+    portal.save()
+    files = assert_private(tmp_path)
+    names = {p.name for p in files}
+    assert {"events.sqlite", "events.sqlite.queue", "state.json"} <= names, names
+    assert any(n.endswith("-wal") for n in names), "the WAL files are private too"
+    store.close()
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text(VICTIM_TEXT)
+    for maker, name in ((EventStore, "planted.sqlite"), (NotificationQueue, "planted.queue")):
+        link = tmp_path / "hooks" / name
+        link.symlink_to(victim)
+        with pytest.raises(UnsafePathError):
+            maker(link)
+    link = tmp_path / "portal" / "planted.json"
+    link.symlink_to(victim)
+    with pytest.raises(UnsafePathError):
+        PortalState(str(link))
+    portal.path = link  # even a state object pointed at the link later replaces the link, not its target
+    portal.save()
+    assert victim.read_text() == VICTIM_TEXT and not link.is_symlink() and _mode(link) == 0o600
+
+
+def test_the_batch_channels_latest_version_table_is_private() -> None:
+    """HL7 and export reads keep whole records in a temporary SQLite table: 0600 in a 0700 directory."""
+    from wellsky_core.channels.base import LatestVersions
+
+    table = LatestVersions()
+    try:
+        table.offer("patients", {"id": "p1", "updated_at": "2026-01-01T00:00:00Z"}, (0, 0))
+        root = Path(table._dir.name)
+        assert _mode(root) == 0o700 and _mode(root / "latest.sqlite") == 0o600
+    finally:
+        table.close()

@@ -1,0 +1,245 @@
+"""Server text is untrusted patient data: it reaches no output of any face, under any failure (issue 24 #1).
+
+A hostile loopback tenant answers errors whose text names a patient the request never carried ("Patient Jane Q
+Okonkwo (MRN 00482913, DOB 1950-03-04, SSN 123-45-6789) is locked"), in WellSky's ``{error, message}`` shape, as a
+FHIR OperationOutcome and as an OAuth error. Every output is then grepped: stdout and stderr of tap-wellsky,
+target-wellsky, source-wellsky and destination-wellsky at ``LOGLEVEL=DEBUG`` (Airbyte LOG, TRACE and
+CONNECTION_STATUS messages included), and every file the run wrote (dead letters, audit, data-quality report).
+What a user still sees: the HTTP status, an allow-listed code (else ``unlisted_code``), the request id and our fix.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from wellsky_core.schemas import stream_schema
+
+from .conftest import SUBPROCESS_TIMEOUT, TAP_CMD, TARGET_CMD, assert_no_traceback, child_env, write_json
+from .hostile import HostileServer, Reply, config
+
+PHI_TEXT = "Patient Jane Q Okonkwo (MRN 00482913, DOB 1950-03-04, SSN 123-45-6789) is locked"
+PHI_VALUES = ("Okonkwo", "00482913", "1950-03-04", "123-45-6789")
+REQUEST_ID = "req-7f3a9b2c41"
+SOURCE_CMD = [sys.executable, "-m", "tap_wellsky.airbyte"]
+DESTINATION_CMD = [sys.executable, "-m", "target_wellsky.destination"]
+
+BODIES: dict[str, dict[str, Any]] = {
+    "wellsky": {"error": PHI_TEXT, "message": PHI_TEXT},
+    "operation_outcome": {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": PHI_TEXT, "diagnostics": PHI_TEXT, "details": {"text": PHI_TEXT}}],
+    },
+    "oauth": {"error": "invalid_grant", "error_description": PHI_TEXT},
+}
+PATIENT = {  # what the writer sends: none of the PHI values above
+    "mrn": "MRN-5512",
+    "first_name": "Ada",
+    "last_name": "Lindqvist",
+    "birth_date": "1941-07-02",
+    "gender": "female",
+    "status": "active",
+}
+
+
+def _hostile(method: str, path: str, status: int, shape: str) -> Callable[[Reply, str, str, bytes], bool]:
+    def route(h: Reply, m: str, p: str, body: bytes) -> bool:
+        if m == method and p == path:
+            h.send_json(status, BODIES[shape], {"x-request-id": REQUEST_ID})
+            return True
+        return False
+
+    return route
+
+
+def _run(cmd: list[str], tmp: Path, stdin: str = "") -> tuple[int, str]:
+    env = {**child_env(), "LOGLEVEL": "DEBUG", "XDG_STATE_HOME": str(tmp / "xdg-state")}
+    proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, env=env)
+    return proc.returncode, proc.stdout + "\n" + proc.stderr
+
+
+def _written(tmp: Path) -> str:
+    """Everything the run wrote under ``tmp`` (the configs and inputs the test wrote are left out)."""
+    texts = []
+    for path in sorted(tmp.rglob("*")):
+        if path.is_file() and not path.name.startswith("in-"):
+            texts.append(f"--- {path.relative_to(tmp)}\n{path.read_bytes().decode('utf-8', 'replace')}")
+    return "\n".join(texts)
+
+
+def assert_no_phi(where: str, text: str) -> None:
+    leaked = [value for value in PHI_VALUES if value.lower() in text.lower()]
+    assert not leaked, f"{where}: the server's text leaked {leaked}:\n{text[-3000:]}"
+
+
+def _target_input() -> str:
+    lines = [
+        {"type": "SCHEMA", "stream": "patients", "schema": stream_schema("patients"), "key_properties": ["id"]},
+        {"type": "RECORD", "stream": "patients", "record": PATIENT},
+        {"type": "STATE", "value": {"n": 1}},
+    ]
+    return "\n".join(json.dumps(m) for m in lines) + "\n"
+
+
+@pytest.mark.parametrize("shape", sorted(BODIES))
+def test_tap_sync_error_text_reaches_no_output_and_the_report_says_aborted(tmp_path: Path, shape: str) -> None:
+    with HostileServer(_hostile("GET", "/patients", 423, shape)) as srv:
+        cfg = write_json(tmp_path / "in-config.json", config(srv.base_url, dead_letter_path=str(tmp_path / "dl.jsonl")))
+        code, out = _run([*TAP_CMD, "--config", str(cfg)], tmp_path)
+    assert_no_phi("tap stdout/stderr", out)
+    assert_no_phi("tap files", _written(tmp_path))
+    assert code == 2, out
+    assert "HTTP 423" in out and "the record is locked in WellSky" in out, "the status and our own fix"
+    assert_no_traceback(out, "tap")
+    [report] = list((tmp_path / "xdg-state").rglob("data_quality.json"))
+    verdict = json.loads(report.read_text())
+    assert (verdict["status"], verdict["exit_code"]) == ("aborted", code), "the report agrees with the exit code"
+
+
+@pytest.mark.parametrize("shape", ["wellsky", "oauth"])
+def test_tap_login_refusal_text_reaches_no_output(tmp_path: Path, shape: str) -> None:
+    with HostileServer(_hostile("POST", "/sessions", 401, shape)) as srv:
+        cfg = write_json(tmp_path / "in-config.json", config(srv.base_url))
+        code, out = _run([*TAP_CMD, "--config", str(cfg), "--test"], tmp_path)
+    assert_no_phi("tap --test", out)
+    assert code == 2, out
+    assert "did not accept the login (HTTP 401)" in out
+
+
+@pytest.mark.parametrize("status", [409, 500])
+def test_target_refusal_text_reaches_no_output_dead_letter_or_audit(tmp_path: Path, status: int) -> None:
+    """409: a refusal, dead-lettered (exit 3); 500: the run aborts (exit 2) and the audit logs the failed write."""
+    dead, audit = tmp_path / "dl.jsonl", tmp_path / "audit.jsonl"
+    with HostileServer(_hostile("POST", "/patients", status, "wellsky")) as srv:
+        extra = {"dead_letter_path": str(dead), "audit_log_path": str(audit), "write_ledger_path": str(tmp_path / "l")}
+        cfg = write_json(tmp_path / "in-config.json", config(srv.base_url, **extra))
+        code, out = _run([*TARGET_CMD, "--config", str(cfg)], tmp_path, _target_input())
+    assert code == (3 if status == 409 else 2), out
+    assert_no_traceback(out, "target")
+    assert_no_phi("target stdout/stderr and summary", out)
+    assert_no_phi("target files", _written(tmp_path))
+    entries = [json.loads(line) for line in audit.read_text().splitlines()]
+    expected = "unlisted_code" if status == 409 else "500"  # the server's code, else the HTTP status
+    assert [e["code"] for e in entries] == [expected], "the audit's code is allow-listed, never free text"
+    if status == 409:
+        [letter] = [json.loads(line) for line in dead.read_text().splitlines()]
+        assert "HTTP 409" in letter["reason"] and letter["context"]["code"] == "unlisted_code"
+        assert letter["payload"]["mrn"] == PATIENT["mrn"], "the dead letter still keeps our record (by design)"
+
+
+def test_target_fatal_refusal_without_dead_letters(tmp_path: Path) -> None:
+    with HostileServer(_hostile("POST", "/patients", 422, "operation_outcome")) as srv:
+        cfg = write_json(tmp_path / "in-config.json", config(srv.base_url))
+        code, out = _run([*TARGET_CMD, "--config", str(cfg)], tmp_path, _target_input())
+    assert_no_phi("target fatal line", out)
+    assert code == 2, out
+    assert "HTTP 422" in out and "unlisted_code" in out
+
+
+def _messages(out: str) -> list[dict[str, Any]]:
+    found = []
+    for line in out.splitlines():
+        try:
+            found.append(json.loads(line))
+        except ValueError:
+            continue
+    return [m for m in found if isinstance(m, dict) and "type" in m]
+
+
+@pytest.mark.parametrize("shape", sorted(BODIES))
+def test_source_check_connection_status_carries_no_server_text(tmp_path: Path, shape: str) -> None:
+    with HostileServer(_hostile("GET", "/tenant", 403, shape)) as srv:
+        cfg = write_json(tmp_path / "in-config.json", config(srv.base_url))
+        _, out = _run([*SOURCE_CMD, "check", "--config", str(cfg)], tmp_path)
+    assert_no_phi("source-wellsky check", out)
+    [status] = [m["connectionStatus"] for m in _messages(out) if m["type"] == "CONNECTION_STATUS"]
+    assert status["status"] == "FAILED" and "HTTP 403" in status["message"], status
+
+
+def test_source_read_trace_and_logs_carry_no_server_text(tmp_path: Path) -> None:
+    catalog = {
+        "streams": [
+            {
+                "stream": {"name": name, "json_schema": {}, "supported_sync_modes": ["full_refresh", "incremental"]},
+                "sync_mode": "full_refresh",
+                "destination_sync_mode": "append",
+            }
+            for name in ("patients", "practitioners")
+        ]
+    }
+    with HostileServer(_hostile("GET", "/patients", 423, "wellsky")) as srv:
+        cfg = write_json(tmp_path / "in-config.json", config(srv.base_url))
+        cat = write_json(tmp_path / "in-catalog.json", catalog)
+        code, out = _run([*SOURCE_CMD, "read", "--config", str(cfg), "--catalog", str(cat)], tmp_path)
+    assert_no_phi("source-wellsky read", out)
+    assert_no_phi("source-wellsky files", _written(tmp_path))
+    assert code == 1, out
+    traces = [m["trace"]["error"] for m in _messages(out) if m["type"] == "TRACE" and m["trace"]["type"] == "ERROR"]
+    assert traces and "HTTP 423" in traces[0]["message"] and "HTTP 423" in traces[0]["internal_message"]
+
+
+def test_destination_write_refusal_carries_no_server_text(tmp_path: Path) -> None:
+    dead, audit = tmp_path / "dl.jsonl", tmp_path / "audit.jsonl"
+    catalog = {
+        "streams": [
+            {
+                "stream": {"name": "patients", "json_schema": {}, "supported_sync_modes": ["full_refresh"]},
+                "sync_mode": "full_refresh",
+                "destination_sync_mode": "append_dedup",
+            }
+        ]
+    }
+    lines = [
+        {"type": "RECORD", "record": {"stream": "patients", "data": PATIENT, "emitted_at": 1}},
+        {"type": "STATE", "state": {"type": "STREAM", "stream": {"stream_descriptor": {"name": "patients"},
+                                                                "stream_state": {"n": 1}}}},
+    ]
+    stdin = "\n".join(json.dumps(m) for m in lines) + "\n"
+    with HostileServer(_hostile("POST", "/patients", 409, "wellsky")) as srv:
+        cfg = write_json(
+            tmp_path / "in-config.json",
+            config(srv.base_url, dead_letter_path=str(dead), audit_log_path=str(audit)),
+        )
+        cat = write_json(tmp_path / "in-catalog.json", catalog)
+        code, out = _run([*DESTINATION_CMD, "write", "--config", str(cfg), "--catalog", str(cat)], tmp_path, stdin)
+    assert code != 0, out
+    assert dead.exists() and "HTTP 409" in dead.read_text()
+    assert_no_phi("destination-wellsky", out)
+    assert_no_phi("destination-wellsky files", _written(tmp_path))
+
+
+def test_home_connect_writer_refusal_skips_the_server_text() -> None:
+    """The Home Connect writer quoted ``error``/``message`` raw (not even the request-echo scrubber)."""
+    from tests.core.home_connect_fake import FakeHomeConnect, patient
+    from wellsky_core.config import TargetConfig
+    from wellsky_core.connection import Connection
+    from wellsky_core.http.client import WellSkyClient
+    from wellsky_core.products.personal_care.writer import HomeConnectWriter
+
+    fake = FakeHomeConnect()
+    fake.data["patients"] = [patient(1)]
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.method in ("POST", "PUT") and request.url.path.startswith(("/v1/patients", "/v1/encounter")):
+            return httpx.Response(422, json=BODIES["wellsky"], headers={"x-request-id": REQUEST_ID})
+        return fake.handle(request)
+
+    settings = {"product": "personal_care", "client_id": "cid-123", "client_secret": "secret-xyz"}
+    cfg = TargetConfig.load({**settings, "max_requests_per_second": 0}, env={})
+    connection = Connection(cfg)
+    connection._client = WellSkyClient(cfg, transport=httpx.MockTransport(handle), sleep=lambda s: None)
+    writer = HomeConnectWriter(connection)
+    address = {"line1": "9 Elm St", "city": "Denver", "state": "CO", "postal_code": "80203"}
+    new = {"first_name": "Rosa", "last_name": "Parkes", "birth_date": "1938-04-01", "gender": "female",
+           "status": "active", "address": address}
+    result = writer.write("patients", new)
+    assert_no_phi("Home Connect write result", json.dumps(result.__dict__))
+    assert result.action == "rejected" and "HTTP 422" in (result.reason or ""), result
+    assert result.code == "unlisted_code"
