@@ -28,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 
 from .errors import NormalizationError
 from .models import ENTITIES, CanonicalModel, DataQualityFlag
+from .private_files import private_dir, write_private
 
 FlagKind = Literal["missing", "unmapped_code", "invalid", "unresolved_reference"]
 KINDS: tuple[str, ...] = ("missing", "unmapped_code", "invalid", "unresolved_reference")
@@ -267,10 +268,7 @@ def default_report_path() -> Path:
 
 
 def write_report(report: Mapping[str, Any], path: str | Path) -> Path:
-    """Write the report atomically (a crash never leaves half a JSON file)."""
+    """Write the report atomically (a crash never leaves half a JSON file), private like every file we write."""
     target = Path(path).expanduser()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(target.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
-    tmp.replace(target)
-    return target
+    private_dir(target.parent)
+    return write_private(target, json.dumps(report, indent=2, sort_keys=False) + "\n")
