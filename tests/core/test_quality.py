@@ -283,3 +283,60 @@ def test_the_report_is_written_whole_and_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     write_report({"status": "ok"}, path)  # replaced, no temporary file left
     assert json.loads(path.read_text()) == {"status": "ok"} and [p.name for p in path.parent.iterdir()] == ["dq.json"]
+
+
+# -- refusals that name the field, and details the mutation run showed untested ------------------------------
+EPISODE = {
+    "id": "E1",
+    "updated_at": STAMP,
+    "patient_id": "P1",
+    "office": "North",
+    "period_number": 1,
+    "start_date": "2026-01-01",
+    "end_date": "2026-02-28",
+    "status": "active",
+}
+
+
+@pytest.mark.parametrize("field", ["office", "patient_id"])
+def test_a_required_field_that_is_absent_or_null_refuses_the_record_naming_it(field: str) -> None:
+    """Nothing to null (the field is absent) or nulling fails again: refused with the field, not a loop."""
+    assert finish("episodes", EPISODE)["office"] == "North"
+    for data in ({k: v for k, v in EPISODE.items() if k != field}, {**EPISODE, field: None}):
+        with pytest.raises(NormalizationError) as err:
+            finish("episodes", data, record_id="E1")
+        assert (err.value.entity, err.value.field, err.value.record_id) == ("episodes", field, "E1")
+        assert err.value.reason == "Field required"
+
+
+def test_a_nested_item_without_its_id_refuses_the_record_naming_the_path() -> None:
+    with pytest.raises(NormalizationError) as err:
+        finish("appointments", {"id": "A1", "updated_at": STAMP, "tasks": [{"id": "T1"}, {"name": "x"}]})
+    assert err.value.field == "tasks.1.id"
+
+
+def test_refusals_say_why_and_name_the_entity() -> None:
+    with pytest.raises(NormalizationError) as err:
+        finish("patients", {**FULL, "updated_at": "yesterday"})
+    assert err.value.entity == "patients" and "datetime" in err.value.reason
+    with pytest.raises(NormalizationError) as err:
+        finish("patients", {**FULL, "id": None})
+    assert err.value.reason == "is missing; a record without it cannot be read"
+
+
+def test_a_wrong_type_in_a_text_field_is_null_not_an_empty_string() -> None:
+    out = finish("patients", {**FULL, "first_name": 123, "race": [{"x": 1}, "2106-3"]})
+    assert out["first_name"] is None and _flags(out)["first_name"][0] == "invalid"
+    assert out["race"] == ["2106-3"] and _flags(out)["race.0"][0] == "invalid"  # the first item too
+
+
+def test_dead_letters_add_up_per_stream() -> None:
+    counter = QualityCounter()
+    counter.add_dead_lettered("patients", 2)
+    counter.add_dead_lettered("patients")
+    assert counter.report()["streams"]["patients"]["dead_lettered"] == 3
+
+
+def test_the_report_file_is_indented_and_keeps_the_report_order(tmp_path: Path) -> None:
+    path = write_report({"status": "ok", "streams": {"b": 1, "a": 2}}, tmp_path / "dq.json")
+    assert path.read_text() == '{\n  "status": "ok",\n  "streams": {\n    "b": 1,\n    "a": 2\n  }\n}\n'
