@@ -369,3 +369,30 @@ def test_a_parallel_sync_writes_every_byte_under_the_gate_and_no_state_ahead(
     _state_never_ahead(msgs)
     assert counts == truth  # every record once
     assert sum(counts.values()) > 50 and len(counts) > 3
+
+
+def test_streams_run_on_named_daemon_threads_no_more_than_needed(locks: list[ObservableLock], monkeypatch) -> None:
+    """Daemon threads, so a signal's exit is never held up by a stream waiting on the network; named, so a log
+    line or a py-spy dump says which thread is a stream; never more threads than jobs or workers."""
+    gate = OutputGate()
+    started: list[threading.Thread] = []
+    real_thread = threading.Thread
+
+    def counting(*args: Any, **kwargs: Any) -> threading.Thread:
+        thread = real_thread(*args, **kwargs)
+        started.append(thread)
+        return thread
+
+    monkeypatch.setattr(parallel.threading, "Thread", counting)
+    seen: list[tuple[str, bool]] = []
+
+    def job() -> None:
+        me = threading.current_thread()
+        seen.append((me.name, me.daemon))
+
+    run_parallel(gate, [("only", job)], workers=8)
+    assert len(started) == 1 and seen == [("tap-wellsky-stream-0", True)]
+    started.clear()
+    run_parallel(gate, [(str(i), job) for i in range(5)], workers=3)
+    assert [t.name for t in started] == ["tap-wellsky-stream-0", "tap-wellsky-stream-1", "tap-wellsky-stream-2"]
+    assert all(daemon for _, daemon in seen)
