@@ -253,3 +253,23 @@ def test_shift_and_care_log_reads_count_their_requests_and_keep_the_client(monke
     assert [e["patient_id"] for e in logs] == ["1"]
     assert channel.requests_by_stream["encounters"] == 2  # one search, one task-log read
     assert channel.requests_by_stream["appointments"] == 2  # one search per month
+
+
+def test_an_unreadable_resource_is_dead_lettered_and_the_search_goes_on(tmp_path) -> None:
+    import json
+
+    dead = tmp_path / "dead.jsonl"
+    channel, _ = scripted(
+        {
+            "resourceType": "Bundle",
+            "entry": [{"resource": {"name": []}}, {"resource": {"id": 2}}, {"resource": {"id": 3}}],
+        },
+        page_size=5,
+        dead_letter_path=str(dead),
+    )
+    ids = [r["id"] for r in channel.iter_records("patients", None)]
+    assert ids == ["2", "3"], "the sync goes on after the refused one"
+    (line,) = [json.loads(x) for x in dead.read_text().splitlines()]
+    assert line["stream"] == "patients" and line["payload"] == {"name": []} and "id" in line["reason"]
+    # both records lack every expected field: each flag counted once per record
+    assert channel.quality["patients"]["first_name"] == 2 and channel.quality["patients"]["birth_date"] == 2
