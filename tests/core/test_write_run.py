@@ -91,13 +91,16 @@ class ScriptedWriter:
         self.calls: list[tuple[str, str]] = []
         self.primed: list[tuple[str, int]] = []
         self.lock = threading.Lock()
+        self.threads: set[str] = set()
 
     def prime(self, stream: str, records: list[dict[str, Any]]) -> None:
         self.primed.append((stream, len(records)))
 
     def write(self, stream: str, record: dict[str, Any]) -> WriteResult:
+        assert stream in self.writable, f"written to stream {stream!r}"
         with self.lock:
             self.calls.append((record.get(MATCH) or "-", record["n"]))
+            self.threads.add(threading.current_thread().name.rsplit("_", 1)[0])
         script = record.get("script", "created")
         result = WriteResult(
             stream,
@@ -344,3 +347,60 @@ def test_close_closes_what_was_opened_only(tmp_path: Path) -> None:
     bare = WriteRun(run.settings, LOG)
     bare.close()  # nothing opened: no writer, no connection created
     assert "writer" not in bare.__dict__ and "connection" not in bare.__dict__
+
+
+# -- details the mutation run showed untested ------------------------------------------------------------------
+def test_a_writer_may_group_records_its_own_way(tmp_path: Path) -> None:
+    run, writer = make_run(tmp_path, write_concurrency=1)
+    writer.group_key = lambda stream, record, line: f"g{line % 2}"  # type: ignore[attr-defined]
+    run.write_batch("patients", items(*[(None, "created")] * 7))
+    run.close()
+    assert [a["input_line"] for a in lines(tmp_path / "audit.jsonl")] == [1, 3, 5, 7, 2, 4, 6]
+
+
+def test_every_group_is_written_with_one_worker_on_named_threads(tmp_path: Path) -> None:
+    run, writer = make_run(tmp_path, write_concurrency=1)
+    run.write_batch("appointments", items(("A", "created"), ("B", "created"), ("C", "updated")))
+    run.close()
+    assert sorted(n for _, n in writer.calls) == [1, 2, 3] and writer.threads == {"wsk-write"}
+    assert [a["stream"] for a in lines(tmp_path / "audit.jsonl")] == ["appointments"] * 3
+
+
+def test_refusals_are_counted_by_code_with_a_default_reason(tmp_path: Path) -> None:
+    run, _ = make_run(tmp_path)
+    run.write_batch("patients", items(("A", "rejected"), ("B", "rejected")))
+    run.account("patients", 3, {"n": 3}, WriteResult("patients", "rejected", code="E_X"))
+    run.close()
+    assert run.rejected_by_code == {"E_DUP": 2, "E_X": 1}
+    audit = lines(tmp_path / "audit.jsonl")
+    assert [a["code"] for a in audit] == ["E_DUP", "E_DUP", "E_X"]
+    dead = lines(tmp_path / "dead.jsonl")
+    assert [d["reason"] for d in dead] == ["refused by the tenant", "refused by the tenant", "rejected"]
+
+
+def test_an_input_refusal_keeps_its_reason(tmp_path: Path) -> None:
+    run, _ = make_run(tmp_path)
+    run.refuse_input(4, "too long", "x")
+    run.close()
+    assert lines(tmp_path / "dead.jsonl")[0]["reason"] == "too long"
+
+
+def test_a_too_deep_line_with_leading_blanks_is_still_kept_not_fatal() -> None:
+    deep = '  {"a":' * 1 + '{"a":' * 3000 + "1" + "}" * 3001
+    with pytest.raises(LineOverBounds):
+        parse(deep, max_bytes=10**6, max_depth=100)
+
+
+def test_the_summary_follows_the_writers_streams_and_is_one_line_each(tmp_path: Path) -> None:
+    import re
+
+    run, writer = make_run(tmp_path)
+    writer.writable = ("appointments", "patients")  # type: ignore[misc]
+    run.write_batch("patients", items(("A", "created")))
+    run.write_batch("appointments", items(("X", "updated")))
+    text = run.summary("target-wellsky", 2)
+    run.close()
+    rows = text.splitlines()
+    assert rows[1:] == ["  appointments  updated 1", "  patients      created 1"]
+    seconds = float(re.search(r"input lines, ([0-9.]+)s\)", rows[0]).group(1))  # type: ignore[union-attr]
+    assert 0 <= seconds < 60
