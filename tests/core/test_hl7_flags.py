@@ -156,3 +156,24 @@ def test_a_duration_in_an_unknown_unit_leaves_the_end_null_and_flagged() -> None
     record = one(MSH.format(type="SIU^S12^SIU_S12") + sch + PID.format(dob="19700101", sex="F") + ais)
     assert record["start"] == "2026-02-03T15:00:00Z" and record["end"] is None
     assert flags(record).get("end") == "missing"
+
+
+@pytest.mark.parametrize(
+    ("escaped", "text"),
+    [
+        ("A\\F\\B", "A|B"),
+        ("A\\S\\B", "A^B"),
+        ("A\\T\\B", "A&B"),
+        ("A\\R\\B", "A~B"),
+        ("A\\E\\B", "A\\B"),
+        ("A\\XC9\\B", "AÉB"),
+        ("A\\XZZ\\B", "AB"),
+        ("A\\.br\\B", "A\nB"),
+        ("A\\H\\B\\N\\", "AB"),
+        ("plain", "plain"),
+    ],
+)
+def test_escape_sequences_in_text_are_decoded(escaped: str, text: str) -> None:
+    """HL7 escapes (v2.5 2.7): delimiters, hex (latin-1), a line break; formatting codes are dropped."""
+    record = one(MSH.format(type="ADT^A08^ADT_A01") + f"PID|1||W1^^^WELLSKY^PI||DOE^{escaped}||19700101|F\r")
+    assert record["first_name"] == text
