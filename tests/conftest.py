@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -11,12 +13,16 @@ from typing import Any
 
 import pytest
 
-# Tests never write to the user's home: every state file the connector keeps by default (per-tenant private
-# state directories, data-quality reports) goes to a throwaway XDG state root, inherited by CLI subprocesses.
-os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="wellsky-tests-state-")
+# Tests never touch the user's home directory: the default state root (``$XDG_STATE_HOME/tap-wellsky``: the
+# data-quality report, per-tenant state, ledgers) points at a private temporary directory for this test process
+# and, through the environment, every tap / target / source subprocess it starts. Set at import, before any
+# test or fixture reads it; one directory per xdist worker, removed at exit.
+TEST_STATE_HOME = Path(tempfile.mkdtemp(prefix="wellsky-tests-state-"))
+os.environ["XDG_STATE_HOME"] = str(TEST_STATE_HOME)
+atexit.register(shutil.rmtree, TEST_STATE_HOME, True)
 
-from wellsky_core.models import ENTITIES
-from wellsky_sandbox.testing import SandboxServer
+from wellsky_core.models import ENTITIES  # noqa: E402
+from wellsky_sandbox.testing import SandboxServer  # noqa: E402
 
 _raw_truth = SandboxServer.truth
 

@@ -116,9 +116,14 @@ def write_private(path: str | os.PathLike[str], data: str | bytes) -> Path:
     """Replace ``path`` atomically with ``data`` (a 0600 temporary file beside it, then a rename)."""
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    with open_private(tmp, "wb") as handle:
-        handle.write(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, target)
+    try:
+        with open_private(tmp, "wb") as handle:
+            handle.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, target)
+    except BaseException:  # a failed save leaves the old file and no temporary one
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return target
 
 

@@ -322,6 +322,7 @@ def default_report_path(config: WellSkyConfig | None = None) -> Path:
 
 
 def write_report(report: Mapping[str, Any], path: str | Path) -> Path:
-    """Write the report atomically and privately (0600, never through a symlink; a crash never leaves half a
-    JSON file). It names fields and counts, never values, but it is the tenant's business."""
-    return write_private(Path(path).expanduser(), json.dumps(report, indent=2, sort_keys=False) + "\n")
+    """Write the report atomically (a crash never leaves half a JSON file), private like every file we write."""
+    target = Path(path).expanduser()
+    private_dir(target.parent)
+    return write_private(target, json.dumps(report, indent=2, sort_keys=False) + "\n")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import threading
-import time
 
+import httpx
 import pytest
 
+from wellsky_core.config import WellSkyConfig
+from wellsky_core.http import client as transport
 from wellsky_core.http.ratelimit import TokenBucket
 
 
@@ -53,26 +56,73 @@ def test_invalid_arguments():
 
 
 def test_threads_share_the_rate():
-    """4 threads x 10 acquisitions at 20/s: the measured rate stays at or under 20/s."""
-    bucket = TokenBucket(20, burst=1)
-    stamps: list[float] = []
+    """4 threads x 10 acquisitions at 20/s, on a clock that stands still: every caller reserves its own slot, so
+    the waits are exactly 0, 1/20, 2/20, ... 39/20 in arrival order, whatever the thread scheduling (no wall
+    clock: a fast or a loaded machine gives the same answer)."""
+    clock = FakeClock()
+    waits: list[float] = []
     lock = threading.Lock()
+    bucket = TokenBucket(20, burst=1, clock=clock, sleep=lambda s: None)
 
     def worker() -> None:
         for _ in range(10):
-            bucket.acquire()
+            wait = bucket.acquire()
             with lock:
-                stamps.append(time.monotonic())
+                waits.append(wait)
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
-    start = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.monotonic() - start
-    assert len(stamps) == 40
-    assert elapsed >= 39 / 20 * 0.95
-    stamps.sort()
-    worst_window = max(sum(1 for s in stamps if t0 <= s < t0 + 1.0) for t0 in stamps)
-    assert worst_window <= 21
+    assert sorted(waits) == pytest.approx([i / 20 for i in range(40)])
+
+
+def _stamps_of_requests(monkeypatch: pytest.MonkeyPatch, budget: float, requests: int) -> list[float]:
+    """The fake-clock moments at which ``requests`` requests reach the wire through a client whose
+    ``max_requests_per_second`` is ``budget`` (the client's own token bucket, on a fake clock)."""
+    clock = FakeClock()
+
+    def bucket(*args: object, **kwargs: object) -> TokenBucket:
+        return TokenBucket(*args, clock=clock, sleep=clock.sleep, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(transport, "TokenBucket", bucket)
+    stamps: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        stamps.append(clock.now)
+        return httpx.Response(200, json={})
+
+    cfg = WellSkyConfig.load(
+        {
+            "base_url": "https://tenant.example.test",
+            "username": "u",
+            "password": "p",
+            "max_requests_per_second": budget,
+        },
+        env={},
+    )
+    client = transport.WellSkyClient(cfg, auth=httpx.Auth(), transport=httpx.MockTransport(handler))
+    for _ in range(requests):
+        client.get_json("/x")
+    client.close()
+    return stamps
+
+
+def _busiest_second(stamps: list[float]) -> int:
+    return max(sum(1 for s in stamps if t0 <= s < t0 + 1.0 - 1e-9) for t0 in stamps)
+
+
+@pytest.mark.parametrize("budget", [100, 10, 33])
+def test_the_client_paces_at_97_percent_of_its_budget(monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
+    """Issue 29 bug 5: pacing at 100% of ``max_requests_per_second`` escaped the wall-clock test (it allowed
+    2% over). On a fake clock the n-th request leaves exactly at n / (0.97 x budget) seconds: at 100 req/s the
+    busiest second holds 97 requests, not 100."""
+    assert transport.PACING_HEADROOM == 0.97
+    stamps = _stamps_of_requests(monkeypatch, budget, 2 * budget + 5)
+    assert _busiest_second(stamps) == math.ceil(budget * 0.97)  # 97 of 100, 10 of 10, 33 of 33
+    assert stamps[-1] == pytest.approx((len(stamps) - 1) / (budget * 0.97))
+
+
+def test_a_budget_of_zero_never_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert set(_stamps_of_requests(monkeypatch, 0, 50)) == {0.0}

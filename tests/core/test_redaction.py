@@ -224,3 +224,32 @@ def test_a_new_registry_starts_empty():
     fresh = redaction._Registry()
     with fresh.lock:
         assert fresh.secrets == set()
+
+
+# Issue 29, escaped bug 7: ``birthDate`` (camelCase) was no longer masked and no test noticed. Every sensitive
+# key is masked by its shape alone (the value never registered), in snake_case and camelCase, in JSON, in a
+# Python repr and in a query string.
+_SENSITIVE_SPELLINGS = [
+    ("birth_date", "birthDate"),
+    ("first_name", "firstName"),
+    ("last_name", "lastName"),
+    ("client_secret", "clientSecret"),
+    ("access_token", "accessToken"),
+    ("refresh_token", "refreshToken"),
+    ("id_token", "idToken"),
+    ("api_key", "apiKey"),
+    ("private_key", "privateKey"),
+    ("totp_secret", "totpSecret"),
+    ("client_assertion", "clientAssertion"),
+    ("medicare_mbi", "medicareMbi"),
+    ("medicaid_id", "medicaidId"),
+    ("member_id", "memberId"),
+]
+
+
+@pytest.mark.parametrize("key", [k for pair in _SENSITIVE_SPELLINGS for k in pair] + ["BIRTHDATE", "BirthDate"])
+@pytest.mark.parametrize("form", ['{{"{k}": "{v}"}}', "{{'{k}': '{v}'}}", "?{k}={v}&x=1", "{k}: {v}"])
+def test_sensitive_keys_are_masked_in_snake_and_camel_case(key: str, form: str) -> None:
+    value = "Zq1950-03-12Zq"
+    text = redact("body " + form.format(k=key, v=value))
+    assert value not in text and key in text and "***" in text, text

@@ -42,6 +42,10 @@ class WireProxy:
         self.lock = threading.Lock()
         self.hold: tuple[str, int] | None = None
         """(method and path, n): such requests wait until n of them are waiting (then go on one at a time)."""
+        self.stall_after: int | None = None
+        """Requests after this many wait, unanswered, until the proxy stops (a tenant gone silent mid-sync)."""
+        self.stalled = threading.Event()
+        self._unstall = threading.Event()
         self._held = threading.Condition()
         self._waiting = 0
         self._release = False
@@ -59,6 +63,12 @@ class WireProxy:
                 exchange = Exchange(self.command, self.path, self.headers.get("idempotency-key"), body)
                 with proxy.lock:
                     proxy.exchanges.append(exchange)
+                    stall = proxy.stall_after is not None and len(proxy.exchanges) > proxy.stall_after
+                if stall:
+                    proxy.stalled.set()
+                    proxy._unstall.wait()  # released when the proxy stops
+                    self.close_connection = True
+                    return
                 if proxy.hold and proxy.hold[0] == f"{self.command} {self.path}":
                     proxy._wait_for_company(proxy.hold[1])
                 with proxy.lock:  # one write at a time reaches the server, in arrival order
@@ -109,5 +119,6 @@ class WireProxy:
         try:
             yield self
         finally:
+            self._unstall.set()
             self._server.shutdown()
             self._server.server_close()

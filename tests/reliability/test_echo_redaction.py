@@ -9,6 +9,7 @@ without a dead-letter file, at ``LOGLEVEL=DEBUG``.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,7 @@ def test_target_fatal_refusal_hides_patient_data(tmp_path: Path) -> None:
     """No dead-letter file: the refusal is the run's one-line fatal error (the path that leaked)."""
     with HostileServer(_echo(422, "/patients")) as srv:
         cfg = write_json(tmp_path / "t.json", config(srv.base_url))
-        code, out = _run(["python", "-m", "target_wellsky.target", "--config", str(cfg)], _target_input())
+        code, out = _run([sys.executable, "-m", "target_wellsky.target", "--config", str(cfg)], _target_input())
     assert code == 2, out
     assert "HTTP 422" in out and "cannot accept" not in out, "status and our fix, never the server's text"
     assert_no_traceback(out, "target")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,36 +25,38 @@ from .conftest import (
     tap_args,
     tap_config,
 )
+from .proxy import WireProxy
 
 
-def _interrupt_after(tmp: Path, config: dict[str, Any], records: int, signum: int) -> tuple[int, str, str]:
+def _interrupt_while_stalled(tmp: Path, config: dict[str, Any], proxy: WireProxy, signum: int) -> tuple[int, str, str]:
+    """Start the tap through ``proxy``, signal it once a request hangs unanswered (so it is surely mid-sync, on a
+    fast machine or a slow one: no wall-clock pacing), and return its exit code, stdout and stderr."""
     with (tmp / "interrupted.stderr").open("w") as err:
-        proc = subprocess.Popen(tap_args(tmp, config), stdout=subprocess.PIPE, stderr=err, env=child_env(), bufsize=0)
+        proc = subprocess.Popen(tap_args(tmp, config), stdout=subprocess.PIPE, stderr=err, env=child_env())
         assert proc.stdout is not None
-        seen, buffer, chunks = 0, b"", []
-        while seen < records:
-            data = proc.stdout.read(4096)
-            if not data:
-                break
-            chunks.append(data)
-            buffer += data
-            *complete, buffer = buffer.split(b"\n")
-            seen += sum(1 for line in complete if line.startswith(b'{"type":"RECORD"'))
+        chunks: list[bytes] = []
+        reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read()))  # type: ignore[union-attr]
+        reader.start()  # drained all along: the tap never blocks on a full pipe
+        proxy.stalled.wait()
         proc.send_signal(signum)
-        chunks.append(proc.stdout.read())
-        code = proc.wait(timeout=60)
+        reader.join()
+        code = proc.wait()
     return code, b"".join(chunks).decode(), (tmp / "interrupted.stderr").read_text()
 
 
 @pytest.mark.parametrize(("signum", "expected"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_interrupted_sync_exits_non_zero_after_a_final_state(tmp_path, small_tenant, signum, expected) -> None:
     sb = small_tenant
-    config = tap_config(sb, page_size=50, max_requests_per_second=10)  # ~10 pages/s: the signal lands mid-sync
-    code, stdout, stderr = _interrupt_after(tmp_path, config, 120, signum)
+    proxy = WireProxy(sb.base_url)
+    proxy.stall_after = 6  # the login and five pages of 50 are answered; the sixth page never is
+    with proxy.running():
+        config = tap_config(sb, page_size=50, max_requests_per_second=0, base_url=proxy.base_url)
+        code, stdout, stderr = _interrupt_while_stalled(tmp_path, config, proxy, signum)
     assert code == expected, f"exit {code} after {signal.Signals(signum).name}:\n{stderr[-1500:]}"
     assert_no_traceback(stderr, "interrupted tap")
     messages = parse_messages(stdout)
     assert messages[-1]["type"] == "STATE", "the last line must be the final STATE"
+    config = tap_config(sb, page_size=50, max_requests_per_second=0)
     clean = record_set(parse_messages(run_tap_cli(tmp_path, config, tag="clean").stdout))
     first = record_set(messages)
     assert first and first < clean, "the sync should have been stopped part-way"
