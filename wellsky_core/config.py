@@ -683,11 +683,11 @@ class TapConfig(WellSkyConfig):
     )
     sandbox_seed: int | None = Field(default=None, description="Embedded sandbox data seed (default 42).")
     max_parallel_streams: int = Field(
-        default=1,
+        default=8,
         ge=1,
         le=32,
         description="Streams synced at once, all within the one max_requests_per_second budget (1: one stream "
-        "at a time, as singer-sdk does; 8 keeps a 150 ms-away tenant's budget far fuller).",
+        "at a time, as singer-sdk does; 8 keeps a 150 ms-away tenant's budget full).",
     )
     data_quality_report_path: str | None = Field(
         default=None,

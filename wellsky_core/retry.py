@@ -11,7 +11,8 @@ Two pure pieces the client (``transport.py``) composes per attempt:
     have applied them (429, 503, connection refused), since a replay could double-book a visit;
   - a host that refuses the very first connection fails at once (a wrong ``base_url``, not a blip);
   - a 401 after the auth flow already logged in again is a credentials problem, except a session that died
-    once more between the re-login and its replay (retried once, on the first attempt).
+    once more between the re-login and its replay (retried within the retry budget: parallel streams can
+    meet several expiries in a row).
 
 - **backoff** — :class:`Backoff`: exponential with full jitter (``uniform(0, min(max, base * 2**(n-1)))``),
   or the server's ``Retry-After`` (capped) when it sent one.
@@ -92,9 +93,11 @@ def classify_response(
         return None
     if status == 401:
         code, message = error_fields(response)
-        if safe and code in EXPIRY_CODES and attempt == 1:
-            # the session died again between the re-login and its replay (e.g. a mass expiry):
-            # one more pass through the auth flow logs in afresh; bad credentials fail at login instead
+        if safe and code in EXPIRY_CODES:
+            # the session died again between the re-login and its replay (a mass expiry, or parallel streams
+            # meeting several expiries): another pass through the auth flow logs in afresh or replays with the
+            # session another thread just opened. Bad credentials fail at login instead; the retry budget
+            # bounds a tenant that kills every session it hands out.
             return Retry("401", 401)
         raise AuthError(
             f"WellSky rejected the credentials for {redact_url(url)} even after logging "
