@@ -682,6 +682,12 @@ class TapConfig(WellSkyConfig):
         description="Embedded sandbox size when base_url is unset (XS, S, M, L or a patient count; default S).",
     )
     sandbox_seed: int | None = Field(default=None, description="Embedded sandbox data seed (default 42).")
+    sandbox_rate_limit: bool = Field(
+        default=False,
+        description="Embedded sandbox: emulate the vendor's request limit (the product's budget on the client, "
+        "the soft limit on the sandbox). Off: a try-out runs at loopback speed; max_requests_per_second, when "
+        "set, still applies.",
+    )
     max_parallel_streams: int = Field(
         default=8,
         ge=1,

@@ -156,3 +156,21 @@ def test_discovery_and_about_open_no_connection(tmp_path):
 def test_discovery_lists_what_the_product_and_sources_serve(tmp_path, config, expected):
     proc = run_tap(tmp_path, config, args=("--discover",))
     assert {s["tap_stream_id"] for s in json.loads(proc.stdout)["streams"]} == expected
+
+
+def test_embedded_sandbox_runs_without_the_vendor_limit_unless_asked(monkeypatch, tmp_path) -> None:
+    """A try-out (no base_url) is not held to the vendor's budget; ``sandbox_rate_limit`` asks for it back."""
+    from tap_wellsky.embedded import load_tap_config
+
+    monkeypatch.delenv("WELLSKY_BASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    free = load_tap_config({"product": "personal_care", "sandbox_scale": "XS"}, start_embedded=True)
+    assert free.max_requests_per_second == 0
+    limited = load_tap_config(
+        {"product": "personal_care", "sandbox_scale": "XS", "sandbox_rate_limit": True}, start_embedded=True
+    )
+    assert limited.max_requests_per_second == 100  # the vendor's documented budget
+    chosen = load_tap_config(
+        {"product": "personal_care", "sandbox_scale": "XS", "max_requests_per_second": 7}, start_embedded=True
+    )
+    assert chosen.max_requests_per_second == 7
