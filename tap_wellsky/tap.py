@@ -30,18 +30,16 @@ from .streams import STREAM_TYPES, WebhookEventsStream
 if TYPE_CHECKING:
     from wellsky_core.connection import Connection
 
+_TAP_SCHEMA = config_json_schema(TapConfig)  # built once: pydantic's JSON schema is a visible part of start-up
 TAP_ONLY_KEYS = {
-    name: prop
-    for name, prop in config_json_schema(TapConfig)["properties"].items()
-    if name not in WellSkyConfig.model_fields
+    name: prop for name, prop in _TAP_SCHEMA["properties"].items() if name not in WellSkyConfig.model_fields
 }
 """The tap's own keys (``TapConfig`` beyond ``WellSkyConfig``): the embedded sandbox's size and seed."""
 
 
 def _config_schema() -> dict[str, Any]:
-    schema = config_json_schema(WellSkyConfig)
-    schema["properties"].update(TAP_ONLY_KEYS)
-    return schema
+    """``WellSkyConfig``'s keys, then the tap's own (what ``config_json_schema(TapConfig)`` gives)."""
+    return {**_TAP_SCHEMA, "title": WellSkyConfig.__name__}
 
 
 class TapWellSky(Tap):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import difflib
 import ipaddress
 import json
 import os
@@ -778,6 +777,8 @@ def _problems_from_validation(model: type[BaseModel], exc: ValidationError) -> l
             continue  # cross-field rule: recomputed by the caller with structure intact
         field = str(loc[0])
         if err["type"] == "extra_forbidden":
+            import difflib  # only for a misspelt key
+
             near = difflib.get_close_matches(field, valid, n=1, cutoff=0.6)
             hint = f"did you mean `{near[0]}`?" if near else "remove it (see docs/architecture.md for valid keys)"
             problems.append(ConfigProblem(field, f"unknown setting; {hint}"))
