@@ -211,6 +211,13 @@ class WellSkyConfig(BaseModel):
         "a server trickling its answer is cut off after this.",
     )
     page_size: int = Field(default=500, ge=1, le=1000, description="Records per page (1-1000).")
+    max_windows_per_stream: int = Field(
+        default=8,
+        ge=1,
+        le=32,
+        description="REST and FHIR search: updated_at windows of one large stream read at once (within the "
+        "max_requests_per_second budget), still emitted in order; 1 pages each stream serially.",
+    )
     verify_tls: bool = Field(default=True, description="Verify the server certificate.")
     ca_bundle: str | None = Field(default=None, description="PEM CA bundle for a private CA.")
     start_date: datetime | None = Field(default=None, description="Earliest updated_at to sync.")

@@ -120,7 +120,11 @@ class FhirChannel(Channel):
             )
         # a large stream is read as _lastUpdated windows in parallel, still emitted in order (windows.py)
         return windows.read(
-            lambda lo, hi: self._pages(entity, lo, hi), since, page_size=self.config.page_size, prefetch=prefetch
+            lambda lo, hi: self._pages(entity, lo, hi),
+            since,
+            page_size=self.config.page_size,
+            workers=self.config.max_windows_per_stream,
+            prefetch=prefetch,
         )
 
     def _pages(self, entity: str, since: datetime | None, before: datetime | None) -> Iterator[list[dict[str, Any]]]:

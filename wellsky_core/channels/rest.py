@@ -45,7 +45,11 @@ class RestChannel(Channel):
     def iter_records(self, entity: str, since: datetime | None) -> Iterator[dict[str, Any]]:
         # a large stream is read as updated_at windows in parallel, still emitted in order (windows.py)
         return windows.read(
-            lambda lo, hi: self._pages(entity, lo, hi), since, page_size=self.config.page_size, prefetch=prefetch
+            lambda lo, hi: self._pages(entity, lo, hi),
+            since,
+            page_size=self.config.page_size,
+            workers=self.config.max_windows_per_stream,
+            prefetch=prefetch,
         )
 
     def _pages(self, entity: str, since: datetime | None, before: datetime | None) -> Iterator[list[dict[str, Any]]]:

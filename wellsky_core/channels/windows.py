@@ -46,8 +46,6 @@ MAX_WINDOWS = 32
 """Windows per stream at most; each split costs about one request (the shrunk window's last page overshoots)."""
 MIN_PAGES_TO_SPLIT = 3
 """A window is split only while its estimated remaining pages are at least this many."""
-WORKERS = 8
-"""Windows fetched at once per stream (every stream's windows share the one request budget)."""
 SPOOL_AHEAD_BYTES = 256 * 1024 * 1024
 """Spooled bytes not yet emitted above which windows ahead of the emitted one pause (disk, not memory)."""
 
@@ -82,8 +80,9 @@ class WindowedRead:
     """The ordered, windowed read of one stream (see the module docstring); iterate it once."""
 
     def __init__(self, fetch: FetchWindow, since: datetime | None, first: Page, rest: Iterator[Page],
-                 page_size: int, now: datetime) -> None:
+                 page_size: int, now: datetime, workers: int) -> None:
         self._fetch = fetch
+        self._workers = workers
         self._page_size = page_size
         self._now = now
         self._cond = threading.Condition()
@@ -200,7 +199,7 @@ class WindowedRead:
     # -- the emitter -----------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
         threads = self._threads = [
-            threading.Thread(target=self._work, name=f"wellsky-window-{i}", daemon=True) for i in range(WORKERS)
+            threading.Thread(target=self._work, name=f"wellsky-window-{i}", daemon=True) for i in range(self._workers)
         ]
         for thread in threads:
             thread.start()
@@ -255,9 +254,10 @@ class WindowedRead:
             window.path.unlink(missing_ok=True)
 
 
-def read(fetch: FetchWindow, since: datetime | None, *, page_size: int, now: datetime | None = None,
+def read(fetch: FetchWindow, since: datetime | None, *, page_size: int, workers: int, now: datetime | None = None,
          prefetch: Callable[[Iterator[Page]], Iterator[Page]] | None = None) -> Iterator[dict[str, Any]]:
-    """The records of ``[since, ...)`` in (updated_at, id) order, windowed when the first page is full.
+    """The records of ``[since, ...)`` in (updated_at, id) order, windowed when the first page is full and
+    ``workers`` (``max_windows_per_stream``) is above 1.
 
     ``prefetch`` (``base.prefetch``) overlaps the next page with the current one on the serial path.
     """
@@ -265,9 +265,9 @@ def read(fetch: FetchWindow, since: datetime | None, *, page_size: int, now: dat
     first = next(pages, None)
     if first is None:
         return
-    if len(first) < page_size:  # small: one page, one request
+    if len(first) < page_size or workers <= 1:  # small (one page, one request), or windows off
         yield from first
         for page in prefetch(pages) if prefetch is not None else pages:
             yield from page
         return
-    yield from WindowedRead(fetch, since, first, pages, page_size, now or datetime.now(UTC))
+    yield from WindowedRead(fetch, since, first, pages, page_size, now or datetime.now(UTC), workers)
