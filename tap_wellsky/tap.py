@@ -155,7 +155,10 @@ class TapWellSky(Tap):
         streams = [
             s for s in self.streams.values() if (s.selected or s.has_selected_descendents) and not s.parent_stream_type
         ]
-        if workers <= 1 or len(streams) <= 1:
+        # a channel bound to one thread (the portal's browser) has its streams synced afterwards, in this thread
+        serial = [s for s in streams if isinstance(s, WellSkyStream) and not s.thread_safe_channel]
+        parallel = [s for s in streams if s not in serial]
+        if workers <= 1 or len(parallel) <= 1:
             return False
         self._reset_state_progress_markers()
         self._set_compatible_replication_methods()
@@ -165,7 +168,7 @@ class TapWellSky(Tap):
             stream.get_context_state(None)
             if isinstance(stream, WellSkyStream):
                 stream.open_channel()
-        self.logger.info("syncing %d streams, %d at a time", len(streams), min(workers, len(streams)))
+        self.logger.info("syncing %d streams, %d at a time", len(parallel), min(workers, len(parallel)))
 
         def job(stream: Any) -> Any:
             def sync() -> None:
@@ -174,7 +177,9 @@ class TapWellSky(Tap):
 
             return stream.name, sync
 
-        run_parallel(self.output_gate, [job(s) for s in streams], workers)
+        run_parallel(self.output_gate, [job(s) for s in parallel], workers)
+        for stream in serial:
+            job(stream)[1]()
         for stream in self.streams.values():
             stream.log_sync_costs()
         return True
