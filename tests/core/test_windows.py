@@ -102,7 +102,8 @@ def test_small_stream_is_one_request_and_no_window(
 def test_window_failing_mid_stream_resumes_exactly_from_the_state(
     source: str, sandbox_factory: Callable[..., SandboxServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sb = sandbox_factory(scale=80, sftp_port=None)
+    sb = sandbox_factory(scale=80, sftp_port=None, latency="20ms")  # reads slow enough for windows to split
+    monkeypatch.setattr(windows, "MIN_PAGES_TO_SPLIT", 1)  # split at once from the first page: 2+ windows for sure
     config = _config(sb, page_size=20, source=source, max_retries=0)
     fetched: list[datetime | None] = []
     started: list[Any] = []
@@ -110,7 +111,7 @@ def test_window_failing_mid_stream_resumes_exactly_from_the_state(
 
     def failing_pages(self: windows.WindowedRead, window: Any) -> Iterator[list[dict[str, Any]]]:
         started.append(window)
-        if len(started) == 4:  # the 4th window to start fails (its retries exhausted)
+        if len(started) == 2:  # the 2nd window to start (never the first) fails: its retries exhausted
             fetched.append(window.lo)
             raise RemoteError(503, "unavailable", "injected: the window's page failed")
         return original(self, window)

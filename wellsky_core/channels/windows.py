@@ -93,7 +93,12 @@ class WindowedRead:
         self._dir = Path(tempfile.mkdtemp(prefix="wellsky-windows-"))  # 0700
         self._made = 0
         self._threads: list[threading.Thread] = []
-        self.windows = [self._window(since, None, pages=rest, first=first)]
+        head = self._window(since, None, pages=rest, first=first)
+        head.pos, head.kept = parse_instant(first[-1]["updated_at"]), len(first)  # the first page is known
+        self.windows = [head]
+        with self._cond:  # split at once, by the first page's density; the windows' own pages refine it later
+            while len(self.windows) < workers and self._split() is not None:
+                pass
 
     def _window(self, lo: datetime | None, hi: datetime | None, **kw: Any) -> _Window:
         self._made += 1
@@ -115,7 +120,7 @@ class WindowedRead:
             return None
         best, most = None, float(MIN_PAGES_TO_SPLIT)
         for window in self.windows:
-            if window.started and not window.done:
+            if not window.done:
                 pages = self._remaining_pages(window)
                 if pages >= most:
                     best, most = window, pages
@@ -148,7 +153,7 @@ class WindowedRead:
                     with self._cond:  # hi may have shrunk (a split): keep what is still this window's
                         hi = window.hi
                         kept = page if hi is None else [r for r in page if parse_instant(r["updated_at"]) < hi]
-                        if kept:
+                        if kept and page is not window.first:  # the first page was counted when planning
                             window.pos = parse_instant(kept[-1]["updated_at"])
                             window.kept += len(kept)
                     if kept:
