@@ -25,6 +25,7 @@ updated_at < hi`` (``None``: unbounded), each page in (updated_at, id) order.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import math
 import shutil
@@ -48,6 +49,16 @@ MIN_PAGES_TO_SPLIT = 3
 """A window is split only while its estimated remaining pages are at least this many."""
 SPOOL_AHEAD_BYTES = 256 * 1024 * 1024
 """Spooled bytes not yet emitted above which windows ahead of the emitted one pause (disk, not memory)."""
+
+
+_SPOOLS: set[Path] = set()
+"""Spool directories of reads in progress: removed at exit too (a signal's exit skips the readers' cleanup)."""
+
+
+@atexit.register
+def _remove_spools() -> None:
+    for directory in list(_SPOOLS):
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def parse_instant(value: str) -> datetime:
@@ -91,6 +102,7 @@ class WindowedRead:
         self._emitting: _Window | None = None
         self._ahead = 0  # bytes spooled and not yet emitted
         self._dir = Path(tempfile.mkdtemp(prefix="wellsky-windows-"))  # 0700
+        _SPOOLS.add(self._dir)
         self._made = 0
         self._threads: list[threading.Thread] = []
         head = self._window(since, None, pages=rest, first=first)
@@ -226,6 +238,7 @@ class WindowedRead:
             for thread in threads:
                 thread.join(timeout=5)
             shutil.rmtree(self._dir, ignore_errors=True)
+            _SPOOLS.discard(self._dir)
 
     def _emit(self, window: _Window) -> Iterator[dict[str, Any]]:
         pos = 0
