@@ -16,7 +16,7 @@ from wellsky_core.products import DIALECTS
 
 log = logging.getLogger("tap_wellsky")
 
-_RUNNING: dict[tuple[str, str, int], Any] = {}
+_RUNNING: dict[tuple[str, str, int, bool], Any] = {}
 
 DEFAULT_SANDBOX_PRODUCT = "home_health"
 
@@ -39,14 +39,21 @@ def embedded_sandbox_config(config: Mapping[str, Any]) -> dict[str, Any]:
     product = sandbox_product(config)
     scale = str(config.get("sandbox_scale") or "S")
     seed = int(config.get("sandbox_seed") or 42)
-    key = (product, scale, seed)
+    limited = bool(config.get("sandbox_rate_limit"))
+    key = (product, scale, seed, limited)
     if key not in _RUNNING:
-        server = SandboxServer(scale=scale, product=product, seed=seed, sftp_port=None)
+        # a try-out runs at loopback speed unless the vendor's limit is asked for (`wellsky-sandbox serve` keeps it)
+        server = SandboxServer(
+            scale=scale, product=product, seed=seed, sftp_port=None, rate_limit=None if limited else 0
+        )
         server.start()
         atexit.register(server.cleanup)
         _RUNNING[key] = server
         log.info("embedded sandbox listening at %s (%s, scale %s, seed %d)", server.base_url, product, scale, seed)
     server = _RUNNING[key]
+    budget: dict[str, Any] = {}
+    if not limited and config.get("max_requests_per_second") in (None, ""):
+        budget["max_requests_per_second"] = 0  # no client-side budget either (0 disables the token bucket)
     if not _signs_in_with_session(product):  # e.g. Home Connect: client credentials only
         return {
             "base_url": server.base_url,
@@ -54,6 +61,7 @@ def embedded_sandbox_config(config: Mapping[str, Any]) -> dict[str, Any]:
             "auth_method": "oauth_client_credentials",
             "client_id": server.client_id,
             "client_secret": server.client_secret,
+            **budget,
         }
     return {
         "base_url": server.base_url,
@@ -62,6 +70,7 @@ def embedded_sandbox_config(config: Mapping[str, Any]) -> dict[str, Any]:
         "username": server.username,
         "password": server.password,
         "mfa_method": "none",
+        **budget,
     }
 
 

@@ -50,6 +50,12 @@ class WellSkyStream(Stream):
         settings = self.wellsky_tap.settings
         return channel_class(settings.source_for(self.name), settings.product).ordered
 
+    @property
+    def thread_safe_channel(self) -> bool:
+        """Whether this stream's channel may be read from a worker thread (see ``Channel.thread_safe``)."""
+        settings = self.wellsky_tap.settings
+        return channel_class(settings.source_for(self.name), settings.product).thread_safe
+
     def _write_record_message(self, record: dict[str, Any]) -> None:
         """RECORD out through the orjson fast path (see ``fastio``) when it is equivalent to the SDK's writer."""
         writer = self._fast_writer

@@ -33,18 +33,16 @@ from .streams import STREAM_TYPES, WebhookEventsStream
 if TYPE_CHECKING:
     from wellsky_core.connection import Connection
 
+_TAP_SCHEMA = config_json_schema(TapConfig)  # built once: pydantic's JSON schema is a visible part of start-up
 TAP_ONLY_KEYS = {
-    name: prop
-    for name, prop in config_json_schema(TapConfig)["properties"].items()
-    if name not in WellSkyConfig.model_fields
+    name: prop for name, prop in _TAP_SCHEMA["properties"].items() if name not in WellSkyConfig.model_fields
 }
 """The tap's own keys (``TapConfig`` beyond ``WellSkyConfig``): the embedded sandbox's size and seed."""
 
 
 def _config_schema() -> dict[str, Any]:
-    schema = config_json_schema(WellSkyConfig)
-    schema["properties"].update(TAP_ONLY_KEYS)
-    return schema
+    """``WellSkyConfig``'s keys, then the tap's own (what ``config_json_schema(TapConfig)`` gives)."""
+    return {**_TAP_SCHEMA, "title": WellSkyConfig.__name__}
 
 
 class TapWellSky(Tap):
@@ -187,7 +185,10 @@ class TapWellSky(Tap):
         streams = [
             s for s in self.streams.values() if (s.selected or s.has_selected_descendents) and not s.parent_stream_type
         ]
-        if workers <= 1 or len(streams) <= 1:
+        # a channel bound to one thread (the portal's browser) has its streams synced afterwards, in this thread
+        serial = [s for s in streams if isinstance(s, WellSkyStream) and not s.thread_safe_channel]
+        parallel = [s for s in streams if s not in serial]
+        if workers <= 1 or len(parallel) <= 1:
             return False
         self._reset_state_progress_markers()
         self._set_compatible_replication_methods()
@@ -197,7 +198,7 @@ class TapWellSky(Tap):
             stream.get_context_state(None)
             if isinstance(stream, WellSkyStream):
                 stream.open_channel()
-        self.logger.info("syncing %d streams, %d at a time", len(streams), min(workers, len(streams)))
+        self.logger.info("syncing %d streams, %d at a time", len(parallel), min(workers, len(parallel)))
 
         def job(stream: Any) -> Any:
             def sync() -> None:
@@ -206,7 +207,9 @@ class TapWellSky(Tap):
 
             return stream.name, sync
 
-        run_parallel(self.output_gate, [job(s) for s in streams], workers)
+        run_parallel(self.output_gate, [job(s) for s in parallel], workers)
+        for stream in serial:
+            job(stream)[1]()
         for stream in self.streams.values():
             stream.log_sync_costs()
         return True

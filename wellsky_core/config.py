@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import difflib
 import ipaddress
 import json
 import os
@@ -233,6 +232,13 @@ class WellSkyConfig(BaseModel):
         "a server trickling its answer is cut off after this.",
     )
     page_size: int = Field(default=500, ge=1, le=1000, description="Records per page (1-1000).")
+    max_windows_per_stream: int = Field(
+        default=8,
+        ge=1,
+        le=32,
+        description="REST and FHIR search: updated_at windows of one large stream read at once (within the "
+        "max_requests_per_second budget), still emitted in order; 1 pages each stream serially.",
+    )
     verify_tls: bool = Field(default=True, description="Verify the server certificate.")
     ca_bundle: str | None = Field(default=None, description="PEM CA bundle for a private CA.")
     start_date: datetime | None = Field(default=None, description="Earliest updated_at to sync.")
@@ -765,12 +771,18 @@ class TapConfig(WellSkyConfig):
         description="Embedded sandbox size when base_url is unset (XS, S, M, L or a patient count; default S).",
     )
     sandbox_seed: int | None = Field(default=None, description="Embedded sandbox data seed (default 42).")
+    sandbox_rate_limit: bool = Field(
+        default=False,
+        description="Embedded sandbox: emulate the vendor's request limit (the product's budget on the client, "
+        "the soft limit on the sandbox). Off: a try-out runs at loopback speed; max_requests_per_second, when "
+        "set, still applies.",
+    )
     max_parallel_streams: int = Field(
-        default=1,
+        default=8,
         ge=1,
         le=32,
         description="Streams synced at once, all within the one max_requests_per_second budget (1: one stream "
-        "at a time, as singer-sdk does; 8 keeps a 150 ms-away tenant's budget far fuller).",
+        "at a time, as singer-sdk does; 8 keeps a 150 ms-away tenant's budget full).",
     )
     data_quality_report_path: str | None = Field(
         default=None,
@@ -815,6 +827,8 @@ class TapConfig(WellSkyConfig):
     @field_validator("quality_ignore")
     @classmethod
     def _quality_ignore_known(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        import difflib  # only here and for misspellings: start-up does not pay for it
+
         from .models import ENTITIES
 
         for stream, fields in value.items():
@@ -897,6 +911,8 @@ def _problems_from_validation(
             continue  # cross-field rule: recomputed by the caller with structure intact
         field = str(loc[0])
         if err["type"] == "extra_forbidden":
+            import difflib  # only for a misspelt key
+
             near = difflib.get_close_matches(field, valid, n=1, cutoff=0.6)
             hint = f"did you mean `{near[0]}`?" if near else "remove it (see docs/architecture.md for valid keys)"
             problems.append(ConfigProblem(field, f"unknown setting; {hint}"))
@@ -958,6 +974,7 @@ def refuse_command_settings(raw: Mapping[str, Any], *, environ: Mapping[str, str
 
 def _enum_hint(msg: str, given: Any) -> str:
     """pydantic's 'Input should be 'a' or 'b'' with the nearest allowed value named first."""
+    import difflib
     allowed = re.findall(r"'([^']*)'", msg)
     if not isinstance(given, str) or not allowed:
         return msg

@@ -174,25 +174,15 @@ class Api:
         _, rotated = self.authenticate(request)
         entity = self.entity_for(request.path_params["resource"])
         q = request.query_params
-        unknown = set(q) - {"updated_since", "limit", "cursor"} - set(FILTERS.get(entity, {}))
+        unknown = set(q) - {"updated_since", "updated_before", "limit", "cursor"} - set(FILTERS.get(entity, {}))
         if unknown:
             raise WriteRejected(
                 400,
                 "unknown_parameter",
-                f"unknown query parameter(s) {sorted(unknown)}; use updated_since, limit, cursor"
+                f"unknown query parameter(s) {sorted(unknown)}; use updated_since, updated_before, limit, cursor"
                 + (f", {', '.join(FILTERS[entity])}" if entity in FILTERS else ""),
             )
-        since = None
-        if q.get("updated_since"):
-            try:
-                since = epoch(q["updated_since"])
-                datetime.fromisoformat(q["updated_since"].replace("Z", "+00:00")).utcoffset().total_seconds()
-            except (ValueError, AttributeError):
-                raise WriteRejected(
-                    400,
-                    "invalid_parameter",
-                    "updated_since must be an ISO 8601 timestamp with offset, e.g. 2026-01-31T00:00:00Z",
-                ) from None
+        since, before = (self.instant_param(q, name) for name in ("updated_since", "updated_before"))
         try:
             limit = int(q.get("limit", "100"))
         except ValueError:
@@ -206,11 +196,27 @@ class Api:
             except ValueError as exc:
                 raise WriteRejected(400, "invalid_cursor", str(exc)) from None
         filters = {FILTERS[entity][k]: v for k, v in q.items() if k in FILTERS.get(entity, {})}
-        records, nxt = self.store.page(entity, since=since, cursor=cursor, limit=limit, filters=filters)
+        records, nxt = self.store.page(entity, since=since, before=before, cursor=cursor, limit=limit, filters=filters)
         render = self.renderer.render
         data = [render(entity, public(r)) for r in records]
         body = {"data": data, "next_cursor": encode_cursor(*nxt) if nxt else None}
         return self.with_cookie(ORJSONResponse(body), rotated)
+
+    @staticmethod
+    def instant_param(q: Any, name: str) -> int | None:
+        """``updated_since`` (inclusive) or ``updated_before`` (exclusive) as epoch seconds, or None when absent."""
+        if not q.get(name):
+            return None
+        try:
+            value = epoch(q[name])
+            datetime.fromisoformat(q[name].replace("Z", "+00:00")).utcoffset().total_seconds()
+        except (ValueError, AttributeError):
+            raise WriteRejected(
+                400,
+                "invalid_parameter",
+                f"{name} must be an ISO 8601 timestamp with offset, e.g. 2026-01-31T00:00:00Z",
+            ) from None
+        return value
 
     async def get_record(self, request: Request) -> Response:
         _, rotated = self.authenticate(request)

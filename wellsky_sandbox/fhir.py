@@ -618,6 +618,44 @@ def parse_last_updated(value: str) -> int:
     return math.floor(seconds) + 1 if prefix == "gt" else math.ceil(seconds)
 
 
+def parse_upper_bound(value: str) -> int:
+    """``lt``/``le`` + a FHIR date or instant -> the smallest epoch second that no longer matches."""
+    prefix, raw = value[:2], value[2:]
+    try:
+        if len(raw) == 10:
+            day = datetime.fromisoformat(raw).replace(tzinfo=UTC)
+            return int((day + timedelta(days=1 if prefix == "le" else 0)).timestamp())
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        if moment.utcoffset() is None:
+            raise ValueError("no offset")
+    except ValueError:
+        raise FhirProblem(
+            400,
+            "invalid",
+            "_lastUpdated must be lt|le followed by a date or an instant with offset, e.g. lt2026-02-01T00:00:00Z",
+            "_lastUpdated",
+        ) from None
+    seconds = moment.timestamp()
+    return math.floor(seconds) + 1 if prefix == "le" else math.ceil(seconds)
+
+
+def parse_last_updated_range(values: list[str]) -> tuple[int | None, int | None]:
+    """Search ``_lastUpdated`` values (ANDed, at most one lower ``gt|ge`` and one upper ``lt|le`` bound) ->
+    ``(since, before)``: epoch seconds, ``since`` inclusive, ``before`` exclusive."""
+    since: int | None = None
+    before: int | None = None
+    for value in values:
+        if value[:2] in ("lt", "le"):
+            if before is not None:
+                raise FhirProblem(400, "invalid", "_lastUpdated may have one upper bound (lt|le)", "_lastUpdated")
+            before = parse_upper_bound(value)
+        else:
+            if since is not None:
+                raise FhirProblem(400, "invalid", "_lastUpdated may have one lower bound (gt|ge)", "_lastUpdated")
+            since = parse_last_updated(value)
+    return since, before
+
+
 class Fhir:
     """Request handlers for one tenant's FHIR endpoint."""
 
@@ -684,7 +722,7 @@ class Fhir:
         resources = []
         for name in fhir_resources(self.tenant.product):
             params = [
-                {"name": "_lastUpdated", "type": "date", "documentation": "gt|ge prefixes only"},
+                {"name": "_lastUpdated", "type": "date", "documentation": "gt|ge|lt|le (one lower, one upper bound)"},
                 {"name": "_count", "type": "number"},
                 {"name": "_sort", "type": "string", "documentation": "_lastUpdated only"},
             ]
@@ -762,10 +800,10 @@ class Fhir:
                     f"search parameter {name} is not supported on {kind}; use {', '.join(sorted(allowed))}",
                     name,
                 )
-        for name in ("_lastUpdated", "_count", "_sort", "_cursor", "patient", "identifier"):
+        for name in ("_count", "_sort", "_cursor", "patient", "identifier"):
             if len(q.getlist(name)) > 1:
                 raise FhirProblem(400, "invalid", f"{name} may be given only once", name)
-        since = parse_last_updated(q["_lastUpdated"]) if q.get("_lastUpdated") else None
+        since, before = parse_last_updated_range([v for v in q.getlist("_lastUpdated") if v])
         try:
             count = int(q.get("_count", DEFAULT_COUNT))
         except ValueError:
@@ -796,7 +834,7 @@ class Fhir:
         if "identifier" in filters:
             matches, included, nxt = self._identified(filters["identifier"]), [], None
         else:
-            matches, included, nxt = self._page(kind, entity, build, since, cursor, count, filters, extra)
+            matches, included, nxt = self._page(kind, entity, build, since, cursor, count, filters, extra, before)
         if self.identifier_references:
             npis = self._npis()
             matches = [self._by_identifier(r, npis) for r in matches]
@@ -849,6 +887,7 @@ class Fhir:
         count: int,
         filters: dict[str, str],
         extra: list[str],
+        before: int | None = None,
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], tuple[int, str, int] | None]:
         """Up to ``count`` resources in (updated_at, id, child index) order, the includes, and the next cursor.
 
@@ -877,14 +916,16 @@ class Fhir:
             if skip:
                 rec = store.get(entity, rid)
                 fresh = rec is not None and epoch(rec["updated_at"]) == updated_at
-                if fresh and (since is None or updated_at >= since):
+                if fresh and (since is None or updated_at >= since) and (before is None or updated_at < before):
                     stop = add(rec, skip)
                     if stop:
                         return matches, included, stop
                     if len(matches) >= count:  # the page ends exactly with this record's last child
                         return matches, included, (updated_at, rid, 0)
         while len(matches) < count:
-            records, more = store.page(entity, since=since, cursor=after, limit=count, filters=filters)
+            records, more = store.page(
+                entity, since=since, before=before, cursor=after, limit=count, filters=filters
+            )
             for i, rec in enumerate(records):
                 stop = add(rec, 0)
                 if stop:

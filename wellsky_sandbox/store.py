@@ -166,13 +166,18 @@ class Store:
         cursor: tuple[int, str] | None,
         limit: int,
         filters: dict[str, str] | None = None,
+        before: int | None = None,
     ) -> tuple[list[dict[str, Any]], tuple[int, str] | None]:
-        """Records ordered by (updated_at, id) after ``cursor`` and at/after ``since``; returns next cursor."""
+        """Records ordered by (updated_at, id) after ``cursor``, at/after ``since`` and before ``before``;
+        returns the next cursor."""
         sql = "SELECT updated_at, id, body FROM records WHERE entity = ?"
         args: list[Any] = [entity]
         if since is not None:
             sql += " AND updated_at >= ?"
             args.append(since)
+        if before is not None:
+            sql += " AND updated_at < ?"
+            args.append(before)
         if cursor is not None:
             sql += " AND (updated_at, id) > (?, ?)"
             args.extend(cursor)

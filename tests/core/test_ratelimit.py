@@ -114,14 +114,14 @@ def _busiest_second(stamps: list[float]) -> int:
 
 
 @pytest.mark.parametrize("budget", [100, 10, 33])
-def test_the_client_paces_at_97_percent_of_its_budget(monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
+def test_the_client_paces_at_95_percent_of_its_budget(monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
     """Issue 29 bug 5: pacing at 100% of ``max_requests_per_second`` escaped the wall-clock test (it allowed
-    2% over). On a fake clock the n-th request leaves exactly at n / (0.97 x budget) seconds: at 100 req/s the
-    busiest second holds 97 requests, not 100."""
-    assert transport.PACING_HEADROOM == 0.97
+    2% over). On a fake clock the n-th request leaves exactly at n / (0.95 x budget) seconds: at 100 req/s the
+    busiest second holds 95 requests, not 100 (95%: at 97% a loaded machine still overran, docs/benchmarks.md)."""
+    assert transport.PACING_HEADROOM == 0.95
     stamps = _stamps_of_requests(monkeypatch, budget, 2 * budget + 5)
-    assert _busiest_second(stamps) == math.ceil(budget * 0.97)  # 97 of 100, 10 of 10, 33 of 33
-    assert stamps[-1] == pytest.approx((len(stamps) - 1) / (budget * 0.97))
+    assert _busiest_second(stamps) == math.ceil(budget * 0.95)  # 95 of 100, 10 of 10, 32 of 33
+    assert stamps[-1] == pytest.approx((len(stamps) - 1) / (budget * 0.95))
 
 
 def test_a_budget_of_zero_never_waits(monkeypatch: pytest.MonkeyPatch) -> None:

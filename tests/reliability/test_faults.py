@@ -82,7 +82,8 @@ def test_faulted_sync_delivers_exactly_the_clean_set_and_retries_match_the_sandb
     )
     assert record_set(messages) == record_set(clean_messages)
 
-    # 2. every injected fault was met by exactly one retry of the matching kind
+    # 2. every injected fault was met by exactly one retry of the matching kind; 401 replays are the expiries'
+    #    own (parallel streams have several requests in flight when a session dies: each replays, any number)
     stats = sb.stats()
     faults = stats["faults"]
     metrics = tap.connection.metrics.snapshot()
@@ -96,21 +97,69 @@ def test_faulted_sync_delivers_exactly_the_clean_set_and_retries_match_the_sandb
         assert retries.get(status, 0) == faults.get(status, 0), (status, retries, faults)
     assert retries.get("connection", 0) == faults["reset"], (retries, faults)
     assert retries.get("malformed", 0) == faults["malformed"], (retries, faults)
-    assert metrics["retries"] == injected, "a retry without an injected fault (slow responses must not retry)"
+    replays_401 = retries.get("401", 0)
+    assert metrics["retries"] - replays_401 == injected, "a retry without an injected fault (slow: none)"
 
-    # 3. one early expiry per stream, each answered by exactly one re-login, mid-pagination
+    # 3. one early expiry per stream, mid-pagination; each expiry costs at most one re-login (threads that meet
+    #    the same expiry share one), and every stream met its 401 and went on
     assert sorted(hook.expired) == sorted(STREAMS)
-    assert metrics["reauths"] == len(STREAMS), metrics
+    assert 1 <= metrics["reauths"] <= len(hook.expired), metrics
     assert set(hook.unauthorized) == set(STREAMS), f"streams without a 401: {set(STREAMS) - set(hook.unauthorized)}"
-    assert sum(hook.unauthorized.values()) == len(STREAMS), "each expiry costs one 401, then the replay succeeds"
+    assert sum(hook.unauthorized.values()) >= len(STREAMS)
 
     print(f"FIGURES faults: {stats['data_requests'] - requests_before} data requests, {injected} faults injected "
-          f"and survived {dict(faults)}, {len(hook.expired)} early expiries, retries {retries}")
+          f"and survived {dict(faults)}, {len(hook.expired)} early expiries, {metrics['reauths']} re-logins, "
+          f"{sum(hook.unauthorized.values())} 401s, retries {retries}")
 
     # 4. the retry log says what happened, one line per retry
     retry_lines = [line for line in logs.lines if line.startswith("wellsky_core.http.client: retrying")]
-    assert len(retry_lines) == injected
-    assert f"{injected} retries" in stderr and f"{len(STREAMS)} re-logins" in stderr
+    assert len(retry_lines) == injected + replays_401
+    assert f"{injected + replays_401} retries" in stderr and f"{metrics['reauths']} re-logins" in stderr
+
+
+def test_one_session_expiry_under_parallel_streams_costs_one_relogin(sandbox_factory, monkeypatch):
+    """Eight streams in flight when the server drops every session: one re-login, the others replay with it.
+
+    Any number of 401s (one per request in flight) is fine; the records stay exactly the clean set.
+    """
+    sb = sandbox_factory(scale=60, sftp_port=None)
+    config = tap_config(sb, page_size=PAGE_SIZE, max_parallel_streams=8)
+    clean_messages, _, _ = run_tap_inprocess(config)
+
+    class ExpireOnce:
+        """Before the 12th data request (every stream is paging by then), drop every session, once."""
+
+        def __init__(self) -> None:
+            self.data_requests = 0
+            self.unauthorized = 0
+            self.expired = 0
+
+        def __call__(self, request: httpx.Request) -> None:
+            if request.url.path in PATH_STREAM:
+                self.data_requests += 1
+                if self.data_requests == 12:
+                    sb.set_tenant(expire_sessions=True)
+                    self.expired += 1
+
+        def response(self, response: httpx.Response) -> None:
+            if response.request.url.path in PATH_STREAM and response.status_code == 401:
+                self.unauthorized += 1
+
+    hook = ExpireOnce()
+    original_init = httpx.Client.__init__
+
+    def init_with_hook(self: httpx.Client, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        self.event_hooks["request"].append(hook)
+        self.event_hooks["response"].append(hook.response)
+
+    monkeypatch.setattr(httpx.Client, "__init__", init_with_hook)
+    messages, tap, _ = run_tap_inprocess(config)
+    assert hook.expired == 1 and hook.unauthorized >= 1
+    assert tap.connection.metrics.snapshot()["reauths"] == 1
+    delivered = [record_key(s, r) for s, r in records(messages)]
+    assert not duplicates(delivered)
+    assert record_set(messages) == record_set(clean_messages)
 
 
 def test_persistent_outage_fails_with_a_clear_error_after_the_retry_budget(sandbox_factory):
@@ -119,7 +168,7 @@ def test_persistent_outage_fails_with_a_clear_error_after_the_retry_budget(sandb
 
     sb = sandbox_factory(scale=30, sftp_port=None)
     sb.set_faults("error=1.0,retry_after=0,seed=3")
-    config = tap_config(sb, max_retries=3)
+    config = tap_config(sb, max_retries=3, max_parallel_streams=1)  # one stream: its one request's budget counted
     try:
         run_tap_inprocess(config)
     except WellSkyTransportError as exc:

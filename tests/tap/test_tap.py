@@ -189,3 +189,21 @@ def test_a_failed_sync_never_reports_status_ok(sandbox, tmp_path):
     assert "status OK" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("tap-wellsky: error:")
+
+
+def test_embedded_sandbox_runs_without_the_vendor_limit_unless_asked(monkeypatch, tmp_path) -> None:
+    """A try-out (no base_url) is not held to the vendor's budget; ``sandbox_rate_limit`` asks for it back."""
+    from tap_wellsky.embedded import load_tap_config
+
+    monkeypatch.delenv("WELLSKY_BASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    free = load_tap_config({"product": "personal_care", "sandbox_scale": "XS"}, start_embedded=True)
+    assert free.max_requests_per_second == 0
+    limited = load_tap_config(
+        {"product": "personal_care", "sandbox_scale": "XS", "sandbox_rate_limit": True}, start_embedded=True
+    )
+    assert limited.max_requests_per_second == 100  # the vendor's documented budget
+    chosen = load_tap_config(
+        {"product": "personal_care", "sandbox_scale": "XS", "max_requests_per_second": 7}, start_embedded=True
+    )
+    assert chosen.max_requests_per_second == 7

@@ -58,6 +58,9 @@ class Channel(abc.ABC):
     client_use: ClassVar[ClientUse] = "optional"
     """What this channel needs of the tenant's HTTP API (``WellSkyClient``): ``required`` (HTTP channels),
     ``optional`` (file channels that may also use it when ``base_url`` is set) or ``none`` (own session)."""
+    thread_safe: ClassVar[bool] = True
+    """False when the channel must be used from one thread (a Playwright browser): its streams are not synced
+    in parallel (``max_parallel_streams``) but one after another, in the main thread."""
     memo_streams: ClassVar[frozenset[str]] = frozenset()
     """Streams whose change detection needs a memo from the last run (kept in the stream's state)."""
 

@@ -27,6 +27,7 @@ from urllib.parse import urlencode
 from ..errors import NormalizationError, RemoteError
 from ..http.paging import NextLinkPaginator, page_limit
 from ..normalize import fhir as fhir_norm
+from . import windows
 from .base import Channel, prefetch
 
 if TYPE_CHECKING:
@@ -145,39 +146,46 @@ class FhirChannel(Channel):
                 f"this {self.product} tenant does not expose {fhir_norm.ENTITY_TYPES.get(entity, entity)} over "
                 f"FHIR (see /fhir/metadata); read {entity} with source=api",
             )
+        # a large stream is read as _lastUpdated windows in parallel, still emitted in order (windows.py)
+        return windows.read(
+            lambda lo, hi: self._pages(entity, lo, hi),
+            since,
+            page_size=self.config.page_size,
+            workers=self.config.max_windows_per_stream,
+            prefetch=prefetch,
+        )
+
+    def _pages(self, entity: str, since: datetime | None, before: datetime | None) -> Iterator[list[dict[str, Any]]]:
+        """Canonical pages (one per Bundle) of ``since <= _lastUpdated < before``."""
         resource_type = fhir_norm.ENTITY_TYPES[entity]
         params: list[tuple[str, str]] = [("_sort", "_lastUpdated"), ("_count", str(page_limit(self.config.page_size)))]
         if since is not None:
             params.append(("_lastUpdated", "ge" + fhir_instant(since)))
+        if before is not None:
+            params.append(("_lastUpdated", "lt" + fhir_instant(before)))
         params += self._include_params(entity, resource_type)
         floor = since.astimezone(UTC) if since is not None else None
+        ceiling = before.astimezone(UTC) if before is not None else None
         roles = None
         if entity == "practitioners" and not any(p == "_revinclude" for p, _ in params):
             roles = self._roles_by_practitioner()
         # _include/_revinclude repeat, which a params mapping cannot express (and httpx replaces a path's query
         # when params are given), so the whole query is encoded into the path.
-        bundles = fhir_bundles(self.client, f"{self.config.fhir_base}/{resource_type}?{urlencode(params)}")
-        for bundle in prefetch(bundles):
+        for bundle in fhir_bundles(self.client, f"{self.config.fhir_base}/{resource_type}?{urlencode(params)}"):
             resources = list(_resources(bundle))
             if roles is not None:
                 resources += [("include", role) for role in _roles_of(resources, resource_type, roles)]
             self._resolve_identifiers(resources)
-            for record in normalize_page(
+            records = normalize_page(
                 entity, resource_type, resources, self.rules, self.reject, self.skipped, index=self.index
-            ):
-                if floor is not None and datetime.fromisoformat(record["updated_at"]) < floor:
-                    continue
-                yield record
+            )
+            if floor is not None or ceiling is not None:  # a server loose on _lastUpdated never doubles a record
+                records = [r for r in records if _within(r["updated_at"], floor, ceiling)]
+            yield records
 
     @property
     def rules(self) -> fhir_norm.FhirRules:
         return fhir_norm.FhirRules(dict(self.config.fhir_identifier_systems))
-
-    def _records(self, entity: str, resource_type: str, bundle: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """One Bundle page -> canonical records in (updated_at, id) order."""
-        return normalize_page(
-            entity, resource_type, _resources(bundle), self.rules, self.reject, self.skipped, index=self.index
-        )
 
     # -- references across streams -----------------------------------------------------------------------------
     def _search_params(self, resource_type: str) -> set[str]:
@@ -265,6 +273,11 @@ def _roles_of(
             for role in roles.get(key, []):
                 out.setdefault(str(role.get("id")), role)
     return list(out.values())
+
+
+def _within(updated_at: str, floor: datetime | None, ceiling: datetime | None) -> bool:
+    moment = datetime.fromisoformat(updated_at)
+    return (floor is None or moment >= floor) and (ceiling is None or moment < ceiling)
 
 
 def _resources(bundle: Mapping[str, Any]) -> Iterator[tuple[str | None, dict[str, Any]]]:

@@ -92,6 +92,7 @@ class PortalChannel(Channel):
     """
 
     name = "portal"
+    thread_safe = False  # Playwright's sync API belongs to the thread that started it
     ordered = False
     client_use = "none"  # the portal keeps its own browser session
     ENTITIES = ("authorizations", "care_plans")

@@ -12,6 +12,7 @@ from ..http.paging import CursorPaginator
 from ..models import ENTITIES
 from ..normalize.native import to_canonical
 from ..products import dialect
+from . import windows
 from .base import Channel, prefetch
 
 if TYPE_CHECKING:
@@ -59,12 +60,27 @@ class RestChannel(Channel):
         return entity in dialect(self.product).streams if self.product else entity in PATHS
 
     def iter_records(self, entity: str, since: datetime | None) -> Iterator[dict[str, Any]]:
+        # a large stream is read as updated_at windows in parallel, still emitted in order (windows.py)
+        return windows.read(
+            lambda lo, hi: self._pages(entity, lo, hi),
+            since,
+            page_size=self.config.page_size,
+            workers=self.config.max_windows_per_stream,
+            prefetch=prefetch,
+        )
+
+    def _pages(self, entity: str, since: datetime | None, before: datetime | None) -> Iterator[list[dict[str, Any]]]:
+        """Canonical pages of ``since <= updated_at < before`` (``updated_before`` is exclusive)."""
         params: dict[str, Any] = {}
         if since is not None:
             params["updated_since"] = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        for page in prefetch(rest_pages(self.client, PATHS[entity], params)):
+        if before is not None:
+            params["updated_before"] = before.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        for page in rest_pages(self.client, PATHS[entity], params):
+            records = []
             for native in page:
                 try:
-                    yield to_canonical(self.product, entity, native)
+                    records.append(to_canonical(self.product, entity, native))
                 except NormalizationError as exc:
                     self.reject(entity, exc, native)
+            yield records

@@ -221,9 +221,11 @@ def classify_response(
     if rule.action is Action.REAUTH:
         # the auth flow already logged in again and replayed once (``RefreshingAuth.auth_flow``)
         error = RemoteError.from_response(response, fix="")
-        if safe and error.code in EXPIRY_CODES and attempt == 1:
-            # the session died again between the re-login and its replay (e.g. a mass expiry):
-            # one more pass through the auth flow logs in afresh; bad credentials fail at login instead
+        if safe and error.code in EXPIRY_CODES:
+            # the session died again between the re-login and its replay (a mass expiry, or parallel streams
+            # meeting several expiries): another pass through the auth flow logs in afresh or replays with the
+            # session another thread just opened. Bad credentials fail at login instead; the retry budget
+            # bounds a tenant that kills every session it hands out.
             return Retry(str(status), status)
         raise AuthError(
             f"WellSky rejected the credentials for {redact_url(response.request.url)} even after logging in again "

@@ -110,6 +110,7 @@ class KinnserPortalChannel(Channel):
     """Patients, appointments, episodes, claims and unbilled through the Kinnser web portal."""
 
     name = "portal"
+    thread_safe = False  # Playwright's sync API belongs to the thread that started it
     ordered = False
     client_use = "none"  # the portal keeps its own browser session
     ENTITIES = tuple(GROUP_OF)

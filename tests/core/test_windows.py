@@ -1,0 +1,144 @@
+"""In-stream windows (``wellsky_core/channels/windows.py``) against real sandbox tenants: a large stream read as
+``updated_at`` windows in parallel is exactly the tenant's truth, in (updated_at, id) order; a small one is one
+request; a window that fails mid-stream leaves a state from which the next run delivers the rest exactly."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from wellsky_core.channels import windows
+from wellsky_core.config import WellSkyConfig
+from wellsky_core.connection import Connection
+from wellsky_core.errors import RemoteError
+from wellsky_core.read_loop import StreamRead
+from wellsky_sandbox.testing import SandboxServer
+
+from ..fhir_only import comparable
+
+ENTITY = "appointments"  # the largest stream
+
+
+def _config(sb: SandboxServer, page_size: int, **extra: Any) -> WellSkyConfig:
+    return WellSkyConfig.load(
+        {
+            "base_url": sb.base_url,
+            "auth_method": "oauth_client_credentials",
+            "client_id": sb.client_id,
+            "client_secret": sb.client_secret,
+            "product": sb.product,
+            "page_size": page_size,
+            "max_requests_per_second": 0,
+            **extra,
+        },
+        env={},
+    )
+
+
+class WindowRequests:
+    """Counts list requests that carry an upper bound (a window other than the first)."""
+
+    def __init__(self) -> None:
+        self.bounded = 0
+        self.total = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, request: httpx.Request) -> None:
+        query = str(request.url.query, "ascii") if isinstance(request.url.query, bytes) else str(request.url.query)
+        if request.url.path.endswith(("/appointments", "/Appointment", "/practitioners", "/Practitioner")):
+            with self._lock:
+                self.total += 1
+                self.bounded += "updated_before" in query or "_lastUpdated=lt" in query
+
+
+@pytest.fixture
+def hook(monkeypatch: pytest.MonkeyPatch) -> WindowRequests:
+    counter = WindowRequests()
+    original = httpx.Client.__init__
+
+    def init(self: httpx.Client, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self.event_hooks["request"].append(counter)
+
+    monkeypatch.setattr(httpx.Client, "__init__", init)
+    return counter
+
+
+@pytest.mark.parametrize("source", ["api", "fhir"])
+def test_windowed_stream_equals_truth_in_order(
+    source: str, sandbox_factory: Callable[..., SandboxServer], hook: WindowRequests, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sb = sandbox_factory(scale=80, sftp_port=None, latency="20ms")  # reads slow enough for windows to split
+    monkeypatch.setattr(windows, "MIN_PAGES_TO_SPLIT", 1)  # split from the first page: not a matter of timing
+    with closing(Connection(_config(sb, page_size=20, source=source))) as conn:
+        got = list(conn.channel(ENTITY).iter_records(ENTITY, None))
+    assert hook.bounded >= 2, "a stream of many pages is read as windows"
+    keys = [(r["updated_at"], r["id"]) for r in got]
+    assert keys == sorted(keys), "windows are emitted in (updated_at, id) order"
+    assert len(keys) == len(set(keys)), "no record twice across windows"
+    truth = sb.truth(ENTITY)
+    if source == "api":
+        assert sorted(got, key=lambda r: r["id"]) == sorted(truth, key=lambda r: r["id"])
+    else:
+        assert sorted(comparable(ENTITY, r)["id"] for r in got) == sorted(r["id"] for r in truth)
+
+
+def test_small_stream_is_one_request_and_no_window(
+    sandbox_factory: Callable[..., SandboxServer], hook: WindowRequests
+) -> None:
+    sb = sandbox_factory(scale=40, sftp_port=None)
+    with closing(Connection(_config(sb, page_size=1000))) as conn:
+        got = list(conn.channel("practitioners").iter_records("practitioners", None))
+    requests, bounded = hook.total, hook.bounded
+    assert len(got) == len(sb.truth("practitioners")) and requests == 1 and bounded == 0
+
+
+@pytest.mark.parametrize("source", ["api", "fhir"])
+def test_window_failing_mid_stream_resumes_exactly_from_the_state(
+    source: str, sandbox_factory: Callable[..., SandboxServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sb = sandbox_factory(scale=80, sftp_port=None, latency="20ms")  # reads slow enough for windows to split
+    monkeypatch.setattr(windows, "MIN_PAGES_TO_SPLIT", 1)  # split at once from the first page: 2+ windows for sure
+    config = _config(sb, page_size=20, source=source, max_retries=0)
+    fetched: list[datetime | None] = []
+    started: list[Any] = []
+    original = windows.WindowedRead._pages
+
+    def failing_pages(self: windows.WindowedRead, window: Any) -> Iterator[list[dict[str, Any]]]:
+        started.append(window)
+        if len(started) == 2:  # the 2nd window to start (never the first) fails: its retries exhausted
+            fetched.append(window.lo)
+            raise RemoteError(503, "unavailable", "injected: the window's page failed")
+        return original(self, window)
+
+    monkeypatch.setattr(windows.WindowedRead, "_pages", failing_pages)
+    state: dict[str, Any] = {}
+    delivered: list[dict[str, Any]] = []
+    with closing(Connection(config)) as conn:
+        read = StreamRead(conn, ENTITY, incremental=True, state=state)
+        with pytest.raises(RemoteError, match="injected"):
+            for record in read.records():
+                delivered.append(record)
+        checkpoint, _ = read.checkpoint()
+    assert fetched, "the fault fired"
+    bookmark = checkpoint["replication_key_value"]
+    keys = [(r["updated_at"], r["id"]) for r in delivered]
+    assert keys == sorted(keys) and bookmark == delivered[-1]["updated_at"]
+    # everything before the failed window was emitted; nothing of it or after it
+    lo = fetched[0]
+    assert lo is not None and windows.parse_instant(bookmark) < lo
+
+    monkeypatch.setattr(windows.WindowedRead, "_pages", original)
+    with closing(Connection(config)) as conn:
+        second = list(StreamRead(conn, ENTITY, incremental=True, state=checkpoint).records())
+    assert all(r["updated_at"] >= bookmark for r in second)
+    ids = {r["id"] for r in delivered} | {r["id"] for r in second}
+    assert ids == {r["id"] for r in sb.truth(ENTITY)}
+    repeated = {r["id"] for r in delivered} & {r["id"] for r in second}
+    assert all(r["updated_at"] == bookmark for r in delivered if r["id"] in repeated), "only the boundary repeats"

@@ -1,0 +1,291 @@
+"""In-stream partitioning: one large stream read as several ``updated_at`` windows at once, emitted in order.
+
+A REST or FHIR search stream pages serially: at 150 ms a page, the largest stream bounds the sync however many
+streams run in parallel. Like airbyte-cdk's concurrent cursor, the stream's ``[since, now]`` is cut into
+``updated_at`` windows (``[lo, hi)``) read in parallel under the connection's one request budget. Unlike it,
+the output stays **ordered by (updated_at, id)**: window 1 is emitted as it arrives while later windows
+prefetch into an on-disk spool (one private file each, one page in memory at a time), so
+
+- a checkpoint names the ``updated_at`` of the last record emitted, exactly as a serial read would;
+- a window that fails stops the stream only after everything before it was emitted: the bookmark is then
+  inside (or at the start of) the oldest unfinished window, where the next run resumes;
+- memory stays flat: records wait on disk, never in lists.
+
+The windows come from the first page and from what each window reads: the first page is fetched unbounded; a
+stream whose first page is not full is one request, as before. Otherwise the read goes on as window 1, and
+every idle worker halves the remaining range of the window with the most pages left (estimated from the
+density that window has seen so far): the old window stops at the midpoint (its reader drops what lies past
+it, at most one page of overshoot), the new one reads ``[midpoint, old end)``. Dense stretches (recent edits)
+are thus cut finer than sparse ones without knowing the distribution beforehand. Boundaries are whole seconds
+(what the APIs' timestamps carry); the last window is open-ended, as a serial read is.
+
+A channel plugs in with one function, ``fetch(lo, hi)``: the pages of canonical records with ``lo <=
+updated_at < hi`` (``None``: unbounded), each page in (updated_at, id) order.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import math
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..private_files import open_private
+
+Page = list[dict[str, Any]]
+FetchWindow = Callable[[datetime | None, datetime | None], Iterator[Page]]
+
+MAX_WINDOWS = 32
+"""Windows per stream at most; each split costs about one request (the shrunk window's last page overshoots)."""
+MIN_PAGES_TO_SPLIT = 3
+"""A window is split only while its estimated remaining pages are at least this many."""
+SPOOL_AHEAD_BYTES = 256 * 1024 * 1024
+"""Spooled bytes not yet emitted above which windows ahead of the emitted one pause (disk, not memory)."""
+
+
+_SPOOLS: set[Path] = set()
+"""Spool directories of reads in progress: removed at exit too (a signal's exit skips the readers' cleanup)."""
+
+
+@atexit.register
+def _remove_spools() -> None:
+    for directory in list(_SPOOLS):
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def parse_instant(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+class _Window:
+    """One ``[lo, hi)`` window: its pages spooled to a private file by a worker, tailed by the emitter.
+
+    ``hi`` only ever shrinks (a split hands ``[m, hi)`` to a new window); ``pos`` is the newest ``updated_at``
+    the window's reader kept, so a split point is always after everything it already spooled.
+    """
+
+    def __init__(self, lo: datetime | None, hi: datetime | None, path: Path, pages: Iterator[Page] | None = None,
+                 first: Page | None = None) -> None:
+        self.lo, self.hi, self.path = lo, hi, path
+        self.pages = pages  # window 1: the unbounded first read, going on
+        self.first = first
+        self.origin = lo if lo is not None or not first else parse_instant(first[0]["updated_at"])
+        """Where the window's records start (for the density estimate)."""
+        self.size = 0  # bytes of whole pages written
+        self.kept = 0  # records kept (for the density estimate)
+        self.pos: datetime | None = None
+        self.started = False
+        self.done = False
+        self.error: BaseException | None = None
+
+
+class WindowedRead:
+    """The ordered, windowed read of one stream (see the module docstring); iterate it once."""
+
+    def __init__(self, fetch: FetchWindow, since: datetime | None, first: Page, rest: Iterator[Page],
+                 page_size: int, now: datetime, workers: int) -> None:
+        self._fetch = fetch
+        self._workers = workers
+        self._page_size = page_size
+        self._now = now
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._failed: _Window | None = None
+        self._emitting: _Window | None = None
+        self._ahead = 0  # bytes spooled and not yet emitted
+        self._dir = Path(tempfile.mkdtemp(prefix="wellsky-windows-"))  # 0700
+        _SPOOLS.add(self._dir)
+        self._made = 0
+        self._threads: list[threading.Thread] = []
+        head = self._window(since, None, pages=rest, first=first)
+        head.pos, head.kept = parse_instant(first[-1]["updated_at"]), len(first)  # the first page is known
+        self.windows = [head]
+        with self._cond:  # split at once, by the first page's density; the windows' own pages refine it later
+            while len(self.windows) < workers and self._split() is not None:
+                pass
+
+    def _window(self, lo: datetime | None, hi: datetime | None, **kw: Any) -> _Window:
+        self._made += 1
+        return _Window(lo, hi, self._dir / f"w{self._made}.jsonl", **kw)
+
+    # -- splitting (under the condition's lock) -------------------------------------------------------------
+    def _remaining_pages(self, window: _Window) -> float:
+        """Pages ``window`` still has to read, by the density of what it read so far (0: unknown or none)."""
+        if window.done or window.pos is None or window.kept == 0 or window.origin is None:
+            return 0.0
+        read_span = max((window.pos - window.origin).total_seconds(), 1.0)
+        end = window.hi or max(self._now, window.pos)
+        left = (end - window.pos).total_seconds()
+        return window.kept / read_span * left / self._page_size
+
+    def _split(self) -> _Window | None:
+        """Halve the remaining range of the window with the most pages left; the new window, or None."""
+        if self._failed is not None or len(self.windows) >= MAX_WINDOWS:
+            return None
+        best, most = None, float(MIN_PAGES_TO_SPLIT)
+        for window in self.windows:
+            if not window.done:
+                pages = self._remaining_pages(window)
+                if pages >= most:
+                    best, most = window, pages
+        if best is None or best.pos is None:
+            return None
+        end = best.hi or max(self._now, best.pos)
+        start = best.pos.replace(microsecond=0) + timedelta(seconds=1)
+        middle = start + timedelta(seconds=math.floor((end - start).total_seconds() / 2))
+        if middle <= start or (best.hi is not None and middle >= best.hi):
+            return None
+        new = self._window(middle, best.hi)
+        best.hi = middle
+        self.windows.insert(self.windows.index(best) + 1, new)
+        return new
+
+    # -- workers ---------------------------------------------------------------------------------------------
+    def _pages(self, window: _Window) -> Iterator[Page]:
+        if window.pages is None:
+            return self._fetch(window.lo, window.hi)
+        return itertools.chain([window.first or []], window.pages)
+
+    def _run(self, window: _Window) -> None:
+        pages: Iterator[Page] | None = None
+        try:
+            pages = self._pages(window)
+            with open_private(window.path, "wb") as out:
+                for page in pages:
+                    if self._stop.is_set() or self._after_failure(window):
+                        return
+                    with self._cond:  # hi may have shrunk (a split): keep what is still this window's
+                        hi = window.hi
+                        kept = page if hi is None else [r for r in page if parse_instant(r["updated_at"]) < hi]
+                        if kept and page is not window.first:  # the first page was counted when planning
+                            window.pos = parse_instant(kept[-1]["updated_at"])
+                            window.kept += len(kept)
+                    if kept:
+                        data = b"".join(orjson.dumps(r) + b"\n" for r in kept)
+                        out.write(data)
+                        out.flush()
+                    with self._cond:
+                        window.size += len(data) if kept else 0
+                        self._ahead += len(data) if kept else 0
+                        self._cond.notify_all()
+                        while (
+                            self._ahead > SPOOL_AHEAD_BYTES and window is not self._emitting
+                            and not self._stop.is_set()
+                        ):
+                            self._cond.wait(0.5)
+                    if len(kept) < len(page):
+                        return  # the rest belongs to the next window
+        except BaseException as exc:  # raised in the emitter, in order
+            window.error = exc
+            with self._cond:
+                if self._failed is None or self.windows.index(window) < self.windows.index(self._failed):
+                    self._failed = window
+        finally:
+            close = getattr(pages, "close", None)
+            if close is not None:
+                close()
+            with self._cond:
+                window.done = True
+                self._cond.notify_all()
+
+    def _after_failure(self, window: _Window) -> bool:
+        with self._cond:
+            failed = self._failed
+            return failed is not None and self.windows.index(window) > self.windows.index(failed)
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            with self._cond:
+                window = next((w for w in self.windows if not w.started), None) or self._split()
+                if window is None:
+                    if all(w.done for w in self.windows) or self._failed is not None:
+                        return
+                    self._cond.wait(0.05)
+                    continue
+                window.started = True
+            self._run(window)
+
+    # -- the emitter -----------------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        threads = self._threads = [
+            threading.Thread(target=self._work, name=f"wellsky-window-{i}", daemon=True) for i in range(self._workers)
+        ]
+        for thread in threads:
+            thread.start()
+        index = 0
+        try:
+            while True:
+                with self._cond:
+                    if index >= len(self.windows):
+                        return
+                    window = self.windows[index]
+                    self._emitting = window
+                    self._cond.notify_all()
+                yield from self._emit(window)
+                index += 1
+        finally:
+            self._stop.set()
+            with self._cond:
+                self._cond.notify_all()
+            for thread in threads:
+                thread.join(timeout=5)
+            shutil.rmtree(self._dir, ignore_errors=True)
+            _SPOOLS.discard(self._dir)
+
+    def _emit(self, window: _Window) -> Iterator[dict[str, Any]]:
+        pos = 0
+        handle = None
+        try:
+            while True:
+                with self._cond:
+                    while window.size <= pos and not window.done:
+                        if not self._cond.wait(1.0) and not any(t.is_alive() for t in self._threads):
+                            raise RuntimeError("the window readers stopped before the stream was read")
+                    size, done = window.size, window.done
+                if size > pos:
+                    if handle is None:
+                        handle = window.path.open("rb")
+                    handle.seek(pos)
+                    chunk = handle.read(size - pos)
+                    pos = size
+                    with self._cond:
+                        self._ahead -= len(chunk)
+                        self._cond.notify_all()
+                    for line in chunk.splitlines():
+                        yield orjson.loads(line)
+                    continue
+                if done:
+                    if window.error is not None:
+                        raise window.error
+                    return
+        finally:
+            if handle is not None:
+                handle.close()
+            window.path.unlink(missing_ok=True)
+
+
+def read(fetch: FetchWindow, since: datetime | None, *, page_size: int, workers: int, now: datetime | None = None,
+         prefetch: Callable[[Iterator[Page]], Iterator[Page]] | None = None) -> Iterator[dict[str, Any]]:
+    """The records of ``[since, ...)`` in (updated_at, id) order, windowed when the first page is full and
+    ``workers`` (``max_windows_per_stream``) is above 1.
+
+    ``prefetch`` (``base.prefetch``) overlaps the next page with the current one on the serial path.
+    """
+    pages = fetch(since, None)
+    first = next(pages, None)
+    if first is None:
+        return
+    if len(first) < page_size or workers <= 1:  # small (one page, one request), or windows off
+        yield from first
+        for page in prefetch(pages) if prefetch is not None else pages:
+            yield from page
+        return
+    yield from WindowedRead(fetch, since, first, pages, page_size, now or datetime.now(UTC), workers)
