@@ -3,7 +3,7 @@
 Airbyte and PyAirbyte users sync patients and appointments into WellSky through the same write run as
 target-wellsky (``wellsky_core.write_run``: validation, natural-key matching, idempotency keys, authorization
 checks, audit, dead letters). The protocol plumbing (typed messages, TRACE errors, the connection check) is the
-Airbyte face's in ``tap_wellsky.airbyte.protocol``.
+shared Airbyte message side in ``wellsky_core.airbyte``.
 
 Checkpoints: records are written in batches; every STATE message is echoed only after every record before it
 was written (or dead-lettered), so the platform never commits a state ahead of WellSky.
@@ -26,7 +26,7 @@ from airbyte_protocol.models import (
 )
 from pydantic import ValidationError
 
-from tap_wellsky.airbyte.protocol import Output, connection_check, read_json, run_command
+from wellsky_core.airbyte import Output, connection_check, read_json, run_command
 from wellsky_core.config import TargetConfig, airbyte_spec_schema, refuse_command_settings
 from wellsky_core.errors import ConfigError, LineOverBounds, SingerInputError, WriteRunRefusals
 from wellsky_core.write_run import WriteRun, parse_input_line

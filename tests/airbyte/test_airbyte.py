@@ -182,7 +182,8 @@ def test_discover_catalog_from_the_canonical_models(config_file):
     streams = {s.name: s for s in message.catalog.streams}
     portal_only = [name for name, spec in ENTITIES.items() if spec.sources]
     assert list(streams) == [name for name in ENTITIES if name not in portal_only]  # offered once routed there
-    routed = json.loads(Path(config_file).read_text()) | {"stream_sources": {"claims": "portal"}}
+    routed = json.loads(Path(config_file).read_text()) | {"stream_sources": {"claims": "portal"},
+                                                          "agency_timezone": "America/Chicago"}
     [with_claims] = run_source("discover", "--config", write_json(Path(config_file).with_name("routed.json"), routed))
     assert [s.name for s in with_claims.catalog.streams] == [
         n for n in ENTITIES if n not in portal_only or n == "claims"

@@ -121,3 +121,12 @@ def test_every_product_is_a_package_with_its_dialect() -> None:
         assert d.product == product
         assert (ROOT / "wellsky_core" / "products" / product / "dialect.py").is_file()
     assert tracked("wellsky_core/dialects") == [], "one registry: wellsky_core.products"
+
+
+def test_the_target_imports_nothing_of_the_tap() -> None:
+    """The destination shares the Airbyte message side through the core (``wellsky_core.airbyte``), not the tap."""
+    offenders = [
+        path for path in tracked("target_wellsky/*.py")
+        if re.search(r"^\s*(from|import)\s+tap_wellsky\b", (ROOT / path).read_text(), re.M)
+    ]
+    assert not offenders, offenders
