@@ -144,7 +144,24 @@ def start_playwright() -> Playwright:
 
 
 def launch_chromium(playwright: Playwright, chromium_path: str) -> Browser:
-    """Headless Chromium at ``chromium_path``: sandboxed where possible, with the minimal environment."""
+    """Headless Chromium at ``chromium_path``: sandboxed where possible, with the minimal environment; downloads
+    (portal reports name patients) land in a private 0700 directory that is removed when the process ends."""
     return playwright.chromium.launch(
-        executable_path=chromium_path, headless=True, args=chromium_args(chromium_path), env=browser_environment()
+        executable_path=chromium_path,
+        headless=True,
+        args=chromium_args(chromium_path),
+        env=browser_environment(),
+        downloads_path=str(_private_downloads()),
     )
+
+
+def _private_downloads() -> Path:
+    import atexit
+    import shutil
+    import tempfile
+
+    from .private_files import private_dir
+
+    path = private_dir(tempfile.mkdtemp(prefix="wellsky-downloads-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path

@@ -97,3 +97,18 @@ def test_the_playwright_driver_process_has_no_connector_secret(monkeypatch):
             assert b"PATH=" in environ  # a real environment was read, not an empty one
     finally:
         playwright.stop()
+
+
+def test_downloads_land_in_a_private_directory() -> None:
+    """Portal reports name patients: Chromium saves them in a 0700 directory of ours, not Playwright's default."""
+    import os
+    import stat
+    from types import SimpleNamespace
+
+    from wellsky_core import chromium
+
+    seen: dict[str, object] = {}
+    fake = SimpleNamespace(chromium=SimpleNamespace(launch=lambda **kw: seen.update(kw) or "browser"))
+    assert chromium.launch_chromium(fake, "/usr/bin/chromium") == "browser"  # type: ignore[arg-type]
+    path = str(seen["downloads_path"])
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o700 and os.path.basename(path).startswith("wellsky-downloads-")

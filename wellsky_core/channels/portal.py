@@ -227,13 +227,18 @@ class PortalChannel(Channel):
         failure = download.failure()
         if failure:
             raise WellSkyError(f"the portal's authorization CSV download failed ({failure}); retry the sync")
-        with open(download.path(), newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            header = reader.fieldnames or []
-            for label in AUTH_CSV_COLUMNS:
-                if label not in header:
-                    raise PortalLayoutChanged("/portal/reports/authorizations.csv", f'CSV column "{label}"')
-            return [{AUTH_CSV_COLUMNS[k]: (v or "") for k, v in row.items() if k in AUTH_CSV_COLUMNS} for row in reader]
+        try:
+            with open(download.path(), newline="", encoding="utf-8-sig") as fh:
+                reader = csv.DictReader(fh)
+                header = reader.fieldnames or []
+                for label in AUTH_CSV_COLUMNS:
+                    if label not in header:
+                        raise PortalLayoutChanged("/portal/reports/authorizations.csv", f'CSV column "{label}"')
+                return [
+                    {AUTH_CSV_COLUMNS[k]: (v or "") for k, v in row.items() if k in AUTH_CSV_COLUMNS} for row in reader
+                ]
+        finally:
+            download.delete()  # the report names patients: gone as soon as it is read
 
     def _care_plans(self, since: datetime | None) -> list[dict[str, Any]]:
         """Walk the care-plan report through its "next page" links, checking the layout on every page."""
