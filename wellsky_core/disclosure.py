@@ -58,7 +58,8 @@ OWN_CODES: frozenset[str] = frozenset(
         # our own codes (errors we raise, write refusals)
         "unexpected_shape", "malformed_json", "invalid_listing", "foreign_next_link", "input_bounds",
         "control_character", "ambiguous_natural_key", "unknown_id", "rejected", "stream_not_writable",
-        "unmappable_record", "http_error", "agency_unknown", "deletion_not_written", "page_loop",
+        "unmappable_record", "http_error", "agency_unknown", "deletion_not_written", "page_loop", "stream_refused",
+        "missing_key", "foreign_bulk_url", "foreign_portal_link", "not_supported", "subscription_refused",
         # transport retry reasons (WellSkyTransportError.reason)
         "connection", "connect", "deadline", "malformed", "download", "poll_timeout",
     }

@@ -37,7 +37,7 @@ def http_channel(sandbox: SandboxServer, tmp_path: Path) -> Iterator[ExportChann
 
 def canonical(entity: str, records: list[dict]) -> list[dict]:
     model = ENTITIES[entity].model
-    return [model.model_validate(r).model_dump(mode="json") for r in records]
+    return [model.model_validate(r).model_dump(mode="json", by_alias=True) for r in records]
 
 
 def test_every_entity_over_sftp_and_http_equals_the_tenant(

@@ -36,7 +36,9 @@ FAST = {"max_requests_per_second": 0, "backoff_base_seconds": 0.01, "backoff_max
 
 def canonical(entity: str, records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     model = ENTITIES[entity].model
-    return {r["id"]: comparable(entity, model.model_validate(r).model_dump(mode="json")) for r in records}
+    return {
+        r["id"]: comparable(entity, model.model_validate(r).model_dump(mode="json", by_alias=True)) for r in records
+    }
 
 
 def by_id(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

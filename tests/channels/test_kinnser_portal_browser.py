@@ -66,7 +66,7 @@ def truth(server: SandboxServer, entity: str) -> list[dict[str, Any]]:
         rows = server.control("GET", f"/_sandbox/kinnser/truth/{entity}")["data"]
     model = ENTITIES[entity].model
     stamp = {"updated_at": "2026-01-01T00:00:00Z"}
-    return bare([model.model_validate({**stamp, **r}).model_dump(mode="json") for r in rows])
+    return bare([model.model_validate({**stamp, **r}).model_dump(mode="json", by_alias=True) for r in rows])
 
 
 def kinnser(server: SandboxServer, **settings: Any) -> dict[str, Any]:

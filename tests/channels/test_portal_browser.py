@@ -27,7 +27,8 @@ pytestmark = [
 
 def canonical(entity: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     model = ENTITIES[entity].model
-    return sorted((model.model_validate(r).model_dump(mode="json") for r in records), key=lambda r: r["id"])
+    dumped = (model.model_validate(r).model_dump(mode="json", by_alias=True) for r in records)
+    return sorted(dumped, key=lambda r: r["id"])
 
 
 def config_for(server: SandboxServer, **overrides: Any) -> WellSkyConfig:

@@ -164,7 +164,10 @@ def test_every_core_error_is_defined_in_errors() -> None:
     import wellsky_core.read_loop  # noqa: F401
 
     classes = subclasses(errors.WellSkyError)
-    strays = [f"{c.__module__}.{c.__name__}" for c in classes if c.__module__ != errors.__name__]
+    # a face may join a core error with its framework's own (target's RecordBeforeSchema is also singer-sdk's
+    # RecordsWithoutSchemaException, which the core may not import); the core's errors all live in errors.py
+    strays = [f"{c.__module__}.{c.__name__}" for c in classes
+              if c.__module__ != errors.__name__ and c.__module__.startswith("wellsky_core")]
     assert not strays, f"define these in wellsky_core/errors.py: {strays}"
 
 

@@ -232,7 +232,9 @@ def test_a_failure_stops_the_others_and_is_raised_after_every_thread_ended(locks
 
 
 # -- SIGTERM under parallel streams (issue 29 bug 4) ---------------------------------------------------------
-def test_sigterm_shuts_the_gate_before_the_last_state_and_keeps_it_shut(locks: list[ObservableLock]) -> None:
+def test_sigterm_shuts_the_gate_before_the_last_state_and_keeps_it_shut(
+    locks: list[ObservableLock], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A stream is mid-message when SIGTERM arrives. The handler must shut the output gate first: the last STATE
     comes after that message, and nothing after the STATE. Planted bug: the handler writes its STATE at once
     (the gate not shut) - the STATE lands inside the record and the stream writes on after it."""
@@ -244,7 +246,10 @@ def test_sigterm_shuts_the_gate_before_the_last_state_and_keeps_it_shut(locks: l
     gate = tap.output_gate
     gate_lock = locks[0]
     out = Out()
-    tap._state_writer = types.SimpleNamespace(write_state=lambda state: out.write("STATE\n"))  # type: ignore[attr-defined]
+    # the final STATE (written unconditionally by the handler) goes to the test's stdout; the test process's own
+    # stdout is not sealed
+    monkeypatch.setattr(tap, "write_final_state", lambda consistent: out.write("STATE\n"))
+    monkeypatch.setattr("tap_wellsky.tap.seal_stdout", lambda: None)
     gate.active = True  # as run_parallel sets it
     mid_message = threading.Event()
     ended: list[str] = []

@@ -49,7 +49,7 @@ def test_webhook_events_stream_replays_received_changes(sandbox, tmp_path):
             assert event["record"]["id"] == event["record_id"]
             model = ENTITIES[event["entity"]].model  # the canonical form, defaults of newer fields included
             assert event["record"] == model.model_validate(truth[event["entity"]][event["record_id"]]).model_dump(
-                mode="json"
+                mode="json", by_alias=True
             )
         second = sandbox.advance(count=30, seed=8)
         more = second["by_entity"].get("appointments", 0) + second["by_entity"].get("encounters", 0)

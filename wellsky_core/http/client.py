@@ -32,6 +32,7 @@ import orjson
 from ..config import WellSkyConfig
 from ..errors import (
     ERROR_BODY_DIR,
+    AuthError,
     ConfigError,
     RemoteError,
     RequestDeadlineExceeded,
@@ -261,6 +262,12 @@ class WellSkyClient:
             )
             if wait > 0:
                 self._sleep(wait)
+        if last.reason == "401":  # every replay after a fresh login was refused again: not a blip
+            raise AuthError(
+                f"WellSky kept refusing the session after logging in again ({attempts_allowed} attempts); check "
+                "the credentials and that the account may use this API",
+                status=401,
+            )
         hint = (
             f"each attempt took longer than request_deadline_seconds ({self._deadline:g} s): the tenant is trickling "
             "its answers; raise request_deadline_seconds or check the tenant's status"
