@@ -28,7 +28,7 @@ from ..errors import NormalizationError, RemoteError
 from ..http.paging import NextLinkPaginator, page_limit
 from ..normalize import fhir as fhir_norm
 from . import windows
-from .base import Channel, prefetch
+from .base import Channel
 
 if TYPE_CHECKING:
     import httpx
@@ -67,7 +67,7 @@ def fhir_instant(moment: datetime) -> str:
     return utc.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class FhirChannel(Channel):
+class FhirChannel(windows.WindowedChannel, Channel):
     """``GET <fhir_base>/<Type>?_lastUpdated=ge…&_sort=_lastUpdated&_count=…`` following Bundle ``next`` links
     (``fhir_base``: ``fhir_base_url``, default ``{base_url}/fhir``)."""
 
@@ -146,14 +146,7 @@ class FhirChannel(Channel):
                 f"this {self.product} tenant does not expose {fhir_norm.ENTITY_TYPES.get(entity, entity)} over "
                 f"FHIR (see /fhir/metadata); read {entity} with source=api",
             )
-        # a large stream is read as _lastUpdated windows in parallel, still emitted in order (windows.py)
-        return windows.read(
-            lambda lo, hi: self._pages(entity, lo, hi),
-            since,
-            page_size=self.config.page_size,
-            workers=self.config.max_windows_per_stream,
-            prefetch=prefetch,
-        )
+        return self.windowed(entity, since)  # _lastUpdated windows in parallel, emitted in order
 
     def _pages(self, entity: str, since: datetime | None, before: datetime | None) -> Iterator[list[dict[str, Any]]]:
         """Canonical pages (one per Bundle) of ``since <= _lastUpdated < before``."""

@@ -13,7 +13,7 @@ from ..models import ENTITIES
 from ..normalize.native import to_canonical
 from ..products import dialect
 from . import windows
-from .base import Channel, prefetch
+from .base import Channel
 
 if TYPE_CHECKING:
     from ..http.client import WellSkyClient
@@ -43,7 +43,7 @@ def rest_pages(
     return paginator.pages(path, params)
 
 
-class RestChannel(Channel):
+class RestChannel(windows.WindowedChannel, Channel):
     """``GET /<resource>?updated_since=&limit=&cursor=``: ordered by (updated_at, id), so bookmarks are exact."""
 
     name = "api"
@@ -57,17 +57,10 @@ class RestChannel(Channel):
         return entity in dialect(product).streams if product else entity in PATHS
 
     def supports(self, entity: str) -> bool:
-        return entity in dialect(self.product).streams if self.product else entity in PATHS
+        return self.offers(entity, self.product)
 
     def iter_records(self, entity: str, since: datetime | None) -> Iterator[dict[str, Any]]:
-        # a large stream is read as updated_at windows in parallel, still emitted in order (windows.py)
-        return windows.read(
-            lambda lo, hi: self._pages(entity, lo, hi),
-            since,
-            page_size=self.config.page_size,
-            workers=self.config.max_windows_per_stream,
-            prefetch=prefetch,
-        )
+        return self.windowed(entity, since)  # updated_at windows in parallel, emitted in order
 
     def _pages(self, entity: str, since: datetime | None, before: datetime | None) -> Iterator[list[dict[str, Any]]]:
         """Canonical pages of ``since <= updated_at < before`` (``updated_before`` is exclusive)."""

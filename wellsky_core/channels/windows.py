@@ -289,3 +289,24 @@ def read(fetch: FetchWindow, since: datetime | None, *, page_size: int, workers:
             yield from page
         return
     yield from WindowedRead(fetch, since, first, pages, page_size, now or datetime.now(UTC), workers)
+
+
+class WindowedChannel:
+    """A channel whose listing takes a bounded ``updated_at`` range (``_pages(entity, since, before)``): its
+    ``iter_records`` reads a large stream as windows in parallel, still emitted in (updated_at, id) order."""
+
+    config: Any
+
+    def _pages(self, entity: str, since: datetime | None, before: datetime | None) -> Iterator[Page]:
+        raise NotImplementedError
+
+    def windowed(self, entity: str, since: datetime | None) -> Iterator[dict[str, Any]]:
+        from .base import prefetch
+
+        return read(
+            lambda lo, hi: self._pages(entity, lo, hi),
+            since,
+            page_size=self.config.page_size,
+            workers=self.config.max_windows_per_stream,
+            prefetch=prefetch,
+        )
