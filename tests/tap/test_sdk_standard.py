@@ -94,9 +94,3 @@ TestTapWellSkyPortalStandard = pytest.mark.timeout(1500)(
 
 pytestmark = pytest.mark.sdk_suite  # generic singer-sdk checks, counted apart from project tests
 
-# singer-sdk's stream-connection check syncs each stream on its own inside the suite's harness, where an asyncio
-# loop is already running: Playwright's sync API refuses to start there. `tap-wellsky --test` against the same
-# portal tenant passes, and every other check of this class syncs the portal streams for real.
-TestTapWellSkyPortalStandard.test_tap_stream_connections = pytest.mark.xfail(  # type: ignore[attr-defined]
-    strict=True, reason="Playwright's sync API inside the suite's running asyncio loop (known, see above)"
-)(TestTapWellSkyPortalStandard.test_tap_stream_connections)
