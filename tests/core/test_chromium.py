@@ -87,16 +87,28 @@ def test_the_playwright_driver_process_has_no_connector_secret(monkeypatch):
 
     monkeypatch.setattr(transport, "get_driver_env", transport.get_driver_env)  # restored after the test
     monkeypatch.setenv("WELLSKY_PASSWORD", "driver-must-not-see-this")
-    before = set(_children_environ())
-    playwright = start_playwright()
-    try:
-        drivers = {pid: env for pid, env in _children_environ().items() if pid not in before}
-        assert drivers, "the driver runs as a child process"
-        for environ in drivers.values():
-            assert b"WELLSKY_PASSWORD" not in environ and b"driver-must-not-see-this" not in environ
-            assert b"PATH=" in environ  # a real environment was read, not an empty one
-    finally:
-        playwright.stop()
+    failures: list[BaseException] = []
+
+    def check() -> None:  # in a thread of its own: no asyncio loop another test left in this worker's main thread
+        try:
+            before = set(_children_environ())
+            playwright = start_playwright()
+            try:
+                drivers = {pid: env for pid, env in _children_environ().items() if pid not in before}
+                assert drivers, "the driver runs as a child process"
+                for environ in drivers.values():
+                    assert b"WELLSKY_PASSWORD" not in environ and b"driver-must-not-see-this" not in environ
+                    assert b"PATH=" in environ  # a real environment was read, not an empty one
+            finally:
+                playwright.stop()
+        except BaseException as exc:
+            failures.append(exc)
+
+    worker = threading.Thread(target=check)
+    worker.start()
+    worker.join()
+    if failures:
+        raise failures[0]
 
 
 def test_downloads_land_in_a_private_directory() -> None:
