@@ -17,7 +17,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .redaction import child_environment
 
@@ -165,3 +165,18 @@ def _private_downloads() -> Path:
     path = private_dir(tempfile.mkdtemp(prefix="wellsky-downloads-"))
     atexit.register(shutil.rmtree, path, True)
     return path
+
+
+def close_browser(playwright: Playwright | None, *closers: Any) -> None:
+    """Close contexts and browsers, then stop Playwright: best effort each, since the browser may be gone."""
+    for closer in closers:
+        if closer is not None:
+            try:
+                closer.close()
+            except Exception:
+                log.debug("closing the portal browser failed", exc_info=True)
+    if playwright is not None:
+        try:
+            playwright.stop()
+        except Exception:
+            log.debug("stopping playwright failed", exc_info=True)

@@ -21,7 +21,7 @@ from urllib.parse import urlencode, urlsplit
 
 import pyotp
 
-from ..chromium import launch_chromium, start_playwright
+from ..chromium import close_browser, launch_chromium, start_playwright
 from ..errors import AuthError, ConfigError, MfaError, NormalizationError, PortalLayoutChanged, WellSkyError
 from ..models import CarePlan
 from ..normalize.portal import authorization_row, care_plan_row
@@ -182,14 +182,7 @@ class PortalChannel(Channel):
         return [dict(c) for c in self._context.cookies(self.base_url)]
 
     def close(self) -> None:
-        for closer in (self._context, self._browser):
-            if closer is not None:
-                try:
-                    closer.close()
-                except Exception:  # the browser may already be gone; closing is best effort
-                    log.debug("closing the portal browser failed", exc_info=True)
-        if self._playwright is not None:
-            self._playwright.stop()
+        close_browser(self._playwright, self._context, self._browser)
         self._playwright = self._browser = self._context = self._page = None
 
     # -- records --------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ...channels.portal import PortalLayoutChanged
-from ...chromium import launch_chromium, start_playwright
+from ...chromium import close_browser, launch_chromium, start_playwright
 from ...errors import AuthError, MfaError, PortalHang, WellSkyError
 from ...http.mfa import Challenge, CodeSource
 from ...http.trust import is_trusted, require_trusted
@@ -86,17 +86,7 @@ class PortalBrowser:
             raise
 
     def close(self) -> None:
-        for closer in (self._context, self._browser):
-            if closer is not None:
-                try:
-                    closer.close()
-                except Exception:  # the browser may already be gone; closing is best effort
-                    log.debug("closing the portal browser failed", exc_info=True)
-        if self._playwright is not None:
-            try:
-                self._playwright.stop()
-            except Exception:
-                log.debug("stopping playwright failed", exc_info=True)
+        close_browser(self._playwright, self._context, self._browser)
         self._playwright = self._browser = self._context = self._page = None
 
     def restart(self, why: str) -> None:
