@@ -592,51 +592,42 @@ def _decode_cursor(kind: str, value: str) -> tuple[int, str, int]:
 
 def parse_last_updated(value: str) -> int:
     """``gt``/``ge`` + a FHIR date or instant -> the smallest epoch second that matches (store is whole seconds)."""
-    prefix, raw = value[:2], value[2:]
-    if prefix not in ("gt", "ge"):
+    if value[:2] not in ("gt", "ge"):
         raise FhirProblem(
             400,
             "not-supported",
             "_lastUpdated supports the prefixes gt and ge only, e.g. _lastUpdated=ge2026-01-31T00:00:00Z",
             "_lastUpdated",
         )
-    try:
-        if len(raw) == 10:  # a date: the whole day is the unit of comparison
-            day = datetime.fromisoformat(raw).replace(tzinfo=UTC)
-            return int((day + timedelta(days=1 if prefix == "gt" else 0)).timestamp())
-        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        if moment.utcoffset() is None:
-            raise ValueError("no offset")
-    except ValueError:
-        raise FhirProblem(
-            400,
-            "invalid",
-            "_lastUpdated must be gt|ge followed by a date or an instant with offset, e.g. ge2026-01-31T00:00:00Z",
-            "_lastUpdated",
-        ) from None
-    seconds = moment.timestamp()
-    return math.floor(seconds) + 1 if prefix == "gt" else math.ceil(seconds)
+    return _first_second(value, exclusive="gt", example="ge2026-01-31T00:00:00Z")
 
 
 def parse_upper_bound(value: str) -> int:
     """``lt``/``le`` + a FHIR date or instant -> the smallest epoch second that no longer matches."""
+    return _first_second(value, exclusive="le", example="lt2026-02-01T00:00:00Z")
+
+
+def _first_second(value: str, *, exclusive: str, example: str) -> int:
+    """The epoch second a ``_lastUpdated`` bound starts at; ``exclusive`` is the prefix (gt, le) that moves a date
+    to the next day and an instant to the next whole second."""
     prefix, raw = value[:2], value[2:]
     try:
-        if len(raw) == 10:
+        if len(raw) == 10:  # a date: the whole day is the unit of comparison
             day = datetime.fromisoformat(raw).replace(tzinfo=UTC)
-            return int((day + timedelta(days=1 if prefix == "le" else 0)).timestamp())
+            return int((day + timedelta(days=1 if prefix == exclusive else 0)).timestamp())
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
         if moment.utcoffset() is None:
             raise ValueError("no offset")
     except ValueError:
+        pair = "gt|ge" if example.startswith("ge") else "lt|le"
         raise FhirProblem(
             400,
             "invalid",
-            "_lastUpdated must be lt|le followed by a date or an instant with offset, e.g. lt2026-02-01T00:00:00Z",
+            f"_lastUpdated must be {pair} followed by a date or an instant with offset, e.g. {example}",
             "_lastUpdated",
         ) from None
     seconds = moment.timestamp()
-    return math.floor(seconds) + 1 if prefix == "le" else math.ceil(seconds)
+    return math.floor(seconds) + 1 if prefix == exclusive else math.ceil(seconds)
 
 
 def parse_last_updated_range(values: list[str]) -> tuple[int | None, int | None]:
