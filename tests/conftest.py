@@ -82,3 +82,13 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         if counted:
             detail = ", ".join(f"{n} {outcome}" for outcome, n in counted.items())
             terminalreporter.write_line(f"{kind}: {sum(counted.values())} ({detail})")
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_running_loop() -> Iterator[None]:
+    """No test here runs inside an event loop; a library that left this thread marked as running one (seen in
+    xdist workers) made Playwright's sync API refuse to start in a later test. Clear the stale marker."""
+    import asyncio
+
+    asyncio.events._set_running_loop(None)
+    yield
