@@ -381,7 +381,7 @@ class RecordWriter:
                 self.product, entity, {**changes, "id": existing["id"]} if entity == "appointments" else changes
             )
             key = idempotency_key(
-                self.tenant_key, entity, existing["id"], body, based_on=_update_basis(existing, changes)
+                self.tenant_key, entity, existing["id"], body, based_on=update_basis(existing, changes)
             )
             if self.dry_run:
                 return self._result(entity, "would_update", existing["id"], key, desired)
@@ -441,7 +441,7 @@ def _tenant_secret(connection: Connection) -> bytes:
     return tenant_secret(connection.config)
 
 
-def _update_basis(existing: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+def update_basis(existing: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     """What an update was computed against: the server's version (``updated_at``) and the values it replaces.
 
     Both, because either alone can repeat: a clock with one-second resolution gives two versions the same

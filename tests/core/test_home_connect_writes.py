@@ -184,3 +184,20 @@ def test_a_deletion_record_is_refused_not_written(fake):
     result = writer_for(fake).write("patients", {**NEW, "_sdc_deleted_at": "2026-08-22T12:00:00Z"})
     assert result.action == "rejected" and result.code == "deletion_not_written"
     assert fake.calls["create"] == 0
+
+
+def test_an_idempotency_key_names_one_intended_update_not_a_content(fake):
+    """Phone A -> B -> A is three writes: the way back is another write than the way there, and not the create,
+    so no key repeats; the same update sent again (a replayed batch) keeps its key."""
+    writer = writer_for(fake)
+    created = writer.write("patients", NEW)
+    b = {**NEW, "phone": "(303) 555-0199"}
+    to_b, back_to_a = writer.write("patients", b), writer.write("patients", NEW)
+    assert [r.action for r in (created, to_b, back_to_a)] == ["created", "updated", "updated"]
+    keys = [r.idempotency_key for r in (created, to_b, back_to_a)]
+    assert len(set(keys)) == 3 and all(k and k.startswith("wsk1-") for k in keys)
+    fake_again = FakeHomeConnect()
+    fake_again.data["patients"] = [patient(1)]
+    replay = writer_for(fake_again)
+    assert replay.write("patients", NEW).idempotency_key == created.idempotency_key
+    assert replay.write("patients", b).idempotency_key == to_b.idempotency_key, "a replay of the same change"

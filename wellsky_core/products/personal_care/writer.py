@@ -33,7 +33,7 @@ from ...http.policy import server_failed
 from ...idempotency import idempotency_key
 from ...models import READ_ONLY_FIELDS, UtcDatetime
 from ...write_hashes import WriteHashLedger
-from ...writes import Action, WriteResult, _tenant_secret, validate_for_write
+from ...writes import Action, WriteResult, _tenant_secret, update_basis, validate_for_write
 from .normalize import tags, to_canonical
 from .write_rules import WriteInvalid, check_text, patient_body
 
@@ -147,8 +147,9 @@ class HomeConnectWriter:
         return result
 
     def write_key(self, stream: str, record: dict[str, Any]) -> str:
-        """The audit's idempotency key of one intended write: the same record sent again (a replayed batch, a
-        re-run) has the same key, so the audit trail correlates them. Home Connect honours no Idempotency-Key
+        """The audit's idempotency key of a create, a clock event or a write that changed nothing: the same record
+        sent again (a replayed batch, a re-run) has the same key, so the audit trail correlates them. An update's
+        key is bound to the values it replaces (``_write_patient``). Home Connect honours no Idempotency-Key
         header, so it is never sent (a POST that may have landed is still never retried blindly)."""
         body = {k: v for k, v in record.items() if k not in READ_ONLY_FIELDS} if isinstance(record, dict) else {}
         return idempotency_key(self.tenant_key, stream, self.group_key(stream, record, 0), body)
@@ -198,6 +199,14 @@ class HomeConnectWriter:
                     return WriteResult("patients", "would_update", wellsky_id=existing["id"], key_hash=key_hash)
                 response = self.client.request("PUT", _path(existing["id"]), json=body, expected=(400, 404, 422))
                 result = self._answer("updated", response, existing["id"], key_hash)
+                # the key of one intended write: the change and the values it replaces (a replay shares it,
+                # B -> A never reuses A -> B's). Home Connect shows no record version (its `updated_at` is our
+                # read time), so a second A -> B after B -> A shares the first's key; harmless, as no key is
+                # sent (the audit correlates by it only)
+                was = update_basis(existing, changes)["was"]
+                result.idempotency_key = idempotency_key(
+                    self.tenant_key, "patients", existing["id"], changes, based_on=was
+                )
         else:
             body = patient_body(desired, self.agency_id(), create=True)
             if self.dry_run:
