@@ -48,7 +48,7 @@ from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from .app import Api, fhir_resources
-from .fhir import TYPES, FhirProblem, outcome, parse_last_updated
+from .fhir import TYPES, FhirProblem, by_identifier, outcome, parse_last_updated, practitioner_npis
 from .generator import iso
 from .security import SUPPORTED_SCOPES, AuthFailure
 from .store import epoch
@@ -187,6 +187,8 @@ class Jobs:
         errors: list[dict[str, Any]] = [_issue("not-supported", p) for p in req.problems]
         failing = set(self.settings.error_types)
         limit = max(1, int(self.settings.file_max_resources))
+        # a US Core tenant (fhir_references="identifier") exports what it serves: practitioners named by NPI
+        npis = practitioner_npis(store) if self.tenant.config.fhir_references == "identifier" else None
         for n, kind in enumerate(req.types, start=1):
             if job["id"] in self.cancelled:
                 raise _Cancelled
@@ -205,6 +207,8 @@ class Jobs:
                 if filters and not any(_matches(f, stamp, pid) for f in filters):
                     continue
                 for resource in build(public(rec)):
+                    if npis is not None:
+                        resource = by_identifier(resource, npis)
                     if kind in failing:
                         errors.append(_issue("processing", f"{kind}/{resource['id']} could not be exported"))
                         continue

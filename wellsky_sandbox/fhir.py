@@ -647,6 +647,33 @@ def parse_last_updated_range(values: list[str]) -> tuple[int | None, int | None]
     return since, before
 
 
+def practitioner_npis(store: Any) -> dict[str, str]:
+    """Practitioner id -> NPI (identifier-reference mode; practitioners are few, read per request)."""
+    return {p["id"]: p["npi"] for p in store.iter_all("practitioners") if p.get("npi")}
+
+
+def by_identifier(resource: dict[str, Any], npis: dict[str, str]) -> dict[str, Any]:
+    """A resource as a US Core server refers to practitioners: by NPI identifier instead of by id."""
+    kind = resource["resourceType"]
+
+    def conditional(ref: Any) -> Any:
+        rid = ref.get("reference", "").removeprefix("Practitioner/") if isinstance(ref, dict) else ""
+        if isinstance(ref, dict) and ref.get("reference", "").startswith("Practitioner/") and rid in npis:
+            return {"reference": f"Practitioner?identifier={SID_NPI}|{npis[rid]}"}
+        return ref
+
+    if kind == "PractitionerRole" and resource["practitioner"]["reference"].removeprefix("Practitioner/") in npis:
+        rid = resource["practitioner"]["reference"].removeprefix("Practitioner/")
+        return {**resource, "practitioner": {"identifier": {"system": SID_NPI, "value": npis[rid]}}}
+    if kind == "Encounter" and resource.get("participant"):
+        return {**resource, "participant": [{**p, "individual": conditional(p.get("individual"))}
+                                            for p in resource["participant"]]}
+    if kind == "Appointment":
+        return {**resource, "participant": [{**p, "actor": conditional(p.get("actor"))}
+                                            for p in resource["participant"]]}
+    return resource
+
+
 class Fhir:
     """Request handlers for one tenant's FHIR endpoint."""
 
@@ -657,31 +684,6 @@ class Fhir:
         self.identifier_references = tenant.config.fhir_references == "identifier"
         if tenant.config.fhir_references not in ("literal", "identifier"):
             raise ValueError("fhir_references must be 'literal' or 'identifier'")
-
-    def _npis(self) -> dict[str, str]:
-        """Practitioner id -> NPI (identifier-reference mode; practitioners are few, read per request)."""
-        return {p["id"]: p["npi"] for p in self.tenant.store.iter_all("practitioners") if p.get("npi")}
-
-    def _by_identifier(self, resource: dict[str, Any], npis: dict[str, str]) -> dict[str, Any]:
-        """A resource as a US Core server refers to practitioners: by NPI identifier instead of by id."""
-        kind = resource["resourceType"]
-
-        def conditional(ref: Any) -> Any:
-            rid = ref.get("reference", "").removeprefix("Practitioner/") if isinstance(ref, dict) else ""
-            if isinstance(ref, dict) and ref.get("reference", "").startswith("Practitioner/") and rid in npis:
-                return {"reference": f"Practitioner?identifier={SID_NPI}|{npis[rid]}"}
-            return ref
-
-        if kind == "PractitionerRole" and resource["practitioner"]["reference"].removeprefix("Practitioner/") in npis:
-            rid = resource["practitioner"]["reference"].removeprefix("Practitioner/")
-            return {**resource, "practitioner": {"identifier": {"system": SID_NPI, "value": npis[rid]}}}
-        if kind == "Encounter" and resource.get("participant"):
-            return {**resource, "participant": [{**p, "individual": conditional(p.get("individual"))}
-                                                for p in resource["participant"]]}
-        if kind == "Appointment":
-            return {**resource, "participant": [{**p, "actor": conditional(p.get("actor"))}
-                                                for p in resource["participant"]]}
-        return resource
 
     def _revincludes(self, kind: str) -> dict[str, str]:
         offered = {k: v for k, v in REVINCLUDES.get(kind, {}).items() if v in self.exposed}
@@ -767,7 +769,7 @@ class Fhir:
             if not found:
                 raise FhirProblem(404, "not-found", f"{kind}/{rid} is not known")
             if self.identifier_references:
-                return _fhir_response(self._by_identifier(found[0], self._npis()))
+                return _fhir_response(by_identifier(found[0], practitioner_npis(self.tenant.store)))
             return _fhir_response(found[0])
 
         return await self._guard(request, run)
@@ -827,9 +829,9 @@ class Fhir:
         else:
             matches, included, nxt = self._page(kind, entity, build, since, cursor, count, filters, extra, before)
         if self.identifier_references:
-            npis = self._npis()
-            matches = [self._by_identifier(r, npis) for r in matches]
-            included = [self._by_identifier(r, npis) for r in included]
+            npis = practitioner_npis(self.tenant.store)
+            matches = [by_identifier(r, npis) for r in matches]
+            included = [by_identifier(r, npis) for r in included]
         base = str(request.base_url).rstrip("/")
         entries = [
             {"fullUrl": f"{base}/fhir/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": mode}}

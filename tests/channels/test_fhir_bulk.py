@@ -551,3 +551,36 @@ def test_a_symlinked_job_root_is_refused_and_prune_never_follows_links(tmp_path:
     prune(root)
     assert not stale.exists(), "a real stale job directory is pruned"
     assert (precious / "old-job" / "keep.txt").exists(), "a symlinked job is not followed"
+
+
+def test_identifier_references_resolve_in_a_bulk_export(
+    sandbox_factory: Callable[..., SandboxServer], fast_jobs, tmp_path: Path
+) -> None:
+    """A US Core server names practitioners by NPI (``Practitioner?identifier=…``). A full export carries the
+    Practitioners, so encounters and appointments resolve against the export itself; an incremental (``_since``)
+    export holds only what changed, so the rest is looked up by identifier search, batched, once per sync."""
+    server = sandbox_factory(product="home_health", scale=60, sftp_port=None, fhir_references="identifier")
+    fast_jobs(server)
+    channel, client = open_bulk(server, tmp_path)
+    try:
+        for entity in ("encounters", "appointments", "practitioners"):
+            got = by_id(list(channel.iter_records(entity, None)))
+            want = canonical(entity, server.truth(entity))
+            assert got == want, entity
+            assert any(r.get("practitioner_id") or r.get("roles") for r in got.values()), entity
+        since = channel.resume_point("encounters")
+        assert since is not None
+    finally:
+        channel.close()
+        client.close()
+    server.advance(count=40, seed=11)
+    iso = since.strftime("%Y-%m-%dT%H:%M:%SZ")
+    channel, client = open_bulk(server, tmp_path)  # a new sync: nothing indexed yet
+    try:
+        fresh = by_id(list(channel.iter_records("encounters", since)))
+        assert fresh == canonical("encounters", server.truth("encounters", updated_since=iso))
+        assert any(r["practitioner_id"] for r in fresh.values()), "resolved by identifier search"
+        assert all(not r["data_quality"] for r in fresh.values())
+    finally:
+        channel.close()
+        client.close()

@@ -284,10 +284,10 @@ def test_an_identifier_no_server_resource_carries_is_null_and_flagged(us_core_te
             "participant": [{"individual": {"reference": f"Practitioner?identifier={fhir_norm.SID_NPI}|0000000000"}}],
         }
         resources: list[tuple[str | None, dict[str, Any]]] = [("match", encounter)]
-        channel._resolve_identifiers(resources)
+        channel.resolve_identifiers(resources)
         assert channel.index.known_absent(("Practitioner", fhir_norm.SID_NPI, "0000000000"))
         before = _requests(us_core_tenant.stats())
-        channel._resolve_identifiers(resources)
+        channel.resolve_identifiers(resources)
         assert _requests(us_core_tenant.stats()) == before, "a miss is asked once per sync"
         from wellsky_core.channels.fhir import normalize_page
 

@@ -168,7 +168,7 @@ class FhirChannel(windows.WindowedChannel, Channel):
             resources = list(_resources(bundle))
             if roles is not None:
                 resources += [("include", role) for role in _roles_of(resources, resource_type, roles)]
-            self._resolve_identifiers(resources)
+            self.resolve_identifiers(resources)
             records = normalize_page(
                 entity, resource_type, resources, self.rules, self.reject, self.skipped, index=self.index
             )
@@ -185,7 +185,7 @@ class FhirChannel(windows.WindowedChannel, Channel):
         entry = self.capability().get(resource_type) or {}
         return {p.get("name") for p in entry.get("searchParam") or [] if isinstance(p, Mapping)}
 
-    def _resolve_identifiers(self, resources: list[tuple[str | None, dict[str, Any]]]) -> None:
+    def resolve_identifiers(self, resources: list[tuple[str | None, dict[str, Any]]]) -> None:
         """Index the page's Practitioners and Organizations, then look up (once per sync) the identifiers its
         references name that no resource read so far carries, when the server offers ``identifier`` search."""
         for _, res in resources:
@@ -329,10 +329,12 @@ def normalize_one(
     refs: Mapping[str, Mapping[str, Any]],
     kids: Mapping[str, list[dict[str, Any]]],
     rules: fhir_norm.FhirRules = fhir_norm.DEFAULT_RULES,
+    index: fhir_norm.IdentifierIndex | None = None,
 ) -> dict[str, Any]:
     """One resource with its children, references looked up in ``refs`` (``"Type/id"`` -> resource, e.g. a
-    bulk export's on-disk spool). Raises NormalizationError, or NotThisEntity for a resource to skip."""
-    resolver = fhir_norm.Resolver(rules=rules)
+    bulk export's on-disk spool) and by identifier in ``index``. Raises NormalizationError, or NotThisEntity for
+    a resource to skip."""
+    resolver = fhir_norm.Resolver(rules=rules, index=index)
     resolver.by_ref = ChainMap({}, refs)  # type: ignore[assignment]
     return _normalize(entity, res, resolver, kids)
 
@@ -350,6 +352,35 @@ def _normalize(
     if entity == "care_plans":
         return fhir_norm.care_plan(res, {}, resolver)
     return fhir_norm.SIMPLE[entity](res, resolver)
+
+
+def identifier_parent(res: Mapping[str, Any]) -> str | None:
+    """The practitioner a child names by identifier only (a US Core PractitionerRole), as the key
+    ``Practitioner?identifier=<system>|<value>``, for when no resolver can map it to an id yet (a bulk export
+    spools files in any order); :func:`identifier_parent_keys` gives the practitioner's side of the match."""
+    ref = res.get("practitioner")
+    if not isinstance(ref, Mapping):
+        return None
+    literal = ref.get("reference")
+    if isinstance(literal, str) and literal.startswith("Practitioner?identifier="):
+        system, _, value = literal.removeprefix("Practitioner?identifier=").rpartition("|")
+    elif literal is None and isinstance(ref.get("identifier"), Mapping):
+        system, value = str(ref["identifier"].get("system") or ""), ref["identifier"].get("value")
+    else:
+        return None
+    return f"Practitioner?identifier={system}|{value}" if isinstance(value, str) and value else None
+
+
+def identifier_parent_keys(res: Mapping[str, Any]) -> list[str]:
+    """Every key under which :func:`identifier_parent` may have filed this practitioner's children: each
+    identifier with its system, and without one (a reference that names only the value)."""
+    keys: list[str] = []
+    for ident in res.get("identifier") or []:
+        value = ident.get("value") if isinstance(ident, Mapping) else None
+        if isinstance(value, str) and value:
+            for system in dict.fromkeys((str(ident.get("system") or ""), "")):
+                keys.append(f"{res.get('resourceType')}?identifier={system}|{value}")
+    return list(dict.fromkeys(keys))
 
 
 def _parent_ref(res: Mapping[str, Any], resolver: fhir_norm.Resolver | None = None) -> str | None:

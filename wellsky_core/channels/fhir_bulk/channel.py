@@ -15,7 +15,7 @@ import orjson
 from ...errors import SERVER_CODES, NormalizationError, RemoteError
 from ...normalize import fhir as fhir_norm
 from ..base import Channel
-from ..fhir import INCLUDES, FhirChannel, fhir_instant, normalize_one
+from ..fhir import INCLUDES, FhirChannel, fhir_instant, identifier_parent_keys, normalize_one
 from .download import Downloader
 from .export import BulkServer, JobGone
 from .spool import ByRef, ExportJob, job_root, prune
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 PATIENT_LEVEL_EXCLUDED = {"practitioners"}
 """Entities outside the patient compartment: not exported at Patient or Group level."""
 MAX_RESTARTS = 2
+IDENTIFIER_CHUNK = 500
+"""Resources whose identifier references are looked up together (bounded memory, few lookup requests)."""
 UNDATED_FLAG = {
     "field": "updated_at",
     "kind": "missing",
@@ -50,6 +52,7 @@ class FhirBulkChannel(Channel):
         )
         self._discovered = False
         self._jobs: dict[str, ExportJob] = {}
+        self._indexed: set[int] = set()
         self._served_by: dict[str, ExportJob] = {}
         self._failed = False
         self.export_issues = 0
@@ -118,14 +121,43 @@ class FhirBulkChannel(Channel):
         job = self._served_by.get(entity)
         return job.transaction_time if job is not None else None
 
+    def _index_job(self, job: ExportJob) -> None:
+        """Put the export's Practitioners and Organizations in the sync's identifier index (ids only), once per
+        job, so a reference by identifier (an NPI, a payer id) resolves to a resource of the same export."""
+        with self._jobs_lock:
+            if id(job) in self._indexed:
+                return
+            self._indexed.add(id(job))
+            for kind in sorted(fhir_norm.INDEXED_TYPES):
+                for res in job.spool.of_type(kind):
+                    self._search.index.add(res)
+
+    def _resolved(self, resources: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Resources in chunks whose references by identifier were looked up first: what the export did not
+        carry (an incremental ``_since`` export holds only changed practitioners) is searched once per sync,
+        batched, as the search channel does, when the server offers ``identifier`` search."""
+        chunk: list[dict[str, Any]] = []
+        for res in resources:
+            chunk.append(res)
+            if len(chunk) >= IDENTIFIER_CHUNK:
+                self._search.resolve_identifiers([(None, r) for r in chunk])
+                yield from chunk
+                chunk = []
+        if chunk:
+            self._search.resolve_identifiers([(None, r) for r in chunk])
+            yield from chunk
+
     def _records(self, entity: str, job: ExportJob) -> Iterator[dict[str, Any]]:
         main = fhir_norm.ENTITY_TYPES[entity]
         by_ref = ByRef(job.spool)
         as_of = job.state["manifest"].get("transactionTime")
         undated = 0
         rules = fhir_norm.FhirRules(dict(self.config.fhir_identifier_systems))
-        for res in job.spool.of_type(main):
-            kids = job.spool.children(f"{main}/{res.get('id')}") if entity in INCLUDES else {}
+        self._index_job(job)
+        index = self._search.index
+        for res in self._resolved(job.spool.of_type(main)):
+            parents = (f"{main}/{res.get('id')}", *identifier_parent_keys(res))
+            kids = job.spool.children(*parents) if entity in INCLUDES else {}
             stamped = False
             if as_of and not (res.get("meta") or {}).get("lastUpdated"):
                 # The IG lets servers omit meta.lastUpdated; the resource is then known as of transactionTime,
@@ -133,7 +165,7 @@ class FhirBulkChannel(Channel):
                 res = {**res, "meta": {**(res.get("meta") or {}), "lastUpdated": as_of}}
                 stamped = True
             try:
-                record = normalize_one(entity, res, by_ref, kids, rules)
+                record = normalize_one(entity, res, by_ref, kids, rules, index)
             except fhir_norm.NotThisEntity as exc:  # e.g. a ClaimResponse for a claim: counted, not an error
                 self.skipped[f"{main} ({exc.reason})"] += 1
                 continue

@@ -26,7 +26,7 @@ from ...http.trust import resolve
 from ...normalize import fhir as fhir_norm
 from ...read_loop import PROGRESS_EVERY_SECONDS
 from ..base import Progress
-from ..fhir import INCLUDES, _parent_ref
+from ..fhir import INCLUDES, _parent_ref, identifier_parent
 from .export import MAX_POLL_WAIT_SECONDS, JobGone
 from .spool import ExportJob
 
@@ -212,7 +212,7 @@ class Downloader:
                 entity = entity_of(str(rtype))
                 self._on_reject(entity, NormalizationError(entity, "id", "missing in a bulk-exported resource"), res)
                 continue
-            rows.append((str(rtype), rid, _parent_ref(res), line))
+            rows.append((str(rtype), rid, _parent_ref(res) or identifier_parent(res), line))
             if len(rows) >= BATCH:
                 if stop is not None and stop.is_set():
                     raise Stopped

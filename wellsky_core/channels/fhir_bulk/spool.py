@@ -140,10 +140,16 @@ class Spool:
         for (body,) in self._reader().execute("SELECT body FROM res WHERE type = ? ORDER BY id", (kind,)):
             yield orjson.loads(body)
 
-    def children(self, parent: str) -> dict[str, list[dict[str, Any]]]:
+    def children(self, *parents: str) -> dict[str, list[dict[str, Any]]]:
+        """The children filed under any of ``parents`` (its literal reference, or its identifier keys)."""
         kids: dict[str, list[dict[str, Any]]] = {}
-        for kind, body in self._reader().execute("SELECT type, body FROM res WHERE parent = ? ORDER BY id", (parent,)):
-            kids.setdefault(kind, []).append(orjson.loads(body))
+        seen: set[tuple[str, str]] = set()
+        for parent in parents:
+            query = "SELECT type, id, body FROM res WHERE parent = ? ORDER BY id"
+            for kind, rid, body in self._reader().execute(query, (parent,)):
+                if (kind, rid) not in seen:
+                    seen.add((kind, rid))
+                    kids.setdefault(kind, []).append(orjson.loads(body))
         return kids
 
     def get(self, ref: str) -> dict[str, Any] | None:
