@@ -56,6 +56,11 @@ def sync(fake: FakeHomeConnect, entity: str, memo: dict[str, Any] | None, when: 
 
 @pytest.fixture
 def fake() -> FakeHomeConnect:
+    return two_clients()
+
+
+def two_clients() -> FakeHomeConnect:
+    """Two clients: a shift in the horizon, an older one, one in the published future; two care logs."""
     fake = FakeHomeConnect()
     fake.data["patients"] = [patient(1), patient(2)]
     fake.data["appointment"] = [
