@@ -14,6 +14,7 @@ Prints figures; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -29,8 +30,6 @@ sys.path.insert(0, str(Path(__file__).absolute().parent))
 sys.path.insert(0, str(Path(__file__).absolute().parent.parent))
 
 from home_connect import ROOT, start_sandbox
-
-from wellsky_core.products.personal_care.schedule_memo import ScheduleMemo
 
 MEMO_STREAMS = ("appointments", "encounters", "locations")
 
@@ -93,23 +92,49 @@ def memos_of(face: str, state: Any) -> dict[str, dict]:
             if (bookmarks.get(name) or {}).get("content_hashes")}
 
 
+def as_version_2(memo: dict) -> dict:
+    """The same memo as version 2 stored it (``{key: [20 hex digits, date, person]}``), for the before figures."""
+    from wellsky_core.products.personal_care.schedule_memo import records_of
+
+    records = records_of(memo)
+    return {**{k: v for k, v in memo.items() if k != "count"}, "v": 2, "records": {
+        key: [digest.hex() + "0000", day.isoformat() if day else None, person]
+        for key, (digest, day, person) in records.items()}}
+
+
 def memo_figures(name: str, memo: dict, scope: str | None = None) -> str:
-    """Records, encoded bytes, bytes per record, and the CPU of reading and writing the memo once."""
+    """Records, encoded bytes and bytes per record, the CPU of reading and writing the memo once, and of the
+    deep copy singer-sdk makes of the whole state at every STATE it writes; version 2 of the same for comparison."""
+    from wellsky_core.products.personal_care.schedule_memo import ScheduleMemo
+
+    if memo.get("v") != 3:  # a state written before version 3 (run from an older checkout): its size only
+        return f"{name:<13}v{memo.get('v')} {len(json.dumps(memo, separators=(',', ':'))):>11,} bytes"
     scope = scope or memo.get("scope") or name
-    encoded = json.dumps(memo, separators=(",", ":"))
-    cpu = time.process_time()
-    loaded = ScheduleMemo(json.loads(encoded), scope)
-    read_cpu = time.process_time() - cpu
-    records = len(loaded.previous)
-    loaded.current = dict(loaded.previous)
-    cpu = time.process_time()
-    again = loaded.dump(people=loaded.people or set(), floor=date.min, read_at=datetime.now(UTC),
-                        reconciled_at=loaded.reconciled_at, event_seq=loaded.event_seq)
-    json.dumps(again, separators=(",", ":"))
-    write_cpu = time.process_time() - cpu
-    per = len(encoded) / records if records else float("nan")
-    return (f"{name:<13}{records:>9} records {len(encoded):>11,} bytes {per:>7.1f} B/record  "
-            f"read {read_cpu * 1000:>7.1f} ms  write {write_cpu * 1000:>7.1f} ms")
+    out = []
+    for label, form in (("v2", as_version_2(memo)), ("v3", memo)):
+        encoded = json.dumps(form, separators=(",", ":"))
+        cpu = time.process_time()
+        loaded = ScheduleMemo(json.loads(encoded), scope)
+        read_cpu = time.process_time() - cpu
+        records = len(loaded.previous)
+        loaded.current = dict(loaded.previous)
+        cpu = time.process_time()
+        if label == "v2":  # what version 2's dump did: one list per record
+            again: dict = {**form, "records": {k: [h.hex() + "0000", d.isoformat() if d else None, p]
+                                               for k, (h, d, p) in loaded.current.items()}}
+        else:
+            again = loaded.dump(people=loaded.people or set(), floor=date.min, read_at=datetime.now(UTC),
+                                reconciled_at=loaded.reconciled_at, event_seq=loaded.event_seq)
+        json.dumps(again, separators=(",", ":"))
+        write_cpu = time.process_time() - cpu
+        cpu = time.process_time()
+        copy.deepcopy(form)
+        copy_cpu = time.process_time() - cpu
+        per = len(encoded) / records if records else float("nan")
+        out.append(f"{name:<13}{label} {records:>7} records {len(encoded):>11,} bytes {per:>5.1f} B/record  "
+                   f"read {read_cpu * 1000:>6.0f} ms  write {write_cpu * 1000:>6.0f} ms  "
+                   f"deepcopy {copy_cpu * 1000:>6.1f} ms")
+    return "\n  ".join(out)
 
 
 def dense_memo(clients: int, entity: str) -> tuple[dict, str]:
@@ -117,6 +142,8 @@ def dense_memo(clients: int, entity: str) -> tuple[dict, str]:
     today = date(2026, 12, 6)
     first, last = date(2025, 12, 1), date(2027, 2, 28)
     scope = f"{entity}:client:12m"
+    from wellsky_core.products.personal_care.schedule_memo import ScheduleMemo
+
     memo = ScheduleMemo(None, scope)
     serial = 10_000_000
     for client in range(1, clients + 1):
