@@ -133,3 +133,17 @@ def test_decode_refuses_a_count_that_does_not_match(count: Any) -> None:
     records = {str(n): (content_hash({"n": n}), date(2026, 1, 1), "1") for n in range(3)}
     with pytest.raises(MemoError):
         decode_records(encode_records(records), count)
+
+
+def test_decode_refuses_a_stream_cut_short_or_inflating_past_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wellsky_core.products.personal_care import schedule_memo
+
+    records = {f"{n}@2026-08-{1 + n % 28:02d}T08:00:00Z": (content_hash({"n": n}), date(2026, 8, 1 + n % 28), "1")
+               for n in range(200)}
+    text = encode_records(records)
+    cut = text[: (len(text) // 2) // 4 * 4]  # valid base64, half a zlib stream
+    with pytest.raises(MemoError, match="does not decompress"):
+        decode_records(cut, len(records))
+    monkeypatch.setattr(schedule_memo, "MAX_PAYLOAD", 100)
+    with pytest.raises(MemoError, match="decompresses to more than"):
+        decode_records(text, len(records))

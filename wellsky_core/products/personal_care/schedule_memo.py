@@ -52,6 +52,9 @@ MEMO_LIMIT = 500_000
 HASH_BYTES = 8
 """A record's content hash: the first 8 bytes of SHA-256 (collision odds in docs/home-connect-incremental.md)."""
 
+MAX_PAYLOAD = MEMO_LIMIT * 400
+"""Most bytes a memo's records may decompress to (400 a record: far above any real key and person)."""
+
 Entry = tuple[bytes, date | None, str | None]
 """What the memo keeps per record key: content hash, record date, person (client or caregiver)."""
 
@@ -127,11 +130,18 @@ def decode_records(text: Any, count: Any) -> dict[str, Entry]:
     if not isinstance(text, str):
         raise MemoError(f"records is a {type(text).__name__}, not the encoded string")
     try:
-        payload = zlib.decompress(base64.b64decode(text.encode("ascii"), validate=True))
+        packed = base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
         raise MemoError("records is not valid base64 (cut short or edited)") from None
+    inflate = zlib.decompressobj()
+    try:
+        payload = inflate.decompress(packed, MAX_PAYLOAD)
     except zlib.error:
         raise MemoError("records does not decompress (cut short or edited)") from None
+    if inflate.unconsumed_tail:
+        raise MemoError(f"records decompresses to more than {MAX_PAYLOAD // 1_000_000} MB")
+    if not inflate.eof:
+        raise MemoError("records does not decompress (cut short or edited)")
     structure, newline, hashes = payload.partition(b"\n")
     try:
         groups = orjson.loads(structure) if newline else None
