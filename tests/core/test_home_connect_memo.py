@@ -99,7 +99,8 @@ def test_a_version_2_memo_upgrades_without_a_reconcile_or_a_re_emission(fake: Fa
     assert records_of(upgraded)[SHIFT][0] == content_hash(records[0])
 
 
-@pytest.mark.parametrize("damage", ["cut short", "not base64", "count", "not a string", "version", "people"])
+@pytest.mark.parametrize("damage", ["cut short", "not base64", "count", "not a string", "version", "people",
+                                    "v2 not an object"])
 def test_a_damaged_memo_is_a_reconcile_named_in_one_line(fake: FakeHomeConnect, caplog, damage: str) -> None:
     first, memo, _ = sync(fake, "appointments", None, NOW)
     memo = stored(memo)
@@ -113,6 +114,8 @@ def test_a_damaged_memo_is_a_reconcile_named_in_one_line(fake: FakeHomeConnect, 
         memo["records"] = {SHIFT: ["0" * 16, "2026-08-10", "1"]}
     elif damage == "version":
         memo["v"] = 99
+    elif damage == "v2 not an object":
+        memo.update(v=2, records=[[SHIFT, "0" * 20, "2026-08-10", "1"]])
     else:
         memo["people"] = "1,2"
     caplog.set_level(logging.WARNING)

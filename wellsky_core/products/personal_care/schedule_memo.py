@@ -225,9 +225,14 @@ class ScheduleMemo:
                 self._unreadable(str(exc))
                 return
         else:  # version 2: {key: [hex hash, date, person]}
-            for key, entry in (previous.get("records") or {}).items():
+            records = previous.get("records") or {}
+            if not isinstance(records, dict):
+                self._unreadable("its version 2 records is not an object")
+                return
+            for key, entry in records.items():
                 if isinstance(entry, list) and len(entry) == 3:
-                    self.previous[key] = (_stored_hash(entry[0]), _day(entry[1]), entry[2])
+                    person = str(entry[2]) if entry[2] is not None else None
+                    self.previous[key] = (_stored_hash(entry[0]), _day(entry[1]), person)
         self.people = {str(p) for p in people}
         self.read_at = _moment(previous.get("read_at"))
         self.reconciled_at = _moment(previous.get("reconciled_at"))
