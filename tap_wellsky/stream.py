@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -36,8 +37,11 @@ class WellSkyStream(Stream):
     def __init__(self, tap: TapWellSky) -> None:
         super().__init__(tap, schema=stream_schema(self.name), name=self.name)
         self.wellsky_tap = tap
-        # a STATE after every page's worth of records (discovery validates settings but opens no connection)
-        self.STATE_MSG_FREQUENCY = tap.settings.page_size
+        # a STATE after every page's worth of records on an ordered channel (discovery validates settings but opens
+        # no connection). An unordered stream's bookmark moves only when it completes, so a STATE in its middle
+        # would only repeat the whole state (channel memos included, docs/home-connect-incremental.md): it ends
+        # with one, as on the Airbyte face
+        self.STATE_MSG_FREQUENCY = tap.settings.page_size if self.is_sorted else sys.maxsize
         self.summary: dict[str, Any] = {"records": 0, "seconds": 0.0}
         self._fast_writer: FastRecordWriter | bool | None = False  # False: not decided yet for this sync
 

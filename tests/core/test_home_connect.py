@@ -14,6 +14,7 @@ from wellsky_core.http.auth import ClientCredentialsAuth, build_auth
 from wellsky_core.http.client import WellSkyClient
 from wellsky_core.products.personal_care import normalize as hc
 from wellsky_core.products.personal_care.channel import HomeConnectChannel, months, search_path
+from wellsky_core.products.personal_care.schedule_memo import records_of
 
 NOW = datetime(2026, 8, 15, 12, 0, tzinfo=UTC)
 
@@ -226,7 +227,7 @@ def test_change_memo_emits_only_changed_shifts_on_the_next_run(fake):
     channel.load_memo("appointments", None)
     assert len(list(channel.iter_records("appointments", None))) == 4
     memo = channel.dump_memo("appointments")
-    assert len(memo["records"]) == 4
+    assert len(records_of(memo)) == 4
     fake.data["appointment"][2]["caregiver"] = {"id": 79}  # a reassignment
     again = channel_for(fake, home_connect_history_months=2, home_connect_future_months=1)
     again.load_memo("appointments", memo)

@@ -173,8 +173,10 @@ def test_bounded_map_keeps_input_order_on_named_threads_with_at_most_two_per_wor
 # -- the change memo ----------------------------------------------------------------------------------------
 def test_content_hash_is_pinned_and_ignores_only_updated_at() -> None:
     record = {"id": "1", "b": 2, "a": [1], "updated_at": "x"}
-    expected = hashlib.sha256(orjson.dumps({"a": [1], "b": 2, "id": "1"})).hexdigest()[:20]
+    expected = hashlib.sha256(orjson.dumps({"a": [1], "b": 2, "id": "1"})).digest()[:8]
     assert content_hash(record) == expected == content_hash({"a": [1], "id": "1", "b": 2})
+    older = hashlib.sha256(orjson.dumps({"a": [1], "b": 2, "id": "1"})).hexdigest()[:20]
+    assert older.startswith(expected.hex()), "a version 2 memo's hash carries this one: an upgrade re-emits nothing"
     assert content_hash({**record, "UPDATED_AT": 1}) != expected
 
 

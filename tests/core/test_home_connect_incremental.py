@@ -7,11 +7,13 @@ reconcile runs, what it finds (deletions included), and what the run-end report 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 
 from tests.core.home_connect_fake import FakeHomeConnect, care_log, patient, shift
@@ -19,10 +21,16 @@ from wellsky_core.channels import open_channel
 from wellsky_core.config import WellSkyConfig
 from wellsky_core.http.client import WellSkyClient
 from wellsky_core.products.personal_care.channel import HomeConnectChannel
-from wellsky_core.products.personal_care.schedule_memo import content_hash
+from wellsky_core.products.personal_care.schedule_memo import content_hash, records_of
 
 NOW = datetime(2026, 8, 15, 12, 0, tzinfo=UTC)
 SETTINGS = {"home_connect_history_months": 12, "home_connect_trailing_months": 2, "home_connect_future_months": 1}
+
+
+def old_hash(record: dict[str, Any]) -> str:
+    """A record's hash as versions before the compact memo wrote it (20 hex digits of SHA-256)."""
+    body = {k: v for k, v in record.items() if k != "updated_at"}
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:20]
 
 
 def channel_at(fake: FakeHomeConnect, when: datetime, **extra: Any) -> HomeConnectChannel:
@@ -48,6 +56,11 @@ def sync(fake: FakeHomeConnect, entity: str, memo: dict[str, Any] | None, when: 
 
 @pytest.fixture
 def fake() -> FakeHomeConnect:
+    return two_clients()
+
+
+def two_clients() -> FakeHomeConnect:
+    """Two clients: a shift in the horizon, an older one, one in the published future; two care logs."""
     fake = FakeHomeConnect()
     fake.data["patients"] = [patient(1), patient(2)]
     fake.data["appointment"] = [
@@ -129,7 +142,7 @@ def test_a_rescheduled_occurrence_replaces_the_old_one_with_a_deletion(fake):
     gone = by_id["500@2026-08-10T14:00:00Z"]
     assert gone["_sdc_deleted_at"] == "2026-08-16T12:00:00Z" and gone["patient_id"] == "1"
     assert gone["series_id"] == "500"
-    assert "500@2026-08-10T14:00:00Z" not in memo["records"]
+    assert "500@2026-08-10T14:00:00Z" not in records_of(memo)
     assert "1 deleted" in channel.reports["appointments"]
 
 
@@ -144,18 +157,18 @@ def test_deleted_care_logs_are_confirmed_by_id_and_moved_ones_are_not_deleted(fa
     del fake.data["encounter"][0]
     records, memo, _ = sync(fake, "encounters", memo, NOW + timedelta(days=7))  # the reconcile finds it
     assert [(r["id"], r["_sdc_deleted_at"]) for r in records] == [("900", "2026-08-22T12:00:00Z")]
-    assert "900" not in memo["records"]
+    assert "900" not in records_of(memo)
     again, _, _ = sync(fake, "encounters", memo, NOW + timedelta(days=8))
     assert again == [], "a deletion is reported once"
 
 
 def test_an_older_plain_hash_memo_is_read_and_upgraded(fake):
     first, _, _ = sync(fake, "appointments", None, NOW)
-    legacy = {r["id"]: content_hash(r) for r in first}
+    legacy = {r["id"]: old_hash(r) for r in first}
     legacy["499@2026-08-01T10:00:00Z"] = "0" * 20  # a shift the old window saw that is gone since
     records, memo, channel = sync(fake, "appointments", copy.deepcopy(legacy), NOW + timedelta(days=1))
     assert [(r["id"], r["_sdc_deleted_at"]) for r in records] == [("499@2026-08-01T10:00:00Z", "2026-08-16T12:00:00Z")]
-    assert memo["v"] == 2 and memo["people"] == ["1", "2"]
+    assert memo["v"] == 3 and memo["people"] == ["1", "2"]
     assert "reconcile" in channel.reports["appointments"]
 
 
@@ -198,4 +211,4 @@ def test_the_reconcile_reports_the_records_of_a_client_no_longer_listed(fake):
     records, memo, _ = sync(fake, "appointments", memo, NOW + timedelta(days=7))
     assert [(r["id"], r["patient_id"], r["_sdc_deleted_at"]) for r in records] == [
         ("502@2026-09-02T08:00:00Z", "2", "2026-08-22T12:00:00Z")]
-    assert memo["people"] == ["1"] and "502@2026-09-02T08:00:00Z" not in memo["records"]
+    assert memo["people"] == ["1"] and "502@2026-09-02T08:00:00Z" not in records_of(memo)

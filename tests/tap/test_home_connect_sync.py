@@ -88,6 +88,22 @@ def test_tap_emits_every_stream_the_api_offers_and_names_the_rest(tenant, tmp_pa
     assert {r["patient_id"] for r in got["related_persons"]} <= patient_ids
 
 
+def test_an_unordered_stream_writes_its_state_once_when_it_completes(tenant, tmp_path):
+    """Every tap STATE carries every stream's change memo; on a stream whose bookmark moves only at its end a
+    STATE after each page (5 records here) would only repeat it. One per stream, as on the Airbyte face."""
+    config = hc_config(tenant, page_size=5, max_parallel_streams=1)
+    out = messages(run_tap(tmp_path, config).stdout)
+    kinds = [(m["type"], m.get("stream")) for m in out if m["type"] in ("RECORD", "STATE")]
+    streams = [stream for kind, stream in kinds if kind == "RECORD"]
+    assert streams.count("appointments") > 5, "the tenant has several pages of shifts"
+    for before, (kind, _), after in zip(kinds, kinds[1:], kinds[2:], strict=False):
+        assert not (kind == "STATE" and before[0] == after[0] == "RECORD" and before[1] == after[1]), (
+            f"a STATE inside {before[1]}")
+    assert sum(kind == "STATE" for kind, _ in kinds) <= len(set(streams)) + 1
+    memo = last_state(out)["bookmarks"]["appointments"]["content_hashes"]
+    assert memo["v"] == 3 and isinstance(memo["records"], str), "the compact memo"
+
+
 def test_incremental_runs_read_only_what_changed(tenant, tmp_path):
     config = hc_config(tenant)
     first = messages(run_tap(tmp_path, config).stdout)

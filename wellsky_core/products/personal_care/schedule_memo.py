@@ -16,16 +16,29 @@ stream state, the same on both faces) makes that cheap and complete:
 - ``event_seq``: the last subscription event (``webhook_events_path``) acted on: clients named by newer
   care-log events get their whole schedule re-read, so a late clock-out older than the horizon is not missed.
 
-Older states kept a plain ``{key: hash}`` dict: it is read as hashes of unknown date, every person counts as
-new (so the first run after an upgrade reads everything, which is a reconcile), and none is lost.
+How it is stored (version 3, docs/home-connect-incremental.md "The memo"): the records travel as one string,
+base64 of a zlib stream holding the records grouped per person and month (the person and month once per group, a
+shift key ``<series>@<date>T<time>`` stored as series and time, its date being the record's) and then each
+record's 8-byte hash, in the same order. A STATE message repeats the whole memo, and a string costs the SDK one
+compare and no deep copy, where 500,000 small lists cost seconds each time.
+
+Older states are still read: a version 2 memo (``records: {key: [hex hash, date, person]}``) keeps everything (its
+hash is the first 8 bytes of the same digest, so no record is re-emitted); a plain ``{key: hash}`` dict is read as
+hashes of unknown date, every person counts as new (so the first run after an upgrade reads everything, which is
+a reconcile), and none is lost. A memo that cannot be decoded (truncated, edited) is named in one warning line
+and the sync becomes a reconcile that re-emits every record; what it cannot give back (deletions since the last
+run, which only the lost memo knew) is said in that line.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import logging
+import zlib
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import date, datetime
 from typing import Any
 
@@ -33,15 +46,36 @@ import orjson
 
 log = logging.getLogger(__name__)
 
-MEMO_VERSION = 2
+MEMO_VERSION = 3
 MEMO_LIMIT = 500_000
-"""Most records kept per stream (about 40 MB of state, far past any agency's synced history)."""
+"""Most records kept per stream (about 6 MB of state at 12 bytes a record, far past any agency's history)."""
+HASH_BYTES = 8
+"""A record's content hash: the first 8 bytes of SHA-256 (collision odds in docs/home-connect-incremental.md)."""
+
+MAX_PAYLOAD = MEMO_LIMIT * 400
+"""Most bytes a memo's records may decompress to (400 a record: far above any real key and person)."""
+
+Entry = tuple[bytes, date | None, str | None]
+"""What the memo keeps per record key: content hash, record date, person (client or caregiver)."""
 
 
-def content_hash(record: dict[str, Any]) -> str:
+class MemoError(ValueError):
+    """A stored memo that cannot be decoded; the message says what is wrong with it (never its content)."""
+
+
+def content_hash(record: Mapping[str, Any]) -> bytes:
     """What a record says, minus when we saw it: every other field (``status`` included) is compared."""
     body = {k: v for k, v in record.items() if k != "updated_at"}
-    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:20]
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()[:HASH_BYTES]
+
+
+def _stored_hash(value: Any) -> bytes:
+    """A hex hash of an older memo as bytes: version 2 kept 20 hex digits of the same SHA-256, so its first 16
+    are this version's hash; anything else never equals a hash (that record is emitted again, never lost)."""
+    try:
+        return bytes.fromhex(value[: HASH_BYTES * 2]) if isinstance(value, str) else b""
+    except ValueError:
+        return b""
 
 
 def _day(value: Any) -> date | None:
@@ -58,36 +92,164 @@ def _moment(value: Any) -> datetime | None:
         return None
 
 
+def _order(item: tuple[str, Entry]) -> tuple[bool, str, date, str]:
+    key, (_, day, person) = item
+    return person is None, person or "", day or date.min, key
+
+
+def encode_records(records: Mapping[str, Entry]) -> str:
+    """The records as one string: base64 of zlib of ``groups`` (JSON) + newline + the hashes, same order.
+
+    ``groups`` is ``[[person, [[month "YYYY-MM" | null, [[day, key] | [day, series, time], ...]], ...]], ...]``:
+    a key ``<series>@<date>T<time>`` whose date is the record's is kept as series and time. Sorted, so both faces
+    (and two runs that saw the same records) write the same string."""
+    groups: list[list[Any]] = []
+    hashes = bytearray()
+    person_group: list[Any] | None = None
+    month_group: list[Any] | None = None
+    for key, (digest, day, person) in sorted(records.items(), key=_order):
+        if person_group is None or person_group[0] != person:
+            person_group, month_group = [person, []], None
+            groups.append(person_group)
+        month = day.isoformat()[:7] if day else None
+        if month_group is None or month_group[0] != month:
+            month_group = [month, []]
+            person_group[1].append(month_group)
+        series, at, rest = key.partition("@")
+        if day is not None and at and rest[:11] == f"{day.isoformat()}T":
+            month_group[1].append([day.day, series, rest[11:]])
+        else:
+            month_group[1].append([day.day if day else None, key])
+        hashes += digest.ljust(HASH_BYTES, b"\0")[:HASH_BYTES] if digest else bytes(HASH_BYTES)
+    payload = orjson.dumps(groups) + b"\n" + bytes(hashes)
+    return base64.b64encode(zlib.compress(payload, 6)).decode("ascii")
+
+
+def decode_records(text: Any, count: Any) -> dict[str, Entry]:
+    """The records :func:`encode_records` wrote; :class:`MemoError` naming what is wrong when they cannot be."""
+    if not isinstance(text, str):
+        raise MemoError(f"records is a {type(text).__name__}, not the encoded string")
+    try:
+        packed = base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raise MemoError("records is not valid base64 (cut short or edited)") from None
+    inflate = zlib.decompressobj()
+    try:
+        payload = inflate.decompress(packed, MAX_PAYLOAD)
+    except zlib.error:
+        raise MemoError("records does not decompress (cut short or edited)") from None
+    if inflate.unconsumed_tail:
+        raise MemoError(f"records decompresses to more than {MAX_PAYLOAD // 1_000_000} MB")
+    if not inflate.eof:
+        raise MemoError("records does not decompress (cut short or edited)")
+    structure, newline, hashes = payload.partition(b"\n")
+    try:
+        groups = orjson.loads(structure) if newline else None
+    except orjson.JSONDecodeError:
+        groups = None
+    if not isinstance(groups, list):
+        raise MemoError("records holds no record groups")
+    out: dict[str, Entry] = {}
+    seen = 0
+    try:
+        for person, months in groups:
+            if person is not None and not isinstance(person, str):
+                raise MemoError("a record group's person is not a string")
+            for month, entries in months:
+                year, mon = (int(month[:4]), int(month[5:7])) if month is not None else (0, 0)
+                for entry in entries:
+                    digest = hashes[seen * HASH_BYTES : (seen + 1) * HASH_BYTES]
+                    seen += 1
+                    if entry[0] is None or month is None:
+                        day, key = None, entry[1]
+                    else:
+                        day = date(year, mon, entry[0])
+                        key = entry[1] if len(entry) == 2 else f"{entry[1]}@{day.isoformat()}T{entry[2]}"
+                    if not isinstance(key, str) or len(digest) != HASH_BYTES:
+                        raise MemoError("a record entry is malformed")
+                    out[key] = (digest, day, person)
+    except MemoError:
+        raise
+    except (TypeError, ValueError, IndexError, KeyError):
+        raise MemoError("a record group is malformed") from None
+    if len(hashes) != seen * HASH_BYTES or count != seen or len(out) != seen:
+        raise MemoError(f"records holds {seen} entries ({len(out)} keys) and {len(hashes) // HASH_BYTES} hashes, "
+                        f"count says {count}")
+    return out
+
+
+def records_of(memo: Mapping[str, Any]) -> dict[str, Entry]:
+    """The records of a stored memo of any version (for reports, tests and bench scripts)."""
+    return ScheduleMemo(dict(memo), str(memo.get("scope") or "")).previous
+
+
 class ScheduleMemo:
     """The last run's knowledge of one fanned-out stream, and this run's, merged into the next memo."""
 
     def __init__(self, previous: dict[str, Any] | None, scope: str) -> None:
         self.scope = scope
-        self.previous: dict[str, tuple[str, date | None, str | None]] = {}
+        self.previous: dict[str, Entry] = {}
         self.people: set[str] | None = None  # None: unknown, every person is new
         self.read_at: datetime | None = None
         self.reconciled_at: datetime | None = None
         self.event_seq: int | None = None  # last webhook event (subscriptions) this stream has acted on
         self.legacy = False
-        if isinstance(previous, dict) and previous.get("v") == MEMO_VERSION:
+        self.unreadable: str | None = None  # why the stored memo could not be decoded (the run is a reconcile)
+        version = previous.get("v") if isinstance(previous, dict) else None
+        if isinstance(previous, dict) and version in (2, MEMO_VERSION):
             if previous.get("scope") == scope:
-                for key, entry in (previous.get("records") or {}).items():
-                    if isinstance(entry, list) and len(entry) == 3:
-                        self.previous[key] = (str(entry[0]), _day(entry[1]), entry[2])
-                self.people = {str(p) for p in previous.get("people") or ()}
-                self.read_at = _moment(previous.get("read_at"))
-                self.reconciled_at = _moment(previous.get("reconciled_at"))
-                seq = previous.get("event_seq")
-                self.event_seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+                self._load(previous, version)
+        elif isinstance(previous, dict) and "v" in previous:
+            self._unreadable(f"version {str(version)[:12]!r} is not one this tap knows (2 or {MEMO_VERSION})")
         elif isinstance(previous, dict):  # an older state: {key: hash}, dates and people unknown
             self.legacy = bool(previous)
-            self.previous = {k: (str(v), None, None) for k, v in previous.items() if isinstance(v, str)}
+            self.previous = {k: (_stored_hash(v), None, None) for k, v in previous.items() if isinstance(v, str)}
+        elif previous is not None:
+            self._unreadable(f"it is a {type(previous).__name__}, not an object")
         self.by_person: dict[str | None, list[str]] = defaultdict(list)
         for key, (_, _, person) in self.previous.items():
             self.by_person[person].append(key)
-        self.current: dict[str, tuple[str, date | None, str | None]] = {}
+        self.current: dict[str, Entry] = {}
         self.covered: set[str] = set()  # previous keys whose (person, date) this run re-read
         self.deleted: set[str] = set()
+
+    def _load(self, previous: dict[str, Any], version: int) -> None:
+        people = previous.get("people") or []
+        if not isinstance(people, list) or not all(isinstance(p, str | int) for p in people):
+            self._unreadable("its people is not a list of ids")
+            return
+        if version == MEMO_VERSION:
+            try:
+                self.previous = decode_records(previous.get("records"), previous.get("count"))
+            except MemoError as exc:
+                self._unreadable(str(exc))
+                return
+        else:  # version 2: {key: [hex hash, date, person]}
+            records = previous.get("records") or {}
+            if not isinstance(records, dict):
+                self._unreadable("its version 2 records is not an object")
+                return
+            for key, entry in records.items():
+                if isinstance(entry, list) and len(entry) == 3:
+                    person = str(entry[2]) if entry[2] is not None else None
+                    self.previous[key] = (_stored_hash(entry[0]), _day(entry[1]), person)
+        self.people = {str(p) for p in people}
+        self.read_at = _moment(previous.get("read_at"))
+        self.reconciled_at = _moment(previous.get("reconciled_at"))
+        seq = previous.get("event_seq")
+        self.event_seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+
+    def _unreadable(self, why: str) -> None:
+        """Start over as a reconcile, saying so once: the lost memo alone knew what was deleted since."""
+        self.unreadable = why
+        self.previous, self.people = {}, None
+        log.warning(
+            "%s: the change memo in the state (content_hashes) cannot be read: %s. This sync re-reads every "
+            "record in full and emits it again (a reconcile); records deleted at the source since the last sync "
+            "cannot be reported as deleted. Restore the state that sync wrote to keep them, or run a full refresh "
+            "of this stream to rebuild its table",
+            self.scope.split(":", 1)[0], why,
+        )
 
     # -- during the run ------------------------------------------------------------------------------------
     def changed(self, key: str, record: dict[str, Any], day: date | None, person: str | None) -> bool:
@@ -145,5 +307,6 @@ class ScheduleMemo:
             "reconciled_at": reconciled_at.isoformat() if reconciled_at else None,
             "event_seq": event_seq,
             "people": sorted(people),
-            "records": {k: [h, d.isoformat() if d else None, p] for k, (h, d, p) in kept.items()},
+            "count": len(kept),
+            "records": encode_records(kept),
         }
