@@ -177,6 +177,47 @@ def test_hospice_changed_selector_fails_whole_then_a_killed_walk_resumes(
     assert {r["type_of_bill"][:2] for r in got["claims"]} == {"81"}
 
 
+@pytest.mark.timeout(900)
+def test_tabs_read_exactly_what_one_tab_reads_and_never_across_an_office_switch(
+    sandbox_factory: Callable[..., SandboxServer], tmp_path: Path
+) -> None:
+    """Several tabs of the one login read patients at once: the same records as one tab, every page served in
+    the patient's own office (no switch while a tab was mid-read), and a session ending mid-round re-reads only
+    the patients that were in flight, from their first page."""
+    from wellsky_sandbox.kinnser.data import office_of
+
+    tenant = sandbox_factory(product="home_health", scale=14, sftp_port=None)
+    clinical = ("patients", "appointments", "episodes")
+    one_tab = portal(tenant, tmp_path / "one.json", portal_tabs=1)
+    try:
+        sequential = {entity: list(one_tab.iter_records(entity, None)) for entity in clinical}
+    finally:
+        one_tab.close()
+    assert one_tab.browser.stats["logins"] == 1
+    first_walk = len(tenant.control("GET", "/_sandbox/kinnser/served")["data"])
+
+    kinnser(tenant, expire_every_pages=50)  # sessions end mid-round: tabs have pages in flight then
+    tabs = portal(tenant, tmp_path / "tabs.json", portal_tabs=4)
+    try:
+        concurrent = {entity: list(tabs.iter_records(entity, None)) for entity in clinical}
+    finally:
+        tabs.close()
+    for entity in clinical:
+        assert bare(concurrent[entity]) == bare(sequential[entity]) == truth(tenant, entity), entity
+        assert concurrent[entity], f"the sandbox tenant has {entity}"
+    stats = tabs.browser.stats
+    assert stats["bounces"] >= 1 and stats["logins"] == stats["bounces"] + 1 + stats["restarts"]
+
+    pages = tenant.control("GET", "/_sandbox/kinnser/served")["data"][first_walk:]
+    episode_pages = [p for p in pages if p["path"] == "/AM/Patient/episodeManager.cfm"]
+    assert episode_pages and all(p["status"] == 200 for p in episode_pages)
+    assert all(p["office"] == office_of(p["patient"]).value for p in episode_pages)  # never across a switch
+    assert len({p["tab"] for p in episode_pages}) >= 4  # four tabs, new keys after each login
+    order = [p["patient"] for p in episode_pages]
+    runs = [k for i, k in enumerate(order) if i == 0 or order[i - 1] != k]
+    assert len(runs) > len(set(order))  # patients' pages interleave: they were read at the same time
+
+
 def test_refusing_the_acceptable_use_dialog_logs_the_session_out(
     sandbox_factory: Callable[..., SandboxServer],
 ) -> None:

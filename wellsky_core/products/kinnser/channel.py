@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections import Counter, defaultdict, deque
+from collections.abc import Generator, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,7 @@ from ...channels.portal import PortalLayoutChanged
 from ...errors import ConfigError, NormalizationError, WellSkyError
 from ...http.mfa import build_code_source
 from . import normalize as norm
-from .browser import PortalBrowser
+from .browser import PortalBrowser, Snapshot
 from .pagemap import PAGE_MAPS, ClaimView
 from .state import PortalState
 
@@ -140,6 +140,7 @@ class KinnserPortalChannel(Channel):
         self._results: dict[str, dict[str, list[dict[str, Any]]]] = {}
         self.data_quality: Counter[str] = Counter()
         self.progress: list[dict[str, Any]] = []
+        self._report_links: tuple[int, dict[str, str]] = (-1, {})
 
     @classmethod
     def offers(cls, entity: str, product: str | None) -> bool:
@@ -238,44 +239,90 @@ class KinnserPortalChannel(Channel):
     def _clinical(self, office: str, name: str, run: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
         observed = self._observed(run)
         out: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        rows = self._patient_rows(office)
-        for row in rows:
+        patients = []
+        for row in self._patient_rows(office):
             rec = self._normalize("patients", row, lambda r=row: norm.patient(r, observed))
-            if rec is None:
-                continue
+            if rec is not None:
+                patients.append((row["@href"], rec))
+        read = self._episode_managers(office, name, observed, [(href, rec["id"]) for href, rec in patients])
+        for (_href, rec), (episodes, visits) in zip(patients, read, strict=True):
             out["patients"].append(rec)
-            episodes, visits = self.browser.run(
-                office,
-                lambda r=row, pid=rec["id"]: self._episode_manager(r["@href"], pid, name, observed),
-                "Episode Manager",
-            )
             out["episodes"] += episodes
             out["appointments"] += visits
         self._reconcile_reports(office, name, out)
         return dict(out)
 
-    def _episode_manager(
-        self, href: str, patient_id: str, office_name: str, observed: str
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Every episode of one patient (following #previouscert) and its schedule on both discipline tabs."""
+    def _episode_managers(
+        self, office: str, office_name: str, observed: str, todo: list[tuple[str, str]]
+    ) -> list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+        """Every patient's Episode Manager, ``portal_tabs`` patients at a time in tabs of the one session.
+
+        All tabs read the same office; each round opens one page in every busy tab at once and waits for all
+        of them, so between rounds no tab is mid-load. A patient is the unit of work: after a bounce (new
+        login) or a browser restart only the patients whose reading was cut short are read again, from their
+        first page. Units end when the browser is due for a restart, so restarts still happen between pages.
+        """
+        done: dict[int, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
+        while len(done) < len(todo):
+            self.browser.run(
+                office, lambda: self._episode_round(todo, done, office_name, observed), "Episode Manager"
+            )
+        return [done[i] for i in range(len(todo))]
+
+    def _episode_round(
+        self,
+        todo: list[tuple[str, str]],
+        done: dict[int, tuple[list[dict[str, Any]], list[dict[str, Any]]]],
+        office_name: str,
+        observed: str,
+    ) -> None:
         b = self.browser
-        b.goto(b.with_key(href))
+        tabs = b.tabs(self.config.portal_tabs)
+        waiting = deque(i for i in range(len(todo)) if i not in done)
+        busy: dict[int, tuple[int, Generator[str, Snapshot, Any], str]] = {}
+        while True:
+            for t in range(len(tabs)):
+                if t not in busy and waiting and b.pages < self.config.portal_restart_every_pages:
+                    i = waiting.popleft()
+                    walk = self._episode_walk(todo[i][1], office_name, observed)
+                    busy[t] = (i, walk, next(walk) or todo[i][0])
+            if not busy:
+                return
+            b.visit_all((tabs[t], href) for t, (_i, _walk, href) in busy.items())
+            for t, (i, walk, _href) in list(busy.items()):
+                page = b.snapshot(tabs[t], "episode_manager", ("schedule",), TABLE_JS)
+                try:
+                    busy[t] = (i, walk, walk.send(page))
+                except StopIteration as finished:
+                    done[i] = finished.value
+                    del busy[t]
+
+    def _episode_walk(
+        self, patient_id: str, office_name: str, observed: str
+    ) -> Generator[str, Snapshot, tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+        """One patient's episodes (following #previouscert) and schedule on both discipline tabs.
+
+        A generator so several patients can be read at once: it yields the next link to open (the first
+        yield is empty: the patient's own link) and is sent what that page showed.
+        """
+        page = yield ""
         episodes: list[dict[str, Any]] = []
         visits: dict[str, dict[str, Any]] = {}
         seen: set[str] = set()
         while True:
-            b.require("episode_manager", "header")
-            if b.find("episode_manager", "episode") is None:
-                if b.find("episode_manager", "no_episodes") is None:
+            page.require("header")
+            if page.get("episode") is None:
+                if page.get("no_episodes") is None:
                     raise PortalLayoutChanged("/AM/Patient/episodeManager.cfm", "#episodeInfo")
                 return episodes, list(visits.values())
+            payer = page.require("payer")
             info = {
-                "@episode_key": b.require("episode_manager", "episode").get_attribute("data-episode-key") or "",
-                "period": b.require("episode_manager", "period").inner_text(),
-                "number": b.require("episode_manager", "number").inner_text(),
-                "status": b.require("episode_manager", "status").inner_text(),
-                "payer": b.require("episode_manager", "payer").inner_text(),
-                "@payer_key": b.require("episode_manager", "payer").get_attribute("data-payer-key") or "",
+                "@episode_key": page.require("episode")["data"].get("episodeKey") or "",
+                "period": page.require("period")["text"],
+                "number": page.require("number")["text"],
+                "status": page.require("status")["text"],
+                "payer": payer["text"],
+                "@payer_key": payer["data"].get("payerKey") or "",
             }
             if info["@episode_key"] in seen:
                 raise WellSkyError("the portal's previous-episode links loop; stopping to avoid reading forever")
@@ -284,27 +331,24 @@ class KinnserPortalChannel(Channel):
             if ep is not None:
                 episodes.append(ep)
             for tab in ("nursing", "therapy"):
-                link = b.require("episode_manager", tab).get_attribute("href")
+                link = page.require(tab)["href"]
                 if not link:
                     raise PortalLayoutChanged(
                         "/AM/Patient/episodeManager.cfm", self.map.hooks("episode_manager")[tab][0]
                     )
-                b.goto(b.with_key(link))
-                for row in self._schedule_rows():
+                page = yield link
+                for row in self._schedule_rows(page.require("schedule")["table"]):
                     rec = self._normalize(
                         "appointments", row, lambda r=row: norm.appointment(r, patient_id, self.tz, observed)
                     )
                     if rec is not None:
                         visits[rec["id"]] = rec
-            previous = b.find("episode_manager", "previous")
+            previous = page.get("previous")
             if previous is None:
                 return episodes, list(visits.values())
-            b.goto(b.with_key(previous.get_attribute("href") or ""))
+            page = yield previous["href"] or ""
 
-    def _schedule_rows(self) -> list[dict[str, Any]]:
-        b = self.browser
-        table = b.selector("episode_manager", "schedule")
-        found = b.page.eval_on_selector(table, TABLE_JS)
+    def _schedule_rows(self, found: dict[str, Any]) -> list[dict[str, Any]]:
         self._require_columns(found["headers"], norm.SCHEDULE_COLUMNS, "Episode Manager schedule")
         rows = []
         for cells in found["rows"]:
@@ -337,7 +381,7 @@ class KinnserPortalChannel(Channel):
         start = (
             date.fromisoformat(done_until) - timedelta(days=DEVIATION_LOOKBACK_DAYS)
             if done_until
-            else today - timedelta(days=DEVIATION_WINDOW_DAYS * 2)
+            else today - timedelta(days=DEVIATION_WINDOW_DAYS * 2 - 1)  # two windows, the last ending today
         )
         while start <= today:
             end = min(start + timedelta(days=DEVIATION_WINDOW_DAYS - 1), today)
@@ -356,14 +400,22 @@ class KinnserPortalChannel(Channel):
         self.data_quality["past_due_rows"] += len(past_due)
 
     def _report_href(self, label: str) -> str:
+        """The Reports / Admin link called ``label``; the list is read once per login, not once per report."""
         b = self.browser
-        b.goto(b.menu_href(self.map.menu["reports"]))
-        table = b.selector("reports", "list")
-        links = b.page.locator(f"{table} {self.map.hooks('reports')['link'][0]}")
-        for i in range(links.count()):
-            if links.nth(i).inner_text().strip() == label:
-                return b.with_key(links.nth(i).get_attribute("href") or "")
-        raise PortalLayoutChanged("/AM/Reports/reports.cfm", f"{table} a.HotBox '{label}'")
+        login = b.stats["logins"]
+        if self._report_links[0] != login:
+            b.goto(b.menu_href(self.map.menu["reports"]))
+            table = b.selector("reports", "list")
+            links = b.page.eval_on_selector_all(
+                f"{table} {self.map.hooks('reports')['link'][0]}",
+                "as => as.map(a => [a.innerText.trim(), a.getAttribute('href') || ''])",
+            )
+            self._report_links = (login, dict(reversed(links)))  # the first link of a label wins
+        href = self._report_links[1].get(label)
+        if href is None:
+            hooks = self.map.hooks("reports")
+            raise PortalLayoutChanged("/AM/Reports/reports.cfm", f"{hooks['list'][0]} {hooks['link'][0]} '{label}'")
+        return b.with_key(href)
 
     def _past_due_rows(self) -> list[dict[str, str]]:
         b = self.browser
