@@ -61,6 +61,10 @@ class Tab:
     """The login (``stats["logins"]``) the key belongs to: a new login makes every older key invalid."""
 
 
+Step = str | Callable[[Tab], None]
+"""What a tab does next: open this portal link, or start a navigation itself (e.g. submit a form)."""
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """What one page showed for a page map's hooks, read in one round trip (:meth:`PortalBrowser.snapshot`).
@@ -86,7 +90,7 @@ class Snapshot:
 SNAPSHOT_JS = """
 (args) => {
   const parseTable = %s;
-  const out = {path: location.pathname, found: {}, unsupported: [], guide: false};
+  const out = {path: location.pathname, found: {}, unsupported: []};
   const first = (name, selectors) => {
     for (const sel of selectors) {
       try { const e = document.querySelector(sel); if (e) return e; }
@@ -101,7 +105,6 @@ SNAPSHOT_JS = """
       table: args.tables.includes(name) ? parseTable(e) : null,
     };
   }
-  out.guide = (%s)(args.guides);
   return out;
 }
 """
@@ -255,18 +258,18 @@ class PortalBrowser:
                 return loc.first
         return None
 
-    def require(self, page_name: str, hook: str) -> Locator:
-        found = self.find(page_name, hook)
+    def require(self, page_name: str, hook: str, page: Page | None = None) -> Locator:
+        found = self.find(page_name, hook, page)
         if found is None:
-            raise PortalLayoutChanged(_path(self.page.url), self.map.hooks(page_name)[hook][0])
+            raise PortalLayoutChanged(_path((page or self.page).url), self.map.hooks(page_name)[hook][0])
         return found
 
-    def selector(self, page_name: str, hook: str) -> str:
+    def selector(self, page_name: str, hook: str, page: Page | None = None) -> str:
         """The first selector of ``hook`` that matches now (for JS extraction), or a layout error."""
         for selector in self.map.hooks(page_name)[hook]:
-            if self.page.locator(selector).count():
+            if (page or self.page).locator(selector).count():
                 return selector
-        raise PortalLayoutChanged(_path(self.page.url), self.map.hooks(page_name)[hook][0])
+        raise PortalLayoutChanged(_path((page or self.page).url), self.map.hooks(page_name)[hook][0])
 
     def dismiss_guides(self, page: Page | None = None) -> None:
         """Close in-app (Pendo) guides that cover the page and swallow clicks (one probe when there is none)."""
@@ -337,32 +340,36 @@ class PortalBrowser:
         register_secret(key)
         return key
 
-    def visit_all(self, visits: Iterable[tuple[Tab, str]]) -> None:
-        """Open one portal link in each of several tabs at once and wait until every page has loaded.
+    def visit_all(self, visits: Iterable[tuple[Tab, Step]]) -> None:
+        """Load one page in each of several tabs at once and wait until every page has loaded.
 
-        Each navigation is started before any is waited for (``expect_navigation`` listens from before the
-        start), so the pages load concurrently; the call returns only when all have, so no tab is mid-load
-        afterwards. A tab that landed on the login page makes it raise ``Bounced`` (after the others loaded).
+        A step is a portal link to open or a callable that starts a navigation on the tab (submits a form)
+        without waiting for it. Each navigation is started before any is waited for (``expect_navigation``
+        listens from before the start), so the pages load concurrently; the call returns only when all have,
+        so no tab is mid-load afterwards. A tab that landed on the login page makes it raise ``Bounced`` (after
+        the others loaded).
         """
         visits = list(visits)
         with ExitStack() as waits:
-            for tab, href in visits:
+            for tab, step in visits:
                 waits.enter_context(tab.page.expect_navigation())
-                tab.page.evaluate("(u) => { location.assign(u); }", self.with_key(href, tab.key))
+                if isinstance(step, str):
+                    tab.page.evaluate("(u) => { location.assign(u); }", self.with_key(step, tab.key))
+                else:
+                    step(tab)
         self.pages += len(visits)
         if any(_path(tab.page.url) == LOGIN_PATH for tab, _ in visits):
             raise Bounced()
+        for tab, _ in visits:
+            self.dismiss_guides(tab.page)
 
     def snapshot(self, tab: Tab, page_name: str, tables: tuple[str, ...] = (), table_js: str = "null") -> Snapshot:
-        """Every hook of ``page_name`` as ``tab`` shows it now, in one round trip; closes a covering guide.
+        """Every hook of ``page_name`` as ``tab`` shows it now, in one round trip.
 
         Hooks whose first matches are Playwright-only selectors (``:has-text``) are asked of Playwright.
         """
         hooks = self.map.hooks(page_name)
-        args = {"hooks": hooks, "tables": list(tables), "guides": list(self.map.hooks("guides")["close"])}
-        shown = tab.page.evaluate(SNAPSHOT_JS % (table_js, GUIDE_PROBE_JS.strip()), args)
-        if shown["guide"]:
-            self.dismiss_guides(tab.page)
+        shown = tab.page.evaluate(SNAPSHOT_JS % table_js, {"hooks": hooks, "tables": list(tables)})
         found: dict[str, dict[str, Any] | None] = shown["found"]
         for hook in set(shown["unsupported"]):
             if found.get(hook) is None and (loc := self.find(page_name, hook, tab.page)) is not None:
@@ -468,7 +475,7 @@ class PortalBrowser:
                     raise PortalHang(f"the browser kept crashing during {what}") from None
                 self.restart(f"browser lost during {what}")
 
-    def download(self, link: Locator) -> bytes:
+    def download(self, link: Locator, key: str | None = None) -> bytes:
         """The file behind a download link ("To Excel", "Save File"), fetched with the browser's own session.
 
         A session that ended answers with a redirect to the login page (classic pages) or a 401 (services):
@@ -478,7 +485,7 @@ class PortalBrowser:
         if not href or href.startswith("#") or href.startswith("javascript:"):
             raise PortalLayoutChanged(_path(self.page.url), "a download link with an href")
         assert self._context is not None
-        url = self.with_key(href)
+        url = self.with_key(href, key)
         response = self._context.request.get(url, max_redirects=0, timeout=self.wait_ms)
         self.pages += 1
         location = response.headers.get("location", "")
