@@ -34,8 +34,22 @@ BEFORE_REF = "bee13e7"  # the last commit with the one-tab walk (issue 27 item 3
 
 
 def start_sandbox(patients: int, latency: str, data_dir: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    cmd = [sys.executable, "-m", "wellsky_sandbox.cli", "serve", "--product", "home_health", "--scale",
-           str(patients), "--port", "0", "--sftp-port", "0", "--data-dir", str(data_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "wellsky_sandbox.cli",
+        "serve",
+        "--product",
+        "home_health",
+        "--scale",
+        str(patients),
+        "--port",
+        "0",
+        "--sftp-port",
+        "0",
+        "--data-dir",
+        str(data_dir),
+    ]
     if latency:
         cmd += ["--latency", latency]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
@@ -133,8 +147,9 @@ def child(spec: dict[str, Any]) -> None:
             channel.close()
         walk = time.monotonic() - started
         stats = dict(channel.browser.stats)  # type: ignore[attr-defined]
-    print(json.dumps({"patients": patients, "episodes": episodes, "appointments": visits, "walk_s": walk,
-                      "stats": stats}))
+    print(
+        json.dumps({"patients": patients, "episodes": episodes, "appointments": visits, "walk_s": walk, "stats": stats})
+    )
 
 
 def before_core(ref: str, into: Path) -> str:
@@ -172,16 +187,19 @@ def main() -> None:
             proc.wait(timeout=30)
     base = rows[0]["patients_per_s"] if args.before_ref else None
     where = f"latency {args.latency}" if args.latency else "loopback"
-    print(f"Kinnser portal clinical walk, home_health, {args.patients}-patient scale, {where}, "
-          f"{os.cpu_count()} CPUs")
-    head = (f"{'variant':<28}{'patients':>9}{'walk s':>8}{'pat/s':>7}{'s/pat':>7}{'x before':>9}"
-            f"{'RSS MB':>8}{'tree PSS':>9}{'load':>6}  logins/restarts")
+    print(f"Kinnser portal clinical walk, home_health, {args.patients}-patient scale, {where}, {os.cpu_count()} CPUs")
+    head = (
+        f"{'variant':<28}{'patients':>9}{'walk s':>8}{'pat/s':>7}{'s/pat':>7}{'x before':>9}"
+        f"{'RSS MB':>8}{'tree PSS':>9}{'load':>6}  logins/restarts"
+    )
     print(head)
     for r in rows:
         speedup = f"{r['patients_per_s'] / base:>9.2f}" if base else f"{'-':>9}"
-        print(f"{r['variant']:<28}{r['patients']:>9}{r['walk_s']:>8.1f}{r['patients_per_s']:>7.2f}"
-              f"{r['s_per_patient']:>7.2f}{speedup}{r['rss_mb']:>8.0f}{r['tree_pss_mb']:>9.0f}{r['load']:>6.1f}"
-              f"  {r['stats'].get('logins')}/{r['stats'].get('restarts')}")
+        print(
+            f"{r['variant']:<28}{r['patients']:>9}{r['walk_s']:>8.1f}{r['patients_per_s']:>7.2f}"
+            f"{r['s_per_patient']:>7.2f}{speedup}{r['rss_mb']:>8.0f}{r['tree_pss_mb']:>9.0f}{r['load']:>6.1f}"
+            f"  {r['stats'].get('logins')}/{r['stats'].get('restarts')}"
+        )
     print(json.dumps(rows))
 
 

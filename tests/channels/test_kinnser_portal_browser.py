@@ -242,3 +242,40 @@ def test_refusing_the_acceptable_use_dialog_logs_the_session_out(
             assert kinnser(tenant)["live_sessions"] == 0
         finally:
             browser.close()
+
+
+def test_snapshot_reads_hooks_in_one_pass_and_asks_playwright_for_its_own_selectors(tmp_path: Path) -> None:
+    """A hook whose documented selector is gone falls back to a Playwright-only one (``a:has-text('Nursing')``),
+    which ``document.querySelector`` cannot parse; a missing required hook names the page and the documented
+    selector."""
+    from wellsky_core.chromium import close_browser, launch_chromium, start_playwright
+    from wellsky_core.products.kinnser.browser import PortalBrowser, Tab
+    from wellsky_core.products.kinnser.channel import TABLE_JS
+    from wellsky_core.products.kinnser.pagemap import HOME_HEALTH
+
+    config = WellSkyConfig.load(
+        {"base_url": "http://127.0.0.1:9", "username": "u", "password": "p", "chromium_path": CHROMIUM}, env={}
+    )
+    browser = PortalBrowser(config, HOME_HEALTH, None)
+    pw = start_playwright()
+    chromium = launch_chromium(pw, CHROMIUM)
+    try:
+        page = chromium.new_page()
+        page.set_content(
+            '<div id="patientHeader">P</div><div id="episodeInfo" data-episode-key="E1">'
+            '<span id="certPeriod">01/01/2026 - 03/01/2026</span></div><a href="/n?tab=nursing">Nursing</a>'
+            '<table id="scheduled-task"><tr class="hRowBgImage"><th>Task</th></tr><tr class="trred"><td>w</td></tr>'
+            "<tr><td>Skilled Nurse Visit</td></tr></table>"
+        )
+        shot = browser.snapshot(Tab(page, "k", 0), "episode_manager", ("schedule",), TABLE_JS)
+        assert shot.require("episode")["data"] == {"episodeKey": "E1"}
+        assert shot.require("period")["text"] == "01/01/2026 - 03/01/2026"
+        assert shot.require("nursing")["href"] == "/n?tab=nursing"  # found by the :has-text fallback
+        rows = shot.require("schedule")["table"]["rows"]
+        assert [r["Task"]["text"] for r in rows] == ["Skilled Nurse Visit"]  # the week separator (trred) skipped
+        assert shot.get("previous") is None
+        with pytest.raises(PortalLayoutChanged) as info:
+            shot.require("therapy")
+        assert info.value.selector == "#LinkTherapy"
+    finally:
+        close_browser(pw, chromium)

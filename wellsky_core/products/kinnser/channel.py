@@ -265,9 +265,7 @@ class KinnserPortalChannel(Channel):
             "Reports / Admin",
         )
         jobs: list[Job] = [Job("Past Due Visits", lambda: self._past_due_job(past_due))]
-        jobs += [
-            Job("Schedule Deviation", lambda s=s, e=e: self._deviation_job(deviation, s, e)) for s, e in windows
-        ]
+        jobs += [Job("Schedule Deviation", lambda s=s, e=e: self._deviation_job(deviation, s, e)) for s, e in windows]
         jobs += [
             Job("Episode Manager", lambda h=href, pid=rec["id"]: self._episode_walk(h, pid, name, observed))
             for href, rec in patients
