@@ -321,6 +321,12 @@ class WellSkyConfig(BaseModel):
     portal_wait_seconds: float = Field(
         default=60, gt=0, description="Longest wait for a portal spinner or client-rendered grid."
     )
+    portal_tabs: int = Field(
+        default=4,
+        ge=1,
+        le=8,
+        description="Browser tabs of the one portal login that read patients of the same office at once (Kinnser).",
+    )
     dead_letter_path: str | None = Field(
         default=None, description="JSONL file for records that could not be read or written."
     )

@@ -177,6 +177,47 @@ def test_hospice_changed_selector_fails_whole_then_a_killed_walk_resumes(
     assert {r["type_of_bill"][:2] for r in got["claims"]} == {"81"}
 
 
+@pytest.mark.timeout(900)
+def test_tabs_read_exactly_what_one_tab_reads_and_never_across_an_office_switch(
+    sandbox_factory: Callable[..., SandboxServer], tmp_path: Path
+) -> None:
+    """Several tabs of the one login read patients at once: the same records as one tab, every page served in
+    the patient's own office (no switch while a tab was mid-read), and a session ending mid-round re-reads only
+    the patients that were in flight, from their first page."""
+    from wellsky_sandbox.kinnser.data import office_of
+
+    tenant = sandbox_factory(product="home_health", scale=14, sftp_port=None)
+    clinical = ("patients", "appointments", "episodes")
+    one_tab = portal(tenant, tmp_path / "one.json", portal_tabs=1)
+    try:
+        sequential = {entity: list(one_tab.iter_records(entity, None)) for entity in clinical}
+    finally:
+        one_tab.close()
+    assert one_tab.browser.stats["logins"] == 1
+    first_walk = len(tenant.control("GET", "/_sandbox/kinnser/served")["data"])
+
+    kinnser(tenant, expire_every_pages=50)  # sessions end mid-round: tabs have pages in flight then
+    tabs = portal(tenant, tmp_path / "tabs.json", portal_tabs=4)
+    try:
+        concurrent = {entity: list(tabs.iter_records(entity, None)) for entity in clinical}
+    finally:
+        tabs.close()
+    for entity in clinical:
+        assert bare(concurrent[entity]) == bare(sequential[entity]) == truth(tenant, entity), entity
+        assert concurrent[entity], f"the sandbox tenant has {entity}"
+    stats = tabs.browser.stats
+    assert stats["bounces"] >= 1 and stats["logins"] == stats["bounces"] + 1 + stats["restarts"]
+
+    pages = tenant.control("GET", "/_sandbox/kinnser/served")["data"][first_walk:]
+    episode_pages = [p for p in pages if p["path"] == "/AM/Patient/episodeManager.cfm"]
+    assert episode_pages and all(p["status"] == 200 for p in episode_pages)
+    assert all(p["office"] == office_of(p["patient"]).value for p in episode_pages)  # never across a switch
+    assert len({p["tab"] for p in episode_pages}) >= 4  # four tabs, new keys after each login
+    order = [p["patient"] for p in episode_pages]
+    runs = [k for i, k in enumerate(order) if i == 0 or order[i - 1] != k]
+    assert len(runs) > len(set(order))  # patients' pages interleave: they were read at the same time
+
+
 def test_refusing_the_acceptable_use_dialog_logs_the_session_out(
     sandbox_factory: Callable[..., SandboxServer],
 ) -> None:
@@ -201,3 +242,40 @@ def test_refusing_the_acceptable_use_dialog_logs_the_session_out(
             assert kinnser(tenant)["live_sessions"] == 0
         finally:
             browser.close()
+
+
+def test_snapshot_reads_hooks_in_one_pass_and_asks_playwright_for_its_own_selectors(tmp_path: Path) -> None:
+    """A hook whose documented selector is gone falls back to a Playwright-only one (``a:has-text('Nursing')``),
+    which ``document.querySelector`` cannot parse; a missing required hook names the page and the documented
+    selector."""
+    from wellsky_core.chromium import close_browser, launch_chromium, start_playwright
+    from wellsky_core.products.kinnser.browser import PortalBrowser, Tab
+    from wellsky_core.products.kinnser.channel import TABLE_JS
+    from wellsky_core.products.kinnser.pagemap import HOME_HEALTH
+
+    config = WellSkyConfig.load(
+        {"base_url": "http://127.0.0.1:9", "username": "u", "password": "p", "chromium_path": CHROMIUM}, env={}
+    )
+    browser = PortalBrowser(config, HOME_HEALTH, None)
+    pw = start_playwright()
+    chromium = launch_chromium(pw, CHROMIUM)
+    try:
+        page = chromium.new_page()
+        page.set_content(
+            '<div id="patientHeader">P</div><div id="episodeInfo" data-episode-key="E1">'
+            '<span id="certPeriod">01/01/2026 - 03/01/2026</span></div><a href="/n?tab=nursing">Nursing</a>'
+            '<table id="scheduled-task"><tr class="hRowBgImage"><th>Task</th></tr><tr class="trred"><td>w</td></tr>'
+            "<tr><td>Skilled Nurse Visit</td></tr></table>"
+        )
+        shot = browser.snapshot(Tab(page, "k", 0), "episode_manager", ("schedule",), TABLE_JS)
+        assert shot.require("episode")["data"] == {"episodeKey": "E1"}
+        assert shot.require("period")["text"] == "01/01/2026 - 03/01/2026"
+        assert shot.require("nursing")["href"] == "/n?tab=nursing"  # found by the :has-text fallback
+        rows = shot.require("schedule")["table"]["rows"]
+        assert [r["Task"]["text"] for r in rows] == ["Skilled Nurse Visit"]  # the week separator (trred) skipped
+        assert shot.get("previous") is None
+        with pytest.raises(PortalLayoutChanged) as info:
+            shot.require("therapy")
+        assert info.value.selector == "#LinkTherapy"
+    finally:
+        close_browser(pw, chromium)

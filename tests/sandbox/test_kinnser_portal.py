@@ -142,3 +142,36 @@ def test_single_session_two_step_expiry_and_guides(sandbox_factory: Callable[...
     expired = fourth.get("/AM/Billing/BillingService.cfc", params={"method": "getFilters", "sessionCacheKey": "x"})
     assert expired.status_code == 401 and expired.text.startswith("//")
     assert httpx.post(tenant.base_url + "/_sandbox/kinnser", json={"layout": "v9"}).status_code == 400
+
+
+def test_served_pages_record_the_session_office_per_tab_key_and_refuse_other_offices_patients(
+    sandbox_factory: Callable[..., SandboxServer],
+) -> None:
+    """The oracle the tabs test relies on: each signed-in page is listed with the office the session was in when
+    it was rendered and a digest of the tab's key (a second tab's key comes from CreateNewSessionCacheKey)."""
+    tenant = sandbox_factory(product="home_health", scale=40, sftp_port=None)
+    client = httpx.Client(base_url=tenant.base_url, follow_redirects=True)
+    key = login(tenant, client)
+    answer = client.get(
+        "/SessionManagement/SessionManager.cfc", params={"method": "CreateNewSessionCacheKey", "sessionCacheKey": key}
+    )
+    second = json.loads(answer.text[2:])["SESSIONCACHEKEY"]
+    assert CACHE_KEY.fullmatch(second) and second != key
+    patient = next(p["id"] for p in tenant.truth("patients"))
+    episodes = tenant.control("GET", "/_sandbox/kinnser/truth/episodes")["data"]
+    offices = {o["name"]: o["value"] for o in tenant.control("GET", "/_sandbox/kinnser/truth/offices")["data"]}
+    home = next((offices[e["office"]] for e in episodes if e["patient_id"] == patient), None)
+    other = next(v for v in offices.values() if v != home and not v.endswith("Corporation"))
+    for office, tab in ((home, key), (other, second)):
+        if office is None:
+            continue
+        client.get("/AM/Message/inbox.cfm", params={"swapUser": office, "sessionCacheKey": tab})
+        client.get("/AM/Patient/episodeManager.cfm", params={"patientKey": patient, "sessionCacheKey": tab})
+    served = [
+        p for p in tenant.control("GET", "/_sandbox/kinnser/served")["data"] if p["path"].endswith("episodeManager.cfm")
+    ]
+    assert [(p["office"], p["status"]) for p in served] == [
+        (o, 200 if o == home else 404) for o in (home, other) if o is not None
+    ]
+    assert len({p["tab"] for p in served}) == len(served)
+    assert all(key not in json.dumps(p) and second not in json.dumps(p) for p in served)  # never the key itself

@@ -3,8 +3,9 @@
 Mounted for ``home_health`` and ``hospice`` tenants beside the JSON API. The public record it follows, fact by
 fact, and what is modeled instead, is listed in ``docs/sandbox-kinnser-portal.md``. Control (loopback, no auth):
 ``POST /_sandbox/kinnser`` switches 2-step verification, the idle timeout, forced expiry every N requests,
-covering in-app guides, the grid delay and the page layout; ``GET /_sandbox/kinnser/truth/{entity}`` is the
-test oracle for what the portal adds (``offices``, ``episodes``, ``claims``, ``unbilled``, ``past_due``).
+covering in-app guides, the grid delay and the page layout; ``GET /_sandbox/kinnser/served`` lists the
+signed-in pages served (with the session's office at the time); ``GET /_sandbox/kinnser/truth/{entity}`` is
+the test oracle for what the portal adds (``offices``, ``episodes``, ``claims``, ``unbilled``, ``past_due``).
 """
 
 from __future__ import annotations
@@ -67,6 +68,12 @@ class Control:
             setattr(settings, key, type(current)(value))
         return _json({**dataclasses.asdict(settings), **self.sessions.stats()})
 
+    async def served(self, request: Request) -> Response:
+        """The signed-in pages served so far, in order (path, office then, patient, tab digest, status)."""
+        with self.sessions.lock:
+            rows = list(self.sessions.served)
+        return _json({"data": rows})
+
     async def truth(self, request: Request) -> Response:
         entity = request.path_params["entity"]
         if entity not in TRUTH:
@@ -128,5 +135,6 @@ def routes(tenant: Tenant) -> list[BaseRoute]:
         Route("/EHR", lambda request: RedirectResponse("/EHR/", status_code=302)),
         Route("/AM/Billing/BillingService.cfc", billing.service),
         Route("/_sandbox/kinnser", control.settings, methods=["POST"]),
+        Route("/_sandbox/kinnser/served", control.served),
         Route("/_sandbox/kinnser/truth/{entity}", control.truth),
     ]

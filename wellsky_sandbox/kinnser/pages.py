@@ -140,7 +140,10 @@ class Classic:
             )
             return self.bare("Error", body, status=400)
         s.pages += 1
-        return render(s, key)
+        response = render(s, key)
+        patient = request.query_params.get("patientKey")
+        self.sessions.record_page(request.url.path, s, key, patient, response.status_code)
+        return response
 
     # -- login ----------------------------------------------------------------------------------------
     def login_form(self, error: str = "", status: int = 200, notice: str = "") -> HTMLResponse:

@@ -9,11 +9,13 @@ optional 2-step verification (TOTP or emailed code; the real channel is unknown)
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 import string
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +76,10 @@ class Sessions:
         self.pending: dict[str, Pending] = {}
         self.logins = 0
         self.terminations = 0
+        self.served: deque[dict[str, Any]] = deque(maxlen=100_000)
+        """Every signed-in page served: path, the session's office then, patient, tab (a digest of the cache
+        key), status. The test oracle for "no office switch while a tab was mid-read" (``GET
+        /_sandbox/kinnser/served``); not something the portal shows."""
 
     # -- login ------------------------------------------------------------------------------------------
     def start(self, user: str) -> tuple[str, Pending]:
@@ -161,6 +167,13 @@ class Sessions:
             s = self.sessions.get(token or "")
             if s is not None and s.ended is None:
                 s.ended = why
+
+    def record_page(self, path: str, s: PortalSession, key: str, patient: str | None, status: int) -> None:
+        tab = hashlib.sha256(key.encode()).hexdigest()[:8]
+        with self.lock:
+            self.served.append(
+                {"path": path, "office": s.office.value, "patient": patient, "tab": tab, "status": status}
+            )
 
     def expire_all(self) -> None:
         with self.lock:

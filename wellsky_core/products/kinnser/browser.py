@@ -1,17 +1,25 @@
-"""One signed-in Chromium tab on the Kinnser portal, kept alive through a long run.
+"""One signed-in Chromium session on the Kinnser portal, kept alive through a long run, with a few tabs in it.
 
 It logs in (accepting the acceptable-use ``confirm``, answering 2-step verification when the tenant asks,
 terminating the other session when the portal reports one), carries the per-tab ``sessionCacheKey`` into
 every URL, closes in-app guides that cover the page, waits for spinners within a bound, restarts the browser
 after a number of pages or on a hang, and notices a bounce to the login page (``Bounced``) so the caller
 can sign in again and redo the unit of work it was in.
+
+Tabs: the portal allows one session per user and keeps the active office in that session (fact sheet #5, #12),
+but gives every browser tab its own ``sessionCacheKey`` (#8). So the one login may read with several tabs of
+its one context at once (:meth:`PortalBrowser.tabs`, :meth:`PortalBrowser.visit_all`), all in the same office;
+the office is only switched from the main tab between units of work, when no tab has a page in flight.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -32,6 +40,7 @@ log = logging.getLogger("wellsky_core.products.kinnser")
 T = TypeVar("T")
 LOGIN_PATH = "/login.cfm"
 INBOX_PATH = "/AM/Message/inbox.cfm"
+SESSION_MANAGER_PATH = "/SessionManagement/SessionManager.cfc"
 MAX_BOUNCES = 4
 MAX_HANG_RESTARTS = 2
 
@@ -39,9 +48,71 @@ MAX_HANG_RESTARTS = 2
 class Bounced(Exception):
     """The portal sent the browser to its login page: the session expired or was terminated."""
 
-
-
     own_text = True  # its message names the page and the wait, never page content (disclosure.public_message)
+
+
+@dataclass
+class Tab:
+    """One browser tab of the session and the ``sessionCacheKey`` the portal issued to it (per login)."""
+
+    page: Page
+    key: str
+    login: int
+    """The login (``stats["logins"]``) the key belongs to: a new login makes every older key invalid."""
+
+
+Step = str | Callable[[Tab], None]
+"""What a tab does next: open this portal link, or start a navigation itself (e.g. submit a form)."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one page showed for a page map's hooks, read in one round trip (:meth:`PortalBrowser.snapshot`).
+
+    ``found[hook]`` is the first element matching one of the hook's selectors (its ``text``, ``href``,
+    ``data`` attributes and, for table hooks, the parsed ``table``), or None.
+    """
+
+    path: str
+    found: dict[str, dict[str, Any] | None]
+    hooks: dict[str, tuple[str, ...]]
+
+    def get(self, hook: str) -> dict[str, Any] | None:
+        return self.found.get(hook)
+
+    def require(self, hook: str) -> dict[str, Any]:
+        found = self.found.get(hook)
+        if found is None:
+            raise PortalLayoutChanged(self.path, self.hooks[hook][0])
+        return found
+
+
+SNAPSHOT_JS = """
+(args) => {
+  const parseTable = %s;
+  const out = {path: location.pathname, found: {}, unsupported: []};
+  const first = (name, selectors) => {
+    for (const sel of selectors) {
+      try { const e = document.querySelector(sel); if (e) return e; }
+      catch (err) { out.unsupported.push(name); }  // a Playwright-only selector (:has-text): the caller asks Playwright
+    }
+    return null;
+  };
+  for (const [name, selectors] of Object.entries(args.hooks)) {
+    const e = first(name, selectors);
+    out.found[name] = e && {
+      text: e.innerText, href: e.getAttribute('href'), data: {...e.dataset},
+      table: args.tables.includes(name) ? parseTable(e) : null,
+    };
+  }
+  return out;
+}
+"""
+GUIDE_PROBE_JS = """
+(selectors) => selectors.some(
+  sel => Array.from(document.querySelectorAll(sel)).some(e => !!(e.offsetWidth || e.offsetHeight)))
+"""
+ELEMENT_JS = "e => ({text: e.innerText, href: e.getAttribute('href'), data: {...e.dataset}})"
 
 
 class PortalBrowser:
@@ -59,6 +130,7 @@ class PortalBrowser:
         self._browser: Browser | None = None
         self._context: BrowserContext | None = None
         self._page: Page | None = None
+        self._extra: list[Tab] = []
 
     # -- lifecycle ------------------------------------------------------------------------------------
     @property
@@ -73,11 +145,7 @@ class PortalBrowser:
         try:
             self._browser = launch_chromium(self._playwright, self.config.chromium_path)
             self._context = self._browser.new_context(accept_downloads=True)
-            page = self._context.new_page()
-            page.set_default_timeout(self.wait_ms)
-            page.set_default_navigation_timeout(self.wait_ms)
-            page.on("dialog", _accept)  # the acceptable-use confirm after login must be accepted
-            self._page = page
+            self._page = self._new_page()
             self.pages = 0
             self.office = None
             self.login()
@@ -85,9 +153,18 @@ class PortalBrowser:
             self.close()
             raise
 
+    def _new_page(self) -> Page:
+        assert self._context is not None
+        page = self._context.new_page()
+        page.set_default_timeout(self.wait_ms)
+        page.set_default_navigation_timeout(self.wait_ms)
+        page.on("dialog", _accept)  # the acceptable-use confirm after login must be accepted
+        return page
+
     def close(self) -> None:
         close_browser(self._playwright, self._context, self._browser)
         self._playwright = self._browser = self._context = self._page = None
+        self._extra = []
 
     def restart(self, why: str) -> None:
         log.info("portal: restarting the browser (%s)", why)
@@ -174,30 +251,33 @@ class PortalBrowser:
             )
 
     # -- elements -------------------------------------------------------------------------------------
-    def find(self, page_name: str, hook: str) -> Locator | None:
+    def find(self, page_name: str, hook: str, page: Page | None = None) -> Locator | None:
         for selector in self.map.hooks(page_name)[hook]:
-            loc = self.page.locator(selector)
+            loc = (page or self.page).locator(selector)
             if loc.count():
                 return loc.first
         return None
 
-    def require(self, page_name: str, hook: str) -> Locator:
-        found = self.find(page_name, hook)
+    def require(self, page_name: str, hook: str, page: Page | None = None) -> Locator:
+        found = self.find(page_name, hook, page)
         if found is None:
-            raise PortalLayoutChanged(_path(self.page.url), self.map.hooks(page_name)[hook][0])
+            raise PortalLayoutChanged(_path((page or self.page).url), self.map.hooks(page_name)[hook][0])
         return found
 
-    def selector(self, page_name: str, hook: str) -> str:
+    def selector(self, page_name: str, hook: str, page: Page | None = None) -> str:
         """The first selector of ``hook`` that matches now (for JS extraction), or a layout error."""
         for selector in self.map.hooks(page_name)[hook]:
-            if self.page.locator(selector).count():
+            if (page or self.page).locator(selector).count():
                 return selector
-        raise PortalLayoutChanged(_path(self.page.url), self.map.hooks(page_name)[hook][0])
+        raise PortalLayoutChanged(_path((page or self.page).url), self.map.hooks(page_name)[hook][0])
 
-    def dismiss_guides(self) -> None:
-        """Close in-app (Pendo) guides that cover the page and swallow clicks."""
-        for selector in self.map.hooks("guides")["close"]:
-            loc = self.page.locator(selector)
+    def dismiss_guides(self, page: Page | None = None) -> None:
+        """Close in-app (Pendo) guides that cover the page and swallow clicks (one probe when there is none)."""
+        selectors = list(self.map.hooks("guides")["close"])
+        if not (page or self.page).evaluate(GUIDE_PROBE_JS, selectors):
+            return
+        for selector in selectors:
+            loc = (page or self.page).locator(selector)
             for i in range(loc.count()):
                 item = loc.nth(i)
                 if item.is_visible():
@@ -208,15 +288,16 @@ class PortalBrowser:
     def url(self, path: str, **params: str) -> str:
         return f"{self.base_url}{path}?{urlencode({**params, 'sessionCacheKey': self.key or ''})}"
 
-    def with_key(self, href: str) -> str:
-        """``href`` (scraped from a page) with this session's cache key (a re-login issues a new one); only for
-        the portal's own origin (``http/trust.py``): the key is a session credential."""
+    def with_key(self, href: str, key: str | None = None) -> str:
+        """``href`` (scraped from a page) with this session's cache key (a re-login issues a new one), or the
+        key of the tab that will open it; only for the portal's own origin (``http/trust.py``): the key is a
+        session credential."""
         target = href if "://" in href else self.base_url + href
         if not is_trusted(target, self.config):
             require_trusted(target, self.config, what="a portal link", code="foreign_portal_link")
         parts = urlsplit(target)
         query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "sessionCacheKey"]
-        query.append(("sessionCacheKey", self.key or ""))
+        query.append(("sessionCacheKey", key or self.key or ""))
         return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
 
     def goto(self, url: str) -> None:
@@ -224,6 +305,78 @@ class PortalBrowser:
         self.pages += 1
         self.check_bounced()
         self.dismiss_guides()
+
+    # -- tabs ---------------------------------------------------------------------------------------------
+    def tabs(self, count: int) -> list[Tab]:
+        """``count`` tabs of this session (the main tab first), each with a cache key issued for this login.
+
+        Extra tabs are opened once and reused; their keys come from ``CreateNewSessionCacheKey`` (#8), as the
+        portal's own front end does for a new tab, and are renewed after every login.
+        """
+        main = Tab(self.page, self.key or "", self.stats["logins"])
+        while len(self._extra) < count - 1:
+            self._extra.append(Tab(self._new_page(), "", -1))
+        for tab in self._extra[: count - 1]:
+            if tab.login != main.login:
+                tab.key, tab.login = self.new_cache_key(), main.login
+        return [main, *self._extra[: count - 1]]
+
+    def new_cache_key(self) -> str:
+        """A ``sessionCacheKey`` for one more tab (``SessionManager.cfc?method=CreateNewSessionCacheKey``)."""
+        assert self._context is not None
+        url = self.url(SESSION_MANAGER_PATH, method="CreateNewSessionCacheKey")
+        response = self._context.request.get(url, max_redirects=0, timeout=self.wait_ms)
+        if response.status == 401 or LOGIN_PATH in response.headers.get("location", ""):
+            raise Bounced()
+        if response.status != 200:
+            raise WellSkyError(f"the portal answered HTTP {response.status} for a new tab's session key; retry")
+        body = response.text().lstrip()
+        try:
+            key = json.loads(body[2:] if body.startswith("//") else body).get("SESSIONCACHEKEY")
+        except (ValueError, AttributeError):
+            key = None
+        if not isinstance(key, str) or not key:
+            raise PortalLayoutChanged(SESSION_MANAGER_PATH, "SESSIONCACHEKEY")
+        register_secret(key)
+        return key
+
+    def visit_all(self, visits: Iterable[tuple[Tab, Step]]) -> None:
+        """Load one page in each of several tabs at once and wait until every page has loaded.
+
+        A step is a portal link to open or a callable that starts a navigation on the tab (submits a form)
+        without waiting for it. Each navigation is started before any is waited for (``expect_navigation``
+        listens from before the start), so the pages load concurrently; the call returns only when all have,
+        so no tab is mid-load afterwards. A tab that landed on the login page makes it raise ``Bounced`` (after
+        the others loaded).
+        """
+        visits = list(visits)
+        with ExitStack() as waits:
+            for tab, step in visits:
+                waits.enter_context(tab.page.expect_navigation())
+                if isinstance(step, str):
+                    tab.page.evaluate("(u) => { location.assign(u); }", self.with_key(step, tab.key))
+                else:
+                    step(tab)
+        self.pages += len(visits)
+        if any(_path(tab.page.url) == LOGIN_PATH for tab, _ in visits):
+            raise Bounced()
+        for tab, _ in visits:
+            self.dismiss_guides(tab.page)
+
+    def snapshot(self, tab: Tab, page_name: str, tables: tuple[str, ...] = (), table_js: str = "null") -> Snapshot:
+        """Every hook of ``page_name`` as ``tab`` shows it now, in one round trip.
+
+        Hooks whose first matches are Playwright-only selectors (``:has-text``) are asked of Playwright.
+        """
+        hooks = self.map.hooks(page_name)
+        shown = tab.page.evaluate(SNAPSHOT_JS % table_js, {"hooks": hooks, "tables": list(tables)})
+        found: dict[str, dict[str, Any] | None] = shown["found"]
+        for hook in set(shown["unsupported"]):
+            if found.get(hook) is None and (loc := self.find(page_name, hook, tab.page)) is not None:
+                found[hook] = loc.evaluate(ELEMENT_JS)
+                if hook in tables:
+                    found[hook]["table"] = loc.evaluate(table_js)  # type: ignore[index]
+        return Snapshot(shown["path"], found, hooks)
 
     def check_bounced(self) -> None:
         if _path(self.page.url) == LOGIN_PATH:
@@ -272,13 +425,12 @@ class PortalBrowser:
     def menu_href(self, label: str) -> str:
         """The Go To menu item called ``label`` (its link; items are often covered, so they are not clicked)."""
         self.require("shell", "menu")
-        items = self.page.locator(self.selector("shell", "menu_item"))
-        for i in range(items.count()):
-            item = items.nth(i)
-            if item.inner_text().strip() == label:
-                href = item.get_attribute("href")
-                if href:
-                    return self.with_key(href)
+        items = self.page.eval_on_selector_all(
+            self.selector("shell", "menu_item"), "as => as.map(a => [a.textContent.trim(), a.getAttribute('href')])"
+        )
+        for text, href in items:
+            if text == label and href:
+                return self.with_key(href)
         raise PortalLayoutChanged(_path(self.page.url), f"{self.map.hooks('shell')['menu_item'][0]} '{label}'")
 
     # -- units of work --------------------------------------------------------------------------------
@@ -323,7 +475,7 @@ class PortalBrowser:
                     raise PortalHang(f"the browser kept crashing during {what}") from None
                 self.restart(f"browser lost during {what}")
 
-    def download(self, link: Locator) -> bytes:
+    def download(self, link: Locator, key: str | None = None) -> bytes:
         """The file behind a download link ("To Excel", "Save File"), fetched with the browser's own session.
 
         A session that ended answers with a redirect to the login page (classic pages) or a 401 (services):
@@ -333,7 +485,7 @@ class PortalBrowser:
         if not href or href.startswith("#") or href.startswith("javascript:"):
             raise PortalLayoutChanged(_path(self.page.url), "a download link with an href")
         assert self._context is not None
-        url = self.with_key(href)
+        url = self.with_key(href, key)
         response = self._context.request.get(url, max_redirects=0, timeout=self.wait_ms)
         self.pages += 1
         location = response.headers.get("location", "")

@@ -1,7 +1,8 @@
 """The portal channel for WellSky Home Health and Hospice (Kinnser): walks every office in a real Chromium.
 
 Per office it reads Patient Manager (patients), each patient's Episode Manager through the Nursing and Therapy
-tabs and every previous certification (episodes, the schedule = appointments), the Past Due Visits ``.xls``
+tabs and every previous certification (episodes, the schedule = appointments; ``portal_tabs`` patients at once,
+in tabs of the one login, all in that office), the Past Due Visits ``.xls``
 and the Schedule Deviation report (reconciled against the schedule), the Claims Manager lists page by page
 (checked against each list's export) and the Unbilled report (checked against its own summary).
 
@@ -16,11 +17,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -29,12 +31,9 @@ from ...channels.portal import PortalLayoutChanged
 from ...errors import ConfigError, NormalizationError, WellSkyError
 from ...http.mfa import build_code_source
 from . import normalize as norm
-from .browser import PortalBrowser
+from .browser import PortalBrowser, Step, Tab
 from .pagemap import PAGE_MAPS, ClaimView
 from .state import PortalState
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("wellsky_core.products.kinnser")
 
@@ -88,6 +87,13 @@ AG_GRID_JS = """
   return {headers: Object.values(headers), rows};
 }
 """
+SET_VALUE_JS = """
+(e, value) => {
+  e.value = value;
+  e.dispatchEvent(new Event('input', {bubbles: true}));
+  e.dispatchEvent(new Event('change', {bubbles: true}));
+}
+"""
 LABELLED_TABLE_JS = """
 (box) => {
   const out = {};
@@ -104,6 +110,14 @@ LABELLED_TABLE_JS = """
   return out;
 }
 """
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of work for a tab: ``steps()`` starts it afresh (a generator of pages, see ``_read_in_tabs``)."""
+
+    what: str
+    steps: Callable[[], Generator[Step, Tab, Any]]
 
 
 class KinnserPortalChannel(Channel):
@@ -140,6 +154,7 @@ class KinnserPortalChannel(Channel):
         self._results: dict[str, dict[str, list[dict[str, Any]]]] = {}
         self.data_quality: Counter[str] = Counter()
         self.progress: list[dict[str, Any]] = []
+        self._report_links: tuple[int, dict[str, str]] = (-1, {})
 
     @classmethod
     def offers(cls, entity: str, product: str | None) -> bool:
@@ -238,44 +253,97 @@ class KinnserPortalChannel(Channel):
     def _clinical(self, office: str, name: str, run: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
         observed = self._observed(run)
         out: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        rows = self._patient_rows(office)
-        for row in rows:
+        patients = []
+        for row in self._patient_rows(office):
             rec = self._normalize("patients", row, lambda r=row: norm.patient(r, observed))
-            if rec is None:
-                continue
+            if rec is not None:
+                patients.append((row["@href"], rec))
+        windows = self._deviation_windows(office)
+        past_due, deviation = self.browser.run(
+            office,
+            lambda: (self._report_href(self.map.reports["past_due"]), self._report_href(self.map.reports["deviation"])),
+            "Reports / Admin",
+        )
+        jobs: list[Job] = [Job("Past Due Visits", lambda: self._past_due_job(past_due))]
+        jobs += [Job("Schedule Deviation", lambda s=s, e=e: self._deviation_job(deviation, s, e)) for s, e in windows]
+        jobs += [
+            Job("Episode Manager", lambda h=href, pid=rec["id"]: self._episode_walk(h, pid, name, observed))
+            for href, rec in patients
+        ]
+        results = self._read_in_tabs(office, jobs)
+        past_due_rows, deviations, read = results[0], results[1 : 1 + len(windows)], results[1 + len(windows) :]
+        for (_href, rec), (episodes, visits) in zip(patients, read, strict=True):
             out["patients"].append(rec)
-            episodes, visits = self.browser.run(
-                office,
-                lambda r=row, pid=rec["id"]: self._episode_manager(r["@href"], pid, name, observed),
-                "Episode Manager",
-            )
             out["episodes"] += episodes
             out["appointments"] += visits
-        self._reconcile_reports(office, name, out)
+        self._reconcile_reports(out, past_due_rows, deviations)
+        for _start, end in windows:
+            self.state.deviation_window_done(office, end.isoformat())
         return dict(out)
 
-    def _episode_manager(
-        self, href: str, patient_id: str, office_name: str, observed: str
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Every episode of one patient (following #previouscert) and its schedule on both discipline tabs."""
+    def _read_in_tabs(self, office: str, jobs: list[Job]) -> list[Any]:
+        """Run ``jobs`` (report reads and one per patient) in ``portal_tabs`` tabs of the one session.
+
+        All tabs read the same office; each round loads one page in every busy tab at once and waits for all
+        of them, so between rounds no tab is mid-load, and the office is only switched (by ``run``, on the main
+        tab) before a round. A job is the unit of work: after a bounce (new login) or a browser restart only
+        the jobs cut short are run again, from their first page. A unit stops taking new jobs when the
+        browser is due for a restart, so restarts still happen between pages. Results come back in job order.
+        """
+        done: dict[int, Any] = {}
+        while len(done) < len(jobs):
+            self.browser.run(office, lambda: self._round(jobs, done), ", ".join(sorted({j.what for j in jobs})))
+        return [done[i] for i in range(len(jobs))]
+
+    def _round(self, jobs: list[Job], done: dict[int, Any]) -> None:
         b = self.browser
-        b.goto(b.with_key(href))
+        tabs = b.tabs(self.config.portal_tabs)
+        waiting = deque(i for i in range(len(jobs)) if i not in done)
+        busy: dict[int, tuple[int, Generator[Step, Tab, Any], Step]] = {}
+        while True:
+            for t in range(len(tabs)):
+                if t not in busy and waiting and b.pages < self.config.portal_restart_every_pages:
+                    i = waiting.popleft()
+                    steps = jobs[i].steps()
+                    busy[t] = (i, steps, next(steps))
+            if not busy:
+                return
+            b.visit_all((tabs[t], step) for t, (_i, _steps, step) in busy.items())
+            for t, (i, steps, _step) in list(busy.items()):
+                try:
+                    busy[t] = (i, steps, steps.send(tabs[t]))
+                except StopIteration as finished:
+                    done[i] = finished.value
+                    del busy[t]
+
+    def _episode_walk(
+        self, href: str, patient_id: str, office_name: str, observed: str
+    ) -> Generator[Step, Tab, tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+        """One patient's episodes (following #previouscert) and schedule on both discipline tabs.
+
+        A generator so several patients can be read at once: it yields the next link to open and is sent the
+        tab that has loaded it.
+        """
+        b = self.browser
+        tab = yield href
+        page = b.snapshot(tab, "episode_manager", ("schedule",), TABLE_JS)
         episodes: list[dict[str, Any]] = []
         visits: dict[str, dict[str, Any]] = {}
         seen: set[str] = set()
         while True:
-            b.require("episode_manager", "header")
-            if b.find("episode_manager", "episode") is None:
-                if b.find("episode_manager", "no_episodes") is None:
+            page.require("header")
+            if page.get("episode") is None:
+                if page.get("no_episodes") is None:
                     raise PortalLayoutChanged("/AM/Patient/episodeManager.cfm", "#episodeInfo")
                 return episodes, list(visits.values())
+            payer = page.require("payer")
             info = {
-                "@episode_key": b.require("episode_manager", "episode").get_attribute("data-episode-key") or "",
-                "period": b.require("episode_manager", "period").inner_text(),
-                "number": b.require("episode_manager", "number").inner_text(),
-                "status": b.require("episode_manager", "status").inner_text(),
-                "payer": b.require("episode_manager", "payer").inner_text(),
-                "@payer_key": b.require("episode_manager", "payer").get_attribute("data-payer-key") or "",
+                "@episode_key": page.require("episode")["data"].get("episodeKey") or "",
+                "period": page.require("period")["text"],
+                "number": page.require("number")["text"],
+                "status": page.require("status")["text"],
+                "payer": payer["text"],
+                "@payer_key": payer["data"].get("payerKey") or "",
             }
             if info["@episode_key"] in seen:
                 raise WellSkyError("the portal's previous-episode links loop; stopping to avoid reading forever")
@@ -283,28 +351,27 @@ class KinnserPortalChannel(Channel):
             ep = self._normalize("episodes", info, lambda i=info: norm.episode(i, patient_id, office_name, observed))
             if ep is not None:
                 episodes.append(ep)
-            for tab in ("nursing", "therapy"):
-                link = b.require("episode_manager", tab).get_attribute("href")
+            for discipline in ("nursing", "therapy"):
+                link = page.require(discipline)["href"]
                 if not link:
                     raise PortalLayoutChanged(
-                        "/AM/Patient/episodeManager.cfm", self.map.hooks("episode_manager")[tab][0]
+                        "/AM/Patient/episodeManager.cfm", self.map.hooks("episode_manager")[discipline][0]
                     )
-                b.goto(b.with_key(link))
-                for row in self._schedule_rows():
+                tab = yield link
+                page = b.snapshot(tab, "episode_manager", ("schedule",), TABLE_JS)
+                for row in self._schedule_rows(page.require("schedule")["table"]):
                     rec = self._normalize(
                         "appointments", row, lambda r=row: norm.appointment(r, patient_id, self.tz, observed)
                     )
                     if rec is not None:
                         visits[rec["id"]] = rec
-            previous = b.find("episode_manager", "previous")
+            previous = page.get("previous")
             if previous is None:
                 return episodes, list(visits.values())
-            b.goto(b.with_key(previous.get_attribute("href") or ""))
+            tab = yield previous["href"] or ""
+            page = b.snapshot(tab, "episode_manager", ("schedule",), TABLE_JS)
 
-    def _schedule_rows(self) -> list[dict[str, Any]]:
-        b = self.browser
-        table = b.selector("episode_manager", "schedule")
-        found = b.page.eval_on_selector(table, TABLE_JS)
+    def _schedule_rows(self, found: dict[str, Any]) -> list[dict[str, Any]]:
         self._require_columns(found["headers"], norm.SCHEDULE_COLUMNS, "Episode Manager schedule")
         rows = []
         for cells in found["rows"]:
@@ -316,14 +383,31 @@ class KinnserPortalChannel(Channel):
             rows.append(row)
         return rows
 
-    def _reconcile_reports(self, office: str, name: str, out: dict[str, list[dict[str, Any]]]) -> None:
+    def _deviation_windows(self, office: str) -> list[tuple[date, date]]:
+        """The Schedule Deviation ranges still to reconcile: from the last one (less a lookback) to today."""
+        today = date.today()
+        done_until = self.state.deviation_done_until(office)
+        start = (
+            date.fromisoformat(done_until) - timedelta(days=DEVIATION_LOOKBACK_DAYS)
+            if done_until
+            else today - timedelta(days=DEVIATION_WINDOW_DAYS * 2 - 1)  # two windows, the last ending today
+        )
+        windows = []
+        while start <= today:
+            end = min(start + timedelta(days=DEVIATION_WINDOW_DAYS - 1), today)
+            windows.append((start, end))
+            start = end + timedelta(days=1)
+        return windows
+
+    def _reconcile_reports(
+        self, out: dict[str, list[dict[str, Any]]], past_due: list[dict[str, str]], deviations: list[Any]
+    ) -> None:
         """Past Due Visits (.xls) and Schedule Deviation must agree with the schedule just read."""
         mrn_of = {p["id"]: p["mrn"] for p in out["patients"]}
         visits = defaultdict(list)
         for v in out["appointments"]:
             day = datetime.fromisoformat(v["start"].replace("Z", "+00:00")).astimezone(self.tz).date()
             visits[(mrn_of.get(v["patient_id"]), v["discipline"], day.isoformat())].append(v["status"])
-        past_due = self.browser.run(office, self._past_due_rows, "Past Due Visits")
         for row in past_due:
             key = (
                 row["MR#"],
@@ -332,16 +416,7 @@ class KinnserPortalChannel(Channel):
             )
             if "scheduled" not in visits.get(key, []):
                 self.data_quality["past_due_without_scheduled_visit"] += 1
-        today = date.today()
-        done_until = self.state.deviation_done_until(office)
-        start = (
-            date.fromisoformat(done_until) - timedelta(days=DEVIATION_LOOKBACK_DAYS)
-            if done_until
-            else today - timedelta(days=DEVIATION_WINDOW_DAYS * 2)
-        )
-        while start <= today:
-            end = min(start + timedelta(days=DEVIATION_WINDOW_DAYS - 1), today)
-            rows = self.browser.run(office, lambda s=start, e=end: self._deviation_rows(s, e), "Schedule Deviation")
+        for rows in deviations:
             for row in rows:
                 key = (
                     row["MR#"],
@@ -351,43 +426,52 @@ class KinnserPortalChannel(Channel):
                 wanted = norm.VISIT_STATUS.get(row["Deviation"])
                 if wanted not in visits.get(key, []):
                     self.data_quality["deviation_without_matching_visit"] += 1
-            self.state.deviation_window_done(office, end.isoformat())
-            start = end + timedelta(days=1)
         self.data_quality["past_due_rows"] += len(past_due)
 
     def _report_href(self, label: str) -> str:
+        """The Reports / Admin link called ``label``; the list is read once per login, not once per report."""
         b = self.browser
-        b.goto(b.menu_href(self.map.menu["reports"]))
-        table = b.selector("reports", "list")
-        links = b.page.locator(f"{table} {self.map.hooks('reports')['link'][0]}")
-        for i in range(links.count()):
-            if links.nth(i).inner_text().strip() == label:
-                return b.with_key(links.nth(i).get_attribute("href") or "")
-        raise PortalLayoutChanged("/AM/Reports/reports.cfm", f"{table} a.HotBox '{label}'")
+        login = b.stats["logins"]
+        if self._report_links[0] != login:
+            b.goto(b.menu_href(self.map.menu["reports"]))
+            table = b.selector("reports", "list")
+            links = b.page.eval_on_selector_all(
+                f"{table} {self.map.hooks('reports')['link'][0]}",
+                "as => as.map(a => [a.innerText.trim(), a.getAttribute('href') || ''])",
+            )
+            self._report_links = (login, dict(reversed(links)))  # the first link of a label wins
+        href = self._report_links[1].get(label)
+        if href is None:
+            hooks = self.map.hooks("reports")
+            raise PortalLayoutChanged("/AM/Reports/reports.cfm", f"{hooks['list'][0]} {hooks['link'][0]} '{label}'")
+        return b.with_key(href)
 
-    def _past_due_rows(self) -> list[dict[str, str]]:
+    def _past_due_job(self, href: str) -> Generator[Step, Tab, list[dict[str, str]]]:
         b = self.browser
-        b.goto(self._report_href(self.map.reports["past_due"]))
-        content = b.download(b.require("past_due", "to_excel"))
+        tab = yield href
+        content = b.download(b.require("past_due", "to_excel", tab.page), tab.key)
         return norm.read_past_due_xls(content)
 
-    def _deviation_rows(self, start: date, end: date) -> list[dict[str, str]]:
+    def _deviation_job(self, href: str, start: date, end: date) -> Generator[Step, Tab, list[dict[str, str]]]:
         b = self.browser
-        b.goto(self._report_href(self.map.reports["deviation"]))
-        b.require("deviation", "from").fill(start.strftime("%m/%d/%Y"))
-        b.require("deviation", "to").fill(end.strftime("%m/%d/%Y"))
-        with b.page.expect_navigation():
-            b.require("deviation", "run").click()
-        b.pages += 1
-        b.check_bounced()
-        b.dismiss_guides()
-        if b.find("deviation", "table") is None:
-            if b.find("deviation", "error") is not None:
+
+        def run_report(tab: Tab) -> None:
+            # typed and clicked with JS: Playwright's actionability checks wait for animation frames, which
+            # Chromium throttles in a tab that is not in front (seconds per field)
+            for hook, day in (("from", start), ("to", end)):
+                b.require("deviation", hook, tab.page).evaluate(SET_VALUE_JS, day.strftime("%m/%d/%Y"))
+            b.require("deviation", "run", tab.page).evaluate("e => e.click()")  # visit_all waits for the page
+
+        tab = yield href
+        tab = yield run_report
+        page = tab.page
+        if b.find("deviation", "table", page) is None:
+            if b.find("deviation", "error", page) is not None:
                 raise WellSkyError("the Schedule Deviation report refused the date range; the portal's limit changed")
-            if b.find("deviation", "empty") is None:
+            if b.find("deviation", "empty", page) is None:
                 raise PortalLayoutChanged("/AM/Reports/scheduleDeviation.cfm", self.map.hooks("deviation")["table"][0])
             return []
-        found = b.page.eval_on_selector(b.selector("deviation", "table"), TABLE_JS)
+        found = page.eval_on_selector(b.selector("deviation", "table", page), TABLE_JS)
         self._require_columns(found["headers"], norm.DEVIATION_COLUMNS, "Schedule Deviation")
         return [{h: c["text"] for h, c in cells.items()} for cells in found["rows"]]
 
