@@ -151,3 +151,127 @@ def test_a_state_without_its_key_store_knows_no_deletion(sandbox_factory, tmp_pa
     assert not [k for k in got if k.split("/", 1)[0] in stored], "no deletion without the previous keys"
     for stream in stored:
         assert f"{stream}: deletions: none known this run: cannot know this run" in moved.stderr
+
+
+def aged(states: Any) -> Any:
+    """The same state a week later: every stream's last complete view taken long ago (a full export is due)."""
+    text = json.dumps(states)
+    for stamp in set(re.findall(r'"view_at": "([^"]+)"', text)):
+        text = text.replace(f'"view_at": "{stamp}"', '"view_at": "2026-01-01T00:00:00Z"')
+    return json.loads(text)
+
+
+def test_a_due_full_bulk_export_reports_deletions_on_both_faces(tenant, tmp_path):
+    config = {**export_config(tenant), "source": "fhir_bulk", "fhir_bulk_job_dir": str(tmp_path / "jobs"),
+              "max_requests_per_second": 0}
+    catalog = selected_catalog(tmp_path, config)
+    first = run_tap(tmp_path, config, catalog=catalog)
+    assert not tombstones(records_by_stream(messages(first.stdout)))
+    singer_state = last_state(messages(first.stdout))
+    config_path = write_json(tmp_path / "ab-config.json", config)
+    ab_catalog = airbyte_catalog(tmp_path, config_path)
+    ab_state = final_states(run_source("read", "--config", config_path, "--catalog", ab_catalog))
+    gone = deleted_by(tenant.advance(fraction=0.3, seed=4))
+    assert gone
+
+    since = run_tap(tmp_path, config, catalog=catalog, state=singer_state)
+    assert not tombstones(records_by_stream(messages(since.stdout))), "a _since export knows no deletion"
+    assert "patients: deletions: none known this run: a _since export holds only what changed" in since.stderr
+
+    due = {**config, "fhir_bulk_full_export_days": 7}
+    full = run_tap(tmp_path, due, catalog=catalog, state=aged(last_state(messages(since.stdout))))
+    assert "a complete view is due (every 7 days)" in full.stderr, full.stderr[-3000:]
+    assert tombstones(records_by_stream(messages(full.stdout))) == gone
+    not_due = run_tap(tmp_path, due, catalog=catalog, state=last_state(messages(full.stdout)))
+    assert "a complete view is due" not in not_due.stderr
+    assert not tombstones(records_by_stream(messages(not_due.stdout)))
+
+    due_path = write_json(tmp_path / "ab-due.json", due)
+    ab_aged = write_json(tmp_path / "ab-aged.json", aged(ab_state))
+    airbyte = airbyte_records(run_source("read", "--config", due_path, "--catalog", ab_catalog, "--state", ab_aged))
+    assert tombstones(airbyte) == gone, "the Airbyte face reports the same deletions"
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(900)
+def test_a_finished_portal_walk_reports_a_deleted_visit_on_both_faces(sandbox_factory, tmp_path, monkeypatch):
+    """Kinnser portal (real Chromium, one small tenant): every office walked is a complete view."""
+    import shutil
+
+    if shutil.which("/usr/bin/chromium") is None:
+        pytest.skip("needs Debian's chromium")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
+    tenant = sandbox_factory(product="home_health", scale=10, sftp_port=None)
+    base = {**export_config(tenant), "source": "portal", "chromium_path": "/usr/bin/chromium",
+            "agency_timezone": "America/Chicago", "portal_wait_seconds": 20}
+    singer_config = {**base, "portal_state_path": str(tmp_path / "singer-portal.json")}
+    catalog = selected_catalog(tmp_path, singer_config)
+    for entry in catalog["streams"]:  # the portal's clinical walk: patients and their schedules
+        for meta in entry["metadata"]:
+            if meta["breadcrumb"] == []:
+                meta["metadata"]["selected"] = entry["tap_stream_id"] in ("patients", "appointments")
+    first = run_tap(tmp_path, singer_config, catalog=catalog)
+    assert not tombstones(records_by_stream(messages(first.stdout)))
+    monkeypatch.setenv("WELLSKY_CHROMIUM_PATH", "/usr/bin/chromium")  # the Airbyte face takes no command path
+    ab_settings = {k: v for k, v in base.items() if k != "chromium_path"}
+    ab_config = write_json(tmp_path / "ab-portal.json", {**ab_settings, "portal_state_path": str(tmp_path / "ab.json")})
+    discovered = of_type(run_source("discover", "--config", ab_config), Type.CATALOG)[0].catalog
+    ab_catalog = write_json(tmp_path / "ab-catalog.json", {"streams": [
+        {"stream": s.model_dump(mode="json", exclude_none=True), "sync_mode": "incremental",
+         "destination_sync_mode": "append_dedup", "cursor_field": ["updated_at"], "primary_key": [["id"]]}
+        for s in discovered.streams if s.name in ("patients", "appointments")]})
+    ab_state = write_json(tmp_path / "ab-state.json", final_states(run_source(
+        "read", "--config", ab_config, "--catalog", ab_catalog)))
+
+    gone = deleted_by(tenant.advance(fraction=0.3, seed=15))
+    gone = [k for k in gone if not k.startswith("authorizations/")]
+    assert gone, "the change model deleted a visit"
+    run = run_tap(tmp_path, singer_config, catalog=catalog, state=last_state(messages(first.stdout)))
+    assert tombstones(records_by_stream(messages(run.stdout))) == gone
+    assert re.search(r"appointments: deletions: \d+ emitted \(compared with the portal walk started", run.stderr)
+    airbyte = airbyte_records(run_source("read", "--config", ab_config, "--catalog", ab_catalog, "--state", ab_state))
+    assert tombstones(airbyte) == gone
+
+
+def test_a_closed_home_connect_office_is_deleted_once_on_both_faces(sandbox_factory, tmp_path, monkeypatch):
+    """Home Connect's location list is read whole every sync: an office the agency closed is a deletion."""
+    from .test_home_connect_sync import hc_config
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
+    tenant = sandbox_factory(product="personal_care", scale=10)
+    config = hc_config(tenant)
+    catalog = json.loads(run_tap(tmp_path, config, args=("--discover",)).stdout)
+    for entry in catalog["streams"]:
+        for meta in entry["metadata"]:
+            if meta["breadcrumb"] == []:
+                meta["metadata"]["selected"] = entry["tap_stream_id"] == "locations"
+    first = run_tap(tmp_path, config, catalog=catalog)
+    assert len(records_by_stream(messages(first.stdout))["locations"]) == 3
+    assert "locations: deletions: none known this run: first view" in first.stderr
+    config_path = write_json(tmp_path / "ab-config.json", config)
+    discovered = of_type(run_source("discover", "--config", config_path), Type.CATALOG)[0].catalog
+    ab_catalog = write_json(tmp_path / "ab-catalog.json", {"streams": [
+        {"stream": s.model_dump(mode="json", exclude_none=True), "sync_mode": "incremental",
+         "destination_sync_mode": "append_dedup", "cursor_field": ["updated_at"], "primary_key": [["id"]]}
+        for s in discovered.streams if s.name == "locations"]})
+    ab_state = write_json(tmp_path / "ab-state.json", final_states(run_source(
+        "read", "--config", config_path, "--catalog", ab_catalog)))
+
+    offices = tenant.control("GET", "/_sandbox/homeconnect/locations")
+    days = 0
+    while not offices["closed"] and days < 12:
+        tenant.advance(count=2, seed=days + 1)
+        days += 1
+        offices = tenant.control("GET", "/_sandbox/homeconnect/locations")
+    assert offices["closed"], "the change model closes an office now and then"
+    singer_run = run_tap(tmp_path, config, catalog=catalog, state=last_state(messages(first.stdout)))
+    singer = records_by_stream(messages(singer_run.stdout))
+    assert [(r["id"], bool(r.get("_sdc_deleted_at"))) for r in singer["locations"]] == [
+        (i, True) for i in offices["closed"]]
+    assert "locations: deletions: 1 emitted (compared with the locations list)" in singer_run.stderr
+    again = run_tap(tmp_path, config, catalog=catalog, state=last_state(messages(singer_run.stdout)))
+    assert not records_by_stream(messages(again.stdout)).get("locations"), "a deletion is emitted once"
+    airbyte = airbyte_records(run_source("read", "--config", config_path, "--catalog", ab_catalog,
+                                         "--state", ab_state))
+    assert [(r["id"], bool(r.get("_sdc_deleted_at"))) for r in airbyte["locations"]] == [
+        (i, True) for i in offices["closed"]]
