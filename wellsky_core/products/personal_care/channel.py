@@ -346,7 +346,7 @@ class HomeConnectChannel(Channel):
             if memo.changed(record["id"], record, None, None):
                 yield record
         if view is not None:
-            view.complete("the locations list", observed)
+            view.complete(f"the locations list read at {observed.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}", observed)
 
     def _normalized(
         self, entity: str, resources: Iterable[dict[str, Any]], observed: datetime, **hint: Any
