@@ -137,6 +137,8 @@ class StreamRead:
                     self.count += 1
                     observe(self.stream, record)
                     yield record
+            else:
+                self._no_deletions()
             resume = channel.resume_point(self.stream)
             if resume is not None and self.incremental:
                 self._bookmark = format_cursor(resume)
@@ -154,6 +156,16 @@ class StreamRead:
         deletions = SnapshotDeletions(self.connection.config, self.stream, self.state)
         self.channel.views[self.stream] = deletions.view()
         return deletions
+
+    def _no_deletions(self) -> None:
+        """The run-end line of a stream whose read cannot know deletions: why."""
+        if self.channel.snapshot_view(self.stream):
+            reason: str | None = ("cannot be emitted: the stream's schema requires fields a deletion (key and "
+                                  "client only) cannot fill")
+        else:
+            reason = self.channel.deletions_note(self.stream)
+        if reason is not None:
+            self.log.info("%s: deletions: %s", self.stream, reason)
 
     def _advance(self, value: Any) -> None:
         """The bookmark never passes what was emitted: ordered channels advance record by record, unordered

@@ -93,6 +93,11 @@ class Channel(abc.ABC):
         ``self.views[entity]`` (``see`` every record read, ``complete`` once the whole view was read)."""
         return False
 
+    def deletions_note(self, entity: str) -> str | None:
+        """Why a read of ``entity`` cannot know deletions, for the run-end line; None when the channel reports
+        its own (Home Connect's schedule re-reads)."""
+        return f"not knowable through source '{self.name}': it sees changes, never a complete view (docs/deletions.md)"
+
     def full_view_every(self, entity: str) -> int:
         """Days between complete views read on purpose inside incremental syncs (``since=None``), for a channel
         whose incremental read is not one (a bulk export's ``_since``); 0: never."""

@@ -256,6 +256,9 @@ class HomeConnectChannel(Channel):
     def snapshot_view(self, entity: str) -> bool:
         return entity == "locations"
 
+    def deletions_note(self, entity: str) -> str | None:
+        return None if entity in FANNED_OUT else super().deletions_note(entity)  # the schedule report says it
+
     def load_memo(self, entity: str, previous: dict[str, Any] | None) -> None:
         """The memo the stream's state kept from the last run (appointments, encounters, locations); a plain
         ``{key: hash}`` dict of older versions is read too."""
