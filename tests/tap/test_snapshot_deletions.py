@@ -275,3 +275,21 @@ def test_a_closed_home_connect_office_is_deleted_once_on_both_faces(sandbox_fact
                                          "--state", ab_state))
     assert [(r["id"], bool(r.get("_sdc_deleted_at"))) for r in airbyte["locations"]] == [
         (i, True) for i in offices["closed"]]
+
+
+def test_an_interrupted_read_emits_no_deletion_and_loses_none(tenant, tmp_path):
+    config = export_config(tenant)
+    catalog = selected_catalog(tmp_path, config)
+    state = last_state(messages(run_tap(tmp_path, config, catalog=catalog).stdout))
+    gone = deleted_by(tenant.advance(fraction=0.3, seed=4))
+    assert gone
+
+    tenant.control("POST", "/_sandbox/exports", json={"url_ttl_seconds": 0.001})  # every download URL has expired
+    broken = run_tap(tmp_path, config, catalog=catalog, state=state, check=False)
+    assert broken.returncode != 0, "the downloads failed"
+    assert not tombstones(records_by_stream(messages(broken.stdout))), "a failed read knows no deletion"
+    assert not re.search(r"deletions: \d+ emitted", broken.stderr)
+
+    tenant.control("POST", "/_sandbox/exports", json={"url_ttl_seconds": 300})
+    again = run_tap(tmp_path, config, catalog=catalog, state=state)
+    assert tombstones(records_by_stream(messages(again.stdout))) == gone, "the next complete read reports them"
