@@ -136,6 +136,8 @@ class StreamRead:
                 for record in deletions.finish(channel.views.pop(self.stream)):
                     self.count += 1
                     observe(self.stream, record)
+                    if self.incremental:  # as singer-sdk does with every record: the faces keep one bookmark
+                        self._advance(record.get(CURSOR_KEY))
                     yield record
             else:
                 self._no_deletions()

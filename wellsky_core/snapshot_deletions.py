@@ -193,8 +193,8 @@ class SnapshotDeletions:
         """(keys known before, the last compared view's id, why they are unknown: '' when known)."""
         entry = self.state.get(SNAPSHOT_KEY)
         if not isinstance(entry, dict) or entry.get("v") != VERSION:
-            return None, None, "first view of this stream (no keys from an earlier sync): deletions can be known " \
-                               "from the next complete view"
+            return None, None, ("first view of this stream (no keys from an earlier sync): deletions can be known "
+                                "from the next complete view")
         if entry.get("scope") != self.scope:
             return None, None, "the previous keys were taken for another start_date or source; starting over"
         last_view = entry.get("view") if isinstance(entry.get("view"), str) else None
@@ -232,15 +232,16 @@ class SnapshotDeletions:
             else:
                 deleted = gone
                 self.outcome = f"{len(gone)} emitted (compared with {view.view_id})"
-        assert view.as_of is not None or not deleted
+        as_of = view.as_of or datetime.now(UTC)  # set whenever there are deletions (a complete view)
         for key, client in sorted(deleted.items()):
             self.emitted += 1
-            yield tombstone(self.stream, key, client, view.as_of)  # type: ignore[arg-type]
+            yield tombstone(self.stream, key, client, as_of)
         known = dict(previous or {})
         known.update(view.known)
         for key in deleted:
             known.pop(key, None)
-        previous_at = self.state.get(SNAPSHOT_KEY, {}).get("view_at") if previous is not None else None
+        entry = self.state.get(SNAPSHOT_KEY)
+        previous_at = entry.get("view_at") if previous is not None and isinstance(entry, dict) else None
         self._save(known, view.view_id if complete else last_view,
                    stamp_of(view.as_of) if complete and view.as_of else previous_at)
         log.info("%s: deletions: %s", self.stream, self.outcome)
