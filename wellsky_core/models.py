@@ -74,6 +74,23 @@ class Record(CanonicalModel):
     data_quality: DataQuality = Field(default_factory=list)
 
 
+DELETED_AT = "_sdc_deleted_at"
+"""The Singer convention for a deleted record (singer-sdk targets and target-postgres soft- or hard-delete on it)."""
+
+
+class Deletable(Record):
+    """A stream a channel can report deletions on: a deleted record arrives with its key, its client and
+    ``_sdc_deleted_at`` set (every other field null). See docs/deletions.md for which channels can know."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    sdc_deleted_at: UtcDatetime | None = Field(
+        default=None,
+        alias=DELETED_AT,
+        description="When the connector found the record deleted in WellSky (null: the record exists)",
+    )
+
+
 class Address(CanonicalModel):
     expected = ("line1", "city", "state", "postal_code")
 
@@ -103,7 +120,7 @@ class PatientCoverage(CanonicalModel):
     order: int | None = Field(default=None, ge=1, description="1 = primary, 2 = secondary, ...")
 
 
-class Patient(Record):
+class Patient(Deletable):
     expected = ("first_name", "last_name", "birth_date", "gender", "status")
     read_only = ("deceased", "deceased_at", "race", "ethnicity", "merged_ids")
 
@@ -136,7 +153,7 @@ class Patient(Record):
     updated_at: UtcDatetime
 
 
-class Practitioner(Record):
+class Practitioner(Deletable):
     expected = ("first_name", "last_name")
 
     id: str
@@ -168,23 +185,6 @@ class AppointmentResource(CanonicalModel):
     type: str | None = Field(default=None, description="Resource type or role code as sent (AIG-4, AIP-4)")
     kind: Literal["personnel", "general"] = Field(
         default="general", description="personnel (HL7 AIP) or any other resource (HL7 AIG: equipment, aides)"
-    )
-
-
-DELETED_AT = "_sdc_deleted_at"
-"""The Singer convention for a deleted record (singer-sdk targets and target-postgres soft- or hard-delete on it)."""
-
-
-class Deletable(Record):
-    """A stream a channel can report deletions on: a deleted record arrives with its key, its client and
-    ``_sdc_deleted_at`` set (every other field null). See docs/deletions.md for which channels can know."""
-
-    model_config = ConfigDict(populate_by_name=True)
-
-    sdc_deleted_at: UtcDatetime | None = Field(
-        default=None,
-        alias=DELETED_AT,
-        description="When the connector found the record deleted in WellSky (null: the record exists)",
     )
 
 
@@ -344,7 +344,7 @@ class Outcome(CanonicalModel):
     recorded_on: date | None = None
 
 
-class CarePlan(Record):
+class CarePlan(Deletable):
     expected = ("patient_id", "status", "period_start")
     read_only = ("activities",)
 
@@ -372,7 +372,7 @@ class AuthorizationItem(CanonicalModel):
     end_date: date | None = None
 
 
-class Authorization(Record):
+class Authorization(Deletable):
     """A payer's prior authorization: which services, how many units, over which dates."""
 
     expected = (
@@ -412,7 +412,7 @@ class Authorization(Record):
     updated_at: UtcDatetime
 
 
-class Referral(Record):
+class Referral(Deletable):
     expected = ("patient_id", "source_name", "reason", "priority", "status", "received_date")
 
     id: str
@@ -427,7 +427,7 @@ class Referral(Record):
     updated_at: UtcDatetime
 
 
-class Coverage(Record):
+class Coverage(Deletable):
     expected = ("patient_id", "payer_id", "payer_name", "member_id", "order", "period_start", "status")
 
     id: str
@@ -443,7 +443,7 @@ class Coverage(Record):
     updated_at: UtcDatetime
 
 
-class RelatedPerson(Record):
+class RelatedPerson(Deletable):
     """A client's family member, emergency contact, payer or professional contact."""
 
     id: str
@@ -462,7 +462,7 @@ class RelatedPerson(Record):
     updated_at: UtcDatetime
 
 
-class Location(Record):
+class Location(Deletable):
     """An agency office or branch (clients and caregivers carry its id as their locationId)."""
 
     id: str

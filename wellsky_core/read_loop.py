@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .channels import CHANNELS, channel_class
+from .snapshot_deletions import SnapshotDeletions, can_carry_deletions
 from .stream_state import CURSOR_KEY, MEMO_KEY, STAMP_KEY, VALUE_KEY, cursor_value, parse_cursor, state_stamp
 
 if TYPE_CHECKING:
@@ -107,9 +108,17 @@ class StreamRead:
         if memo:  # a full refresh re-reads everything: no memo may hide an unchanged record from it
             channel.load_memo(self.stream, self.state.get(MEMO_KEY) if self.incremental else None)
         observe = self.connection.quality.observe
+        deletions = self._snapshot_deletions()
+        since = self.start()
+        every = channel.full_view_every(self.stream)
+        if deletions is not None and since is not None and self.connection.config.start_date is None \
+                and deletions.full_view_due(every):
+            self.log.info("%s: a complete view is due (every %d days): reading it whole, not from the bookmark",
+                          self.stream, every)
+            since = None
         started = last_report = time.monotonic()
         try:
-            for record in channel.iter_records(self.stream, self.start()):
+            for record in channel.iter_records(self.stream, since):
                 self.count += 1
                 self._since_checkpoint += 1
                 observe(self.stream, record)
@@ -123,6 +132,15 @@ class StreamRead:
                         "%s: %d records so far (%.0f/s)%s", self.stream, self.count, self.count / (now - started),
                         channel.progress_note(self.stream, now - started),
                     )
+            if deletions is not None:  # only after a read that ended normally: an interrupted one knows nothing
+                for record in deletions.finish(channel.views.pop(self.stream)):
+                    self.count += 1
+                    observe(self.stream, record)
+                    if self.incremental:  # as singer-sdk does with every record: the faces keep one bookmark
+                        self._advance(record.get(CURSOR_KEY))
+                    yield record
+            else:
+                self._no_deletions()
             resume = channel.resume_point(self.stream)
             if resume is not None and self.incremental:
                 self._bookmark = format_cursor(resume)
@@ -131,6 +149,25 @@ class StreamRead:
             self._write_cursor()
         finally:
             self.seconds += time.monotonic() - started
+
+    def _snapshot_deletions(self) -> SnapshotDeletions | None:
+        """The stream's deletion check, when its channel can read it as a complete view and its schema carries
+        ``_sdc_deleted_at`` (:mod:`wellsky_core.snapshot_deletions`); the view is handed to the channel to fill."""
+        if not self.channel.snapshot_view(self.stream) or not can_carry_deletions(self.stream):
+            return None
+        deletions = SnapshotDeletions(self.connection.config, self.stream, self.state)
+        self.channel.views[self.stream] = deletions.view()
+        return deletions
+
+    def _no_deletions(self) -> None:
+        """The run-end line of a stream whose read cannot know deletions: why."""
+        if self.channel.snapshot_view(self.stream):
+            reason: str | None = ("cannot be emitted: the stream's schema requires fields a deletion (key and "
+                                  "client only) cannot fill")
+        else:
+            reason = self.channel.deletions_note(self.stream)
+        if reason is not None:
+            self.log.info("%s: deletions: %s", self.stream, reason)
 
     def _advance(self, value: Any) -> None:
         """The bookmark never passes what was emitted: ordered channels advance record by record, unordered

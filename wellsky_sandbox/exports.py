@@ -4,7 +4,10 @@ Every export run ("night") writes one CSV per entity that changed since the prev
 per entity, everything), named ``<entity>_<YYYYMMDDTHHMMSSZ>_<run>.csv`` where the stamp is the newest
 ``updated_at`` in the run — names of one entity sort by time. A run happens when a client lists the exports
 and the tenant changed since the last run, so ``/_sandbox/advance`` followed by a listing yields new files;
-files already written never change; rows stream to disk (flat memory). The
+files already written never change; rows stream to disk (flat memory). Every ``full_every``-th run (default 7:
+a weekly full export, as agencies schedule it; ``POST /_sandbox/exports {"full_every": n}``, 0 = never) also
+writes one ``<entity>_<YYYYMMDDTHHMMSSZ>_<run>_full.csv`` per entity with every record the tenant has then, so a
+record deleted since (``/_sandbox/advance`` deletes some) is absent from it. The
 state lives in the tenant's SQLite file (``feed_files``,
 ``feed_emitted``), so a restart keeps it.
 
@@ -44,15 +47,16 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from .generator import FIELDS
-from .hl7 import feeds_for, stamp
+from .hl7 import feeds_for, public, stamp
 
 if TYPE_CHECKING:
     from .hl7 import BatchFeeds
     from .tenant import Tenant
 
 DEFAULT_URL_TTL_SECONDS = 300.0
+DEFAULT_FULL_EVERY = 7
 EXPORT_COLUMNS: dict[str, tuple[str, ...]] = FIELDS
-_NAME = re.compile(r"^[a-z_]+_\d{8}T\d{6}Z_\d{4}\.csv$")
+_NAME = re.compile(r"^[a-z_]+_\d{8}T\d{6}Z_\d{4}(_full)?\.csv$")
 
 
 def cell(value: Any) -> str:
@@ -82,6 +86,7 @@ class ExportFeed:
                 fdb.set_meta("exports:signing_key", key)
         self._key = bytes.fromhex(key)
         self.url_ttl_seconds = DEFAULT_URL_TTL_SECONDS
+        self.full_every = DEFAULT_FULL_EVERY
 
     def refresh(self) -> list[str]:
         """Run one "night" if anything changed since the last one; returns the new file names."""
@@ -115,11 +120,14 @@ class ExportFeed:
                     fh.close()
             if not open_files:
                 return []
+            if self.full_every and run % self.full_every == 0:
+                self._write_full(run, open_files)
             names = []
             fdb.db.execute("BEGIN IMMEDIATE")
             try:
-                for entity, (_, _, tmp, n) in open_files.items():
-                    name = f"{entity}_{stamp(newest)}_{run:04d}.csv"
+                for key, (_, _, tmp, n) in open_files.items():
+                    entity, _, full = key.partition(":")
+                    name = f"{entity}_{stamp(newest)}_{run:04d}{'_full' if full else ''}.csv"
                     os.replace(tmp, self.dir / name)
                     fdb.add_file(self.feed, name, entity, self.dir / name, n)
                     names.append(name)
@@ -133,6 +141,23 @@ class ExportFeed:
                 fdb.db.execute("ROLLBACK")
                 raise
             return sorted(names)
+
+    def _write_full(self, run: int, open_files: dict[str, tuple[Any, Any, Path, int]]) -> None:
+        """Every entity's whole current content, one file each (keyed ``<entity>:full`` among the run's files)."""
+        fdb = self.feeds.fdb
+        for entity, columns in EXPORT_COLUMNS.items():
+            tmp = self.dir / f".{entity}.run{run}.full.tmp"
+            n = 0
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(columns)
+                cur = fdb.db.execute("SELECT body FROM records WHERE entity = ? ORDER BY updated_at, id", (entity,))
+                while rows := cur.fetchmany(2000):
+                    for (body,) in rows:
+                        rec = public(orjson.loads(body))
+                        writer.writerow([cell(rec.get(c)) for c in columns])
+                        n += 1
+            open_files[f"{entity}:full"] = (None, None, tmp, n)
 
     # -- signed URLs ----------------------------------------------------------------------------------
     def sign(self, name: str, expires: int) -> str:
@@ -210,13 +235,18 @@ def routes(tenant: Tenant) -> list[BaseRoute]:
         body = await api.json_body(request)
         feed = feeds_for(tenant).exports
         if not isinstance(body, dict):
-            return error(400, "invalid_request", 'body must be {"url_ttl_seconds": n}')
+            return error(400, "invalid_request", 'body must be {"url_ttl_seconds": n} or {"full_every": n}')
         if "url_ttl_seconds" in body:
             ttl = body["url_ttl_seconds"]
             if not isinstance(ttl, int | float) or ttl <= 0:
                 return error(400, "invalid_request", "url_ttl_seconds must be a positive number")
             feed.url_ttl_seconds = float(ttl)
-        return ORJSONResponse({"url_ttl_seconds": feed.url_ttl_seconds})
+        if "full_every" in body:
+            every = body["full_every"]
+            if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+                return error(400, "invalid_request", "full_every must be a whole number of runs (0 = never)")
+            feed.full_every = every
+        return ORJSONResponse({"url_ttl_seconds": feed.url_ttl_seconds, "full_every": feed.full_every})
 
     async def add_key(request: Request) -> Response:
         body = await api.json_body(request)

@@ -320,7 +320,8 @@ class Tenant:
 
     # -- a day of changes -------------------------------------------------------------------------------
     def advance(self, *, fraction: float | None = None, count: int | None = None, seed: int = 1) -> dict[str, Any]:
-        """Mutate about ``count`` records (or ``fraction`` of all): updates, new rows, cancellations."""
+        """Mutate about ``count`` records (or ``fraction`` of all): updates, new rows, cancellations, and deletions
+        (care logs on personal_care; visits, authorizations and merged duplicate patients on the others)."""
         total = sum(self.store.counts().values())
         n = count if count is not None else max(1, round(total * (fraction or 0.01)))
         rng = random.Random(seed * 1_000_003 + total)
@@ -348,6 +349,11 @@ class Tenant:
                     rec["updated_at"] = now
                     changed[(entity, rec["id"])] = rec
                     kinds["created"] += 1
+                continue
+            if self.product != "personal_care" and roll < 0.3:  # records removed the way agencies remove them
+                kind = self._remove(rng, counters, changed, originals, deleted, now)
+                if kind:
+                    kinds[kind] += 1
                 continue
             if self.product == "personal_care" and roll < 0.34:  # kinds the Home Connect emulation also makes
                 kind = self._late_entry(gen, rng, counters, now, changed) if roll < 0.3 else self._delete_care_log(
@@ -424,6 +430,45 @@ class Tenant:
             return None
         deleted.add(("encounters", rec["id"]))
         return "deleted"
+
+    def _remove(
+        self, rng: random.Random, counters: dict[str, int], changed: dict[tuple[str, str], dict[str, Any]],
+        originals: dict[tuple[str, str], dict[str, Any]], deleted: set[tuple[str, str]], now: str,
+    ) -> str | None:
+        """A record deleted in WellSky: a scheduled visit deleted (booked in error), an authorization voided, or a
+        duplicate patient merged away (its records move to the surviving patient; the tenant keeps no merged ids)."""
+        choice = rng.random()
+        if choice < 0.45:
+            picks = (self._random("appointments", rng, counters) for _ in range(8))  # most visits are past
+            appt = next((a for a in picks if a is not None and a["status"] == "scheduled"), None)
+            if appt is None or ("appointments", appt["id"]) in changed:
+                return None
+            if any(e.get("appointment_id") == appt["id"] for e in self.store.find("encounters",
+                                                                                 patient_id=appt["patient_id"])):
+                return None
+            deleted.add(("appointments", appt["id"]))
+            return "visit_deleted"
+        if choice < 0.8:
+            auth = self._random("authorizations", rng, counters)
+            if auth is None or ("authorizations", auth["id"]) in changed:
+                return None
+            deleted.add(("authorizations", auth["id"]))
+            return "authorization_voided"
+        duplicate, survivor = self._random("patients", rng, counters), self._random("patients", rng, counters)
+        if duplicate is None or survivor is None or duplicate["id"] == survivor["id"]:
+            return None
+        if any(key[1] in (duplicate["id"], survivor["id"]) for key in changed if key[0] == "patients"):
+            return None
+        moved = [(e, r) for e in ENTITIES if e not in ("patients", "practitioners")
+                 for r in self.store.find(e, patient_id=duplicate["id"])]
+        if any((e, r["id"]) in deleted or (e, r["id"]) in changed for e, r in moved):
+            return None
+        for entity, rec in moved:
+            originals.setdefault((entity, rec["id"]), copy.deepcopy(rec))
+            rec.update(patient_id=survivor["id"], updated_at=now)
+            changed[(entity, rec["id"])] = rec
+        deleted.add(("patients", duplicate["id"]))
+        return "patient_merged"
 
     def _random(self, entity: str, rng: random.Random, counters: dict[str, int]) -> dict[str, Any] | None:
         top = counters.get(entity, 0)

@@ -142,10 +142,14 @@ def test_both_faces_discover_read_and_resume_alike(sandbox_factory, tmp_path: Pa
 
 
 def _timeless(state: dict[str, Any]) -> dict[str, Any]:
-    """A state without the moments each face read at (a memo's ``read_at``, ``reconciled_at``)."""
+    """A state without the moments each face read at (a memo's ``read_at``, ``reconciled_at``; a complete view's
+    name and time, e.g. the Home Connect locations list read at each face's own moment)."""
     memo = state.get("content_hashes")
     if isinstance(memo, dict):
         state = {**state, "content_hashes": {k: v for k, v in memo.items() if not k.endswith("_at")}}
+    keys = state.get("snapshot_keys")
+    if isinstance(keys, dict):
+        state = {**state, "snapshot_keys": {k: v for k, v in keys.items() if k not in ("view", "view_at")}}
     return state
 
 

@@ -292,9 +292,11 @@ def test_read_only_tenant_refuses_writes(sandbox_factory):
 def test_advance_changes_records_after_the_previous_high_water_mark(sandbox):
     before = {e: max(r["updated_at"] for r in sandbox.truth(e)) for e in ("patients", "appointments")}
     result = sandbox.advance(count=30, seed=5)
-    assert result["changed"] == 30
+    assert result["changed"] + len(result["deleted"]) == 30  # deletions are changes too
     changed = sum(len(sandbox.truth(e, updated_since=result["updated_at"])) for e in ENTITIES)
-    assert changed == 30
+    assert changed == result["changed"]
+    assert not [k for k in result["deleted"] if sandbox.truth(k.split("/")[0]) and k.split("/")[1] in
+                {r["id"] for r in sandbox.truth(k.split("/")[0])}], "a deleted record is gone from the truth"
     assert all(result["updated_at"] > mark for mark in before.values())
 
 

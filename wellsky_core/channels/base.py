@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from ..deadletter import DeadLetter
 from ..errors import NormalizationError
+from ..snapshot_deletions import SnapshotView
 
 if TYPE_CHECKING:
     from ..config import WellSkyConfig
@@ -83,6 +84,24 @@ class Channel(abc.ABC):
         """Inputs deliberately not read, by type (e.g. an HL7 message type no stream carries)."""
         self.plans: dict[str, Progress] = {}
         """Per stream, the plan of a read whose size is known up front (:meth:`plan_progress`)."""
+        self.views: dict[str, SnapshotView] = {}
+        """Per stream, the view this read fills when :meth:`snapshot_view` (handed in by the read loop)."""
+
+    def snapshot_view(self, entity: str) -> bool:
+        """Whether a read of ``entity`` can be a complete view of the tenant, so that a record the last one had
+        and this one lacks is deleted (:mod:`wellsky_core.snapshot_deletions`). Such a channel feeds
+        ``self.views[entity]`` (``see`` every record read, ``complete`` once the whole view was read)."""
+        return False
+
+    def deletions_note(self, entity: str) -> str | None:
+        """Why a read of ``entity`` cannot know deletions, for the run-end line; None when the channel reports
+        its own (Home Connect's schedule re-reads)."""
+        return f"not knowable through source '{self.name}': it sees changes, never a complete view (docs/deletions.md)"
+
+    def full_view_every(self, entity: str) -> int:
+        """Days between complete views read on purpose inside incremental syncs (``since=None``), for a channel
+        whose incremental read is not one (a bulk export's ``_since``); 0: never."""
+        return 0
 
     def plan_progress(self, entity: str, planned: int, unit: str) -> Progress:
         """Announce that reading ``entity`` takes ``planned`` units; advance the returned Progress as they finish."""
@@ -100,6 +119,9 @@ class Channel(abc.ABC):
         With a dead-letter file the input is kept there with the reason and the sync goes on; without one the
         sync stops with the error (never a silent drop). ``problem`` is a PHI-free reason or exception.
         """
+        view = self.views.get(entity) if entity else None
+        if view is not None:
+            view.incomplete("an input was dead-lettered, so the view lacks a record that may exist")
         if self.dead_letter.path is None:
             if isinstance(problem, Exception):
                 raise problem

@@ -4,6 +4,11 @@ Files are named ``<entity>_<YYYYMMDDTHHMMSSZ>_<run>.csv``; the stamp is the newe
 so files stamped before ``since`` are skipped unread. Files are read oldest first and the latest row per id
 wins; records with ``updated_at >= since`` are yielded in (updated_at, id) order.
 
+A night's file holds what changed since the previous night; the periodic full export (``..._<run>_full.csv``)
+holds every record of the entity, so it is a complete view: a record known before and absent from the newest
+full file read this run, and from every later file, is deleted (:mod:`wellsky_core.snapshot_deletions`). A
+run that reads no new full file, or dead-letters any row, knows no deletion.
+
 Where from: ``via="sftp"`` reads ``sftp_export_dir`` (host key pinned, see ``sftp.connect_sftp``);
 ``via="http"`` lists ``GET /exports`` with the tenant client and downloads each signed URL before it
 expires — a 410 (expired) re-lists and retries with the fresh URL, and size and sha256 are verified when the
@@ -44,7 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_NAME = re.compile(r"^(?P<entity>[a-z_]+)_(?P<stamp>\d{8}T\d{6}Z)_(?P<run>\d+)\.csv$")
+_NAME = re.compile(r"^(?P<entity>[a-z_]+)_(?P<stamp>\d{8}T\d{6}Z)_(?P<run>\d+)(?P<full>_full)?\.csv$")
 MAX_RELISTS = 3
 csv.field_size_limit(16 * 1024 * 1024)
 
@@ -89,6 +94,9 @@ class ExportChannel(Channel):
     def supports(self, entity: str) -> bool:
         return entity in ENTITIES and ENTITIES[entity].modeled_rest and ENTITIES[entity].sources is None
 
+    def snapshot_view(self, entity: str) -> bool:
+        return self.supports(entity)
+
     # -- listing --------------------------------------------------------------------------------------
     def _list(self) -> list[dict[str, Any]]:
         """``[{name, entity, stamp, size?, sha256?, url?}]`` sorted by name."""
@@ -112,7 +120,8 @@ class ExportChannel(Channel):
             if m is None:
                 log.warning("export: skipping a file whose name is not <entity>_<stamp>_<run>.csv")
                 continue
-            files.append({**item, "entity": m["entity"], "stamp": m["stamp"]})
+            files.append({**item, "entity": m["entity"], "stamp": m["stamp"], "run": int(m["run"]),
+                          "full": bool(m["full"])})
         return sorted(files, key=lambda f: f["name"])
 
     # -- reading --------------------------------------------------------------------------------------
@@ -121,12 +130,23 @@ class ExportChannel(Channel):
             raise ValueError(f"unknown entity {entity!r}")
         floor = since.timestamp() if since is not None else float("-inf")
         files = [f for f in self._list() if f["entity"] == entity and _stamp_epoch(f["stamp"]) >= floor]
+        view = self.views.get(entity)
+        full = max((f for f in files if f["full"]), key=lambda f: (f["run"], f["name"]), default=None)
+        if view is not None and full is None:
+            view.incomplete("no full export file since the last sync (night files hold changes only)")
         latest = LatestVersions()  # on disk: constant memory however large the exports are
         try:
             for file_no, info in enumerate(files):
+                part = "before" if full is None or info["run"] < full["run"] else "view" if info is full else (
+                    "after" if info["run"] > full["run"] else "before")
                 for row_no, rec in self._rows(entity, info):
                     latest.offer(entity, rec, (file_no, row_no))
+                    if view is not None:
+                        view.see(rec, part)
                 self.files_read.append(info["name"])
+            if view is not None and full is not None:
+                as_of = datetime.strptime(full["stamp"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+                view.complete(f"the full export file of run {full['run']}", as_of)
             yield from latest.records(entity, since)
         finally:
             latest.close()

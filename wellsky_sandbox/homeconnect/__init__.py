@@ -66,8 +66,15 @@ def routes(tenant: Tenant) -> list[BaseRoute]:
                 return HcResponse({"error": "invalid_option", "message": str(exc)}, status_code=400)
         return HcResponse(vars(hc.options))
 
+    async def offices(request: Request) -> Response:
+        """The truth of the location list: the open offices' ids and the closed ones' (deleted)."""
+        open_ids = [loc["id"] for loc in hc.extras.locations]
+        return HcResponse({"open": open_ids,
+                           "closed": [loc["id"] for loc in hc.extras.all_locations if loc["id"] not in open_ids]})
+
     return [
         Route("/oauth/accesstoken", hc.token, methods=["POST"]),
+        Route("/_sandbox/homeconnect/locations", offices, methods=["GET"]),
         Route("/v1/{path:path}", hc.dispatch, methods=METHODS),
         Route("/_sandbox/homeconnect/deliveries", deliveries, methods=["GET"]),
         Route("/_sandbox/homeconnect/options", options, methods=["GET", "POST"]),

@@ -23,7 +23,7 @@ from starlette.responses import Response
 from ..security import SUPPORTED_SCOPES, AuthFailure, Principal
 from ..tenant import Tenant
 from .contacts import ContactRoutes
-from .data import Extras
+from .data import Extras, rng_for
 from .http import HcResponse, apigee_fault, aws_forbidden, fail
 from .options import Options
 from .people import PeopleRoutes
@@ -282,7 +282,13 @@ class HomeConnect(PeopleRoutes, ScheduleRoutes, ContactRoutes, SubscriptionRoute
         return self.bundle([org], 1)
 
     def _on_advance(self, batch: list[tuple[str, dict[str, Any] | None, dict[str, Any]]]) -> None:
-        """A simulated day of changes notifies subscribers with the criteria each change matches."""
+        """A simulated day of changes notifies subscribers with the criteria each change matches; now and then
+        (a quarter of the days, deterministic per tenant and day) the agency closes an office, while two remain."""
+        day = int(self.store.meta("homeconnect_advances") or 0) + 1
+        self.store.set_meta("homeconnect_advances", str(day))
+        open_offices = self.extras.locations
+        if len(open_offices) > 2 and rng_for(self.extras.seed, "office-closure", str(day)).random() < 0.25:
+            self.extras.close_location(open_offices[-1]["id"])
         for entity, old, new in batch:
             if entity == "encounters" and old is not None and new.get("note_summary") != old.get("note_summary"):
                 self._addendum(new)

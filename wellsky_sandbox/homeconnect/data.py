@@ -137,15 +137,27 @@ class Extras:
         self.store = store
         self.seed = seed
         self.agency_id = agency_id(seed)
-        self.locations = locations(seed)
+        self.all_locations = locations(seed)
+        """Every office the agency ever had: records keep the office they were assigned to, even a closed one."""
         with store.lock:
             store.db.executescript(SCHEMA)
         if store.meta("homeconnect_seeded") is None:
             self._materialise()
 
+    @property
+    def locations(self) -> list[dict[str, Any]]:
+        """The open offices (``POST /v1/locations/_search`` lists these): a closed office is gone from the list."""
+        closed = set(orjson.loads(self.store.meta("homeconnect_closed_locations") or "[]"))
+        return [loc for loc in self.all_locations if loc["id"] not in closed]
+
+    def close_location(self, location_id: str) -> None:
+        """An office closed (an agency consolidating branches): deleted from the location list for good."""
+        closed = orjson.loads(self.store.meta("homeconnect_closed_locations") or "[]")
+        self.store.set_meta("homeconnect_closed_locations", orjson.dumps(sorted({*closed, location_id})).decode())
+
     # -- deterministic per-record extras --------------------------------------------------------------
     def location_id(self, kind: str, rec_id: str) -> str:
-        return rng_for(self.seed, f"{kind}-location", rec_id).choice(self.locations)["id"]
+        return rng_for(self.seed, f"{kind}-location", rec_id).choice(self.all_locations)["id"]
 
     def client_code(self, rec: dict[str, Any]) -> tuple[int, bool, bool]:
         """(status code, isClient, active) of a canonical patient; a code written through the API wins."""

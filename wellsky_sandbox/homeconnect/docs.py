@@ -271,12 +271,14 @@ def render_section() -> str:
         "| `POST /v1/chargeitem/_search/`, `/v1/medication/_search/`, `/v1/admins/_search/` | empty Bundles |",
         "| `POST/GET /v1/subscriptions/`, `POST /v1/subscriptions/_search/`, `GET/PUT/DELETE "
         "/v1/subscriptions/{id}/` | subscriptions |",
-        "| `GET /_sandbox/homeconnect/deliveries?after=N`, `GET/POST /_sandbox/homeconnect/options` | control |",
+        "| `GET /_sandbox/homeconnect/deliveries?after=N`, `GET/POST /_sandbox/homeconnect/options`, "
+        "`GET /_sandbox/homeconnect/locations` (open and closed offices) | control |",
         "",
         "Sandbox machinery on this product: `/_sandbox/truth/{entity}` stays canonical (no `_…` keys, one record per",
         "shift occurrence); `/_sandbox/advance` changes are visible through `updated=` and notify the matching",
         "subscriptions; on this product it also enters late visits (completed shifts up to 3 weeks back, most",
-        "with a care log), deletes care logs entered in error (listed under `deleted` in its answer), besides",
+        "with a care log), deletes care logs entered in error (listed under `deleted` in its answer), closes an",
+        "office now and then (a quarter of the days while three are open: gone from the location list), besides",
         "new clients with up to two years of history, cancellations and addenda in any month. Notified:",
         "patient/practitioner created, name/address/telecom/deactivated, prospect/applicant status;",
         "care logs closed → `encounter.clockout.changed`. Every `/v1/` write is in `/_sandbox/audit`;",

@@ -82,6 +82,23 @@ class FhirBulkChannel(Channel):
     def offers(cls, entity: str, product: str | None) -> bool:
         return entity in fhir_norm.ENTITY_TYPES
 
+    def snapshot_view(self, entity: str) -> bool:
+        return entity in fhir_norm.ENTITY_TYPES
+
+    def full_view_every(self, entity: str) -> int:
+        """Days between full (non-``_since``) exports inside incremental syncs (0: never)."""
+        return self.config.fhir_bulk_full_export_days
+
+    def _view_limits(self, since: datetime | None) -> str | None:
+        """Why this export cannot be a complete view of the tenant, or None."""
+        if since is not None:
+            return "a _since export holds only what changed"
+        if self.config.fhir_bulk_level == "group":
+            return "a Group export holds its members only (one leaving the group is not a deletion)"
+        if self.config.fhir_bulk_type_filter:
+            return "fhir_bulk_type_filter narrows the export"
+        return None
+
     def supports(self, entity: str) -> bool:
         if entity not in fhir_norm.ENTITY_TYPES:
             return False
@@ -107,10 +124,16 @@ class FhirBulkChannel(Channel):
                 f"{fhir_norm.ENTITY_TYPES.get(entity, entity)} cannot be bulk-exported from this {self.product} "
                 f"tenant at {level} level (see /fhir/metadata); read {entity} with source=api or fhir",
             )
+        view = self.views.get(entity)
+        limits = self._view_limits(since)
+        if view is not None and limits is not None:
+            view.incomplete(limits)
         try:
             job = self._job_for(entity, since)
             self._served_by[entity] = job
             yield from self._records(entity, job)
+            if view is not None and job.transaction_time is not None:
+                view.complete(f"the full bulk export of {fhir_instant(job.transaction_time)}", job.transaction_time)
         except BaseException:
             self._failed = True
             raise
@@ -152,6 +175,7 @@ class FhirBulkChannel(Channel):
         by_ref = ByRef(job.spool)
         as_of = job.state["manifest"].get("transactionTime")
         undated = 0
+        view = self.views.get(entity)
         rules = fhir_norm.FhirRules(dict(self.config.fhir_identifier_systems))
         self._index_job(job)
         index = self._search.index
@@ -176,6 +200,8 @@ class FhirBulkChannel(Channel):
                 undated += 1
                 if isinstance(record.get("data_quality"), list):
                     record["data_quality"].append(UNDATED_FLAG)
+            if view is not None:
+                view.see(record)
             yield record
         if undated:
             self.undated[entity] = undated
@@ -271,6 +297,8 @@ class FhirBulkChannel(Channel):
         codes = [code if code in SERVER_CODES else "other" for code in codes]
         with self._lock:
             self.export_issues += 1
+            for view in self.views.values():  # the error file does not say which resource is missing
+                view.incomplete("the bulk export reported errors, so it may lack records")
             if self.dead_letter.path is not None:
                 self.dead_letter.write(
                     stage="read",

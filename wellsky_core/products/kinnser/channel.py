@@ -155,9 +155,15 @@ class KinnserPortalChannel(Channel):
         self.data_quality: Counter[str] = Counter()
         self.progress: list[dict[str, Any]] = []
         self._report_links: tuple[int, dict[str, str]] = (-1, {})
+        self._rejected: dict[str, set[str]] = {}
+        """Per walk group, the entities of which a row was dead-lettered (their view is not complete)."""
+        self._walked_at: dict[str, str] = {}
 
     @classmethod
     def offers(cls, entity: str, product: str | None) -> bool:
+        return entity in GROUP_OF
+
+    def snapshot_view(self, entity: str) -> bool:
         return entity in GROUP_OF
 
     def supports(self, entity: str) -> bool:
@@ -175,6 +181,14 @@ class KinnserPortalChannel(Channel):
         if group not in self._results:
             self._results[group] = self._walk(group)
         floor = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if since is not None else ""
+        view = self.views.get(entity)
+        if view is not None:  # a finished walk of every office is a complete view of the entity
+            if entity in self._rejected.get(group, ()):
+                view.incomplete("the portal walk set a row aside (dead-lettered), so it may lack a record")
+            for record in self._results[group][entity]:
+                view.see(record)
+            started = self._walked_at[group]
+            view.complete(f"the portal walk started {started}", datetime.fromisoformat(started.replace("Z", "+00:00")))
         for record in self._results[group][entity]:
             if record["updated_at"] >= floor:
                 yield record
@@ -196,7 +210,11 @@ class KinnserPortalChannel(Channel):
             self.plans[entity] = plan
         started = time.monotonic()
         for value, name in todo:
+            rejected_before = self.data_quality.copy()
             records = self._clinical(value, name, run) if group == "clinical" else self._billing(value, name, run)
+            rejected = [e for e in entities if self.data_quality[f"{e}_rejected"] > rejected_before[f"{e}_rejected"]]
+            if rejected:  # kept with the office: a resumed walk still knows it set rows aside
+                records = {**records, "@rejected": rejected}  # type: ignore[dict-item]
             self.state.office_done(run, value, records)
             counts = {e: len(records.get(e, [])) for e in entities}
             self.progress.append({"group": group, "office": name, **counts})
@@ -208,6 +226,8 @@ class KinnserPortalChannel(Channel):
                 ", ".join(f"{v} {k}" for k, v in counts.items()),
                 plan.note(time.monotonic() - started),
             )
+        self._rejected[group] = {e for office in run["offices"].values() for e in office.get("@rejected", ())}
+        self._walked_at[group] = str(run["started_at"])
         return self.state.finish(run, entities)
 
     def _offices(self) -> list[tuple[str, str]]:

@@ -38,6 +38,7 @@ from urllib.parse import quote
 from ...channels.base import Channel
 from ...errors import NormalizationError, RemoteError
 from ...http.paging import PageNumberPaginator
+from ...snapshot_deletions import tombstone as deletion
 from ...webhooks import EventStore
 from .dialect import API_ROOT, MAX_COUNT, UNAVAILABLE
 from .normalize import tags, task_logs, to_canonical
@@ -181,13 +182,10 @@ class ReadPlan:
 
 
 def tombstone(entity: str, key: str, client_id: str | None, observed: datetime) -> dict[str, Any]:
-    """A record the server no longer has, in the Singer convention targets understand (``_sdc_deleted_at``)."""
-    stamp = observed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    record: dict[str, Any] = {"id": key, "patient_id": client_id, "data_quality": [], "updated_at": stamp}
-    if entity == "appointments" and "@" in key:
-        record["series_id"] = key.split("@", 1)[0]
-    record["_sdc_deleted_at"] = stamp
-    return record
+    """A shift occurrence or care log the server no longer has (the core's one deletion shape, with the
+    occurrence's series id)."""
+    extra = {"series_id": key.split("@", 1)[0]} if entity == "appointments" and "@" in key else {}
+    return deletion(entity, key, client_id, observed, **extra)
 
 
 def _day(value: Any) -> date | None:
@@ -255,6 +253,12 @@ class HomeConnectChannel(Channel):
     def unavailable_reason(self, entity: str) -> str | None:
         return UNAVAILABLE.get(entity) if entity not in RESOURCES else None
 
+    def snapshot_view(self, entity: str) -> bool:
+        return entity == "locations"
+
+    def deletions_note(self, entity: str) -> str | None:
+        return None if entity in FANNED_OUT else super().deletions_note(entity)  # the schedule report says it
+
     def load_memo(self, entity: str, previous: dict[str, Any] | None) -> None:
         """The memo the stream's state kept from the last run (appointments, encounters, locations); a plain
         ``{key: hash}`` dict of older versions is read too."""
@@ -315,9 +319,9 @@ class HomeConnectChannel(Channel):
             records = self._fan_out(entity, self._shifts_of, since, observed)
         else:
             records = self._fan_out(entity, self._care_logs_of, since, observed)
-        if entity == "locations":
+        if entity == "locations":  # read whole every run: a complete view, so a closed office is a deletion
             memo = self.memos.setdefault(entity, ScheduleMemo(None, self._scope(entity)))
-            records = (r for r in records if memo.changed(r["id"], r, None, None))
+            records = self._locations(records, memo, observed)
         try:
             yield from records
             plan = self._plans.get(entity)
@@ -333,6 +337,19 @@ class HomeConnectChannel(Channel):
                     "%s: fields the source left empty or unusable (read as null, named in data_quality): %s",
                     entity, ", ".join(f"{k} {v}" for k, v in flagged.most_common()),
                 )
+
+    def _locations(
+        self, records: Iterable[dict[str, Any]], memo: ScheduleMemo, observed: datetime
+    ) -> Iterator[dict[str, Any]]:
+        """The changed locations; every one read goes into the stream's view, complete once the list ends."""
+        view = self.views.get("locations")
+        for record in records:
+            if view is not None:
+                view.see(record)
+            if memo.changed(record["id"], record, None, None):
+                yield record
+        if view is not None:
+            view.complete(f"the locations list read at {observed.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}", observed)
 
     def _normalized(
         self, entity: str, resources: Iterable[dict[str, Any]], observed: datetime, **hint: Any
