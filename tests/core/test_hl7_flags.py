@@ -657,3 +657,88 @@ def test_procedures_with_their_coding_system() -> None:
 def test_each_pv1_10_discipline(code: str) -> None:
     record = oru(seg("PV1", {1: "1", 10: f"{code.lower()}^x"}), OBR_FULL)
     assert record["discipline"] == code and "discipline" not in flags(record)
+
+
+@pytest.mark.parametrize(
+    ("segments", "sch11", "field", "where"),
+    [
+        (["TQ1|1||||||2026-02-03|20260203100000-0600\r"], "", "start", "TQ1-7"),
+        (["TQ1|1||||||20260203090000-0600|20260231100000-0600\r"], "", "end", "TQ1-8"),
+        ([], "^^60^20260203X^20260203100000-0600", "start", "SCH-11.4"),
+        ([], "^^60^20260203090000-0600^20260203100000", "end", "SCH-11.5"),
+        (["AIS|1||G0151|2026-02-03|||45|MIN\r"], "", "start", "AIS-4"),
+        ([seg("AIG", {1: "1", 3: "R1^Nurse", 8: "x"})], "", "start", "AIG-8"),
+        ([seg("AIL", {1: "1", 3: "L1", 6: "x"})], "", "start", "AIL-6"),
+        ([seg("AIP", {1: "1", 3: "N1", 6: "x"})], "", "start", "AIP-6"),
+    ],
+)
+def test_an_unreadable_appointment_time_is_null_and_flagged_naming_its_field(
+    segments: list[str], sch11: str, field: str, where: str
+) -> None:
+    record = siu(*segments, sch_fields={11: sch11})
+    assert record[field] is None and flags(record)[field] == "invalid"
+    assert reason(record, field).startswith(f"{where} ")
+
+
+@pytest.mark.parametrize(("pv1", "field", "where"), [({44: "2026-02-03"}, "start", "PV1-44"),
+                                                     ({45: "20260203250000+0000"}, "end", "PV1-45")])
+def test_an_unreadable_encounter_time_is_null_and_flagged_naming_its_field(
+    pv1: dict[int, str], field: str, where: str
+) -> None:
+    record = oru(seg("PV1", {1: "1", **pv1}), OBR_FULL)
+    assert record[field] is None and flags(record)[field] == "invalid"
+    assert reason(record, field).startswith(f"{where} ")
+
+
+def test_tq1_end_wins_over_the_duration() -> None:
+    record = siu("TQ1|1|||||15^MIN|20260203090000-0600|20260203100000-0600\r")
+    assert record["end"] == "2026-02-03T16:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("text", "entity", "field", "why"),
+    [
+        (MSH.format(type="ORU^R01^ORU_R01") + PID.format(dob="", sex=""), "encounters", "OBR",
+         "segment is missing: the encounter cannot be identified"),
+        (MSH.format(type="ORU^R01^ORU_R01") + "PV1|1\rOBR|1|FL-1\r", "encounters", "OBR-3",
+         "has no filler order number (and PV1-19 no visit number)"),
+        (MSH.format(type="SIU^S12^SIU_S12") + PID.format(dob="", sex=""), "appointments", "SCH",
+         "segment is missing: the appointment cannot be identified"),
+        (MSH.format(type="SIU^S12^SIU_S12") + "SCH|^EHR|^WS\r", "appointments", "SCH-2",
+         "has no filler (or placer) appointment id"),
+        (MSH.format(type="ADT^A08^ADT_A01") + "EVN|A08\r", "patients", "PID",
+         "segment is missing: the patient cannot be identified"),
+        (MSH.format(type="ADT^A08^ADT_A01") + "PID|1||X^^^B^AN\r", "patients", "PID-3",
+         "has no WellSky patient id (type PI) and no MRN (type MR or a configured authority)"),
+        (MSH.format(type="ADT^A08^ADT_A01").replace("20260205170000-0500", "") + PID.format(dob="", sex=""),
+         "patients", "MSH-7", "message date/time is required: it is the record's updated_at"),
+    ],
+)
+def test_each_refusal_names_its_entity_field_and_reason(text: str, entity: str, field: str, why: str) -> None:
+    with pytest.raises(NormalizationError) as err:
+        normalize_records(text)
+    assert (err.value.entity, err.value.field, err.value.reason) == (entity, field, why)
+
+
+@pytest.mark.parametrize("message_type", ["ORU^R01^ORU_R01", "SIU^S12^SIU_S12"])
+def test_a_referenced_patient_typed_in_cx4_is_flagged_on_patient_id(message_type: str) -> None:
+    body = "SCH|PL-1|FL-1|||||PT\rTQ1|1||||||20260203090000-0600\r" if message_type.startswith("SIU") else OBR_FULL
+    pid = "PID|1||M-1^^^MR~MB^^^MC||DOE^JANE\r"
+    ((_, record),) = normalize_records(MSH.format(type=message_type) + pid + body.replace("{obr25}", "F"))
+    assert record["patient_id"] == "M-1"
+    assert flags(record)["patient_id"] == "invalid" and "mrn" not in flags(record)
+    assert reason(record, "patient_id").startswith("PID-3 identifier type MR sent in CX.4")
+    assert "medicare_mbi" not in flags(record)  # not the identifier the record refers to the patient by
+    unresolved = normalize_records(MSH.format(type=message_type) + "PID|1||X^^^B^AN\r" + body.replace("{obr25}", "F"))
+    assert flags(unresolved[0][1])["patient_id"] == "unresolved_reference"
+    assert reason(unresolved[0][1], "patient_id") == "PID-3 has no WellSky id (PI) and no MRN"
+
+
+def test_a_merge_reads_each_pid_with_its_own_pv1_and_skips_other_segments() -> None:
+    text = MSH.format(type="ADT^A40^ADT_A39")
+    for n, status in enumerate("ADI", start=1):
+        text += (f"PID|1||W{n}^^^WELLSKY^PI||DOE^JANE||19700101|F\rPD1|" + "|" * 40 + "P\r"
+                 + f"MRG|W0{n}^^^WELLSKY^PI\rPV1|1|O" + "|" * 39 + f"{status}\r")
+    records = [r for _, r in normalize_records(text)]
+    assert [(r["id"], r["status"], r["merged_ids"]) for r in records] == [
+        ("W1", "active", ["W01"]), ("W2", "discharged", ["W02"]), ("W3", "inactive", ["W03"])]
