@@ -11,7 +11,7 @@ import pytest
 
 from wellsky_core.errors import NormalizationError
 from wellsky_core.normalize import hl7
-from wellsky_core.normalize.hl7 import Hl7Options, normalize_records
+from wellsky_core.normalize.hl7 import Hl7Options, normalize_records, split_messages
 
 MSH = "MSH|^~\\&|EHR|AGENCY|WELLSKY|AGENCY01|20260205170000-0500||{type}|X-1|P|2.5.1\r"
 PID = "PID|1||W1^^^WELLSKY^PI||DOE^JANE||{dob}|{sex}\r"
@@ -742,3 +742,80 @@ def test_a_merge_reads_each_pid_with_its_own_pv1_and_skips_other_segments() -> N
     records = [r for _, r in normalize_records(text)]
     assert [(r["id"], r["status"], r["merged_ids"]) for r in records] == [
         ("W1", "active", ["W01"]), ("W2", "discharged", ["W02"]), ("W3", "inactive", ["W03"])]
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "kind", "why"),
+    [
+        (MSH.format(type="ADT^A08^ADT_A01") + PID.format(dob="19700101", sex="Z"), "gender", "unmapped_code",
+         "PID-8 administrative sex is not one of M, F, O, U, A, N, X"),
+        (MSH.format(type="ADT^A08^ADT_A01") + PID.format(dob="19700101", sex="F") + seg("PV1", {41: "Q"}),
+         "status", "unmapped_code", "PV1-41 account status is not one of P, A, D, I"),
+        (MSH.format(type="ADT^A08^ADT_A01") + PID.format(dob="19700101", sex="F") + "IN1|x\r",
+         "coverage.0.order", "invalid", "IN1-1 set id (order of benefits) is not a number"),
+        (MSH.format(type="ADT^A40^ADT_A39") + PID.format(dob="19700101", sex="F") + "MRG|\r",
+         "merged_ids", "missing", "MRG-1 names no prior patient identifier"),
+        (MSH.format(type="SIU^S12^SIU_S12") + "SCH|P|F|||||PT\r" + TQ1 + seg("AIS", {1: "1", 3: "XYZ^x^L"}),
+         "service_code", "unmapped_code",
+         "AIS-3 is not a HCPCS or CPT code"),
+        (MSH.format(type="SIU^S12^SIU_S12") + "SCH|P|F|||||RN\r" + TQ1, "discipline",
+         "unmapped_code", "no WellSky discipline code in AIP-4, ZSC-4 or SCH-7"),
+        (MSH.format(type="SIU^S12^SIU_S12") + seg("SCH", {1: "P", 2: "F", 7: "PT", 25: "Odd"}) + TQ1, "status",
+         "unmapped_code", "SCH-25 filler status code has no canonical equivalent"),
+        (MSH.format(type="SIU^S19^SIU_S12") + "SCH|P|F|||||PT\r" + TQ1, "status", "missing",
+         "SIU^S19 changes a resource of the appointment and SCH-25 gives no status"),
+        (MSH.format(type="SIU^S12^SIU_S12") + "SCH|P|F|||||PT||||^^60^20260203080000-0600\r" + TQ1, "start",
+         "invalid", "SCH-11.4 (deprecated) disagrees with TQ1-7; TQ1 used (v2.5+ rule)"),
+        (MSH.format(type="SIU^S12^SIU_S12") + "SCH|P|F|||||PT||||^^60^^20260203080000-0600\r" + TQ1, "end",
+         "invalid", "SCH-11.5 (deprecated) disagrees with TQ1-8; TQ1 used (v2.5+ rule)"),
+        (MSH.format(type="ORU^R01^ORU_R01") + PID.format(dob="19700101", sex="F") + OBR.format(status="Q"),
+         "status", "unmapped_code", "OBR-25 result status is not one of P, I, R, S, A, F, C, X"),
+        (MSH.format(type="ORU^R01^ORU_R01") + PID.format(dob="19700101", sex="F") + seg("PV1", {10: "MED"})
+         + OBR.format(status="F"), "discipline", "unmapped_code",
+         "PV1-10 hospital service is not a WellSky discipline"),
+    ],
+)
+def test_each_flag_has_one_line_naming_the_hl7_field(text: str, field: str, kind: str, why: str) -> None:
+    ((_, record),) = normalize_records(text)
+    assert [f for f in record["data_quality"] if f["field"] == field] == [{"field": field, "kind": kind,
+                                                                          "reason": why}]
+
+
+def test_an_empty_birth_date_is_missing_not_invalid() -> None:
+    record = adt({7: ""})
+    assert record["birth_date"] is None and flags(record)["birth_date"] == "missing"
+
+
+def test_an_empty_identifier_repetition_is_skipped_not_the_end_of_the_list() -> None:
+    assert adt({3: "~^^^HOSP^MR~W1^^^WELLSKY^PI"})["id"] == "W1"
+
+
+def test_a_merge_prior_id_typed_mr_wins_over_an_untyped_first_repetition() -> None:
+    text = MSH.format(type="ADT^A40^ADT_A39") + PID.format(dob="19700101", sex="F") + "MRG|X1^^^B^AN~M5^^^H^MR\r"
+    ((_, record),) = normalize_records(text)
+    assert record["merged_ids"] == ["M5"]
+
+
+def test_diagnoses_and_coverage_are_sorted_whatever_the_order_sent() -> None:
+    record = oru(OBR_FULL, seg("DG1", {1: "1", 3: "I10", 15: "3"}), seg("DG1", {1: "2", 3: "E11.9", 15: "1"}),
+                 seg("DG1", {1: "3", 3: "R52", 15: "2"}))
+    assert [d["code"] for d in record["diagnoses"]] == ["E11.9", "R52", "I10"]
+    record = adt({}, "IN1|3|||C\r", "IN1|1|||A\r", "IN1|2|||B\r")
+    assert [c["payer_name"] for c in record["coverage"]] == ["A", "B", "C"]
+
+
+@pytest.mark.parametrize(("seg_name", "at"), [("AIL", 6), ("AIP", 6)])
+def test_ail_and_aip_durations_are_read_in_their_own_unit(seg_name: str, at: int) -> None:
+    record = siu(seg(seg_name, {1: "1", 3: "X1", at: "20260203090000-0600", 9: "2", 10: "H", 11: "MIN"}))
+    assert (record["start"], record["end"]) == ("2026-02-03T15:00:00Z", "2026-02-03T17:00:00Z")
+
+
+def test_split_keeps_a_leading_segment_verbatim_and_a_batch_followed_by_a_headless_segment() -> None:
+    one = "MSH|^~\\&|A||||20260120100000+0000||ADT^A08|X|P|2.5\r"
+    assert split_messages("XAB|1\r" + one) == ["XAB|1\r", one]
+    assert split_messages("BHS|^~\\&\rPID|1\r" + one + "BTS|1\r") == ["PID|1\r", one]
+
+
+def test_charset_escapes_are_dropped_not_decoded_as_hex() -> None:
+    record = adt({5: "DOE^A\\C2842\\B\\M2442\\C"})
+    assert record["first_name"] == "ABC"
