@@ -723,7 +723,7 @@ def test_each_refusal_names_its_entity_field_and_reason(text: str, entity: str, 
 @pytest.mark.parametrize("message_type", ["ORU^R01^ORU_R01", "SIU^S12^SIU_S12"])
 def test_a_referenced_patient_typed_in_cx4_is_flagged_on_patient_id(message_type: str) -> None:
     body = "SCH|PL-1|FL-1|||||PT\rTQ1|1||||||20260203090000-0600\r" if message_type.startswith("SIU") else OBR_FULL
-    pid = "PID|1||M-1^^^MR~MB^^^MC||DOE^JANE\r"
+    pid = "PID|1||MB^^^MC~M-1^^^MR||DOE^JANE\r"  # the type that is not the patient's id comes first
     ((_, record),) = normalize_records(MSH.format(type=message_type) + pid + body.replace("{obr25}", "F"))
     assert record["patient_id"] == "M-1"
     assert flags(record)["patient_id"] == "invalid" and "mrn" not in flags(record)
@@ -819,3 +819,22 @@ def test_split_keeps_a_leading_segment_verbatim_and_a_batch_followed_by_a_headle
 def test_charset_escapes_are_dropped_not_decoded_as_hex() -> None:
     record = adt({5: "DOE^A\\C2842\\B\\M2442\\C"})
     assert record["first_name"] == "ABC"
+
+
+@pytest.mark.parametrize("message_type", ["ADT^A08^ADT_A01", "SIU^S12^SIU_S12", "ORU^R01^ORU_R01"])
+def test_a_second_patient_outside_a_merge_is_refused_not_dropped(message_type: str) -> None:
+    """Found by `scripts/mutate hl7` (issue 29): the second PID of an A08 (two messages glued without the second
+    MSH/EVN) was silently ignored, losing a patient; an appointment or encounter took the first patient."""
+    body = {"ADT": "", "SIU": "SCH|P|F|||||PT\r", "ORU": "OBR|1||V1\r"}[message_type[:3]]
+    text = MSH.format(type=message_type) + body + "PID|1||W1^^^WS^PI||DOE^JANE\rPV1|1\rPID|1||W2^^^WS^PI||ROE^ANN\r"
+    with pytest.raises(NormalizationError) as err:
+        normalize_records(text)
+    assert (err.value.field, err.value.reason) == (
+        "PID", "segment appears more than once; only a merge (ADT^A40, A47) names several patients")
+    assert "W2" not in str(err.value) and "ROE" not in str(err.value)
+
+
+def test_a_pv1_sent_before_the_pid_is_still_read() -> None:
+    text = MSH.format(type="ADT^A08^ADT_A01") + seg("PV1", {1: "1", 41: "I"}) + PID.format(dob="19700101", sex="F")
+    ((_, record),) = normalize_records(text)
+    assert record["status"] == "inactive"

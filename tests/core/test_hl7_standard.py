@@ -197,6 +197,12 @@ def test_split_keeps_segments_before_any_msh_as_a_message_of_their_own() -> None
         ("MSH|^~\\&|A||||20260120100000+0000||^A08|X|P|2.5\rEVN|A08\r", "MSH-9",
          "message type is missing (expected e.g. ADT^A08)"),
         ("MSH|^~\\&|A||||20260120100000+0000|||X|P|2.5\r", "MSH-9", "message type is missing (expected e.g. ADT^A08)"),
+        ("MSH|^~\\&|A||||20260120100000+0000||ADT|X|P|2.5\rEVN\r", "MSH-9",
+         "message type is missing (expected e.g. ADT^A08)"),
+        ("MSH|^~\\&", "MSH-12", "version is missing or not HL7 v2.1-2.8"),
+        ("MSH|^~\\&|A||||20260120100000+0000||ADT^A08|X|P|2.5\rZZZX\r", "segment",
+         "a segment does not start with a 3-character segment id"),
+        ("XMSH|^~\\&|A||||20260120100000+0000||ADT^A08|X|P|2.5\r", "MSH", "message does not start with an MSH segment"),
     ],
 )
 def test_a_broken_header_or_segment_is_refused_naming_the_field(text: str, field: str, reason: str) -> None:
@@ -328,3 +334,25 @@ def test_an_unusable_timestamp_elsewhere_is_null_and_flagged_with_its_reason() -
 def test_a_birth_date_keeps_the_day_of_a_longer_timestamp(dob: str, day: str) -> None:
     record = adt08(body=PATIENT.replace("19700101", dob))
     assert record["birth_date"] == day and "birth_date" not in [f["field"] for f in record["data_quality"]]
+
+
+@pytest.mark.parametrize(
+    ("text", "last_name"),
+    [
+        ("\ufeffMSH|^~\\&|A||||20260120100000+0000||ADT^A08|X|P|2.5\rPID|1||W1^^^WS^PI||DOE^JANE\r", "DOE"),
+        ("MSH|^~\\&|A||||20260120100000+0000||ADT^A08|X|P|2.5\nPID|1||W1^^^WS^PI||DOE^JANE\n", "DOE"),
+        ("MSH|^~\\&|A||||20260120100000+0000||ADT^A08|X|P|2.5\r\nPID|1||W1^^^WS^PI||DOE^JANE\r\n", "DOE"),
+        ("MSH|^~\\&#|A||||20260120100000+0000||ADT^A08|X|P|2.7\rPID|1||W1^^^WS^PI||DOE^JANE\r", "DOE"),
+        ("MSH|^~\\&|A||||20260120100000+0000||ADT^A08|X|P|2.5\rZZZ\rPID|1||W1^^^WS^PI||DOE^JANE\r", "DOE"),
+    ],
+    ids=["bom", "lf", "crlf", "v27-truncation-character", "segment-without-fields"],
+)
+def test_one_message_read_directly_with_any_terminator_bom_or_v27_header(text: str, last_name: str) -> None:
+    ((_, record),) = normalize_records(text)
+    assert (record["id"], record["last_name"]) == ("W1", last_name)
+
+
+@pytest.mark.parametrize(("ts", "utc"), [("20260120100000+1000", "2026-01-20T00:00:00Z"),
+                                         ("20260120100000-1130", "2026-01-20T21:30:00Z")])
+def test_two_digit_offset_hours(ts: str, utc: str) -> None:
+    assert adt08(ts)["updated_at"] == utc
