@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from wellsky_core.errors import NormalizationError
+from wellsky_core.normalize import hl7
 from wellsky_core.normalize.hl7 import Hl7Options, Unsupported, entity_of, normalize_records, split_messages
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hl7"
@@ -356,3 +357,19 @@ def test_one_message_read_directly_with_any_terminator_bom_or_v27_header(text: s
                                          ("20260120100000-1130", "2026-01-20T21:30:00Z")])
 def test_two_digit_offset_hours(ts: str, utc: str) -> None:
     assert adt08(ts)["updated_at"] == utc
+
+
+def test_hl7apy_checks_each_header_shape_once_and_accepts_every_supported_one() -> None:
+    """hl7apy costs milliseconds per segment, so its verdict is cached per header shape (separators, MSH-9,
+    MSH-12); per-message values (MSH-7, MSH-10) do not make a new shape. Starts from an empty cache, as a new
+    process does."""
+    hl7._HEADER_SHAPES.clear()
+    for ts, control in (("20260120100000+0000", "X1"), ("20260121100000+0000", "X2")):
+        normalize_records(f"MSH|^~\\&|A||||{ts}||ADT^A08^ADT_A01|{control}|P|2.5\r" + PATIENT)
+    normalize_records("MSH|^~\\&|A||||20260120100000+0000||ADT^A08|X3|P|2.8\r" + PATIENT)
+    normalize_records("MSH#^~\\&#A####20260120100000+0000##ADT^A08#X4#P#2.8\r" + PATIENT.replace("|", "#"))
+    assert hl7._HEADER_SHAPES == {
+        ("|", "^~\\&", "ADT^A08^ADT_A01", "2.5"): None,
+        ("|", "^~\\&", "ADT^A08", "2.8"): None,
+        ("#", "^~\\&", "ADT^A08", "2.8"): None,
+    }
