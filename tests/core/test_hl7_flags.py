@@ -739,9 +739,10 @@ def test_a_merge_reads_each_pid_with_its_own_pv1_and_skips_other_segments() -> N
     for n, status in enumerate("ADI", start=1):
         text += (f"PID|1||W{n}^^^WELLSKY^PI||DOE^JANE||19700101|F\rPD1|" + "|" * 40 + "P\r"
                  + f"MRG|W0{n}^^^WELLSKY^PI\rPV1|1|O" + "|" * 39 + f"{status}\r")
+    text += "PID|1||W4^^^WELLSKY^PI||DOE^JANE||19700101|F\rPD1|" + "|" * 40 + "P\rMRG|W04^^^WELLSKY^PI\r"  # no PV1
     records = [r for _, r in normalize_records(text)]
     assert [(r["id"], r["status"], r["merged_ids"]) for r in records] == [
-        ("W1", "active", ["W01"]), ("W2", "discharged", ["W02"]), ("W3", "inactive", ["W03"])]
+        ("W1", "active", ["W01"]), ("W2", "discharged", ["W02"]), ("W3", "inactive", ["W03"]), ("W4", None, ["W04"])]
 
 
 @pytest.mark.parametrize(
