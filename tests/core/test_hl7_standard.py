@@ -14,7 +14,14 @@ import pytest
 
 from wellsky_core.errors import NormalizationError
 from wellsky_core.normalize import hl7
-from wellsky_core.normalize.hl7 import Hl7Options, Unsupported, entity_of, normalize_records, split_messages
+from wellsky_core.normalize.hl7 import (
+    Hl7Options,
+    Unsupported,
+    entity_of,
+    normalize_message,
+    normalize_records,
+    split_messages,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hl7"
 EXPECTED: dict[str, Any] = json.loads((FIXTURES / "expected.json").read_text())
@@ -373,3 +380,10 @@ def test_hl7apy_checks_each_header_shape_once_and_accepts_every_supported_one() 
         ("|", "^~\\&", "ADT^A08", "2.8"): None,
         ("#", "^~\\&", "ADT^A08", "2.8"): None,
     }
+
+
+def test_normalize_message_is_the_first_record_read_with_the_options_given() -> None:
+    text = ("MSH|^~\\&|A||||20260120100000||ADT^A40^ADT_A39|X|P|2.5\r" + PATIENT + "MRG|W0^^^WELLSKY^PI\r"
+            + PATIENT.replace("W1", "W2") + "MRG|W9^^^WELLSKY^PI\r")
+    entity, record = normalize_message(text, Hl7Options(timezone="America/Chicago"))
+    assert (entity, record["id"], record["updated_at"]) == ("patients", "W1", "2026-01-20T16:00:00Z")
