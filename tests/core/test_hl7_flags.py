@@ -1,6 +1,7 @@
 """HL7 v2 values that cannot be mapped become null with a data-quality flag naming the canonical field and kind,
 never a silent null and never a guess (issue 29: ``scripts/mutate hl7`` showed the flags of the fixture
-messages' *good* paths tested, the bad ones not). In-process, no SFTP: milliseconds each."""
+messages' *good* paths tested, the bad ones not). Below the flags, every field position and table value of the
+mapping, one rule per test, from hand-written messages. In-process, no SFTP: milliseconds each."""
 
 from __future__ import annotations
 
