@@ -182,3 +182,110 @@ def test_dbt_build_on_tap_output_in_postgres(postgres, target_postgres, sandbox,
     with postgres.connect() as conn:
         rows = {k: conn.execute(q.format(s="analytics_marts")).fetchall() for k, q in MART_QUERIES.items()}
     assert_marts(rows, expected_marts(sandbox, as_of))
+
+
+# --- personal care: care logs name their shift series, not the occurrence --------------------------------------
+
+
+def test_personal_care_logs_document_their_shift_occurrence_in_duckdb(sandbox_factory, tmp_path):
+    """A Home Connect care log names only its shift's source id, shared by every occurrence of a recurring shift
+    (keyed ``<series id>@<start>``), so joining on the id documented 0% of shifts. Each care log must now
+    document exactly the occurrence the tenant's truth says it belongs to (matched on client and start, as the
+    sandbox docs say), and no care log is left unlinked."""
+    import duckdb
+
+    tenant = sandbox_factory(product="personal_care", scale=20)
+    tap_settings = tmp_path / "tap.json"
+    tap_settings.write_text(json.dumps({
+        "product": "personal_care", "base_url": tenant.base_url, "client_id": tenant.client_id,
+        "client_secret": tenant.client_secret, "max_requests_per_second": 0, "start_date": "2024-01-01T00:00:00Z",
+        "home_connect_future_months": 24,
+    }))
+    database = tmp_path / "warehouse.duckdb"
+    target_config = tmp_path / "target-duckdb.json"
+    target_config.write_text(json.dumps({"path": str(database), "default_target_schema": SCHEMA}))
+    pipe([TAP, "--config", str(tap_settings)], [warehouse_tool("target-duckdb"), "--config", str(target_config)])
+    dbt_build(warehouse_tool("dbt"), tmp_path, {
+        "DBT_TARGET": "duckdb", "WELLSKY_DUCKDB_PATH": str(database), "WELLSKY_PRODUCT": "personal_care",
+        "WELLSKY_AS_OF_DATE": datetime.now(UTC).date().isoformat(),
+    })
+
+    shifts = {a["id"]: a for a in tenant.truth("appointments")}
+    logs = [e for e in tenant.truth("encounters") if e["status"] != "cancelled" and e.get("appointment_id")]
+    want = {
+        (shifts[e["appointment_id"]]["patient_id"], as_utc(shifts[e["appointment_id"]]["start"]), e["id"])
+        for e in logs
+        if shifts[e["appointment_id"]]["status"] != "cancelled"
+    }
+    with duckdb.connect(str(database), read_only=True) as conn:
+        rows = conn.execute(
+            "select patient_id, scheduled_start, encounter_id from main_marts.visit_completion where is_documented"
+        ).fetchall()
+        assert want, "the tenant has documented shifts"
+        assert {(patient, as_utc(start), encounter) for patient, start, encounter in rows} == want
+        links = conn.execute("select distinct documentation_link from main_marts.visit_completion"
+                             " where is_documented").fetchall()
+        lost = conn.execute("select link, count(*) from main_marts.documentation_links where visit_id is null"
+                            " group by link").fetchall()
+    assert links == [("series_and_time",)]
+    assert lost == []
+
+
+def test_documentation_links_never_guess_an_occurrence_in_duckdb(tmp_path):
+    """Hand-written raw rows, one per rule: a care log documents the one occurrence of its series its clocked time
+    overlaps (also early or still in progress); with none or several overlapping, or an unknown series, it
+    documents nothing and ``documentation_links`` says why; a home health encounter keeps its appointment id."""
+    import duckdb
+
+    database = tmp_path / "warehouse.duckdb"
+    shifts = [  # id, series_id, patient, start, end, status
+        ("S1@2026-03-02T09:00:00Z", "S1", "P1", "2026-03-02 09:00", "2026-03-02 13:00", "completed"),
+        ("S1@2026-03-09T09:00:00Z", "S1", "P1", "2026-03-09 09:00", "2026-03-09 13:00", "completed"),
+        ("S2@2026-03-03T09:00:00Z", "S2", "P2", "2026-03-03 09:00", "2026-03-03 12:00", "completed"),
+        ("S2@2026-03-03T12:00:00Z", "S2", "P2", "2026-03-03 12:00", "2026-03-03 15:00", "completed"),
+        ("A1", None, "P3", "2026-03-04 09:00", "2026-03-04 10:00", "completed"),
+    ]
+    logs = [  # id, names, patient, clock-in, clock-out, status
+        ("E1", "S1", "P1", "2026-03-09 08:50", "2026-03-09 13:05", "completed"),  # early: still S1's 9 March
+        ("E2", "S1", "P1", "2026-03-05 09:00", "2026-03-05 13:00", "completed"),  # no occurrence that day
+        ("E3", "S2", "P2", "2026-03-03 09:00", "2026-03-03 15:00", "completed"),  # spans both occurrences
+        ("E4", "S9", "P1", "2026-03-02 09:00", "2026-03-02 13:00", "completed"),  # series never synced
+        ("E5", "S1", "P1", "2026-03-02 10:00", None, "in_progress"),  # clocked in, not out
+        ("E6", "A1", "P3", "2026-03-04 11:30", "2026-03-04 12:00", "completed"),  # home health: by id, any time
+        ("E7", "S1", "P1", "2026-03-02 09:00", "2026-03-02 13:00", "cancelled"),
+        ("E8", "S2", "P2", "2026-03-03 12:00", "2026-03-03 14:00", "completed"),  # only touches the first one
+    ]
+    with duckdb.connect(str(database)) as conn:
+        conn.execute(f"create schema {SCHEMA}")
+        conn.execute(f'create table {SCHEMA}.appointments (id varchar, series_id varchar, patient_id varchar, '
+                     f'"start" timestamp, "end" timestamp, status varchar, updated_at timestamp)')
+        conn.executemany(f"insert into {SCHEMA}.appointments values (?, ?, ?, ?, ?, ?, '2026-03-10')", shifts)
+        conn.execute(f'create table {SCHEMA}.encounters (id varchar, appointment_id varchar, patient_id varchar, '
+                     f'"start" timestamp, "end" timestamp, status varchar, updated_at timestamp)')
+        conn.executemany(f"insert into {SCHEMA}.encounters values (?, ?, ?, ?, ?, ?, '2026-03-10')", logs)
+    dbt_build(warehouse_tool("dbt"), tmp_path, {
+        "DBT_TARGET": "duckdb", "WELLSKY_DUCKDB_PATH": str(database), "WELLSKY_PRODUCT": "personal_care",
+        "WELLSKY_AS_OF_DATE": "2026-03-10",
+    })
+    with duckdb.connect(str(database), read_only=True) as conn:
+        rows = conn.execute("select encounter_id, visit_id, link from main_marts.documentation_links").fetchall()
+        links = {e: (visit, link) for e, visit, link in rows}
+        rows = conn.execute(
+            "select appointment_id, encounter_id, documentation_link from main_marts.visit_completion").fetchall()
+        visits = {a: (e, link) for a, e, link in rows}
+    assert links == {
+        "E1": ("S1@2026-03-09T09:00:00Z", "series_and_time"),
+        "E2": (None, "no_occurrence_overlaps"),
+        "E3": (None, "several_occurrences_overlap"),
+        "E4": (None, "visit_not_synced"),
+        "E5": ("S1@2026-03-02T09:00:00Z", "series_and_time"),
+        "E6": ("A1", "appointment_id"),
+        "E8": ("S2@2026-03-03T12:00:00Z", "series_and_time"),
+    }
+    assert visits == {
+        "S1@2026-03-02T09:00:00Z": ("E5", "series_and_time"),
+        "S1@2026-03-09T09:00:00Z": ("E1", "series_and_time"),
+        "S2@2026-03-03T09:00:00Z": (None, None),
+        "S2@2026-03-03T12:00:00Z": ("E8", "series_and_time"),
+        "A1": ("E6", "appointment_id"),
+    }

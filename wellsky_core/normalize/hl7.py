@@ -366,6 +366,8 @@ def normalize_records(text: str, options: Hl7Options = DEFAULT_OPTIONS) -> list[
     if entity is None:
         raise Unsupported(f"{msg_type}^{event}")
     m.entity = entity
+    if event not in MERGE_EVENTS and len(m.all("PID")) > 1:  # only the first patient would be read: refuse
+        raise m.fail("PID", "segment appears more than once; only a merge (ADT^A40, A47) names several patients")
     updated_at = m.timestamp(m.field(m.first("MSH"), 7), "MSH-7")
     if updated_at is None:
         raise m.fail("MSH-7", "message date/time is required: it is the record's updated_at")

@@ -4,14 +4,14 @@ with appointments as (
 ),
 
 encounters as (
-    -- one documentation per appointment: the earliest non-cancelled encounter that references it
+    -- one documentation per visit: the earliest non-cancelled encounter linked to it (documentation_links)
     select *
     from (
         select
-            e.*,
-            row_number() over (partition by appointment_id order by encounter_start, encounter_id) as rank_in_visit
-        from {{ ref('stg_wellsky__encounters') }} as e
-        where appointment_id is not null and encounter_status <> 'cancelled'
+            l.*,
+            row_number() over (partition by l.visit_id order by l.encounter_start, l.encounter_id) as rank_in_visit
+        from {{ ref('documentation_links') }} as l
+        where l.visit_id is not null
     ) as ranked
     where rank_in_visit = 1
 )
@@ -26,6 +26,7 @@ select
     ap.appointment_status,
     e.encounter_id,
     e.encounter_start,
+    e.link as documentation_link,
     e.encounter_id is not null as is_documented,
     coalesce(e.is_finalized, false) as is_finalized,
     case when e.encounter_id is not null
@@ -37,5 +38,5 @@ select
         or (ap.appointment_status = 'scheduled' and e.encounter_id is null and ap.visit_date < {{ as_of_date() }})
         as is_missed
 from appointments as ap
-left join encounters as e on e.appointment_id = ap.appointment_id
+left join encounters as e on e.visit_id = ap.appointment_id
 where ap.appointment_status <> 'cancelled'
