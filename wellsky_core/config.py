@@ -264,7 +264,7 @@ class WellSkyConfig(BaseModel):
         description='_typeFilter queries sent with the export, e.g. ["Encounter?_lastUpdated=ge2026-01-01"].',
     )
     fhir_bulk_full_export_days: int = Field(
-        default=0, ge=0, le=366,
+        default=7, ge=0, le=366,
         description="fhir_bulk: every this many days one incremental sync runs a full export (no _since) instead "
         "of a _since one; a full export is a complete view, so records deleted since the last one are emitted with "
         "_sdc_deleted_at. 0: never (only a first sync or full refresh exports everything). Needs no start_date.",

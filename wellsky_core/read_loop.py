@@ -110,9 +110,10 @@ class StreamRead:
         observe = self.connection.quality.observe
         deletions = self._snapshot_deletions()
         since = self.start()
-        every = channel.full_view_every(self.stream)
-        if deletions is not None and since is not None and self.connection.config.start_date is None \
-                and deletions.full_view_due(every):
+        every = channel.full_view_every(self.stream) if self.connection.config.start_date is None else 0
+        if deletions is not None:
+            deletions.every_days = every
+        if deletions is not None and since is not None and deletions.full_view_due(every):
             self.log.info("%s: a complete view is due (every %d days): reading it whole, not from the bookmark",
                           self.stream, every)
             since = None

@@ -185,6 +185,9 @@ class SnapshotDeletions:
         self.scope = "|".join((str(config.product), config.source_for(stream), stream, self.floor))
         self.emitted = 0
         self.outcome = ""
+        self.every_days = 0
+        """Days between the complete views the read loop schedules (0: none scheduled; the run-end line then
+        names no date)."""
 
     def view(self) -> SnapshotView:
         return SnapshotView(self.stream, floor=self.floor)
@@ -216,6 +219,8 @@ class SnapshotDeletions:
         deleted: dict[str, str | None] = {}
         if not complete:
             self.outcome = f"none known this run: {view.not_complete or 'this read is not a complete view'}"
+            if self.every_days > 0:
+                self.outcome += f"; the next complete view is due {self.next_full_view()}"
         elif previous is None:
             self.outcome = f"none known this run: {unknown}"
         elif view.view_id == last_view:
@@ -246,17 +251,27 @@ class SnapshotDeletions:
                    stamp_of(view.as_of) if complete and view.as_of else previous_at)
         log.info("%s: deletions: %s", self.stream, self.outcome)
 
+    def _last_full_view(self) -> datetime | None:
+        entry = self.state.get(SNAPSHOT_KEY)
+        taken = entry.get("view_at") if isinstance(entry, dict) else None
+        try:
+            return datetime.fromisoformat(str(taken).replace("Z", "+00:00")) if taken else None
+        except ValueError:
+            return None
+
     def full_view_due(self, every_days: int) -> bool:
         """Whether ``every_days`` (0: never) have passed since the last complete view (or none was taken)."""
         if every_days <= 0:
             return False
-        entry = self.state.get(SNAPSHOT_KEY)
-        taken = entry.get("view_at") if isinstance(entry, dict) else None
-        try:
-            last = datetime.fromisoformat(str(taken).replace("Z", "+00:00")) if taken else None
-        except ValueError:
-            last = None
+        last = self._last_full_view()
         return last is None or datetime.now(UTC) - last >= timedelta(days=every_days)
+
+    def next_full_view(self) -> str:
+        """When the next complete view will be read (the run-end line says when deletions become known)."""
+        last = self._last_full_view()
+        if last is None:
+            return "at the next sync"
+        return "at the first sync after " + stamp_of(last + timedelta(days=self.every_days))
 
     def _save(self, keys: dict[str, str | None], view_id: str | None, view_at: str | None) -> None:
         entry: dict[str, Any] = {"v": VERSION, "scope": self.scope, "view": view_id, "view_at": view_at,

@@ -176,7 +176,8 @@ def test_a_due_full_bulk_export_reports_deletions_on_both_faces(tenant, tmp_path
 
     since = run_tap(tmp_path, config, catalog=catalog, state=singer_state)
     assert not tombstones(records_by_stream(messages(since.stdout))), "a _since export knows no deletion"
-    assert "patients: deletions: none known this run: a _since export holds only what changed" in since.stderr
+    assert "patients: deletions: none known this run: a _since export holds only what changed; the next complete " \
+        "view is due at the first sync after" in since.stderr, "the default (7 days) says when deletions are known"
 
     due = {**config, "fhir_bulk_full_export_days": 7}
     full = run_tap(tmp_path, due, catalog=catalog, state=aged(last_state(messages(since.stdout))))
