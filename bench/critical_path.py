@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import json
 import statistics
 import sys
 import threading
@@ -57,6 +58,14 @@ def report() -> None:
         file=sys.stderr,
     )
     print("sent per 100 ms: " + " ".join(str(per_100ms[i]) for i in range(max(per_100ms) + 1)), file=sys.stderr)
+    longest = max(chains, key=lambda path: max(chains[path].values()))
+    summary = {
+        "requests": len(rows),
+        "longest_chain": max(chains[longest].values()),
+        "longest_path": longest,
+        "rtt_median_s": round(statistics.median(trips), 3),
+    }
+    print(f"critical_path: {json.dumps(summary)}", file=sys.stderr)  # read by bench/wan.py
 
 
 def main() -> None:
