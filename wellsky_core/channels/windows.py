@@ -52,6 +52,9 @@ costs about one request and saves at least one round trip)."""
 PLAN_PAGES_PER_WINDOW = 3
 """The first plan gives each window about this many estimated pages: every window ends on a partial page (one
 request of overhead on average half spent), and at a full budget more windows only add those requests."""
+EMIT_CHUNK_BYTES = 1024 * 1024
+"""The emitter reads a window's spool this much at a time: reading all that waited at once held a whole window
+in memory when the emitter fell behind (an L tenant's windows are tens of MB each), so peak RSS grew with scale."""
 SPOOL_AHEAD_BYTES = 256 * 1024 * 1024
 """Spooled bytes not yet emitted above which windows ahead of the emitted one pause (disk, not memory)."""
 
@@ -288,8 +291,10 @@ class WindowedRead:
                     if handle is None:
                         handle = window.path.open("rb")
                     handle.seek(pos)
-                    chunk = handle.read(size - pos)
-                    pos = size
+                    chunk = handle.read(min(size - pos, EMIT_CHUNK_BYTES))
+                    if not chunk.endswith(b"\n"):  # whole records only: the rest of the last line (written, flushed)
+                        chunk += handle.readline()
+                    pos += len(chunk)
                     with self._cond:
                         self._ahead -= len(chunk)
                         self._cond.notify_all()
