@@ -889,6 +889,12 @@ def main(argv: list[str] | None = None) -> int:
     wan.add_argument("--budget", type=int, default=100, help="requests/s the tenant asks for (sandbox soft limit)")
     wan.add_argument("--sources", default="rest,home_connect,fhir", help="rest, home_connect, fhir")
     wan.add_argument("--wan-scale", default="S", help="sandbox scale of the WAN-like scenario (default S)")
+    wan.add_argument(
+        "--defaults-only",
+        action="store_true",
+        help="only tap-wellsky with default settings per source and scale (the RSS S->L check: an L tenant read "
+        "one stream at a time is ~10,000 serial requests)",
+    )
     args = parser.parse_args(argv)
     if args.latency:
         sys.path.insert(0, str(BENCH))

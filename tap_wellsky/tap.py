@@ -18,11 +18,12 @@ from singer_sdk import Tap
 from singer_sdk.exceptions import ConfigValidationError
 
 from wellsky_core.cli import EXIT_QUALITY, EXIT_REFUSALS, run_singer_cli
-from wellsky_core.config import TapConfig, WellSkyConfig, config_json_schema
+from wellsky_core.config import WellSkyConfig
 from wellsky_core.discovery import discoverable_streams, not_offered_reason
 from wellsky_core.errors import ConfigError, RunNotClean, StateError
 from wellsky_core.quality import default_report_path, write_report
 from wellsky_core.redaction import install_redaction
+from wellsky_core.schemas import tap_config_schema
 from wellsky_core.stream_state import check_ownership, checked_state
 
 from .embedded import load_tap_config, run_banner
@@ -31,9 +32,10 @@ from .stream import WellSkyStream
 from .streams import STREAM_TYPES, WebhookEventsStream
 
 if TYPE_CHECKING:
+    from wellsky_core.config import TapConfig
     from wellsky_core.connection import Connection
 
-_TAP_SCHEMA = config_json_schema(TapConfig)  # built once: pydantic's JSON schema is a visible part of start-up
+_TAP_SCHEMA = tap_config_schema()  # shipped with the package: pydantic's JSON schema was a visible part of start-up
 TAP_ONLY_KEYS = {
     name: prop for name, prop in _TAP_SCHEMA["properties"].items() if name not in WellSkyConfig.model_fields
 }

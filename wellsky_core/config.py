@@ -860,6 +860,8 @@ class TapConfig(WellSkyConfig):
 class TargetConfig(WellSkyConfig):
     """The target's settings: everything the core needs plus how writes are governed."""
 
+    model_config = ConfigDict(defer_build=True)  # built when the target loads it, not at every tap start
+
     authorization_policy: Literal["enforce", "warn", "off"] = Field(
         default="enforce",
         description="enforce: refuse appointments the payer authorization does not cover; warn: write and "

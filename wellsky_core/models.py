@@ -44,7 +44,9 @@ class CanonicalModel(BaseModel):
     a read that cannot fill one flags it, and a write must carry all of them (strict on write).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=False, str_strip_whitespace=True)
+    # defer_build: a model's validator is built when a record first needs it, not at import (a no-change
+    # incremental validates nothing; building ~30 models was a visible part of every start, issue 27)
+    model_config = ConfigDict(extra="forbid", frozen=False, str_strip_whitespace=True, defer_build=True)
     expected: ClassVar[tuple[str, ...]] = ()
     read_only: ClassVar[tuple[str, ...]] = ()
     """Fields only standard feeds (FHIR US Core, Da Vinci PAS, HL7) carry: WellSky's write API, reports and

@@ -89,6 +89,22 @@ def test_windowed_stream_equals_truth_in_order(
         assert sorted(comparable(ENTITY, r)["id"] for r in got) == sorted(r["id"] for r in truth)
 
 
+def test_spool_read_in_chunks_smaller_than_a_record_keeps_every_record(
+    sandbox_factory: Callable[..., SandboxServer], hook: WindowRequests, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The emitter reads a window's spool a bounded chunk at a time (memory flat at any scale); a chunk that ends
+    inside a record is completed to the record's end, never split or dropped."""
+    sb = sandbox_factory(scale=80, sftp_port=None, latency="20ms")
+    monkeypatch.setattr(windows, "MIN_PAGES_TO_SPLIT", 1)
+    monkeypatch.setattr(windows, "EMIT_CHUNK_BYTES", 37)  # shorter than any record: every read ends mid-line
+    with closing(Connection(_config(sb, page_size=20))) as conn:
+        got = list(conn.channel(ENTITY).iter_records(ENTITY, None))
+    assert hook.bounded >= 2, "read as windows"
+    assert sorted(got, key=lambda r: r["id"]) == sorted(sb.truth(ENTITY), key=lambda r: r["id"])
+    keys = [(r["updated_at"], r["id"]) for r in got]
+    assert keys == sorted(keys)
+
+
 def test_small_stream_is_one_request_and_no_window(
     sandbox_factory: Callable[..., SandboxServer], hook: WindowRequests
 ) -> None:

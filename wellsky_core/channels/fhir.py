@@ -80,6 +80,7 @@ class FhirChannel(windows.WindowedChannel, Channel):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._capability: dict[str, dict[str, Any]] | None = None
+        self._capability_lock = threading.Lock()
         self.index = fhir_norm.IdentifierIndex()
         """Practitioners and Organizations read in this sync, by identifier (see the module docstring)."""
         self._roles: dict[tuple[str, ...], list[dict[str, Any]]] | None = None
@@ -87,7 +88,12 @@ class FhirChannel(windows.WindowedChannel, Channel):
 
     # -- capability -----------------------------------------------------------------------------------------
     def capability(self) -> dict[str, dict[str, Any]]:
-        """Resource type -> its CapabilityStatement entry (fetched once per channel)."""
+        """Resource type -> its CapabilityStatement entry (fetched once per channel: streams starting at once
+        wait for the one request instead of each sending its own)."""
+        with self._capability_lock:
+            return self._fetch_capability()
+
+    def _fetch_capability(self) -> dict[str, dict[str, Any]]:
         if self._capability is None:
             body = self.client.get_json(f"{self.config.fhir_base}/metadata")
             if not isinstance(body, Mapping) or body.get("resourceType") != "CapabilityStatement":
