@@ -9,17 +9,15 @@ its run-end report names. The Airbyte face re-sends no more than the Singer face
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
-from airbyte_protocol.models import Type
 
-from tests.airbyte.test_airbyte import final_states, of_type, run_source, write_json
+from tests.airbyte.test_airbyte import final_states, run_source, write_json
 from tests.airbyte.test_airbyte import records_by_stream as airbyte_records
 
+from .catalogs import airbyte_catalog, selected_catalog
 from .helpers import last_state, messages, records_by_stream, run_tap
 from .test_home_connect_sync import hc_config
 
@@ -40,24 +38,6 @@ def care_log_view(rec: dict[str, Any]) -> tuple:
 def truth_views(tenant: Any) -> tuple[set[tuple], dict[str, tuple]]:
     return ({shift_view(a) for a in tenant.truth("appointments")},
             {e["id"]: care_log_view(e) for e in tenant.truth("encounters")})
-
-
-def selected_catalog(tmp_path: Path, config: dict[str, Any]) -> dict[str, Any]:
-    catalog = json.loads(run_tap(tmp_path, config, args=("--discover",)).stdout)
-    for entry in catalog["streams"]:
-        for meta in entry["metadata"]:
-            if meta["breadcrumb"] == []:
-                meta["metadata"]["selected"] = entry["tap_stream_id"] in STREAMS
-    return catalog
-
-
-def airbyte_catalog(tmp_path: Path, config_path: str) -> str:
-    discovered = of_type(run_source("discover", "--config", config_path), Type.CATALOG)[0].catalog
-    return write_json(tmp_path / "ab-catalog.json", {"streams": [
-        {"stream": s.model_dump(mode="json", exclude_none=True), "sync_mode": "incremental",
-         "destination_sync_mode": "append_dedup", "cursor_field": ["updated_at"], "primary_key": [["id"]]}
-        for s in discovered.streams if s.name in STREAMS
-    ]})
 
 
 @pytest.fixture
@@ -84,10 +64,10 @@ def missed(before: tuple[set[tuple], dict[str, tuple]], after: tuple[set[tuple],
 def test_an_incremental_after_advance_misses_nothing_on_both_faces(tenant, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))  # the CLIs never write to the home dir
     config = hc_config(tenant)
-    catalog = selected_catalog(tmp_path, config)
+    catalog = selected_catalog(tmp_path, config, STREAMS)
     singer_state = last_state(messages(run_tap(tmp_path, config, catalog=catalog).stdout))
     config_path = write_json(tmp_path / "ab-config.json", config)
-    ab_catalog = airbyte_catalog(tmp_path, config_path)
+    ab_catalog = airbyte_catalog(tmp_path, config_path, STREAMS)
     ab_state = write_json(tmp_path / "ab-state.json", final_states(run_source(
         "read", "--config", config_path, "--catalog", ab_catalog)))
 

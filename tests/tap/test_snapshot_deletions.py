@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from airbyte_protocol.models import Type
 from tests.airbyte.test_airbyte import final_states, of_type, run_source, write_json
 from tests.airbyte.test_airbyte import records_by_stream as airbyte_records
 
+from .catalogs import airbyte_catalog, selected_catalog
 from .helpers import last_state, messages, records_by_stream, run_tap
 
 STREAMS = ("patients", "appointments", "authorizations")
@@ -39,24 +39,6 @@ def export_config(tenant: Any) -> dict[str, Any]:
             "product": "home_health", "source": "export"}
 
 
-def selected_catalog(tmp_path: Path, config: dict[str, Any]) -> dict[str, Any]:
-    catalog = json.loads(run_tap(tmp_path, config, args=("--discover",)).stdout)
-    for entry in catalog["streams"]:
-        for meta in entry["metadata"]:
-            if meta["breadcrumb"] == []:
-                meta["metadata"]["selected"] = entry["tap_stream_id"] in STREAMS
-    return catalog
-
-
-def airbyte_catalog(tmp_path: Path, config_path: str) -> str:
-    discovered = of_type(run_source("discover", "--config", config_path), Type.CATALOG)[0].catalog
-    return write_json(tmp_path / "ab-catalog.json", {"streams": [
-        {"stream": s.model_dump(mode="json", exclude_none=True), "sync_mode": "incremental",
-         "destination_sync_mode": "append_dedup", "cursor_field": ["updated_at"], "primary_key": [["id"]]}
-        for s in discovered.streams if s.name in STREAMS
-    ]})
-
-
 def tombstones(got: dict[str, list[dict[str, Any]]]) -> list[str]:
     """Every deletion emitted, as ``stream/id`` (repeats kept: each must come exactly once)."""
     return sorted(f"{s}/{r['id']}" for s in STREAMS for r in got.get(s, []) if r.get("_sdc_deleted_at"))
@@ -72,13 +54,13 @@ def deleted_by(result: dict[str, Any]) -> list[str]:
 
 def test_a_full_export_reports_every_deletion_once_on_both_faces(tenant, tmp_path):
     config = export_config(tenant)
-    catalog = selected_catalog(tmp_path, config)
+    catalog = selected_catalog(tmp_path, config, STREAMS)
     first = run_tap(tmp_path, config, catalog=catalog)
     assert not tombstones(records_by_stream(messages(first.stdout))), "a first sync knows no deletion"
     assert re.search(r"patients: deletions: none known this run: first view", first.stderr), first.stderr[-2000:]
     singer_state = last_state(messages(first.stdout))
     config_path = write_json(tmp_path / "ab-config.json", config)
-    ab_catalog = airbyte_catalog(tmp_path, config_path)
+    ab_catalog = airbyte_catalog(tmp_path, config_path, STREAMS)
     ab_first = run_source("read", "--config", config_path, "--catalog", ab_catalog)
     assert not tombstones(airbyte_records(ab_first))
     ab_state = write_json(tmp_path / "ab-state.json", final_states(ab_first))
@@ -112,7 +94,7 @@ def test_a_full_export_reports_every_deletion_once_on_both_faces(tenant, tmp_pat
 
 def test_no_deletion_without_a_new_full_view_and_none_lost_after(tenant, tmp_path):
     config = export_config(tenant)
-    catalog = selected_catalog(tmp_path, config)
+    catalog = selected_catalog(tmp_path, config, STREAMS)
     state = last_state(messages(run_tap(tmp_path, config, catalog=catalog).stdout))
 
     tenant.control("POST", "/_sandbox/exports", json={"full_every": 0})  # nights hold changes only
@@ -137,7 +119,7 @@ def test_a_state_without_its_key_store_knows_no_deletion(sandbox_factory, tmp_pa
     tenant = sandbox_factory(product="home_health", scale=260)  # over 1,000 visits: their keys go to the store
     tenant.control("POST", "/_sandbox/exports", json={"full_every": 1})
     config = export_config(tenant)
-    catalog = selected_catalog(tmp_path, config)
+    catalog = selected_catalog(tmp_path, config, STREAMS)
     state = last_state(messages(run_tap(tmp_path, config, catalog=catalog).stdout))
     stored = [s for s in STREAMS if "store" in state["bookmarks"][s]["snapshot_keys"]]
     assert stored, "at least one stream's keys are too many for the state and live in the private store"
@@ -164,12 +146,12 @@ def aged(states: Any) -> Any:
 def test_a_due_full_bulk_export_reports_deletions_on_both_faces(tenant, tmp_path):
     config = {**export_config(tenant), "source": "fhir_bulk", "fhir_bulk_job_dir": str(tmp_path / "jobs"),
               "max_requests_per_second": 0}
-    catalog = selected_catalog(tmp_path, config)
+    catalog = selected_catalog(tmp_path, config, STREAMS)
     first = run_tap(tmp_path, config, catalog=catalog)
     assert not tombstones(records_by_stream(messages(first.stdout)))
     singer_state = last_state(messages(first.stdout))
     config_path = write_json(tmp_path / "ab-config.json", config)
-    ab_catalog = airbyte_catalog(tmp_path, config_path)
+    ab_catalog = airbyte_catalog(tmp_path, config_path, STREAMS)
     ab_state = final_states(run_source("read", "--config", config_path, "--catalog", ab_catalog))
     gone = deleted_by(tenant.advance(fraction=0.3, seed=4))
     assert gone
@@ -206,7 +188,7 @@ def test_a_finished_portal_walk_reports_a_deleted_visit_on_both_faces(sandbox_fa
     base = {**export_config(tenant), "source": "portal", "chromium_path": "/usr/bin/chromium",
             "agency_timezone": "America/Chicago", "portal_wait_seconds": 20}
     singer_config = {**base, "portal_state_path": str(tmp_path / "singer-portal.json")}
-    catalog = selected_catalog(tmp_path, singer_config)
+    catalog = selected_catalog(tmp_path, singer_config, STREAMS)
     for entry in catalog["streams"]:  # the portal's clinical walk: patients and their schedules
         for meta in entry["metadata"]:
             if meta["breadcrumb"] == []:
@@ -280,7 +262,7 @@ def test_a_closed_home_connect_office_is_deleted_once_on_both_faces(sandbox_fact
 
 def test_an_interrupted_read_emits_no_deletion_and_loses_none(tenant, tmp_path):
     config = export_config(tenant)
-    catalog = selected_catalog(tmp_path, config)
+    catalog = selected_catalog(tmp_path, config, STREAMS)
     state = last_state(messages(run_tap(tmp_path, config, catalog=catalog).stdout))
     gone = deleted_by(tenant.advance(fraction=0.3, seed=4))
     assert gone
