@@ -64,6 +64,20 @@ PROOFS: dict[str, list[str]] = {
     "which streams a configuration serves": [ONCE + "test_both_faces_use_the_one_discovery_and_state_check"],
     "the shape of a stream's state": [ONCE + "test_both_faces_use_the_one_discovery_and_state_check"],
     "the list of streams": [ONCE + "test_stream_keys_come_from_entities"],
+    "how the Home Connect schedule memo is stored": [
+        "tests/core/test_home_connect_memo.py::test_records_round_trip_exactly_and_encode_the_same_whatever_the_order",
+        "tests/core/test_home_connect_memo.py::test_a_damaged_memo_is_a_reconcile_named_in_one_line",
+        ONCE + "test_defined_once",
+    ],
+    "when the tap writes STATE": [
+        "tests/tap/test_home_connect_sync.py::test_an_unordered_stream_writes_its_state_once_when_it_completes",
+        "tests/faces/test_faces_agree.py::test_both_faces_discover_read_and_resume_alike",
+    ],
+    "a record gone from a complete view": [
+        "tests/core/test_snapshot_deletions.py::test_a_deletion_has_the_key_the_client_and_nulls",
+        "tests/tap/test_snapshot_deletions.py::test_a_full_export_reports_every_deletion_once_on_both_faces",
+        ONCE + "test_a_deletion_record_is_built_in_one_place",
+    ],
 }
 
 
@@ -109,12 +123,23 @@ CONNECTOR = ("wellsky_core", "tap_wellsky", "target_wellsky")
         (r"^def validated\(", "wellsky_core/normalize/validation.py"),
         (r"^def connect_sftp\(", "wellsky_core/channels/sftp.py"),
         (r"paramiko\.Transport\(", "wellsky_core/channels/sftp.py"),
+        (r"^def encode_records\(", "wellsky_core/products/personal_care/schedule_memo.py"),
+        (r"zlib\.compress", "wellsky_core/products/personal_care/schedule_memo.py"),
     ],
 )
 def test_defined_once(definition: str, home: str) -> None:
     pattern = re.compile(definition, re.M)
     homes = [path for path, text in _code(*CONNECTOR).items() if pattern.search(text)]
     assert homes == [home], f"{definition!r} stated in {homes}, its one home is {home}"
+
+
+def test_a_deletion_record_is_built_in_one_place() -> None:
+    """Only snapshot_deletions sets ``_sdc_deleted_at`` on a record (the writer only refuses one carrying it):
+    every channel that knows a deletion goes through its one shape."""
+    name = r"(?:DELETED_AT|[\"']_sdc_deleted_at[\"'])"
+    setter = re.compile(rf"{name}\s*:|\[{name}\]\s*=")
+    homes = sorted(p for p, text in _code(*CONNECTOR).items() if setter.search(text))
+    assert homes == ["wellsky_core/snapshot_deletions.py"], homes
 
 
 def test_channels_are_registered_once() -> None:

@@ -64,8 +64,11 @@ AUTH_CSV_COLUMNS = {
     "Status": "status",
     "Last Updated": "updated_at",
 }
-CARE_PLAN_FIELDS = tuple(f for f in CarePlan.model_fields if f != "data_quality" and f not in CarePlan.read_only)
-"""The report has one data-field cell per canonical field WellSky holds (not data_quality, not standard-only)."""
+CARE_PLAN_FIELDS = tuple(
+    f for f in CarePlan.model_fields if f not in ("data_quality", "sdc_deleted_at") and f not in CarePlan.read_only
+)
+"""The report has one data-field cell per canonical field WellSky holds (not data_quality, not standard-only, not
+the deletion marker only a complete view can set)."""
 PER_PAGE = 200
 
 _EXTRACT_ROWS = """
