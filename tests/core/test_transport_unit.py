@@ -264,3 +264,20 @@ def test_auth_flow_requests_take_tokens_from_the_one_budget_too():
     client.get_json("/patients")
     assert seen == ["/sessions", "/patients", "/patients"]
     assert len(waits) == 2 and all(w > 0 for w in waits)  # 3 requests at 4/s: the 2nd and 3rd wait their turn
+
+
+@pytest.mark.parametrize(("streams", "windows"), [(1, 1), (8, 8), (16, 8)])
+def test_the_pool_has_a_connection_for_every_reader_and_a_login(streams: int, windows: int) -> None:
+    """Eight streams of eight windows in flight: a pool smaller than its readers made some wait for a connection
+    past the timeout under load (counted as server timeouts, retried, and then one expiry cost several logins)."""
+    from wellsky_core.config import TapConfig
+    from wellsky_core.http.client import pool_size
+
+    config = TapConfig.load({"base_url": "https://tenant.example", "username": "u", "password": "p",
+                             "max_parallel_streams": streams, "max_windows_per_stream": windows}, env={})
+    client = WellSkyClient(config)
+    try:
+        pool = client._http._transport._pool  # httpx's connection pool: what the readers really share
+        assert pool._max_connections == pool_size(config) >= streams * windows + 1
+    finally:
+        client.close()

@@ -64,6 +64,15 @@ PACING_HEADROOM = 0.95
 """Share of ``max_requests_per_second`` the token bucket paces at (see ``WellSkyClient.__init__``)."""
 
 
+
+def pool_size(config: Any) -> int:
+    """Connections the pool may open: every reader that can be in flight at once (streams x windows) plus room
+    for a login, so no reader waits for a connection another reader holds (a pool wait past the timeout was
+    counted as a server timeout and retried)."""
+    streams = int(getattr(config, "max_parallel_streams", 1) or 1)
+    windows = int(getattr(config, "max_windows_per_stream", 1) or 1)
+    return max(32, streams * windows + 4)
+
 class WellSkyClient:
     """A connection to one tenant: pooled HTTP, auth, rate limit, retries and metrics."""
 
@@ -102,7 +111,7 @@ class WellSkyClient:
             base_url=config.base_url,
             timeout=timeout,
             verify=config.tls_verify(),
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16, keepalive_expiry=30),
+            limits=httpx.Limits(max_connections=pool_size(config), max_keepalive_connections=16, keepalive_expiry=30),
             headers={"user-agent": USER_AGENT, "accept": "application/json"},
             cookies=_no_cookie_jar(),
             follow_redirects=False,
