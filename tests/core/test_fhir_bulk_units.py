@@ -25,6 +25,7 @@ from wellsky_core.channels.fhir_bulk.spool import (
     ByRef,
     ExportJob,
     Spool,
+    job_root,
     prune,
 )
 from wellsky_core.config import WellSkyConfig
@@ -33,6 +34,12 @@ from wellsky_core.http.client import WellSkyClient
 
 BASE = "https://example.com"
 STATUS = f"{BASE}/status/job-1"
+CREDENTIALS = {
+    "auth_method": "oauth_client_credentials",
+    "client_id": "bulk-client",
+    "client_secret": "bulk-secret",
+    "token_url": f"{BASE}/token",
+}
 KICKOFF = {"level": "system", "types": ["Patient"], "since": None, "type_filter": [], "entities": ["patients"]}
 
 
@@ -56,8 +63,9 @@ def test_spool_put_get_of_type_and_files(tmp_path: Path) -> None:
     assert spool.get("Patient/a") == {"resourceType": "Patient", "id": "a"}
     assert spool.get("Patient/zz") is None and spool.get("Goal/a") is None
     assert ByRef(spool)["Goal/g"]["id"] == "g"
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError) as missing:
         ByRef(spool)["Goal/none"]
+    assert missing.value.args == ("Goal/none",)
     assert len(ByRef(spool)) == 0 and list(ByRef(spool)) == []
     assert spool.done_files() == set()
     spool.commit_file("u1", "Patient", 2)
@@ -100,8 +108,9 @@ def test_spool_reads_from_several_threads_and_close_closes_them(tmp_path: Path) 
     thread = threading.Thread(target=lambda: seen.extend(r["id"] for r in spool.of_type("Patient")))
     thread.start()
     thread.join()
-    assert seen == ["a"] and spool.get("Patient/a") is not None
-    assert len(spool._all_readers) == 2
+    assert seen == ["a"] and spool.get("Patient/a") is not None and spool.get("Patient/a") is not None
+    assert list(spool.of_type("Patient")) and spool.children("x") == {}
+    assert len(spool._all_readers) == 2  # one read connection per thread, reused
     spool.close()
     assert spool._all_readers == []
 
@@ -132,6 +141,7 @@ def test_job_files_are_private_and_resume_only_the_same_kickoff(tmp_path: Path) 
     assert other.state == {"kickoff": {**KICKOFF, "since": "2026-01-01"}}
     other.remove()
     assert not directory.exists()
+    other.remove()  # already gone (another run pruned it): not an error
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b'{"no": "kickoff"}'])
@@ -174,6 +184,14 @@ def test_transaction_time(tmp_path: Path, value: Any, expected: str | None) -> N
     job.spool.close()
 
 
+def test_job_root_is_private_under_the_state_dir_or_where_configured(tmp_path: Path) -> None:
+    settings = {"base_url": BASE, "product": "home_health", "source": "fhir_bulk", **CREDENTIALS}
+    config = WellSkyConfig.load({**settings, "state_dir": str(tmp_path / "state")}, env={})
+    assert job_root(config) == tmp_path / "state" / "fhir-bulk" and mode(job_root(config)) == 0o700
+    config = WellSkyConfig.load({**settings, "fhir_bulk_job_dir": str(tmp_path / "jobs")}, env={})
+    assert job_root(config) == tmp_path / "jobs" and mode(tmp_path / "jobs") == 0o700
+
+
 def test_prune_drops_stale_jobs_and_never_follows_symlinks(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
@@ -212,10 +230,7 @@ def make_client(handler: Callable[[httpx.Request], httpx.Response], **extra: Any
     config = WellSkyConfig.load(
         {
             "base_url": BASE,
-            "auth_method": "oauth_client_credentials",
-            "client_id": "bulk-client",
-            "client_secret": "bulk-secret",
-            "token_url": f"{BASE}/token",
+            **CREDENTIALS,
             "product": "home_health",
             "source": "fhir_bulk",
             "max_requests_per_second": 0,
