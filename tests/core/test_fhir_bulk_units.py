@@ -266,9 +266,11 @@ class Files:
     def __init__(self, files: dict[str, list[httpx.Response]]) -> None:
         self.files = files
         self.calls: list[httpx.Request] = []
+        self.threads: set[str] = set()
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.calls.append(request)
+        self.threads.add(threading.current_thread().name)
         answers = self.files[str(request.url)]
         return answers.pop(0) if len(answers) > 1 else answers[0]
 
@@ -312,6 +314,7 @@ def test_download_counts_lines_files_children_and_rejects_resources_without_id(t
     assert len(rejects) == 1
     entity, error, resource = rejects[0]
     assert entity == "patients" and isinstance(error, NormalizationError) and resource == {"resourceType": "Patient"}
+    assert (error.entity, error.field, error.reason) == ("patients", "id", "missing in a bulk-exported resource")
     assert files.calls[0].headers["accept"] == "application/fhir+ndjson"
     assert files.calls[0].headers["authorization"] == "Bearer tok"
     job.spool.close()
@@ -320,10 +323,10 @@ def test_download_counts_lines_files_children_and_rejects_resources_without_id(t
 @pytest.mark.parametrize(
     ("content", "count", "reason"),
     [
-        (lines(body("Patient", "p1")) + b'{"resourceType": "Pat', 2, "not JSON"),
-        (lines(body("Patient", "p1"), b"[1]"), 2, "not a JSON object"),
-        (lines(body("Patient", "p1")), 2, "1 of 2 lines"),
-        (gzip.compress(lines(body("Patient", "p1")))[:-12], 1, "gzip stream ended early"),
+        (lines(body("Patient", "p1")) + b'{"resourceType": "Pat', 2, "Truncated: a line is not JSON (truncated file?)"),
+        (lines(body("Patient", "p1"), b"[1]"), 2, "Truncated: a line is not a JSON object"),
+        (lines(body("Patient", "p1")), 2, "Truncated: 1 of 2 lines"),
+        (gzip.compress(lines(body("Patient", "p1")))[:-12], 1, "Truncated: the gzip stream ended early"),
     ],
 )
 def test_a_short_or_bad_file_is_downloaded_again_then_fails_with_its_reason(
@@ -335,9 +338,19 @@ def test_a_short_or_bad_file_is_downloaded_again_then_fails_with_its_reason(
     job = ExportJob(tmp_path / "j", KICKOFF)
     with pytest.raises(WellSkyTransportError) as caught:
         loader.fetch_file(job, url, "Patient", count, True)
-    assert reason in str(caught.value) and caught.value.reason == "download" and caught.value.attempts == 2
+    assert f"({reason})" in str(caught.value) and caught.value.reason == "download" and caught.value.attempts == 2
+    assert caught.value.url == url
     assert len(files.calls) == 2 and len(SLEEPS) == 1
     assert job.spool.get("Patient/p1") is None and job.spool.done_files() == set()  # rows of a failed file go
+    job.spool.close()
+
+
+def test_a_file_that_keeps_failing_names_the_status(tmp_path: Path) -> None:
+    url = f"{BASE}/out/1.ndjson"
+    loader = downloader(Files({url: [httpx.Response(503)]}), max_retries=1)
+    job = ExportJob(tmp_path / "j", KICKOFF)
+    with pytest.raises(WellSkyTransportError, match=r"completely \(503\)"):
+        loader.fetch_file(job, url, "Patient", None, True)
     job.spool.close()
 
 
@@ -367,7 +380,7 @@ def test_a_file_that_is_gone_or_refused_is_not_retried(tmp_path: Path, status: i
     files = Files({url: [httpx.Response(status, json={"resourceType": "OperationOutcome"})]})
     loader = downloader(files)
     job = ExportJob(tmp_path / "j", KICKOFF)
-    with pytest.raises(error):
+    with pytest.raises(error, match=str(status) if error is JobGone else "a bulk output file could not be downloaded"):
         loader.fetch_file(job, url, "Patient", None, True)
     assert len([c for c in files.calls if c.url.path != "/token"]) <= 2 and SLEEPS == []
     job.spool.close()
@@ -383,15 +396,17 @@ def test_a_file_without_token_is_fetched_anonymously_on_any_host(tmp_path: Path)
     job.spool.close()
 
 
-def test_error_files_are_counted_by_code_and_not_spooled(tmp_path: Path) -> None:
+def test_error_files_are_counted_by_code_and_not_spooled(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     url = f"{BASE}/out/err.ndjson"
     outcome = orjson.dumps({"resourceType": "OperationOutcome", "id": "o1", "issue": [{"code": "processing"}]})
-    files = Files({url: [httpx.Response(200, content=lines(outcome, outcome))]})
+    other = orjson.dumps({"resourceType": "OperationOutcome", "issue": [{"code": "not-found"}, {"code": "processing"}]})
+    files = Files({url: [httpx.Response(200, content=lines(outcome, outcome, other))]})
     issues: list[Any] = []
     loader = downloader(files, issues=issues)
     job = ExportJob(tmp_path / "j", KICKOFF)
-    loader.fetch_file(job, url, "OperationOutcome", 2, True, errors=True)
-    assert len(issues) == 2 and job.spool.get("OperationOutcome/o1") is None and job.spool.done_files() == {url}
+    loader.fetch_file(job, url, "OperationOutcome", 3, True, errors=True)
+    assert "reported 4 problem(s) in its error file (not-found x1, processing x3)" in caplog.text
+    assert len(issues) == 3 and job.spool.get("OperationOutcome/o1") is None and job.spool.done_files() == {url}
     job.spool.close()
 
 
@@ -435,6 +450,42 @@ def test_download_takes_the_wanted_unfinished_files_of_the_manifest(tmp_path: Pa
     assert sorted(str(c.url) for c in files.calls) == sorted([out["p"], out["e"], out["err"]])
     assert job.spool.get("Patient/half") is None and job.spool.get("Patient/old") is not None
     assert len(issues) == 1
+    assert all(c.headers["authorization"] == "Bearer tok" for c in files.calls)  # requiresAccessToken by default
+    if workers == 1:
+        assert files.threads == {threading.current_thread().name}
+    else:
+        assert files.threads and all(name.startswith("wellsky-bulk") for name in files.threads)
+    job.spool.close()
+
+
+def test_files_without_token_and_error_files_with_a_wrong_count(tmp_path: Path) -> None:
+    out, err = "https://files.other.example/p.ndjson", f"{BASE}/err.ndjson"
+    files = Files(
+        {
+            out: [httpx.Response(200, content=lines(body("Patient", "p1")))],
+            err: [httpx.Response(200, content=lines(orjson.dumps({"issue": []})))],
+        }
+    )
+    loader = downloader(files, max_retries=0)
+    manifest = {"requiresAccessToken": False, "output": [{"type": "Patient", "url": out}], "error": []}
+    job = manifest_job(tmp_path, manifest)
+    loader.download(job)
+    assert "authorization" not in files.calls[0].headers and job.spool.done_files() == {out}
+    job.state["manifest"] = {"output": [], "error": [{"url": err, "count": 2}]}
+    with pytest.raises(WellSkyTransportError, match="1 of 2 lines"):
+        loader.download(job)
+    job.spool.close()
+
+
+def test_file_urls_foreign_ones_refused_with_the_token_relative_ones_resolved(tmp_path: Path) -> None:
+    files = Files({f"{BASE}/out/rel.ndjson": [httpx.Response(200, content=lines(body("Patient", "p1")))]})
+    loader = downloader(files)
+    job = ExportJob(tmp_path / "j", KICKOFF)
+    with pytest.raises(RemoteError, match="a bulk file URL"):
+        loader.fetch_file(job, "https://evil.example/out.ndjson", "Patient", None, True)
+    assert files.calls == []
+    loader.fetch_file(job, "/out/rel.ndjson", "Patient", 1, False)
+    assert job.spool.done_files() == {"/out/rel.ndjson"}
     job.spool.close()
 
 
@@ -465,6 +516,31 @@ def test_a_stopped_download_gives_up_at_its_next_batch(tmp_path: Path, monkeypat
     assert job.spool.get("Patient/p0") is None
     loader.fetch_file(job, url, "Patient", 5, True, stop=threading.Event())
     assert len(list(job.spool.of_type("Patient"))) == 5
+    job.spool.close()
+
+
+def test_batches_are_exactly_batch_rows_and_a_bad_file_loses_the_batches_it_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wellsky_core.channels.fhir_bulk import download
+
+    monkeypatch.setattr(download, "BATCH", 2)
+    two, bad = f"{BASE}/out/two.ndjson", f"{BASE}/out/bad.ndjson"
+    files = Files(
+        {
+            two: [httpx.Response(200, content=lines(body("Patient", "p1"), body("Patient", "p2")))],
+            bad: [httpx.Response(200, content=lines(body("Patient", "b1"), body("Patient", "b2"), b"{cut"))],
+        }
+    )
+    loader = downloader(files, max_retries=0)
+    job = ExportJob(tmp_path / "j", KICKOFF)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Stopped):  # a full batch is where a stopped download notices
+        loader.fetch_file(job, two, "Patient", 2, True, stop=stop)
+    with pytest.raises(WellSkyTransportError):
+        loader.fetch_file(job, bad, "Patient", None, True)
+    assert job.spool.get("Patient/b1") is None  # written in the first batch, then discarded with its file
     job.spool.close()
 
 
