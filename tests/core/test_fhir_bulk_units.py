@@ -625,8 +625,13 @@ def test_kickoff_parameters(kickoff: dict[str, Any], path: str, query: dict[str,
 )
 def test_a_kickoff_without_a_trusted_status_url_is_refused(answer: httpx.Response) -> None:
     client = make_client(Status([], kickoff=answer))
-    with pytest.raises(RemoteError):
+    with pytest.raises(RemoteError) as caught:
         BulkServer(client, client.config).kickoff(KICKOFF)
+    if "content-location" in answer.headers:
+        assert "the bulk status URL" in str(caught.value)
+    else:
+        assert (caught.value.status, caught.value.code) == (202, "no_content_location")
+        assert caught.value.url == f"{BASE}/fhir/$export"
 
 
 def test_poll_waits_retry_after_capped_and_reports_progress(caplog: pytest.LogCaptureFixture) -> None:
@@ -660,6 +665,7 @@ def test_poll_gives_up_after_max_retries_consecutive_transient_errors() -> None:
     with pytest.raises(WellSkyTransportError) as caught:
         BulkServer(client, client.config).poll(STATUS)
     assert caught.value.attempts == 3 and len(SLEEPS) == 2
+    assert caught.value.status == 500 and caught.value.url == STATUS
 
 
 @pytest.mark.parametrize(
@@ -676,16 +682,31 @@ def test_poll_gives_up_after_max_retries_consecutive_transient_errors() -> None:
 )
 def test_poll_errors(answer: httpx.Response, error: type) -> None:
     client = make_client(Status([answer]))
-    with pytest.raises(error):
+    with pytest.raises(error) as caught:
         BulkServer(client, client.config).poll(STATUS)
     assert SLEEPS == []
+    if error is JobGone:
+        assert str(caught.value) == f"status URL answered {answer.status_code}"
+    elif answer.status_code == 200:
+        assert (caught.value.status, caught.value.code) == (200, "unexpected_shape")
+        assert "the bulk status URL answered 200 without a manifest" in str(caught.value)
+    else:
+        assert "the bulk export failed on the server; start it again or check the server" in str(caught.value)
+
+
+def test_poll_refused_credentials_name_the_status_url() -> None:
+    client = make_client(Status([httpx.Response(401, json={"resourceType": "OperationOutcome"})]))
+    with pytest.raises(RemoteError, match="the bulk status URL refused the credentials") as caught:
+        BulkServer(client, client.config).poll(STATUS)
+    assert caught.value.status == 401
 
 
 def test_poll_refuses_a_foreign_status_url_before_sending_the_token() -> None:
     status = Status([httpx.Response(200, json=MANIFEST)])
     client = make_client(status)
-    with pytest.raises(RemoteError):
+    with pytest.raises(RemoteError, match="the bulk status URL"):
         BulkServer(client, client.config).poll("https://evil.example/status")
+    BulkServer(client, client.config).delete("https://evil.example/status")  # logged, never sent
     assert status.calls == []
 
 
@@ -698,14 +719,15 @@ def test_poll_timeout_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
             return 1000.0 + sum(SLEEPS)
 
     monkeypatch.setattr(export, "time", Clock)
-    client = make_client(Status([httpx.Response(202)]), fhir_bulk_poll_timeout_seconds=10)
+    client = make_client(Status([httpx.Response(202)]), fhir_bulk_poll_timeout_seconds=7.5)
     with pytest.raises(WellSkyTransportError) as caught:
         BulkServer(client, client.config).poll(STATUS)
     assert caught.value.reason == "poll_timeout" and caught.value.attempts == 5
-    assert SLEEPS == [1.0, 2.0, 4.0, 3.0]  # the last wait is cut to the time left
+    assert caught.value.status == 202 and caught.value.url == STATUS
+    assert SLEEPS == [1.0, 2.0, 4.0, 0.5]  # the last wait is cut to the time left
 
 
-@pytest.mark.parametrize("code", [200, 202, 404, 500])
+@pytest.mark.parametrize("code", [200, 202, 204, 404, 410, 500])
 def test_delete_never_fails(code: int, caplog: pytest.LogCaptureFixture) -> None:
     status = Status([httpx.Response(code)])
     client = make_client(status, max_retries=0)
