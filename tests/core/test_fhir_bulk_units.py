@@ -725,6 +725,11 @@ def test_poll_timeout_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     assert caught.value.reason == "poll_timeout" and caught.value.attempts == 5
     assert caught.value.status == 202 and caught.value.url == STATUS
     assert SLEEPS == [1.0, 2.0, 4.0, 0.5]  # the last wait is cut to the time left
+    SLEEPS.clear()
+    client = make_client(Status([httpx.Response(202)]), fhir_bulk_poll_timeout_seconds=100)
+    with pytest.raises(WellSkyTransportError):
+        BulkServer(client, client.config).poll(STATUS)
+    assert SLEEPS == [1.0, 2.0, 4.0, 8.0, 16.0, 16.0, 16.0, 16.0, 16.0, 5.0]  # doubling stops at 16 s
 
 
 @pytest.mark.parametrize("code", [200, 202, 204, 404, 410, 500])
