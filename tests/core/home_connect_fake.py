@@ -14,10 +14,16 @@ import re
 import secrets
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
+
+from wellsky_core.channels import open_channel
+from wellsky_core.config import WellSkyConfig
+from wellsky_core.http.client import WellSkyClient
+from wellsky_core.products.personal_care.channel import HomeConnectChannel
 
 AWS_403 = {
     "message": "Invalid key=value pair (missing equal-sign) in Authorization header (hashed with SHA-256 and "
@@ -304,3 +310,27 @@ class FakeHomeConnect:
             entry["end"] = body["period"]["end"]
             self.calls["clockout"] += 1
         return self._json(200, {"success": True})
+
+
+NOW = datetime(2026, 8, 15, 12, 0, tzinfo=UTC)
+"""The channel's clock in the in-process Home Connect tests."""
+
+
+def config(**extra: Any) -> WellSkyConfig:
+    """A personal_care tenant with Home Connect credentials and no client-side rate limit."""
+    return WellSkyConfig.load(
+        {"product": "personal_care", "client_id": "cid-123", "client_secret": "secret-xyz",
+         "max_requests_per_second": 0, **extra},
+        env={},
+    )
+
+
+def channel_for(fake: FakeHomeConnect, **extra: Any) -> HomeConnectChannel:
+    """The real channel over ``fake``'s transport, its clock fixed at :data:`NOW`."""
+    cfg = config(**extra)
+    client = WellSkyClient(cfg, transport=fake.transport(), sleep=lambda s: None)
+    channel = open_channel("api", cfg, client, "personal_care")
+    assert isinstance(channel, HomeConnectChannel)
+    channel._clock = lambda: NOW
+    return channel
+

@@ -6,25 +6,22 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.core.home_connect_fake import FakeHomeConnect, care_log, patient, practitioner, shift
-from wellsky_core.channels import open_channel
+from tests.core.home_connect_fake import (
+    NOW,
+    FakeHomeConnect,
+    care_log,
+    channel_for,
+    config,
+    patient,
+    practitioner,
+    shift,
+)
 from wellsky_core.config import WellSkyConfig
 from wellsky_core.errors import NormalizationError, RemoteError
 from wellsky_core.http.auth import ClientCredentialsAuth, build_auth
-from wellsky_core.http.client import WellSkyClient
 from wellsky_core.products.personal_care import normalize as hc
-from wellsky_core.products.personal_care.channel import HomeConnectChannel, months, search_path
+from wellsky_core.products.personal_care.channel import months, search_path
 from wellsky_core.products.personal_care.schedule_memo import records_of
-
-NOW = datetime(2026, 8, 15, 12, 0, tzinfo=UTC)
-
-
-def config(**extra):
-    return WellSkyConfig.load(
-        {"product": "personal_care", "client_id": "cid-123", "client_secret": "secret-xyz",
-         "max_requests_per_second": 0, **extra},
-        env={},
-    )
 
 
 def test_null_settings_from_singer_sdk_get_the_product_defaults():
@@ -43,15 +40,6 @@ def test_null_settings_from_singer_sdk_get_the_product_defaults():
 @pytest.fixture
 def fake():
     return FakeHomeConnect()
-
-
-def channel_for(fake: FakeHomeConnect, **extra) -> HomeConnectChannel:
-    cfg = config(**extra)
-    client = WellSkyClient(cfg, transport=fake.transport(), sleep=lambda s: None)
-    channel = open_channel("api", cfg, client, "personal_care")
-    assert isinstance(channel, HomeConnectChannel)
-    channel._clock = lambda: NOW
-    return channel
 
 
 def test_short_config_defaults_to_production_host_and_apigee_token():

@@ -6,16 +6,23 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
-from tests.core.home_connect_fake import FakeHomeConnect, care_log, patient, practitioner, shift
+from tests.core.home_connect_fake import (
+    FakeHomeConnect,
+    care_log,
+    channel_for,
+    config,
+    patient,
+    practitioner,
+    shift,
+)
 from wellsky_core.channels import open_channel
-from wellsky_core.config import WellSkyConfig
 from wellsky_core.errors import RemoteError
 from wellsky_core.http.client import WellSkyClient
 from wellsky_core.products.personal_care.channel import (
@@ -25,30 +32,6 @@ from wellsky_core.products.personal_care.channel import (
     bounded_map,
 )
 from wellsky_core.products.personal_care.schedule_memo import content_hash
-
-NOW = datetime(2026, 8, 15, 12, 0, tzinfo=UTC)
-
-
-def config(**extra: Any) -> WellSkyConfig:
-    return WellSkyConfig.load(
-        {
-            "product": "personal_care",
-            "client_id": "cid-123",
-            "client_secret": "secret-xyz",
-            "max_requests_per_second": 0,
-            **extra,
-        },
-        env={},
-    )
-
-
-def channel_for(fake: FakeHomeConnect, **extra: Any) -> HomeConnectChannel:
-    cfg = config(**extra)
-    client = WellSkyClient(cfg, transport=fake.transport(), sleep=lambda s: None)
-    channel = open_channel("api", cfg, client, "personal_care")
-    assert isinstance(channel, HomeConnectChannel)
-    channel._clock = lambda: NOW
-    return channel
 
 
 def scripted(*bundles: Any, **extra: Any) -> tuple[HomeConnectChannel, list[httpx.Request]]:
@@ -178,12 +161,6 @@ def test_content_hash_is_pinned_and_ignores_only_updated_at() -> None:
     older = hashlib.sha256(orjson.dumps({"a": [1], "b": 2, "id": "1"})).hexdigest()[:20]
     assert older.startswith(expected.hex()), "a version 2 memo's hash carries this one: an upgrade re-emits nothing"
     assert content_hash({**record, "UPDATED_AT": 1}) != expected
-
-
-
-
-
-
 
 
 def test_an_unknown_stream_is_refused_with_the_reason() -> None:

@@ -28,6 +28,7 @@ from tap_wellsky.parallel import OutputGate, SyncStopped, run_parallel
 from wellsky_sandbox.testing import SandboxServer
 
 from .helpers import sandbox_config
+from .test_parallel import _check_state_never_ahead
 
 _RealLock = threading.Lock
 changed = threading.Condition()  # notified on every observable step below
@@ -314,22 +315,6 @@ class GateCheckedStdout(io.RawIOBase):
         return len(b)
 
 
-def _state_never_ahead(msgs: list[dict[str, Any]]) -> None:
-    newest: dict[str, str] = {}
-    for m in msgs:
-        if m["type"] == "RECORD":
-            value = m["record"]["updated_at"]
-            newest[m["stream"]] = max(newest.get(m["stream"], value), value)
-        elif m["type"] == "STATE":
-            for stream, book in m["value"].get("bookmarks", {}).items():
-                for value in (
-                    book.get("replication_key_value"),
-                    book.get("progress_markers", {}).get("replication_key_value"),
-                ):
-                    if value is not None:
-                        assert stream in newest and value <= newest[stream], (stream, value, newest.get(stream))
-
-
 def test_a_parallel_sync_writes_every_byte_under_the_gate_and_no_state_ahead(
     locks: list[ObservableLock], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -371,7 +356,7 @@ def test_a_parallel_sync_writes_every_byte_under_the_gate_and_no_state_ahead(
                 counts[m["stream"]] = counts.get(m["stream"], 0) + 1
         truth = {s: len(sb.truth(s)) for s in counts}
     assert raw.unguarded == 0, f"{raw.unguarded} writes to stdout outside the output gate"
-    _state_never_ahead(msgs)
+    _check_state_never_ahead(msgs)
     assert counts == truth  # every record once
     assert sum(counts.values()) > 50 and len(counts) > 3
 
