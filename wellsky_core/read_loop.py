@@ -113,7 +113,7 @@ class StreamRead:
         every = channel.full_view_every(self.stream) if self.connection.config.start_date is None else 0
         if deletions is not None:
             deletions.every_days = every
-        if deletions is not None and since is not None and deletions.full_view_due(every):
+        if deletions is not None and since is not None and deletions.full_view_due():
             self.log.info("%s: a complete view is due (every %d days): reading it whole, not from the bookmark",
                           self.stream, every)
             since = None

@@ -259,12 +259,12 @@ class SnapshotDeletions:
         except ValueError:
             return None
 
-    def full_view_due(self, every_days: int) -> bool:
+    def full_view_due(self) -> bool:
         """Whether ``every_days`` (0: never) have passed since the last complete view (or none was taken)."""
-        if every_days <= 0:
+        if self.every_days <= 0:
             return False
         last = self._last_full_view()
-        return last is None or datetime.now(UTC) - last >= timedelta(days=every_days)
+        return last is None or datetime.now(UTC) - last >= timedelta(days=self.every_days)
 
     def next_full_view(self) -> str:
         """When the next complete view will be read (the run-end line says when deletions become known)."""
