@@ -350,7 +350,7 @@ def tap_config(sb: Sandbox) -> dict[str, Any]:
         "username": sb.info["username"],
         "password": sb.info["password"],
         "page_size": 1000,
-        "max_requests_per_second": 0,  # 0 disables the client-side token bucket (wellsky_core/http/ratelimit.py)
+        "max_requests_per_second": 0,  # 0 disables the client-side request window (wellsky_core/http/ratelimit.py)
     }
 
 

@@ -53,7 +53,7 @@ def embedded_sandbox_config(config: Mapping[str, Any]) -> dict[str, Any]:
     server = _RUNNING[key]
     budget: dict[str, Any] = {}
     if not limited and config.get("max_requests_per_second") in (None, ""):
-        budget["max_requests_per_second"] = 0  # no client-side budget either (0 disables the token bucket)
+        budget["max_requests_per_second"] = 0  # no client-side budget either (0 disables the request window)
     if not _signs_in_with_session(product):  # e.g. Home Connect: client credentials only
         return {
             "base_url": server.base_url,

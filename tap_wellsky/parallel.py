@@ -16,7 +16,7 @@ stdout itself is sealed (:func:`seal_stdout`): whatever any thread still tries t
 held the gate past the deadline, a path that does not pass the gate) goes nowhere, so nothing can follow the
 final STATE.
 
-Every stream shares the connection's client, so one token bucket (``wellsky_core/http/ratelimit.py``) budgets
+Every stream shares the connection's client, so one request window (``wellsky_core/http/ratelimit.py``) budgets
 the requests of all of them.
 """
 

@@ -155,21 +155,19 @@ def test_early_expiry_fault_every_n_requests(tenant):
 
 
 def test_rate_limiter_keeps_requests_per_second_under_the_limit(tenant):
-    """20/s with a burst of one token: the average rate is <= 20/s and no 1 s window holds more than 21."""
+    """20/s over real HTTP: the first 20 requests (the login and /tenant among them) go at once and the rest wait
+    for the slots freed 1/0.95 s later. Only lower bounds here (a loaded machine can only make it slower); the
+    exact slots and the tenant-second guarantee are tested on a fake clock in test_ratelimit.py."""
     with WellSkyClient(config(tenant, max_requests_per_second=20)) as client:
         client.get_json("/tenant")
-        stamps = []
         start = time.monotonic()
         for _ in range(30):
             client.get_json("/patients", {"limit": 1})
-            stamps.append(time.monotonic())
         elapsed = time.monotonic() - start
+        sent = client.metrics.snapshot()["requests"]
         waited = client.metrics.snapshot()["rate_limit_wait_seconds"]
-    assert elapsed >= 29 / 20 * 0.95, f"30 requests at 20/s took only {elapsed:.2f}s"
-    rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
-    assert rate <= 20 * 1.02, f"measured {rate:.1f} requests/s"
-    worst = max(sum(1 for s in stamps if t0 <= s < t0 + 1.0) for t0 in stamps)
-    assert worst <= 21, f"{worst} requests in one second"
+    assert sent >= 31
+    assert elapsed >= 1.0, f"{sent} requests at 20/s took only {elapsed:.2f}s"
     assert waited > 1.0
 
 

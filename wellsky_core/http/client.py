@@ -1,6 +1,6 @@
 """``WellSkyClient``: the only way the tap and target talk HTTP to WellSky.
 
-One pooled keep-alive ``httpx.Client`` per client; every request goes through the token bucket, the auth
+One pooled keep-alive ``httpx.Client`` per client; every request goes through the request window, the auth
 flow (login, cookie rotation, re-auth on 401) and a retry loop that composes three pieces:
 
 - classification (``policy.py``): what one attempt got -> retry (and why), usable, or an error no retry fixes;
@@ -45,7 +45,7 @@ from ..metrics import Metrics
 from ..redaction import register_secret
 from .auth import RefreshingAuth, build_auth
 from .policy import Backoff, Retry, classify_exception, classify_response, connect_failure, is_safe
-from .ratelimit import TokenBucket
+from .ratelimit import RequestWindow
 from .trust import is_trusted, require_trusted
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def _no_cookie_jar() -> CookieJar:
 
 
 PACING_HEADROOM = 0.95
-"""Share of ``max_requests_per_second`` the token bucket paces at (see ``WellSkyClient.__init__``)."""
+"""Share of ``max_requests_per_second`` the request window sustains (see ``WellSkyClient.__init__``)."""
 
 
 
@@ -96,12 +96,11 @@ class WellSkyClient:
             auth.metrics = self.metrics
         self.auth = auth
         register_secret(*config.secret_values())
-        # paced at PACING_HEADROOM of the budget: a request whose send is delayed a few ms by thread scheduling
-        # lands in the tenant's next second, which at exactly the budget then holds one request too many
-        # (measured: 3 overruns in 5,106 requests at 100 req/s, 16 threads, 150 ms latency; at 0.97 with 8 streams
-        # of 8 windows each on a loaded 2-core machine, 4 overruns in 547 requests, hence 0.95)
-        rate = (config.max_requests_per_second or 0) * PACING_HEADROOM
-        self._limiter = TokenBucket(rate or None, burst=1)
+        # the whole budget at once, then PACING_HEADROOM of it on average: a request whose send is delayed a few
+        # ms by thread scheduling lands in the tenant's next second, which at exactly the budget then holds one
+        # request too many (measured: 3 overruns in 5,106 requests at 100 req/s, 16 threads, 150 ms latency; at
+        # 0.97 with 8 streams of 8 windows each on a loaded 2-core machine, 4 overruns in 547 requests, hence 0.95)
+        self._limiter = RequestWindow.for_budget(config.max_requests_per_second, PACING_HEADROOM)
         self._sleep = sleep
         self._backoff = Backoff(config.backoff_base_seconds, config.backoff_max_seconds)
         self._connected = False
@@ -121,9 +120,10 @@ class WellSkyClient:
 
     # -- plumbing ---------------------------------------------------------------------------------------
     def _on_request(self, request: httpx.Request) -> None:
-        """Every request on the wire takes its token here, logins and token fetches of the auth flows too: a
+        """Every request on the wire takes its slot here, logins and token fetches of the auth flows too: a
         budget that paced only data requests overran the tenant's limit by the login in the first second."""
-        self.metrics.add_rate_limit_wait(self._limiter.acquire())
+        if self._limiter is not None:
+            self.metrics.add_rate_limit_wait(self._limiter.acquire())
         self.metrics.add_request()
 
     def _on_response(self, response: httpx.Response) -> None:

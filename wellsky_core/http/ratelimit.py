@@ -1,54 +1,77 @@
-"""Client-side token bucket: stay under a tenant's request limit instead of discovering it through 429s."""
+"""Client-side request window: stay under a tenant's request limit instead of discovering it through 429s."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 
-class TokenBucket:
-    """``rate`` tokens per second, at most ``burst`` saved up; thread-safe.
+class RequestWindow:
+    """At most ``limit`` requests in any ``window`` seconds; thread-safe, first come first served.
 
-    A caller that finds the bucket empty *reserves* its token (the level goes negative) and sleeps outside the
-    lock, so concurrent callers are spaced exactly ``1/rate`` apart in arrival order and nobody spins.
-    ``rate`` of 0 or None disables limiting.
+    Why a sliding window and not a token bucket: a bucket with a burst of 1 spaces every request ``1/rate``
+    apart, so a sync's first second (login, then every stream's first page at once) trickles out at the
+    steady rate although the tenant would take all of them. The window lets the first ``limit`` requests go at
+    once and, after that, each request takes the slot that the request ``limit`` places before it freed
+    ``window`` seconds earlier. Both shapes give the same worst case at the tenant: any ``limit + 1`` requests
+    span at least ``window`` seconds, so no second the tenant counts can hold more than ``limit`` while a
+    send's scheduling delays differ by less than ``window - 1`` seconds.
+
+    A caller finding the window full *reserves* its slot (the moment it may send) and sleeps outside the lock,
+    so concurrent callers are served in arrival order and nobody spins.
     """
 
     def __init__(
         self,
-        rate: float | None,
-        burst: float = 1.0,
+        limit: int,
+        window: float = 1.0,
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        if rate is not None and rate < 0:
-            raise ValueError("rate must be >= 0 (0 disables the limiter)")
-        if burst < 1:
-            raise ValueError("burst must be >= 1 token")
-        self.rate = rate or 0.0
-        self.burst = float(burst)
+        if limit < 1:
+            raise ValueError("limit must be >= 1 request per window")
+        if window <= 0:
+            raise ValueError("window must be > 0 seconds")
+        self.limit = limit
+        self.window = float(window)
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
-        self._tokens = float(burst)
-        self._stamp = clock()
+        self._slots: deque[float] = deque(maxlen=limit)  # send moments of the last ``limit`` grants, sorted
 
-    @property
-    def enabled(self) -> bool:
-        return self.rate > 0
+    @classmethod
+    def for_budget(
+        cls,
+        per_second: float | None,
+        headroom: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> RequestWindow | None:
+        """The window keeping ``per_second`` with ``headroom`` (e.g. 0.95) of slack, or None for no budget.
 
-    def acquire(self, tokens: float = 1.0) -> float:
-        """Take ``tokens``, sleeping as long as needed; returns the seconds waited."""
-        if not self.enabled:
-            return 0.0
+        ``limit`` is the whole budget (rounded down, at least 1) and the window is stretched so the steady rate
+        is ``headroom`` x the budget: at 100 req/s, 100 requests per 1.053 s, i.e. 95 per second on average and
+        a tolerance of 53 ms of scheduling delay before a tenant's second could hold a 101st request.
+        """
+        if not per_second or per_second <= 0:
+            return None
+        if not 0 < headroom <= 1:
+            raise ValueError("headroom must be in (0, 1]")
+        limit = max(1, math.floor(per_second))
+        return cls(limit, limit / (per_second * headroom), clock=clock, sleep=sleep)
+
+    def acquire(self) -> float:
+        """Take one slot, sleeping until it is free; returns the seconds waited."""
         with self._lock:
             now = self._clock()
-            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
-            self._tokens -= tokens
-            wait = 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+            at = now if len(self._slots) < self.limit else max(now, self._slots[0] + self.window)
+            self._slots.append(at)  # maxlen drops the oldest: the one whose slot this is
+        wait = at - now
         if wait > 0:
             self._sleep(wait)
         return wait
