@@ -210,13 +210,16 @@ def _render(exc: BaseException) -> str:
         setting = f"; check `{exc.setting}`" if exc.setting else ""
         return f"no usable MFA code ({exc.method}){setting}"
     if isinstance(exc, AuthError):
-        setting = exc.setting or "the credentials"
+        # a setting name is quoted; a phrase that quotes its own settings (or names none) is not quoted again
+        setting = exc.setting if exc.setting and "`" in exc.setting else f"`{exc.setting}`" if exc.setting else (
+            "the credentials"
+        )
         status = f" (HTTP {exc.status})" if exc.status is not None else ""
         code = safe_code(getattr(exc, "code", None))
         label = f" [{code}]" if code else ""
         fix = getattr(exc, "fix", None)
         return f"WellSky did not accept the login{status}{label}; " + (
-            fix if isinstance(fix, str) and fix else f"check `{setting}`"
+            fix if isinstance(fix, str) and fix else f"check {setting}"
         )
     if isinstance(exc, RemoteError):
         return _structured("WellSky returned an error", exc, status=exc.status, code=exc.code, url=exc.url)
