@@ -188,6 +188,17 @@ def run_command(stdout: IO[bytes] | None, command: Callable[[Output], int]) -> i
         output.flush()
 
 
+def exit_code(status: str, ended_by: BaseException | None) -> int:
+    """An Airbyte command's exit code for a run's verdict (the data-quality report's ``status``): 0 for a finished
+    run, refusals included (counted in the report and the dead letters), 1 for any other outcome, like
+    :func:`run_command`; an interrupt the command does not catch (Ctrl-C, ``SystemExit``) keeps its own code."""
+    from .cli import exit_code_for
+
+    if ended_by is not None and not isinstance(ended_by, Exception):
+        return exit_code_for(ended_by)
+    return 0 if status in ("ok", "completed_with_refusals") else 1
+
+
 def connection_check(output: Output, settings: Callable[[], WellSkyConfig]) -> int:
     """CONNECTION_STATUS from a real ``GET /tenant`` (the product's own probe): proves URL, TLS and credentials
     in one request. Shared by source-wellsky and destination-wellsky; a bad config is a FAILED status too."""

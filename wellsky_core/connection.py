@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from .channels import Channel, channel_class, open_channel
@@ -11,7 +12,7 @@ from .errors import ConfigError, RemoteError
 from .http.client import WellSkyClient
 from .metrics import Metrics
 from .products import DIALECTS, PRODUCTS
-from .quality import QualityCounter
+from .quality import ExitCodeRule, QualityCounter
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +90,15 @@ class Connection:
         return None
 
     def quality_report(
-        self, max_flagged_fraction: float | None = None, *, ended_by: BaseException | None = None
+        self,
+        max_flagged_fraction: float | None = None,
+        *,
+        ended_by: BaseException | None = None,
+        incomplete: Iterable[str] = (),
+        exit_code: ExitCodeRule | None = None,
     ) -> dict[str, Any]:
         """The run's data-quality report: record counts observed so far plus the open channels' refusals;
-        ``ended_by`` is the exception that ended the run (the report's status then says so)."""
+        ``ended_by``, ``incomplete`` and ``exit_code`` as in :meth:`QualityCounter.report` (the verdict)."""
         counter = QualityCounter()
         counter.merge(self.quality)
         for channel in self._channels.values():
@@ -102,7 +108,7 @@ class Connection:
                     counter.add_dead_lettered(stream if stream != "-" else "unknown", count)
             for kind, count in channel.skipped.items():
                 counter.add_skipped(channel.name, kind, count)
-        return counter.report(max_flagged_fraction, ended_by=ended_by)
+        return counter.report(max_flagged_fraction, ended_by=ended_by, incomplete=incomplete, exit_code=exit_code)
 
     def close(self) -> None:
         for channel in self._channels.values():

@@ -24,6 +24,7 @@ import functools
 import re
 import traceback
 from types import TracebackType
+from typing import Any
 
 from . import errors
 from .errors import (
@@ -98,6 +99,29 @@ def safe_code(code: object) -> str | None:
     if text in ALLOWED_CODES or _STATUS_CODE.fullmatch(text) or text in _ERROR_NAMES:
         return text
     return OTHER_CODE
+
+
+_SEVERITIES = frozenset({"fatal", "error", "warning", "information"})
+_FHIR_ID = re.compile(r"[A-Za-z0-9.-]{1,64}")
+
+
+def public_outcome(outcome: object) -> dict[str, Any]:
+    """A FHIR OperationOutcome the server wrote (a bulk export's error file), as any output may hold it: its id
+    if id-shaped, and each issue's severity and allow-listed code (:func:`safe_code`). Diagnostics, details,
+    expressions and locations are server text (they may name a patient): left out."""
+    body = outcome if isinstance(outcome, dict) else {}
+    issues = body.get("issue") if isinstance(body.get("issue"), list) else [{}]
+    shown: dict[str, Any] = {"resourceType": "OperationOutcome"}
+    if isinstance(body.get("id"), str) and _FHIR_ID.fullmatch(body["id"]):
+        shown["id"] = body["id"]
+    shown["issue"] = [
+        {
+            "severity": issue.get("severity") if issue.get("severity") in _SEVERITIES else None,
+            "code": safe_code(issue.get("code")) or "unknown",
+        }
+        for issue in (i if isinstance(i, dict) else {} for i in issues or [{}])
+    ]
+    return shown
 
 
 def safe_request_id(value: object) -> str | None:
@@ -186,13 +210,16 @@ def _render(exc: BaseException) -> str:
         setting = f"; check `{exc.setting}`" if exc.setting else ""
         return f"no usable MFA code ({exc.method}){setting}"
     if isinstance(exc, AuthError):
-        setting = exc.setting or "the credentials"
+        # a setting name is quoted; a phrase that quotes its own settings (or names none) is not quoted again
+        setting = exc.setting if exc.setting and "`" in exc.setting else f"`{exc.setting}`" if exc.setting else (
+            "the credentials"
+        )
         status = f" (HTTP {exc.status})" if exc.status is not None else ""
         code = safe_code(getattr(exc, "code", None))
         label = f" [{code}]" if code else ""
         fix = getattr(exc, "fix", None)
         return f"WellSky did not accept the login{status}{label}; " + (
-            fix if isinstance(fix, str) and fix else f"check `{setting}`"
+            fix if isinstance(fix, str) and fix else f"check {setting}"
         )
     if isinstance(exc, RemoteError):
         return _structured("WellSky returned an error", exc, status=exc.status, code=exc.code, url=exc.url)

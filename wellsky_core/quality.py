@@ -33,6 +33,8 @@ from .private_files import private_dir, state_root, write_private
 if TYPE_CHECKING:
     from .config import WellSkyConfig
 
+ExitCodeRule = Callable[[str, "BaseException | None"], int]
+"""A face's rule from a report's status (and the exception that ended the run, if any) to its exit code."""
 FlagKind = Literal["missing", "unmapped_code", "invalid", "unresolved_reference"]
 KINDS: tuple[str, ...] = ("missing", "unmapped_code", "invalid", "unresolved_reference")
 _MAX_REPAIRS = 64
@@ -268,14 +270,22 @@ class QualityCounter:
         }
 
     def report(
-        self, max_flagged_fraction: float | None = None, *, ended_by: BaseException | None = None
+        self,
+        max_flagged_fraction: float | None = None,
+        *,
+        ended_by: BaseException | None = None,
+        incomplete: Iterable[str] = (),
+        exit_code: ExitCodeRule | None = None,
     ) -> dict[str, Any]:
         """The JSON report: per stream, totals, skipped inputs and the verdict, which is the run's exit code.
 
-        ``ended_by``: the exception that ended the run, if any; the status is then ``aborted`` and
-        ``exit_code`` the one the process exits with (a report never says ``ok`` for a run that failed).
+        ``ended_by``: the exception that ended the run, if any; the status is then ``aborted``. ``incomplete``:
+        streams that failed while the run went on to the others (the Airbyte read); the status is then
+        ``incomplete``. ``exit_code``: the face's rule from status to exit code (default: the Singer CLIs',
+        :func:`singer_exit_code`); the report's ``exit_code`` is what the process exits with, so a report never
+        says ``ok`` for a run that failed.
         """
-        from .cli import EXIT_QUALITY, EXIT_REFUSALS, exit_code_for
+        from .cli import exit_code_for
 
         with self._lock:
             streams = {s: self.stream_report(s) for s in self.streams()}
@@ -285,19 +295,24 @@ class QualityCounter:
             for s, r in streams.items()
             if max_flagged_fraction is not None and r["records"] and r["flagged_fraction"] > max_flagged_fraction
         ]
+        unfinished = sorted(set(incomplete))
         dead = sum(r["dead_lettered"] for r in streams.values())
         if ended_by is not None and exit_code_for(ended_by) != 0:
-            status, exit_code = "aborted", exit_code_for(ended_by)
+            status = "aborted"
+        elif unfinished:
+            status = "incomplete"
         elif over:
-            status, exit_code = "failed", EXIT_QUALITY
+            status = "failed"
         else:
-            status, exit_code = ("completed_with_refusals", EXIT_REFUSALS) if dead else ("ok", 0)
+            status = "completed_with_refusals" if dead else "ok"
+        rule = exit_code or singer_exit_code
         return {
             "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "status": status,
-            "exit_code": exit_code,
+            "exit_code": rule(status, ended_by),
             "max_flagged_fraction": max_flagged_fraction,
             "streams_over_threshold": over,
+            "incomplete_streams": unfinished,
             "totals": {
                 "records": sum(r["records"] for r in streams.values()),
                 "flagged": sum(r["flagged"] for r in streams.values()),
@@ -307,6 +322,16 @@ class QualityCounter:
             "streams": streams,
             "skipped": skipped,
         }
+
+
+def singer_exit_code(status: str, ended_by: BaseException | None) -> int:
+    """tap-wellsky's exit code for a verdict: 0 ok, 3 refusals, 4 over the flag threshold, 2 a stream that did not
+    finish; an aborted run exits with its exception's code (``cli.exit_code_for``)."""
+    from .cli import EXIT_FATAL, EXIT_QUALITY, EXIT_REFUSALS, exit_code_for
+
+    if status == "aborted":
+        return exit_code_for(ended_by)
+    return {"ok": 0, "completed_with_refusals": EXIT_REFUSALS, "failed": EXIT_QUALITY}.get(status, EXIT_FATAL)
 
 
 def default_report_path(config: WellSkyConfig | None = None) -> Path:

@@ -8,6 +8,8 @@ import sys
 import time
 from typing import IO, Any
 
+from wellsky_core.airbyte import exit_code
+from wellsky_core.config import WellSkyConfig
 from wellsky_core.connection import Connection
 from wellsky_core.discovery import not_offered_reason, offered
 from wellsky_core.errors import AuthError, ConfigError
@@ -63,6 +65,7 @@ def read(output: Output, config_path: str, catalog_path: str, state_path: str | 
     config = load_config(config_path, start_embedded=True)
     connection = Connection(config)
     failed: list[str] = []
+    ended_by: BaseException | None = None
     started = time.monotonic()
     try:
         for stream in streams:
@@ -73,7 +76,8 @@ def read(output: Output, config_path: str, catalog_path: str, state_path: str | 
                 # Every other stream would fail the same way: stop here with one clear error.
                 output.error(exc, stream=stream.name)
                 output.stream_status(stream.name, "INCOMPLETE")
-                return 1
+                ended_by = exc
+                break
             except Exception as exc:
                 output.error(exc, stream=stream.name)
                 output.stream_status(stream.name, "INCOMPLETE")
@@ -81,9 +85,14 @@ def read(output: Output, config_path: str, catalog_path: str, state_path: str | 
                 continue
             output.stream_status(stream.name, "COMPLETE")
             log.info("%s: %d records", stream.name, count)
+    except BaseException as exc:  # the report's status must say what the exit code will say
+        ended_by = exc
+        raise
     finally:
         metrics = connection.metrics.snapshot()
-        report = connection.quality_report(config.max_flagged_fraction)
+        report = connection.quality_report(
+            config.max_flagged_fraction, ended_by=ended_by, incomplete=failed, exit_code=exit_code
+        )
         connection.close()
         log.info(
             "sync finished in %.1fs: %d pages, %d requests, %d retries, %d re-logins",
@@ -93,11 +102,10 @@ def read(output: Output, config_path: str, catalog_path: str, state_path: str | 
             metrics["retries"],
             metrics["reauths"],
         )
-        _log_quality(report, config.data_quality_report_path)
+        _log_quality(report, config)
     if failed:
         log.error("streams that did not finish: %s (rerun with the last state to resume)", ", ".join(failed))
-        return 1
-    if report["streams_over_threshold"]:
+    elif ended_by is None and report["streams_over_threshold"]:
         output.error(
             ConfigError(
                 "max_flagged_fraction",
@@ -105,12 +113,12 @@ def read(output: Output, config_path: str, catalog_path: str, state_path: str | 
                 f"{', '.join(report['streams_over_threshold'])}; see the data-quality report, or raise the threshold",
             )
         )
-        return 1
-    return 0
+    return int(report["exit_code"])  # the report and the process say the same
 
 
-def _log_quality(report: dict[str, Any], path: str | None) -> None:
-    """The data-quality counts as a LOG line and the JSON report file (same report as the Singer tap's)."""
+def _log_quality(report: dict[str, Any], config: WellSkyConfig) -> None:
+    """The data-quality counts as a LOG line and the JSON report file (same report, same place as the Singer
+    tap's: ``data_quality_report_path``, else the tenant's private state directory)."""
     totals = report["totals"]
     level = logging.WARNING if report["status"] != "ok" else logging.INFO
     per_stream = ", ".join(
@@ -126,10 +134,13 @@ def _log_quality(report: dict[str, Any], path: str | None) -> None:
         totals["skipped"],
         per_stream or "no records",
     )
+    path = config.data_quality_report_path or default_report_path(config)
     try:
-        write_report(report, path or default_report_path())
+        written = write_report(report, path)
     except OSError as exc:
-        log.warning("could not write the data-quality report (%s)", exc.strerror or exc)
+        log.warning("could not write the data-quality report to %s (%s)", path, exc.strerror or exc)
+        return
+    log.info("data-quality report written to %s", written)
 
 
 def _read_stream(

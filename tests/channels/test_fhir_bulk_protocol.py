@@ -170,6 +170,37 @@ def test_the_igs_manifest_end_to_end(tmp_path: Path) -> None:
     assert not list((tmp_path / "jobs").glob("*/job.json")), "a finished run removes its spool"
 
 
+def test_an_export_error_file_leaves_only_codes_in_the_dead_letters(tmp_path: Path, caplog: Any) -> None:
+    """An error file is server text (issue 24 #1): its OperationOutcomes may name a patient. The dead letter keeps
+    the outcome's id, and each issue's severity and allow-listed code; diagnostics, details and expressions stay
+    out, like everywhere else."""
+    phi = "Patient Jane Q Okonkwo (MRN 00482913, DOB 1950-03-04, SSN 123-45-6789, phone 303-555-0147) not exported"
+    outcomes = [
+        {"resourceType": "OperationOutcome", "id": "e1", "issue": [
+            {"severity": "error", "code": "processing", "diagnostics": phi, "details": {"text": phi},
+             "expression": [f"Patient.name.where(family='{phi}')"], "location": [phi]}]},
+        {"resourceType": "OperationOutcome", "id": phi, "issue": [{"severity": phi, "code": phi}]},
+    ]
+    server = FakeBulkServer()
+    server.files[f"{BASE}/output/err_file_1.ndjson"] = [
+        httpx.Response(200, content=b"\n".join(json.dumps(o).encode() for o in outcomes))
+    ]
+    dead = tmp_path / "dead.jsonl"
+    channel, client = make(server, tmp_path, dead_letter_path=str(dead))
+    with caplog.at_level("DEBUG"):
+        assert len(list(channel.iter_records("patients", None))) == 5
+    channel.close()
+    client.close()
+    text = dead.read_text() + caplog.text
+    for value in ("Okonkwo", "00482913", "1950-03-04", "123-45-6789", "555-0147"):
+        assert value not in text, f"{value} reached the dead letters or the log"
+    letters = [json.loads(line)["payload"] for line in dead.read_text().splitlines()]
+    assert letters == [
+        {"resourceType": "OperationOutcome", "id": "e1", "issue": [{"severity": "error", "code": "processing"}]},
+        {"resourceType": "OperationOutcome", "issue": [{"severity": None, "code": "unlisted_code"}]},
+    ]
+
+
 def test_retry_after_every_spelling() -> None:
     now = 1_700_000_000.0
     assert parse_retry_after("5", now=now) == 5.0

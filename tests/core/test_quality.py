@@ -347,3 +347,28 @@ def test_dead_letters_add_up_per_stream() -> None:
 def test_the_report_file_is_indented_and_keeps_the_report_order(tmp_path: Path) -> None:
     path = write_report({"status": "ok", "streams": {"b": 1, "a": 2}}, tmp_path / "dq.json")
     assert path.read_text() == '{\n  "status": "ok",\n  "streams": {\n    "b": 1,\n    "a": 2\n  }\n}\n'
+
+
+def test_the_verdict_and_exit_code_follow_the_faces_rule() -> None:
+    """The report's ``exit_code`` is what the process exits with: the Singer CLIs' codes by default, the Airbyte
+    commands' 0/1 with ``airbyte.exit_code``; a stream that failed while the run went on makes it ``incomplete``."""
+    from wellsky_core.airbyte import exit_code as airbyte_exit_code
+    from wellsky_core.errors import RemoteError
+
+    counter = QualityCounter()
+    counter.observe("patients", {"id": "1", "data_quality": []})
+    counter.add_dead_lettered("patients")
+
+    def verdict(**kw: object) -> tuple[str, int]:
+        report = counter.report(None, **kw)  # type: ignore[arg-type]
+        return report["status"], report["exit_code"]
+
+    assert verdict() == ("completed_with_refusals", EXIT_REFUSALS)
+    assert verdict(exit_code=airbyte_exit_code) == ("completed_with_refusals", 0), "Airbyte: refusals are counted"
+    assert verdict(incomplete=["coverage"]) == ("incomplete", 2)
+    assert verdict(incomplete=["coverage"], exit_code=airbyte_exit_code) == ("incomplete", 1)
+    assert counter.report(None, incomplete=["coverage", "coverage"])["incomplete_streams"] == ["coverage"]
+    refused = RemoteError(423, "locked", None)
+    assert verdict(ended_by=refused) == ("aborted", 2)
+    assert verdict(ended_by=refused, exit_code=airbyte_exit_code) == ("aborted", 1)
+    assert verdict(ended_by=KeyboardInterrupt(), exit_code=airbyte_exit_code) == ("aborted", 130), "Ctrl-C keeps 130"

@@ -36,6 +36,17 @@ class Reply(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def send_raw(self, status: int, body: bytes, ctype: str = "application/json", length: int | None = None) -> None:
+        """Any body; ``length`` larger than the body: the connection closes before the body is complete."""
+        self.send_response(status)
+        self.send_header("content-type", ctype)
+        self.send_header("content-length", str(length if length is not None else len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+        if length is not None and length != len(body):
+            self.close_connection = True
+
     def trickle(self, chunks: Callable[[], Any], delay: float, length: int | None = None) -> None:
         """A 200 whose body arrives chunk by chunk, ``delay`` seconds apart, until the client hangs up."""
         self.send_response(200)

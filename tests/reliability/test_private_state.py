@@ -11,8 +11,11 @@ import json
 import os
 import stat
 import subprocess
+import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +26,7 @@ from .conftest import SUBPROCESS_TIMEOUT, TAP_CMD, TARGET_CMD, assert_no_traceba
 from .hostile import HostileServer, Reply, config
 
 VICTIM_TEXT = "not yours\n"
+SOURCE_CMD = [sys.executable, "-m", "tap_wellsky.airbyte"]
 
 
 def _mode(path: Path) -> int:
@@ -153,6 +157,57 @@ def test_tap_report_is_per_tenant_private_and_agrees_with_the_exit_code(tmp_path
     assert again.returncode == 0, again.stderr
     assert victim.read_text() == VICTIM_TEXT, "the report was not written through the planted link"
     assert not report.is_symlink() and _mode(report) == 0o600, "the link itself was replaced by a private file"
+
+
+def _refuse(method: str, path: str, status: int) -> Callable[[Reply, str, str, bytes], bool]:
+    def route(h: Reply, m: str, p: str, body: bytes) -> bool:
+        if (m, p) == (method, path):
+            h.send_json(status, {"error": "locked", "message": "no"})
+            return True
+        return False
+
+    return route
+
+
+@pytest.mark.parametrize(
+    ("route", "code", "status", "incomplete"),
+    [
+        (lambda *_: False, 0, "ok", []),
+        (_refuse("GET", "/patients", 423), 1, "incomplete", ["patients"]),
+        (_refuse("POST", "/sessions", 401), 1, "aborted", []),
+    ],
+    ids=["clean", "one-stream-failed", "login-refused"],
+)
+def test_airbyte_read_report_is_per_tenant_private_and_agrees_with_the_exit_code(
+    tmp_path: Path, route: Any, code: int, status: str, incomplete: list[str]
+) -> None:
+    """source-wellsky read writes the tap's report in the same place (the tenant's private directory), and its
+    status and exit_code are what the process exits with: it said ``ok`` in a per-run file for a read that
+    returned 1."""
+    xdg = tmp_path / "xdg"
+    catalog = {
+        "streams": [
+            {
+                "stream": {"name": name, "json_schema": {}, "supported_sync_modes": ["full_refresh"]},
+                "sync_mode": "full_refresh",
+                "destination_sync_mode": "append",
+            }
+            for name in ("patients", "practitioners")
+        ]
+    }
+    with HostileServer(route) as srv:
+        cfg = write_json(tmp_path / "in-config.json", config(srv.base_url))
+        cat = write_json(tmp_path / "in-catalog.json", catalog)
+        proc = subprocess.run(
+            [*SOURCE_CMD, "read", "--config", str(cfg), "--catalog", str(cat)],
+            capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, env={**child_env(), "XDG_STATE_HOME": str(xdg)},
+        )
+    assert proc.returncode == code, proc.stdout[-2000:]
+    report = xdg / "tap-wellsky" / "home_health-loopback" / "data_quality.json"
+    assert [p.name for p in xdg.rglob("*.json")] == ["data_quality.json"], "one report, the tenant's own"
+    assert_private(xdg)
+    verdict = json.loads(report.read_text())
+    assert (verdict["status"], verdict["exit_code"], verdict["incomplete_streams"]) == (status, code, incomplete)
 
 
 def test_receiver_stores_and_portal_state_are_private_and_refuse_symlinks(tmp_path: Path) -> None:

@@ -25,8 +25,8 @@ from wellsky_core.schemas import stream_schema
 from .conftest import SUBPROCESS_TIMEOUT, TAP_CMD, TARGET_CMD, assert_no_traceback, child_env, write_json
 from .hostile import HostileServer, Reply, config
 
-PHI_TEXT = "Patient Jane Q Okonkwo (MRN 00482913, DOB 1950-03-04, SSN 123-45-6789) is locked"
-PHI_VALUES = ("Okonkwo", "00482913", "1950-03-04", "123-45-6789")
+PHI_TEXT = "Patient Jane Q Okonkwo (MRN 00482913, DOB 1950-03-04, SSN 123-45-6789, tel 303-555-0147) is locked"
+PHI_VALUES = ("Okonkwo", "00482913", "1950-03-04", "123-45-6789", "555-0147")
 REQUEST_ID = "req-7f3a9b2c41"
 SOURCE_CMD = [sys.executable, "-m", "tap_wellsky.airbyte"]
 DESTINATION_CMD = [sys.executable, "-m", "target_wellsky.destination"]
@@ -47,6 +47,26 @@ PATIENT = {  # what the writer sends: none of the PHI values above
     "gender": "female",
     "status": "active",
 }
+
+
+def _fail(h: Reply, kind: str) -> None:
+    """Answer one failure of ``kind`` whose every byte of text names the patient."""
+    if kind == "html502":
+        h.send_raw(502, f"<html><body><h1>Bad Gateway</h1><p>{PHI_TEXT}</p></body></html>".encode(), "text/html")
+    elif kind == "truncated":  # a 200 cut off mid-body: the connection closes before content-length is reached
+        body = json.dumps({"data": [{"id": "p1", "note": PHI_TEXT}], "next_cursor": None}).encode()
+        h.send_raw(200, body[:70], length=len(body))
+    elif kind == "malformed200":
+        h.send_raw(200, f"{{'data': [{PHI_TEXT}".encode())
+    elif kind == "wrongshape200":
+        h.send_json(200, {"error": PHI_TEXT, "data": PHI_TEXT})
+    elif kind == "429":
+        h.send_json(429, BODIES["wellsky"], {"Retry-After": "0", "x-request-id": REQUEST_ID})
+    else:
+        h.send_json(int(kind), BODIES["wellsky"], {"x-request-id": REQUEST_ID})
+
+
+FAILURES = ["400", "401", "403", "404", "422", "429", "500", "html502", "truncated", "malformed200", "wrongshape200"]
 
 
 def _hostile(method: str, path: str, status: int, shape: str) -> Callable[[Reply, str, str, bytes], bool]:
@@ -161,6 +181,106 @@ def test_source_check_connection_status_carries_no_server_text(tmp_path: Path, s
     assert_no_phi("source-wellsky check", out)
     [status] = [m["connectionStatus"] for m in _messages(out) if m["type"] == "CONNECTION_STATUS"]
     assert status["status"] == "FAILED" and "HTTP 403" in status["message"], status
+
+
+@pytest.mark.parametrize("kind", FAILURES)
+def test_tap_sync_every_failure_shape_reaches_no_output(tmp_path: Path, kind: str) -> None:
+    """Each status, an HTML gateway page, a body cut off mid-way, a 200 that is not JSON or not a page: all name
+    the patient; the tap's stderr at DEBUG, its report and everything it wrote hold none of it."""
+
+    def route(h: Reply, m: str, p: str, body: bytes) -> bool:
+        if m == "GET" and p == "/patients":
+            _fail(h, kind)
+            return True
+        return False
+
+    with HostileServer(route) as srv:
+        cfg = write_json(tmp_path / "in-config.json", config(srv.base_url, dead_letter_path=str(tmp_path / "dl.jsonl")))
+        code, out = _run([*TAP_CMD, "--config", str(cfg)], tmp_path)
+    assert_no_phi(f"tap ({kind})", out)
+    assert_no_phi(f"tap files ({kind})", _written(tmp_path))
+    assert code == 2, out
+    assert_no_traceback(out, "tap")
+
+
+def test_source_read_every_failure_shape_reaches_no_output(tmp_path: Path) -> None:
+    """One read, one failure per stream (the read goes on after each): TRACE errors, LOG lines, the report."""
+    # one per stream (404 and 422 are the tap's cases; a 401 stops the read: the login and token tests)
+    kinds = ["400", "403", "429", "500", "html502", "truncated", "malformed200", "wrongshape200"]
+    served: dict[str, str] = {}
+
+    def route(h: Reply, m: str, p: str, body: bytes) -> bool:
+        if m != "GET" or p == "/tenant":
+            return False
+        if p not in served and len(served) < len(kinds):
+            served[p] = kinds[len(served)]
+        if p in served:
+            _fail(h, served[p])
+            return True
+        return False
+
+    names = ["patients", "practitioners", "appointments", "encounters", "care_plans", "authorizations", "referrals",
+             "coverage"]
+    catalog = {
+        "streams": [
+            {
+                "stream": {"name": name, "json_schema": {}, "supported_sync_modes": ["full_refresh"]},
+                "sync_mode": "full_refresh",
+                "destination_sync_mode": "append",
+            }
+            for name in names
+        ]
+    }
+    with HostileServer(route) as srv:
+        cfg = write_json(tmp_path / "in-config.json", config(srv.base_url))
+        cat = write_json(tmp_path / "in-catalog.json", catalog)
+        code, out = _run([*SOURCE_CMD, "read", "--config", str(cfg), "--catalog", str(cat)], tmp_path)
+    assert_no_phi("source-wellsky read", out)
+    assert_no_phi("source-wellsky files", _written(tmp_path))
+    assert code == 1, out
+    assert sorted(served.values()) == sorted(kinds), served
+    traces = [m for m in _messages(out) if m["type"] == "TRACE" and m["trace"]["type"] == "ERROR"]
+    assert len(traces) == len(names), [t["trace"]["error"]["message"] for t in traces]
+    [report] = list((tmp_path / "xdg-state").rglob("data_quality.json"))
+    verdict = json.loads(report.read_text())
+    assert (verdict["status"], verdict["exit_code"]) == ("incomplete", 1) and len(verdict["incomplete_streams"]) == 8
+
+
+@pytest.mark.parametrize("face", ["tap", "tap_test", "check", "read", "target", "destination"])
+def test_a_token_endpoint_refusal_reaches_no_output(tmp_path: Path, face: str) -> None:
+    """OAuth client credentials: the token endpoint answers 401 with an ``error_description`` (and an
+    ``error_uri``) naming the patient."""
+
+    def route(h: Reply, m: str, p: str, body: bytes) -> bool:
+        if (m, p) == ("POST", "/oauth/token"):
+            oauth = {"error": "invalid_client", "error_description": PHI_TEXT, "error_uri": f"https://x/{PHI_TEXT}"}
+            h.send_json(401, oauth, {"x-request-id": REQUEST_ID})
+            return True
+        return False
+
+    oauth = {"auth_method": "oauth_client_credentials", "client_id": "cid-7", "client_secret": "sec-Zx91qqW"}
+    with HostileServer(route) as srv:
+        settings = {k: v for k, v in config(srv.base_url, **oauth).items() if k not in ("username", "password")}
+        cfg = write_json(tmp_path / "in-config.json", settings)
+        cat = write_json(tmp_path / "in-catalog.json", {"streams": [{
+            "stream": {"name": "patients", "json_schema": {}, "supported_sync_modes": ["full_refresh"]},
+            "sync_mode": "full_refresh", "destination_sync_mode": "append_dedup"}]})
+        cmd, stdin = {
+            "tap": ([*TAP_CMD, "--config", str(cfg)], ""),
+            "tap_test": ([*TAP_CMD, "--config", str(cfg), "--test"], ""),
+            "check": ([*SOURCE_CMD, "check", "--config", str(cfg)], ""),
+            "read": ([*SOURCE_CMD, "read", "--config", str(cfg), "--catalog", str(cat)], ""),
+            "target": ([*TARGET_CMD, "--config", str(cfg)], _target_input()),
+            "destination": ([*DESTINATION_CMD, "write", "--config", str(cfg), "--catalog", str(cat)],
+                            json.dumps({"type": "RECORD", "record": {"stream": "patients", "data": PATIENT,
+                                                                      "emitted_at": 1}}) + "\n"),
+        }[face]
+        code, out = _run(cmd, tmp_path, stdin)
+    assert_no_phi(f"{face} after a token refusal", out)
+    assert_no_phi(f"{face} files", _written(tmp_path))
+    assert "sec-Zx91qqW" not in out + _written(tmp_path), "nor the client secret"
+    assert "HTTP 401" in out and "client_secret" in out, "the status and the setting to fix"
+    assert code == (0 if face == "check" else 1 if face in ("read", "destination") else 2), out
 
 
 def test_source_read_trace_and_logs_carry_no_server_text(tmp_path: Path) -> None:

@@ -168,7 +168,7 @@ class SessionAuth(RefreshingAuth):
     announced expiry, or on a 401, and replays the request once.
     """
 
-    credential_settings = "username, password"
+    credential_settings = "`username` and `password`"
 
     def __init__(
         self,

@@ -6,13 +6,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ...errors import SERVER_CODES, NormalizationError, RemoteError
+from ...disclosure import public_outcome
+from ...errors import NormalizationError, RemoteError
 from ...normalize import fhir as fhir_norm
 from ..base import Channel
 from ..fhir import INCLUDES, FhirChannel, fhir_instant, identifier_parent_keys, normalize_one
@@ -289,12 +290,10 @@ class FhirBulkChannel(Channel):
             self.reject(entity, error, resource)
 
     def _report_issue(self, outcome: dict[str, Any]) -> list[str]:
-        """One line of an error file: counted by issue code and dead-lettered (codes only, never its text)."""
-        codes = [
-            str(issue.get("code") or "unknown") if isinstance(issue, Mapping) else "unknown"
-            for issue in outcome.get("issue") or [{}]
-        ]
-        codes = [code if code in SERVER_CODES else "other" for code in codes]
+        """One line of an error file: counted by issue code and dead-lettered as codes only (``public_outcome``:
+        its text is the server's and may name a patient)."""
+        shown = public_outcome(outcome)
+        codes = [issue["code"] for issue in shown["issue"]]
         with self._lock:
             self.export_issues += 1
             for view in self.views.values():  # the error file does not say which resource is missing
@@ -303,8 +302,8 @@ class FhirBulkChannel(Channel):
                 self.dead_letter.write(
                     stage="read",
                     stream="fhir_bulk",
-                    reason=f"the bulk export reported a problem ({', '.join(codes)})",
-                    payload=outcome,
+                    reason=f"the bulk export reported a problem ({', '.join(codes)}); its text is not kept",
+                    payload=shown,
                     context={"channel": self.name},
                 )
         return codes
