@@ -192,7 +192,7 @@ def _render(exc: BaseException) -> str:
         label = f" [{code}]" if code else ""
         fix = getattr(exc, "fix", None)
         return f"WellSky did not accept the login{status}{label}; " + (
-            fix if isinstance(fix, str) and fix else f"check `{setting}`"
+            fix if isinstance(fix, str) and fix else f"check {setting}" if "`" in setting else f"check `{setting}`"
         )
     if isinstance(exc, RemoteError):
         return _structured("WellSky returned an error", exc, status=exc.status, code=exc.code, url=exc.url)
