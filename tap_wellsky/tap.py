@@ -146,6 +146,16 @@ class TapWellSky(Tap):
         return True
 
     @classmethod
+    def cb_discover(cls, ctx: Any, param: Any, value: bool) -> None:
+        """``--discover``: a bad config is the same one line and exit 2 as a sync's, before the SDK builds the tap
+        (which would log its env-parsing and "Config validation failed" lines first)."""
+        if value:
+            given = ctx.params.get("config")
+            install_redaction()
+            load_tap_config(given.config if given else {}, start_embedded=False)
+        super().cb_discover(ctx, param, value)
+
+    @classmethod
     def cb_test(cls, ctx: Any, param: Any, value: str) -> None:
         """``--test`` reads without printing records; ``--test=records`` is the SDK's test (one RECORD each)."""
         if value not in ("all", "records"):
@@ -157,6 +167,11 @@ class TapWellSky(Tap):
         ctx.exit()
 
     def sync_all(self) -> None:  # type: ignore[misc]  # extended, not replaced: adds the summary
+        try:  # a refused login is one line and exit 2 before any stream begins (no summary: nothing ran)
+            self.connection.sign_in(name for name, stream in self.streams.items() if stream.selected)
+        except BaseException:
+            self.connection.close()
+            raise
         started = time.monotonic()
         report: dict[str, Any] | None = None
         ended_by: BaseException | None = None

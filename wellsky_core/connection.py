@@ -51,6 +51,13 @@ class Connection:
                 self._tenant = self._tenant_endpoint()
         return self._tenant
 
+    def sign_in(self, streams: Iterable[str]) -> None:
+        """Prove URL, TLS and credentials before any stream begins, when one of ``streams`` reads the tenant's
+        API (its ``GET /tenant`` or the product's probe, which a sync needs anyway): a wrong secret is then one
+        error, not a failure per stream. Other channels (SFTP, FHIR, the portal) sign in with their first read."""
+        if any(self.config.source_for(stream) == "api" for stream in streams):
+            self.tenant()
+
     def _tenant_endpoint(self) -> dict[str, Any]:
         """``GET /tenant`` (the WellSky REST API's health check and product name)."""
         body = self.client.get_json("/tenant")

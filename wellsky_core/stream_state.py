@@ -190,7 +190,7 @@ def check_ownership(
             raise StateError(
                 f"stream {stream!r}: this state was written for {_describe(stamp)}, but the config is "
                 f"{_describe(expected)} ({', '.join(differ)} differ); pass this tenant's own state, or none for a "
-                "full sync (accept_foreign_state: true overrides)"
+                "full sync (Meltano: `meltano run --full-refresh …`; accept_foreign_state: true overrides)"
             )
         if differ:
             log.warning("state: stream %r was written for %s; used anyway (accept_foreign_state)", stream,

@@ -64,6 +64,11 @@ def read(output: Output, config_path: str, catalog_path: str, state_path: str | 
     )
     config = load_config(config_path, start_embedded=True)
     connection = Connection(config)
+    try:
+        connection.sign_in(stream.name for stream in streams)  # a refused login: one TRACE, no stream started
+    except BaseException:
+        connection.close()
+        raise
     failed: list[str] = []
     ended_by: BaseException | None = None
     started = time.monotonic()

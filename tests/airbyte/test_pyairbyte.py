@@ -72,8 +72,8 @@ def test_pyairbyte_full_then_incremental_into_its_cache(pyairbyte_python, sandbo
 
 @pytest.mark.timeout(900)
 def test_pyairbyte_reads_a_personal_care_tenant_as_the_readme_shows(pyairbyte_python, sandbox_factory, tmp_path):
-    """Issue 28: the README's PyAirbyte lines with a personal-care config reach its tables in the DuckDB cache —
-    only the six streams Home Connect serves, every patient once."""
+    """Issue 28: the README's PyAirbyte lines with a personal-care config (a tenant, then none: the embedded
+    sandbox) reach its tables in the DuckDB cache — only the six streams Home Connect serves, every patient once."""
     tenant = sandbox_factory(product="personal_care", scale=20)
     config = tmp_path / "config.json"
     config.write_text(json.dumps({
@@ -84,3 +84,9 @@ def test_pyairbyte_reads_a_personal_care_tenant_as_the_readme_shows(pyairbyte_py
     assert set(streams) == {"patients", "practitioners", "appointments", "encounters", "related_persons", "locations"}
     assert sorted(streams["patients"]) == sorted(str(r["id"]) for r in tenant.truth("patients"))
     assert all(len(ids) == len(set(ids)) for ids in streams.values())
+    # the README's lines as written: no credentials, so the embedded sandbox of `product` (XS to keep it short)
+    embedded = tmp_path / "embedded.json"
+    embedded.write_text(json.dumps({"product": "personal_care", "sandbox_scale": "XS"}))
+    streams = read(pyairbyte_python, embedded, tmp_path / "embedded-cache", "full")
+    assert set(streams) == {"patients", "practitioners", "appointments", "encounters", "related_persons", "locations"}
+    assert streams["patients"] and len(streams["patients"]) == len(set(streams["patients"]))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from collections import Counter
 from collections.abc import Callable
 from email.utils import formatdate
@@ -484,3 +485,16 @@ def test_an_unreachable_server_names_base_url(tmp_path: Path) -> None:
         with pytest.raises(WellSkyTransportError) as info:
             channel.discover()
         assert info.value.reason == "connect" and "base_url" in str(info.value)
+
+
+def test_the_download_logs_progress_against_the_manifest(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 28 item 6: the manifest is the plan, so the download line carries done/total files (and an ETA)."""
+    caplog.set_level("INFO", logger="wellsky_core.channels.fhir_bulk.download")
+    channel, client = make(FakeBulkServer(), tmp_path, None, dead_letter_path=str(tmp_path / "dead.jsonl"))
+    list(channel.iter_records("patients", None))
+    channel.close()
+    client.close()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("bulk export: downloading")]
+    assert lines, caplog.text
+    last = re.search(r", (\d+)/(\d+) files \((\d+)%\)", lines[-1])
+    assert last is not None and last.group(1) == last.group(2) and int(last.group(2)) >= 2 and last.group(3) == "100"

@@ -101,6 +101,11 @@ def test_home_health_walk_equals_truth_through_dialog_terminate_totp_expiry_and_
     offices = {o["name"]: o for o in tenant.control("GET", "/_sandbox/kinnser/truth/offices")["data"]}
     walked = {(p["group"], p["office"]) for p in channel.progress}
     assert walked == {(g, name) for g in ("clinical", "billing") for name, o in offices.items() if not o["corporate"]}
+    walked_offices = len({name for _, name in walked})
+    for entity in STREAMS:  # issue 28 item 6: the office list is the plan, so progress has a total (and an ETA)
+        assert channel.progress_note(entity, 60.0).startswith(
+            f", {walked_offices}/{walked_offices} offices (100%)"
+        ), (entity, channel.progress_note(entity, 60.0))
     empty = [p for p in channel.progress if p["office"] == "East Clinic"]
     assert offices["East Clinic"]["patients"] == 0 and all(
         v == 0 for p in empty for k, v in p.items() if k not in ("group", "office")

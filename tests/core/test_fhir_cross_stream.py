@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from wellsky_core.channels.fhir import _role_key, _roles_of, normalize_page
+from wellsky_core.channels.fhir import _role_key, _roles_of, identifier_parent, normalize_page
 from wellsky_core.normalize import fhir as fhir_norm
 
 FIXTURE = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "fhir" / "cross_stream.json").read_text())
@@ -111,3 +111,17 @@ def test_identifier_references_are_found_anywhere_in_a_resource() -> None:
     assert refs == {("Practitioner", NPI, "9941339100"), ("Practitioner", NPI, "1234567893"),
                     ("Practitioner", "http://www.acme.org/practitioners", "25456")}
     assert fhir_norm.identifier_references(page("practitioner_roles")[0][1]) == [("Practitioner", NPI, "9941339100")]
+
+
+def test_a_percent_encoded_conditional_reference_resolves_like_the_plain_one() -> None:
+    """A conditional reference is a search URL: senders may encode `|`, `:` and `/` (%7C, %3A, %2F)."""
+    index = fhir_norm.IdentifierIndex()
+    read("practitioners", page("practitioners"), index)
+    encounter = dict(page("encounters")[0][1], id="encoded")
+    encoded = "Practitioner?identifier=http%3A%2F%2Fhl7.org%2Ffhir%2Fsid%2Fus-npi%7C9941339100&active=true"
+    encounter["participant"] = [{"individual": {"reference": encoded}}]
+    record = read("encounters", [("match", encounter)], index)["encoded"]
+    assert record["practitioner_id"] == "practitioner-1" and "practitioner_id" not in flags(record)
+    assert fhir_norm.identifier_references(encounter) == [("Practitioner", NPI, "9941339100")]
+    role = {"practitioner": {"reference": encoded}}  # a bulk export's role, joined by this key
+    assert identifier_parent(role) == f"Practitioner?identifier={NPI}|9941339100"

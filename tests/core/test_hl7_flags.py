@@ -504,6 +504,10 @@ def test_tq1_wins_whole_over_sch11_and_a_disagreeing_sch11_is_flagged() -> None:
     assert flags(start_only)["end"] == "missing"
     bad_old = siu(TQ1, sch_fields={11: "^^60^garbage^2026"})  # only compared: never flagged as unreadable
     assert problems(bad_old) == {}
+    # TQ1 without end or duration, SCH-11 the same start: one timing sent twice, so SCH-11.5 is its end
+    same = siu("TQ1|1||||||20260203090000-0600\r", sch_fields={11: "^^60^20260203150000+0000^20260203160000+0000"})
+    assert (same["start"], same["end"]) == ("2026-02-03T15:00:00Z", "2026-02-03T16:00:00Z")
+    assert same["data_quality"] == [f for f in same["data_quality"] if f["field"] not in ("start", "end")]
 
 
 def test_sch11_times_when_tq1_gives_no_start_and_bad_ones_are_flagged() -> None:

@@ -152,17 +152,22 @@ ISSUE_28_CASES = [  # (config, the one error line must contain)
     ({"product": "personal_care", "client_id": "x"}, "client_secret: required when auth_method="),
     ({"source": "portal", "username": "u", "password": "p"}, "agency_timezone: required when a stream reads"),
     ({"max_flagged_fraction": 2}, "max_flagged_fraction"),
+    ({"product": "personal_care", "quality_ignore": {"appointments": ["servce_code"]}},
+     "quality_ignore: appointments: no field 'servce_code'; did you mean `service_code`?"),
 ]
+TAP_ONLY = ("max_flagged_fraction", "quality_ignore")
 
 
 @pytest.mark.parametrize(("config", "needle"), ISSUE_28_CASES)
 def test_every_face_gives_the_same_one_line_before_any_stream(tmp_path: Path, config: dict, needle: str) -> None:
-    """Issue 28: tap-wellsky (a sync and --test), target-wellsky and source-wellsky (check: a FAILED status; read:
-    a TRACE config_error) report a bad value as one line, before anything starts, with the fix."""
+    """Issue 28: tap-wellsky (a sync, --test and --discover: stderr is that one line), target-wellsky and
+    source-wellsky (check: a FAILED status; discover and read: a TRACE config_error) report a bad value as one
+    line, before anything starts, with the fix."""
     cfg = write_json(tmp_path / "config.json", config)
     source = [sys.executable, "-m", "tap_wellsky.airbyte"]
-    runs = {"tap sync": [*TAP_CMD, "--config", str(cfg)], "tap --test": [*TAP_CMD, "--config", str(cfg), "--test"]}
-    if "max_flagged_fraction" not in config:  # a tap-only setting
+    runs = {"tap sync": [*TAP_CMD, "--config", str(cfg)], "tap --test": [*TAP_CMD, "--config", str(cfg), "--test"],
+            "tap --discover": [*TAP_CMD, "--config", str(cfg), "--discover"]}
+    if not set(TAP_ONLY) & set(config):
         runs["target"] = [*TARGET_CMD, "--config", str(cfg)]
     procs = {
         name: subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -175,11 +180,20 @@ def test_every_face_gives_the_same_one_line_before_any_stream(tmp_path: Path, co
         assert proc.returncode == 2, f"{name}: exit {proc.returncode}\n{stderr[-800:]}"
         assert len(errors) == 1 and needle in errors[0], f"{name}: {errors}"
         assert "***" not in errors[0] and "Beginning sync" not in stderr and "status OK" not in stderr
-    read = subprocess.run([*source, "read", "--config", str(cfg), "--catalog", str(cfg)], capture_output=True,
-                          text=True, env=child_env(), timeout=180)
-    traces = [json.loads(line)["trace"]["error"] for line in read.stdout.splitlines() if '"TRACE"' in line]
-    assert read.returncode == 1 and len(traces) == 1, read.stdout[-800:]
-    assert traces[0]["failure_type"] == "config_error" and needle in traces[0]["message"]
+        if name.startswith("tap"):
+            assert stderr.strip().splitlines() == errors, f"{name}: more than the one line:\n{stderr[-800:]}"
+    for command in ("discover", "read"):
+        catalog = ["--catalog", str(cfg)] if command == "read" else []
+        proc = subprocess.run([*source, command, "--config", str(cfg), *catalog], capture_output=True, text=True,
+                              env=child_env(), timeout=180)
+        traces = [json.loads(line)["trace"]["error"] for line in proc.stdout.splitlines() if '"TRACE"' in line]
+        assert proc.returncode == 1 and len(traces) == 1, f"{command}: {proc.stdout[-800:]}"
+        assert traces[0]["failure_type"] == "config_error" and needle in traces[0]["message"]
+        assert '"STREAM_STATUS"' not in proc.stdout
+    check = subprocess.run([*source, "check", "--config", str(cfg)], capture_output=True, text=True,
+                           env=child_env(), timeout=180)
+    (status,) = [json.loads(x)["connectionStatus"] for x in check.stdout.splitlines() if "CONNECTION_STATUS" in x]
+    assert check.returncode == 0 and status["status"] == "FAILED" and needle in status["message"]  # the protocol's way
     CASES["one line on every face (issue 28)"] = len(ISSUE_28_CASES)
 
 

@@ -183,12 +183,26 @@ def test_the_first_log_line_says_sandbox_or_production(sandbox, tmp_path):
     assert f"TENANT AT 127.0.0.1:{sandbox.port}" in local.stderr.splitlines()[0]
 
 
-def test_a_failed_sync_never_reports_status_ok(sandbox, tmp_path):
-    proc = run_tap(tmp_path, sandbox_config(sandbox, password="wrong-password", max_retries=0), check=False)
+@pytest.mark.parametrize("product", ["home_health", "personal_care"])
+def test_a_failed_sync_never_reports_status_ok(sandbox_factory, tmp_path, product):
+    """A wrong secret: exit 2, no 'status OK', and the login is proved before any stream begins (one error, not
+    one per stream). Personal care names its product, so no GET /tenant detection ran first before the fix."""
+    tenant = sandbox_factory(product=product, scale=20)
+    if product == "personal_care":
+        config = {"product": product, "base_url": tenant.base_url, "client_id": tenant.client_id,
+                  "client_secret": "wrong-secret", "max_retries": 0}
+        setting = "check `client_id` and `client_secret`"
+    else:
+        config = sandbox_config(tenant, password="wrong-password", max_retries=0)
+        setting = "check `password`"
+    proc = run_tap(tmp_path, config, check=False)
     assert proc.returncode == 2
     assert "status OK" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("tap-wellsky: error:")
+    assert "Beginning sync" not in proc.stderr and "An unhandled error" not in proc.stderr
+    assert [line for line in lines if "error" in line.lower()] == [lines[-1]]
+    assert setting in lines[-1] and "``" not in lines[-1]
 
 
 def test_embedded_sandbox_runs_without_the_vendor_limit_unless_asked(monkeypatch, tmp_path) -> None:

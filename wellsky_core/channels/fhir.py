@@ -368,8 +368,9 @@ def identifier_parent(res: Mapping[str, Any]) -> str | None:
     if not isinstance(ref, Mapping):
         return None
     literal = ref.get("reference")
-    if isinstance(literal, str) and literal.startswith("Practitioner?identifier="):
-        system, _, value = literal.removeprefix("Practitioner?identifier=").rpartition("|")
+    kind, tokens = fhir_norm.conditional_identifiers(literal) if isinstance(literal, str) else ("", [])
+    if kind == "Practitioner" and tokens:
+        system, value = tokens[0]
     elif literal is None and isinstance(ref.get("identifier"), Mapping):
         system, value = str(ref["identifier"].get("system") or ""), ref["identifier"].get("value")
     else:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NoReturn
+from urllib.parse import unquote
 
 from wellsky_core.errors import NormalizationError, NotThisEntity
 from wellsky_core.normalize.status import patient_status
@@ -327,6 +328,19 @@ class IdentifierIndex:
             self._absent.add(key)
 
 
+def conditional_identifiers(ref: str) -> tuple[str, list[tuple[str, str]]]:
+    """``Practitioner?identifier=system|value`` -> ``("Practitioner", [(system, value)])``. A conditional reference
+    is a search URL, so its query may be percent-encoded (``%7C`` for ``|``, ``%3A``/``%2F`` in the system)."""
+    kind, _, query = ref.partition("?")
+    tokens = []
+    for part in query.split("&"):
+        name, _, val = part.partition("=")
+        if unquote(name) == "identifier" and val:
+            system, _, code = unquote(val).rpartition("|")
+            tokens.append((system, code))
+    return kind.rsplit("/", 1)[-1], tokens
+
+
 def identifier_references(res: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """``(type, system, value)`` of the references by identifier to indexed types anywhere in ``res``: conditional
     (``Practitioner?identifier=system|value``), typed identifier-only, and a PractitionerRole's practitioner."""
@@ -341,13 +355,9 @@ def identifier_references(res: Mapping[str, Any]) -> list[tuple[str, str, str]]:
             return
         ref = node.get("reference")
         if isinstance(ref, str) and "?" in ref:
-            kind, _, query = ref.partition("?")
-            kind = kind.rsplit("/", 1)[-1]
-            for part in query.split("&"):
-                name, _, val = part.partition("=")
-                if kind in INDEXED_TYPES and name == "identifier" and val:
-                    system, _, code = val.rpartition("|")
-                    found.append((kind, system, code))
+            kind, tokens = conditional_identifiers(ref)
+            if kind in INDEXED_TYPES:
+                found.extend((kind, system, code) for system, code in tokens)
         elif ref is None and isinstance(node.get("identifier"), Mapping):
             kind = node.get("type") or ("Practitioner" if key == "practitioner" else None)
             ident = node["identifier"]
@@ -411,16 +421,12 @@ class Resolver:
                     return res["resourceType"], None, res, None
             return None, None, None, "contained resource not found"
         if isinstance(ref, str) and "?" in ref:  # conditional reference: Practitioner?identifier=system|value
-            kind, _, query = ref.partition("?")
-            kind = kind.rsplit("/", 1)[-1]
+            kind, tokens = conditional_identifiers(ref)
             if kind in kinds:
-                for part in query.split("&"):
-                    name, _, val = part.partition("=")
-                    if name == "identifier" and val:
-                        system, _, code = val.rpartition("|")
-                        hit = self._by_identifier(kind, system, code)
-                        if hit is not None:
-                            return hit
+                for system, code in tokens:
+                    hit = self._by_identifier(kind, system, code)
+                    if hit is not None:
+                        return hit
             return None, None, None, "conditional reference that no resource read in this sync matches"
         if isinstance(ref, str) and ref:
             parts = ref.rstrip("/").split("/")

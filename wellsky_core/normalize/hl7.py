@@ -580,7 +580,8 @@ def _appointment_times(m: _Msg, sch: list[str]) -> tuple[datetime | None, dateti
     """Start/end: TQ1 (v2.5+), else SCH-11 (up to v2.4), else the resource segments with durations.
 
     From v2.5 SCH-11 is kept only for backward compatibility and TQ1 carries the timing, so when both are
-    sent TQ1 wins whole (start and end are never mixed from the two); a SCH-11 that disagrees is flagged."""
+    sent TQ1 wins whole (start and end are never mixed from two different timings); a SCH-11 that disagrees is
+    flagged. A TQ1 with a start but no end or duration takes SCH-11.5 only when SCH-11.4 is the same instant."""
     start, end = _tq1(m)
     if start is not None:
         old_start, old_end = _sch11(m, sch, quiet=True)
@@ -588,6 +589,8 @@ def _appointment_times(m: _Msg, sch: list[str]) -> tuple[datetime | None, dateti
             m.flag("start", "invalid", "SCH-11.4 (deprecated) disagrees with TQ1-7; TQ1 used (v2.5+ rule)")
         if old_end is not None and end is not None and old_end != end:
             m.flag("end", "invalid", "SCH-11.5 (deprecated) disagrees with TQ1-8; TQ1 used (v2.5+ rule)")
+        if end is None and old_start == start:  # the same timing sent twice: SCH-11.5 is the end TQ1 left out
+            end = old_end
     else:
         start, end = _sch11(m, sch, quiet=False)
     duration: float | None = None
