@@ -40,7 +40,7 @@ def flags(record: dict[str, Any]) -> dict[str, str]:
 def roles_by_practitioner() -> dict[tuple[str, ...], list[dict[str, Any]]]:
     roles: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for _, role in page("practitioner_roles"):
-        key = _role_key(role)
+        key = _role_key(role, None)
         assert key is not None
         roles.setdefault(key, []).append(role)
     return roles
@@ -125,3 +125,28 @@ def test_a_percent_encoded_conditional_reference_resolves_like_the_plain_one() -
     assert fhir_norm.identifier_references(encounter) == [("Practitioner", NPI, "9941339100")]
     role = {"practitioner": {"reference": encoded}}  # a bulk export's role, joined by this key
     assert identifier_parent(role) == f"Practitioner?identifier={NPI}|9941339100"
+
+
+def test_an_absolute_reference_is_ours_only_under_the_servers_own_base() -> None:
+    """``https://fhir.tenant.test/r4/Practitioner/7`` is Practitioner 7 when that is the configured FHIR base;
+    the same path on another server names a resource there, so it is null + a flag, never our Practitioner 7."""
+    base = "https://fhir.tenant.test/r4"
+    own, other = f"{base}/Practitioner/7/_history/2", "https://other.example/r4/Practitioner/7"
+    assert fhir_norm.literal_reference(own, base) == ("Practitioner", "7")
+    assert fhir_norm.literal_reference("Practitioner/7", base) == ("Practitioner", "7")
+    assert fhir_norm.literal_reference(other, base) == "absolute reference to another server"
+    assert _role_key({"practitioner": {"reference": own}}, base) == ("id", "7")
+    assert _role_key({"practitioner": {"reference": other}}, base) is None
+    resolver = fhir_norm.Resolver(rules=fhir_norm.FhirRules(base=base))
+    encounter = {
+        "resourceType": "Encounter", "id": "e1", "status": "finished", "meta": {"lastUpdated": "2026-01-01T00:00:00Z"},
+        "class": {"code": "HH"}, "subject": {"reference": "Patient/p1"},
+    }
+    mine = fhir_norm.encounter(
+        {**encounter, "participant": [{"individual": {"reference": own}}]}, {}, resolver=resolver
+    )
+    assert mine["practitioner_id"] == "7" and "practitioner_id" not in flags(mine)
+    foreign = fhir_norm.encounter(
+        {**encounter, "participant": [{"individual": {"reference": other}}]}, {}, resolver=resolver
+    )
+    assert foreign["practitioner_id"] is None and flags(foreign)["practitioner_id"] == "unresolved_reference"

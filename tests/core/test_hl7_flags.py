@@ -291,6 +291,20 @@ def test_a_type_in_cx4_never_overrides_one_sent_properly_or_the_configured_autho
     assert record["mrn"] == "X9"
 
 
+def test_two_different_mrns_without_a_configured_authority_are_read_first_and_flagged() -> None:
+    """A hospital's MRN and the agency's in one PID-3: the first is read (HL7 lists the primary first), but it is
+    flagged, since nothing says it is the agency's; naming the authority removes the doubt. The same MRN twice
+    is no doubt at all."""
+    both = "H-77^^^HOSP^MR~A-5^^^AGENCY^MR"
+    record = adt({3: both})
+    assert (record["id"], record["mrn"]) == ("H-77", "H-77")
+    assert flags(record)["mrn"] == "invalid"
+    record = adt({3: both}, mrn_authorities=("AGENCY",))
+    assert record["mrn"] == "A-5" and "mrn" not in flags(record)
+    assert "mrn" not in flags(adt({3: "A-5^^^HOSP^MR~A-5^^^AGENCY^MR"}))
+    assert "mrn" not in flags(adt({3: "W1^^^WELLSKY^PI~A-5^^^AGENCY^MR"}))
+
+
 @pytest.mark.parametrize(
     ("death", "indicator", "deceased", "at"),
     [("", "", None, None), ("", "N", False, None), ("", "Y", True, None), ("20260101", "", True, None),

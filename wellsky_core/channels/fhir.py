@@ -184,7 +184,7 @@ class FhirChannel(windows.WindowedChannel, Channel):
 
     @property
     def rules(self) -> fhir_norm.FhirRules:
-        return fhir_norm.FhirRules(dict(self.config.fhir_identifier_systems))
+        return fhir_norm.FhirRules(dict(self.config.fhir_identifier_systems), base=self.config.fhir_base)
 
     # -- references across streams -----------------------------------------------------------------------------
     def _search_params(self, resource_type: str) -> set[str]:
@@ -225,7 +225,7 @@ class FhirChannel(windows.WindowedChannel, Channel):
                 query = urlencode([("_count", str(page_limit(self.config.page_size)))])
                 for bundle in fhir_bundles(self.client, f"{self.config.fhir_base}/PractitionerRole?{query}"):
                     for _, res in _resources(bundle):
-                        key = _role_key(res)
+                        key = _role_key(res, self.config.fhir_base)
                         if res.get("resourceType") == "PractitionerRole" and key is not None:
                             roles[key].append({k: res[k] for k in ROLE_ELEMENTS if k in res})
             self._roles = dict(roles)
@@ -238,18 +238,16 @@ ROLE_ELEMENTS = ("resourceType", "id", "meta", "active", "practitioner", "code",
 """What a PractitionerRole read by search keeps in memory: the elements the practitioner mapping reads."""
 
 
-def _role_key(role: Mapping[str, Any]) -> tuple[str, ...] | None:
-    """The practitioner a role names: ``("id", id)`` for a literal reference, ``("identifier", system, value)``
-    for an identifier or conditional one."""
+def _role_key(role: Mapping[str, Any], base: str | None) -> tuple[str, ...] | None:
+    """The practitioner a role names: ``("id", id)`` for a literal reference (relative, or absolute under
+    ``base``), ``("identifier", system, value)`` for an identifier or conditional one."""
     ref = role.get("practitioner")
     if not isinstance(ref, Mapping):
         return None
     literal = ref.get("reference")
     if isinstance(literal, str) and "?" not in literal and "/" in literal:
-        parts = literal.rstrip("/").split("/")
-        if "_history" in parts:
-            parts = parts[: parts.index("_history")]
-        return ("id", parts[-1]) if len(parts) >= 2 and parts[-2] == "Practitioner" else None
+        target = fhir_norm.literal_reference(literal, base)
+        return ("id", target[1]) if isinstance(target, tuple) and target[0] == "Practitioner" else None
     keys = fhir_norm.identifier_references({"practitioner": ref})
     return ("identifier", keys[0][1], keys[0][2]) if keys else None
 

@@ -156,9 +156,11 @@ IDENTIFIER_KINDS: dict[str, tuple[frozenset[str], tuple[str, ...], str | None]] 
 
 @dataclass(frozen=True)
 class FhirRules:
-    """Per-tenant identifier systems (``fhir_identifier_systems``): canonical identifier -> system URLs."""
+    """Per-tenant reading rules: identifier systems (``fhir_identifier_systems``: canonical identifier -> system
+    URLs) and the server's own base URL (``base``), under which an absolute reference is a local one."""
 
     systems: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    base: str | None = None
 
 
 DEFAULT_RULES = FhirRules()
@@ -328,6 +330,26 @@ class IdentifierIndex:
             self._absent.add(key)
 
 
+def literal_reference(ref: str, base: str | None = None) -> tuple[str, str] | str:
+    """``(type, id)`` of a literal reference, or why it has none.
+
+    Relative (``Practitioner/1``, ``.../_history/2`` dropped) or absolute under ``base``, the server's own base
+    URL. An absolute URL on another server names a resource *there*: its id is not one of ours, so it is a
+    reason, never a guess. With no ``base`` known (a fixture read without a tenant), an absolute URL is read by
+    its last segments, as a server referring to itself does."""
+    if "://" in ref and base is not None:
+        own = base.rstrip("/") + "/"
+        if not ref.startswith(own):
+            return "absolute reference to another server"
+        ref = ref[len(own) :]
+    parts = ref.rstrip("/").split("/")
+    if "_history" in parts:
+        parts = parts[: parts.index("_history")]
+    if len(parts) >= 2 and parts[-2] and parts[-1]:
+        return parts[-2], parts[-1]
+    return "not a literal reference"
+
+
 def conditional_identifiers(ref: str) -> tuple[str, list[tuple[str, str]]]:
     """``Practitioner?identifier=system|value`` -> ``("Practitioner", [(system, value)])``. A conditional reference
     is a search URL, so its query may be percent-encoded (``%7C`` for ``|``, ``%3A``/``%2F`` in the system)."""
@@ -429,12 +451,12 @@ class Resolver:
                         return hit
             return None, None, None, "conditional reference that no resource read in this sync matches"
         if isinstance(ref, str) and ref:
-            parts = ref.rstrip("/").split("/")
-            if "_history" in parts:
-                parts = parts[: parts.index("_history")]
-            if len(parts) >= 2 and parts[-2] in kinds and parts[-1]:
-                kind, rid = parts[-2], parts[-1]
+            target = literal_reference(ref, self.rules.base)
+            if isinstance(target, tuple) and target[0] in kinds:
+                kind, rid = target
                 return kind, rid, self.by_ref.get(f"{kind}/{rid}"), None
+            if target == "absolute reference to another server":
+                return None, None, None, target
             if ref.startswith("urn:uuid:"):
                 return None, None, None, "urn:uuid reference outside a Bundle"
             return None, None, None, f"reference is not to a {' or '.join(kinds)}"
@@ -710,10 +732,8 @@ def _ref_type(reference: Mapping[str, Any], parent: Mapping[str, Any]) -> str | 
     if isinstance(ref, str) and "?" in ref:
         return ref.split("?", 1)[0].rsplit("/", 1)[-1] or None
     if isinstance(ref, str) and "/" in ref:
-        parts = ref.rstrip("/").split("/")
-        if "_history" in parts:
-            parts = parts[: parts.index("_history")]
-        return parts[-2] if len(parts) >= 2 else None
+        target = literal_reference(ref)
+        return target[0] if isinstance(target, tuple) else None
     kind = reference.get("type")
     return kind if isinstance(kind, str) else None
 

@@ -403,12 +403,15 @@ def _patient_groups(m: _Msg) -> list[tuple[list[str] | None, list[str] | None, l
     return [(g[0], g[1], g[2]) for g in groups] or [(None, None, None)]
 
 
-def _identifiers(m: _Msg, raw: str, misplaced: list[str] | None = None) -> tuple[dict[str, str], str | None]:
+def _identifiers(
+    m: _Msg, raw: str, misplaced: list[str] | None = None, mr_values: set[str] | None = None
+) -> tuple[dict[str, str], str | None]:
     """PID-3 style CX list -> ({identifier type: value}, MRN by configured assigning authority).
 
     The type belongs in CX.5; a sender that puts it in CX.4 (the assigning authority, ``123^^^MR``) with CX.5
     empty is read as if CX.5 said so, but only for a type no repetition states properly; each type read that
-    way is appended to ``misplaced`` so the caller can flag it."""
+    way is appended to ``misplaced`` so the caller can flag it. Every distinct MR value goes to ``mr_values``:
+    more than one (a hospital's and the agency's) means the first was taken without knowing it is ours."""
     ids: dict[str, str] = {}
     fallback: dict[str, str] = {}
     by_authority = None
@@ -416,6 +419,8 @@ def _identifiers(m: _Msg, raw: str, misplaced: list[str] | None = None) -> tuple
         value, authority, kind = m.comp(rep, 1), m.comp(rep, 4), m.comp(rep, 5)
         if not value:
             continue
+        if kind == "MR" and mr_values is not None:
+            mr_values.add(value)
         if kind and kind not in ids:
             ids[kind] = value
         if by_authority is None and authority and authority in m.options.mrn_authorities:
@@ -440,9 +445,15 @@ def _patient_id(
     if pid is None:
         return None, {}, None
     misplaced: list[str] = []
-    ids, by_authority = _identifiers(m, m.field(pid, 3), misplaced)
+    mr_values: set[str] = set()
+    ids, by_authority = _identifiers(m, m.field(pid, 3), misplaced, mr_values)
     mrn = by_authority or ids.get("MR")
     record_id = ids.get("PI") or mrn
+    if by_authority is None and len(mr_values) > 1:
+        field = "mrn" if subject is None else subject if record_id == mrn else None
+        if field is not None:
+            m.flag(field, "invalid", f"PID-3 carries {len(mr_values)} different MR identifiers and none from an "
+                   "authority in hl7_mrn_authorities; the first was read: set hl7_mrn_authorities to name yours")
     for kind in misplaced:
         canonical = CX_TYPE_IN_AUTHORITY[kind]
         if subject is not None:

@@ -177,7 +177,7 @@ class FhirBulkChannel(Channel):
         as_of = job.state["manifest"].get("transactionTime")
         undated = 0
         view = self.views.get(entity)
-        rules = fhir_norm.FhirRules(dict(self.config.fhir_identifier_systems))
+        rules = fhir_norm.FhirRules(dict(self.config.fhir_identifier_systems), base=self.config.fhir_base)
         self._index_job(job)
         index = self._search.index
         for res in self._resolved(job.spool.of_type(main)):
