@@ -26,7 +26,6 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).absolute().parent.parent
-STREAMS = ("patients", "practitioners", "related_persons", "locations", "appointments", "encounters")
 
 
 def start_sandbox(scale: str, data_dir: str) -> tuple[subprocess.Popen[str], dict]:
@@ -90,9 +89,11 @@ def measured(config: dict, tmp: Path, state: dict | None, label: str) -> dict | 
 def per_stream(config: dict) -> list[tuple[str, int, int, float]]:
     from wellsky_core.config import WellSkyConfig
     from wellsky_core.connection import Connection
+    from wellsky_core.models import ENTITIES
+    from wellsky_core.products import dialect
 
     rows = []
-    for stream in STREAMS:
+    for stream in (s for s in ENTITIES if s in dialect("personal_care").streams):  # the dialect's streams
         connection = Connection(WellSkyConfig.load(config, env={}))
         started = time.monotonic()
         records = sum(1 for _ in connection.channel(stream).iter_records(stream, None))

@@ -33,21 +33,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from wellsky_core.channels.rest import PATHS  # the modeled REST paths, stated once in the REST channel
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 VENVS = BENCH / ".venvs"
 RESULTS = BENCH / "results"
 BIN = Path(sys.executable).parent  # the project venv: tap-wellsky, target-wellsky, wellsky-sandbox
-PATHS = {
-    "patients": "/patients",
-    "practitioners": "/practitioners",
-    "appointments": "/appointments",
-    "encounters": "/encounters",
-    "care_plans": "/care-plans",
-    "authorizations": "/authorizations",
-    "referrals": "/referrals",
-    "coverage": "/coverage",
-}
 PEERS = {
     "msdk": ["tap-rest-api-msdk==1.4.2", "setuptools<70"],  # singer-sdk 0.40's `fs` still imports pkg_resources
     "jsonl": ["target-jsonl==0.1.4"],

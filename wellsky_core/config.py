@@ -15,7 +15,7 @@ import json
 import os
 import re
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -32,7 +32,7 @@ from pydantic import (
 
 from wellsky_core.channels import CHANNELS
 from wellsky_core.errors import ConfigError, ConfigProblem
-from wellsky_core.products import DIALECTS, PRODUCTS
+from wellsky_core.products import DIALECTS, PRODUCTS, Dialect
 
 ENV_PREFIX = "WELLSKY_"
 
@@ -43,6 +43,24 @@ SourceName = Literal[tuple(CHANNELS)]  # type: ignore[valid-type]
 ProductName = Literal[PRODUCTS]  # type: ignore[valid-type]
 """A ``product`` value: the dialect registry's names (``wellsky_core.products.DIALECTS``)."""
 IdentifierKind = Literal["mrn", "medicare_mbi", "medicaid_id", "member_id", "payer_id", "external_id", "npi"]
+
+
+def _by_product(text: Callable[[str, Dialect], Any], sep: str, before: str, after: str) -> str:
+    """Per-product defaults in a setting's description, read from the dialects (a new product adds its own):
+    ``before`` + the products' texts joined by ``sep`` + ``after``, or nothing when no product has one."""
+    items = [t for p, d in DIALECTS.items() if (t := text(p, d))]
+    return f"{before}{sep.join(items)}{after}" if items else ""
+
+
+PRODUCT_LIST = f"{', '.join(PRODUCTS[:-1])} or {PRODUCTS[-1]}" if len(PRODUCTS) > 1 else PRODUCTS[0]
+HOST_DEFAULTS = _by_product(lambda p, d: d.default_base_url and f"{p} default: {d.default_base_url}.", " ", " ", "")
+AUTH_DEFAULTS = _by_product(
+    lambda p, d: d.auth_methods and d.auth_methods[0] != "session" and f"{d.auth_methods[0]} for {p}",
+    ", or ", ", or ", "",
+)
+TOKEN_DEFAULTS = _by_product(lambda p, d: d.token_path and f"{p}: https://{{host}}{d.token_path}", "; ", " (", ")")
+RATE_DEFAULTS = _by_product(lambda p, d: d.rate_budget and f"{d.rate_budget:g} for {p}", ", or ", ", or ",
+                            " (the vendor's budget)")
 
 SDK_BUILTIN_KEYS = frozenset(
     {
@@ -150,17 +168,16 @@ class WellSkyConfig(BaseModel):
     base_url: str | None = Field(
         default=None,
         description="Tenant API root, e.g. https://agency.wellsky.example/api. https:// is required except "
-        "for loopback hosts. personal_care default: https://connect.clearcareonline.com. Empty otherwise: the "
-        "tap starts the embedded sandbox.",
+        f"for loopback hosts.{HOST_DEFAULTS} Empty otherwise: the tap starts the embedded sandbox.",
     )
     product: ProductName | None = Field(
         default=None,
-        description="WellSky product line: home_health, hospice or personal_care; also the embedded sandbox's "
+        description=f"WellSky product line: {PRODUCT_LIST}; also the embedded sandbox's "
         "product (default home_health). Empty on a real tenant: detected with GET /tenant.",
     )
     auth_method: Literal["session", "oauth_client_credentials", "oauth_private_key_jwt"] | None = Field(
         default=None,
-        description="How to authenticate. Empty: session, or oauth_client_credentials for personal_care.",
+        description=f"How to authenticate. Empty: session{AUTH_DEFAULTS}.",
     )
     username: str | None = Field(default=None, description="Login for auth_method=session.")
     password: SecretStr | None = Field(default=None, description="Password for auth_method=session.")
@@ -196,8 +213,7 @@ class WellSkyConfig(BaseModel):
     )
     token_url: str | None = Field(
         default=None,
-        description="OAuth2 token endpoint; default {base_url}/oauth/token (personal_care: "
-        "https://{host}/oauth/accesstoken).",
+        description="OAuth2 token endpoint; default {base_url}/oauth/token" + f"{TOKEN_DEFAULTS}.",
     )
     trusted_origins: list[str] = Field(
         default_factory=list,
@@ -216,8 +232,7 @@ class WellSkyConfig(BaseModel):
     max_requests_per_second: float | None = Field(
         default=None,
         ge=0,
-        description="Client-side rate limit; 0 disables it. Empty: 50, or 100 for personal_care (the vendor's "
-        "budget).",
+        description=f"Client-side rate limit; 0 disables it. Empty: 50{RATE_DEFAULTS}.",
     )
     max_response_bytes: int = Field(
         default=256 * 1024 * 1024,

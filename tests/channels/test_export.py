@@ -97,3 +97,23 @@ def test_checksum_mismatch_is_refused(sandbox: SandboxServer, tmp_path: Path) ->
     ):
         list(channel.iter_records("patients", None))
     assert exc.value.code == "checksum_mismatch"
+
+
+def test_streams_read_in_parallel_share_one_sftp_connection(sandbox: SandboxServer, tmp_path: Path) -> None:
+    """Parallel streams share one channel (``Connection.channel``): every thread gets exactly the serial records,
+    over one SFTP connection (they once raced ``connect_sftp``, and the HL7 run died on an SFTP timeout)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from wellsky_core.channels.hl7_sftp import HL7_ENTITIES, Hl7SftpChannel
+
+    config = config_for(sandbox, tmp_path, sftp=True)
+    for cls, entities in ((ExportChannel, list(ENTITIES)), (Hl7SftpChannel, list(HL7_ENTITIES))):
+        with cls(config=config) as serial:
+            want = {e: list(serial.iter_records(e, None)) for e in entities}
+        with cls(config=config) as shared, ThreadPoolExecutor(len(entities)) as pool:
+            got = dict(zip(entities, pool.map(lambda e, c=shared: list(c.iter_records(e, None)), entities),
+                           strict=True))
+            connection = shared._sftp if cls is ExportChannel else shared._conn
+            assert connection is not None
+        assert got == want, cls.__name__
+        assert any(want.values()), cls.__name__

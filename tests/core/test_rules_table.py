@@ -212,3 +212,24 @@ def test_both_faces_use_the_one_discovery_and_state_check() -> None:
         assert "check_ownership(" in face and "checked_state(" in face
         assert "StreamRead(" in face or face is singer
     assert "StreamRead(" in code["tap_wellsky/stream.py"]
+
+
+PATH_TOKEN = re.compile(r"`([A-Za-z_][\w./-]*(?:\.(?:py|md|json|yml)|/))(?:::\w+)?`")
+"""A file or folder named in backticks (``wellsky_core/http/policy.py``, ``products/kinnser/``, ``rest.py``)."""
+
+
+def test_every_path_the_architecture_names_exists() -> None:
+    """The map and the recipes name real files: a path as written, under ``wellsky_core/``, or (a name inside the
+    map's tree, e.g. ``rest.py`` under ``channels/``) the end of a tracked path."""
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    folders = {f"{'/'.join(p.split('/')[:i])}/" for p in files for i in range(1, p.count("/") + 1)}
+    known = set(files) | folders
+    names = set(PATH_TOKEN.findall(DOC.read_text()))
+    assert len(names) > 40
+
+    def exists(name: str) -> bool:
+        return (name in known or f"wellsky_core/{name}" in known
+                or any(path.endswith(f"/{name}") for path in known))
+
+    stale = sorted(name for name in names if not exists(name))
+    assert not stale, f"docs/architecture.md names paths that do not exist: {stale}"

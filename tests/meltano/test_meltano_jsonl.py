@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,31 @@ def test_meltano_settings_mirror_the_config_model(kind, name, model, extra):
     assert entry["namespace"] == name.replace("-", "_") and entry["pip_url"] == "-e ." and entry["executable"] == name
     for setting in settings.values():
         assert "value" not in setting or setting.get("kind") != "password", "no secret value in meltano.yml"
+
+
+def _literal_values(annotation: Any) -> set[Any]:
+    """The values a ``Literal`` (possibly inside ``X | None``) allows."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return set(typing.get_args(annotation))
+    return set().union(*(_literal_values(a) for a in typing.get_args(annotation)))
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "model"),
+    [("extractors", "tap-wellsky", WellSkyConfig), ("loaders", "target-wellsky", TargetConfig)],
+)
+def test_meltano_options_are_the_config_models_values(kind, name, model):
+    """An options list in meltano.yml restates a ``Literal`` of the config (the products, the sources...): it must
+    name exactly its values, of their type (an unquoted ``off`` is YAML's false, which the Hub files then carried)."""
+    for setting in plugin(kind, name)["settings"]:
+        if setting.get("kind") != "options":
+            continue
+        listed = [o["value"] for o in setting["options"]]
+        allowed = _literal_values(model.model_fields[setting["name"]].annotation)
+        typed = [(type(v), v) for v in listed]
+        assert set(typed) == {(type(v), v) for v in allowed}, f"{setting['name']}: {listed} (quote string values)"
+        assert set(listed) == allowed, f"meltano.yml {name} {setting['name']}: options {listed}, the config allows " \
+            f"{sorted(allowed)}"
 
 
 def test_tap_capabilities_declared():

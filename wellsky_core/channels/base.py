@@ -151,9 +151,11 @@ class Channel(abc.ABC):
     def unavailable_reason(self, entity: str) -> str | None:
         """Why the tenant's API has no ``entity`` at all (reported to the user, never faked), or None."""
         from ..models import ENTITIES
+        from ..products import DIALECTS
 
         if entity in ENTITIES and not ENTITIES[entity].modeled_rest:
-            return f"only WellSky Personal Care's Home Connect API (product personal_care) has {entity}"
+            owners = [p for p, d in DIALECTS.items() if d.api_channel and entity in d.streams]
+            return f"only the API of product {' or '.join(owners) or '(none)'} (source api) has {entity}"
         return None
 
     def load_memo(self, entity: str, previous: dict[str, Any] | None) -> None:  # noqa: B027 - optional hook

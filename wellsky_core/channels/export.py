@@ -25,12 +25,14 @@ header lacks required columns is dead-lettered whole.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import hashlib
 import json
 import logging
 import re
 import tempfile
+import threading
 import typing
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -87,6 +89,8 @@ class ExportChannel(Channel):
             raise ConfigError("base_url", "the export channel over HTTP needs the tenant API (or set sftp_host)")
         self.via = via
         self._sftp: SftpConnection | None = None
+        self._sftp_lock = threading.RLock()
+        """Streams sync in parallel on this one channel: one SFTP connection, used by one stream at a time."""
         self._http: httpx.Client | None = None
         self.files_read: list[str] = []
         self.relists = 0
@@ -104,8 +108,9 @@ class ExportChannel(Channel):
         if self.via == "sftp":
             from .sftp import connect_sftp, list_files
 
-            if self._sftp is None:
-                self._sftp = connect_sftp(self.config)
+            with self._sftp_lock:
+                if self._sftp is None:
+                    self._sftp = connect_sftp(self.config)
             for attr in list_files(self._sftp[1], self.config.sftp_export_dir, ".csv", setting="sftp_export_dir"):
                 out.append({"name": attr.filename, "size": attr.st_size})
         else:
@@ -129,21 +134,22 @@ class ExportChannel(Channel):
         if not self.supports(entity):
             raise ValueError(f"unknown entity {entity!r}")
         floor = since.timestamp() if since is not None else float("-inf")
-        files = [f for f in self._list() if f["entity"] == entity and _stamp_epoch(f["stamp"]) >= floor]
         view = self.views.get(entity)
-        full = max((f for f in files if f["full"]), key=lambda f: (f["run"], f["name"]), default=None)
-        if view is not None and full is None:
-            view.incomplete("no full export file since the last sync (night files hold changes only)")
         latest = LatestVersions()  # on disk: constant memory however large the exports are
         try:
-            for file_no, info in enumerate(files):
-                part = "before" if full is None or info["run"] < full["run"] else "view" if info is full else (
-                    "after" if info["run"] > full["run"] else "before")
-                for row_no, rec in self._rows(entity, info):
-                    latest.offer(entity, rec, (file_no, row_no))
-                    if view is not None:
-                        view.see(rec, part)
-                self.files_read.append(info["name"])
+            with self._sftp_lock if self.via == "sftp" else contextlib.nullcontext():
+                files = [f for f in self._list() if f["entity"] == entity and _stamp_epoch(f["stamp"]) >= floor]
+                full = max((f for f in files if f["full"]), key=lambda f: (f["run"], f["name"]), default=None)
+                if view is not None and full is None:
+                    view.incomplete("no full export file since the last sync (night files hold changes only)")
+                for file_no, info in enumerate(files):
+                    part = "before" if full is None or info["run"] < full["run"] else "view" if info is full else (
+                        "after" if info["run"] > full["run"] else "before")
+                    for row_no, rec in self._rows(entity, info):
+                        latest.offer(entity, rec, (file_no, row_no))
+                        if view is not None:
+                            view.see(rec, part)
+                    self.files_read.append(info["name"])
             if view is not None and full is not None:
                 as_of = datetime.strptime(full["stamp"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
                 view.complete(f"the full export file of run {full['run']}", as_of)

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import threading
 from collections.abc import Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import paramiko
 
@@ -26,9 +27,6 @@ from ..errors import NormalizationError
 from ..normalize.hl7 import Hl7Options, Unsupported, normalize_records, split_messages
 from .base import Channel, LatestVersions
 from .sftp import SftpConnection, close_sftp, connect_sftp, list_files
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +45,10 @@ class Hl7SftpChannel(Channel):
         self._conn: SftpConnection | None = None
         self._cache: LatestVersions | None = None
         self._cache_since: float | None = None
+        self._retired: list[LatestVersions] = []
+        """Caches a lower-floor scan replaced: another stream's thread may still be reading one (closed at close)."""
+        self._lock = threading.RLock()
+        """Streams sync in parallel on this one channel: one connection and one scan at a time."""
         self._processed: list[str] = []
         self.last_file: str | None = None
         self.last_mtime: int | None = None
@@ -67,18 +69,21 @@ class Hl7SftpChannel(Channel):
 
     @property
     def sftp(self) -> paramiko.SFTPClient:
-        if self._conn is None:
-            self._conn = connect_sftp(self.config)
-        return self._conn[1]
+        with self._lock:
+            if self._conn is None:
+                self._conn = connect_sftp(self.config)
+            return self._conn[1]
 
     def iter_records(self, entity: str, since: datetime | None) -> Iterator[dict[str, Any]]:
         if not self.supports(entity):
             raise ValueError(f"the hl7_sftp channel does not carry {entity}; use it for {', '.join(HL7_ENTITIES)}")
         floor = since.timestamp() if since is not None else float("-inf")
-        if self._cache is None or self._cache_since is None or floor < self._cache_since:
-            self._scan(floor)
-        assert self._cache is not None
-        yield from self._cache.records(entity, since)
+        with self._lock:  # the first stream scans; the others wait for it and read the same cache
+            if self._cache is None or self._cache_since is None or floor < self._cache_since:
+                self._scan(floor)
+            cache = self._cache
+        assert cache is not None
+        yield from cache.records(entity, since)
 
     def _scan(self, floor: float) -> None:
         """Read every file that may hold changes at/after ``floor``; keep the newest version per record."""
@@ -119,7 +124,7 @@ class Hl7SftpChannel(Channel):
         if self.skipped:
             log.info("hl7_sftp: skipped message types no stream carries: %s", dict(self.skipped))
         if self._cache is not None:
-            self._cache.close()
+            self._retired.append(self._cache)
         self._cache, self._cache_since, self._processed = cache, floor, processed
 
     def bookmark(self) -> dict[str, Any]:
@@ -148,6 +153,6 @@ class Hl7SftpChannel(Channel):
             self._conn = None
             if self._own_dead_letter:
                 self.dead_letter.close()
-            if self._cache is not None:
-                self._cache.close()
-                self._cache = None
+            for held in (*self._retired, *([self._cache] if self._cache is not None else [])):
+                held.close()
+            self._cache, self._retired = None, []
