@@ -168,7 +168,10 @@ class TapWellSky(Tap):
 
     def sync_all(self) -> None:  # type: ignore[misc]  # extended, not replaced: adds the summary
         try:  # a refused login is one line and exit 2 before any stream begins (no summary: nothing ran)
-            self.connection.sign_in(name for name, stream in self.streams.items() if stream.selected)
+            self.connection.sign_in(
+                (name for name, stream in self.streams.items() if stream.selected),
+                max_flagged_fraction=self.max_flagged_fraction,
+            )
         except BaseException:
             self.connection.close()
             raise

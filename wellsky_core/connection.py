@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -12,7 +13,7 @@ from .errors import ConfigError, RemoteError
 from .http.client import WellSkyClient
 from .metrics import Metrics
 from .products import DIALECTS, PRODUCTS
-from .quality import ExitCodeRule, QualityCounter
+from .quality import ExitCodeRule, QualityCounter, default_report_path, write_report
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,27 @@ class Connection:
                 self._tenant = self._tenant_endpoint()
         return self._tenant
 
-    def sign_in(self, streams: Iterable[str]) -> None:
+    def sign_in(
+        self,
+        streams: Iterable[str],
+        *,
+        max_flagged_fraction: float | None = None,
+        exit_code: ExitCodeRule | None = None,
+    ) -> None:
         """Prove URL, TLS and credentials before any stream begins, when one of ``streams`` reads the tenant's
         API (its ``GET /tenant`` or the product's probe, which a sync needs anyway): a wrong secret is then one
-        error, not a failure per stream. Other channels (SFTP, FHIR, the portal) sign in with their first read."""
-        if any(self.config.source_for(stream) == "api" for stream in streams):
-            self.tenant()
+        error, not a failure per stream. Other channels (SFTP, FHIR, the portal) sign in with their first read.
+
+        A refusal still replaces the tenant's data-quality report with an ``aborted`` one (the last run's ``ok``
+        must not stand for this run), without a log line: the refusal is the run's one line."""
+        try:
+            if any(self.config.source_for(stream) == "api" for stream in streams):
+                self.tenant()
+        except BaseException as exc:
+            report = self.quality_report(max_flagged_fraction, ended_by=exc, exit_code=exit_code)
+            with contextlib.suppress(OSError):
+                write_report(report, self.config.data_quality_report_path or default_report_path(self.config))
+            raise
 
     def _tenant_endpoint(self) -> dict[str, Any]:
         """``GET /tenant`` (the WellSky REST API's health check and product name)."""

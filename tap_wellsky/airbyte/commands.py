@@ -65,7 +65,10 @@ def read(output: Output, config_path: str, catalog_path: str, state_path: str | 
     config = load_config(config_path, start_embedded=True)
     connection = Connection(config)
     try:
-        connection.sign_in(stream.name for stream in streams)  # a refused login: one TRACE, no stream started
+        # a refused login: one TRACE, no stream started, the tenant's report says aborted
+        connection.sign_in(
+            (stream.name for stream in streams), max_flagged_fraction=config.max_flagged_fraction, exit_code=exit_code
+        )
     except BaseException:
         connection.close()
         raise

@@ -263,7 +263,8 @@ def test_auth_flow_requests_take_tokens_from_the_one_budget_too():
     client.get_json("/patients")
     client.get_json("/patients")
     assert seen == ["/sessions", "/patients", "/patients"]
-    assert len(waits) == 2 and all(w > 0 for w in waits)  # 3 requests at 4/s: the 2nd and 3rd wait their turn
+    # 3 requests at 4/s (2 per half window): the login took a slot, so the 3rd waits for the 1st's to free
+    assert len(waits) == 1 and waits[0] > 0
 
 
 @pytest.mark.parametrize(("streams", "windows"), [(1, 1), (8, 8), (16, 8)])

@@ -49,8 +49,11 @@ class ExpireUntilUnauthorized:
             self.expired.append(stream)
 
     def response(self, response: httpx.Response) -> None:
+        """A 401 counts for its stream once that stream is past its first request: a 401 on the very first one
+        (another stream's expiry, met before this stream paged at all) is no expiry mid-pagination, and the
+        stream must still meet its own."""
         stream = PATH_STREAM.get(response.request.url.path)
-        if stream is not None and response.status_code == 401:
+        if stream is not None and response.status_code == 401 and self.seen[stream] >= 2:
             self.unauthorized[stream] += 1
 
 

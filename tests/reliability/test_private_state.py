@@ -158,6 +158,16 @@ def test_tap_report_is_per_tenant_private_and_agrees_with_the_exit_code(tmp_path
     assert victim.read_text() == VICTIM_TEXT, "the report was not written through the planted link"
     assert not report.is_symlink() and _mode(report) == 0o600, "the link itself was replaced by a private file"
 
+    # a run refused at sign-in (one line, exit 2, no stream) still replaces the last run's "ok"
+    with HostileServer(_refuse("POST", "/sessions", 401)) as srv:
+        cfg = write_json(tmp_path / "in-config.json", config(srv.base_url))
+        refused = subprocess.run([*TAP_CMD, "--config", str(cfg)], capture_output=True, text=True,
+                                 timeout=SUBPROCESS_TIMEOUT, env=env)
+    assert refused.returncode == 2, refused.stderr
+    verdict = json.loads(report.read_text())
+    assert (verdict["status"], verdict["exit_code"]) == ("aborted", 2)
+    assert_private(xdg / "tap-wellsky")
+
 
 def _refuse(method: str, path: str, status: int) -> Callable[[Reply, str, str, bytes], bool]:
     def route(h: Reply, m: str, p: str, body: bytes) -> bool:
