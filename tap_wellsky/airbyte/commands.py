@@ -8,6 +8,7 @@ import sys
 import time
 from typing import IO, Any
 
+from wellsky_core.cli import tune_gc
 from wellsky_core.connection import Connection
 from wellsky_core.discovery import not_offered_reason, offered
 from wellsky_core.errors import AuthError, ConfigError
@@ -186,5 +187,6 @@ def run(argv: list[str] | None = None, stdout: IO[bytes] | None = None) -> int:
 
 def main() -> None:
     """Console entry point (``source-wellsky``)."""
+    tune_gc()
     sys.exit(run())
 
