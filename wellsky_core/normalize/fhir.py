@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NoReturn
 
+import orjson
+
 from wellsky_core.errors import NormalizationError, NotThisEntity
 from wellsky_core.normalize.status import patient_status
 from wellsky_core.normalize.validation import validated
@@ -165,11 +167,12 @@ DEFAULT_RULES = FhirRules()
 
 # -- small shape-tolerant helpers -------------------------------------------------------------------------
 def _map(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+    # ``type(...) is dict`` first: decoded JSON is plain dicts, and an ABC isinstance check costs ~3x more
+    return value if type(value) is dict or isinstance(value, Mapping) else {}
 
 
 def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
+    return value if type(value) is list or isinstance(value, list) else []
 
 
 def _str(value: Any) -> str | None:
@@ -329,16 +332,33 @@ class IdentifierIndex:
 
 def identifier_references(res: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """``(type, system, value)`` of the references by identifier to indexed types anywhere in ``res``: conditional
-    (``Practitioner?identifier=system|value``), typed identifier-only, and a PractitionerRole's practitioner."""
+    (``Practitioner?identifier=system|value``), typed identifier-only, and a PractitionerRole's practitioner.
+
+    Runs on every resource of every page. Most resources have no such reference, which their serialization
+    shows at C speed: both kinds need a ``?`` (conditional) or an ``"identifier":{`` (an identifier object; a
+    resource's own identifiers are a list). Only a resource with either is walked."""
+    try:
+        text = orjson.dumps(res)
+    except TypeError:  # not plain JSON data (a Mapping that is no dict, a non-str key, a huge int): walk it
+        return identifier_references_walk(res)
+    if b"?" not in text and b'"identifier":{' not in text:
+        return []
+    return identifier_references_walk(res)
+
+
+def identifier_references_walk(res: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """:func:`identifier_references` by walking every node (scalars skipped by exact type before any ABC check)."""
     found: list[tuple[str, str, str]] = []
 
     def visit(node: Any, key: str | None) -> None:
-        if isinstance(node, list):
-            for item in node:
-                visit(item, key)
-            return
-        if not isinstance(node, Mapping):
-            return
+        if type(node) is not dict:
+            if isinstance(node, list):
+                for item in node:
+                    if type(item) not in _SCALARS:
+                        visit(item, key)
+                return
+            if not isinstance(node, Mapping):
+                return
         ref = node.get("reference")
         if isinstance(ref, str) and "?" in ref:
             kind, _, query = ref.partition("?")
@@ -351,14 +371,20 @@ def identifier_references(res: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         elif ref is None and isinstance(node.get("identifier"), Mapping):
             kind = node.get("type") or ("Practitioner" if key == "practitioner" else None)
             ident = node["identifier"]
-            if kind in INDEXED_TYPES and _str(ident.get("value")):
+            if isinstance(kind, str) and kind in INDEXED_TYPES and _str(ident.get("value")):
                 found.append((str(kind), str(ident.get("system") or ""), ident["value"]))
         for child_key, child in node.items():
-            if child_key not in ("identifier", "contained") and isinstance(child, (Mapping, list)):
+            if type(child) in _SCALARS or child_key in ("identifier", "contained"):
+                continue
+            if isinstance(child, (Mapping, list)):
                 visit(child, child_key)
 
     visit(res, None)
     return list(dict.fromkeys(found))
+
+
+_SCALARS = (str, int, float, bool, type(None))
+"""JSON scalar types (exact): no reference can be inside one."""
 
 
 class Resolver:
