@@ -42,15 +42,26 @@ def compile_tree(root: Path) -> None:
                    stdout=subprocess.DEVNULL)
 
 
+def check_imports_from(root: Path) -> None:
+    """The child of ``root`` must import that tree's code (not the editable install's, not the caller's)."""
+    env = dict(os.environ, PYTHONPATH=str(root))
+    where = subprocess.run([sys.executable, "-c", "import wellsky_core; print(wellsky_core.__file__)"], env=env,
+                           cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+    if not Path(where).resolve().is_relative_to(root.resolve()):
+        raise SystemExit(f"a run from {root} would import {where}")
+
+
 def run_once(root: Path, config: str, state: str | None, state_home: Path) -> tuple[float, float, int, str]:
     """CPU s, wall s, records and the per-stream digest of one tap run from ``root``."""
     env = dict(os.environ, PYTHONPATH=str(root), XDG_STATE_HOME=str(state_home))
-    argv = [sys.executable, "-c", "from tap_wellsky.tap import main; main()", "--config", config]
+    argv = [sys.executable, "-c", "from tap_wellsky.tap import main; main()", "--config", str(Path(config).resolve())]
     if state:
-        argv += ["--state", state]
+        argv += ["--state", str(Path(state).resolve())]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
-    done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    # cwd=root: ``python -c`` puts the working directory first on sys.path, ahead of PYTHONPATH, so run from
+    # another tree the child would import that tree's code
+    done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=root)
     wall = time.monotonic() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode:
@@ -78,6 +89,7 @@ def main() -> None:
         builds = {"old": archive(args.old, Path(tmp)), "new": ROOT}
         for root in builds.values():
             compile_tree(root)
+            check_imports_from(root)
         results: dict[str, list[tuple[float, float, int, str]]] = {name: [] for name in builds}
         for i in range(args.runs):
             for name, root in builds.items():

@@ -68,8 +68,9 @@ def exit_code_for(exc: BaseException | None) -> int:
     return EXIT_INTERNAL
 
 
-GC_THRESHOLDS = (50_000, 20, 100)
-"""Cyclic-GC thresholds for a sync process (Python's default is 700, 10, 10)."""
+GC_THRESHOLDS = (20_000, 10, 10)
+"""Cyclic-GC thresholds for a sync process (Python's default is 700, 10, 10). 50,000 / 20 / 100 saved no more
+CPU on a loopback FHIR M sync and held ~10 MB more at peak."""
 
 
 def tune_gc() -> None:

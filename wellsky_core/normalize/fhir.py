@@ -349,38 +349,40 @@ def identifier_references(res: Mapping[str, Any]) -> list[tuple[str, str, str]]:
 def identifier_references_walk(res: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """:func:`identifier_references` by walking every node (scalars skipped by exact type before any ABC check)."""
     found: list[tuple[str, str, str]] = []
-
-    def visit(node: Any, key: str | None) -> None:
-        if type(node) is not dict:
-            if isinstance(node, list):
-                for item in node:
-                    if type(item) not in _SCALARS:
-                        visit(item, key)
-                return
-            if not isinstance(node, Mapping):
-                return
-        ref = node.get("reference")
-        if isinstance(ref, str) and "?" in ref:
-            kind, _, query = ref.partition("?")
-            kind = kind.rsplit("/", 1)[-1]
-            for part in query.split("&"):
-                name, _, val = part.partition("=")
-                if kind in INDEXED_TYPES and name == "identifier" and val:
-                    system, _, code = val.rpartition("|")
-                    found.append((kind, system, code))
-        elif ref is None and isinstance(node.get("identifier"), Mapping):
-            kind = node.get("type") or ("Practitioner" if key == "practitioner" else None)
-            ident = node["identifier"]
-            if isinstance(kind, str) and kind in INDEXED_TYPES and _str(ident.get("value")):
-                found.append((str(kind), str(ident.get("system") or ""), ident["value"]))
-        for child_key, child in node.items():
-            if type(child) in _SCALARS or child_key in ("identifier", "contained"):
-                continue
-            if isinstance(child, (Mapping, list)):
-                visit(child, child_key)
-
-    visit(res, None)
+    _visit(res, None, found)
     return list(dict.fromkeys(found))
+
+
+def _visit(node: Any, key: str | None, found: list[tuple[str, str, str]]) -> None:
+    """One node of :func:`identifier_references_walk` (a module function: a recursive closure is a reference
+    cycle per call, left for the cyclic GC)."""
+    if type(node) is not dict:
+        if isinstance(node, list):
+            for item in node:
+                if type(item) not in _SCALARS:
+                    _visit(item, key, found)
+            return
+        if not isinstance(node, Mapping):
+            return
+    ref = node.get("reference")
+    if isinstance(ref, str) and "?" in ref:
+        kind, _, query = ref.partition("?")
+        kind = kind.rsplit("/", 1)[-1]
+        for part in query.split("&"):
+            name, _, val = part.partition("=")
+            if kind in INDEXED_TYPES and name == "identifier" and val:
+                system, _, code = val.rpartition("|")
+                found.append((kind, system, code))
+    elif ref is None and isinstance(node.get("identifier"), Mapping):
+        kind = node.get("type") or ("Practitioner" if key == "practitioner" else None)
+        ident = node["identifier"]
+        if isinstance(kind, str) and kind in INDEXED_TYPES and _str(ident.get("value")):
+            found.append((str(kind), str(ident.get("system") or ""), ident["value"]))
+    for child_key, child in node.items():
+        if type(child) in _SCALARS or child_key in ("identifier", "contained"):
+            continue
+        if isinstance(child, (Mapping, list)):
+            _visit(child, child_key, found)
 
 
 _SCALARS = (str, int, float, bool, type(None))
