@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from singer_sdk import Tap
 from singer_sdk.exceptions import ConfigValidationError
 
-from wellsky_core.cli import EXIT_QUALITY, EXIT_REFUSALS, run_singer_cli
+from wellsky_core.cli import EXIT_QUALITY, EXIT_REFUSALS, run_singer_cli, tune_gc
 from wellsky_core.config import WellSkyConfig
 from wellsky_core.discovery import discoverable_streams, not_offered_reason
 from wellsky_core.errors import ConfigError, RunNotClean, StateError
@@ -365,6 +365,7 @@ def _read_state_file(path: str | Path) -> Any:
 
 def main() -> None:
     """Console entry point: the Singer CLI, with our errors printed as one actionable line."""
+    tune_gc()
     try:
         run_singer_cli("tap-wellsky", TapWellSky.cli, config_errors=(ConfigValidationError,))
     except SystemExit as exc:

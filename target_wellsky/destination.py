@@ -27,6 +27,7 @@ from airbyte_protocol.models import (
 from pydantic import ValidationError
 
 from wellsky_core.airbyte import Output, connection_check, read_json, run_command
+from wellsky_core.cli import tune_gc
 from wellsky_core.config import TargetConfig, airbyte_spec_schema, refuse_command_settings
 from wellsky_core.errors import ConfigError, LineOverBounds, SingerInputError, WriteRunRefusals
 from wellsky_core.write_run import WriteRun, parse_input_line
@@ -196,6 +197,7 @@ def run(argv: list[str] | None = None, stdout: IO[bytes] | None = None, stdin: I
 
 def main() -> None:
     """Console entry point (``destination-wellsky``)."""
+    tune_gc()
     sys.exit(run())
 
 

@@ -14,7 +14,7 @@ from singer_sdk import Target
 from singer_sdk.exceptions import ConfigValidationError, RecordsWithoutSchemaException
 from singer_sdk.io_base import SingerReader
 
-from wellsky_core.cli import fail, run_singer_cli
+from wellsky_core.cli import fail, run_singer_cli, tune_gc
 from wellsky_core.config import SDK_BUILTIN_KEYS, TargetConfig, config_json_schema
 from wellsky_core.errors import ConfigError, LineOverBounds, SingerInputError
 from wellsky_core.redaction import install_redaction
@@ -223,6 +223,7 @@ class TargetWellSky(Target):
 def main() -> None:
     """Console entry point: exit 0 when every record landed, 3 when some were refused (see the dead-letter file),
     2 on a fatal input or configuration error."""
+    tune_gc()
     code = run_singer_cli(
         "target-wellsky", lambda: TargetWellSky.cli(standalone_mode=False), config_errors=(ConfigValidationError,)
     )

@@ -101,18 +101,32 @@ def _drop_removed(value: Any) -> Any:
 
 def _missing(model: BaseModel, prefix: str, flags: Flags) -> None:
     """Flag every expected field of ``model`` (and its nested models) that is empty."""
-    for name in type(model).expected if isinstance(model, CanonicalModel) else ():
+    expected, fields = _fields_of(type(model))
+    for name in expected:
         path = prefix + name
         if getattr(model, name, None) is None and not flags.covers(path):
             flags.append(flag(path, "missing", "not provided by the source"))
-    for name in type(model).model_fields:
+    for name in fields:
         value = getattr(model, name)
-        if isinstance(value, BaseModel) and name != "data_quality":
+        if isinstance(value, BaseModel):
             _missing(value, f"{prefix}{name}.", flags)
-        elif isinstance(value, list) and name != "data_quality":
+        elif isinstance(value, list):
             for i, item in enumerate(value):
                 if isinstance(item, BaseModel):
                     _missing(item, f"{prefix}{name}.{i}.", flags)
+
+
+_FIELDS: dict[type[BaseModel], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+
+def _fields_of(cls: type[BaseModel]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(expected fields, fields to look into)`` of a model class, computed once (``_missing`` runs for every
+    record and every nested model; reading ``model_fields`` on the class each time was a visible share of it)."""
+    known = _FIELDS.get(cls)
+    if known is None:
+        expected = cls.expected if issubclass(cls, CanonicalModel) else ()
+        known = _FIELDS[cls] = (tuple(expected), tuple(n for n in cls.model_fields if n != "data_quality"))
+    return known
 
 
 def finish(

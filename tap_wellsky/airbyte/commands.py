@@ -9,6 +9,7 @@ import time
 from typing import IO, Any
 
 from wellsky_core.airbyte import exit_code
+from wellsky_core.cli import tune_gc
 from wellsky_core.config import WellSkyConfig
 from wellsky_core.connection import Connection
 from wellsky_core.discovery import not_offered_reason, offered
@@ -205,5 +206,6 @@ def run(argv: list[str] | None = None, stdout: IO[bytes] | None = None) -> int:
 
 def main() -> None:
     """Console entry point (``source-wellsky``)."""
+    tune_gc()
     sys.exit(run())
 

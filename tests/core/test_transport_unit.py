@@ -282,3 +282,24 @@ def test_the_pool_has_a_connection_for_every_reader_and_a_login(streams: int, wi
         assert pool._max_connections == pool_size(config) >= streams * windows + 1
     finally:
         client.close()
+
+
+def test_a_read_response_is_freed_by_reference_counting_not_left_to_the_cyclic_gc():
+    """httpx's stream wrapper refers back to its response; once the body is read the client drops the spent
+    stream, so a page's body is freed when the caller lets go of it (the cyclic GC runs rarely in a sync,
+    ``cli.tune_gc``), and the body is still readable."""
+    import gc
+    import weakref
+
+    client, _ = make_client(scripted(ok({"entry": ["x" * 1000]})))
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        response = client.request("GET", "/x")
+        assert orjson.loads(response.read()) == {"entry": ["x" * 1000]}
+        gone = weakref.ref(response)
+        del response
+        assert gone() is None
+    finally:
+        if enabled:
+            gc.enable()

@@ -208,6 +208,9 @@ class WellSkyClient:
             response._content = b"".join(parts)  # what response.read() would have set
         finally:
             response.close()
+            # httpx's stream wrapper refers back to its response, a reference cycle that kept each page's body
+            # in memory until the cyclic GC ran (rarely, see cli.tune_gc); the stream is spent and closed
+            response.stream = httpx.ByteStream(b"")
 
     @staticmethod
     def _decode(response: httpx.Response, *, retryable: bool, attempt: int) -> tuple[httpx.Response, Any] | Retry:

@@ -30,6 +30,8 @@ from datetime import datetime
 from typing import Any, NoReturn
 from urllib.parse import unquote
 
+import orjson
+
 from wellsky_core.errors import NormalizationError, NotThisEntity
 from wellsky_core.normalize.status import patient_status
 from wellsky_core.normalize.validation import validated
@@ -168,11 +170,12 @@ DEFAULT_RULES = FhirRules()
 
 # -- small shape-tolerant helpers -------------------------------------------------------------------------
 def _map(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+    # ``type(...) is dict`` first: decoded JSON is plain dicts, and an ABC isinstance check costs ~3x more
+    return value if type(value) is dict or isinstance(value, Mapping) else {}
 
 
 def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
+    return value if type(value) is list or isinstance(value, list) else []
 
 
 def _str(value: Any) -> str | None:
@@ -365,32 +368,57 @@ def conditional_identifiers(ref: str) -> tuple[str, list[tuple[str, str]]]:
 
 def identifier_references(res: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """``(type, system, value)`` of the references by identifier to indexed types anywhere in ``res``: conditional
-    (``Practitioner?identifier=system|value``), typed identifier-only, and a PractitionerRole's practitioner."""
-    found: list[tuple[str, str, str]] = []
+    (``Practitioner?identifier=system|value``), typed identifier-only, and a PractitionerRole's practitioner.
 
-    def visit(node: Any, key: str | None) -> None:
+    Runs on every resource of every page. Most resources have no such reference, which their serialization
+    shows at C speed: both kinds need a ``?`` (conditional) or an ``"identifier":{`` (an identifier object; a
+    resource's own identifiers are a list). Only a resource with either is walked."""
+    try:
+        text = orjson.dumps(res)
+    except TypeError:  # not plain JSON data (a Mapping that is no dict, a non-str key, a huge int): walk it
+        return identifier_references_walk(res)
+    if b"?" not in text and b'"identifier":{' not in text:
+        return []
+    return identifier_references_walk(res)
+
+
+def identifier_references_walk(res: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """:func:`identifier_references` by walking every node (scalars skipped by exact type before any ABC check)."""
+    found: list[tuple[str, str, str]] = []
+    _visit(res, None, found)
+    return list(dict.fromkeys(found))
+
+
+def _visit(node: Any, key: str | None, found: list[tuple[str, str, str]]) -> None:
+    """One node of :func:`identifier_references_walk` (a module function: a recursive closure is a reference
+    cycle per call, left for the cyclic GC)."""
+    if type(node) is not dict:
         if isinstance(node, list):
             for item in node:
-                visit(item, key)
+                if type(item) not in _SCALARS:
+                    _visit(item, key, found)
             return
         if not isinstance(node, Mapping):
             return
-        ref = node.get("reference")
-        if isinstance(ref, str) and "?" in ref:
-            kind, tokens = conditional_identifiers(ref)
-            if kind in INDEXED_TYPES:
-                found.extend((kind, system, code) for system, code in tokens)
-        elif ref is None and isinstance(node.get("identifier"), Mapping):
-            kind = node.get("type") or ("Practitioner" if key == "practitioner" else None)
-            ident = node["identifier"]
-            if kind in INDEXED_TYPES and _str(ident.get("value")):
-                found.append((str(kind), str(ident.get("system") or ""), ident["value"]))
-        for child_key, child in node.items():
-            if child_key not in ("identifier", "contained") and isinstance(child, (Mapping, list)):
-                visit(child, child_key)
+    ref = node.get("reference")
+    if isinstance(ref, str) and "?" in ref:
+        kind, tokens = conditional_identifiers(ref)
+        if kind in INDEXED_TYPES:
+            found.extend((kind, system, code) for system, code in tokens)
+    elif ref is None and isinstance(node.get("identifier"), Mapping):
+        kind = node.get("type") or ("Practitioner" if key == "practitioner" else None)
+        ident = node["identifier"]
+        if isinstance(kind, str) and kind in INDEXED_TYPES and _str(ident.get("value")):
+            found.append((str(kind), str(ident.get("system") or ""), ident["value"]))
+    for child_key, child in node.items():
+        if type(child) in _SCALARS or child_key in ("identifier", "contained"):
+            continue
+        if isinstance(child, (Mapping, list)):
+            _visit(child, child_key, found)
 
-    visit(res, None)
-    return list(dict.fromkeys(found))
+
+_SCALARS = (str, int, float, bool, type(None))
+"""JSON scalar types (exact): no reference can be inside one."""
 
 
 class Resolver:
