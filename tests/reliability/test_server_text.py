@@ -221,22 +221,7 @@ def test_source_read_every_failure_shape_reaches_no_output(tmp_path: Path) -> No
 
     names = ["patients", "practitioners", "appointments", "encounters", "care_plans", "authorizations", "referrals",
              "coverage"]
-    catalog = {
-        "streams": [
-            {
-                "stream": {"name": name, "json_schema": {}, "supported_sync_modes": ["full_refresh"]},
-                "sync_mode": "full_refresh",
-                "destination_sync_mode": "append",
-            }
-            for name in names
-        ]
-    }
-    with HostileServer(route) as srv:
-        cfg = write_json(tmp_path / "in-config.json", config(srv.base_url))
-        cat = write_json(tmp_path / "in-catalog.json", catalog)
-        code, out = _run([*SOURCE_CMD, "read", "--config", str(cfg), "--catalog", str(cat)], tmp_path)
-    assert_no_phi("source-wellsky read", out)
-    assert_no_phi("source-wellsky files", _written(tmp_path))
+    code, out = _source_read(tmp_path, route, names)
     assert code == 1, out
     assert sorted(served.values()) == sorted(kinds), served
     traces = [m for m in _messages(out) if m["type"] == "TRACE" and m["trace"]["type"] == "ERROR"]
@@ -283,7 +268,9 @@ def test_a_token_endpoint_refusal_reaches_no_output(tmp_path: Path, face: str) -
     assert code == (0 if face == "check" else 1 if face in ("read", "destination") else 2), out
 
 
-def test_source_read_trace_and_logs_carry_no_server_text(tmp_path: Path) -> None:
+def _source_read(tmp_path: Path, route: Any, names: list[str]) -> tuple[int, str]:
+    """``source-wellsky read`` of full-refresh ``names`` against a hostile tenant; its output and every file it
+    wrote carry no patient value (checked here for every caller)."""
     catalog = {
         "streams": [
             {
@@ -291,15 +278,20 @@ def test_source_read_trace_and_logs_carry_no_server_text(tmp_path: Path) -> None
                 "sync_mode": "full_refresh",
                 "destination_sync_mode": "append",
             }
-            for name in ("patients", "practitioners")
+            for name in names
         ]
     }
-    with HostileServer(_hostile("GET", "/patients", 423, "wellsky")) as srv:
+    with HostileServer(route) as srv:
         cfg = write_json(tmp_path / "in-config.json", config(srv.base_url))
         cat = write_json(tmp_path / "in-catalog.json", catalog)
         code, out = _run([*SOURCE_CMD, "read", "--config", str(cfg), "--catalog", str(cat)], tmp_path)
     assert_no_phi("source-wellsky read", out)
     assert_no_phi("source-wellsky files", _written(tmp_path))
+    return code, out
+
+
+def test_source_read_trace_and_logs_carry_no_server_text(tmp_path: Path) -> None:
+    code, out = _source_read(tmp_path, _hostile("GET", "/patients", 423, "wellsky"), ["patients", "practitioners"])
     assert code == 1, out
     traces = [m["trace"]["error"] for m in _messages(out) if m["type"] == "TRACE" and m["trace"]["type"] == "ERROR"]
     assert traces and "HTTP 423" in traces[0]["message"] and "HTTP 423" in traces[0]["internal_message"]
