@@ -185,3 +185,30 @@ def test_the_portal_session_key_goes_only_to_the_portals_own_origin() -> None:
         with pytest.raises(RemoteError) as info:
             browser.with_key(foreign)
         assert info.value.code == "foreign_portal_link" and "k3y" not in str(info.value)
+
+
+def test_every_unit_of_work_runs_with_the_main_page_in_front() -> None:
+    """The portal's tabs put the main page in the background; a unit run there (the billing walk: clicks on the
+    Claims Manager) waited ~2 s per Playwright click (65 s of a 107 s walk at 10 patients, docs/benchmarks.md
+    run 7). ``run`` brings the main page to the front before each unit. No browser here: the order of calls is
+    the rule; the measured effect is the benchmark's."""
+    from wellsky_core.config import WellSkyConfig
+    from wellsky_core.products.kinnser.browser import PortalBrowser
+    from wellsky_core.products.kinnser.pagemap import PAGE_MAPS
+
+    calls: list[str] = []
+
+    class Page:
+        def bring_to_front(self) -> None:
+            calls.append("front")
+
+    config = WellSkyConfig.load(
+        {"base_url": "https://portal.example.test", "username": "u", "password": "p", "product": "home_health",
+         "source": "portal", "agency_timezone": "America/Chicago"},
+        env={},
+    )
+    browser = PortalBrowser(config, PAGE_MAPS["home_health"], None)
+    browser._page = Page()  # type: ignore[assignment]
+    assert browser.run(None, lambda: calls.append("unit") or "done", "a unit") == "done"
+    assert browser.run(None, lambda: calls.append("unit") or "again", "a unit") == "again"
+    assert calls == ["front", "unit", "front", "unit"]
