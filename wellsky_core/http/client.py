@@ -187,6 +187,7 @@ class WellSkyClient:
         """
         limit = self.config.max_response_bytes
         deadline = started + self._deadline
+        parts: list[bytes] = []
         try:
             if time.monotonic() > deadline:
                 raise RequestDeadlineExceeded
@@ -196,7 +197,6 @@ class WellSkyClient:
                 declared = 0
             if declared > limit:
                 raise ResponseTooLarge(limit)
-            parts: list[bytes] = []
             size = 0
             for chunk in response.iter_bytes():  # decoded: a small gzip bomb is bounded too
                 size += len(chunk)
@@ -207,6 +207,9 @@ class WellSkyClient:
                 parts.append(chunk)
             response._content = b"".join(parts)  # what response.read() would have set
         finally:
+            # the raised error's traceback holds this frame until a cyclic collection (rare, see cli.tune_gc):
+            # an abandoned body must not ride along with it (8 streams x max_response_bytes of an endless one)
+            parts.clear()
             response.close()
             # httpx's stream wrapper refers back to its response, a reference cycle that kept each page's body
             # in memory until the cyclic GC ran (rarely, see cli.tune_gc); the stream is spent and closed
