@@ -21,7 +21,7 @@ from wellsky_core.cli import EXIT_QUALITY, EXIT_REFUSALS, run_singer_cli, tune_g
 from wellsky_core.config import WellSkyConfig
 from wellsky_core.discovery import discoverable_streams, not_offered_reason
 from wellsky_core.errors import ConfigError, RunNotClean, StateError
-from wellsky_core.quality import default_report_path, write_report
+from wellsky_core.quality import save_report
 from wellsky_core.redaction import install_redaction
 from wellsky_core.schemas import tap_config_schema
 from wellsky_core.stream_state import check_ownership, checked_state
@@ -167,14 +167,11 @@ class TapWellSky(Tap):
         ctx.exit()
 
     def sync_all(self) -> None:  # type: ignore[misc]  # extended, not replaced: adds the summary
-        try:  # a refused login is one line and exit 2 before any stream begins (no summary: nothing ran)
-            self.connection.sign_in(
-                (name for name, stream in self.streams.items() if stream.selected),
-                max_flagged_fraction=self.max_flagged_fraction,
-            )
-        except BaseException:
-            self.connection.close()
-            raise
+        # a refused login is one line and exit 2 before any stream begins (no summary: nothing ran)
+        self.connection.sign_in(
+            (name for name, stream in self.streams.items() if stream.selected),
+            max_flagged_fraction=self.max_flagged_fraction,
+        )
         started = time.monotonic()
         report: dict[str, Any] | None = None
         ended_by: BaseException | None = None
@@ -267,13 +264,7 @@ class TapWellSky(Tap):
         return self.settings.max_flagged_fraction
 
     def write_quality_report(self, report: dict[str, Any]) -> None:
-        path = self.settings.data_quality_report_path or default_report_path(self.settings)
-        try:
-            written = write_report(report, path)
-        except OSError as exc:
-            self.logger.warning("could not write the data-quality report to %s (%s)", path, exc.strerror or exc)
-            return
-        self.logger.info("data-quality report written to %s", written)
+        save_report(report, self.settings, self.logger)
 
     def _product_name(self, failed: bool) -> str:
         """The configured product, or the one the tenant was detected as (a finished sync has detected it; a

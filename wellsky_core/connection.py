@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -13,7 +12,7 @@ from .errors import ConfigError, RemoteError
 from .http.client import WellSkyClient
 from .metrics import Metrics
 from .products import DIALECTS, PRODUCTS
-from .quality import ExitCodeRule, QualityCounter, default_report_path, write_report
+from .quality import ExitCodeRule, QualityCounter, save_report
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +63,14 @@ class Connection:
         error, not a failure per stream. Other channels (SFTP, FHIR, the portal) sign in with their first read.
 
         A refusal still replaces the tenant's data-quality report with an ``aborted`` one (the last run's ``ok``
-        must not stand for this run), without a log line: the refusal is the run's one line."""
+        must not stand for this run), without a log line: the refusal is the run's one line. The connection is
+        then closed: the run ends here."""
         try:
             if any(self.config.source_for(stream) == "api" for stream in streams):
                 self.tenant()
         except BaseException as exc:
-            report = self.quality_report(max_flagged_fraction, ended_by=exc, exit_code=exit_code)
-            with contextlib.suppress(OSError):
-                write_report(report, self.config.data_quality_report_path or default_report_path(self.config))
+            save_report(self.quality_report(max_flagged_fraction, ended_by=exc, exit_code=exit_code), self.config, None)
+            self.close()
             raise
 
     def _tenant_endpoint(self) -> dict[str, Any]:

@@ -210,10 +210,12 @@ def _render(exc: BaseException) -> str:
         setting = f"; check `{exc.setting}`" if exc.setting else ""
         return f"no usable MFA code ({exc.method}){setting}"
     if isinstance(exc, AuthError):
-        # a setting name is quoted; a phrase that quotes its own settings (or names none) is not quoted again
-        setting = exc.setting if exc.setting and "`" in exc.setting else f"`{exc.setting}`" if exc.setting else (
-            "the credentials"
-        )
+        if not exc.setting:
+            setting = "the credentials"
+        elif "`" in exc.setting:  # a phrase that quotes its own settings ("`client_id` and `client_secret`")
+            setting = exc.setting
+        else:  # one setting's name
+            setting = f"`{exc.setting}`"
         status = f" (HTTP {exc.status})" if exc.status is not None else ""
         code = safe_code(getattr(exc, "code", None))
         label = f" [{code}]" if code else ""

@@ -15,7 +15,9 @@ skipped inputs by type) that the tap prints and writes as the ``data_quality`` J
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import threading
 from collections import Counter, defaultdict
@@ -116,17 +118,12 @@ def _missing(model: BaseModel, prefix: str, flags: Flags) -> None:
                     _missing(item, f"{prefix}{name}.{i}.", flags)
 
 
-_FIELDS: dict[type[BaseModel], tuple[tuple[str, ...], tuple[str, ...]]] = {}
-
-
+@functools.cache
 def _fields_of(cls: type[BaseModel]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """``(expected fields, fields to look into)`` of a model class, computed once (``_missing`` runs for every
     record and every nested model; reading ``model_fields`` on the class each time was a visible share of it)."""
-    known = _FIELDS.get(cls)
-    if known is None:
-        expected = cls.expected if issubclass(cls, CanonicalModel) else ()
-        known = _FIELDS[cls] = (tuple(expected), tuple(n for n in cls.model_fields if n != "data_quality"))
-    return known
+    expected = cls.expected if issubclass(cls, CanonicalModel) else ()
+    return tuple(expected), tuple(n for n in cls.model_fields if n != "data_quality")
 
 
 def finish(
@@ -365,3 +362,19 @@ def write_report(report: Mapping[str, Any], path: str | Path) -> Path:
     target = Path(path).expanduser()
     private_dir(target.parent)
     return write_private(target, json.dumps(report, indent=2, sort_keys=False) + "\n")
+
+
+def save_report(report: Mapping[str, Any], config: WellSkyConfig, logger: logging.Logger | None) -> Path | None:
+    """Write a run's report where every face puts it (``data_quality_report_path``, else the tenant's private
+    state directory); ``logger`` says where, or why it could not. ``None`` writes silently (a refused sign-in:
+    the refusal stays the run's one line)."""
+    path = config.data_quality_report_path or default_report_path(config)
+    try:
+        written = write_report(report, path)
+    except OSError as exc:
+        if logger is not None:
+            logger.warning("could not write the data-quality report to %s (%s)", path, exc.strerror or exc)
+        return None
+    if logger is not None:
+        logger.info("data-quality report written to %s", written)
+    return written

@@ -15,7 +15,7 @@ from wellsky_core.connection import Connection
 from wellsky_core.discovery import not_offered_reason, offered
 from wellsky_core.errors import AuthError, ConfigError
 from wellsky_core.models import ENTITIES
-from wellsky_core.quality import default_report_path, write_report
+from wellsky_core.quality import save_report
 from wellsky_core.read_loop import StreamRead
 from wellsky_core.stream_state import check_ownership, checked_state
 
@@ -65,14 +65,10 @@ def read(output: Output, config_path: str, catalog_path: str, state_path: str | 
     )
     config = load_config(config_path, start_embedded=True)
     connection = Connection(config)
-    try:
-        # a refused login: one TRACE, no stream started, the tenant's report says aborted
-        connection.sign_in(
-            (stream.name for stream in streams), max_flagged_fraction=config.max_flagged_fraction, exit_code=exit_code
-        )
-    except BaseException:
-        connection.close()
-        raise
+    # a refused login: one TRACE, no stream started, the tenant's report says aborted
+    connection.sign_in(
+        (stream.name for stream in streams), max_flagged_fraction=config.max_flagged_fraction, exit_code=exit_code
+    )
     failed: list[str] = []
     ended_by: BaseException | None = None
     started = time.monotonic()
@@ -143,13 +139,7 @@ def _log_quality(report: dict[str, Any], config: WellSkyConfig) -> None:
         totals["skipped"],
         per_stream or "no records",
     )
-    path = config.data_quality_report_path or default_report_path(config)
-    try:
-        written = write_report(report, path)
-    except OSError as exc:
-        log.warning("could not write the data-quality report to %s (%s)", path, exc.strerror or exc)
-        return
-    log.info("data-quality report written to %s", written)
+    save_report(report, config, log)
 
 
 def _read_stream(

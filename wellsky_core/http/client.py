@@ -64,7 +64,6 @@ PACING_HEADROOM = 0.95
 """Share of ``max_requests_per_second`` the request window sustains (see ``WellSkyClient.__init__``)."""
 
 
-
 def pool_size(config: Any) -> int:
     """Connections the pool may open: every reader that can be in flight at once (streams x windows) plus room
     for a login, so no reader waits for a connection another reader holds (a pool wait past the timeout was
@@ -72,6 +71,7 @@ def pool_size(config: Any) -> int:
     streams = int(getattr(config, "max_parallel_streams", 1) or 1)
     windows = int(getattr(config, "max_windows_per_stream", 1) or 1)
     return max(32, streams * windows + 4)
+
 
 class WellSkyClient:
     """A connection to one tenant: pooled HTTP, auth, rate limit, retries and metrics."""

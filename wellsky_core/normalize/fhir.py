@@ -758,7 +758,7 @@ def _ref_type(reference: Mapping[str, Any], parent: Mapping[str, Any]) -> str | 
         kind = _map(contained).get("resourceType")
         return kind if isinstance(kind, str) else None
     if isinstance(ref, str) and "?" in ref:
-        return ref.split("?", 1)[0].rsplit("/", 1)[-1] or None
+        return conditional_identifiers(ref)[0] or None
     if isinstance(ref, str) and "/" in ref:
         target = literal_reference(ref)
         return target[0] if isinstance(target, tuple) else None
