@@ -1,7 +1,8 @@
 """Benchmark tap-wellsky / target-wellsky against the floor and a peer, on the same sandbox data, in one run.
 
-Every measured thing runs as its own child process (the sandbox too), so wall time, CPU (user+sys) and
-peak RSS come from that child's own rusage (``os.wait4``), not from this driver:
+Every measured thing runs as its own child process (the sandbox too), so wall time and CPU (user+sys) come
+from that child's own rusage (``os.wait4``) and peak RSS from its own ``VmHWM`` (bench/peak_rss.py), not
+from this driver:
 
 1. floor          raw httpx paging of the 8 REST streams (limit 1000, keep-alive), orjson to /dev/null
 2. tap            tap-wellsky full sync to /dev/null, and piped into target-jsonl (its own venv)
@@ -32,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from peak_rss import vm_hwm_kb  # bench/ is this script's directory, first on sys.path
 
 from wellsky_core.channels.rest import PATHS  # the modeled REST paths, stated once in the REST channel
 
@@ -74,9 +77,13 @@ class Measure:
     parts: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _wait_all(procs: list[subprocess.Popen[bytes]], timeout: float) -> list[tuple[int, Any, float]]:
-    """``os.wait4`` every process (so each one's rusage is its own); returns (status, rusage, end time)."""
-    done: dict[int, tuple[int, Any, float]] = {}
+def _wait_all(procs: list[subprocess.Popen[bytes]], timeout: float) -> list[tuple[int, Any, float, float]]:
+    """``os.wait4`` every process (so each one's CPU is its own); returns (status, rusage, end time, peak RSS MB).
+
+    The peak is sampled from ``VmHWM`` (bench/peak_rss.py): ``ru_maxrss`` would carry this driver's own size in.
+    """
+    done: dict[int, tuple[int, Any, float, float]] = {}
+    peaks = dict.fromkeys((p.pid for p in procs), 0)
     deadline = time.perf_counter() + timeout
     while len(done) < len(procs):
         for proc in procs:
@@ -84,8 +91,10 @@ def _wait_all(procs: list[subprocess.Popen[bytes]], timeout: float) -> list[tupl
                 continue
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
-                done[proc.pid] = (os.waitstatus_to_exitcode(status), usage, time.perf_counter())
+                done[proc.pid] = (os.waitstatus_to_exitcode(status), usage, time.perf_counter(), peaks[pid] / 1024)
                 proc.returncode = done[proc.pid][0]
+            else:
+                peaks[proc.pid] = max(peaks[proc.pid], vm_hwm_kb(proc.pid) or 0)
         if len(done) < len(procs):
             if time.perf_counter() > deadline:
                 for proc in procs:
@@ -134,7 +143,7 @@ def run_pipeline(
     ended = max(r[2] for r in results)
     parts = []
     stderr_texts = []
-    for cmd, err, (code, usage, _) in zip(commands, errs, results, strict=True):
+    for cmd, err, (code, usage, _, peak_mb) in zip(commands, errs, results, strict=True):
         err.seek(0)
         text = err.read().decode("utf-8", "replace")
         err.close()
@@ -143,7 +152,7 @@ def run_pipeline(
             {
                 "command": Path(cmd[0]).name if len(cmd) == 1 else " ".join(Path(c).name for c in cmd[:2]),
                 "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
-                "rss_mb": round(usage.ru_maxrss / 1024, 1),
+                "rss_mb": round(peak_mb, 1),
                 "returncode": code,
             }
         )

@@ -47,17 +47,23 @@ class Reply(BaseHTTPRequestHandler):
         if length is not None and length != len(body):
             self.close_connection = True
 
-    def trickle(self, chunks: Callable[[], Any], delay: float, length: int | None = None) -> None:
-        """A 200 whose body arrives chunk by chunk, ``delay`` seconds apart, until the client hangs up."""
+    def trickle(
+        self, chunks: Callable[[], Any], delay: float, length: int | None = None, chunked: bool = False
+    ) -> None:
+        """A 200 whose body arrives chunk by chunk, ``delay`` seconds apart, until the client hangs up; its
+        size declared (``length``, else a terabyte) or, ``chunked``, never said (transfer-encoding: chunked)."""
         self.send_response(200)
         self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(length if length is not None else 10**12))
+        if chunked:
+            self.send_header("transfer-encoding", "chunked")
+        else:
+            self.send_header("content-length", str(length if length is not None else 10**12))
         self.end_headers()
         try:
             for chunk in chunks():
                 if self.stopping.is_set():
                     return
-                self.wfile.write(chunk)
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
                 self.wfile.flush()
                 if delay:
                     time.sleep(delay)

@@ -80,6 +80,7 @@ def test_tap_killed_at_five_random_points_resumes_to_exactly_the_clean_set(tmp_p
     state: dict[str, Any] | None = None
     kill_points: list[str] = []
     duplicates_total = 0
+    killed_share = 0.0
     for run in range(KILLS + 1):
         before = set(delivered)
         remaining = len(clean - before)
@@ -88,6 +89,7 @@ def test_tap_killed_at_five_random_points_resumes_to_exactly_the_clean_set(tmp_p
             messages, code = _run_tap_until_killed(tmp_path, config, state, kill_after, f"tap-{run}")
             assert code == -signal.SIGKILL, f"run {run} finished before the kill at record {kill_after}"
         else:
+            killed_share = len(before & clean) / len(clean)
             proc = subprocess.run(
                 tap_args(tmp_path, config, state, "tap-final"), capture_output=True, text=True, env=child_env()
             )
@@ -110,7 +112,10 @@ def test_tap_killed_at_five_random_points_resumes_to_exactly_the_clean_set(tmp_p
             kill_points.append(f"{this_run[-1][0]}:{json.loads(this_run[-1][1])['id']}" if this_run else "-")
 
     assert set(delivered) == clean, f"lost {len(clean - set(delivered))} records"
-    assert len(set(kill_points)) == KILLS
+    # every kill landed mid-stream, after records were out; two kills may end on the same record (a resume sends
+    # the unacknowledged boundary record again and can be killed right after it), so the points are not unique
+    assert "-" not in kill_points, kill_points
+    assert killed_share > 0.2, f"the killed runs delivered only {killed_share:.0%} of the set"
     # the bound of the issue: about one unacknowledged page per kill and stream in flight (8 parallel streams,
     # the default), plus the inclusive bookmark boundary
     in_flight = min(8, len({stream for stream, _ in clean}))
