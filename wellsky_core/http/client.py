@@ -125,7 +125,22 @@ class WellSkyClient:
         budget that paced only data requests overran the tenant's limit by the login in the first second."""
         if self._limiter is not None:
             self.metrics.add_rate_limit_wait(self._limiter.acquire())
+            request.extensions["trace"] = self._trace  # httpcore reports when the request is on the wire
         self.metrics.add_request()
+
+    def _trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's trace extension: the window's slot counts from when the headers were written."""
+        if event.endswith(("send_request_headers.complete", "send_request_headers.failed")):
+            assert self._limiter is not None
+            self._limiter.sent()
+
+    def _send_once(self, request: httpx.Request, *, auth: httpx.Auth | None) -> httpx.Response:
+        """``send`` with the body streamed, the request window told when the send ended (answered or not)."""
+        try:
+            return self._http.send(request, auth=auth, stream=True)
+        finally:
+            if self._limiter is not None:
+                self._limiter.settle()
 
     def _on_response(self, response: httpx.Response) -> None:
         """Every answer (auth exchanges too) learns where an error body may be kept (``save_error_bodies``)."""
@@ -143,7 +158,7 @@ class WellSkyClient:
         """Send once: the usable answer (response, decoded body), or the retry to make (errors are raised)."""
         started = time.monotonic()
         try:
-            response = self._http.send(request, auth=self.auth, stream=True)
+            response = self._send_once(request, auth=self.auth)
             self._read_bounded(response, started)
         except ResponseTooLarge as exc:
             raise WellSkyTransportError(
@@ -357,7 +372,7 @@ class WellSkyClient:
         request = self._http.build_request(method.upper(), url, params=params, headers=dict(headers or {}))
         self._guard(request, authenticated=authenticate and self.auth is not None)
         try:
-            response = self._http.send(request, auth=self.auth if authenticate else None, stream=True)
+            response = self._send_once(request, auth=self.auth if authenticate else None)
         except RetryableAuthFailure as exc:
             raise WellSkyTransportError(
                 f"login failed transiently ({exc.reason}); try again", url=request.url, attempts=1, reason=exc.reason
