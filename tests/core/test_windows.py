@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from wellsky_core.channels import windows
-from wellsky_core.config import WellSkyConfig
+from wellsky_core.config import TapConfig, WellSkyConfig
 from wellsky_core.connection import Connection
 from wellsky_core.errors import RemoteError
 from wellsky_core.read_loop import StreamRead
@@ -26,7 +26,7 @@ ENTITY = "appointments"  # the largest stream
 
 
 def _config(sb: SandboxServer, page_size: int, **extra: Any) -> WellSkyConfig:
-    return WellSkyConfig.load(
+    return TapConfig.load(  # the tap's settings (max_parallel_streams) included
         {
             "base_url": sb.base_url,
             "auth_method": "oauth_client_credentials",
@@ -158,3 +158,43 @@ def test_window_failing_mid_stream_resumes_exactly_from_the_state(
     assert ids == {r["id"] for r in sb.truth(ENTITY)}
     repeated = {r["id"] for r in delivered} & {r["id"] for r in second}
     assert all(r["updated_at"] == bookmark for r in delivered if r["id"] in repeated), "only the boundary repeats"
+
+
+class PeakReaders(windows._Readers):
+    """The process's window-reader count, remembering its peak."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peak = 0
+
+    def enter(self) -> None:
+        super().enter()
+        self.peak = max(self.peak, self.alive)
+
+    def try_enter(self, cap: int) -> bool:
+        took = super().try_enter(cap)
+        self.peak = max(self.peak, self.alive)
+        return took
+
+
+@pytest.mark.parametrize("streams", [1, 4], ids=["no-room-to-borrow", "borrows-finished-streams-readers"])
+def test_a_stream_left_alone_borrows_readers_up_to_the_process_cap(
+    streams: int, sandbox_factory: Callable[..., SandboxServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At a sync's tail one large stream is left: it borrows the readers finished streams no longer use (beyond
+    its ``max_windows_per_stream``), never past what the connection pool was sized for, and gives them back; the
+    records stay exactly the truth, in order."""
+    sb = sandbox_factory(scale=80, sftp_port=None, latency="20ms")
+    monkeypatch.setattr(windows, "MIN_PAGES_TO_SPLIT", 1)
+    readers = PeakReaders()
+    monkeypatch.setattr(windows, "READERS", readers)
+    config = _config(sb, page_size=20, max_windows_per_stream=2, max_parallel_streams=streams)
+    cap = windows.readers_cap(config)
+    with closing(Connection(config)) as conn:
+        got = list(conn.channel(ENTITY).iter_records(ENTITY, None))
+    assert cap == (2 if streams == 1 else 4)
+    assert readers.peak == cap, f"peak {readers.peak} readers, cap {cap}"  # 2 own + borrowed up to the cap
+    assert readers.alive == 0, "every reader gone when the stream is read"
+    keys = [(r["updated_at"], r["id"]) for r in got]
+    assert keys == sorted(keys) and len(keys) == len(set(keys))
+    assert sorted(got, key=lambda r: r["id"]) == sorted(sb.truth(ENTITY), key=lambda r: r["id"])

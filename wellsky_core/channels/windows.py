@@ -17,8 +17,15 @@ total) and every window starts at once, so the stream is at full width after one
 is done, its idle reader halves the remaining range of the window with the most pages left (estimated from
 the density that window has seen): the old window stops at the midpoint (its reader drops what lies past it,
 at most one page of overshoot), the new one reads ``[midpoint, old end)``, so a wrong estimate is corrected
-where it was wrong. Boundaries are whole seconds (what the APIs' timestamps carry); the last window is
-open-ended, as a serial read is.
+where it was wrong (the density is the larger of the window's average and its last full page's: edits get
+denser toward now, and the average left the newest window read serially at a sync's tail). Boundaries are
+whole seconds (what the APIs' timestamps carry); the last window is open-ended, as a serial read is.
+
+At a sync's tail one large stream is often left alone with its ``max_windows_per_stream`` readers, a few
+requests per round trip while most of the budget idles. A stream with more to split than readers borrows
+readers (``_borrow``) while the process's window readers stay under ``readers_cap`` (what the connection pool
+was sized for, less a connection per stream), so the tail reads wider without more connections than a sync
+holds at its start.
 
 A channel plugs in with one function, ``fetch(lo, hi)``: the pages of canonical records with ``lo <=
 updated_at < hi`` (``None``: unbounded), each page in (updated_at, id) order.
@@ -57,6 +64,34 @@ EMIT_CHUNK_BYTES = 1024 * 1024
 in memory when the emitter fell behind (an L tenant's windows are tens of MB each), so peak RSS grew with scale."""
 SPOOL_AHEAD_BYTES = 256 * 1024 * 1024
 """Spooled bytes not yet emitted above which windows ahead of the emitted one pause (disk, not memory)."""
+
+
+class _Readers:
+    """Window readers alive in this process, so a stream left alone can borrow the readers finished streams
+    no longer use (a sync's tail is one large stream; its ``max_windows_per_stream`` readers alone leave most
+    of the budget idle) without the process ever holding more than the connection pool was sized for."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.alive = 0
+
+    def enter(self) -> None:
+        with self._lock:
+            self.alive += 1
+
+    def try_enter(self, cap: int) -> bool:
+        with self._lock:
+            if self.alive >= cap:
+                return False
+            self.alive += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self.alive -= 1
+
+
+READERS = _Readers()
 
 
 _SPOOLS: set[Path] = set()
@@ -117,6 +152,8 @@ class _Window:
         self.size = 0  # bytes of whole pages written
         self.kept = 0  # records kept (for the density estimate)
         self.pos: datetime | None = None
+        self.recent: tuple[int, float] | None = None
+        """Records and seconds of the last full page read: the density where the window is reading now."""
         self.started = False
         self.done = False
         self.error: BaseException | None = None
@@ -126,9 +163,10 @@ class WindowedRead:
     """The ordered, windowed read of one stream (see the module docstring); iterate it once."""
 
     def __init__(self, fetch: FetchWindow, since: datetime | None, first: Page, rest: Iterator[Page],
-                 page_size: int, now: datetime, workers: int) -> None:
+                 page_size: int, now: datetime, workers: int, readers_cap: int = 0) -> None:
         self._fetch = fetch
         self._workers = workers
+        self._readers_cap = readers_cap  # window readers of every stream at most; 0: no borrowing
         self._page_size = page_size
         self._now = now
         self._cond = threading.Condition()
@@ -161,7 +199,10 @@ class WindowedRead:
         read_span = max((window.pos - window.origin).total_seconds(), 1.0)
         end = window.hi or max(self._now, window.pos)
         left = (end - window.pos).total_seconds()
-        return window.kept / read_span * left / self._page_size
+        density = window.kept / read_span
+        if window.recent is not None:  # edits get denser toward now: the last full page knows it best
+            density = max(density, window.recent[0] / window.recent[1])
+        return density * left / self._page_size
 
     def _split(self) -> _Window | None:
         """Halve the remaining range of the window with the most pages left; the new window, or None."""
@@ -203,7 +244,10 @@ class WindowedRead:
                         hi = window.hi
                         kept = page if hi is None else [r for r in page if parse_instant(r["updated_at"]) < hi]
                         if kept and page is not window.first:  # the first page was counted when planning
-                            window.pos = parse_instant(kept[-1]["updated_at"])
+                            newest = parse_instant(kept[-1]["updated_at"])
+                            if window.pos is not None and len(kept) == len(page):  # a full page's own density
+                                window.recent = (len(kept), max((newest - window.pos).total_seconds(), 1.0))
+                            window.pos = newest
                             window.kept += len(kept)
                     if kept:
                         data = b"".join(orjson.dumps(r) + b"\n" for r in kept)
@@ -238,25 +282,46 @@ class WindowedRead:
             failed = self._failed
             return failed is not None and self.windows.index(window) > self.windows.index(failed)
 
-    def _work(self) -> None:
-        while not self._stop.is_set():
-            with self._cond:
-                window = next((w for w in self.windows if not w.started), None) or self._split()
-                if window is None:
-                    if all(w.done for w in self.windows) or self._failed is not None:
-                        return
-                    self._cond.wait(0.05)
-                    continue
-                window.started = True
-            self._run(window)
+    def _work(self, borrowed: bool = False) -> None:
+        """Read windows until none is left; a borrowed reader leaves as soon as it finds no work."""
+        try:
+            while not self._stop.is_set():
+                with self._cond:
+                    window = next((w for w in self.windows if not w.started), None)
+                    if window is None:
+                        window = self._split()
+                        if window is not None:
+                            self._borrow()  # there is more to split than readers: ask for one more
+                    if window is None:
+                        if borrowed or all(w.done for w in self.windows) or self._failed is not None:
+                            return
+                        self._cond.wait(0.05)
+                        continue
+                    window.started = True
+                self._run(window)
+        finally:
+            READERS.leave()
+
+    def _borrow(self) -> None:
+        """One more reader for this stream, if the process has a reader to spare (under the condition's lock)."""
+        if len(self._threads) >= MAX_WINDOWS or not self._readers_cap or not READERS.try_enter(self._readers_cap):
+            return
+        thread = threading.Thread(
+            target=self._work, args=(True,), name=f"wellsky-window-{len(self._threads)}", daemon=True
+        )
+        self._threads.append(thread)
+        thread.start()
 
     # -- the emitter -----------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        threads = self._threads = [
-            threading.Thread(target=self._work, name=f"wellsky-window-{i}", daemon=True) for i in range(self._workers)
-        ]
-        for thread in threads:
-            thread.start()
+        with self._cond:
+            self._threads = [
+                threading.Thread(target=self._work, name=f"wellsky-window-{i}", daemon=True)
+                for i in range(self._workers)
+            ]
+            for thread in self._threads:
+                READERS.enter()  # a stream's own readers always run; only borrowed ones wait for room
+                thread.start()
         index = 0
         try:
             while True:
@@ -272,6 +337,8 @@ class WindowedRead:
             self._stop.set()
             with self._cond:
                 self._cond.notify_all()
+            with self._cond:
+                threads = list(self._threads)
             for thread in threads:
                 thread.join(timeout=5)
             shutil.rmtree(self._dir, ignore_errors=True)
@@ -312,9 +379,11 @@ class WindowedRead:
 
 
 def read(fetch: FetchWindow, since: datetime | None, *, page_size: int, workers: int, now: datetime | None = None,
-         prefetch: Callable[[Iterator[Page]], Iterator[Page]] | None = None) -> Iterator[dict[str, Any]]:
+         prefetch: Callable[[Iterator[Page]], Iterator[Page]] | None = None,
+         readers_cap: int = 0) -> Iterator[dict[str, Any]]:
     """The records of ``[since, ...)`` in (updated_at, id) order, windowed when the first page is full and
-    ``workers`` (``max_windows_per_stream``) is above 1.
+    ``workers`` (``max_windows_per_stream``) is above 1. With ``readers_cap``, a stream whose windows outnumber
+    its readers borrows more (up to ``MAX_WINDOWS``) while the process's window readers stay under that cap.
 
     ``prefetch`` (``base.prefetch``) overlaps the next page with the current one on the serial path.
     """
@@ -327,7 +396,7 @@ def read(fetch: FetchWindow, since: datetime | None, *, page_size: int, workers:
         for page in prefetch(pages) if prefetch is not None else pages:
             yield from page
         return
-    yield from WindowedRead(fetch, since, first, pages, page_size, now or datetime.now(UTC), workers)
+    yield from WindowedRead(fetch, since, first, pages, page_size, now or datetime.now(UTC), workers, readers_cap)
 
 
 class WindowedChannel:
@@ -348,4 +417,14 @@ class WindowedChannel:
             page_size=self.config.page_size,
             workers=self.config.max_windows_per_stream,
             prefetch=prefetch,
+            readers_cap=readers_cap(self.config),
         )
+
+
+def readers_cap(config: Any) -> int:
+    """Window readers the process may run at once: what the connection pool was sized for
+    (``http/client.py::pool_size``: streams x windows + 4), less one connection per stream for the streams
+    read serially meanwhile. A stream left alone at a sync's tail borrows the finished streams' readers."""
+    streams = int(getattr(config, "max_parallel_streams", 1) or 1)
+    windows = int(getattr(config, "max_windows_per_stream", 1) or 1)
+    return max(windows, streams * windows - streams)
