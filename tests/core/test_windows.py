@@ -193,7 +193,10 @@ def test_a_stream_left_alone_borrows_readers_up_to_the_process_cap(
     with closing(Connection(config)) as conn:
         got = list(conn.channel(ENTITY).iter_records(ENTITY, None))
     assert cap == (2 if streams == 1 else 4)
-    assert readers.peak == cap, f"peak {readers.peak} readers, cap {cap}"  # 2 own + borrowed up to the cap
+    if streams == 1:
+        assert readers.peak == 2, f"peak {readers.peak} readers: nothing to borrow"
+    else:  # its 2 own readers, then borrowed ones, never past the cap (how many: a matter of timing)
+        assert 2 < readers.peak <= cap, f"peak {readers.peak} readers, cap {cap}"
     assert readers.alive == 0, "every reader gone when the stream is read"
     keys = [(r["updated_at"], r["id"]) for r in got]
     assert keys == sorted(keys) and len(keys) == len(set(keys))
