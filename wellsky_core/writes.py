@@ -197,7 +197,7 @@ class RecordWriter:
         except (WriteRefused, AuthorizationRefused) as exc:
             return WriteResult.refused(stream, exc, wellsky_id=record.get("id"))
         except RemoteError as exc:
-            if server_failed(exc.status):
+            if server_failed(exc.status) or exc.status < 400:  # a 2xx we cannot read: the outcome is unknown
                 raise self._aborted(stream, record, exc) from exc
             return WriteResult.refused(stream, exc, wellsky_id=record.get("id"))
         except Exception as exc:
@@ -413,7 +413,7 @@ class RecordWriter:
             )
         if response.headers.get("idempotent-replayed") == "true" and response.extensions.get("wellsky_attempt", 1) == 1:
             action = "replayed"  # our first send was answered from the tenant's memory: someone else wrote it
-        saved = to_canonical(self.product, entity, response.json())
+        saved = _written_record(self.product, entity, response)
         primed = self._primed.get(entity)
         natural_value = saved.get(ENTITIES[entity].match_field)
         if primed is not None and natural_value in primed[0]:
@@ -467,6 +467,35 @@ def match_key(stream: str, record: dict[str, Any]) -> str | None:
     if natural:
         return f"n:{natural}"
     return f"i:{record['id']}" if record.get("id") else None
+
+
+def _written_record(product: str, entity: str, response: Any) -> dict[str, Any]:
+    """The record a successful write answered with, or a RemoteError the run stops on: an answer that is not JSON
+    or carries no record id leaves the write's outcome unknown (it may have been applied), never guessed."""
+    what = f"{response.request.method} {response.request.url.path}"
+    match_field = ENTITIES[entity].match_field
+    again = (
+        f"the write may have been applied; check the tenant, then re-run the same input: the target looks the "
+        f"record up by its {match_field} before writing, so nothing is created twice"
+    )
+    try:
+        body = response.json()
+    except ValueError:
+        raise RemoteError(
+            response.status_code, "malformed_json", f"the answer to {what} is not JSON; {again}", url=response.url
+        ) from None
+    try:
+        saved = to_canonical(product, entity, body) if isinstance(body, dict) else None
+    except Exception:  # a body of the wrong shape: whatever the mapping tripped on, it is not the record
+        saved = None
+    if not saved or not saved.get("id"):
+        raise RemoteError(
+            response.status_code,
+            "unexpected_shape",
+            f"the answer to {what} is not the written record (no record id in it); {again}",
+            url=response.url,
+        )
+    return saved
 
 
 def _error_code(response: Any) -> str:

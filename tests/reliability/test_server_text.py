@@ -355,3 +355,35 @@ def test_home_connect_writer_refusal_skips_the_server_text() -> None:
     assert_no_phi("Home Connect write result", json.dumps(result.__dict__))
     assert result.action == "rejected" and "HTTP 422" in (result.reason or ""), result
     assert result.code == "unlisted_code"
+
+
+@pytest.mark.parametrize("kind", ["malformed200", "wrongshape200", "truncated", "html201"])
+def test_a_write_answered_with_something_other_than_the_record_stops_in_one_clear_line(
+    tmp_path: Path, kind: str
+) -> None:
+    """A 2xx to a create that is not the written record (not JSON, cut off, an HTML page, JSON without an id):
+    the write may have been applied, so the run stops (exit 2) with one line that says so and what to do, never
+    "unexpected JSONDecodeError", never a 'created' without an id, and none of the body's text. A body cut off
+    in transit is the transport's: a keyed create is retried and the tenant replays it (here no retries left)."""
+
+    def route(h: Reply, m: str, p: str, body: bytes) -> bool:
+        if (m, p) == ("POST", "/patients"):
+            if kind == "html201":
+                h.send_raw(201, f"<html><body>Saved {PHI_TEXT}</body></html>".encode(), "text/html")
+            else:
+                _fail(h, kind)
+            return True
+        return False
+
+    with HostileServer(route) as srv:
+        cfg = write_json(tmp_path / "in-config.json", config(srv.base_url, max_retries=0))
+        code, out = _run([*TARGET_CMD, "--config", str(cfg)], tmp_path, _target_input())
+    assert_no_phi(f"target ({kind})", out)
+    assert code == 2, out[-3000:]
+    assert_no_traceback(out, "target")
+    [line] = [line for line in out.splitlines() if line.startswith("target-wellsky: error:")]
+    if kind == "truncated":  # cut off in transit: a keyed create is retried (the tenant replays it), here 0 times
+        assert "POST gave no usable answer within the retry budget" in line and "raise max_retries" in line, line
+    else:
+        assert "POST /patients" in line and "may have been applied" in line and "re-run the same input" in line, line
+    assert "JSONDecodeError" not in out
