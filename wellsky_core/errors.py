@@ -349,6 +349,11 @@ class RemoteError(WellSkyError):
         )
 
 
+class WriteOutcomeUnknown(RemoteError):
+    """A write was answered 2xx with something that is not its record (not JSON, no id): it may have been
+    applied. The write run stops on it (``policy.write_run_stops``); the outcome is never guessed."""
+
+
 class NormalizationError(WellSkyError):
     """A native record could not be mapped to its canonical model. Names the field, never the value."""
 

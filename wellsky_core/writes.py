@@ -23,8 +23,8 @@ from .channels.rest import MAX_PAGE_SIZE as REST_MAX_PAGE_SIZE
 from .channels.rest import rest_pages
 from .connection import Connection
 from .disclosure import public_message, safe_code
-from .errors import AuthorizationRefused, RemoteError, WriteAborted, WriteRefused, server_code
-from .http.policy import server_failed
+from .errors import AuthorizationRefused, RemoteError, WriteAborted, WriteOutcomeUnknown, WriteRefused, server_code
+from .http.policy import write_run_stops
 from .idempotency import idempotency_key
 from .models import DELETED_AT, ENTITIES, READ_ONLY_FIELDS, WRITABLE, UtcDatetime, strict_variant
 from .normalize.native import to_canonical, to_native
@@ -197,7 +197,7 @@ class RecordWriter:
         except (WriteRefused, AuthorizationRefused) as exc:
             return WriteResult.refused(stream, exc, wellsky_id=record.get("id"))
         except RemoteError as exc:
-            if server_failed(exc.status) or exc.status < 400:  # a 2xx we cannot read: the outcome is unknown
+            if write_run_stops(exc):
                 raise self._aborted(stream, record, exc) from exc
             return WriteResult.refused(stream, exc, wellsky_id=record.get("id"))
         except Exception as exc:
@@ -469,32 +469,40 @@ def match_key(stream: str, record: dict[str, Any]) -> str | None:
     return f"i:{record['id']}" if record.get("id") else None
 
 
-def _written_record(product: str, entity: str, response: Any) -> dict[str, Any]:
-    """The record a successful write answered with, or a RemoteError the run stops on: an answer that is not JSON
-    or carries no record id leaves the write's outcome unknown (it may have been applied), never guessed."""
-    what = f"{response.request.method} {response.request.url.path}"
-    match_field = ENTITIES[entity].match_field
-    again = (
-        f"the write may have been applied; check the tenant, then re-run the same input: the target looks the "
-        f"record up by its {match_field} before writing, so nothing is created twice"
-    )
+def written_body(response: Any, *, looked_up_by: str) -> dict[str, Any]:
+    """The JSON object a successful write answered with, or a RemoteError that stops the run: an answer that is
+    not one leaves the write's outcome unknown (it may have been applied), and that is said, never guessed.
+    ``looked_up_by`` names how a re-run finds a record this write may have created."""
     try:
         body = response.json()
     except ValueError:
-        raise RemoteError(
-            response.status_code, "malformed_json", f"the answer to {what} is not JSON; {again}", url=response.url
-        ) from None
+        body = None
+    if not isinstance(body, dict):
+        raise unreadable_answer(response, "is not a JSON object", looked_up_by=looked_up_by)
+    return body
+
+
+def unreadable_answer(response: Any, problem: str, *, looked_up_by: str) -> WriteOutcomeUnknown:
+    what = f"{response.request.method} {response.request.url.path}"
+    return WriteOutcomeUnknown(
+        response.status_code,
+        "unexpected_shape",
+        f"the answer to {what} {problem}; the write may have been applied: check the tenant, then re-run the same "
+        f"input (the target looks the record up by its {looked_up_by} before writing, so nothing is created twice)",
+        url=response.url,
+    )
+
+
+def _written_record(product: str, entity: str, response: Any) -> dict[str, Any]:
+    """The canonical record a successful write answered with (its id included), else the run stops."""
+    looked_up_by = ENTITIES[entity].match_field
+    body = written_body(response, looked_up_by=looked_up_by)
     try:
-        saved = to_canonical(product, entity, body) if isinstance(body, dict) else None
+        saved = to_canonical(product, entity, body)
     except Exception:  # a body of the wrong shape: whatever the mapping tripped on, it is not the record
         saved = None
     if not saved or not saved.get("id"):
-        raise RemoteError(
-            response.status_code,
-            "unexpected_shape",
-            f"the answer to {what} is not the written record (no record id in it); {again}",
-            url=response.url,
-        )
+        raise unreadable_answer(response, "is not the written record (no record id in it)", looked_up_by=looked_up_by)
     return saved
 
 

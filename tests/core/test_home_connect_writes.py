@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from tests.core.home_connect_fake import FakeHomeConnect, patient
 from wellsky_core.config import TargetConfig
 from wellsky_core.connection import Connection
+from wellsky_core.disclosure import public_message
+from wellsky_core.errors import WriteOutcomeUnknown
 from wellsky_core.http.client import WellSkyClient
 from wellsky_core.products.personal_care import normalize as hc
 from wellsky_core.products.personal_care.writer import APPOINTMENT_WRITES_REFUSED, HomeConnectWriter
@@ -201,3 +204,25 @@ def test_an_idempotency_key_names_one_intended_update_not_a_content(fake):
     replay = writer_for(fake_again)
     assert replay.write("patients", NEW).idempotency_key == created.idempotency_key
     assert replay.write("patients", b).idempotency_key == to_b.idempotency_key, "a replay of the same change"
+
+
+@pytest.mark.parametrize("answer", [b"<html>Saved</html>", b"{}", b"[]"], ids=["html", "no-id", "not-an-object"])
+@pytest.mark.parametrize("write", ["patient", "clock_in"])
+def test_a_write_answered_without_its_record_stops_and_says_it_may_have_been_applied(fake, answer, write):
+    """Strict on write: a 2xx that is not the record (not JSON, no id) leaves the outcome unknown. The run stops
+    on it with our words (never a 'created' with the id "None", never a JSONDecodeError)."""
+    path = "/v1/patients/" if write == "patient" else "/v1/encounter/500/clockin/"
+    real = fake._route
+
+    def route(method: str, where: str, query, body):
+        if (method, where) == ("POST", path):
+            return httpx.Response(201, content=answer, headers={"content-type": "application/json"})
+        return real(method, where, query, body)
+
+    fake._route = route
+    record = NEW if write == "patient" else {"appointment_id": "500", "clock_in": "2026-08-17T14:03:00Z"}
+    with pytest.raises(WriteOutcomeUnknown) as caught:
+        writer_for(fake).write("patients" if write == "patient" else "evv_clock", record)
+    text = public_message(caught.value)
+    assert f"POST {path}" in text and "may have been applied" in text, text
+    assert ("name and birth date" if write == "patient" else "client and start time") in text

@@ -33,7 +33,14 @@ from enum import StrEnum
 
 import httpx
 
-from ..errors import AuthError, RemoteError, RetryableAuthFailure, WellSkyTransportError, redact_url
+from ..errors import (
+    AuthError,
+    RemoteError,
+    RetryableAuthFailure,
+    WellSkyTransportError,
+    WriteOutcomeUnknown,
+    redact_url,
+)
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 MAX_RETRY_AFTER_SECONDS = 900.0
@@ -99,6 +106,13 @@ def server_failed(status: int) -> bool:
     """Whether the server failed (5xx) rather than refused the request: a write run stops instead of
     dead-lettering the record, since the same failure would meet every record after it."""
     return status >= 500
+
+
+def write_run_stops(error: RemoteError) -> bool:
+    """Whether a remote error during a write stops the write run rather than dead-lettering the record: the
+    server failed (:func:`server_failed`), or it said yes with an answer that is not the record
+    (``WriteOutcomeUnknown``), so the write's outcome is unknown and must not be guessed."""
+    return server_failed(error.status) or isinstance(error, WriteOutcomeUnknown)
 
 
 def is_retryable(status: int) -> bool:

@@ -29,11 +29,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ...connection import Connection
 from ...errors import NormalizationError, RemoteError, WriteRefused
-from ...http.policy import server_failed
+from ...http.policy import write_run_stops
 from ...idempotency import idempotency_key
 from ...models import READ_ONLY_FIELDS, UtcDatetime
 from ...write_hashes import WriteHashLedger
-from ...writes import Action, WriteResult, _tenant_secret, update_basis, validate_for_write
+from ...writes import (
+    Action,
+    WriteResult,
+    _tenant_secret,
+    unreadable_answer,
+    update_basis,
+    validate_for_write,
+    written_body,
+)
 from .normalize import tags, to_canonical
 from .write_rules import WriteInvalid, check_text, patient_body
 
@@ -168,7 +176,7 @@ class HomeConnectWriter:
         except WriteInvalid as exc:  # our own rule (names the field and the fix)
             return WriteResult.refused(stream, WriteRefused("validation_error", str(exc)), wellsky_id=_rid(record))
         except RemoteError as exc:
-            if server_failed(exc.status):
+            if write_run_stops(exc):
                 raise
             return WriteResult.refused(stream, exc, wellsky_id=_rid(record))
 
@@ -212,8 +220,8 @@ class HomeConnectWriter:
             if self.dry_run:
                 return WriteResult("patients", "would_create", key_hash=key_hash)
             response = self.client.request("POST", "/v1/patients/", json=body, expected=(400, 409, 422))
-            created = response.json().get("id") if response.status_code < 300 else None
-            result = self._answer("created", response, None if created is None else str(created), key_hash)
+            created = _answered_id(response, PATIENT_LOOKUP) if response.status_code < 300 else None
+            result = self._answer("created", response, created, key_hash)
         if self.write_hashes is not None and result.action in ("created", "updated", "unchanged"):
             self.write_hashes.remember(self.tenant_key, "patients", ledger_key, digest, result.wellsky_id)
         return result
@@ -298,8 +306,8 @@ class HomeConnectWriter:
         )
         if response.status_code >= 400:
             return _refused(EVV_STREAM, response)
-        reply = response.json()
-        carelog = str(reply.get("id"))
+        reply = written_body(response, looked_up_by=SHIFT_LOOKUP)
+        carelog = _answered_id(response, SHIFT_LOOKUP, reply)
         opened_before = (reply.get("period") or {}).get("start") not in (None, body["period"]["start"]) or bool(
             reply.get("clockedOut")
         )
@@ -349,7 +357,10 @@ class HomeConnectWriter:
             action = "created"
         if response.status_code >= 400:
             return _refused("appointments", response, wellsky_id=series)
-        return WriteResult("appointments", action, wellsky_id=str(response.json().get("id") or series))
+        if series:  # an update names its series already; what the answer says about it is not needed
+            written_body(response, looked_up_by=SHIFT_LOOKUP)
+            return WriteResult("appointments", action, wellsky_id=series)
+        return WriteResult("appointments", action, wellsky_id=_answered_id(response, SHIFT_LOOKUP))
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------
@@ -371,6 +382,20 @@ def _by_id(resource: str, rid: str, field: str) -> str:
 
 def _rid(record: Any) -> str | None:
     return str(record.get("id")) if isinstance(record, dict) and record.get("id") is not None else None
+
+
+PATIENT_LOOKUP = "name and birth date"
+SHIFT_LOOKUP = "client and start time"
+
+
+def _answered_id(response: Any, looked_up_by: str, body: dict[str, Any] | None = None) -> str:
+    """The id a successful write answered with, or the run stops: a write whose record id is unknown is not
+    reported as done with a guessed one."""
+    body = written_body(response, looked_up_by=looked_up_by) if body is None else body
+    rid = body.get("id")
+    if rid in (None, ""):
+        raise unreadable_answer(response, "carries no record id", looked_up_by=looked_up_by)
+    return str(rid)
 
 
 def _natural(desired: dict[str, Any]) -> str:
