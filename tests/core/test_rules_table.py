@@ -51,6 +51,11 @@ PROOFS: dict[str, list[str]] = {
         "tests/core/test_channel_reject.py::test_without_a_dead_letter_file_a_reason_stops_the_sync_naming_the_fix"
     ],
     "validating a canonical record": [ONCE + "test_defined_once"],
+    "which remote error stops a write run": [
+        ONCE + "test_both_writers_ask_the_policy_which_error_stops_a_write_run",
+        "tests/reliability/test_server_text.py::test_a_write_answered_with_something_other_than_the_record_stops_in_one_clear_line",
+        "tests/core/test_home_connect_writes.py::test_a_write_answered_without_its_record_stops_and_says_it_may_have_been_applied",
+    ],
     "SFTP host-key pinning": [ONCE + "test_defined_once"],
     "exception classes": [ONCE + "test_every_core_error_is_defined_in_errors"],
     "a product's defaults": [LAYERING + "test_no_module_outside_products_compares_with_a_product_name"],
@@ -233,3 +238,15 @@ def test_every_path_the_architecture_names_exists() -> None:
 
     stale = sorted(name for name in names if not exists(name))
     assert not stale, f"docs/architecture.md names paths that do not exist: {stale}"
+
+
+def test_both_writers_ask_the_policy_which_error_stops_a_write_run() -> None:
+    """Each writer decides stop-or-dead-letter by ``write_run_stops`` and no writer reads a status for it itself."""
+    writers = ["wellsky_core/writes.py", "wellsky_core/products/personal_care/writer.py"]
+    code = _code(*CONNECTOR)
+    for path in writers:
+        assert "write_run_stops(exc)" in code[path], f"{path} does not ask policy.write_run_stops"
+        assert "server_failed" not in code[path], f"{path} decides what stops a write run itself"
+    homes = [p for p, text in code.items() if re.search(r"^def write_run_stops\(", text, re.M)]
+    assert homes == ["wellsky_core/http/policy.py"], homes
+
