@@ -212,3 +212,72 @@ def test_every_unit_of_work_runs_with_the_main_page_in_front() -> None:
     assert browser.run(None, lambda: calls.append("unit") or "done", "a unit") == "done"
     assert browser.run(None, lambda: calls.append("unit") or "again", "a unit") == "again"
     assert calls == ["front", "unit", "front", "unit"]
+
+
+def test_a_claims_grid_whose_next_button_cycles_is_refused_not_read_forever() -> None:
+    """``#nextGridPage`` going A, B, A... passes the page-changed wait every time; the one LoopGuard
+    (``http/paging.py``) refuses the first page seen twice, naming the list."""
+    from wellsky_core.errors import RemoteError
+    from wellsky_core.products.kinnser.channel import KinnserPortalChannel
+    from wellsky_core.products.kinnser.pagemap import PAGE_MAPS
+
+    columns = ["MRN", "Billing Period", "Insurance", "Type of Bill", "Authorization", "Branch", "Status", "Amount"]
+
+    def grid(claims: list[str]) -> dict[str, object]:
+        row = {c: {"text": "x"} for c in columns}
+        rows = [{**row, "Claim": {"text": c, "ids": [f"openWorksheet{c}"]}} for c in claims]
+        return {"headers": columns, "rows": rows}
+
+    pages = [grid(["C1", "C2"]), grid(["C3", "C4"])]  # the next button cycles between these two for ever
+
+    class Button:
+        def is_disabled(self) -> bool:
+            return False
+
+        def click(self) -> None:
+            state["clicks"] += 1
+            assert state["clicks"] < 20, "the grid was read round and round"
+            state["page"] = (state["page"] + 1) % len(pages)
+
+    class Locator:
+        def count(self) -> int:
+            return 1
+
+    class Page:
+        def locator(self, selector: str) -> Locator:
+            return Locator()
+
+        def eval_on_selector(self, selector: str, script: str) -> object:
+            return pages[state["page"]]
+
+        def content(self) -> str:
+            return ""
+
+    class Browser:
+        page = Page()
+
+        def wait_until(self, *args: object) -> None:
+            pass
+
+        def wait_spinners(self) -> None:
+            pass
+
+        def dismiss_guides(self) -> None:
+            pass
+
+        def selector(self, page: str, hook: str) -> str:
+            return f"#{hook}"
+
+        def find(self, page: str, hook: str) -> Button:
+            return Button()
+
+    state = {"page": 0, "clicks": 0}
+    channel = object.__new__(KinnserPortalChannel)
+    channel.map = PAGE_MAPS["home_health"]
+    channel.browser = Browser()
+    channel._open_billing = lambda route: None  # type: ignore[method-assign]
+    channel._check_export = lambda view, rows: None  # type: ignore[method-assign]
+    with pytest.raises(RemoteError) as caught:
+        channel._claim_view(channel.map.claim_views[0])
+    assert caught.value.code == "page_loop" and "#nextGridPage" in str(caught.value), caught.value
+    assert state["page"] == 0, "refused on the first repeat (A, B, then A again), not after more rounds"

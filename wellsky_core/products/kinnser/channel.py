@@ -30,6 +30,7 @@ from ...channels.base import Channel, Progress
 from ...channels.portal import PortalLayoutChanged
 from ...errors import ConfigError, NormalizationError, WellSkyError
 from ...http.mfa import build_code_source
+from ...http.paging import LoopGuard
 from . import normalize as norm
 from .browser import PortalBrowser, Step, Tab
 from .pagemap import PAGE_MAPS, ClaimView
@@ -349,7 +350,7 @@ class KinnserPortalChannel(Channel):
         page = b.snapshot(tab, "episode_manager", ("schedule",), TABLE_JS)
         episodes: list[dict[str, Any]] = []
         visits: dict[str, dict[str, Any]] = {}
-        seen: set[str] = set()
+        loop = LoopGuard("/AM/Patient/episodeManager.cfm", "link_loop", "episode through #previouscert")
         while True:
             page.require("header")
             if page.get("episode") is None:
@@ -365,9 +366,7 @@ class KinnserPortalChannel(Channel):
                 "payer": payer["text"],
                 "@payer_key": payer["data"].get("payerKey") or "",
             }
-            if info["@episode_key"] in seen:
-                raise WellSkyError("the portal's previous-episode links loop; stopping to avoid reading forever")
-            seen.add(info["@episode_key"])
+            loop.check(info["@episode_key"])  # previous-episode links that cycle would be read forever
             ep = self._normalize("episodes", info, lambda i=info: norm.episode(i, patient_id, office_name, observed))
             if ep is not None:
                 episodes.append(ep)
@@ -534,9 +533,11 @@ class KinnserPortalChannel(Channel):
         b.wait_spinners()
         rows: list[dict[str, Any]] = []
         pages = 0
+        loop = LoopGuard(f"/EHR/#{view.route}", "page_loop", "grid page through #nextGridPage")
         while True:
             found = b.page.eval_on_selector(b.selector("billing", "grid"), TABLE_JS)
             self._require_columns(found["headers"], norm.CLAIM_GRID_COLUMNS, f"Claims Manager {view.name}")
+            start = len(rows)
             for cells in found["rows"]:
                 row = {h: c["text"] for h, c in cells.items() if h}
                 ids = [i for c in cells.values() for i in c.get("ids") or []]
@@ -544,6 +545,9 @@ class KinnserPortalChannel(Channel):
                 row["@episode"] = next((i.split("billingPeriod", 1)[1] for i in ids if "billingPeriod" in i), "")
                 rows.append(row)
             pages += 1
+            # a next button that cycles (A, B, A...) passes the wait below on every page: refuse a page seen before
+            if len(rows) > start:
+                loop.check("|".join(row["@claim"] for row in rows[start:]))
             nxt = b.find("billing", "next")
             if nxt is None:
                 if found["rows"] and empty not in b.page.content():
