@@ -378,11 +378,17 @@ class AuthorizationRefused(WellSkyError):
 class RetryableAuthFailure(Exception):  # a signal to the transport, never surfaced to users
     """A login or token request got a transient answer; the transport retries the whole request."""
 
-    def __init__(self, reason: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+    def __init__(
+        self, reason: str, *, status: int | None = None, retry_after: float | None = None, response: Any = None
+    ) -> None:
         super().__init__(f"transient failure during authentication ({reason})")
         self.reason = reason
         self.status = status
         self.retry_after = retry_after
+        request = getattr(response, "request", None)
+        self.method: str | None = getattr(request, "method", None)
+        """The login or token request that failed (a final error names it, not the request it was made for)."""
+        self.url = getattr(request, "url", None)
 
 
 class ResponseTooLarge(Exception):  # internal signal: the transport raises WellSkyTransportError naming the setting

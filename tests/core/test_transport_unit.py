@@ -303,3 +303,28 @@ def test_a_read_response_is_freed_by_reference_counting_not_left_to_the_cyclic_g
     finally:
         if enabled:
             gc.enable()
+
+
+def test_a_sign_in_that_keeps_failing_is_named_not_the_request_it_was_for() -> None:
+    """The login answers 500 on every attempt: the error names the sign-in and its URL (an operator chasing
+    ``/tenant`` would look in the wrong place), with the retry budget's fix."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.method} {request.url.path}")
+        if request.url.path == "/sessions":
+            return httpx.Response(500, json={"error": "internal"})
+        return httpx.Response(200, json={"product": "home_health"})
+
+    cfg = WellSkyConfig.load(
+        {"base_url": BASE, "username": "u", "password": "p", "max_retries": 1, "backoff_base_seconds": 0,
+         "backoff_max_seconds": 0, "max_requests_per_second": 0},
+        env={},
+    )
+    client = WellSkyClient(cfg, sleep=lambda s: None, transport=httpx.MockTransport(handler))
+    with pytest.raises(WellSkyTransportError) as caught:
+        client.get_json("/tenant")
+    text = str(caught.value)
+    assert text.startswith("the sign-in (POST) gave no usable answer within the retry budget (last: 500)"), text
+    assert "/sessions;" in text and "test/tenant" not in text and "raise max_retries" in text, text
+    assert seen == ["POST /sessions", "POST /sessions"], "the data request never went out"

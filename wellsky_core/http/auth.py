@@ -45,9 +45,9 @@ def _json_body(response: httpx.Response) -> dict[str, Any]:
     try:
         body = response.json()
     except (ValueError, UnicodeDecodeError):
-        raise RetryableAuthFailure("malformed", status=response.status_code) from None
+        raise RetryableAuthFailure("malformed", status=response.status_code, response=response) from None
     if not isinstance(body, dict):
-        raise RetryableAuthFailure("malformed", status=response.status_code)
+        raise RetryableAuthFailure("malformed", status=response.status_code, response=response)
     return body
 
 
@@ -400,7 +400,7 @@ class _TokenAuth(RefreshingAuth):
         body = _json_body(response)
         token = body.get("access_token")
         if not isinstance(token, str) or not token:
-            raise RetryableAuthFailure("malformed", status=response.status_code)
+            raise RetryableAuthFailure("malformed", status=response.status_code, response=response)
         lifetime = _lifetime(body.get("expires_in"))
         margin = min(self.renew_margin_seconds, lifetime / 2)
         register_secret(token)

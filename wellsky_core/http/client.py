@@ -305,8 +305,11 @@ class WellSkyClient:
             if last.reason == "deadline"
             else "raise max_retries or check the tenant's status"
         )
+        what = method
+        if last.auth_request is not None:  # the sign-in failed, not the request it was made for
+            what, target = f"the sign-in ({last.auth_request[0]})", last.auth_request[1]
         raise WellSkyTransportError(
-            f"{method} gave no usable answer within the retry budget (last: {last.reason}); {hint}",
+            f"{what} gave no usable answer within the retry budget (last: {last.reason}); {hint}",
             url=target,
             status=last.status,
             attempts=attempts_allowed,

@@ -186,6 +186,8 @@ class Retry:
     """Seconds the server asked us to wait (``Retry-After``), if it did."""
     detail: str = ""
     """Extra words for the retry log line (the exception type, "during login")."""
+    auth_request: tuple[str, httpx.URL] | None = None
+    """(method, URL) of the login or token request that failed, when it was one."""
 
 
 def is_safe(method: str, idempotency_key: str | None) -> bool:
@@ -197,7 +199,7 @@ def raise_if_transient(response: httpx.Response) -> None:
     """For the auth flows: a transient answer to a login or token request becomes a retry of the whole request."""
     status = response.status_code
     if is_retryable(status):
-        raise RetryableAuthFailure(str(status), status=status, retry_after=retry_after(response))
+        raise RetryableAuthFailure(str(status), status=status, retry_after=retry_after(response), response=response)
 
 
 def classify_exception(
@@ -206,7 +208,8 @@ def classify_exception(
     """An attempt that raised: the retry to make, or raise the error that no retry can fix."""
     method = request.method
     if isinstance(exc, RetryableAuthFailure):
-        return Retry(exc.reason, exc.status, exc.retry_after, " during login")
+        where = (exc.method, exc.url) if exc.method and exc.url is not None else None
+        return Retry(exc.reason, exc.status, exc.retry_after, " during login", auth_request=where)
     rule = exception_rule(exc)
     if rule is None:
         raise exc
