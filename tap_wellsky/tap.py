@@ -288,10 +288,14 @@ class TapWellSky(Tap):
             f"{'flagged':>9}{'unmapped':>10}{'invalid':>9}{'dead':>7}",
         ]
         total = 0
+        not_read = (report or {}).get("not_read", {})
         for name, s in rows:
             total += s["records"]
             rate = s["records"] / s["seconds"] if s["seconds"] else 0.0
             q = quality.get(name, {})
+            if name in not_read:  # not "0 records": this source cannot read it here (the reason is below)
+                lines.append(f"  {name:<16}{s['source']:<10}{'not read':>10}")
+                continue
             lines.append(
                 f"  {name:<16}{s['source']:<10}{s['records']:>10}{s['seconds']:>10.2f}{rate:>10.0f}"
                 f"{q.get('flagged', 0):>9}{q.get('unmapped_codes', 0):>10}{q.get('validation_failures', 0):>9}"
@@ -312,6 +316,7 @@ class TapWellSky(Tap):
                 f"{totals['skipped']} skipped{f' ({skipped})' if skipped else ''}; "
                 + ("sync FAILED (see the error below)" if failed else f"status {report['status'].upper()}")
             )
+        lines += [f"  not read: {reason}" for reason in not_read.values()]
         print("\n".join(lines), file=sys.stderr, flush=True)
 
 

@@ -209,6 +209,9 @@ class QualityCounter:
         self.by_field: dict[str, Counter[str]] = defaultdict(Counter)
         self.dead_lettered: Counter[str] = Counter()
         self.skipped: dict[str, Counter[str]] = defaultdict(Counter)
+        self.not_read: dict[str, str] = {}
+        """Selected streams this configuration cannot read (``StreamRead.skip_reason``), with why and the fix:
+        a stream of 0 records must not look like one the tenant has no records in."""
 
     def _expected(self, stream: str, item: Mapping[str, Any]) -> bool:
         """A flag the configuration or the product says to expect (not a data-quality problem)."""
@@ -243,6 +246,10 @@ class QualityCounter:
         with self._lock:
             self.skipped[source][kind] += count
 
+    def add_not_read(self, stream: str, reason: str) -> None:
+        with self._lock:
+            self.not_read[stream] = reason
+
     def merge(self, other: QualityCounter) -> None:
         """Add ``other``'s counts to this counter."""
         with other._lock:
@@ -251,7 +258,9 @@ class QualityCounter:
             by_field = {k: Counter(v) for k, v in other.by_field.items()}
             dead = Counter(other.dead_lettered)
             skipped = {k: Counter(v) for k, v in other.skipped.items()}
+            not_read = dict(other.not_read)
         with self._lock:
+            self.not_read.update(not_read)
             self.records.update(records)
             self.flagged.update(flagged)
             for k, v in by_kind.items():
@@ -301,6 +310,7 @@ class QualityCounter:
         with self._lock:
             streams = {s: self.stream_report(s) for s in self.streams()}
             skipped = {src: dict(sorted(c.items())) for src, c in self.skipped.items()}
+            not_read = dict(sorted(self.not_read.items()))
         over = [
             s
             for s, r in streams.items()
@@ -332,6 +342,7 @@ class QualityCounter:
             },
             "streams": streams,
             "skipped": skipped,
+            "not_read": not_read,
         }
 
 

@@ -102,6 +102,7 @@ class StreamRead:
         self.state[STAMP_KEY] = state_stamp(self.connection.config, self.stream)
         if reason is not None:
             self.log.warning("%s; nothing synced for it", reason)
+            self.connection.quality.add_not_read(self.stream, reason)  # both faces' reports say so
             return
         channel = self.channel
         memo = self.stream in channel.memo_streams

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from wellsky_core.models import MODELED_ENTITIES as ENTITIES
@@ -30,3 +32,22 @@ def test_api_and_fhir_sources_give_identical_records(sandbox_factory, tmp_path, 
             assert comparable(stream, record) == comparable(stream, by_id[record["id"]]), (stream, record["id"])
             compared += 1
     assert compared > 300
+
+
+def test_a_stream_the_source_cannot_read_is_marked_not_read_on_both_faces(sandbox_factory, tmp_path):
+    """Hospice tenants expose no ServiceRequest over FHIR: referrals through `source: fhir` cannot be read. The
+    summary says "not read" with the fix, not "0 records", and both faces' reports name it under ``not_read``."""
+    from tests.airbyte.test_airbyte import configured_catalog, run_source
+
+    sb = sandbox_factory(product="hospice", scale=20)
+    tap_report, source_report = tmp_path / "tap-quality.json", tmp_path / "source-quality.json"
+    proc = run_tap(tmp_path, sandbox_config(sb, source="fhir", data_quality_report_path=str(tap_report)))
+    [row] = [line for line in proc.stderr.splitlines() if line.strip().startswith("referrals ")]
+    assert row.split() == ["referrals", "fhir", "not", "read"], row
+    assert "  not read: referrals is not available through source 'fhir'" in proc.stderr
+    config = tmp_path / "source-config.json"
+    config.write_text(json.dumps(sandbox_config(sb, source="fhir", data_quality_report_path=str(source_report))))
+    run_source("read", "--config", str(config), "--catalog", configured_catalog(tmp_path, str(config)))
+    for report in (tap_report, source_report):
+        not_read = json.loads(report.read_text())["not_read"]
+        assert list(not_read) == ["referrals"] and "stream_sources" in not_read["referrals"], (report, not_read)
