@@ -858,3 +858,30 @@ def test_a_pv1_sent_before_the_pid_is_still_read() -> None:
     text = MSH.format(type="ADT^A08^ADT_A01") + seg("PV1", {1: "1", 41: "I"}) + PID.format(dob="19700101", sex="F")
     ((_, record),) = normalize_records(text)
     assert record["status"] == "inactive"
+
+
+@pytest.mark.parametrize(
+    ("sch11", "end", "flagged"),
+    [
+        ("^^M45^20260203090000-0600", "2026-02-03T15:45:00Z", None),
+        ("^^H2^20260203090000-0600", "2026-02-03T17:00:00Z", None),
+        ("^^S90^20260203090000-0600", "2026-02-03T15:01:30Z", None),
+        ("^^W1^20260203090000-0600", "2026-02-10T15:00:00Z", None),
+        ("^^M45^20260203090000-0600^20260203093000-0600", "2026-02-03T15:30:00Z", None),  # an explicit end wins
+        ("^^INDEF^20260203090000-0600", None, "missing"),  # no end said: none guessed
+        ("^^L1^20260203090000-0600", None, "missing"),  # months have no fixed length
+        ("^^45^20260203090000-0600", None, "invalid"),  # a bare number: minutes? never guessed
+    ],
+)
+def test_sch11_duration_gives_the_end_when_sch11_has_none(sch11: str, end: str | None, flagged: str | None) -> None:
+    """SCH-11.3, the TQ duration (v2.x: S, M, H, D, W and a count), ends a SCH-11 timing that has no SCH-11.5."""
+    record = siu(sch_fields={11: sch11})
+    assert (record["start"], record["end"]) == ("2026-02-03T15:00:00Z", end)
+    assert flags(record).get("end") == flagged
+    if flagged == "invalid":
+        assert reason(record, "end").startswith("SCH-11.3 duration")
+
+
+def test_sch11_duration_wins_over_a_resource_segments_duration() -> None:
+    record = siu("AIS|1||G0151|20260203090000-0600|||30|MIN\r", sch_fields={11: "^^M45^20260203090000-0600"})
+    assert record["end"] == "2026-02-03T15:45:00Z"

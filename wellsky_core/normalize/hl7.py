@@ -21,9 +21,9 @@ A28, A31, A40, A47            authority = MRN, also the record id), MC = Medicar
                               id); A40/A47: each PID with its MRG, MRG-1 ids -> ``merged_ids``
 SIU^S12-S22, S26              appointments: SCH-2 (else SCH-1) id, SCH-1 placer id (else ZSC-2)
                               external id; start/end from TQ1-7/8 (else TQ1-6 duration): the v2.5+
-                              timing; SCH-11.4/.5 (deprecated) only when TQ1 has no start, flagged when
-                              it disagrees; else AIS-4, AIG-8, AIL-6, AIP-6 with their durations
-                              (AIS-7/8 ...) or SCH-9/10; SCH-25 status, else the event (S12-S14
+                              timing; SCH-11.4/.5 (or .4 + the .3 duration; deprecated) only when TQ1
+                              has no start, flagged when it disagrees; else AIS-4, AIG-8, AIL-6, AIP-6
+                              with their durations (AIS-7/8 ...) or SCH-9/10; SCH-25 status, else the event (S12-S14
                               scheduled, S15-S17 cancelled, S26 missed; S18-S22 edit a resource: SCH-25
                               only); PID-3 patient, first AIP-3 practitioner (later AIPs and every AIG
                               are ``resources``), AIP-4 (else ZSC-4, SCH-7) discipline, AIS-3 service
@@ -564,13 +564,29 @@ def _minutes(m: _Msg, amount: str, unit: str) -> float | None:
     return value * factor if factor is not None else None
 
 
+_TQ_DURATION = re.compile(r"^([SMHDW])(\d+)$")
+_TQ_DURATION_UNITS = {"S": timedelta(seconds=1), "M": timedelta(minutes=1), "H": timedelta(hours=1),
+                      "D": timedelta(days=1), "W": timedelta(weeks=1)}
+
+
 def _sch11(m: _Msg, sch: list[str], *, quiet: bool) -> tuple[datetime | None, datetime | None]:
-    """SCH-11 (TQ, deprecated since v2.5): start in component 4, end in component 5 of the first repetition."""
+    """SCH-11 (TQ, deprecated since v2.5): start in component 4, end in component 5 of the first repetition;
+    without an end, the start plus component 3, the TQ duration (``M45``: 45 minutes; S, M, H, D, W and a
+    count). ``INDEF`` or a duration in months (``L``, not a fixed length) leaves the end to the other timings;
+    any other value is flagged, never read as minutes."""
     timing = m.reps(m.field(sch, 11))
     if not timing:
         return None, None
-    return (m.timestamp(m.comp(timing[0], 4), "SCH-11.4", "start", quiet=quiet),
-            m.timestamp(m.comp(timing[0], 5), "SCH-11.5", "end", quiet=quiet))
+    start = m.timestamp(m.comp(timing[0], 4), "SCH-11.4", "start", quiet=quiet)
+    end = m.timestamp(m.comp(timing[0], 5), "SCH-11.5", "end", quiet=quiet)
+    duration = m.comp(timing[0], 3).strip().upper()
+    if end is None and start is not None and duration and not m.comp(timing[0], 5):
+        found = _TQ_DURATION.match(duration)
+        if found:
+            end = start + int(found.group(2)) * _TQ_DURATION_UNITS[found.group(1)]
+        elif duration != "INDEF" and not re.fullmatch(r"L\d+", duration) and not quiet:
+            m.flag("end", "invalid", "SCH-11.3 duration is not S, M, H, D or W and a count (e.g. M45); end not read")
+    return start, end
 
 
 def _tq1(m: _Msg) -> tuple[datetime | None, datetime | None]:
