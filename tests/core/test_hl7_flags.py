@@ -885,3 +885,33 @@ def test_sch11_duration_gives_the_end_when_sch11_has_none(sch11: str, end: str |
 def test_sch11_duration_wins_over_a_resource_segments_duration() -> None:
     record = siu("AIS|1||G0151|20260203090000-0600|||30|MIN\r", sch_fields={11: "^^M45^20260203090000-0600"})
     assert record["end"] == "2026-02-03T15:45:00Z"
+
+
+def _values(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [v for value in node.values() for v in _values(value)]
+    if isinstance(node, list):
+        return [v for value in node for v in _values(value)]
+    return [node] if isinstance(node, str) else []
+
+
+def test_repeating_id_fields_give_their_first_repetition_never_a_run_together_value() -> None:
+    """AIP-3, AIG-3, PV1-7 and IN1-3/4 repeat (an NPI beside the local id). Read whole, a first repetition
+    without components ran into the next one: practitioner ``N1~1234567893``, resource name ``Bo~98… Jones``."""
+    appointment = siu(
+        seg("AIP", {1: "1", 3: "N1~1234567893^Smith^Ann^^^^^^NPI", 4: "SN"}),
+        seg("AIP", {1: "2", 3: "N2^Jones^Bo~9876543210^Jones^Bo", 4: "PT"}),
+        seg("AIG", {1: "3", 3: "BED-4~EQ-77^Hoyer lift", 4: "EQUIP"}),
+    )
+    assert appointment["practitioner_id"] == "N1"
+    assert appointment["resources"] == [
+        {"id": "N2", "name": "Bo Jones", "type": "PT", "kind": "personnel"},
+        {"id": "BED-4", "name": None, "type": "EQUIP", "kind": "general"},
+    ]
+    visit = oru(seg("PV1", {1: "1", 7: "N1~1234567893^Smith^Ann"}), OBR_FULL)
+    assert visit["practitioner_id"] == "N1"
+    patient = adt({}, seg("IN1", {1: "1", 3: "PAYER-A~NAIC-9", 4: "First Payer~Alias Name", 36: "MEM-A"}))
+    assert patient["coverage"][0] | {"order": 1} == {
+        "order": 1, "payer_id": "PAYER-A", "payer_name": "First Payer", "member_id": "MEM-A"}
+    for record in (appointment, visit, patient):
+        assert not [v for v in _values(record) if "~" in v], record

@@ -189,6 +189,9 @@ class _Msg:
         return list(raw.split(self.enc["rep"])) if raw else []
 
     def comp(self, raw: str, n: int) -> str:
+        """Component ``n`` of the first repetition: a repeating field (AIP-3, PV1-7, IN1-3: an NPI beside the
+        local id) read whole ran its repetitions into one value (``N1~1234567893``), a wrong id."""
+        raw = raw.split(self.enc["rep"], 1)[0] if raw else raw
         parts = raw.split(self.enc["comp"]) if raw else []
         return self.unescape(parts[n - 1].split(self.enc["sub"])[0]) if len(parts) >= n else ""
 
