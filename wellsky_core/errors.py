@@ -385,10 +385,8 @@ class RetryableAuthFailure(Exception):  # a signal to the transport, never surfa
         self.reason = reason
         self.status = status
         self.retry_after = retry_after
-        request = getattr(response, "request", None)
-        self.method: str | None = getattr(request, "method", None)
+        self.request: httpx.Request | None = getattr(response, "request", None)
         """The login or token request that failed (a final error names it, not the request it was made for)."""
-        self.url = getattr(request, "url", None)
 
 
 class ResponseTooLarge(Exception):  # internal signal: the transport raises WellSkyTransportError naming the setting

@@ -307,7 +307,7 @@ class WellSkyClient:
         )
         what = method
         if last.auth_request is not None:  # the sign-in failed, not the request it was made for
-            what, target = f"the sign-in ({last.auth_request[0]})", last.auth_request[1]
+            what, target = f"the sign-in ({last.auth_request.method})", last.auth_request.url
         raise WellSkyTransportError(
             f"{what} gave no usable answer within the retry budget (last: {last.reason}); {hint}",
             url=target,

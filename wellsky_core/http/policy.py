@@ -186,8 +186,8 @@ class Retry:
     """Seconds the server asked us to wait (``Retry-After``), if it did."""
     detail: str = ""
     """Extra words for the retry log line (the exception type, "during login")."""
-    auth_request: tuple[str, httpx.URL] | None = None
-    """(method, URL) of the login or token request that failed, when it was one."""
+    auth_request: httpx.Request | None = None
+    """The login or token request that failed, when it was one."""
 
 
 def is_safe(method: str, idempotency_key: str | None) -> bool:
@@ -208,8 +208,7 @@ def classify_exception(
     """An attempt that raised: the retry to make, or raise the error that no retry can fix."""
     method = request.method
     if isinstance(exc, RetryableAuthFailure):
-        where = (exc.method, exc.url) if exc.method and exc.url is not None else None
-        return Retry(exc.reason, exc.status, exc.retry_after, " during login", auth_request=where)
+        return Retry(exc.reason, exc.status, exc.retry_after, " during login", auth_request=exc.request)
     rule = exception_rule(exc)
     if rule is None:
         raise exc
