@@ -337,7 +337,6 @@ class WindowedRead:
             self._stop.set()
             with self._cond:
                 self._cond.notify_all()
-            with self._cond:
                 threads = list(self._threads)
             for thread in threads:
                 thread.join(timeout=5)

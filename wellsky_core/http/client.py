@@ -96,11 +96,10 @@ class WellSkyClient:
             auth.metrics = self.metrics
         self.auth = auth
         register_secret(*config.secret_values())
-        # half the budget at once and a second's worth within ~0.53 s, then PACING_HEADROOM of it on average:
-        # a request whose send is delayed a few ms by thread scheduling lands in the tenant's next second, which
-        # at exactly the budget then holds one request too many (measured: 3 overruns in 5,106 requests at 100
-        # req/s, 16 threads, 150 ms latency; at 0.97 with 8 streams of 8 windows each on a loaded 2-core
-        # machine, 4 overruns in 547 requests, hence 0.95)
+        # half the budget at once and a second's worth within ~0.53 s, then PACING_HEADROOM of it on average.
+        # Slots count from when a request reached the wire (``_trace``), so thread scheduling cannot push a
+        # tenant's second over; the headroom is the slack left for requests on different connections arriving
+        # with different delays (0.95: 53 ms at 100 req/s; before slots counted from the wire, 0.97 overran)
         self._limiter = RequestWindow.for_budget(config.max_requests_per_second, PACING_HEADROOM)
         self._sleep = sleep
         self._backoff = Backoff(config.backoff_base_seconds, config.backoff_max_seconds)

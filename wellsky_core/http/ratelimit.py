@@ -17,8 +17,8 @@ class RequestWindow:
     steady rate although the tenant would take all of them. The window lets the first ``limit`` requests go at
     once and, after that, each request takes the slot that the request ``limit`` places before it freed
     ``window`` seconds earlier. Both shapes give the same worst case at the tenant: any ``limit + 1`` requests
-    span at least ``window`` seconds, so no second the tenant counts can hold more than ``limit`` while a
-    send's scheduling delays differ by less than ``window - 1`` seconds.
+    span at least ``window`` seconds, so no second the tenant counts can hold more than ``limit`` while the
+    requests' delays on their way to it differ by less than ``window - 1`` seconds.
 
     A caller finding the window full *reserves* its slot (the moment it may send) and sleeps outside the lock,
     so concurrent callers are served in arrival order and nobody spins.
@@ -65,11 +65,11 @@ class RequestWindow:
         """The window keeping ``per_second`` with ``headroom`` (e.g. 0.95) of slack, or None for no budget.
 
         The budget is cut into ``slices`` windows: at 100 req/s and 2 slices, 50 requests per 0.526 s, i.e. 95
-        per second on average, 100 within the first 0.53 s, and any 101 requests spanning at least 1.053 s (53
-        ms of scheduling delay tolerated). One slice would send 100 at once; a tenant (or the sandbox) that
-        counts requests after queueing them then sees two such bursts drift into one of its seconds more
-        easily (measured: 1 overrun in 551 requests at scale M on the loaded test machine), so the default
-        halves the burst and keeps most of the first-second gain.
+        per second on average, 100 within the first 0.53 s, and any 101 requests spanning at least 1.053 s on the
+        wire (53 ms for requests that reach the tenant with different delays). One slice would send 100 at once;
+        a tenant (or the sandbox) that counts requests after queueing them then sees two such bursts drift into
+        one of its seconds more easily (measured: 1 overrun in 551 requests at scale M on the loaded test
+        machine), so the default halves the burst and keeps most of the first-second gain.
         """
         if not per_second or per_second <= 0:
             return None
