@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -203,4 +203,77 @@ def test_a_stream_left_alone_borrows_readers_up_to_the_process_cap(
     assert readers.alive == 0, "every reader gone when the stream is read"
     keys = [(r["updated_at"], r["id"]) for r in got]
     assert keys == sorted(keys) and len(keys) == len(set(keys))
+    assert sorted(got, key=lambda r: r["id"]) == sorted(sb.truth(ENTITY), key=lambda r: r["id"])
+
+
+def test_the_first_plan_is_as_wide_as_the_estimate_not_as_the_streams_own_readers() -> None:
+    """A large stream's windows are planned from its first page up to ``MAX_WINDOWS``: the ones beyond its own
+    readers go to borrowed readers at once (planned 8 wide, a sync's largest stream ended on a 17-page chain)."""
+    first = datetime(2026, 1, 1, tzinfo=UTC)
+    bounds = windows.plan(first, first + timedelta(days=1), 100, 100, first + timedelta(days=365))
+    assert len(bounds) == windows.MAX_WINDOWS - 1
+    assert bounds == sorted(set(bounds)) and bounds[0] > first + timedelta(days=1)
+
+
+def test_finished_windows_do_not_count_against_the_open_window_cap(
+    sandbox_factory: Callable[..., SandboxServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``MAX_WINDOWS`` caps the windows open at once: counting every window a stream ever had stopped its splits
+    for good once it had had that many, and its last window was then read serially at the sync's tail."""
+    sb = sandbox_factory(scale=80, sftp_port=None, latency="20ms")
+    monkeypatch.setattr(windows, "MAX_WINDOWS", 2)
+    monkeypatch.setattr(windows, "MIN_PAGES_TO_SPLIT", 1)
+    monkeypatch.setattr(windows, "plan", lambda *args, **kwargs: [])
+    made: list[int] = []
+    open_at_split: list[int] = []
+    real_window, real_split = windows.WindowedRead._window, windows.WindowedRead._split
+
+    def window(self: windows.WindowedRead, *args: Any, **kwargs: Any) -> Any:
+        made.append(1)
+        return real_window(self, *args, **kwargs)
+
+    def split(self: windows.WindowedRead) -> Any:
+        new = real_split(self)
+        if new is not None:
+            open_at_split.append(sum(not w.done for w in self.windows))
+        return new
+
+    monkeypatch.setattr(windows.WindowedRead, "_window", window)
+    monkeypatch.setattr(windows.WindowedRead, "_split", split)
+    config = _config(sb, page_size=10, max_windows_per_stream=2, max_parallel_streams=1)
+    with closing(Connection(config)) as conn:
+        got = list(conn.channel(ENTITY).iter_records(ENTITY, None))
+    assert len(made) > 3, f"{len(made)} windows: splits stopped after the cap was reached once"
+    assert max(open_at_split) <= 2, f"{max(open_at_split)} windows open at once, cap 2"
+    keys = [(r["updated_at"], r["id"]) for r in got]
+    assert keys == sorted(keys) and len(keys) == len(set(keys))
+    assert sorted(got, key=lambda r: r["id"]) == sorted(sb.truth(ENTITY), key=lambda r: r["id"])
+
+
+def test_an_idle_reader_frees_its_place_while_another_reader_of_its_stream_reads(
+    sandbox_factory: Callable[..., SandboxServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream with nothing to split keeps one reader, not four idle ones: the others leave and the process's
+    readers are free for a stream still wide open (before, they waited until the stream ended, and a sync's
+    largest stream could not borrow them)."""
+    sb = sandbox_factory(scale=80, sftp_port=None, latency="20ms")
+    monkeypatch.setattr(windows, "plan", lambda *args, **kwargs: [])  # one window
+    monkeypatch.setattr(windows, "MIN_PAGES_TO_SPLIT", 10**9)  # that is never split
+    readers = PeakReaders()
+    monkeypatch.setattr(windows, "READERS", readers)
+    alive: list[int] = []
+    real_run = windows.WindowedRead._run
+
+    def run(self: windows.WindowedRead, window: Any) -> None:
+        pages = self._pages
+        self._pages = lambda w: (alive.append(readers.alive) or page for page in pages(w))  # type: ignore[method-assign]
+        real_run(self, window)
+
+    monkeypatch.setattr(windows.WindowedRead, "_run", run)
+    config = _config(sb, page_size=10, max_windows_per_stream=4, max_parallel_streams=1)
+    with closing(Connection(config)) as conn:
+        got = list(conn.channel(ENTITY).iter_records(ENTITY, None))
+    assert readers.peak == 4, "the stream's own readers all started"
+    assert len(alive) > 5 and alive[-3:] == [1, 1, 1], f"readers alive while the one window was read: {alive}"
+    assert readers.alive == 0
     assert sorted(got, key=lambda r: r["id"]) == sorted(sb.truth(ENTITY), key=lambda r: r["id"])

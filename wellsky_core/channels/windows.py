@@ -25,7 +25,8 @@ At a sync's tail one large stream is often left alone with its ``max_windows_per
 requests per round trip while most of the budget idles. A stream with more to split than readers borrows
 readers (``_borrow``) while the process's window readers stay under ``readers_cap`` (what the connection pool
 was sized for, less a connection per stream), so the tail reads wider without more connections than a sync
-holds at its start.
+holds at its start. For the same reason a reader with nothing left to read or split leaves while its stream
+has another reader busy, and a large stream's first plan may be wider than its own readers.
 
 A channel plugs in with one function, ``fetch(lo, hi)``: the pages of canonical records with ``lo <=
 updated_at < hi`` (``None``: unbounded), each page in (updated_at, id) order.
@@ -52,7 +53,9 @@ Page = list[dict[str, Any]]
 FetchWindow = Callable[[datetime | None, datetime | None], Iterator[Page]]
 
 MAX_WINDOWS = 32
-"""Windows per stream at most; each split costs about one request (the shrunk window's last page overshoots)."""
+"""Windows of a stream open (not finished) at once at most, and its readers at most; each split costs about one
+request (the shrunk window's last page overshoots). Counting every window a stream ever had stopped a large
+stream's splits for good once it had had 32, and its newest window was then read serially at the sync's tail."""
 MIN_PAGES_TO_SPLIT = 2
 """An idle reader splits a window only while its estimated remaining pages are at least this many (a split
 costs about one request and saves at least one round trip)."""
@@ -108,7 +111,7 @@ def parse_instant(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def plan(first: datetime, last: datetime, kept: int, page_size: int, now: datetime, workers: int) -> list[datetime]:
+def plan(first: datetime, last: datetime, kept: int, page_size: int, now: datetime) -> list[datetime]:
     """The lower bounds of the windows after the first page's (``[first, last]``, ``kept`` records), so every
     window is read at once after that one round trip (no total is reported by either API).
 
@@ -118,14 +121,17 @@ def plan(first: datetime, last: datetime, kept: int, page_size: int, now: dateti
     (the sandbox's S coverage: 2 pages estimated, 13 read), which left such a stream serial. Boundaries sit at
     equal shares of the estimated rest, about ``PLAN_PAGES_PER_WINDOW`` pages each; a wrong guess costs at most
     one partial page per window, and idle readers still split the windows that turn out larger (``_split``).
-    Whole seconds, strictly increasing, after ``last``; empty when one window is enough.
+    Up to ``MAX_WINDOWS``, not only as many as the stream has own readers: the windows beyond those are read by
+    readers borrowed at once, and then by its own as they finish (a sync's largest stream planned at 8 windows
+    of ~25 pages ended on a 17-page chain; planned wide it ends on 11-13). Whole seconds, strictly increasing,
+    after ``last``; empty when one window is enough.
     """
     span = max((last - first).total_seconds(), 1.0)
     total = (now - first).total_seconds()
     if total <= span:
         return []
     rest = kept * ((total / span) ** 2 - 1)  # records estimated after the first page
-    count = min(workers, MAX_WINDOWS, math.ceil(rest / page_size / PLAN_PAGES_PER_WINDOW))
+    count = min(MAX_WINDOWS, math.ceil(rest / page_size / PLAN_PAGES_PER_WINDOW))
     bounds: list[datetime] = []
     floor = last.replace(microsecond=0) + timedelta(seconds=1)
     for k in range(1, count):
@@ -177,11 +183,13 @@ class WindowedRead:
         self._dir = Path(tempfile.mkdtemp(prefix="wellsky-windows-"))  # 0700
         _SPOOLS.add(self._dir)
         self._made = 0
+        self._busy = 0  # readers reading a window now
+        self._readers = 0  # readers alive now, own and borrowed
         self._threads: list[threading.Thread] = []
         head = self._window(since, None, pages=rest, first=first)
         head.pos, head.kept = parse_instant(first[-1]["updated_at"]), len(first)  # the first page is known
         self.windows = [head]
-        bounds = plan(parse_instant(first[0]["updated_at"]), head.pos, len(first), page_size, now, workers)
+        bounds = plan(parse_instant(first[0]["updated_at"]), head.pos, len(first), page_size, now)
         if bounds:  # every window at once, from the first page alone: full width after one round trip
             head.hi = bounds[0]
             for lo, hi in zip(bounds, [*bounds[1:], None], strict=True):
@@ -206,8 +214,8 @@ class WindowedRead:
 
     def _split(self) -> _Window | None:
         """Halve the remaining range of the window with the most pages left; the new window, or None."""
-        if self._failed is not None or len(self.windows) >= MAX_WINDOWS:
-            return None
+        if self._failed is not None or sum(not w.done for w in self.windows) >= MAX_WINDOWS:
+            return None  # windows being read at most: a stream's finished windows no longer count
         best, most = None, float(MIN_PAGES_TO_SPLIT)
         for window in self.windows:
             if not window.done:
@@ -283,7 +291,10 @@ class WindowedRead:
             return failed is not None and self.windows.index(window) > self.windows.index(failed)
 
     def _work(self, borrowed: bool = False) -> None:
-        """Read windows until none is left; a borrowed reader leaves as soon as it finds no work."""
+        """Read windows until none is left. A reader that finds nothing to read or split leaves while another of
+        the stream's readers is still reading (that one splits, and borrows again, when there is more to split):
+        a stream whose windows are all under way frees its places for the streams still wide open. Idle readers
+        that stayed kept a sync's large stream from borrowing them until the small streams ended."""
         try:
             while not self._stop.is_set():
                 with self._cond:
@@ -293,21 +304,33 @@ class WindowedRead:
                         if window is not None:
                             self._borrow()  # there is more to split than readers: ask for one more
                     if window is None:
-                        if borrowed or all(w.done for w in self.windows) or self._failed is not None:
+                        if borrowed or self._busy or all(w.done for w in self.windows) or self._failed is not None:
                             return
                         self._cond.wait(0.05)
                         continue
                     window.started = True
-                self._run(window)
+                    self._busy += 1
+                try:
+                    self._run(window)
+                finally:
+                    with self._cond:
+                        self._busy -= 1
         finally:
+            with self._cond:
+                self._readers -= 1
             READERS.leave()
 
     def _borrow(self) -> None:
         """One more reader for this stream, if the process has a reader to spare (under the condition's lock)."""
-        if len(self._threads) >= MAX_WINDOWS or not self._readers_cap or not READERS.try_enter(self._readers_cap):
+        if self._readers >= MAX_WINDOWS or not self._readers_cap or not READERS.try_enter(self._readers_cap):
             return
+        self._start(borrowed=True)
+
+    def _start(self, *, borrowed: bool) -> None:
+        """A reader thread (under the condition's lock, its place in ``READERS`` taken)."""
+        self._readers += 1
         thread = threading.Thread(
-            target=self._work, args=(True,), name=f"wellsky-window-{len(self._threads)}", daemon=True
+            target=self._work, args=(borrowed,), name=f"wellsky-window-{len(self._threads)}", daemon=True
         )
         self._threads.append(thread)
         thread.start()
@@ -315,13 +338,11 @@ class WindowedRead:
     # -- the emitter -----------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
         with self._cond:
-            self._threads = [
-                threading.Thread(target=self._work, name=f"wellsky-window-{i}", daemon=True)
-                for i in range(self._workers)
-            ]
-            for thread in self._threads:
+            for _ in range(self._workers):
                 READERS.enter()  # a stream's own readers always run; only borrowed ones wait for room
-                thread.start()
+                self._start(borrowed=False)
+            for _ in range(len(self.windows) - self._workers):
+                self._borrow()  # planned wider than its own readers: borrow what the process can spare
         index = 0
         try:
             while True:
