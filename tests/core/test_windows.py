@@ -277,3 +277,39 @@ def test_an_idle_reader_frees_its_place_while_another_reader_of_its_stream_reads
     assert len(alive) > 5 and alive[-3:] == [1, 1, 1], f"readers alive while the one window was read: {alive}"
     assert readers.alive == 0
     assert sorted(got, key=lambda r: r["id"]) == sorted(sb.truth(ENTITY), key=lambda r: r["id"])
+
+
+class _OtherStreams:
+    """Another windowed read of the process, as the budget sees it: only its pages left."""
+
+    def __init__(self, pages_left: float) -> None:
+        self.pages_left = pages_left
+
+
+def test_under_a_budget_a_stream_splits_only_while_its_pages_would_outlast_the_budget(
+    sandbox_factory: Callable[..., SandboxServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the rest of the process still has far more pages than the budget sends in the time this stream needs,
+    a window split only adds a partial last page (a request): the stream is read in one window. Once the rest is
+    done (its pages left drop to 0), the stream's busy reader splits and borrows at once (``_widen``), so its last
+    pages are not read serially. The records are exactly the truth, in order, either way."""
+    sb = sandbox_factory(scale=80, sftp_port=None, latency="20ms")
+    others = _OtherStreams(10_000)  # 10,000 pages at 50 requests/s: 200 s of budget still to run elsewhere
+    monkeypatch.setattr(windows, "_OPEN", {others})
+    bounded: list[bool] = []  # each appointments request, in order: did it carry an upper bound (a window)?
+
+    def finish_the_others_after_four_pages(request: httpx.Request) -> None:
+        if request.url.path.endswith("/appointments"):
+            bounded.append("updated_before" in str(request.url))
+            if len(bounded) == 4:
+                others.pages_left = 0.0
+
+    config = _config(sb, page_size=10, max_windows_per_stream=4, max_parallel_streams=2, max_requests_per_second=50)
+    with closing(Connection(config)) as conn:
+        conn.client._http.event_hooks["request"].append(finish_the_others_after_four_pages)
+        got = list(conn.channel(ENTITY).iter_records(ENTITY, None))
+    truth = sorted(sb.truth(ENTITY), key=lambda r: (r["updated_at"], r["id"]))
+    assert len(truth) > 100, "enough pages for the split to matter"
+    assert [(r["updated_at"], r["id"]) for r in got] == [(r["updated_at"], r["id"]) for r in truth]
+    assert bounded[:4] == [False] * 4, f"windows while the budget had far more to send elsewhere: {bounded[:4]}"
+    assert any(bounded[4:]), "the stream widened once the rest of the process was done"

@@ -28,6 +28,14 @@ was sized for, less a connection per stream), so the tail reads wider without mo
 holds at its start. For the same reason a reader with nothing left to read or split leaves while its stream
 has another reader busy, and a large stream's first plan may be wider than its own readers.
 
+Under a request budget, every split costs what a budget-bound sync is made of: a request (the shrunk window's
+partial last page). So a window is planned or split only while its pages, one after another, would still be read
+when the budget has sent every page the process has left (``_outlasts_budget``: the open reads publish their
+pages left, ``pages_left_everywhere``). A page's time is the stream's fastest page (a request without the
+budget's queue) or, while the readers keep the budget busy, a reader's share of it. A busy reader re-checks after
+each full page (``_widen``), so a stream planned narrow widens as the rest of the sync ends. Scale M at 150 ms:
+557-567 requests instead of 582-592, the sync 6.4-6.5 s instead of 6.8-7.2 s (docs/benchmarks.md, run 9).
+
 A channel plugs in with one function, ``fetch(lo, hi)``: the pages of canonical records with ``lo <=
 updated_at < hi`` (``None``: unbounded), each page in (updated_at, id) order.
 """
@@ -40,6 +48,7 @@ import math
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -96,6 +105,15 @@ class _Readers:
 
 READERS = _Readers()
 
+_OPEN: set[WindowedRead] = set()
+"""The windowed reads in progress in this process (their estimated pages left, summed, say how long the budget
+still has to run)."""
+
+
+def pages_left_everywhere() -> float:
+    """Pages the open windowed reads still estimate to read (a sum of floats each read updates under its lock)."""
+    return sum(read.pages_left for read in list(_OPEN))
+
 
 _SPOOLS: set[Path] = set()
 """Spool directories of reads in progress: removed at exit too (a signal's exit skips the readers' cleanup)."""
@@ -111,7 +129,15 @@ def parse_instant(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def plan(first: datetime, last: datetime, kept: int, page_size: int, now: datetime) -> list[datetime]:
+def estimated_rest(first: datetime, last: datetime, kept: int, now: datetime) -> float:
+    """Records estimated after a first page of ``kept`` records over ``[first, last]`` (see :func:`plan`)."""
+    span = max((last - first).total_seconds(), 1.0)
+    total = (now - first).total_seconds()
+    return 0.0 if total <= span else kept * ((total / span) ** 2 - 1)
+
+
+def plan(first: datetime, last: datetime, kept: int, page_size: int, now: datetime,
+         most: int = MAX_WINDOWS) -> list[datetime]:
     """The lower bounds of the windows after the first page's (``[first, last]``, ``kept`` records), so every
     window is read at once after that one round trip (no total is reported by either API).
 
@@ -127,11 +153,10 @@ def plan(first: datetime, last: datetime, kept: int, page_size: int, now: dateti
     after ``last``; empty when one window is enough.
     """
     span = max((last - first).total_seconds(), 1.0)
-    total = (now - first).total_seconds()
-    if total <= span:
+    rest = estimated_rest(first, last, kept, now)
+    if not rest:
         return []
-    rest = kept * ((total / span) ** 2 - 1)  # records estimated after the first page
-    count = min(MAX_WINDOWS, math.ceil(rest / page_size / PLAN_PAGES_PER_WINDOW))
+    count = min(most, MAX_WINDOWS, math.ceil(rest / page_size / PLAN_PAGES_PER_WINDOW))
     bounds: list[datetime] = []
     floor = last.replace(microsecond=0) + timedelta(seconds=1)
     for k in range(1, count):
@@ -158,6 +183,7 @@ class _Window:
         self.size = 0  # bytes of whole pages written
         self.kept = 0  # records kept (for the density estimate)
         self.pos: datetime | None = None
+        self.planned = 0.0  # pages estimated before its first page (a planned or split-off window)
         self.recent: tuple[int, float] | None = None
         """Records and seconds of the last full page read: the density where the window is reading now."""
         self.started = False
@@ -169,8 +195,12 @@ class WindowedRead:
     """The ordered, windowed read of one stream (see the module docstring); iterate it once."""
 
     def __init__(self, fetch: FetchWindow, since: datetime | None, first: Page, rest: Iterator[Page],
-                 page_size: int, now: datetime, workers: int, readers_cap: int = 0) -> None:
+                 page_size: int, now: datetime, workers: int, readers_cap: int = 0,
+                 budget: float | None = None, first_seconds: float = 0.0) -> None:
         self._fetch = fetch
+        self._budget = budget  # requests/s the connection sustains; None: no budget
+        self._pace = first_seconds  # the fastest page this stream has had: a request without the budget's queue
+        self.pages_left = 0.0
         self._workers = workers
         self._readers_cap = readers_cap  # window readers of every stream at most; 0: no borrowing
         self._page_size = page_size
@@ -189,11 +219,25 @@ class WindowedRead:
         head = self._window(since, None, pages=rest, first=first)
         head.pos, head.kept = parse_instant(first[-1]["updated_at"]), len(first)  # the first page is known
         self.windows = [head]
-        bounds = plan(parse_instant(first[0]["updated_at"]), head.pos, len(first), page_size, now)
+        start = parse_instant(first[0]["updated_at"])
+        rest = estimated_rest(start, head.pos, len(first), now) / page_size
+        bounds = plan(start, head.pos, len(first), page_size, now, self._windows_needed(rest))
         if bounds:  # every window at once, from the first page alone: full width after one round trip
             head.hi = bounds[0]
             for lo, hi in zip(bounds, [*bounds[1:], None], strict=True):
                 self.windows.append(self._window(lo, hi))
+        for window in self.windows:
+            window.planned = rest / len(self.windows)
+        self.pages_left = rest
+        _OPEN.add(self)
+
+    def _windows_needed(self, pages: float) -> int:
+        """Under a budget, the fewest windows whose chains end when the budget has sent every page the process
+        has left: more only add partial last pages, i.e. requests, which a budget-bound sync is made of."""
+        if not self._budget or not self._pace:
+            return MAX_WINDOWS
+        budget_seconds = (pages_left_everywhere() + pages) / self._budget
+        return max(1, math.ceil(pages * self._paced() / budget_seconds))
 
     def _window(self, lo: datetime | None, hi: datetime | None, **kw: Any) -> _Window:
         self._made += 1
@@ -201,9 +245,12 @@ class WindowedRead:
 
     # -- splitting (under the condition's lock) -------------------------------------------------------------
     def _remaining_pages(self, window: _Window) -> float:
-        """Pages ``window`` still has to read, by the density of what it read so far (0: unknown or none)."""
-        if window.done or window.pos is None or window.kept == 0 or window.origin is None:
+        """Pages ``window`` still has to read, by the density of what it read so far (before its first page: as
+        planned)."""
+        if window.done:
             return 0.0
+        if window.pos is None or window.kept == 0 or window.origin is None:
+            return window.planned
         read_span = max((window.pos - window.origin).total_seconds(), 1.0)
         end = window.hi or max(self._now, window.pos)
         left = (end - window.pos).total_seconds()
@@ -222,7 +269,7 @@ class WindowedRead:
                 pages = self._remaining_pages(window)
                 if pages >= most:
                     best, most = window, pages
-        if best is None or best.pos is None:
+        if best is None or best.pos is None or not self._outlasts_budget(most):
             return None
         end = best.hi or max(self._now, best.pos)
         start = best.pos.replace(microsecond=0) + timedelta(seconds=1)
@@ -230,9 +277,39 @@ class WindowedRead:
         if middle <= start or (best.hi is not None and middle >= best.hi):
             return None
         new = self._window(middle, best.hi)
+        new.planned = most / 2
         best.hi = middle
         self.windows.insert(self.windows.index(best) + 1, new)
         return new
+
+    def _outlasts_budget(self, pages: float) -> bool:
+        """Would ``pages``, one after another, still be read when the budget has sent every page the process has
+        left? Only then does a split shorten the sync; else it costs a request for nothing."""
+        if not self._budget or not self._pace:
+            return True
+        return pages * self._paced() > pages_left_everywhere() / self._budget
+
+    def _paced(self) -> float:
+        """Seconds a page of one reader takes: its round trip (the stream's fastest page), or, while the readers
+        keep the budget busy, its share of the budget (each of ``n`` readers gets a slot every ``n / budget`` s)."""
+        assert self._budget
+        return max(self._pace, READERS.alive / self._budget)
+
+    def _widen(self) -> None:
+        """After a full page, under a budget: split this stream's critical window onto a reader borrowed now. A
+        stream whose other readers left (nothing worth splitting then) would otherwise read its last windows
+        serially once the rest of the sync had ended."""
+        if not self._budget or not self._readers_cap or self._readers >= MAX_WINDOWS:
+            return
+        if any(not w.started for w in self.windows) or not READERS.try_enter(self._readers_cap):
+            return
+        window = self._split()
+        if window is None:
+            READERS.leave()
+            return
+        window.started = True
+        self._busy += 1
+        self._start(borrowed=True, window=window)
 
     # -- workers ---------------------------------------------------------------------------------------------
     def _pages(self, window: _Window) -> Iterator[Page]:
@@ -242,6 +319,7 @@ class WindowedRead:
 
     def _run(self, window: _Window) -> None:
         pages: Iterator[Page] | None = None
+        began = time.monotonic()
         try:
             pages = self._pages(window)
             with open_private(window.path, "wb") as out:
@@ -257,6 +335,13 @@ class WindowedRead:
                                 window.recent = (len(kept), max((newest - window.pos).total_seconds(), 1.0))
                             window.pos = newest
                             window.kept += len(kept)
+                        if page is not window.first:
+                            arrived = time.monotonic()
+                            self._pace = min(self._pace, arrived - began) if self._pace else arrived - began
+                            began = arrived
+                        self.pages_left = sum(self._remaining_pages(w) for w in self.windows)
+                        if len(kept) == len(page) and page is not window.first:
+                            self._widen()
                     if kept:
                         data = b"".join(orjson.dumps(r) + b"\n" for r in kept)
                         out.write(data)
@@ -283,6 +368,7 @@ class WindowedRead:
                 close()
             with self._cond:
                 window.done = True
+                self.pages_left = sum(self._remaining_pages(w) for w in self.windows)
                 self._cond.notify_all()
 
     def _after_failure(self, window: _Window) -> bool:
@@ -290,31 +376,33 @@ class WindowedRead:
             failed = self._failed
             return failed is not None and self.windows.index(window) > self.windows.index(failed)
 
-    def _work(self, borrowed: bool = False) -> None:
+    def _work(self, borrowed: bool = False, window: _Window | None = None) -> None:
         """Read windows until none is left. A reader that finds nothing to read or split leaves while another of
         the stream's readers is still reading (that one splits, and borrows again, when there is more to split):
         a stream whose windows are all under way frees its places for the streams still wide open. Idle readers
         that stayed kept a sync's large stream from borrowing them until the small streams ended."""
         try:
             while not self._stop.is_set():
-                with self._cond:
-                    window = next((w for w in self.windows if not w.started), None)
-                    if window is None:
-                        window = self._split()
-                        if window is not None:
-                            self._borrow()  # there is more to split than readers: ask for one more
-                    if window is None:
-                        if borrowed or self._busy or all(w.done for w in self.windows) or self._failed is not None:
-                            return
-                        self._cond.wait(0.05)
-                        continue
-                    window.started = True
-                    self._busy += 1
+                if window is None:  # else: started (and counted busy) for this reader by ``_widen``
+                    with self._cond:
+                        window = next((w for w in self.windows if not w.started), None)
+                        if window is None:
+                            window = self._split()
+                            if window is not None:
+                                self._borrow()  # there is more to split than readers: ask for one more
+                        if window is None:
+                            if borrowed or self._busy or all(w.done for w in self.windows) or self._failed:
+                                return
+                            self._cond.wait(0.05)
+                            continue
+                        window.started = True
+                        self._busy += 1
                 try:
                     self._run(window)
                 finally:
                     with self._cond:
                         self._busy -= 1
+                    window = None
         finally:
             with self._cond:
                 self._readers -= 1
@@ -326,11 +414,11 @@ class WindowedRead:
             return
         self._start(borrowed=True)
 
-    def _start(self, *, borrowed: bool) -> None:
-        """A reader thread (under the condition's lock, its place in ``READERS`` taken)."""
+    def _start(self, *, borrowed: bool, window: _Window | None = None) -> None:
+        """A reader thread (under the condition's lock, its place in ``READERS`` taken), ``window`` its first."""
         self._readers += 1
         thread = threading.Thread(
-            target=self._work, args=(borrowed,), name=f"wellsky-window-{len(self._threads)}", daemon=True
+            target=self._work, args=(borrowed, window), name=f"wellsky-window-{len(self._threads)}", daemon=True
         )
         self._threads.append(thread)
         thread.start()
@@ -363,6 +451,7 @@ class WindowedRead:
                 thread.join(timeout=5)
             shutil.rmtree(self._dir, ignore_errors=True)
             _SPOOLS.discard(self._dir)
+            _OPEN.discard(self)
 
     def _emit(self, window: _Window) -> Iterator[dict[str, Any]]:
         pos = 0
@@ -400,7 +489,7 @@ class WindowedRead:
 
 def read(fetch: FetchWindow, since: datetime | None, *, page_size: int, workers: int, now: datetime | None = None,
          prefetch: Callable[[Iterator[Page]], Iterator[Page]] | None = None,
-         readers_cap: int = 0) -> Iterator[dict[str, Any]]:
+         readers_cap: int = 0, budget: float | None = None) -> Iterator[dict[str, Any]]:
     """The records of ``[since, ...)`` in (updated_at, id) order, windowed when the first page is full and
     ``workers`` (``max_windows_per_stream``) is above 1. With ``readers_cap``, a stream whose windows outnumber
     its readers borrows more (up to ``MAX_WINDOWS``) while the process's window readers stay under that cap.
@@ -408,7 +497,9 @@ def read(fetch: FetchWindow, since: datetime | None, *, page_size: int, workers:
     ``prefetch`` (``base.prefetch``) overlaps the next page with the current one on the serial path.
     """
     pages = fetch(since, None)
+    began = time.monotonic()
     first = next(pages, None)
+    first_seconds = time.monotonic() - began
     if first is None:
         return
     if len(first) < page_size or workers <= 1:  # small (one page, one request), or windows off
@@ -416,7 +507,9 @@ def read(fetch: FetchWindow, since: datetime | None, *, page_size: int, workers:
         for page in prefetch(pages) if prefetch is not None else pages:
             yield from page
         return
-    yield from WindowedRead(fetch, since, first, pages, page_size, now or datetime.now(UTC), workers, readers_cap)
+    yield from WindowedRead(
+        fetch, since, first, pages, page_size, now or datetime.now(UTC), workers, readers_cap, budget, first_seconds
+    )
 
 
 class WindowedChannel:
@@ -438,7 +531,16 @@ class WindowedChannel:
             workers=self.config.max_windows_per_stream,
             prefetch=prefetch,
             readers_cap=readers_cap(self.config),
+            budget=sustained_rate(self.config),
         )
+
+
+def sustained_rate(config: Any) -> float | None:
+    """Requests/s the connection's request window sustains (``http/client.py``), or None without a budget."""
+    from ..http.client import PACING_HEADROOM
+
+    per_second = getattr(config, "max_requests_per_second", None)
+    return float(per_second) * PACING_HEADROOM if per_second else None
 
 
 def readers_cap(config: Any) -> int:
