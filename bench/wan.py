@@ -198,7 +198,7 @@ def bench_source(key: str, args: argparse.Namespace, work: Path) -> list[dict[st
         full_out = cfg_dir / "full.jsonl"
         runs = (
             ("tap-wellsky (defaults)", {}),  # 8 streams at once, in-stream windows: what a user gets
-            # the same without a budget: as slow as with it, the client (its CPU), not the budget, bounds the sync
+            # the same without a budget: if it is no faster, the client (its CPU), not the budget, bounds the sync
             ("tap-wellsky without a budget (diagnostic)", {"max_requests_per_second": 0}),
             ("tap-wellsky one stream at a time", {"max_parallel_streams": 1, "max_windows_per_stream": 1}),
         )

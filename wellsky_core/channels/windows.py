@@ -34,7 +34,7 @@ when the budget has sent every page the process has left (``_outlasts_budget``: 
 pages left, ``pages_left_everywhere``). A page's time is the stream's fastest page (a request without the
 budget's queue) or, while the readers keep the budget busy, a reader's share of it. A busy reader re-checks after
 each full page (``_widen``), so a stream planned narrow widens as the rest of the sync ends. Scale M at 150 ms:
-557-567 requests instead of 582-592, the sync 6.4-6.5 s instead of 6.8-7.2 s (docs/benchmarks.md, run 9).
+557-567 requests instead of 582-592, the sync 6.4-6.5 s instead of 6.8-7.2 s (docs/benchmarks.md, run 10).
 
 A channel plugs in with one function, ``fetch(lo, hi)``: the pages of canonical records with ``lo <=
 updated_at < hi`` (``None``: unbounded), each page in (updated_at, id) order.
@@ -52,11 +52,14 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ..private_files import open_private
+
+if TYPE_CHECKING:
+    from ..http.client import WellSkyClient
 
 Page = list[dict[str, Any]]
 FetchWindow = Callable[[datetime | None, datetime | None], Iterator[Page]]
@@ -228,7 +231,7 @@ class WindowedRead:
                 self.windows.append(self._window(lo, hi))
         for window in self.windows:
             window.planned = rest / len(self.windows)
-        self.pages_left = rest
+        self._count_pages_left()
         _OPEN.add(self)
 
     def _windows_needed(self, pages: float) -> int:
@@ -282,6 +285,10 @@ class WindowedRead:
         self.windows.insert(self.windows.index(best) + 1, new)
         return new
 
+    def _count_pages_left(self) -> None:
+        """Publish this stream's estimate for the other streams (``pages_left_everywhere``)."""
+        self.pages_left = sum(self._remaining_pages(w) for w in self.windows)
+
     def _outlasts_budget(self, pages: float) -> bool:
         """Would ``pages``, one after another, still be read when the budget has sent every page the process has
         left? Only then does a split shorten the sync; else it costs a request for nothing."""
@@ -299,9 +306,7 @@ class WindowedRead:
         """After a full page, under a budget: split this stream's critical window onto a reader borrowed now. A
         stream whose other readers left (nothing worth splitting then) would otherwise read its last windows
         serially once the rest of the sync had ended."""
-        if not self._budget or not self._readers_cap or self._readers >= MAX_WINDOWS:
-            return
-        if any(not w.started for w in self.windows) or not READERS.try_enter(self._readers_cap):
+        if not self._budget or any(not w.started for w in self.windows) or not self._take_place():
             return
         window = self._split()
         if window is None:
@@ -339,7 +344,7 @@ class WindowedRead:
                             arrived = time.monotonic()
                             self._pace = min(self._pace, arrived - began) if self._pace else arrived - began
                             began = arrived
-                        self.pages_left = sum(self._remaining_pages(w) for w in self.windows)
+                        self._count_pages_left()
                         if len(kept) == len(page) and page is not window.first:
                             self._widen()
                     if kept:
@@ -368,7 +373,7 @@ class WindowedRead:
                 close()
             with self._cond:
                 window.done = True
-                self.pages_left = sum(self._remaining_pages(w) for w in self.windows)
+                self._count_pages_left()
                 self._cond.notify_all()
 
     def _after_failure(self, window: _Window) -> bool:
@@ -410,9 +415,12 @@ class WindowedRead:
 
     def _borrow(self) -> None:
         """One more reader for this stream, if the process has a reader to spare (under the condition's lock)."""
-        if self._readers >= MAX_WINDOWS or not self._readers_cap or not READERS.try_enter(self._readers_cap):
-            return
-        self._start(borrowed=True)
+        if self._take_place():
+            self._start(borrowed=True)
+
+    def _take_place(self) -> bool:
+        """Take a place in ``READERS`` for one more borrowed reader of this stream, if it may have one."""
+        return bool(self._readers_cap) and self._readers < MAX_WINDOWS and READERS.try_enter(self._readers_cap)
 
     def _start(self, *, borrowed: bool, window: _Window | None = None) -> None:
         """A reader thread (under the condition's lock, its place in ``READERS`` taken), ``window`` its first."""
@@ -517,6 +525,7 @@ class WindowedChannel:
     ``iter_records`` reads a large stream as windows in parallel, still emitted in (updated_at, id) order."""
 
     config: Any
+    client: WellSkyClient
 
     def _pages(self, entity: str, since: datetime | None, before: datetime | None) -> Iterator[Page]:
         raise NotImplementedError
@@ -531,16 +540,8 @@ class WindowedChannel:
             workers=self.config.max_windows_per_stream,
             prefetch=prefetch,
             readers_cap=readers_cap(self.config),
-            budget=sustained_rate(self.config),
+            budget=self.client.sustained_rate,
         )
-
-
-def sustained_rate(config: Any) -> float | None:
-    """Requests/s the connection's request window sustains (``http/client.py``), or None without a budget."""
-    from ..http.client import PACING_HEADROOM
-
-    per_second = getattr(config, "max_requests_per_second", None)
-    return float(per_second) * PACING_HEADROOM if per_second else None
 
 
 def readers_cap(config: Any) -> int:

@@ -127,6 +127,12 @@ class WellSkyClient:
             transport=transport,
         )
 
+    @property
+    def sustained_rate(self) -> float | None:
+        """Requests/s the request window sustains (``max_requests_per_second`` less the pacing headroom), or
+        None without a budget."""
+        return None if self._limiter is None else self._limiter.per_second
+
     # -- plumbing ---------------------------------------------------------------------------------------
     def _on_request(self, request: httpx.Request) -> None:
         """Every request on the wire takes its slot, logins and token fetches of the auth flows too: a budget

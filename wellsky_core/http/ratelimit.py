@@ -52,6 +52,11 @@ class RequestWindow:
         self._slots: deque[_Grant] = deque(maxlen=limit)  # the last ``limit`` grants, in grant order
         self._local = threading.local()  # each thread's grants not yet on the wire
 
+    @property
+    def per_second(self) -> float:
+        """Requests per second the window sustains (``limit`` every ``window`` seconds)."""
+        return self.limit / self.window
+
     @classmethod
     def for_budget(
         cls,
