@@ -16,7 +16,7 @@ import pytest
 from wellsky_core.channels import windows
 from wellsky_core.config import TapConfig, WellSkyConfig
 from wellsky_core.connection import Connection
-from wellsky_core.errors import RemoteError
+from wellsky_core.errors import RemoteError, WellSkyError
 from wellsky_core.read_loop import StreamRead
 from wellsky_sandbox.testing import SandboxServer
 
@@ -313,3 +313,28 @@ def test_under_a_budget_a_stream_splits_only_while_its_pages_would_outlast_the_b
     assert [(r["updated_at"], r["id"]) for r in got] == [(r["updated_at"], r["id"]) for r in truth]
     assert bounded[:4] == [False] * 4, f"windows while the budget had far more to send elsewhere: {bounded[:4]}"
     assert any(bounded[4:]), "the stream widened once the rest of the process was done"
+
+
+def test_a_tenant_that_ignores_a_windows_lower_bound_stops_the_stream_in_one_actionable_line(
+    sandbox_factory: Callable[..., SandboxServer],
+) -> None:
+    """A hostile or broken tenant that answers ``updated_since=<window start>&updated_before=...`` from the
+    beginning sends records earlier windows already read, out of order: the stream stops with an error naming
+    the setting that reads it serially, after every record before the bad window, with none twice. Before, the
+    SDK's sort check failed with "unexpected InvalidStreamSortException" and nothing on why."""
+    sb = sandbox_factory(scale=80, sftp_port=None)
+
+    def ignore_the_lower_bound(request: httpx.Request) -> None:
+        query = [(k, v) for k, v in request.url.params.multi_items()]
+        if any(k == "updated_before" for k, _ in query):
+            request.url = request.url.copy_with(params=[(k, v) for k, v in query if k != "updated_since"])
+
+    config = _config(sb, page_size=10, max_windows_per_stream=4, max_parallel_streams=1)
+    got: list[dict[str, Any]] = []
+    with closing(Connection(config)) as conn:
+        conn.client._http.event_hooks["request"].append(ignore_the_lower_bound)
+        with pytest.raises(WellSkyError, match=r"ignores the lower bound.*max_windows_per_stream: 1"):
+            for record in conn.channel(ENTITY).iter_records(ENTITY, None):
+                got.append(record)
+    keys = [(r["updated_at"], r["id"]) for r in got]
+    assert got and keys == sorted(keys) and len(keys) == len(set(keys)), "in order, none twice, up to the bad window"

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ..errors import WellSkyError
 from ..private_files import open_private
 
 if TYPE_CHECKING:
@@ -331,6 +332,8 @@ class WindowedRead:
                 for page in pages:
                     if self._stop.is_set() or self._after_failure(window):
                         return
+                    if window.lo is not None and window.pages is None and page:
+                        _require_after(page[0], window.lo)
                     with self._cond:  # hi may have shrunk (a split): keep what is still this window's
                         hi = window.hi
                         kept = page if hi is None else [r for r in page if parse_instant(r["updated_at"]) < hi]
@@ -493,6 +496,17 @@ class WindowedRead:
             if handle is not None:
                 handle.close()
             window.path.unlink(missing_ok=True)
+
+
+def _require_after(record: dict[str, Any], lo: datetime) -> None:
+    """A window's page starts at or after its lower bound: a tenant that ignores the bound sends records that
+    earlier windows already read, out of order (the stream's sort check then failed with no word on why)."""
+    if parse_instant(record["updated_at"]) < lo:
+        raise WellSkyError(
+            f"the tenant answered a listing of records updated since {lo:%Y-%m-%dT%H:%M:%SZ} with older records: "
+            "it ignores the lower bound of a bounded listing. Set max_windows_per_stream: 1 to read each stream "
+            "serially (one window), and report it to WellSky"
+        )
 
 
 def read(fetch: FetchWindow, since: datetime | None, *, page_size: int, workers: int, now: datetime | None = None,
