@@ -16,6 +16,7 @@ from collections.abc import Iterator, MutableMapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from . import waits
 from .channels import CHANNELS, channel_class
 from .snapshot_deletions import SnapshotDeletions, can_carry_deletions
 from .stream_state import CURSOR_KEY, MEMO_KEY, STAMP_KEY, VALUE_KEY, cursor_value, parse_cursor, state_stamp
@@ -98,7 +99,8 @@ class StreamRead:
     # -- the loop ----------------------------------------------------------------------------------------------
     def records(self) -> Iterator[dict[str, Any]]:
         """Canonical records of the stream, counted for data quality; the state follows what was yielded."""
-        reason = self.skip_reason()
+        with waits.waiting():  # a channel may ask the tenant what it serves
+            reason = self.skip_reason()
         self.state[STAMP_KEY] = state_stamp(self.connection.config, self.stream)
         if reason is not None:
             self.log.warning("%s; nothing synced for it", reason)
@@ -120,7 +122,9 @@ class StreamRead:
             since = None
         started = last_report = time.monotonic()
         try:
-            for record in channel.iter_records(self.stream, since):
+            # the channel's code runs in waits.waiting (a parallel Singer sync's gate open) unless its next records
+            # are in memory already; this loop's own code, the state included, runs where its consumer holds it
+            for record in waits.draw(channel.iter_records(self.stream, since)):
                 self.count += 1
                 self._since_checkpoint += 1
                 observe(self.stream, record)

@@ -25,6 +25,7 @@ import pytest
 
 from tap_wellsky import parallel
 from tap_wellsky.parallel import OutputGate, SyncStopped, run_parallel
+from wellsky_core import waits
 from wellsky_sandbox.testing import SandboxServer
 
 from .helpers import sandbox_config
@@ -155,8 +156,9 @@ def test_every_job_runs_inside_the_gate_and_the_gate_is_inactive_afterwards(lock
 
 
 def test_the_gate_opens_only_while_the_next_record_is_awaited(locks: list[ObservableLock]) -> None:
-    """A stream holds the gate and reads two records through ``waiting``. A second stream (started inside the
-    gate) gets in exactly while the first awaits its next record, never while it writes one."""
+    """A stream holds the gate and reads two records through ``waiting``, each awaited (``waits.draw``, as the
+    read loop pulls a channel's records). A second stream (started inside the gate) gets in exactly while the
+    first awaits its next record, never while it writes one."""
     gate = OutputGate()
     (gate_lock,) = locks
     gate.active = True
@@ -176,7 +178,7 @@ def test_the_gate_opens_only_while_the_next_record_is_awaited(locks: list[Observ
 
     thread = threading.Thread(target=other)
     with gate:
-        for item in gate.waiting(items()):
+        for item in gate.waiting(waits.draw(items())):  # drawn as the read loop draws a channel's records
             assert gate_lock.owner is me  # shut again before the record is handed over
             out.write(f"RECORD {item} ")
             if item == 1:
@@ -218,7 +220,7 @@ def test_a_failure_stops_the_others_and_is_raised_after_every_thread_ended(locks
             yield 2
 
         try:
-            for _ in gate.waiting(items()):
+            for _ in gate.waiting(waits.draw(items())):
                 pass
         except SyncStopped:
             stopped.append("waiting")

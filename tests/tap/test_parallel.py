@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tap_wellsky.parallel import OutputGate, SyncStopped, run_parallel
+from wellsky_core import waits
 from wellsky_sandbox.testing import SandboxServer
 
 from .helpers import run_tap, sandbox_config
@@ -106,7 +107,7 @@ def test_first_failure_stops_the_other_streams_and_is_raised() -> None:
 
     def endless() -> None:
         try:
-            for _ in gate.waiting(slow_items()):
+            for _ in gate.waiting(waits.draw(slow_items())):  # awaited, as the read loop draws a channel
                 pass
         except SyncStopped:
             stopped.set()
@@ -135,7 +136,7 @@ def test_gate_is_open_only_while_waiting_for_the_next_item() -> None:
             yield i
 
     with gate:
-        assert list(gate.waiting(items())) == [0, 1, 2]
+        assert list(gate.waiting(waits.draw(items()))) == [0, 1, 2]
         assert gate._lock.locked()
     assert observed == [True, True, True] and not gate._lock.locked()
 

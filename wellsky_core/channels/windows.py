@@ -43,6 +43,7 @@ updated_at < hi`` (``None``: unbounded), each page in (updated_at, id) order.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import math
 import shutil
@@ -56,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .. import waits
 from ..errors import WellSkyError
 from ..private_files import open_private
 
@@ -469,7 +471,9 @@ class WindowedRead:
         handle = None
         try:
             while True:
-                with self._cond:
+                # size only grows and done only turns true, so an unlocked look that finds data is right
+                idle = window.size <= pos and not window.done
+                with waits.waiting() if idle else contextlib.nullcontext(), self._cond:
                     while window.size <= pos and not window.done:
                         if not self._cond.wait(1.0) and not any(t.is_alive() for t in self._threads):
                             raise RuntimeError("the window readers stopped before the stream was read")
@@ -485,7 +489,7 @@ class WindowedRead:
                     with self._cond:
                         self._ahead -= len(chunk)
                         self._cond.notify_all()
-                    for line in chunk.splitlines():
+                    for line in waits.in_memory(chunk.splitlines()):
                         yield orjson.loads(line)
                     continue
                 if done:
@@ -525,9 +529,7 @@ def read(fetch: FetchWindow, since: datetime | None, *, page_size: int, workers:
     if first is None:
         return
     if len(first) < page_size or workers <= 1:  # small (one page, one request), or windows off
-        yield from first
-        for page in prefetch(pages) if prefetch is not None else pages:
-            yield from page
+        yield from waits.flatten(itertools.chain([first], prefetch(pages) if prefetch is not None else pages))
         return
     yield from WindowedRead(
         fetch, since, first, pages, page_size, now or datetime.now(UTC), workers, readers_cap, budget, first_seconds
