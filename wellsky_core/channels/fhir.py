@@ -27,6 +27,7 @@ from urllib.parse import urlencode
 from ..errors import NormalizationError, RemoteError
 from ..http.paging import NextLinkPaginator, page_limit
 from ..normalize import fhir as fhir_norm
+from ..normalize.fhir import JSON_OBJECT
 from . import windows
 from .base import Channel
 
@@ -96,13 +97,13 @@ class FhirChannel(windows.WindowedChannel, Channel):
     def _fetch_capability(self) -> dict[str, dict[str, Any]]:
         if self._capability is None:
             body = self.client.get_json(f"{self.config.fhir_base}/metadata")
-            if not isinstance(body, Mapping) or body.get("resourceType") != "CapabilityStatement":
+            if not isinstance(body, JSON_OBJECT) or body.get("resourceType") != "CapabilityStatement":
                 raise RemoteError(200, "unexpected_shape", "the FHIR base's /metadata is not a CapabilityStatement")
             resources: dict[str, dict[str, Any]] = {}
             for rest in body.get("rest") or []:
-                if isinstance(rest, Mapping) and rest.get("mode", "server") == "server":
+                if isinstance(rest, JSON_OBJECT) and rest.get("mode", "server") == "server":
                     for res in rest.get("resource") or []:
-                        if isinstance(res, Mapping) and isinstance(res.get("type"), str):
+                        if isinstance(res, JSON_OBJECT) and isinstance(res.get("type"), str):
                             resources[res["type"]] = dict(res)
             self._capability = resources
         return self._capability
@@ -111,7 +112,7 @@ class FhirChannel(windows.WindowedChannel, Channel):
         entry = self.capability().get(resource_type)
         if entry is None:
             return False
-        codes = {i.get("code") for i in entry.get("interaction") or [] if isinstance(i, Mapping)}
+        codes = {i.get("code") for i in entry.get("interaction") or [] if isinstance(i, JSON_OBJECT)}
         return not codes or "search-type" in codes
 
     @classmethod
@@ -189,7 +190,7 @@ class FhirChannel(windows.WindowedChannel, Channel):
     # -- references across streams -----------------------------------------------------------------------------
     def _search_params(self, resource_type: str) -> set[str]:
         entry = self.capability().get(resource_type) or {}
-        return {p.get("name") for p in entry.get("searchParam") or [] if isinstance(p, Mapping)}
+        return {p.get("name") for p in entry.get("searchParam") or [] if isinstance(p, JSON_OBJECT)}
 
     def resolve_identifiers(self, resources: list[tuple[str | None, dict[str, Any]]]) -> None:
         """Index the page's Practitioners and Organizations, then look up (once per sync) the identifiers its
@@ -242,7 +243,7 @@ def _role_key(role: Mapping[str, Any], base: str | None) -> tuple[str, ...] | No
     """The practitioner a role names: ``("id", id)`` for a literal reference (relative, or absolute under
     ``base``), ``("identifier", system, value)`` for an identifier or conditional one."""
     ref = role.get("practitioner")
-    if not isinstance(ref, Mapping):
+    if not isinstance(ref, JSON_OBJECT):
         return None
     literal = ref.get("reference")
     if isinstance(literal, str) and "?" not in literal and "/" in literal:
@@ -264,7 +265,7 @@ def _roles_of(
             continue
         keys: list[tuple[str, ...]] = [("id", str(res.get("id")))]
         for ident in res.get("identifier") or []:
-            if isinstance(ident, Mapping) and isinstance(ident.get("value"), str):
+            if isinstance(ident, JSON_OBJECT) and isinstance(ident.get("value"), str):
                 keys.append(("identifier", str(ident.get("system") or ""), ident["value"]))
         for key in keys:
             for role in roles.get(key, []):
@@ -279,8 +280,8 @@ def _within(updated_at: str, floor: datetime | None, ceiling: datetime | None) -
 
 def _resources(bundle: Mapping[str, Any]) -> Iterator[tuple[str | None, dict[str, Any]]]:
     for entry in bundle.get("entry") or []:
-        res = entry.get("resource") if isinstance(entry, Mapping) else None
-        if isinstance(res, Mapping):
+        res = entry.get("resource") if isinstance(entry, JSON_OBJECT) else None
+        if isinstance(res, JSON_OBJECT):
             yield (entry.get("search") or {}).get("mode"), dict(res)
 
 
@@ -363,13 +364,13 @@ def identifier_parent(res: Mapping[str, Any]) -> str | None:
     ``Practitioner?identifier=<system>|<value>``, for when no resolver can map it to an id yet (a bulk export
     spools files in any order); :func:`identifier_parent_keys` gives the practitioner's side of the match."""
     ref = res.get("practitioner")
-    if not isinstance(ref, Mapping):
+    if not isinstance(ref, JSON_OBJECT):
         return None
     literal = ref.get("reference")
     kind, tokens = fhir_norm.conditional_identifiers(literal) if isinstance(literal, str) else ("", [])
     if kind == "Practitioner" and tokens:
         system, value = tokens[0]
-    elif literal is None and isinstance(ref.get("identifier"), Mapping):
+    elif literal is None and isinstance(ref.get("identifier"), JSON_OBJECT):
         system, value = str(ref["identifier"].get("system") or ""), ref["identifier"].get("value")
     else:
         return None
@@ -381,7 +382,7 @@ def identifier_parent_keys(res: Mapping[str, Any]) -> list[str]:
     identifier with its system, and without one (a reference that names only the value)."""
     keys: list[str] = []
     for ident in res.get("identifier") or []:
-        value = ident.get("value") if isinstance(ident, Mapping) else None
+        value = ident.get("value") if isinstance(ident, JSON_OBJECT) else None
         if isinstance(value, str) and value:
             for system in dict.fromkeys((str(ident.get("system") or ""), "")):
                 keys.append(f"{res.get('resourceType')}?identifier={system}|{value}")
@@ -394,7 +395,7 @@ def _parent_ref(res: Mapping[str, Any], resolver: fhir_norm.Resolver | None = No
     resolver = resolver or fhir_norm.Resolver()
     for key, kind in (("encounter", "Encounter"), ("practitioner", "Practitioner")):
         ref = res.get(key)
-        if isinstance(ref, Mapping):
+        if isinstance(ref, JSON_OBJECT):
             _, rid, _, problem = resolver.find(ref, (kind,), res)
             if problem is None and rid:
                 return f"{kind}/{rid}"
