@@ -41,13 +41,15 @@ def consumer(release: Callable[[], None], take: Callable[[bool], None]) -> Itera
     after it (get the gate back; ``take(True)`` after a wait that ended normally may raise to stop the read,
     ``take(False)`` after one that raised must not, so the read's own error goes on)."""
     owner = threading.get_ident()
-    before = _local.consumer, _local.released, _local.in_memory
     _local.consumer, _local.released, _local.in_memory = (release, take), False, 0
     try:
         yield
     finally:
-        if threading.get_ident() == owner:  # a generator closed by another thread leaves this thread's alone
-            _local.consumer, _local.released, _local.in_memory = before
+        # not restored, cleared: a stream's read left unclosed (its generator closed later, by another thread,
+        # which cannot touch this thread's) must not leave its gate's hooks behind for the next read; the next
+        # consumer on this thread replaces them whatever they are
+        if threading.get_ident() == owner:
+            _local.consumer, _local.released, _local.in_memory = None, False, 0
 
 
 @contextmanager

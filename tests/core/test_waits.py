@@ -174,3 +174,25 @@ def test_a_windowed_read_sends_no_request_and_waits_for_no_reader_with_the_gate_
     assert state.written_held and all(state.written_held), "the stream's state is written with the gate held"
     pages = -(-len(got) // 20)
     assert gate.opened <= 3 * pages < len(got), (gate.opened, pages, len(got))
+
+
+def test_a_consumer_left_behind_by_an_unclosed_read_is_replaced_and_then_cleared() -> None:
+    """A read whose generator another thread closes later cannot clear this thread's consumer; the next consumer
+    replaces it, and when that one ends nothing of either is left (a stale gate's hooks would release a lock this
+    thread does not hold)."""
+    stale, fresh = Gate(), Gate()
+
+    def left_open() -> Iterator[int]:
+        with waits.consumer(stale.release, stale.take):
+            yield 1
+
+    reads = left_open()
+    assert next(reads) == 1  # the stale consumer is now registered on this thread, never closed here
+    with waits.consumer(fresh.release, fresh.take):
+        assert list(waits.draw(iter([5]))) == [5]
+    with waits.waiting():
+        pass  # no consumer any more: neither gate is touched
+    assert stale.opened == 0 and fresh.opened == 2 and stale.held and fresh.held
+    thread = threading.Thread(target=reads.close)  # closed by another thread: this thread's state untouched
+    thread.start()
+    thread.join()
