@@ -95,7 +95,7 @@ class WellSkyStream(Stream):
         )
         self.summary["source"] = read.channel.name
         try:
-            # the output gate opens while the channel fetches (parallel sync; a no-op otherwise)
+            # a parallel sync holds the output gate here, open only while the read waits (wellsky_core/waits.py)
             for record in self.wellsky_tap.output_gate.waiting(iter(read.records())):
                 if read.count == 1 and self.logger.isEnabledFor(logging.DEBUG):  # redacted like every log line
                     self.logger.debug("%s: first record %s", self.name, record)
