@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 import time
 from typing import IO, Any
 
@@ -73,23 +74,7 @@ def read(output: Output, config_path: str, catalog_path: str, state_path: str | 
     ended_by: BaseException | None = None
     started = time.monotonic()
     try:
-        for stream in streams:
-            output.stream_status(stream.name, "STARTED")
-            try:
-                count = _read_stream(output, connection, stream, states.get(stream.name))
-            except (ConfigError, AuthError) as exc:
-                # Every other stream would fail the same way: stop here with one clear error.
-                output.error(exc, stream=stream.name)
-                output.stream_status(stream.name, "INCOMPLETE")
-                ended_by = exc
-                break
-            except Exception as exc:
-                output.error(exc, stream=stream.name)
-                output.stream_status(stream.name, "INCOMPLETE")
-                failed.append(stream.name)
-                continue
-            output.stream_status(stream.name, "COMPLETE")
-            log.info("%s: %d records", stream.name, count)
+        failed, ended_by = _read_streams(output, connection, streams, states, config.max_parallel_streams)
     except BaseException as exc:  # the report's status must say what the exit code will say
         ended_by = exc
         raise
@@ -142,8 +127,85 @@ def _log_quality(report: dict[str, Any], config: WellSkyConfig) -> None:
     save_report(report, config, log)
 
 
+class _Stopped(Exception):
+    """Another stream's config or login error (or an interrupt) stopped the read: this stream is INCOMPLETE."""
+
+
+def _read_streams(
+    output: Output,
+    connection: Connection,
+    streams: list[ConfiguredStream],
+    states: dict[str, Any],
+    workers: int,
+) -> tuple[list[str], BaseException | None]:
+    """Every configured stream, ``workers`` at a time (``max_parallel_streams``: the Singer face's setting, the
+    same default), all on the connection's one request budget. Airbyte takes interleaved streams: each stream's
+    STATE follows its own records (one thread writes both, every message a whole line), and no stream shares
+    state with another. A config or login error stops the others (each would fail the same way); any other
+    failure leaves its stream INCOMPLETE and the others go on. Returns the failed streams (catalog order) and
+    the error that stopped the read, if one did."""
+    stop = threading.Event()
+    failed: set[str] = set()
+    stopped_by: list[BaseException] = []
+    pending = list(streams)
+    lock = threading.Lock()
+
+    def one(stream: ConfiguredStream) -> None:
+        output.stream_status(stream.name, "STARTED")
+        try:
+            count = _read_stream(output, connection, stream, states.get(stream.name), stop)
+        except _Stopped:
+            output.stream_status(stream.name, "INCOMPLETE")
+            return
+        except (ConfigError, AuthError) as exc:
+            output.error(exc, stream=stream.name)
+            output.stream_status(stream.name, "INCOMPLETE")
+            with lock:
+                stopped_by.append(exc)
+            stop.set()
+            return
+        except Exception as exc:
+            output.error(exc, stream=stream.name)
+            output.stream_status(stream.name, "INCOMPLETE")
+            with lock:
+                failed.add(stream.name)
+            return
+        output.stream_status(stream.name, "COMPLETE")
+        log.info("%s: %d records", stream.name, count)
+
+    def work() -> None:
+        while not stop.is_set():
+            with lock:
+                if not pending:
+                    return
+                stream = pending.pop(0)
+            one(stream)
+
+    threads = [
+        threading.Thread(target=work, name=f"source-wellsky-stream-{i}", daemon=True)
+        for i in range(max(1, min(workers, len(streams))))
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        while any(thread.is_alive() for thread in threads):
+            for thread in threads:
+                thread.join(0.2)  # short waits: an interrupt reaches this thread between them
+    except BaseException:
+        stop.set()  # the streams stop at their next record; a stream mid-request finishes it first
+        for thread in threads:
+            thread.join(10)
+        raise
+    order = [stream.name for stream in streams]
+    return sorted(failed, key=order.index), (stopped_by[0] if stopped_by else None)
+
+
 def _read_stream(
-    output: Output, connection: Connection, stream: ConfiguredStream, state: dict[str, Any] | None
+    output: Output,
+    connection: Connection,
+    stream: ConfiguredStream,
+    state: dict[str, Any] | None,
+    stop: threading.Event | None = None,
 ) -> int:
     """The core's read loop (``wellsky_core.read_loop``, shared with the Singer tap), as Airbyte messages."""
     incremental = stream.sync_mode == "incremental"
@@ -151,6 +213,8 @@ def _read_stream(
     every = connection.config.page_size
     running = False
     for record in read.records():
+        if stop is not None and stop.is_set():
+            raise _Stopped(stream.name)
         if not running:
             output.stream_status(stream.name, "RUNNING")
             running = True

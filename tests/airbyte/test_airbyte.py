@@ -451,3 +451,99 @@ def test_read_reports_data_quality_and_fails_above_the_threshold(sandbox, tmp_pa
     failed = run_source("read", "--config", strict, "--catalog", catalog, expect_rc=1)
     [error] = [m.trace.error for m in of_type(failed, Type.TRACE) if m.trace.error is not None]
     assert "max_flagged_fraction" in error.message
+
+
+# --- streams read in parallel (max_parallel_streams, as the Singer face) -----------------------------------------
+
+
+def test_streams_are_read_in_parallel_by_default_with_the_same_records_and_states_as_one_at_a_time(
+    sandbox_factory, tmp_path
+):
+    """The Airbyte face honours ``max_parallel_streams`` (default 8) as the Singer face does: streams overlap,
+    and what comes out per stream (records in order, checkpoints, final state) is what one stream at a time gives."""
+    sb = sandbox_factory(latency="20ms")  # slow enough that streams overlap in time
+    creds = sb.credentials()
+    base = {"base_url": creds["base_url"], "username": creds["username"], "password": creds["password"]}
+    parallel_cfg = write_json(tmp_path / "parallel.json", {**base, "page_size": PAGE})
+    serial_cfg = write_json(tmp_path / "serial.json", {**base, "page_size": PAGE, "max_parallel_streams": 1})
+    catalog = configured_catalog(tmp_path, parallel_cfg)
+    parallel = run_source("read", "--config", parallel_cfg, "--catalog", catalog)
+    serial = run_source("read", "--config", serial_cfg, "--catalog", catalog)
+
+    def overlaps(messages: list[AirbyteMessage]) -> bool:
+        """Some stream started before another one completed."""
+        open_streams: set[str] = set()
+        for m in of_type(messages, Type.TRACE):
+            if m.trace.stream_status:
+                name, status = m.trace.stream_status.stream_descriptor.name, m.trace.stream_status.status.value
+                if status == "STARTED":
+                    if open_streams:
+                        return True
+                    open_streams.add(name)
+                elif status in ("COMPLETE", "INCOMPLETE"):
+                    open_streams.discard(name)
+        return False
+
+    assert overlaps(parallel) and not overlaps(serial)
+    assert_checkpoints_never_pass_unsent_records(parallel)
+    assert records_by_stream(parallel) == records_by_stream(serial)
+    assert sorted(final_states(parallel), key=json.dumps) == sorted(final_states(serial), key=json.dumps)
+
+
+def test_a_login_error_in_one_stream_stops_the_streams_in_flight(sandbox, tmp_path, monkeypatch):
+    """A config or login error would fail every stream the same way: the others stop at their next record
+    (INCOMPLETE, no error of their own), the read exits non-zero with one error, and nothing is left running."""
+    import io
+    import logging
+    import threading
+
+    from tap_wellsky.airbyte import commands
+    from wellsky_core.errors import AuthError
+    from wellsky_core.read_loop import StreamRead
+
+    creds = sandbox.credentials()
+    config = write_json(
+        tmp_path / "config.json",
+        {"base_url": creds["base_url"], "username": creds["username"], "password": creds["password"], "page_size": 20},
+    )
+    catalog = write_json(
+        tmp_path / "catalog.json",
+        {
+            "streams": [
+                {"stream": {"name": name, "json_schema": {}, "supported_sync_modes": ["incremental"]},
+                 "sync_mode": "incremental", "destination_sync_mode": "append"}
+                for name in ("appointments", "patients")
+            ]
+        },
+    )
+    both_running = threading.Barrier(2)
+    records = StreamRead.records
+
+    def records_then_fail(self: StreamRead):  # type: ignore[no-untyped-def]
+        for i, record in enumerate(records(self)):
+            if i == 1:
+                both_running.wait(timeout=30)  # both streams are mid-read
+                if self.stream == "patients":
+                    raise AuthError("the session was refused (injected)", setting="password")
+            yield record
+
+    monkeypatch.setattr(StreamRead, "records", records_then_fail)
+    out = io.BytesIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        rc = commands.run(["read", "--config", config, "--catalog", catalog], stdout=out)
+    finally:  # the command points the root logger at its output: give the next test its own
+        root.handlers[:], root.level = handlers, level
+    messages = [AirbyteMessage.model_validate_json(line) for line in out.getvalue().splitlines()]
+    errors = [m.trace.error for m in of_type(messages, Type.TRACE) if m.trace.error]
+    statuses = {
+        (m.trace.stream_status.stream_descriptor.name, m.trace.stream_status.status.value)
+        for m in of_type(messages, Type.TRACE)
+        if m.trace.stream_status
+    }
+    assert rc == 1
+    assert len(errors) == 1 and errors[0].stream_descriptor.name == "patients"
+    assert ("appointments", "INCOMPLETE") in statuses and ("patients", "INCOMPLETE") in statuses
+    assert not any(status == "COMPLETE" for _, status in statuses)
+    assert not [t for t in threading.enumerate() if t.name.startswith("source-wellsky-stream")]
