@@ -57,8 +57,9 @@ class WellSkyStream(Stream):
     @property
     def thread_safe_channel(self) -> bool:
         """Whether this stream's channel may be read from a worker thread (see ``Channel.thread_safe``)."""
-        settings = self.wellsky_tap.settings
-        return channel_class(settings.source_for(self.name), settings.product).thread_safe
+        from wellsky_core.connection import reads_in_any_thread
+
+        return reads_in_any_thread(self.wellsky_tap.settings, self.name)
 
     def _write_record_message(self, record: dict[str, Any]) -> None:
         """RECORD out through the orjson fast path (see ``fastio``) when it is equivalent to the SDK's writer."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,6 +28,7 @@ class Connection:
         self._product: str | None = config.product
         self._tenant: dict[str, Any] | None = None
         self._channels: dict[str, Channel] = {}
+        self._channels_lock = threading.Lock()  # streams read in parallel open their channel once between them
         self.quality = QualityCounter(
             ignore=getattr(config, "quality_ignore", None), never_sent=lambda: DIALECTS[self.product].never_sent
         )
@@ -97,13 +99,20 @@ class Connection:
     def channel(self, stream: str) -> Channel:
         """The channel configured for ``stream`` (``stream_sources`` or ``source``), opened once and shared."""
         name = self.config.source_for(stream)
-        if name not in self._channels:
-            try:
-                client = self._client_for(channel_class(name).client_use)
-                self._channels[name] = open_channel(name, self.config, client, self.product)
-            except ValueError as exc:
-                raise ConfigError("source", str(exc)) from None
-        return self._channels[name]
+        with self._channels_lock:
+            if name not in self._channels:
+                try:
+                    client = self._client_for(channel_class(name).client_use)
+                    self._channels[name] = open_channel(name, self.config, client, self.product)
+                except ValueError as exc:
+                    raise ConfigError("source", str(exc)) from None
+            return self._channels[name]
+
+    def reads_in_any_thread(self, stream: str) -> bool:
+        """Whether ``stream`` may be read on a worker thread (``Channel.thread_safe``): the faces read the others
+        afterwards, in the thread that runs the sync (the portals' browser belongs to the thread that started it).
+        Decided from the settings alone, before any channel is opened."""
+        return reads_in_any_thread(self.config, stream)
 
     def _client_for(self, use: str) -> WellSkyClient | None:
         """The client a channel declared it needs (``Channel.client_use``)."""
@@ -139,3 +148,9 @@ class Connection:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def reads_in_any_thread(config: WellSkyConfig, stream: str) -> bool:
+    """:meth:`Connection.reads_in_any_thread` from validated settings alone (the Singer face decides before it
+    opens a connection)."""
+    return channel_class(config.source_for(stream), config.product).thread_safe

@@ -19,6 +19,7 @@ import os
 import re
 import sqlite3
 import stat
+import threading
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -115,7 +116,8 @@ def open_private(path: str | os.PathLike[str], mode: str = "w", *, make_parent: 
 def write_private(path: str | os.PathLike[str], data: str | bytes) -> Path:
     """Replace ``path`` atomically with ``data`` (a 0600 temporary file beside it, then a rename)."""
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    # per process and thread: two threads saving one file (streams read in parallel) never share a temporary
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with open_private(tmp, "wb") as handle:
             handle.write(data.encode() if isinstance(data, str) else data)

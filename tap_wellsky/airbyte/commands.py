@@ -143,11 +143,13 @@ def _read_streams(
     STATE follows its own records (one thread writes both, every message a whole line), and no stream shares
     state with another. A config or login error stops the others (each would fail the same way); any other
     failure leaves its stream INCOMPLETE and the others go on. Returns the failed streams (catalog order) and
-    the error that stopped the read, if one did."""
+    the error that stopped the read, if one did. A stream whose channel belongs to one thread (the portals'
+    browser: ``Connection.reads_in_any_thread``) is read afterwards in this thread, as the Singer face does."""
     stop = threading.Event()
     failed: set[str] = set()
     stopped_by: list[BaseException] = []
-    pending = list(streams)
+    pending = [stream for stream in streams if connection.reads_in_any_thread(stream.name)]
+    serial = [stream for stream in streams if stream not in pending]
     lock = threading.Lock()
 
     def one(stream: ConfiguredStream) -> None:
@@ -183,14 +185,20 @@ def _read_streams(
 
     threads = [
         threading.Thread(target=work, name=f"source-wellsky-stream-{i}", daemon=True)
-        for i in range(max(1, min(workers, len(streams))))
+        for i in range(min(workers, len(pending)) if workers > 1 and len(pending) > 1 else 0)
     ]
+    if not threads:  # one stream at a time (or one stream): all of them in this thread
+        serial = list(streams)
     for thread in threads:
         thread.start()
     try:
         while any(thread.is_alive() for thread in threads):
             for thread in threads:
                 thread.join(0.2)  # short waits: an interrupt reaches this thread between them
+        for stream in serial:
+            if stop.is_set():
+                break
+            one(stream)
     except BaseException:
         stop.set()  # the streams stop at their next record; a stream mid-request finishes it first
         for thread in threads:

@@ -78,3 +78,36 @@ def test_tenant_slug_names_product_and_host_only():
     assert slug == "personal_care-connect.clearcareonline.com"
     assert tenant_slug("hospice", "http://127.0.0.1:5555") == "hospice-loopback"
     assert "/" not in tenant_slug("x/../y", None)
+
+
+def test_two_threads_saving_one_file_at_once_both_succeed_and_one_whole_version_wins(tmp_path, monkeypatch):
+    """Streams read in parallel save one shared file (a bulk export's job file): each thread's temporary file is
+    its own. Both threads have written their temporary file before either renames it (a barrier in the rename),
+    so a temporary name shared by the process would be renamed away under the second thread."""
+    import threading
+
+    target = tmp_path / "job.json"
+    both_written = threading.Barrier(2, timeout=10)
+    replace = os.replace
+
+    def replace_after_both(src, dst):  # type: ignore[no-untyped-def]
+        both_written.wait()
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_after_both)
+    errors: list[BaseException] = []
+
+    def save(text: str) -> None:
+        try:
+            write_private(target, text)
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=save, args=(text,)) for text in ('{"a": 1}', '{"b": 2}')]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert target.read_text() in ('{"a": 1}', '{"b": 2}') and mode(target) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["job.json"], "no temporary file left behind"
