@@ -69,6 +69,12 @@ PROOFS: dict[str, list[str]] = {
     "which streams a configuration serves": [ONCE + "test_both_faces_use_the_one_discovery_and_state_check"],
     "the shape of a stream's state": [ONCE + "test_both_faces_use_the_one_discovery_and_state_check"],
     "the list of streams": [ONCE + "test_stream_keys_come_from_entities"],
+    "how many streams are read at once": [
+        "tests/airbyte/test_airbyte.py::"
+        "test_streams_are_read_in_parallel_by_default_with_the_same_records_and_states_as_one_at_a_time",
+        ONCE + "test_only_the_connection_asks_whether_a_channel_may_be_read_on_a_worker_thread",
+        "tests/core/test_connection_channels.py::test_streams_opening_their_channel_at_once_share_one",
+    ],
     "how the Home Connect schedule memo is stored": [
         "tests/core/test_home_connect_memo.py::test_records_round_trip_exactly_and_encode_the_same_whatever_the_order",
         "tests/core/test_home_connect_memo.py::test_a_damaged_memo_is_a_reconcile_named_in_one_line",
@@ -206,6 +212,16 @@ def test_only_the_read_loop_reads_channels() -> None:
                if re.search(r"\.iter_records\(", text) and not p.startswith(("wellsky_core/channels/",
                                                                               "wellsky_core/products/"))]
     assert callers == ["wellsky_core/read_loop.py"], callers
+
+
+def test_only_the_connection_asks_whether_a_channel_may_be_read_on_a_worker_thread() -> None:
+    """Both faces split their streams by ``reads_in_any_thread``; ``Channel.thread_safe`` is read nowhere else."""
+    code = _code(*CONNECTOR)
+    # ``(?!`)``: a docstring's ``Channel.thread_safe`` names the attribute, it does not read it
+    readers = [p for p, text in code.items() if re.search(r"\.thread_safe\b(?!`)", text)]
+    assert readers == ["wellsky_core/connection.py"], readers
+    assert "reads_in_any_thread" in code["tap_wellsky/stream.py"]
+    assert "reads_in_any_thread" in code["tap_wellsky/airbyte/commands.py"]
 
 
 def test_both_faces_use_the_one_discovery_and_state_check() -> None:
