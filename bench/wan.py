@@ -209,6 +209,7 @@ def bench_source(key: str, args: argparse.Namespace, work: Path) -> list[dict[st
                 sb, name, [str(BIN / "tap-wellsky"), "--config", str(cfg)], out=full_out if not par else os.devnull
             )
             rows.append(row)
+        rows.append(airbyte_face(sb, cfg_dir / "tap-0.json"))
         rows[0]["note"] = critical_path(sb, cfg_dir / "tap-0.json")
         parallel = rows[0]
         # the floor: the fewest requests the data needs (REST: one per 100-record page + the login) over the budget
@@ -231,6 +232,28 @@ def bench_source(key: str, args: argparse.Namespace, work: Path) -> list[dict[st
     for row in rows:
         row["floor_s"] = rows[0].get("floor_s")
     return rows
+
+
+def airbyte_face(sb: WanSandbox, cfg: Path) -> dict[str, Any]:
+    """The same default sync through the Airbyte face (``source-wellsky read``, every discovered stream): what a
+    PyAirbyte or Airbyte user gets from the same settings."""
+    discovered = base.subprocess.run(
+        [str(BIN / "source-wellsky"), "discover", "--config", str(cfg)], capture_output=True, text=True, check=True
+    )
+    catalog = next(json.loads(ln)["catalog"] for ln in discovered.stdout.splitlines() if '"CATALOG"' in ln[:40])
+    configured = cfg.with_name("source-catalog.json")
+    configured.write_text(json.dumps({"streams": [
+        {"stream": s, "sync_mode": "full_refresh", "destination_sync_mode": "overwrite"} for s in catalog["streams"]
+    ]}))
+    out = cfg.with_name("source-out.jsonl")
+    cmd = [str(BIN / "source-wellsky"), "read", "--config", str(cfg), "--catalog", str(configured)]
+    row = measure(sb, "source-wellsky read (defaults)", cmd, out=out)
+    with out.open() as fh:
+        row["records"] = sum(1 for ln in fh if '"RECORD"' in ln[:40]) or None
+    error = base.airbyte_error(out)
+    if error:
+        row["ok"], row["note"] = False, f"FAILED: {error}"
+    return row
 
 
 def critical_path(sb: WanSandbox, cfg: Path) -> str:
@@ -350,7 +373,9 @@ def derive(rows: list[dict[str, Any]], budget: int) -> None:
         r["x_floor"] = (
             round(span / r["floor_s"], 2)
             if r.get("floor_s") and r["ok"]
-            and r["name"].startswith(("tap-wellsky (", "tap-wellsky one", "tap-wellsky without", "peer"))
+            and r["name"].startswith(
+                ("tap-wellsky (", "tap-wellsky one", "tap-wellsky without", "peer", "source-wellsky")
+            )
             else None
         )
 
