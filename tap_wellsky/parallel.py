@@ -78,7 +78,7 @@ class OutputGate:
 
         The read says when it waits (``wellsky_core.waits``: the read loop pulls a channel's records in
         ``waiting`` unless they are in memory already). Opening the gate around every record instead handed
-        the lock between the stream threads once per record, a quarter of a FHIR sync's CPU on 2 cores.
+        the lock between the stream threads once per record (docs/benchmarks.md, run 11).
         """
         if not self.active:
             yield from items

@@ -3,8 +3,9 @@
 A Singer sync with parallel streams (``tap_wellsky/parallel.py``) has one output gate: a stream holds it while its
 records pass through the SDK and must let it go while its read waits (the network, a window reader's page), or the
 other streams could not write meanwhile. Letting it go around every record, as the gate once did, handed one lock
-between the stream threads per record: on 2 cores that was a quarter of a FHIR sync's CPU (docs/benchmarks.md,
-run 11). So the read says when it waits, and the consumer holds on across what is in memory:
+between the stream threads per record, ~50,000 times in a FHIR sync of scale M (219 now; with the collector's
+change, 10 % of that sync's CPU: docs/benchmarks.md, run 11). So the read says when it waits, and the consumer
+holds on across what is in memory:
 
 - :func:`waiting` wraps anything that may block (a channel's next page, a window's spool): the consumer registered
   for this thread (:func:`consumer`) lets its gate go for that long;
