@@ -108,12 +108,6 @@ class Connection:
                     raise ConfigError("source", str(exc)) from None
             return self._channels[name]
 
-    def reads_in_any_thread(self, stream: str) -> bool:
-        """Whether ``stream`` may be read on a worker thread (``Channel.thread_safe``): the faces read the others
-        afterwards, in the thread that runs the sync (the portals' browser belongs to the thread that started it).
-        Decided from the settings alone, before any channel is opened."""
-        return reads_in_any_thread(self.config, stream)
-
     def _client_for(self, use: str) -> WellSkyClient | None:
         """The client a channel declared it needs (``Channel.client_use``)."""
         if use == "required" or (use == "optional" and self.config.base_url):
@@ -151,6 +145,7 @@ class Connection:
 
 
 def reads_in_any_thread(config: WellSkyConfig, stream: str) -> bool:
-    """:meth:`Connection.reads_in_any_thread` from validated settings alone (the Singer face decides before it
-    opens a connection)."""
+    """Whether ``stream`` may be read on a worker thread (``Channel.thread_safe``): both faces read the others
+    afterwards, in the thread that runs the sync (the portals' browser belongs to the thread that started it).
+    Decided from the validated settings alone, before any channel is opened."""
     return channel_class(config.source_for(stream), config.product).thread_safe

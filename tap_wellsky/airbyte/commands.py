@@ -12,7 +12,7 @@ from typing import IO, Any
 from wellsky_core.airbyte import exit_code
 from wellsky_core.cli import tune_gc
 from wellsky_core.config import WellSkyConfig
-from wellsky_core.connection import Connection
+from wellsky_core.connection import Connection, reads_in_any_thread
 from wellsky_core.discovery import not_offered_reason, offered
 from wellsky_core.errors import AuthError, ConfigError
 from wellsky_core.models import ENTITIES
@@ -144,11 +144,11 @@ def _read_streams(
     state with another. A config or login error stops the others (each would fail the same way); any other
     failure leaves its stream INCOMPLETE and the others go on. Returns the failed streams (catalog order) and
     the error that stopped the read, if one did. A stream whose channel belongs to one thread (the portals'
-    browser: ``Connection.reads_in_any_thread``) is read afterwards in this thread, as the Singer face does."""
+    browser: ``connection.reads_in_any_thread``) is read afterwards in this thread, as the Singer face does."""
     stop = threading.Event()
     failed: set[str] = set()
     stopped_by: list[BaseException] = []
-    pending = [stream for stream in streams if connection.reads_in_any_thread(stream.name)]
+    pending = [stream for stream in streams if reads_in_any_thread(connection.config, stream.name)]
     serial = [stream for stream in streams if stream not in pending]
     lock = threading.Lock()
 
