@@ -232,7 +232,9 @@ class WellSkyConfig(BaseModel):
     max_requests_per_second: float | None = Field(
         default=None,
         ge=0,
-        description=f"Client-side rate limit; 0 disables it. Empty: 50{RATE_DEFAULTS}.",
+        description=f"Client-side rate limit; 0 disables it. Empty: 50{RATE_DEFAULTS}. It is the tenant's budget: "
+        "processes on one machine sending to the same tenant (same base_url, user or client id, and state_dir) "
+        "split it between them.",
     )
     max_response_bytes: int = Field(
         default=256 * 1024 * 1024,

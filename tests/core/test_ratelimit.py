@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 import pytest
@@ -128,8 +129,9 @@ def _stamps_of_requests(monkeypatch: pytest.MonkeyPatch, budget: float, requests
     ``max_requests_per_second`` is ``budget`` (the client's own request window, on a fake clock)."""
     clock = FakeClock()
 
-    def for_budget(per_second: float | None, headroom: float) -> RequestWindow | None:
-        return real_for_budget(per_second, headroom, slices=2, clock=clock, sleep=clock.sleep)
+    def for_budget(per_second: float | None, headroom: float, *, share: Any = None) -> RequestWindow | None:
+        # one process alone, on a fake clock: the tenant share (real files, real clock) is test_tenant_share.py's
+        return real_for_budget(per_second, headroom, slices=2, clock=clock, sleep=clock.sleep, share=None)
 
     real_for_budget = RequestWindow.for_budget
     monkeypatch.setattr(transport.RequestWindow, "for_budget", staticmethod(for_budget))

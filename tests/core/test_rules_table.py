@@ -75,6 +75,12 @@ PROOFS: dict[str, list[str]] = {
         ONCE + "test_only_the_connection_asks_whether_a_channel_may_be_read_on_a_worker_thread",
         "tests/core/test_connection_channels.py::test_streams_opening_their_channel_at_once_share_one",
     ],
+    "how many requests a process may send to a tenant": [
+        "tests/core/test_tenant_share.py::test_processes_coming_and_going_never_overrun_the_tenants_budget",
+        "tests/reliability/test_concurrent_runs.py::"
+        "test_a_tap_and_a_source_reading_one_tenant_at_once_stay_within_its_budget",
+        ONCE + "test_only_the_client_paces_requests",
+    ],
     "how the Home Connect schedule memo is stored": [
         "tests/core/test_home_connect_memo.py::test_records_round_trip_exactly_and_encode_the_same_whatever_the_order",
         "tests/core/test_home_connect_memo.py::test_a_damaged_memo_is_a_reconcile_named_in_one_line",
@@ -222,6 +228,16 @@ def test_only_the_connection_asks_whether_a_channel_may_be_read_on_a_worker_thre
     assert readers == ["wellsky_core/connection.py"], readers
     assert "reads_in_any_thread" in code["tap_wellsky/stream.py"]
     assert "reads_in_any_thread" in code["tap_wellsky/airbyte/commands.py"]
+
+
+def test_only_the_client_paces_requests() -> None:
+    """One request window per client, sharing the tenant's budget: nothing else builds a window or a share (a
+    second one would pace some requests apart from the rest, and its process would overrun the tenant)."""
+    code = _code(*CONNECTOR)
+    builders = sorted(p for p, text in code.items()
+                      if re.search(r"\b(RequestWindow(\.for_budget)?|TenantShare)\(", text)
+                      and not p.startswith(("wellsky_core/http/ratelimit.py", "wellsky_core/http/tenant_share.py")))
+    assert builders == ["wellsky_core/http/client.py"], builders
 
 
 def test_both_faces_use_the_one_discovery_and_state_check() -> None:

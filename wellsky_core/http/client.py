@@ -46,6 +46,7 @@ from ..redaction import register_secret
 from .auth import RefreshingAuth, build_auth
 from .policy import Backoff, Retry, classify_exception, classify_response, connect_failure, is_safe
 from .ratelimit import RequestWindow
+from .tenant_share import TenantShare, lease_directory
 from .trust import is_trusted, require_trusted
 
 logger = logging.getLogger(__name__)
@@ -100,7 +101,14 @@ class WellSkyClient:
         # Slots count from when a request reached the wire (``_trace``), so thread scheduling cannot push a
         # tenant's second over; the headroom is the slack left for requests on different connections arriving
         # with different delays (0.95: 53 ms at 100 req/s; before slots counted from the wire, 0.97 overran)
-        self._limiter = RequestWindow.for_budget(config.max_requests_per_second, PACING_HEADROOM)
+        # The budget is the tenant's: every process on this machine sending to it takes its share (tenant_share.py)
+        identity = config.username or config.client_id
+        self._share = (
+            TenantShare(lease_directory(config.private_state_dir(), config.base_url, identity))
+            if config.max_requests_per_second
+            else None
+        )
+        self._limiter = RequestWindow.for_budget(config.max_requests_per_second, PACING_HEADROOM, share=self._share)
         self._slot_at_wire = transport is None
         """httpcore's own transport reports the write of the headers (``_trace``); a replaced transport (a mock in
         tests) may not, so its requests take their slot before they are handed to it."""
@@ -428,6 +436,8 @@ class WellSkyClient:
 
     def close(self) -> None:
         self._http.close()
+        if self._limiter is not None:
+            self._limiter.close()
 
     def __enter__(self) -> WellSkyClient:
         return self

@@ -7,6 +7,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .tenant_share import TenantShare
 
 
 class RequestWindow:
@@ -30,6 +34,10 @@ class RequestWindow:
     meter saw 104 requests in one second at scale M (``bench/wire_meter.py``). Counted from the wire, each
     slot's sends are at least ``window`` apart on the wire whatever the delays, so no ``window`` seconds hold
     more than ``limit``.
+
+    With a :class:`~wellsky_core.http.tenant_share.TenantShare`, the budget is the tenant's and this process
+    takes ``1 / n`` of it while n processes send to the tenant: every slot's window is n times as long, and a
+    process joining others waits for them to slow down first (``tenant_share.py`` says how long, and why).
     """
 
     def __init__(
@@ -39,6 +47,7 @@ class RequestWindow:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        share: TenantShare | None = None,
     ) -> None:
         if limit < 1:
             raise ValueError("limit must be >= 1 request per window")
@@ -51,11 +60,13 @@ class RequestWindow:
         self._lock = threading.Lock()
         self._slots: deque[_Grant] = deque(maxlen=limit)  # the last ``limit`` grants, in grant order
         self._local = threading.local()  # each thread's grants not yet on the wire
+        self.share = share
+        self._divisor = 1  # the tenant share's divisor at the last grant
 
     @property
     def per_second(self) -> float:
-        """Requests per second the window sustains (``limit`` every ``window`` seconds)."""
-        return self.limit / self.window
+        """Requests per second the window sustains now (``limit`` every ``window`` seconds, this process's share)."""
+        return self.limit / (self.window * self._divisor)
 
     @classmethod
     def for_budget(
@@ -66,6 +77,7 @@ class RequestWindow:
         slices: int = 2,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        share: TenantShare | None = None,
     ) -> RequestWindow | None:
         """The window keeping ``per_second`` with ``headroom`` (e.g. 0.95) of slack, or None for no budget.
 
@@ -83,15 +95,28 @@ class RequestWindow:
         if slices < 1:
             raise ValueError("slices must be >= 1")
         limit = max(1, math.floor(per_second / slices))
-        return cls(limit, limit / (per_second * headroom), clock=clock, sleep=sleep)
+        return cls(limit, limit / (per_second * headroom), clock=clock, sleep=sleep, share=share)
 
     def acquire(self) -> float:
         """Take one slot, sleeping until it is free; returns the seconds waited."""
         self.settle()  # this thread's earlier sends are over: a thread sends one request at a time
+        share = self.share
+        divisor = share.divisor() if share is not None else 1
+        inherited = share.inherited_slots() if share is not None else []
         with self._lock:
             now = self._clock()
+            self._divisor = divisor
+            if inherited:  # the process this one continues spent these slots (tenant_share.py)
+                spent = [_Grant(at) for at in inherited]
+                for grant in spent:
+                    grant.sent.set()
+                merged = sorted([*self._slots, *spent], key=lambda grant: grant.at)
+                self._slots = deque(merged[-self.limit :], maxlen=self.limit)
+            window = self.window * divisor
             prior = self._slots[0] if len(self._slots) == self.limit else None
-            at = now if prior is None else max(now, prior.at + self.window)
+            at = now if prior is None else max(now, prior.at + window)
+            if share is not None:
+                at = max(at, share.hold_until())
             grant = _Grant(at)
             self._slots.append(grant)  # maxlen drops the oldest: the one whose slot this is
         self._pending().append(grant)
@@ -102,12 +127,21 @@ class RequestWindow:
             while not prior.sent.wait(UNREPORTED_SEND_SECONDS):
                 self._settle(prior, self._clock())  # a send that never reports (a bug elsewhere) must not hang us
             with self._lock:
-                due = prior.at + self.window
+                due = prior.at + window
             late = due - max(self._clock(), at)
             if late > 0:
                 self._sleep(late)
                 wait += late
+        if share is not None:
+            share.sending()
         return wait
+
+    def close(self) -> None:
+        """No more requests: a tenant share hands this window's last slots to whichever process comes next."""
+        if self.share is not None:
+            with self._lock:
+                last = [grant.at for grant in self._slots]
+            self.share.close(last)
 
     def sent(self) -> None:
         """The calling thread's oldest pending request has just been written to its connection."""
