@@ -73,3 +73,70 @@ def test_a_trickling_server_is_cut_at_the_request_deadline(tmp_path):
     assert "request_deadline_seconds (3 s)" in err
     assert seconds < 40, f"took {seconds:.0f} s"  # two attempts of ~3 s plus start-up; unbounded before
     print(f"FIGURES one byte/s: stopped after {seconds:.1f} s (2 attempts, deadline 3 s)")
+
+
+def _login(flood: bool, chunked: bool = False) -> Route:
+    """The login answers 201 with a body that never ends (``flood``) or drips a byte a second."""
+
+    def route(h: Reply, method: str, path: str, body: bytes) -> bool:
+        if method == "POST" and path == "/sessions":
+            h.send_response(201)
+            h.send_header("content-type", "application/json")
+            h.send_header("set-cookie", "wsk_session=sess-flood; Path=/")
+            if chunked:
+                h.send_header("transfer-encoding", "chunked")
+            else:
+                h.send_header("content-length", str(10**12 if flood else 10_000))
+            h.end_headers()
+            chunk = CHUNK if flood else b" "
+            try:
+                while not h.stopping.is_set():
+                    h.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                    h.wfile.flush()
+                    if not flood:
+                        time.sleep(1.0)
+            except OSError:
+                pass
+            return True
+        return False
+
+    return route
+
+
+@pytest.mark.parametrize(
+    ("flood", "chunked"), [(True, False), (True, True), (False, False)], ids=["declared", "chunked", "drip"]
+)
+def test_a_login_answer_that_never_ends_stops_the_run_in_one_line(tmp_path, flood, chunked):
+    """The login, MFA and token answers were read whole by httpx itself, outside max_response_bytes and the
+    request deadline: a look-alike answering the login with an endless body drove the tap's memory up until it
+    was killed, and one dripping a byte a second held it forever. A login answer is a few hundred bytes: past
+    ``AUTH_ANSWER_BYTES`` or the deadline, the run stops with one line naming the endpoint's setting."""
+    with HostileServer(_login(flood, chunked)) as srv:
+        cfg = config(srv.base_url, timeout_seconds=5, request_deadline_seconds=3)
+        code, err, seconds, peak_mb = _run(tmp_path, cfg)
+    assert code == 2, err[-2000:]
+    assert_no_traceback(err, "login")
+    assert "login answer" in err and "base_url" in err, err[-1500:]
+    assert "Pw-hostile-9f3KqZ" not in err and "sess-flood" not in err
+    assert peak_mb < 400, f"peak RSS {peak_mb:.0f} MB"
+    assert seconds < 40, f"took {seconds:.0f} s"
+    print(f"FIGURES login answer ({'flood' if flood else 'drip'}): stopped after {seconds:.1f} s, peak {peak_mb:.0f} MB")
+
+
+def test_an_endless_smart_configuration_is_cut_at_max_response_bytes(tmp_path):
+    """Status documents read through ``client.stream`` (SMART discovery, bulk status, error pages) were read with
+    ``response.read()``, whole: an endless discovery document took the tap's memory as a login answer did."""
+
+    def route(h: Reply, method: str, path: str, body: bytes) -> bool:
+        if path.endswith("/.well-known/smart-configuration"):
+            h.trickle(lambda: iter(lambda: CHUNK, None), 0.0, chunked=True)
+            return True
+        return False
+
+    with HostileServer(route) as srv:
+        code, err, seconds, peak_mb = _run(tmp_path, config(srv.base_url, source="fhir_bulk",
+                                                            max_response_bytes=5_000_000))
+    assert code == 2, err[-2000:]
+    assert_no_traceback(err, "smart")
+    assert "max_response_bytes (5,000,000 bytes)" in err, err[-1500:]
+    assert peak_mb < 400 and seconds < 40, (peak_mb, seconds)

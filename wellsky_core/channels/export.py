@@ -33,6 +33,7 @@ import logging
 import re
 import tempfile
 import threading
+import time
 import typing
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -41,7 +42,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from ..errors import ConfigError, RemoteError, WellSkyTransportError
+from ..errors import ConfigError, RemoteError, RequestDeadlineExceeded, ResponseTooLarge, WellSkyTransportError
+from ..http.bodies import read_within
 from ..models import ENTITIES
 from ..normalize.validation import validated
 from .base import Channel, LatestVersions
@@ -189,7 +191,14 @@ class ExportChannel(Channel):
                         info = fresh[info["name"]]
                         continue
                     if response.status_code != 200:
-                        response.read()
+                        try:  # an error page is read within the same bounds as any answer
+                            read_within(response, limit=self.config.max_response_bytes,
+                                        deadline=time.monotonic() + self.config.request_deadline_seconds)
+                        except (ResponseTooLarge, RequestDeadlineExceeded):
+                            raise RemoteError(
+                                response.status_code, None, "the export download was refused (its error page was "
+                                "too large or too slow to read); check the client's access to /exports", url=url,
+                            ) from None
                         raise RemoteError.from_response(
                             response, fix="the export download was refused; check the client's access to /exports"
                         )

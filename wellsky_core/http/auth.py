@@ -22,9 +22,19 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from pydantic import SecretStr
 
-from ..errors import AuthError, ConfigError, MfaError, RemoteError, RetryableAuthFailure
+from ..errors import (
+    AuthError,
+    ConfigError,
+    MfaError,
+    RemoteError,
+    RequestDeadlineExceeded,
+    ResponseTooLarge,
+    RetryableAuthFailure,
+    WellSkyError,
+)
 from ..products import DIALECTS
 from ..redaction import register_secret
+from .bodies import read_within
 from .mfa import Challenge, CodeSource, build_code_source
 from .policy import needs_reauth, raise_if_transient
 
@@ -35,6 +45,8 @@ if TYPE_CHECKING:
 SESSION_COOKIE = "wsk_session"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 SESSION_RENEW_MARGIN_SECONDS = 5.0
+AUTH_ANSWER_BYTES = 1024 * 1024
+"""The largest login, MFA or token answer read. They are a few hundred bytes: a larger one is not WellSky's."""
 TOKEN_RENEW_MARGIN_SECONDS = 60.0
 
 Flow = Generator[httpx.Request, httpx.Response, None]
@@ -58,17 +70,38 @@ class RefreshingAuth(httpx.Auth):
     """The flow reads the bodies of its own login/token exchanges only (see ``sync_auth_flow``): the answer to
     the caller's request stays a stream, so the transport reads it within max_response_bytes and its deadline."""
 
+    deadline = 300.0
+    """Seconds a login, MFA or token answer may take, headers and body (``request_deadline_seconds``)."""
+
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         flow = self.auth_flow(request)
         outgoing = next(flow)
         while True:
+            sent = time.monotonic()
             response = yield outgoing
-            if outgoing is not request:
-                response.read()  # a login, MFA or token exchange: small, and the flow inspects its body
+            if outgoing is not request:  # a login, MFA or token exchange: the flow inspects its body
+                self._read_answer(response, sent)
             try:
                 outgoing = flow.send(response)
             except StopIteration:
                 break
+    def _read_answer(self, response: httpx.Response, sent: float) -> None:
+        """Read a login answer whole, within AUTH_ANSWER_BYTES and the deadline: httpx's own ``read()`` took an
+        endless body until memory ran out, and a body dripping a byte a second held the run forever."""
+        fix = "check base_url and token_url: a look-alike or a wrong host may have answered"
+        try:
+            read_within(response, limit=AUTH_ANSWER_BYTES, deadline=sent + self.deadline)
+        except ResponseTooLarge:
+            raise WellSkyError(  # our own sentence: nothing of the answer is in it
+                f"the login answer (HTTP {response.status_code}) is larger than {AUTH_ANSWER_BYTES:,} bytes, where "
+                f"WellSky's is a few hundred; {fix}"
+            ) from None
+        except RequestDeadlineExceeded:
+            raise WellSkyError(
+                f"the login answer (HTTP {response.status_code}) took longer than request_deadline_seconds "
+                f"({self.deadline:g} s); {fix}, or raise request_deadline_seconds if the tenant's logins are that slow"
+            ) from None
+
     credential_settings = ""
     """Config keys to check when the server rejects the credential (used in messages)."""
 
@@ -485,6 +518,12 @@ class PrivateKeyJwtAuth(_TokenAuth):
 def build_auth(config: WellSkyConfig, *, metrics: Metrics | None = None) -> RefreshingAuth:
     """The auth flow ``config`` describes; also registers its secrets with the log redaction filter."""
     register_secret(*config.secret_values())
+    auth = _build_auth(config, metrics)
+    auth.deadline = float(config.request_deadline_seconds)
+    return auth
+
+
+def _build_auth(config: WellSkyConfig, metrics: Metrics | None) -> RefreshingAuth:
     common: dict[str, Any] = {"timeout": config.timeout_seconds, "metrics": metrics}
     if config.auth_method == "session":
         if not config.base_url:

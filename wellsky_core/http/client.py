@@ -44,6 +44,7 @@ from ..errors import (
 from ..metrics import Metrics
 from ..redaction import register_secret
 from .auth import RefreshingAuth, build_auth
+from .bodies import read_within
 from .policy import Backoff, Retry, classify_exception, classify_response, connect_failure, is_safe
 from .ratelimit import RequestWindow
 from .tenant_share import TenantShare, lease_directory
@@ -190,22 +191,10 @@ class WellSkyClient:
             response = self._send_once(request, auth=self.auth)
             self._read_bounded(response, started)
         except ResponseTooLarge as exc:
-            raise WellSkyTransportError(
-                f"the response to {request.method} is larger than max_response_bytes ({exc.limit:,} bytes); lower "
-                "page_size, or raise max_response_bytes if the tenant's pages really are that large",
-                url=request.url,
-                attempts=attempt,
-                reason="too_large",
-            ) from None
+            raise self._too_large(request, exc.limit, attempt) from None
         except RequestDeadlineExceeded:
             if not safe:
-                raise WellSkyTransportError(
-                    f"{request.method} took longer than request_deadline_seconds ({self._deadline:g} s) and may "
-                    "have been applied; raise request_deadline_seconds or check the tenant",
-                    url=request.url,
-                    attempts=attempt,
-                    reason="deadline",
-                ) from None
+                raise self._too_slow(request, attempt) from None
             return Retry("deadline", detail=f" (over request_deadline_seconds={self._deadline:g})")
         except (RetryableAuthFailure, httpx.TransportError) as exc:
             return classify_exception(exc, request, safe=safe, connected=self._connected, attempt=attempt)
@@ -224,40 +213,36 @@ class WellSkyClient:
         return float(self.config.request_deadline_seconds)
 
     def _read_bounded(self, response: httpx.Response, started: float) -> None:
-        """Read the body into ``response`` within max_response_bytes and the request deadline, or raise.
+        """Read the body within max_response_bytes and the request deadline counted from ``started``, or raise."""
+        read_within(response, limit=self.config.max_response_bytes, deadline=started + self._deadline)
 
-        httpx bounds each read (``timeout_seconds``) but not the total: a server sending one byte a second, or
-        an endless body, would hold the sync (and its memory) forever.
-        """
-        limit = self.config.max_response_bytes
-        deadline = started + self._deadline
-        parts: list[bytes] = []
+    def _too_large(self, request: httpx.Request, limit: int, attempt: int) -> WellSkyTransportError:
+        return WellSkyTransportError(
+            f"the response to {request.method} is larger than max_response_bytes ({limit:,} bytes); lower "
+            "page_size, or raise max_response_bytes if the tenant's pages really are that large",
+            url=request.url,
+            attempts=attempt,
+            reason="too_large",
+        )
+
+    def _too_slow(self, request: httpx.Request, attempt: int) -> WellSkyTransportError:
+        return WellSkyTransportError(
+            f"{request.method} took longer than request_deadline_seconds ({self._deadline:g} s) and may "
+            "have been applied; raise request_deadline_seconds or check the tenant",
+            url=request.url,
+            attempts=attempt,
+            reason="deadline",
+        )
+
+    def read_body(self, response: httpx.Response) -> None:
+        """Read a :meth:`stream` response's body (a status document, an error page) within max_response_bytes and
+        request_deadline_seconds, as every other answer is: ``response.read()`` took whatever the server sent."""
         try:
-            if time.monotonic() > deadline:
-                raise RequestDeadlineExceeded
-            try:
-                declared = int(response.headers.get("content-length") or 0)
-            except ValueError:
-                declared = 0
-            if declared > limit:
-                raise ResponseTooLarge(limit)
-            size = 0
-            for chunk in response.iter_bytes():  # decoded: a small gzip bomb is bounded too
-                size += len(chunk)
-                if size > limit:
-                    raise ResponseTooLarge(limit)
-                if time.monotonic() > deadline:
-                    raise RequestDeadlineExceeded
-                parts.append(chunk)
-            response._content = b"".join(parts)  # what response.read() would have set
-        finally:
-            # the raised error's traceback holds this frame until a cyclic collection (rare, see cli.tune_gc):
-            # an abandoned body must not ride along with it (8 streams x max_response_bytes of an endless one)
-            parts.clear()
-            response.close()
-            # httpx's stream wrapper refers back to its response, a reference cycle that kept each page's body
-            # in memory until the cyclic GC ran (rarely, see cli.tune_gc); the stream is spent and closed
-            response.stream = httpx.ByteStream(b"")
+            self._read_bounded(response, time.monotonic())
+        except ResponseTooLarge as exc:
+            raise self._too_large(response.request, exc.limit, 1) from None
+        except RequestDeadlineExceeded:
+            raise self._too_slow(response.request, 1) from None
 
     @staticmethod
     def _decode(response: httpx.Response, *, retryable: bool, attempt: int) -> tuple[httpx.Response, Any] | Retry:

@@ -149,7 +149,7 @@ class Downloader:
                         self.client.metrics.add_bytes(response.num_bytes_downloaded)
                         log.info("bulk file downloaded: %s, %d line(s)", kind, lines)
                         return
-                    response.read()
+                    self.client.read_body(response)
                 if status in (404, 410):
                     raise JobGone(f"an output file answered {status}")
                 if not is_retryable(status):

@@ -72,7 +72,7 @@ class BulkServer:
         ``token_endpoint`` becomes the token URL; one on another origin is refused (it would get our secret)."""
         url = f"{self.config.fhir_base}/.well-known/smart-configuration"
         with self.client.stream("GET", url, authenticate=False) as response:
-            response.read()
+            self.client.read_body(response)
         if response.status_code != 200:
             log.info("no SMART configuration at %s (%s); using the configured token_url", url, response.status_code)
             return None
@@ -146,7 +146,7 @@ class BulkServer:
         transient = 0
         while True:
             with self.client.stream("GET", target, headers={"Accept": "application/json"}) as response:
-                response.read()
+                self.client.read_body(response)
             status = response.status_code
             wait: float | None = None
             if status == 200:
@@ -212,7 +212,7 @@ class BulkServer:
         try:
             target = self.trusted(status_url, what="the bulk status URL")
             with self.client.stream("DELETE", target) as response:
-                response.read()
+                self.client.read_body(response)
             if response.status_code not in (200, 202, 204, 404, 410):
                 log.warning("the bulk job could not be deleted on the server (%s)", response.status_code)
         except (WellSkyTransportError, RemoteError) as exc:
