@@ -120,7 +120,8 @@ def test_a_login_answer_that_never_ends_stops_the_run_in_one_line(tmp_path, floo
     assert "Pw-hostile-9f3KqZ" not in err and "sess-flood" not in err
     assert peak_mb < 400, f"peak RSS {peak_mb:.0f} MB"
     assert seconds < 40, f"took {seconds:.0f} s"
-    print(f"FIGURES login answer ({'flood' if flood else 'drip'}): stopped after {seconds:.1f} s, peak {peak_mb:.0f} MB")
+    kind = "flood" if flood else "drip"
+    print(f"FIGURES login answer ({kind}): stopped after {seconds:.1f} s, peak {peak_mb:.0f} MB")
 
 
 def test_an_endless_smart_configuration_is_cut_at_max_response_bytes(tmp_path):
@@ -140,3 +141,31 @@ def test_an_endless_smart_configuration_is_cut_at_max_response_bytes(tmp_path):
     assert_no_traceback(err, "smart")
     assert "max_response_bytes (5,000,000 bytes)" in err, err[-1500:]
     assert peak_mb < 400 and seconds < 40, (peak_mb, seconds)
+
+
+def test_an_export_file_longer_than_its_listing_is_cut_there_not_spooled_to_the_disk(tmp_path):
+    """A nightly export's body goes to a temporary file, checked against the listing's size once read: an endless
+    one filled the disk before the check. The download now stops as soon as it is longer than listed."""
+    served: list[int] = []
+
+    def route(h: Reply, method: str, path: str, body: bytes) -> bool:
+        if path == "/exports":
+            h.send_json(200, [{"name": "patients_20261201T000000Z_1_full.csv", "size": 4096,
+                               "url": f"http://127.0.0.1:{h.server.server_address[1]}/files/patients.csv"}])
+            return True
+        if path == "/files/patients.csv":
+            def chunks():
+                while True:
+                    served.append(len(CHUNK))
+                    yield CHUNK
+            h.trickle(chunks, 0.0, chunked=True)
+            return True
+        return False
+
+    with HostileServer(route) as srv:
+        code, err, seconds, _ = _run(tmp_path, config(srv.base_url, source="export"))
+    assert code != 0, err[-2000:]
+    assert_no_traceback(err, "export")
+    assert "size_mismatch" in err or "listing said 4096" in err, err[-1500:]
+    assert sum(served) < 50 * 1024 * 1024, f"{sum(served):,} bytes served before the download stopped"
+    assert seconds < 40, seconds

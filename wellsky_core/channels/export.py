@@ -202,9 +202,12 @@ class ExportChannel(Channel):
                         raise RemoteError.from_response(
                             response, fix="the export download was refused; check the client's access to /exports"
                         )
+                    listed = info.get("size")
                     for chunk in response.iter_bytes(64 * 1024):
                         digest.update(chunk)
                         size += len(chunk)
+                        if listed is not None and size > listed:
+                            break  # longer than listed: never spool an endless body onto the disk
                         spool.write(chunk)
             except httpx.HTTPError as exc:
                 spool.close()
@@ -212,7 +215,9 @@ class ExportChannel(Channel):
             if info.get("size") is not None and size != info["size"]:
                 spool.close()
                 raise RemoteError(
-                    200, "size_mismatch", f"export {info['name']} is {size} bytes, listing said {info['size']}", url=url
+                    200, "size_mismatch",
+                    f"export {info['name']} is {'over ' if size > info['size'] else ''}{size} bytes, listing said "
+                    f"{info['size']}", url=url,
                 )
             if info.get("sha256") and digest.hexdigest() != info["sha256"]:
                 spool.close()
