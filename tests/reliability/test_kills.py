@@ -21,6 +21,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from wellsky_core.schemas import stream_schema
 
 from .conftest import (
@@ -271,3 +273,50 @@ def test_target_killed_mid_batch_five_times_then_rerun_writes_each_record_exactl
                 assert json.loads(x)["wellsky_id"] in server_ids
     summary = final.stderr[final.stderr.index("target-wellsky summary") :].splitlines()
     print(f"FIGURES target kills: after {kill_points} server writes; final run {summary}")
+
+
+def _record_keys(messages: list[dict[str, Any]]) -> list[RecordKey]:
+    return [record_key(m["stream"], m["record"]) for m in messages if m["type"] == "RECORD"]
+
+
+@pytest.mark.parametrize(
+    ("source", "extra"),
+    [("export", {}), ("hl7_sftp", {}), ("hl7_sftp", {"sftp_after_read": "archive"})],
+    ids=["export", "hl7_sftp", "hl7_sftp-archive"],
+)
+def test_a_batch_channel_killed_three_times_loses_nothing(tmp_path, sandbox_factory, source, extra):
+    """The batch channels bookmark a stream only after reading all its files, and move or delete files
+    (``sftp_after_read``) only when the run closes them: a SIGKILL at any point leaves every file for the next
+    run. Three runs killed at random records, then one to the end: together they deliver exactly what one clean
+    run delivers, with no deletion reported (a killed run's partial view is never a complete one)."""
+    sb = sandbox_factory(scale=100)
+    creds = sb.credentials()
+    config = {**tap_config(sb, page_size=50), "source": source}
+    if source == "hl7_sftp":
+        config.update({k: v for k, v in creds.items() if k.startswith("sftp_")})
+    clean_run = subprocess.run(tap_args(tmp_path, config, None, "clean"), capture_output=True, text=True,
+                               env=child_env(), timeout=180)
+    assert clean_run.returncode == 0, clean_run.stderr[-2000:]
+    clean = set(_record_keys(parse_messages(clean_run.stdout)))
+    assert len(clean) > 200, f"only {len(clean)} records: too few for a kill to land mid-read"
+
+    config.update(extra, state_dir=str(tmp_path / "killed-runs"))  # the killed runs share nothing with the clean one
+    rng = random.Random(SEED)
+    delivered: list[RecordKey] = []
+    state: dict[str, Any] | None = None
+    for run in range(3):
+        kill_after = rng.randint(1, len(clean) // 2)
+        messages, code = _run_tap_until_killed(tmp_path, config, state, kill_after, f"{source}-{run}")
+        assert code == -signal.SIGKILL, f"run {run} finished before the kill at record {kill_after}"
+        assert not any(m["type"] == "RECORD" and m["record"].get("_sdc_deleted_at") for m in messages)
+        delivered += _record_keys(messages)
+        states = [m["value"] for m in messages if m["type"] == "STATE"]
+        state = states[-1] if states else state
+    final = subprocess.run(tap_args(tmp_path, config, state, f"{source}-final"), capture_output=True, text=True,
+                           env=child_env(), timeout=180)
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert_no_traceback(final.stderr, "final run")
+    messages = parse_messages(final.stdout)
+    assert not any(m["type"] == "RECORD" and m["record"].get("_sdc_deleted_at") for m in messages)
+    delivered += _record_keys(messages)
+    assert set(delivered) == clean, f"lost {len(clean - set(delivered))}, extra {len(set(delivered) - clean)}"
