@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from wellsky_core import waits
+from wellsky_core.stream_workers import run_workers
 
 T = TypeVar("T")
 
@@ -120,42 +121,23 @@ _SEALED: list[Any] = []
 
 
 def run_parallel(gate: OutputGate, jobs: list[tuple[str, Callable[[], None]]], workers: int) -> None:
-    """Run ``jobs`` (name, sync callable) on ``workers`` daemon threads, each job inside the gate.
-
-    The first failure stops the others at their next record and is re-raised here. Daemon threads, so a
-    signal's exit is not held up by a stream waiting on the network.
-    """
-    pending = list(reversed(jobs))
-    take = threading.Lock()
+    """Run ``jobs`` (name, sync callable) on ``workers`` threads (``stream_workers.run_workers``), each job inside
+    the gate. The first failure stops the others at their next record and is re-raised here."""
     errors: list[BaseException] = []
     gate.active = True
 
-    def work() -> None:
-        while not gate.stopping.is_set():
-            with take:
-                if not pending:
-                    return
-                _, job = pending.pop()
-            try:
-                with gate:
-                    job()
-            except SyncStopped:
-                return
-            except BaseException as exc:  # re-raised in the caller's thread
-                errors.append(exc)
-                gate.stopping.set()
-                return
+    def run(job: tuple[str, Callable[[], None]]) -> None:
+        try:
+            with gate:
+                job[1]()
+        except SyncStopped:
+            return
+        except BaseException as exc:  # re-raised in the caller's thread
+            errors.append(exc)
+            gate.stopping.set()
 
-    threads = [
-        threading.Thread(target=work, name=f"tap-wellsky-stream-{i}", daemon=True)
-        for i in range(max(1, min(workers, len(jobs))))
-    ]
     try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(timeout=0.5)  # short joins: the main thread stays responsive to signals
+        run_workers(jobs, run, workers=workers, stop=gate.stopping, name="tap-wellsky-stream")
     finally:
         gate.active = gate.stopping.is_set() and not errors  # a signal keeps it shut; else back to sequential
     if errors:

@@ -19,6 +19,7 @@ from wellsky_core.models import ENTITIES
 from wellsky_core.quality import save_report
 from wellsky_core.read_loop import StreamRead
 from wellsky_core.stream_state import check_ownership, checked_state
+from wellsky_core.stream_workers import run_workers
 
 from .protocol import (
     ConfiguredStream,
@@ -175,35 +176,14 @@ def _read_streams(
         output.stream_status(stream.name, "COMPLETE")
         log.info("%s: %d records", stream.name, count)
 
-    def work() -> None:
-        while not stop.is_set():
-            with lock:
-                if not pending:
-                    return
-                stream = pending.pop(0)
-            one(stream)
-
-    threads = [
-        threading.Thread(target=work, name=f"source-wellsky-stream-{i}", daemon=True)
-        for i in range(min(workers, len(pending)) if workers > 1 and len(pending) > 1 else 0)
-    ]
-    if not threads:  # one stream at a time (or one stream): all of them in this thread
-        serial = list(streams)
-    for thread in threads:
-        thread.start()
-    try:
-        while any(thread.is_alive() for thread in threads):
-            for thread in threads:
-                thread.join(0.2)  # short waits: an interrupt reaches this thread between them
-        for stream in serial:
-            if stop.is_set():
-                break
-            one(stream)
-    except BaseException:
-        stop.set()  # the streams stop at their next record; a stream mid-request finishes it first
-        for thread in threads:
-            thread.join(10)
-        raise
+    if workers <= 1 or len(pending) <= 1:  # one stream at a time (or one stream): all of them in this thread
+        pending, serial = [], list(streams)
+    if pending:  # an interrupt sets ``stop`` and gives each stream 10 s to finish its request
+        run_workers(pending, one, workers=workers, stop=stop, name="source-wellsky-stream", grace_seconds=10)
+    for stream in serial:
+        if stop.is_set():
+            break
+        one(stream)
     order = [stream.name for stream in streams]
     return sorted(failed, key=order.index), (stopped_by[0] if stopped_by else None)
 

@@ -74,6 +74,7 @@ PROOFS: dict[str, list[str]] = {
         "test_streams_are_read_in_parallel_by_default_with_the_same_records_and_states_as_one_at_a_time",
         ONCE + "test_only_the_connection_asks_whether_a_channel_may_be_read_on_a_worker_thread",
         "tests/core/test_connection_channels.py::test_streams_opening_their_channel_at_once_share_one",
+        ONCE + "test_both_faces_read_streams_on_the_one_pool",
     ],
     "how many requests a process may send to a tenant": [
         "tests/core/test_tenant_share.py::test_processes_coming_and_going_never_overrun_the_tenants_budget",
@@ -238,6 +239,15 @@ def test_only_the_client_paces_requests() -> None:
                       if re.search(r"\b(RequestWindow(\.for_budget)?|TenantShare)\(", text)
                       and not p.startswith(("wellsky_core/http/ratelimit.py", "wellsky_core/http/tenant_share.py")))
     assert builders == ["wellsky_core/http/client.py"], builders
+
+
+def test_both_faces_read_streams_on_the_one_pool() -> None:
+    """Neither face starts stream threads of its own: both call ``stream_workers.run_workers`` (the Airbyte face
+    had copied the Singer face's pool, with its own way of stopping)."""
+    code = _code("tap_wellsky")
+    assert not [p for p, text in code.items() if "threading.Thread(" in text]
+    assert "run_workers(" in code["tap_wellsky/parallel.py"]
+    assert "run_workers(" in code["tap_wellsky/airbyte/commands.py"]
 
 
 def test_both_faces_use_the_one_discovery_and_state_check() -> None:

@@ -25,7 +25,7 @@ import pytest
 
 from tap_wellsky import parallel
 from tap_wellsky.parallel import OutputGate, SyncStopped, run_parallel
-from wellsky_core import waits
+from wellsky_core import stream_workers, waits
 from wellsky_sandbox.testing import SandboxServer
 
 from .helpers import sandbox_config
@@ -375,7 +375,7 @@ def test_streams_run_on_named_daemon_threads_no_more_than_needed(locks: list[Obs
         started.append(thread)
         return thread
 
-    monkeypatch.setattr(parallel.threading, "Thread", counting)
+    monkeypatch.setattr(stream_workers.threading, "Thread", counting)  # both faces' one pool
     seen: list[tuple[str, bool]] = []
 
     def job() -> None:
