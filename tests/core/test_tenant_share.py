@@ -181,3 +181,24 @@ def test_processes_meet_per_tenant_and_credential_and_leave_no_secret_on_disk(tm
     (lease,) = one.iterdir()
     assert oct(one.stat().st_mode & 0o777) == "0o700" and oct(lease.stat().st_mode & 0o777) == "0o600"
     assert "ops@agency.test" not in lease.read_text() and "agency.example" not in str(one)
+
+
+def test_a_state_directory_where_leases_cannot_work_paces_alone_and_says_so_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """flock is missing on some network and FUSE file systems: the run must not fail for it. The process paces as
+    it did before the budget was shared, and one warning names the cause and the fix (never a path or a secret)."""
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(tenant_share.fcntl, "flock", no_locks)
+    share = TenantShare(tmp_path / "budget")
+    with caplog.at_level("WARNING", logger="wellsky_core.http.tenant_share"):
+        assert share.divisor() == 1 and share.divisor() == 1
+        share.sending()
+    assert share.hold_until() < time.monotonic()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "paces as if it were alone" in warnings[0] and "state_dir" in warnings[0]
+    assert str(tmp_path) not in warnings[0]
+    share.close()

@@ -35,6 +35,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import threading
 import time
@@ -49,6 +50,8 @@ SETTLE_SECONDS = 1.1
 """A tenant second plus the pacing headroom's slack (1 / 0.95 s): how long a change of share waits."""
 ACTIVE_SECONDS = 3.0
 """A lease not touched for this long is an idle process's: it is not counted until it sends again."""
+log = logging.getLogger(__name__)
+
 LEASE_SUFFIX = ".lease"
 JOINING_SUFFIX = ".joining"
 STALE_JOINING_SECONDS = 60.0
@@ -83,6 +86,7 @@ class TenantShare:
         self._hold_until = float("-inf")
         self._continued: set[str] = set()  # ended leases whose slots this one took over (not counted again)
         self._inherited: list[float] = []  # their slot times (clock), for the request window to take
+        self._unshared = False  # the lease files cannot work here: paced alone, said once
 
     # -- what the request window asks ----------------------------------------------------------------------
     def divisor(self) -> int:
@@ -90,13 +94,29 @@ class TenantShare:
 
         Asked before each request takes its slot; the first ask (and the first after an idle spell) joins."""
         with self._lock:
+            if self._unshared:
+                return 1
             now = self._clock()
-            if self._fd is None or now - self._touched_at >= ACTIVE_SECONDS - RECHECK_SECONDS:
-                self._join(now)
-            elif now - self._counted_at >= RECHECK_SECONDS:
-                self._n = len(self._scan()[0]) + 1
-                self._counted_at = now
+            try:
+                if self._fd is None or now - self._touched_at >= ACTIVE_SECONDS - RECHECK_SECONDS:
+                    self._join(now)
+                elif now - self._counted_at >= RECHECK_SECONDS:
+                    self._n = len(self._scan()[0]) + 1
+                    self._counted_at = now
+            except OSError as exc:  # a state directory without flock (some network or FUSE file systems), full...
+                self._give_up(exc)
+                return 1
             return self._n
+
+    def _give_up(self, exc: OSError) -> None:
+        """Pace alone from now on (as before the budget was shared), and say so once: never fail a run for it."""
+        self._unshared = True
+        self._hold_until = float("-inf")
+        log.warning(
+            "the request budget cannot be shared with other processes here (%s in the state directory's budget/ "
+            "folder): this process paces as if it were alone; do not run two syncs of this tenant at once, or set "
+            "state_dir to a local directory", type(exc).__name__,
+        )
 
     def hold_until(self) -> float:
         """The clock time before which this process must not send (its joining wait; in the past otherwise)."""
@@ -113,8 +133,11 @@ class TenantShare:
         """A request is about to go: the lease shows it (at most every RECHECK_SECONDS)."""
         with self._lock:
             now = self._clock()
-            if self._fd is not None and now - self._touched_at >= RECHECK_SECONDS:
-                self._touch(now)
+            if self._fd is not None and not self._unshared and now - self._touched_at >= RECHECK_SECONDS:
+                try:
+                    self._touch(now)
+                except OSError as exc:
+                    self._give_up(exc)
 
     def close(self, last_slots: Sequence[float] = ()) -> None:
         """Leave, writing the times (clock) of the window's last slots into the lease for a successor. The lease
