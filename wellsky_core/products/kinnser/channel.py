@@ -15,6 +15,7 @@ yields nothing for the stream, never half the data, and a killed walk resumes at
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import Counter, defaultdict, deque
@@ -31,6 +32,7 @@ from ...channels.portal import PortalLayoutChanged
 from ...errors import ConfigError, NormalizationError, WellSkyError
 from ...http.mfa import build_code_source
 from ...http.paging import LoopGuard
+from ...machine_lock import MachineLock
 from . import normalize as norm
 from .browser import PortalBrowser, Step, Tab
 from .pagemap import PAGE_MAPS, ClaimView
@@ -121,6 +123,10 @@ class Job:
     steps: Callable[[], Generator[Step, Tab, Any]]
 
 
+SESSION_WAIT_SECONDS = 900.0
+"""How long a run waits for another run on this machine signed in with the same portal account."""
+
+
 class KinnserPortalChannel(Channel):
     """Patients, appointments, episodes, claims and unbilled through the Kinnser web portal."""
 
@@ -152,6 +158,8 @@ class KinnserPortalChannel(Channel):
         self.map = PAGE_MAPS[product]
         self.state = PortalState(config.portal_state_path)
         self.browser = PortalBrowser(config, self.map, build_code_source(config))
+        account = hashlib.sha256(f"{config.base_url}\0{config.username}".encode()).hexdigest()[:16]
+        self._session = MachineLock(config.private_state_dir() / "portal-sessions" / f"{account}.lock")
         self._results: dict[str, dict[str, list[dict[str, Any]]]] = {}
         self.data_quality: Counter[str] = Counter()
         self.progress: list[dict[str, Any]] = []
@@ -172,7 +180,27 @@ class KinnserPortalChannel(Channel):
 
     def close(self) -> None:
         self.browser.close()
+        self._session.release()
         super().close()
+
+    def _hold_session(self) -> None:
+        """The portal allows one session per user: a login ends the other session (its Terminate prompt). Two runs
+        of one account on this machine would end each other's sessions until one gave up (after MAX_BOUNCES) and
+        would share the resume file, so the second waits for the first. A person signed in with the same account
+        still loses their session: give the connector an account of its own (docs/guide.md)."""
+
+        def waiting(pid: int | None) -> None:
+            log.info(
+                "portal: another run on this machine (pid %s) is signed in with this account; waiting up to %d min "
+                "for it to end (the portal allows one session per user)", pid or "unknown", SESSION_WAIT_SECONDS // 60
+            )
+
+        if not self._session.acquire(SESSION_WAIT_SECONDS, waiting):
+            raise WellSkyError(
+                f"another run on this machine kept this portal account signed in for {SESSION_WAIT_SECONDS / 60:.0f} "
+                "min: the portal allows one session per user, and signing in would end that run's session; run "
+                "again when it has ended"
+            )
 
     # -- records --------------------------------------------------------------------------------------
     def iter_records(self, entity: str, since: datetime | None) -> Iterator[dict[str, Any]]:
@@ -195,6 +223,7 @@ class KinnserPortalChannel(Channel):
                 yield record
 
     def _walk(self, group: str) -> dict[str, list[dict[str, Any]]]:
+        self._hold_session()  # before the resume file is touched: it is this account's too
         run = self.state.begin(group, datetime.now(UTC))
         entities = GROUPS[group]
         offices = self.browser.run(None, self._offices, "the office list")

@@ -1,0 +1,92 @@
+"""One process at a time on this machine (``wellsky_core/machine_lock.py``), and the portal account's session that
+uses it (``products/kinnser/channel.py``): a second run of one account waits for the first instead of ending its
+session, then stops in one line without touching the portal or the resume file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from wellsky_core.channels import open_channel
+from wellsky_core.config import WellSkyConfig
+from wellsky_core.errors import WellSkyError
+from wellsky_core.machine_lock import MachineLock
+from wellsky_core.products.kinnser import channel as kinnser_channel
+
+
+def _holder(path: Path) -> subprocess.Popen[str]:
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from wellsky_core.machine_lock import MachineLock\n"
+        "assert MachineLock(Path(sys.argv[1])).acquire(5)\n"
+        "print('held', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline().strip() == "held"
+    return child
+
+
+def test_a_held_lock_is_waited_for_named_by_its_holder_and_freed_by_a_kill(tmp_path: Path) -> None:
+    path = tmp_path / "locks" / "account.lock"
+    child = _holder(path)
+    lock = MachineLock(path)
+    told: list[int | None] = []
+    try:
+        started = time.monotonic()
+        assert not lock.acquire(0.6, told.append)
+        assert time.monotonic() - started >= 0.6
+        assert told == [child.pid], "the wait names the holder once"
+        os.kill(child.pid, signal.SIGKILL)  # however it ends, the kernel frees its lock
+        child.wait(10)
+        assert lock.acquire(5) and lock.held
+        assert oct(path.stat().st_mode & 0o777) == "0o600" and oct(path.parent.stat().st_mode & 0o777) == "0o700"
+    finally:
+        child.kill()
+        lock.release()
+    assert MachineLock(path).acquire(0), "released"
+
+
+def _portal_config(tmp_path: Path) -> WellSkyConfig:
+    return WellSkyConfig.load(
+        {
+            "base_url": "http://127.0.0.1:9",  # never reached: the channel stops before the portal
+            "username": "intake@agency.example",
+            "password": "Pw-portal-4k2",
+            "product": "home_health",
+            "source": "portal",
+            "chromium_path": sys.executable,  # any existing file: no browser is started
+            "agency_timezone": "America/Chicago",
+            "portal_state_path": str(tmp_path / "portal-state.json"),
+            "state_dir": str(tmp_path / "state"),
+        },
+        env={},
+    )
+
+
+def test_a_second_run_of_one_portal_account_stops_in_one_line_before_the_portal_or_the_resume_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The portal allows one session per user: the second run's login would end the first run's session (and the
+    first would end the second's, until one gave up after MAX_BOUNCES), and both would write the resume file."""
+    config = _portal_config(tmp_path)
+    first = open_channel("portal", config, None, "home_health")
+    second = open_channel("portal", config, None, "home_health")
+    state = Path(config.portal_state_path)
+    before = state.read_bytes() if state.exists() else None
+    first._hold_session()
+    monkeypatch.setattr(kinnser_channel, "SESSION_WAIT_SECONDS", 0.3)
+    with pytest.raises(WellSkyError, match="one session per user") as refused:
+        list(second.iter_records("patients", None))
+    assert "Pw-portal-4k2" not in str(refused.value) and "intake@" not in str(refused.value)
+    assert (state.read_bytes() if state.exists() else None) == before, "the resume file was not touched"
+    first.close()
+    second._hold_session()  # free once the first run has closed
+    second.close()
