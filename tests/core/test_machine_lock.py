@@ -19,19 +19,12 @@ from wellsky_core.errors import WellSkyError
 from wellsky_core.machine_lock import MachineLock
 from wellsky_core.products.kinnser import channel as kinnser_channel
 
+from .holder_process import start_holder
+
 
 def _holder(path: Path) -> subprocess.Popen[str]:
-    code = (
-        "import sys, time\n"
-        "from pathlib import Path\n"
-        "from wellsky_core.machine_lock import MachineLock\n"
-        "assert MachineLock(Path(sys.argv[1])).acquire(5)\n"
-        "print('held', flush=True)\n"
-        "time.sleep(60)\n"
-    )
-    child = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
-    assert child.stdout is not None and child.stdout.readline().strip() == "held"
-    return child
+    setup = "from wellsky_core.machine_lock import MachineLock\nassert MachineLock(target).acquire(5)"
+    return start_holder(setup, path)
 
 
 def test_a_held_lock_is_waited_for_named_by_its_holder_and_freed_by_a_kill(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from wellsky_core.http import tenant_share
 from wellsky_core.http.ratelimit import RequestWindow
 from wellsky_core.http.tenant_share import RECHECK_SECONDS, SETTLE_SECONDS, TenantShare, lease_directory
 
+from .holder_process import start_holder
 from .test_ratelimit import FakeClock, _busiest_second
 
 BUDGET = 100
@@ -122,18 +122,12 @@ def test_an_idle_process_is_not_counted_and_joins_again_when_it_sends(tmp_path: 
 
 
 def _child(directory: Path) -> subprocess.Popen[str]:
-    code = (
-        "import sys, time\n"
-        "from pathlib import Path\n"
+    setup = (
         "from wellsky_core.http.tenant_share import TenantShare\n"
-        "share = TenantShare(Path(sys.argv[1]))\n"
-        "share.divisor(); share.sending()\n"
-        "print('sending', flush=True)\n"
-        "time.sleep(60)\n"
+        "share = TenantShare(target)\n"
+        "share.divisor(); share.sending()"
     )
-    child = subprocess.Popen([sys.executable, "-c", code, str(directory)], stdout=subprocess.PIPE, text=True)
-    assert child.stdout is not None and child.stdout.readline().strip() == "sending"
-    return child
+    return start_holder(setup, directory)
 
 
 def test_a_killed_process_counts_until_its_last_second_is_over_and_its_lease_goes(tmp_path: Path) -> None:
