@@ -68,6 +68,10 @@ class MachineLock:
         if fd is not None:
             os.close(fd)  # closing the file frees the flock
 
+    def __del__(self) -> None:
+        # a holder dropped without release (a channel never closed) must not keep the lock for the process's life
+        self.release()
+
 
 def _holder(fd: int) -> int | None:
     try:

@@ -23,7 +23,7 @@ from .holder_process import start_holder
 
 
 def _holder(path: Path) -> subprocess.Popen[str]:
-    setup = "from wellsky_core.machine_lock import MachineLock\nassert MachineLock(target).acquire(5)"
+    setup = "from wellsky_core.machine_lock import MachineLock\nlock = MachineLock(target)\nassert lock.acquire(5)"
     return start_holder(setup, path)
 
 
@@ -83,3 +83,15 @@ def test_a_second_run_of_one_portal_account_stops_in_one_line_before_the_portal_
     first.close()
     second._hold_session()  # free once the first run has closed
     second.close()
+
+
+def test_a_lock_dropped_without_release_is_freed() -> None:
+    """A channel that is never closed (an error path, a test) must not keep its account locked for the rest of
+    the process: a flock belongs to its open file, and two opens in one process exclude each other."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp()) / "account.lock"
+    lock = MachineLock(path)
+    assert lock.acquire(0)
+    del lock
+    assert MachineLock(path).acquire(0)
