@@ -2,6 +2,12 @@
 
 A ``flock`` on a private file: the kernel drops it when the process ends, however it ends, so a crashed run never
 leaves a stale lock behind. The file holds the holder's pid and start time, nothing else.
+
+The hold is the process's: every :class:`MachineLock` of one path in a process shares one open file, so a second
+one in the same process (a channel opened again while an earlier one was never closed, as singer-sdk's connection
+test does after a sync) is granted at once instead of waiting for its own process. A flock excludes a second open
+of the same file even in the process that holds it, so without this sharing that second one waited out its whole
+timeout.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import contextlib
 import fcntl
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -17,23 +24,36 @@ from pathlib import Path
 
 POLL_SECONDS = 0.5
 
+_HOLDS: dict[str, list[int]] = {}
+"""The paths this process holds: ``[fd, holders]``."""
+_HOLDS_LOCK = threading.Lock()
+
 
 class MachineLock:
-    """``acquire`` waits up to ``wait_seconds`` for the current holder; ``release`` (or the process's end) frees it."""
+    """``acquire`` waits up to ``wait_seconds`` for another process holding it; ``release`` (the last holder's in
+    this process, or the process's end) frees it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
+        self._key = os.path.abspath(path)
+        self.held = False
 
     def acquire(self, wait_seconds: float, on_wait: Callable[[int | None], None] | None = None) -> bool:
         """Take the lock; False when another process still held it after ``wait_seconds``. ``on_wait(pid)`` is
         called once, when the lock is found taken (pid: the holder's, when its file says so)."""
-        if self._fd is not None:
+        if self.held:
             return True
+        with _HOLDS_LOCK:
+            hold = _HOLDS.get(self._key)
+            if hold is not None:  # this process holds it already
+                hold[1] += 1
+                self.held = True
+                return True
+        self.held = self._take(wait_seconds, on_wait)
+        return self.held
+
+    def _take(self, wait_seconds: float, on_wait: Callable[[int | None], None] | None) -> bool:
+        """Lock the file and count this holder (True), or False once ``wait_seconds`` have passed."""
         from .private_files import private_dir
 
         private_dir(self.path.parent)
@@ -46,6 +66,12 @@ class MachineLock:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
+                    with _HOLDS_LOCK:
+                        hold = _HOLDS.get(self._key)
+                        if hold is not None:  # another thread of this process got it first: share its hold
+                            hold[1] += 1
+                            os.close(fd)
+                            return True
                     if not told and on_wait is not None:
                         on_wait(_holder(fd))
                         told = True
@@ -60,13 +86,22 @@ class MachineLock:
             with contextlib.suppress(OSError):
                 os.close(fd)
             raise
-        self._fd = fd
+        with _HOLDS_LOCK:
+            _HOLDS[self._key] = [fd, 1]
         return True
 
     def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)  # closing the file frees the flock
+        if not self.held:
+            return
+        self.held = False
+        with _HOLDS_LOCK:
+            hold = _HOLDS.get(self._key)
+            if hold is None:
+                return
+            hold[1] -= 1
+            if hold[1] <= 0:
+                del _HOLDS[self._key]
+                os.close(hold[0])  # closing the file frees the flock
 
     def __del__(self) -> None:
         # a holder dropped without release (a channel never closed) must not keep the lock for the process's life

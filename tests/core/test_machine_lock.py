@@ -70,28 +70,39 @@ def test_a_second_run_of_one_portal_account_stops_in_one_line_before_the_portal_
     """The portal allows one session per user: the second run's login would end the first run's session (and the
     first would end the second's, until one gave up after MAX_BOUNCES), and both would write the resume file."""
     config = _portal_config(tmp_path)
-    first = open_channel("portal", config, None, "home_health")
     second = open_channel("portal", config, None, "home_health")
     state = Path(config.portal_state_path)
     before = state.read_bytes() if state.exists() else None
-    first._hold_session()
+    first = _holder(second._session.path)  # the other run, in its own process
     monkeypatch.setattr(kinnser_channel, "SESSION_WAIT_SECONDS", 0.3)
-    with pytest.raises(WellSkyError, match="one session per user") as refused:
-        list(second.iter_records("patients", None))
-    assert "Pw-portal-4k2" not in str(refused.value) and "intake@" not in str(refused.value)
-    assert (state.read_bytes() if state.exists() else None) == before, "the resume file was not touched"
-    first.close()
-    second._hold_session()  # free once the first run has closed
+    try:
+        with pytest.raises(WellSkyError, match="one session per user") as refused:
+            list(second.iter_records("patients", None))
+        assert "Pw-portal-4k2" not in str(refused.value) and "intake@" not in str(refused.value)
+        assert (state.read_bytes() if state.exists() else None) == before, "the resume file was not touched"
+    finally:
+        first.kill()
+        first.wait(10)
+    second._hold_session()  # free once the first run has ended
     second.close()
 
 
-def test_a_lock_dropped_without_release_is_freed() -> None:
-    """A channel that is never closed (an error path, a test) must not keep its account locked for the rest of
-    the process: a flock belongs to its open file, and two opens in one process exclude each other."""
-    import tempfile
+def _free_for_another_process(path: Path) -> bool:
+    code = "import sys\nfrom pathlib import Path\nfrom wellsky_core.machine_lock import MachineLock\n"
+    code += "sys.exit(0 if MachineLock(Path(sys.argv[1])).acquire(0) else 1)"
+    return subprocess.run([sys.executable, "-c", code, str(path)], timeout=30).returncode == 0
 
-    path = Path(tempfile.mkdtemp()) / "account.lock"
-    lock = MachineLock(path)
-    assert lock.acquire(0)
-    del lock
-    assert MachineLock(path).acquire(0)
+
+def test_the_hold_is_the_processs_and_ends_with_its_last_holder(tmp_path: Path) -> None:
+    """A channel opened again in the same process while an earlier one was never closed (singer-sdk's connection
+    test after a sync) shares the process's hold at once: a flock excludes a second open of the same file even in
+    its own process, and that channel waited out the whole 15 minutes. The file is free for other processes only
+    when the last holder releases, or is dropped."""
+    path = tmp_path / "account.lock"
+    one, two = MachineLock(path), MachineLock(path)
+    assert one.acquire(0) and two.acquire(0), "the second holder in the same process does not wait"
+    assert not _free_for_another_process(path)
+    one.release()
+    assert not _free_for_another_process(path), "still held by the other holder"
+    del two  # dropped without release (a channel never closed)
+    assert _free_for_another_process(path)
