@@ -731,10 +731,15 @@ class WellSkyConfig(BaseModel):
 
     def private_state_dir(self) -> Path:
         """This tenant's private state directory (``state_dir`` or the per-tenant XDG default), created 0700."""
-        from .private_files import private_dir, state_root, tenant_slug
+        from .private_files import private_dir
 
-        chosen = Path(self.state_dir) if self.state_dir else state_root() / tenant_slug(self.product, self.base_url)
-        return private_dir(chosen)
+        return private_dir(self.private_state_path())
+
+    def private_state_path(self) -> Path:
+        """Where :meth:`private_state_dir` is, without creating it (for a use that may do without it)."""
+        from .private_files import state_root, tenant_slug
+
+        return Path(self.state_dir) if self.state_dir else state_root() / tenant_slug(self.product, self.base_url)
 
     def source_for(self, stream: str) -> str:
         """The channel a stream reads from: ``stream_sources[stream]`` or ``source``."""

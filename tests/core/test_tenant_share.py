@@ -196,3 +196,31 @@ def test_a_state_directory_where_leases_cannot_work_paces_alone_and_says_so_once
     assert len(warnings) == 1 and "paces as if it were alone" in warnings[0] and "state_dir" in warnings[0]
     assert str(tmp_path) not in warnings[0]
     share.close()
+
+
+def test_a_client_whose_state_directory_cannot_be_made_still_sends_paced_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The share's directory is made when it first counts, not when the client is built: a read-only home or a
+    state_dir that cannot be a directory must not fail a `check` that wrote nothing before the budget was shared."""
+    import httpx
+
+    from wellsky_core.config import WellSkyConfig
+    from wellsky_core.http.client import WellSkyClient
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    config = WellSkyConfig.load(
+        {"base_url": "https://tenant.example.test", "username": "u", "password": "p", "max_requests_per_second": 50,
+         "state_dir": str(blocker / "state")},
+        env={},
+    )
+    answer = httpx.MockTransport(lambda request: httpx.Response(200, json={"ok": True}))
+    with (
+        caplog.at_level("WARNING", logger="wellsky_core.http.tenant_share"),
+        WellSkyClient(config, auth=httpx.Auth(), transport=answer) as client,
+    ):
+        assert client.get_json("/tenant") == {"ok": True}
+        assert client.get_json("/tenant") == {"ok": True}
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "paces as if it were alone" in warnings[0]

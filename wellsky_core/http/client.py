@@ -105,7 +105,9 @@ class WellSkyClient:
         # The budget is the tenant's: every process on this machine sending to it takes its share (tenant_share.py)
         identity = config.username or config.client_id
         self._share = (
-            TenantShare(lease_directory(config.private_state_dir(), config.base_url, identity))
+            # the path only: the share creates it when it first counts, and paces alone if it cannot (a read-only
+            # home must not fail a `check` that wrote nothing before)
+            TenantShare(lease_directory(config.private_state_path(), config.base_url, identity))
             if config.max_requests_per_second
             else None
         )
