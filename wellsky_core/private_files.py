@@ -15,6 +15,7 @@ queues and portal state all go through :func:`private_dir` and :func:`open_priva
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import sqlite3
@@ -46,6 +47,11 @@ def tenant_slug(product: str | None, base_url: str | None) -> str:
         host = "loopback"
     raw = f"{product or 'unknown'}-{host}"
     return re.sub(r"[^A-Za-z0-9._-]+", "_", raw)[:120]
+
+
+def account_slug(base_url: str | None, identity: str | None) -> str:
+    """A file name for one account of one tenant (its URL and the user or client id) that shows neither."""
+    return hashlib.sha256(f"{(base_url or '').rstrip('/')}\0{identity or ''}".encode()).hexdigest()[:16]
 
 
 def private_dir(path: str | os.PathLike[str]) -> Path:

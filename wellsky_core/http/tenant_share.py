@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -60,8 +59,9 @@ STALE_JOINING_SECONDS = 60.0
 
 def lease_directory(state_dir: Path, base_url: str, identity: str | None) -> Path:
     """Where the processes sending to one tenant (its URL and the credential's user or client id) meet."""
-    digest = hashlib.sha256(f"{base_url.rstrip('/')}\0{identity or ''}".encode()).hexdigest()[:16]
-    return state_dir / "budget" / digest
+    from ..private_files import account_slug
+
+    return state_dir / "budget" / account_slug(base_url, identity)
 
 
 class TenantShare:

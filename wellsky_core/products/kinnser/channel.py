@@ -15,7 +15,6 @@ yields nothing for the stream, never half the data, and a killed walk resumes at
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import Counter, defaultdict, deque
@@ -33,6 +32,7 @@ from ...errors import ConfigError, NormalizationError, WellSkyError
 from ...http.mfa import build_code_source
 from ...http.paging import LoopGuard
 from ...machine_lock import MachineLock
+from ...private_files import account_slug
 from . import normalize as norm
 from .browser import PortalBrowser, Step, Tab
 from .pagemap import PAGE_MAPS, ClaimView
@@ -158,8 +158,9 @@ class KinnserPortalChannel(Channel):
         self.map = PAGE_MAPS[product]
         self.state = PortalState(config.portal_state_path)
         self.browser = PortalBrowser(config, self.map, build_code_source(config))
-        account = hashlib.sha256(f"{config.base_url}\0{config.username}".encode()).hexdigest()[:16]
-        self._session = MachineLock(config.private_state_dir() / "portal-sessions" / f"{account}.lock")
+        # the path only: the lock makes its directory when it is first taken, by a read, never by opening
+        account = account_slug(config.base_url, config.username)
+        self._session = MachineLock(config.private_state_path() / "portal-sessions" / f"{account}.lock")
         self._results: dict[str, dict[str, list[dict[str, Any]]]] = {}
         self.data_quality: Counter[str] = Counter()
         self.progress: list[dict[str, Any]] = []
