@@ -85,6 +85,7 @@ class RefreshingAuth(httpx.Auth):
                 outgoing = flow.send(response)
             except StopIteration:
                 break
+
     def _read_answer(self, response: httpx.Response, sent: float) -> None:
         """Read a login answer whole, within AUTH_ANSWER_BYTES and the deadline: httpx's own ``read()`` took an
         endless body until memory ran out, and a body dripping a byte a second held the run forever."""

@@ -104,14 +104,14 @@ class WellSkyClient:
         # with different delays (0.95: 53 ms at 100 req/s; before slots counted from the wire, 0.97 overran)
         # The budget is the tenant's: every process on this machine sending to it takes its share (tenant_share.py)
         identity = config.username or config.client_id
-        self._share = (
+        share = (
             # the path only: the share creates it when it first counts, and paces alone if it cannot (a read-only
             # home must not fail a `check` that wrote nothing before)
             TenantShare(lease_directory(config.private_state_path(), config.base_url, identity))
             if config.max_requests_per_second
             else None
         )
-        self._limiter = RequestWindow.for_budget(config.max_requests_per_second, PACING_HEADROOM, share=self._share)
+        self._limiter = RequestWindow.for_budget(config.max_requests_per_second, PACING_HEADROOM, share=share)
         self._slot_at_wire = transport is None
         """httpcore's own transport reports the write of the headers (``_trace``); a replaced transport (a mock in
         tests) may not, so its requests take their slot before they are handed to it."""
