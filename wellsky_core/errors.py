@@ -5,6 +5,7 @@
     WellSkyError                      base: catch this one type
     ├── ConfigError                   a setting cannot work (lists every bad key); raised before any request
     ├── AuthError                     credentials refused (login, MFA, OAuth token)
+    │   ├── LoginAnswerUnusable       a login answer too large or too slow to be WellSky's
     │   └── MfaError                  no usable MFA code
     ├── WellSkyTransportError         no usable answer within the retry budget, or cannot connect
     │                                 (named so it never shadows ``httpx.TransportError``)
@@ -247,6 +248,14 @@ class AuthError(WellSkyError):
         self.setting = setting
         self.status = status
         super().__init__(message)
+
+
+class LoginAnswerUnusable(AuthError):
+    """The login, MFA or token answer was larger than any WellSky sends, or took longer than the deadline: the
+    host that answered is likely not WellSky's. A sign-in failure like a refusal (every stream stops, and the
+    Airbyte face reports a config error), with our own sentence: nothing of the answer is in it."""
+
+    own_text = True
 
 
 class MfaError(AuthError):

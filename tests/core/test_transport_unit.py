@@ -328,3 +328,47 @@ def test_a_sign_in_that_keeps_failing_is_named_not_the_request_it_was_for() -> N
     assert text.startswith("the sign-in (POST) gave no usable answer within the retry budget (last: 500)"), text
     assert "/sessions;" in text and "test/tenant" not in text and "raise max_retries" in text, text
     assert seen == ["POST /sessions", "POST /sessions"], "the data request never went out"
+
+
+@pytest.mark.parametrize("answer", ["endless", "dripping"])
+def test_an_unusable_login_answer_is_a_sign_in_failure_that_stops_every_stream(answer: str) -> None:
+    """A login answer larger than any WellSky sends (or slower than the deadline) was a plain WellSkyError: the
+    Airbyte face called it a system error, and every stream waiting to sign in read its own endless answer
+    before failing alike. It is a sign-in failure now: remembered like a refusal (one login, every later
+    request refused at once), a config error naming base_url, in our own words only."""
+    import time as clock
+
+    from wellsky_core.airbyte import describe_error
+    from wellsky_core.errors import LoginAnswerUnusable
+    from wellsky_core.http.auth import AUTH_ANSWER_BYTES
+
+    logins: list[str] = []
+    secret = b'{"name": "Ada Patient", "mrn": "MRN-5521"}'
+
+    def drip():
+        for _ in range(20):
+            clock.sleep(0.1)
+            yield secret
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/sessions":
+            logins.append(request.method)
+            if answer == "endless":
+                return httpx.Response(201, content=secret * (AUTH_ANSWER_BYTES // len(secret) + 2))
+            return httpx.Response(201, content=drip())
+        return httpx.Response(200, json={"product": "home_health"})
+
+    cfg = WellSkyConfig.load(
+        {"base_url": BASE, "username": "u", "password": "p", "max_retries": 1, "backoff_base_seconds": 0,
+         "backoff_max_seconds": 0, "max_requests_per_second": 0, "request_deadline_seconds": 0.5},
+        env={},
+    )
+    client = WellSkyClient(cfg, sleep=lambda s: None, transport=httpx.MockTransport(handler))
+    for _ in range(2):
+        with pytest.raises(LoginAnswerUnusable) as caught:
+            client.get_json("/tenant")
+    assert logins == ["POST"], "a second stream signed in again after the answer was found unusable"
+    message, internal, failure_type = describe_error(caught.value)
+    assert failure_type == "config_error", failure_type
+    assert message.startswith("the login answer (HTTP 201)") and "base_url" in message, message
+    assert "Ada" not in internal and "MRN-5521" not in internal

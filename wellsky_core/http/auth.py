@@ -25,12 +25,12 @@ from pydantic import SecretStr
 from ..errors import (
     AuthError,
     ConfigError,
+    LoginAnswerUnusable,
     MfaError,
     RemoteError,
     RequestDeadlineExceeded,
     ResponseTooLarge,
     RetryableAuthFailure,
-    WellSkyError,
 )
 from ..products import DIALECTS
 from ..redaction import register_secret
@@ -80,7 +80,13 @@ class RefreshingAuth(httpx.Auth):
             sent = time.monotonic()
             response = yield outgoing
             if outgoing is not request:  # a login, MFA or token exchange: the flow inspects its body
-                self._read_answer(response, sent)
+                try:
+                    self._read_answer(response, sent)
+                except LoginAnswerUnusable as exc:
+                    # into the login, which remembers it as a refusal: the other streams waiting to sign in
+                    # stop at once instead of each reading its own endless answer
+                    outgoing = flow.throw(exc)
+                    continue
             try:
                 outgoing = flow.send(response)
             except StopIteration:
@@ -93,14 +99,18 @@ class RefreshingAuth(httpx.Auth):
         try:
             read_within(response, limit=AUTH_ANSWER_BYTES, deadline=sent + self.deadline)
         except ResponseTooLarge:
-            raise WellSkyError(  # our own sentence: nothing of the answer is in it
+            raise LoginAnswerUnusable(  # our own sentence: nothing of the answer is in it
                 f"the login answer (HTTP {response.status_code}) is larger than {AUTH_ANSWER_BYTES:,} bytes, where "
-                f"WellSky's is a few hundred; {fix}"
+                f"WellSky's is a few hundred; {fix}",
+                setting="base_url",
+                status=response.status_code,
             ) from None
         except RequestDeadlineExceeded:
-            raise WellSkyError(
+            raise LoginAnswerUnusable(
                 f"the login answer (HTTP {response.status_code}) took longer than request_deadline_seconds "
-                f"({self.deadline:g} s); {fix}, or raise request_deadline_seconds if the tenant's logins are that slow"
+                f"({self.deadline:g} s); {fix}, or raise request_deadline_seconds if the tenant's logins are that slow",
+                setting="base_url",
+                status=response.status_code,
             ) from None
 
     credential_settings = ""
