@@ -75,6 +75,49 @@ def test_a_trickling_server_is_cut_at_the_request_deadline(tmp_path):
     print(f"FIGURES one byte/s: stopped after {seconds:.1f} s (2 attempts, deadline 3 s)")
 
 
+def _trickled_head(where: str) -> Route:
+    """The answer's status line and headers arrive one byte every 0.5 s (the body never comes): each read gets
+    a byte well within ``timeout_seconds``, so only a deadline on the whole answer stops it."""
+    head = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-padding: " + b"p" * 400 + b"\r\n"
+        b"content-length: 2\r\n\r\n{}"
+    )
+
+    def route(h: Reply, method: str, path: str, body: bytes) -> bool:
+        if path != where:
+            return False
+        h.close_connection = True
+        try:
+            for byte in head:
+                if h.stopping.is_set():
+                    return True
+                h.wfile.write(bytes([byte]))
+                h.wfile.flush()
+                time.sleep(0.5)
+        except OSError:
+            pass
+        return True
+
+    return route
+
+
+@pytest.mark.parametrize("where", ["/patients", "/sessions"], ids=["page", "login"])
+def test_a_head_trickled_a_byte_at_a_time_is_cut_at_the_request_deadline(tmp_path, where):
+    """``request_deadline_seconds`` was checked while a body streamed, not while the status line and headers
+    arrived: headers trickled a byte at a time were bounded only per read by ``timeout_seconds`` (a 450-byte
+    head at a byte per 0.5 s held each attempt ~4 minutes). The deadline now holds at the socket, head too."""
+    with HostileServer(_trickled_head(where)) as srv:
+        cfg = config(srv.base_url, timeout_seconds=5, request_deadline_seconds=3, max_retries=1)
+        code, err, seconds, _ = _run(tmp_path, cfg)
+    assert code == 2, err[-2000:]
+    assert_no_traceback(err, "trickled head")
+    assert "request_deadline_seconds (3 s)" in err, err[-1500:]
+    if where == "/sessions":  # the operator is pointed at the sign-in, not at the request it was made for
+        assert "the sign-in (POST)" in err and "/sessions" in err, err[-1500:]
+    assert seconds < 40, f"took {seconds:.0f} s"  # two attempts of ~3 s plus start-up
+    print(f"FIGURES head a byte per 0.5 s ({where}): stopped after {seconds:.1f} s (2 attempts, deadline 3 s)")
+
+
 def _login(flood: bool, chunked: bool = False) -> Route:
     """The login answers 201 with a body that never ends (``flood``) or drips a byte a second."""
 

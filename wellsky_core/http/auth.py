@@ -34,6 +34,7 @@ from ..errors import (
 )
 from ..products import DIALECTS
 from ..redaction import register_secret
+from . import wire_deadline
 from .bodies import read_within
 from .mfa import Challenge, CodeSource, build_code_source
 from .policy import needs_reauth, raise_if_transient
@@ -96,21 +97,24 @@ class RefreshingAuth(httpx.Auth):
         """Read a login answer whole, within AUTH_ANSWER_BYTES and the deadline: httpx's own ``read()`` took an
         endless body until memory ran out, and a body dripping a byte a second held the run forever."""
         fix = "check base_url and token_url: a look-alike or a wrong host may have answered"
+        status = response.status_code
         try:
             read_within(response, limit=AUTH_ANSWER_BYTES, deadline=sent + self.deadline)
         except ResponseTooLarge:
             raise LoginAnswerUnusable(  # our own sentence: nothing of the answer is in it
-                f"the login answer (HTTP {response.status_code}) is larger than {AUTH_ANSWER_BYTES:,} bytes, where "
-                f"WellSky's is a few hundred; {fix}",
+                f"the login answer (HTTP {status}) is larger than {AUTH_ANSWER_BYTES:,} bytes, where WellSky's is "
+                f"a few hundred; {fix}",
                 setting="base_url",
-                status=response.status_code,
+                status=status,
             ) from None
-        except RequestDeadlineExceeded:
+        except (RequestDeadlineExceeded, httpx.TimeoutException) as exc:
+            if isinstance(exc, httpx.TimeoutException) and not wire_deadline.passed():
+                raise  # a stalled read within the deadline: the client's retry rules decide
             raise LoginAnswerUnusable(
-                f"the login answer (HTTP {response.status_code}) took longer than request_deadline_seconds "
-                f"({self.deadline:g} s); {fix}, or raise request_deadline_seconds if the tenant's logins are that slow",
+                f"the login answer (HTTP {status}) took longer than request_deadline_seconds ({self.deadline:g} s); "
+                f"{fix}, or raise request_deadline_seconds if the tenant's logins are that slow",
                 setting="base_url",
-                status=response.status_code,
+                status=status,
             ) from None
 
     credential_settings = ""

@@ -49,6 +49,7 @@ from .policy import Backoff, Retry, classify_exception, classify_response, conne
 from .ratelimit import RequestWindow
 from .tenant_share import TenantShare, lease_directory
 from .trust import is_trusted, require_trusted
+from .wire_deadline import exchange_deadline, hold_deadlines
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +138,8 @@ class WellSkyClient:
             event_hooks={"request": [self._on_request], "response": [self._on_response]},
             transport=transport,
         )
+        if transport is None:
+            hold_deadlines(self._http)  # request_deadline_seconds bounds the head of an answer too
 
     @property
     def sustained_rate(self) -> float | None:
@@ -189,16 +192,18 @@ class WellSkyClient:
     ) -> tuple[httpx.Response, Any] | Retry:
         """Send once: the usable answer (response, decoded body), or the retry to make (errors are raised)."""
         started = time.monotonic()
+        deadline = started + self._deadline
         try:
-            response = self._send_once(request, auth=self.auth)
-            self._read_bounded(response, started)
+            with exchange_deadline(deadline):
+                response = self._send_once(request, auth=self.auth)
+                self._read_bounded(response, started)
         except ResponseTooLarge as exc:
             raise self._too_large(request, exc.limit, attempt) from None
         except RequestDeadlineExceeded:
-            if not safe:
-                raise self._too_slow(request, attempt) from None
-            return Retry("deadline", detail=f" (over request_deadline_seconds={self._deadline:g})")
+            return self._past_deadline(request, None, safe=safe, attempt=attempt)
         except (RetryableAuthFailure, httpx.TransportError) as exc:
+            if isinstance(exc, httpx.TimeoutException) and time.monotonic() >= deadline:  # wire_deadline.py
+                return self._past_deadline(request, _request_of(exc), safe=safe, attempt=attempt)
             return classify_exception(exc, request, safe=safe, connected=self._connected, attempt=attempt)
         self._connected = True
         response.extensions["wellsky_attempt"] = attempt  # a replay on attempt > 1 answers our own send
@@ -209,6 +214,21 @@ class WellSkyClient:
         if not parse_json or response.status_code in expected:
             return response, None
         return self._decode(response, retryable=safe and not last, attempt=attempt)
+
+    def _past_deadline(
+        self, request: httpx.Request, during: httpx.Request | None, *, safe: bool, attempt: int
+    ) -> Retry:
+        """An attempt past request_deadline_seconds: retried when it may be. One that ran out in a sign-in
+        (``during``, an exchange of the auth flow) never sent the request, or had it refused with a 401, so it
+        is retried whatever the method, and the error names the sign-in."""
+        signing_in = during is not None and during is not request
+        if not safe and not signing_in:
+            raise self._too_slow(request, attempt) from None
+        return Retry(
+            "deadline",
+            detail=f" (over request_deadline_seconds={self._deadline:g})",
+            auth_request=during if signing_in else None,
+        )
 
     @property
     def _deadline(self) -> float:
@@ -390,8 +410,10 @@ class WellSkyClient:
         """
         request = self._http.build_request(method.upper(), url, params=params, headers=dict(headers or {}))
         self._guard(request, authenticated=authenticate and self.auth is not None)
+        started = time.monotonic()
         try:
-            response = self._send_once(request, auth=self.auth if authenticate else None)
+            with exchange_deadline(started + self._deadline):  # the head; the caller reads the body its own way
+                response = self._send_once(request, auth=self.auth if authenticate else None)
         except RetryableAuthFailure as exc:
             raise WellSkyTransportError(
                 f"login failed transiently ({exc.reason}); try again", url=request.url, attempts=1, reason=exc.reason
@@ -403,6 +425,8 @@ class WellSkyClient:
                 f"{type(exc).__name__}", url=request.url, attempts=1, reason="connection"
             ) from None
         except httpx.TransportError as exc:
+            if isinstance(exc, httpx.TimeoutException) and time.monotonic() >= started + self._deadline:
+                raise self._too_slow(request, 1) from None
             raise WellSkyTransportError(
                 f"{type(exc).__name__}", url=request.url, attempts=1, reason="connection"
             ) from None
@@ -434,6 +458,14 @@ class WellSkyClient:
 
     def __repr__(self) -> str:
         return f"WellSkyClient({self.config.base_url!r}, auth={type(self.auth).__name__})"
+
+
+def _request_of(exc: httpx.TransportError) -> httpx.Request | None:
+    """The request an httpx error was raised for, if httpx recorded it (not for a body read outside ``send``)."""
+    try:
+        return exc.request
+    except RuntimeError:
+        return None
 
 
 __all__ = ["WellSkyClient"]

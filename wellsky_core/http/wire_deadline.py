@@ -1,0 +1,120 @@
+"""The request deadline held at the socket, for the status line and headers as for the body.
+
+``timeout_seconds`` bounds each read, and :func:`~wellsky_core.http.bodies.read_within` checks
+``request_deadline_seconds`` between the body's chunks; nothing bounded the head. A server (or a look-alike)
+sending its status line and headers a byte at a time, each byte within the read timeout, held an attempt as long
+as it liked: a 450-byte head at a byte per 0.5 s, about four minutes. httpcore reads every byte through its
+network backend, so the backend is where the deadline is kept: every read and write of a connection is given at
+most the time left before the current exchange's deadline, then fails as a read (or write) timeout.
+
+The deadline belongs to the thread sending (httpx's sync client sends and reads on the caller's thread), set by
+:func:`exchange_deadline` around one attempt; connections used outside one keep their own timeouts only.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpcore
+import httpx
+
+_local = threading.local()
+
+
+@contextmanager
+def exchange_deadline(deadline: float) -> Iterator[None]:
+    """Reads and writes on this thread's connections end by ``deadline`` (``time.monotonic()``), inside the block."""
+    outer = getattr(_local, "deadline", None)
+    _local.deadline = deadline if outer is None else min(outer, deadline)
+    try:
+        yield
+    finally:
+        _local.deadline = outer
+
+
+def passed() -> bool:
+    """Whether this thread's exchange deadline has passed (a read timeout then means the deadline, not a stall)."""
+    deadline = getattr(_local, "deadline", None)
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def _left(timeout: float | None, fails: type[Exception]) -> float | None:
+    """``timeout`` shortened to what is left of this thread's deadline; raise ``fails`` once it has passed."""
+    deadline = getattr(_local, "deadline", None)
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise fails("request_deadline_seconds passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _BoundedStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: typing.Any,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.start_tls(ssl_context, server_hostname, _left(timeout, httpcore.ConnectTimeout))
+        return _BoundedStream(stream)
+
+    def get_extra_info(self, info: str) -> typing.Any:
+        return self._inner.get_extra_info(info)
+
+
+class _BoundedBackend(httpcore.NetworkBackend):
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        self._inner = inner
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: typing.Iterable[typing.Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_tcp(
+            host, port, _left(timeout, httpcore.ConnectTimeout), local_address, socket_options
+        )
+        return _BoundedStream(stream)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: typing.Iterable[typing.Any] | None = None
+    ) -> httpcore.NetworkStream:
+        return _BoundedStream(
+            self._inner.connect_unix_socket(path, _left(timeout, httpcore.ConnectTimeout), socket_options)
+        )
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def hold_deadlines(client: httpx.Client) -> int:
+    """Put every connection pool of ``client`` (its transport and any proxy mounts) behind the deadline; returns
+    how many pools it found. A transport that is not httpx's own (a test's ``MockTransport``) is left alone."""
+    transports = [client._transport, *client._mounts.values()]  # httpx keeps no public handle on its pools
+    held = 0
+    for transport in transports:
+        pool = getattr(transport, "_pool", None)
+        if isinstance(pool, httpcore.ConnectionPool) and not isinstance(pool._network_backend, _BoundedBackend):
+            pool._network_backend = _BoundedBackend(pool._network_backend)
+            held += 1
+    return held
