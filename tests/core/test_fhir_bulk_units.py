@@ -8,7 +8,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -547,12 +547,13 @@ def test_batches_are_exactly_batch_rows_and_a_bad_file_loses_the_batches_it_wrot
 def test_ndjson_lines_across_chunks_and_gzip_without_content_encoding() -> None:
     raw = b'{"a": 1}\n\n  {"b": 2}  \n{"c": 3}'
     chunks = [raw[:3], raw[3:12], raw[12:]]
-    assert list(ndjson_lines(httpx.Response(200, content=iter(chunks)))) == [b'{"a": 1}', b'{"b": 2}', b'{"c": 3}']
+    got = list(ndjson_lines(httpx.Response(200, content=iter(chunks)), max_line=100))
+    assert got == [b'{"a": 1}', b'{"b": 2}', b'{"c": 3}']
     packed = gzip.compress(raw)
     parts = [packed[:5], packed[5:]]
-    assert list(ndjson_lines(httpx.Response(200, content=iter(parts))))[-1] == b'{"c": 3}'
+    assert list(ndjson_lines(httpx.Response(200, content=iter(parts)), max_line=100))[-1] == b'{"c": 3}'
     with pytest.raises(Truncated):
-        list(ndjson_lines(httpx.Response(200, content=packed[:-10])))
+        list(ndjson_lines(httpx.Response(200, content=packed[:-10]), max_line=100))
 
 
 def test_entity_of() -> None:
@@ -751,3 +752,68 @@ def test_job_failed_and_percent() -> None:
     assert not job_failed(httpx.Response(500, content=b"oops"))
     assert _percent("Patient 42.5% done") == "42.5% complete"
     assert _percent("about half") is None and _percent(None) is None
+
+
+class Endless:
+    """An endless body, chunk after chunk, counting what was served."""
+
+    def __init__(self, chunk: bytes) -> None:
+        self.chunk, self.served = chunk, 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            self.served += len(self.chunk)
+            yield self.chunk
+
+
+def test_a_line_that_never_ends_is_cut_at_max_response_bytes_without_a_retry(tmp_path: Path) -> None:
+    """A bulk file whose line never ends (no newline, ever) was gathered in memory until the process died, each
+    chunk copying the whole line so far. A line is one resource: past max_response_bytes it is refused at once,
+    naming the setting (downloading the file again would serve the same line)."""
+    url = f"{BASE}/out/1.ndjson"
+    endless = Endless(b"x" * 65536)
+    files = Files({url: [httpx.Response(200, content=endless)]})
+    loader = downloader(files, max_retries=2, max_response_bytes=1_000_000)
+    job = ExportJob(tmp_path / "j", KICKOFF)
+    with pytest.raises(WellSkyTransportError) as caught:
+        loader.fetch_file(job, url, "Patient", None, True)
+    assert caught.value.reason == "too_large" and "max_response_bytes" in str(caught.value), str(caught.value)
+    assert endless.served < 1_000_000 + 2 * 65536, endless.served
+    assert job.spool.done_files() == set()
+    job.spool.close()
+
+
+def test_a_gzip_bomb_is_inflated_piece_by_piece_and_cut_at_max_response_bytes(tmp_path: Path) -> None:
+    """50 MB of one line gzipped to ~50 kB: inflating a chunk whole held all of it at once."""
+    import tracemalloc
+
+    url = f"{BASE}/out/1.ndjson.gz"
+    bomb = gzip.compress(b"x" * 50_000_000, mtime=0)
+    loader = downloader(Files({url: [httpx.Response(200, content=bomb)]}), max_response_bytes=1_000_000)
+    job = ExportJob(tmp_path / "j", KICKOFF)
+    tracemalloc.start()
+    try:
+        with pytest.raises(WellSkyTransportError) as caught:
+            loader.fetch_file(job, url, "Patient", None, True)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert caught.value.reason == "too_large", str(caught.value)
+    assert peak < 10_000_000, f"peak {peak / 1e6:.0f} MB traced"
+    job.spool.close()
+
+
+def test_a_file_longer_than_its_manifest_count_is_cut_there(tmp_path: Path) -> None:
+    """The manifest's ``count`` was compared once the file had ended: an endless file of valid lines went into
+    the spool on disk until the disk was full. Past the count, the file is cut and downloaded again, then failed."""
+    url = f"{BASE}/out/1.ndjson"
+    page = lines(*(body("Patient", f"p{i}") for i in range(100)))
+    served = [Endless(page), Endless(page)]  # one body per attempt
+    loader = downloader(Files({url: [httpx.Response(200, content=e) for e in served]}), max_retries=1)
+    job = ExportJob(tmp_path / "j", KICKOFF)
+    with pytest.raises(WellSkyTransportError) as caught:
+        loader.fetch_file(job, url, "Patient", 3, True)
+    assert "more than the manifest's 3 lines" in str(caught.value) and caught.value.attempts == 2, str(caught.value)
+    assert all(e.served == len(page) for e in served), [e.served for e in served]
+    assert job.spool.done_files() == set() and job.spool.get("Patient/p1") is None
+    job.spool.close()

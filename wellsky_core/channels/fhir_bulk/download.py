@@ -141,7 +141,10 @@ class Downloader:
                 ) as response:
                     status = response.status_code
                     if status == 200:
-                        lines = self._spool_lines(job, url, response, kind, errors=errors, stop=stop)
+                        expected = count if isinstance(count, int) else None
+                        lines = self._spool_lines(
+                            job, url, response, kind, errors=errors, stop=stop, expected=expected
+                        )
                         if isinstance(count, int) and lines != count:
                             raise Truncated(f"{lines} of {count} lines")
                         job.spool.commit_file(url, kind, lines)
@@ -156,6 +159,16 @@ class Downloader:
                     raise RemoteError.from_response(response, fix="a bulk output file could not be downloaded")
                 problem = str(status)
                 wait = retry_after(response)
+            except LineTooLong:
+                job.spool.discard_file(url)
+                raise WellSkyTransportError(
+                    f"a line of a bulk output file ({kind}) is longer than max_response_bytes "
+                    f"({self.config.max_response_bytes:,} bytes), where a line is one resource; raise "
+                    "max_response_bytes if the tenant's resources really are that large",
+                    url=target,
+                    attempts=attempt,
+                    reason="too_large",
+                ) from None
             except (Truncated, httpx.HTTPError, zlib.error, EOFError) as exc:
                 job.spool.discard_file(url)
                 problem = f"{type(exc).__name__}: {exc}" if isinstance(exc, Truncated) else type(exc).__name__
@@ -189,12 +202,14 @@ class Downloader:
         *,
         errors: bool,
         stop: threading.Event | None = None,
+        expected: int | None = None,
     ) -> int:
-        """Parse NDJSON from the stream line by line into the spool; returns the number of resources."""
+        """Parse NDJSON from the stream line by line into the spool; returns the number of resources. A file
+        with more lines than the manifest's count (``expected``) is cut there: an endless one filled the disk."""
         rows: list[tuple[str, str, str | None, bytes]] = []
         count = 0
         issues: dict[str, int] = {}
-        for line in ndjson_lines(response):
+        for line in ndjson_lines(response, max_line=self.config.max_response_bytes):
             try:
                 res = orjson.loads(line)
             except orjson.JSONDecodeError:
@@ -202,6 +217,8 @@ class Downloader:
             if not isinstance(res, dict):
                 raise Truncated("a line is not a JSON object")
             count += 1
+            if expected is not None and count > expected:
+                raise Truncated(f"more than the manifest's {expected} lines")
             if errors:
                 for code in self._on_issue(res):
                     issues[code] = issues.get(code, 0) + 1
@@ -226,32 +243,67 @@ class Downloader:
         return count
 
 
-def ndjson_lines(response: httpx.Response) -> Iterator[bytes]:
-    """Non-empty lines of an NDJSON body read in chunks; a gzip body without Content-Encoding is inflated too."""
+class LineTooLong(Exception):
+    """A line (one resource) longer than max_response_bytes: the same file would serve it again."""
+
+
+INFLATE_PIECE = 1024 * 1024
+"""Bytes inflated at a time from a gzip body: a small chunk may inflate to gigabytes (a gzip bomb)."""
+
+
+def _inflated(inflater: Any, chunk: bytes) -> Iterator[bytes]:
+    piece = inflater.decompress(chunk, INFLATE_PIECE)
+    yield piece
+    while inflater.unconsumed_tail:
+        yield inflater.decompress(inflater.unconsumed_tail, INFLATE_PIECE)
+
+
+def ndjson_lines(response: httpx.Response, *, max_line: int) -> Iterator[bytes]:
+    """Non-empty lines of an NDJSON body read in chunks; a gzip body without Content-Encoding is inflated too.
+
+    A line longer than ``max_line`` raises :class:`LineTooLong` as soon as it is: a line that never ended was
+    gathered whole in memory, each chunk copying it again. The unfinished line is kept as a list of pieces."""
     inflater: Any = None
-    pending = b""
+    partial: list[bytes] = []
+    held = 0
     first = True
-    for chunk in response.iter_bytes():
-        if first:
-            first = False
-            if chunk[:2] == b"\x1f\x8b":
-                inflater = zlib.decompressobj(wbits=31)
+
+    def pieces() -> Iterator[bytes]:
+        nonlocal inflater, first
+        for chunk in response.iter_bytes():
+            if first:
+                first = False
+                if chunk[:2] == b"\x1f\x8b":
+                    inflater = zlib.decompressobj(wbits=31)
+            if inflater is None:
+                yield chunk
+            else:
+                yield from _inflated(inflater, chunk)
         if inflater is not None:
-            chunk = inflater.decompress(chunk)
-        pending += chunk
-        if b"\n" not in chunk:
+            yield inflater.flush()
+            if not inflater.eof:
+                raise Truncated("the gzip stream ended early")
+
+    for piece in pieces():
+        if b"\n" not in piece:
+            partial.append(piece)
+            held += len(piece)
+            if held > max_line:
+                raise LineTooLong
             continue
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
+        lines = piece.split(b"\n")
+        lines[0] = b"".join([*partial, lines[0]])
+        for line in lines[:-1]:
+            if len(line) > max_line:
+                raise LineTooLong
             if line.strip():
                 yield line.strip()
-    if inflater is not None:
-        pending += inflater.flush()
-        if not inflater.eof:
-            raise Truncated("the gzip stream ended early")
-    for line in pending.split(b"\n"):
-        if line.strip():
-            yield line.strip()
+        partial, held = [lines[-1]], len(lines[-1])
+        if held > max_line:
+            raise LineTooLong
+    last = b"".join(partial).strip()
+    if last:
+        yield last
 
 
 def entity_of(resource_type: str) -> str:
