@@ -109,7 +109,7 @@ def validate_for_write(entity: str, record: dict[str, Any]) -> dict[str, Any]:
             raise WriteRefused("validation_error", "end: must be after start; fix the appointment's times")
     dumped = model.model_dump(mode="json", exclude_unset=True)
     desired = {k: v for k, v in dumped.items() if k not in READ_ONLY_FIELDS}
-    where = _control_character_field(desired)
+    where = control_character_path(desired)
     if where is not None:
         raise WriteRefused(
             "control_character",
@@ -119,13 +119,15 @@ def validate_for_write(entity: str, record: dict[str, Any]) -> dict[str, Any]:
     return desired
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+"""What WellSky refuses in text: code points below 32 except tab, LF and CR (Home Connect §6), and DEL. The one
+rule for every write, canonical (here) or native (a product's own payload, ``personal_care/write_rules.py``)."""
 
 
-def _control_character_field(value: Any, path: str = "") -> str | None:
+def control_character_path(value: Any, path: str = "") -> str | None:
     """The dotted path of the first text value holding a control character (checked before any request)."""
     if isinstance(value, str):
-        return (path or "$") if _CONTROL.search(value) else None
+        return (path or "$") if CONTROL_CHARACTERS.search(value) else None
     if isinstance(value, dict):
         items: Any = value.items()
     elif isinstance(value, list):
@@ -133,7 +135,7 @@ def _control_character_field(value: Any, path: str = "") -> str | None:
     else:
         return None
     for key, item in items:
-        found = _control_character_field(item, f"{path}.{key}" if path else str(key))
+        found = control_character_path(item, f"{path}.{key}" if path else str(key))
         if found is not None:
             return found
     return None

@@ -226,3 +226,23 @@ def test_a_write_answered_without_its_record_stops_and_says_it_may_have_been_app
     text = public_message(caught.value)
     assert f"POST {path}" in text and "may have been applied" in text, text
     assert ("name and birth date" if write == "patient" else "client and start time") in text
+
+
+def test_a_native_payload_keeps_the_one_control_character_rule():
+    """Home Connect's native payloads were checked with a copy of the rule that let DEL through, where every
+    canonical write refused it: the two now ask the one rule (``writes.CONTROL_CHARACTERS``), code point by code
+    point, and name the field without the value."""
+    from wellsky_core.products.personal_care.write_rules import WriteInvalid, check_text
+    from wellsky_core.writes import control_character_path
+
+    for point in range(128):
+        text = f"Par{chr(point)}kes"
+        canonical = control_character_path({"last_name": text}) is not None
+        try:
+            check_text({"name": [{"family": text}]}, "patient")
+            native = False
+        except WriteInvalid as exc:
+            native = True
+            assert exc.field == "patient.name.0.family" and text not in str(exc)
+        assert native == canonical, (point, native, canonical)
+        assert canonical == ((point < 32 and chr(point) not in "\t\n\r") or point == 127), point

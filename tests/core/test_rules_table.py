@@ -50,6 +50,10 @@ PROOFS: dict[str, list[str]] = {
     "refusing a bad input": [
         "tests/core/test_channel_reject.py::test_without_a_dead_letter_file_a_reason_stops_the_sync_naming_the_fix"
     ],
+    "which characters text in a write may carry": [
+        ONCE + "test_defined_once",
+        "tests/core/test_home_connect_writes.py::test_a_native_payload_keeps_the_one_control_character_rule",
+    ],
     "validating a canonical record": [ONCE + "test_defined_once"],
     "which remote error stops a write run": [
         ONCE + "test_both_writers_ask_the_policy_which_error_stops_a_write_run",
@@ -143,6 +147,7 @@ CONNECTOR = ("wellsky_core", "tap_wellsky", "target_wellsky")
         (r"paramiko\.Transport\(", "wellsky_core/channels/sftp.py"),
         (r"^def encode_records\(", "wellsky_core/products/personal_care/schedule_memo.py"),
         (r"zlib\.compress", "wellsky_core/products/personal_care/schedule_memo.py"),
+        (r"x0e-\\x1f", "wellsky_core/writes.py"),  # the control-character class of writes
     ],
 )
 def test_defined_once(definition: str, home: str) -> None:

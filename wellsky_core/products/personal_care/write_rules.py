@@ -8,6 +8,8 @@ import re
 from datetime import date
 from typing import Any
 
+from ...writes import control_character_path
+
 CANONICAL_TO_CLIENT_STATUS = {"pending": "1", "active": "80", "inactive": "90", "discharged": "80"}
 """For creates and status changes: the code each canonical status is written as (inverse of client_status)."""
 
@@ -21,7 +23,6 @@ class WriteInvalid(ValueError):
 
 
 _PHONE_FORMATTING = re.compile(r"[\s().\-]")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
 def valid_phone(value: str, field: str = "phone") -> str:
@@ -34,15 +35,11 @@ def valid_phone(value: str, field: str = "phone") -> str:
 
 
 def check_text(value: Any, field: str) -> None:
-    """Code points below 32 are refused except tab, CR and LF (§6)."""
-    if isinstance(value, str) and _CONTROL.search(value):
-        raise WriteInvalid(field, "contains a control character (below U+0020 other than tab, CR, LF); remove it")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            check_text(item, f"{field}.{key}")
-    if isinstance(value, list):
-        for n, item in enumerate(value):
-            check_text(item, f"{field}[{n}]")
+    """Code points below 32 are refused except tab, CR and LF (§6): the rule every write keeps
+    (``writes.CONTROL_CHARACTERS``), applied to the native payload this product builds."""
+    where = control_character_path(value, field)
+    if where is not None:
+        raise WriteInvalid(where, "contains a control character (below U+0020 other than tab, CR, LF); remove it")
 
 
 def agency_tag(agency_id: str) -> dict[str, str]:
