@@ -237,3 +237,49 @@ def test_standard_interface_engine_files_over_sftp(sandbox: SandboxServer, tmp_p
               if isinstance(m, list) for r in m]
     for want in wanted:
         assert want["id"] in records[want["entity"]], want["id"]
+
+
+def test_a_large_batch_file_is_read_a_block_at_a_time(sandbox: SandboxServer, tmp_path: Path) -> None:
+    """A backfill batch file was read whole, then decoded whole, then split whole: a 40 MB file held ~4x its size
+    at once. The file is now read in blocks and cut into messages as it arrives; each message is decoded on its
+    own (UTF-8, else Latin-1 for that message alone), so one legacy message no longer turns a UTF-8 file's
+    accents into mojibake."""
+    import tracemalloc
+
+    feeds = feeds_for(sandbox.tenant)
+    feeds.refresh()
+    for old in feeds.hl7.dir.glob("*.hl7"):
+        old.unlink()
+    unsupported = (
+        "MSH|^~\\&|EHR|AGENCY|WELLSKY|AGENCY01|20260205171000-0500||MDM^T02^MDM_T02|MDM-{n}|P|2.5.1\r"
+        "EVN|T02|20260205171000-0500\rTXA|1|CN|TX|20260205171000-0500" + "|" * 300 + "\r"
+    )
+    block = "".join(unsupported.format(n=n) for n in range(1000)).encode()
+    big = feeds.hl7.dir / "29990101T000000Z-backfill.hl7"
+    with big.open("wb") as out:
+        for _ in range(40_000_000 // len(block)):
+            out.write(block)
+    accents = (
+        "MSH|^~\\&|EHR|AGENCY|WELLSKY|AGENCY01|20260205170000-0500||ADT^A08^ADT_A01|ADT-1|P|2.5.1\r"
+        "EVN|A08|20260205170000-0500\rPID|1||MRN-UTF8^^^NORTHSIDE^MR||NÚÑEZ^JOSÉ||19500101|M\r"
+    ).encode()
+    legacy = (
+        "MSH|^~\\&|EHR|AGENCY|WELLSKY|AGENCY01|20260205170100-0500||ADT^A08^ADT_A01|ADT-2|P|2.5.1\r"
+        "EVN|A08|20260205170100-0500\rPID|1||MRN-LATIN1^^^NORTHSIDE^MR||MÜLLER^RENÉ||19500101|M\r"
+    ).encode("latin-1")
+    (feeds.hl7.dir / "29990101T000001Z-mixed.hl7").write_bytes(accents + legacy)
+    size = big.stat().st_size
+    tracemalloc.start()
+    try:
+        with Hl7SftpChannel(config=sftp_config(sandbox, tmp_path)) as channel:
+            patients = {r["id"]: r for r in channel.iter_records("patients", None)}
+            skipped = dict(channel.skipped)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    print(f"FIGURES hl7 {size / 1e6:.0f} MB batch file: traced peak {peak / 1e6:.1f} MB")
+    assert skipped == {"MDM^T02": size // len(block) * 1000}
+    assert patients["MRN-UTF8"]["last_name"] == "Núñez" or patients["MRN-UTF8"]["last_name"] == "NÚÑEZ"
+    assert "Ã" not in patients["MRN-UTF8"]["last_name"], "a UTF-8 message decoded as Latin-1"
+    assert patients["MRN-LATIN1"]["first_name"].upper() == "RENÉ"
+    assert peak < size / 4, f"traced peak {peak / 1e6:.0f} MB reading a {size / 1e6:.0f} MB file"

@@ -915,3 +915,29 @@ def test_repeating_id_fields_give_their_first_repetition_never_a_run_together_va
         "order": 1, "payer_id": "PAYER-A", "payer_name": "First Payer", "member_id": "MEM-A"}
     for record in (appointment, visit, patient):
         assert not [v for v in _values(record) if "~" in v], record
+
+
+def test_messages_cut_at_any_chunk_boundary_are_the_same_messages() -> None:
+    """A file read a block at a time (``iter_messages``) gives the messages of the whole file, wherever a block
+    ends: inside a segment, between CR and LF, inside a BOM, an MLLP frame or a multi-byte character."""
+    from pathlib import Path
+
+    from wellsky_core.normalize.hl7 import iter_messages
+
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "hl7"
+    for path in sorted(fixtures.glob("*.hl7")):
+        raw = path.read_bytes().replace(b"RIVERA", "RIVÉRA".encode())
+        whole = list(iter_messages([raw]))
+        assert whole == split_messages(raw.decode("utf-8")), path.name
+        for cut in range(1, len(raw)):
+            assert list(iter_messages([raw[:cut], raw[cut:]])) == whole, (path.name, cut)
+        assert list(iter_messages(raw[i : i + 1] for i in range(len(raw)))) == whole, path.name
+
+
+def test_each_message_is_decoded_on_its_own() -> None:
+    from wellsky_core.normalize.hl7 import iter_messages
+
+    utf8 = "MSH|^~\\&|A|B|C|D|20260101||ADT^A08|1|P|2.5.1\rPID|1||M1||NÚÑEZ\r".encode()
+    latin = "MSH|^~\\&|A|B|C|D|20260101||ADT^A08|2|P|2.5.1\rPID|1||M2||MÜLLER\r".encode("latin-1")
+    first, second = iter_messages([utf8 + latin])
+    assert "NÚÑEZ" in first and "MÜLLER" in second

@@ -24,7 +24,7 @@ from typing import Any
 import paramiko
 
 from ..errors import NormalizationError
-from ..normalize.hl7 import Hl7Options, Unsupported, normalize_records, split_messages
+from ..normalize.hl7 import Hl7Options, Unsupported, iter_messages, normalize_records
 from .base import Channel, LatestVersions
 from .sftp import SftpConnection, close_sftp, connect_sftp, list_files
 
@@ -96,25 +96,20 @@ class Hl7SftpChannel(Channel):
                 continue
             path = posixpath.join(directory, attr.filename)
             with self.sftp.open(path, "rb") as fh:
-                fh.prefetch(attr.st_size)
-                raw = fh.read()
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                text = raw.decode("latin-1")  # HL7 v2 default character set is ASCII/8859-1
-            for index, message in enumerate(split_messages(text), start=1):
-                self.messages_read += 1
-                try:
-                    records = normalize_records(message, options)
-                except Unsupported as exc:  # a message type no stream carries: counted, not an error
-                    self.skipped[exc.message_type] += 1
-                    continue
-                except NormalizationError as exc:
-                    entity = exc.entity if exc.entity in HL7_ENTITIES else None
-                    self.reject(entity, exc, message, file=attr.filename, message_index=index)
-                    continue
-                for entity, rec in records:
-                    cache.offer(entity, rec, (file_no, index))
+                messages = iter_messages(_blocks(fh, attr.st_size))
+                for index, message in enumerate(messages, start=1):
+                    self.messages_read += 1
+                    try:
+                        records = normalize_records(message, options)
+                    except Unsupported as exc:  # a message type no stream carries: counted, not an error
+                        self.skipped[exc.message_type] += 1
+                        continue
+                    except NormalizationError as exc:
+                        entity = exc.entity if exc.entity in HL7_ENTITIES else None
+                        self.reject(entity, exc, message, file=attr.filename, message_index=index)
+                        continue
+                    for entity, rec in records:
+                        cache.offer(entity, rec, (file_no, index))
             processed.append(path)
             self.files_read += 1
             if self.last_file is None or attr.filename >= self.last_file:
@@ -156,3 +151,24 @@ class Hl7SftpChannel(Channel):
             for held in (*self._retired, *([self._cache] if self._cache is not None else [])):
                 held.close()
             self._cache, self._retired = None, []
+
+
+BLOCK_BYTES = 1024 * 1024
+"""How much of an HL7 file is read at once: a batch file of any size is cut into messages as it arrives."""
+
+
+def _blocks(fh: paramiko.SFTPFile, size: int | None) -> Iterator[bytes]:
+    """The file in blocks: the listed size by ``readv`` (each block's requests in flight together, as a prefetch
+    of the whole file had them, without holding it whole), then whatever a writer added since the listing."""
+    offset = 0
+    for start in range(0, size or 0, BLOCK_BYTES):
+        length = min(BLOCK_BYTES, size - start)  # type: ignore[operator]
+        data = b"".join(fh.readv([(start, length)]))
+        offset += len(data)
+        if data:
+            yield data
+        if len(data) < length:  # shorter than listed
+            break
+    fh.seek(offset)
+    while chunk := fh.read(BLOCK_BYTES):
+        yield chunk

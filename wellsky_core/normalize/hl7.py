@@ -43,6 +43,7 @@ record's ``data_quality`` flags. Errors and flags name the HL7 field, never a va
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -138,27 +139,59 @@ DEFAULT_OPTIONS = Hl7Options()
 
 
 def split_messages(text: str) -> list[str]:
-    """Messages of a file, each with ``\\r`` terminators; BOM, MLLP framing and batch segments are dropped."""
-    text = text.lstrip("\ufeff").translate(_FRAMING)
-    lines = re.split(r"\r\n|\r|\n", text)
-    messages: list[list[str]] = []
-    current: list[str] | None = None
-    for line in lines:
-        line = line.lstrip("\ufeff")
+    """Messages of a file's text, each with ``\\r`` terminators (see :func:`iter_messages`)."""
+    return list(iter_messages([text.encode("utf-8")]))
+
+
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+_FRAMING_BYTES = b"\x0b\x1c\x00"
+_BOM = "\ufeff".encode()
+_BATCH_BYTES = tuple(name.encode() for name in BATCH_SEGMENTS)
+
+
+def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    pending = b""
+    for chunk in chunks:
+        parts = _LINE_BREAK.split(pending + chunk)  # a CR LF cut between chunks leaves an empty line: skipped
+        pending = parts.pop()
+        yield from parts
+    yield pending
+
+
+def _decoded(segments: list[bytes]) -> str:
+    """One message's text: UTF-8, else Latin-1 (HL7 v2's default character set) for this message alone."""
+    raw = b"\r".join(segments) + b"\r"
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def iter_messages(chunks: Iterable[bytes]) -> Iterator[str]:
+    """Messages of a file read in chunks, each with ``\\r`` terminators, as they complete: a batch file of any
+    size is never held whole. BOMs, MLLP framing and batch segments (FHS, BHS, BTS, FTS) are dropped; any line
+    ending separates segments; segments before any MSH form a message without header (reported later)."""
+    current: list[bytes] | None = None
+    for raw in _lines(chunks):
+        line = raw.translate(None, _FRAMING_BYTES)
+        while line.startswith(_BOM):
+            line = line[len(_BOM):]
         if not line.strip():
             continue
-        if line.startswith(BATCH_SEGMENTS) and (len(line) == 3 or not line[3].isalnum()):
+        if line.startswith(_BATCH_BYTES) and (len(line) == 3 or not line[3:4].isalnum()):
+            if current is not None:
+                yield _decoded(current)
             current = None
-            continue
-        if line.startswith("MSH"):
+        elif line.startswith(b"MSH"):
+            if current is not None:
+                yield _decoded(current)
             current = [line]
-            messages.append(current)
         elif current is None:
-            messages.append([line])  # segments before any MSH: a message without header (reported later)
-            current = messages[-1]
+            current = [line]
         else:
             current.append(line)
-    return ["\r".join(m) + "\r" for m in messages]
+    if current is not None:
+        yield _decoded(current)
 
 
 class _Msg:
@@ -826,4 +859,7 @@ def _encounter(m: _Msg) -> dict[str, Any]:
     }
 
 
-__all__ = ["Hl7Options", "Unsupported", "entity_of", "normalize_message", "normalize_records", "split_messages"]
+__all__ = [
+    "Hl7Options", "Unsupported", "entity_of", "iter_messages", "normalize_message", "normalize_records",
+    "split_messages",
+]
