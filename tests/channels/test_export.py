@@ -117,3 +117,41 @@ def test_streams_read_in_parallel_share_one_sftp_connection(sandbox: SandboxServ
             assert connection is not None
         assert got == want, cls.__name__
         assert any(want.values()), cls.__name__
+
+
+def test_a_large_export_over_sftp_is_read_a_block_at_a_time(sandbox: SandboxServer, tmp_path: Path) -> None:
+    """A guard, not a fix: an export file over SFTP streams through its CSV reader (paramiko pulls a prefetched
+    block only when it is read), so a nightly file as large as the agency's history is never held whole."""
+    import csv
+    import io
+    import tracemalloc
+
+    from wellsky_sandbox.hl7 import feeds_for
+
+    feeds = feeds_for(sandbox.tenant)
+    feeds.refresh()
+    [source] = [p for p in feeds.exports.dir.glob("patients_*.csv") if not p.name.endswith("_full.csv")][:1]
+    header, first, *_ = list(csv.reader(io.StringIO(source.read_text(encoding="utf-8"))))
+    big = source.parent / "patients_29990101T000000Z_9999.csv"
+    rows = 10_000
+    with big.open("w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(header)
+        for n in range(rows):
+            row = list(first)
+            row[header.index("id")] = f"BIG-{n:05d}"
+            row[header.index("last_name")] = "Longname" * 250  # 2 kB a row: 20 MB
+            writer.writerow(row)
+    size = big.stat().st_size
+    config = config_for(sandbox, tmp_path, sftp=True)
+    tracemalloc.start()
+    try:
+        with ExportChannel(config=config) as channel:
+            ids = [r["id"] for r in channel.iter_records("patients", None) if r["id"].startswith("BIG-")]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    print(f"FIGURES export {size / 1e6:.0f} MB over SFTP: traced peak {peak / 1e6:.1f} MB")
+    assert len(ids) == rows
+    assert peak < size / 2, f"traced peak {peak / 1e6:.0f} MB reading a {size / 1e6:.0f} MB file"
+    assert DeadLetter.read(tmp_path / "dead.jsonl") == []

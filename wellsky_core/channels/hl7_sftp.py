@@ -96,7 +96,10 @@ class Hl7SftpChannel(Channel):
                 continue
             path = posixpath.join(directory, attr.filename)
             with self.sftp.open(path, "rb") as fh:
-                messages = iter_messages(_blocks(fh, attr.st_size))
+                # paramiko pulls a prefetched block only as it is read (the SSH window bounds the rest), so the file
+                # streams through at prefetch speed and is cut into messages as it arrives, never held whole
+                fh.prefetch(attr.st_size)
+                messages = iter_messages(iter(lambda fh=fh: fh.read(READ_BYTES), b""))
                 for index, message in enumerate(messages, start=1):
                     self.messages_read += 1
                     try:
@@ -153,22 +156,5 @@ class Hl7SftpChannel(Channel):
             self._cache, self._retired = None, []
 
 
-BLOCK_BYTES = 1024 * 1024
-"""How much of an HL7 file is read at once: a batch file of any size is cut into messages as it arrives."""
-
-
-def _blocks(fh: paramiko.SFTPFile, size: int | None) -> Iterator[bytes]:
-    """The file in blocks: the listed size by ``readv`` (each block's requests in flight together, as a prefetch
-    of the whole file had them, without holding it whole), then whatever a writer added since the listing."""
-    offset = 0
-    for start in range(0, size or 0, BLOCK_BYTES):
-        length = min(BLOCK_BYTES, size - start)  # type: ignore[operator]
-        data = b"".join(fh.readv([(start, length)]))
-        offset += len(data)
-        if data:
-            yield data
-        if len(data) < length:  # shorter than listed
-            break
-    fh.seek(offset)
-    while chunk := fh.read(BLOCK_BYTES):
-        yield chunk
+READ_BYTES = 1024 * 1024
+"""How much of an HL7 file is taken at a time: a batch file of any size is never held whole."""
