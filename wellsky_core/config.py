@@ -245,8 +245,9 @@ class WellSkyConfig(BaseModel):
     request_deadline_seconds: float = Field(
         default=300,
         gt=0,
-        description="Overall time one request may take, headers and body (timeout_seconds bounds each read); "
-        "a server trickling its answer is cut off after this.",
+        description="Overall time one request may take, headers and body, from when it is sent (a wait for the "
+        "max_requests_per_second budget is not counted; timeout_seconds bounds each read); a server trickling its "
+        "answer is cut off after this.",
     )
     page_size: int = Field(default=500, ge=1, le=1000, description="Records per page (1-1000).")
     max_windows_per_stream: int = Field(

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from wellsky_core.config import WellSkyConfig
 from wellsky_core.errors import WellSkyTransportError
 from wellsky_core.http.client import WellSkyClient
-from wellsky_core.http.wire_deadline import exchange_deadline, hold_deadlines, passed
+from wellsky_core.http.wire_deadline import WireClock, current, exchange_deadline, hold_deadlines, on_the_wire, passed
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
 
@@ -65,19 +66,22 @@ def test_a_trickled_head_ends_at_the_deadline_not_at_the_read_timeout() -> None:
         client = httpx.Client(timeout=5)
         hold_deadlines(client)
         started = time.monotonic()
-        with exchange_deadline(started + 1.0), pytest.raises(httpx.ReadTimeout):
+        with exchange_deadline(WireClock(1.0)), pytest.raises(httpx.ReadTimeout):
             client.get(url)
         assert passed() is False, "the deadline outlived its block"
         took = time.monotonic() - started
     assert 0.9 < took < 2.0, took  # a byte each 0.2 s (5 s read timeout): ~15 s for the head without the deadline
 
 
-def test_an_inner_deadline_never_extends_the_outer_one() -> None:
-    with exchange_deadline(time.monotonic() - 1):
-        with exchange_deadline(time.monotonic() + 60):
-            assert passed()
+def test_the_clock_starts_again_when_a_request_reaches_the_wire() -> None:
+    clock = WireClock(1.0)
+    clock.deadline = time.monotonic() - 1  # a long wait for the budget before the headers went out
+    with exchange_deadline(clock):
         assert passed()
-    assert not passed()
+        on_the_wire()
+        assert not passed() and current() == clock.deadline
+    assert current() is None and not passed()
+    on_the_wire()  # outside an attempt: nothing to start
 
 
 def test_the_client_retries_a_trickled_head_as_a_deadline_and_says_so() -> None:
@@ -96,3 +100,47 @@ def test_the_client_retries_a_trickled_head_as_a_deadline_and_says_so() -> None:
     assert caught.value.reason == "deadline" and caught.value.attempts == 2, str(caught.value)
     assert "request_deadline_seconds (1 s)" in str(caught.value)
     assert took < 4, took
+
+
+def test_a_wait_for_the_request_budget_is_not_counted_against_the_deadline(tmp_path: Path) -> None:
+    """request_deadline_seconds bounds the server, not our own pacing: an attempt's clock started before the
+    request window granted its slot, so a small budget shared by many readers failed fast answers as "the
+    tenant is trickling its answers" (5 requests/s, a 3 s deadline and a sandbox answering in 150 ms: exit 2).
+    The clock now starts when the request reaches the wire."""
+    from concurrent.futures import ThreadPoolExecutor
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Fast(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Fast)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cfg = WellSkyConfig.load(
+            {"base_url": f"http://127.0.0.1:{server.server_address[1]}", "username": "u", "password": "p",
+             "max_retries": 0, "max_requests_per_second": 2, "request_deadline_seconds": 1,
+             "state_dir": str(tmp_path)},
+            env={},
+        )
+        client = WellSkyClient(cfg, auth=httpx.Auth())
+        started = time.monotonic()
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda n: client.get_json(f"/x{n}"), range(6)))
+        took = time.monotonic() - started
+        client.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert answers == [{}] * 6
+    assert took > 1.5, f"{took:.1f} s: the budget did not make anyone wait longer than the deadline"

@@ -99,7 +99,9 @@ class RefreshingAuth(httpx.Auth):
         fix = "check base_url and token_url: a look-alike or a wrong host may have answered"
         status = response.status_code
         try:
-            read_within(response, limit=AUTH_ANSWER_BYTES, deadline=sent + self.deadline)
+            # from when the login reached the wire, past any wait for the request budget (wire_deadline.py)
+            deadline = wire_deadline.current() or sent + self.deadline
+            read_within(response, limit=AUTH_ANSWER_BYTES, deadline=deadline)
         except ResponseTooLarge:
             raise LoginAnswerUnusable(  # our own sentence: nothing of the answer is in it
                 f"the login answer (HTTP {status}) is larger than {AUTH_ANSWER_BYTES:,} bytes, where WellSky's is "

@@ -49,7 +49,7 @@ from .policy import Backoff, Retry, classify_exception, classify_response, conne
 from .ratelimit import RequestWindow
 from .tenant_share import TenantShare, lease_directory
 from .trust import is_trusted, require_trusted
-from .wire_deadline import exchange_deadline, hold_deadlines
+from .wire_deadline import WireClock, exchange_deadline, hold_deadlines, on_the_wire
 
 logger = logging.getLogger(__name__)
 
@@ -151,10 +151,9 @@ class WellSkyClient:
     def _on_request(self, request: httpx.Request) -> None:
         """Every request on the wire takes its slot, logins and token fetches of the auth flows too: a budget
         that paced only data requests overran the tenant's limit by the login in the first second."""
-        if self._limiter is not None:
-            request.extensions["trace"] = self._trace  # httpcore reports when the request is on the wire
-            if not self._slot_at_wire:
-                self.metrics.add_rate_limit_wait(self._limiter.acquire())
+        request.extensions["trace"] = self._trace  # httpcore reports when the request is on the wire
+        if self._limiter is not None and not self._slot_at_wire:
+            self.metrics.add_rate_limit_wait(self._limiter.acquire())
         self.metrics.add_request()
 
     def _trace(self, event: str, info: dict[str, Any]) -> None:
@@ -162,11 +161,14 @@ class WellSkyClient:
         already held), not before the pool: a slot counts from the wire, so every millisecond between the grant
         and the socket (the pool's lock, a new connection, the GIL among many readers: 39 ms median, 150 ms p90 at
         scale M) was a millisecond the slot sat unused, and the client sent ~80 requests/s against a window of 95.
-        The slot counts from when the headers were written."""
-        assert self._limiter is not None
-        if event.endswith("send_request_headers.started") and self._slot_at_wire:
-            self.metrics.add_rate_limit_wait(self._limiter.acquire())
-        elif event.endswith(("send_request_headers.complete", "send_request_headers.failed")):
+        The slot counts from when the headers were written, and so does the request's deadline (wire_deadline.py)."""
+        if event.endswith("send_request_headers.started"):
+            if self._limiter is not None and self._slot_at_wire:
+                self.metrics.add_rate_limit_wait(self._limiter.acquire())
+            on_the_wire()
+        elif self._limiter is not None and event.endswith(
+            ("send_request_headers.complete", "send_request_headers.failed")
+        ):
             self._limiter.sent()
 
     def _send_once(self, request: httpx.Request, *, auth: httpx.Auth | None) -> httpx.Response:
@@ -191,18 +193,17 @@ class WellSkyClient:
         self, request: httpx.Request, *, safe: bool, expected: Sequence[int], parse_json: bool, attempt: int, last: bool
     ) -> tuple[httpx.Response, Any] | Retry:
         """Send once: the usable answer (response, decoded body), or the retry to make (errors are raised)."""
-        started = time.monotonic()
-        deadline = started + self._deadline
+        clock = WireClock(self._deadline)
         try:
-            with exchange_deadline(deadline):
+            with exchange_deadline(clock):
                 response = self._send_once(request, auth=self.auth)
-                self._read_bounded(response, started)
+                self._read_bounded(response, clock.deadline)
         except ResponseTooLarge as exc:
             raise self._too_large(request, exc.limit, attempt) from None
         except RequestDeadlineExceeded:
             return self._past_deadline(request, None, safe=safe, attempt=attempt)
         except (RetryableAuthFailure, httpx.TransportError) as exc:
-            if isinstance(exc, httpx.TimeoutException) and time.monotonic() >= deadline:  # wire_deadline.py
+            if isinstance(exc, httpx.TimeoutException) and time.monotonic() >= clock.deadline:  # wire_deadline.py
                 return self._past_deadline(request, _request_of(exc), safe=safe, attempt=attempt)
             return classify_exception(exc, request, safe=safe, connected=self._connected, attempt=attempt)
         self._connected = True
@@ -234,9 +235,9 @@ class WellSkyClient:
     def _deadline(self) -> float:
         return float(self.config.request_deadline_seconds)
 
-    def _read_bounded(self, response: httpx.Response, started: float) -> None:
-        """Read the body within max_response_bytes and the request deadline counted from ``started``, or raise."""
-        read_within(response, limit=self.config.max_response_bytes, deadline=started + self._deadline)
+    def _read_bounded(self, response: httpx.Response, deadline: float) -> None:
+        """Read the body within max_response_bytes and by ``deadline`` (``time.monotonic()``), or raise."""
+        read_within(response, limit=self.config.max_response_bytes, deadline=deadline)
 
     def _too_large(self, request: httpx.Request, limit: int, attempt: int) -> WellSkyTransportError:
         return WellSkyTransportError(
@@ -260,7 +261,7 @@ class WellSkyClient:
         """Read a :meth:`stream` response's body (a status document, an error page) within max_response_bytes and
         request_deadline_seconds, as every other answer is: ``response.read()`` took whatever the server sent."""
         try:
-            self._read_bounded(response, time.monotonic())
+            self._read_bounded(response, time.monotonic() + self._deadline)
         except ResponseTooLarge as exc:
             raise self._too_large(response.request, exc.limit, 1) from None
         except RequestDeadlineExceeded:
@@ -410,9 +411,9 @@ class WellSkyClient:
         """
         request = self._http.build_request(method.upper(), url, params=params, headers=dict(headers or {}))
         self._guard(request, authenticated=authenticate and self.auth is not None)
-        started = time.monotonic()
+        clock = WireClock(self._deadline)
         try:
-            with exchange_deadline(started + self._deadline):  # the head; the caller reads the body its own way
+            with exchange_deadline(clock):  # the head; the caller reads the body its own way
                 response = self._send_once(request, auth=self.auth if authenticate else None)
         except RetryableAuthFailure as exc:
             raise WellSkyTransportError(
@@ -425,7 +426,7 @@ class WellSkyClient:
                 f"{type(exc).__name__}", url=request.url, attempts=1, reason="connection"
             ) from None
         except httpx.TransportError as exc:
-            if isinstance(exc, httpx.TimeoutException) and time.monotonic() >= started + self._deadline:
+            if isinstance(exc, httpx.TimeoutException) and time.monotonic() >= clock.deadline:
                 raise self._too_slow(request, 1) from None
             raise WellSkyTransportError(
                 f"{type(exc).__name__}", url=request.url, attempts=1, reason="connection"

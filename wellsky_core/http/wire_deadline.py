@@ -8,7 +8,8 @@ network backend, so the backend is where the deadline is kept: every read and wr
 most the time left before the current exchange's deadline, then fails as a read (or write) timeout.
 
 The deadline belongs to the thread sending (httpx's sync client sends and reads on the caller's thread), set by
-:func:`exchange_deadline` around one attempt; connections used outside one keep their own timeouts only.
+:func:`exchange_deadline` around one attempt and started again by :func:`on_the_wire` as each exchange's headers
+go out; connections used outside an attempt keep their own timeouts only.
 """
 
 from __future__ import annotations
@@ -25,26 +26,52 @@ import httpx
 _local = threading.local()
 
 
+class WireClock:
+    """One attempt's deadline: ``span`` seconds from when its latest exchange (the request, or a sign-in it
+    needed) reached the wire. Waiting for the request budget comes before that: the deadline bounds the server,
+    not our own pacing (a small budget shared by many readers once failed fast answers as trickled ones)."""
+
+    def __init__(self, span: float) -> None:
+        self.span = span
+        self.deadline = time.monotonic() + span
+
+    def restart(self) -> None:
+        self.deadline = time.monotonic() + self.span
+
+
 @contextmanager
-def exchange_deadline(deadline: float) -> Iterator[None]:
-    """Reads and writes on this thread's connections end by ``deadline`` (``time.monotonic()``), inside the block."""
-    outer = getattr(_local, "deadline", None)
-    _local.deadline = deadline if outer is None else min(outer, deadline)
+def exchange_deadline(clock: WireClock) -> Iterator[WireClock]:
+    """Reads and writes on this thread's connections end by ``clock.deadline``, inside the block."""
+    outer = getattr(_local, "clock", None)
+    _local.clock = clock
     try:
-        yield
+        yield clock
     finally:
-        _local.deadline = outer
+        _local.clock = outer
+
+
+def on_the_wire() -> None:
+    """This thread's request is about to be written (its budget slot granted): its clock starts now."""
+    clock = getattr(_local, "clock", None)
+    if clock is not None:
+        clock.restart()
+
+
+def current() -> float | None:
+    """This thread's deadline (``time.monotonic()``), if an attempt is under way."""
+    clock = getattr(_local, "clock", None)
+    return None if clock is None else clock.deadline
 
 
 def passed() -> bool:
     """Whether this thread's exchange deadline has passed (a read timeout then means the deadline, not a stall)."""
-    deadline = getattr(_local, "deadline", None)
+    deadline = current()
     return deadline is not None and time.monotonic() >= deadline
 
 
 def _left(timeout: float | None, fails: type[Exception]) -> float | None:
     """``timeout`` shortened to what is left of this thread's deadline; raise ``fails`` once it has passed."""
-    deadline = getattr(_local, "deadline", None)
+    deadline = current()
     if deadline is None:
         return timeout
     left = deadline - time.monotonic()
