@@ -8,6 +8,7 @@ run leaves a consistent prefix; the file is private (0600, never through a symli
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 from datetime import UTC, datetime
@@ -17,14 +18,18 @@ from typing import TYPE_CHECKING
 from pydantic import SecretStr
 
 from .disclosure import safe_code
+from .errors import ConfigError, LocalWriteFailed
 from .jsonl import JsonlAppender
-from .private_files import open_private
+from .private_files import UnsafePathError, open_private
 
 if TYPE_CHECKING:
     from .config import WellSkyConfig
 
 
 class AuditLog(JsonlAppender):
+    setting = "audit_log_path"
+    keeps = "a write decision"
+
     def record(
         self,
         *,
@@ -73,9 +78,33 @@ def key_hash_secret(configured: SecretStr | None, audit_path: str | None) -> byt
     if not audit_path:
         return None
     path = Path(f"{audit_path}.key")
-    with open_private(path, "ab") as handle:  # created 0600 if missing, refused if a symlink
-        if handle.tell() == 0:
-            value = secrets.token_bytes(32)
-            handle.write(value.hex().encode())
-            return value
-    return bytes.fromhex(path.read_text().strip())
+    try:
+        with open_private(path, "ab") as handle:  # created 0600 if missing, refused if a symlink
+            if handle.tell() == 0:
+                value = secrets.token_bytes(32)
+                handle.write(value.hex().encode())
+                handle.flush()
+                return value
+    except UnsafePathError:
+        raise
+    except OSError as exc:  # a full volume: no half key is left for the next run to read as another key
+        with contextlib.suppress(OSError):
+            if path.stat().st_size != KEY_HEX_DIGITS:
+                path.unlink()
+        raise LocalWriteFailed(
+            f"could not keep the audit key file {path} (beside audit_log_path): "
+            f"{exc.strerror or type(exc).__name__}; free space on its volume (or fix its permissions), or set "
+            "audit_log_path to another place, and run again"
+        ) from None
+    text = path.read_text(errors="replace").strip()
+    if len(text) != KEY_HEX_DIGITS or any(c not in "0123456789abcdefABCDEF" for c in text):
+        raise ConfigError(
+            "audit_log_path",
+            f"the audit key file {path} is damaged (not {KEY_HEX_DIGITS} hex digits): restore it from a backup, or "
+            "remove it to start a new key (key_hash values of earlier runs will then no longer match)",
+        )
+    return bytes.fromhex(text)
+
+
+KEY_HEX_DIGITS = 64
+"""The audit key file holds 32 random bytes as hex."""

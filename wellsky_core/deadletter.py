@@ -21,6 +21,9 @@ from .redaction import redact
 class DeadLetter(JsonlAppender):
     """Append-only JSONL sink shared by the tap (unreadable inputs) and the target (refused writes)."""
 
+    setting = "dead_letter_path"
+    keeps = "a refused input"
+
     def __init__(self, path: str | Path | None) -> None:
         super().__init__(path)
         self.counts: Counter[str] = Counter()

@@ -16,6 +16,7 @@
     │   └── Unsupported               an HL7 message type no stream carries (skipped and counted)
     ├── PortalLayoutChanged           the portal page lost an element the portal channel relies on
     ├── PortalHang                    a portal page stopped answering, even after a browser restart
+    ├── LocalWriteFailed              a file the connector keeps (dead letters, audit) could not be written
     ├── SignatureError                a webhook delivery whose signature is missing, wrong or too old
     ├── AuthorizationRefused          a booking the payer authorization does not cover
     ├── WriteRefused                  a record the target cannot write (machine-readable ``code``)
@@ -490,6 +491,14 @@ class NotThisEntity(NormalizationError):
 
 class ReportFormatError(NormalizationError):
     """A downloaded report lacks its header row or a column: the vendor changed the file."""
+
+
+class LocalWriteFailed(WellSkyError):
+    """A file the connector keeps (dead letters, the audit trail) could not be written: a full volume, a lost
+    permission. Our own sentence naming the setting and the OS reason; the run stops rather than go on as if
+    the line had been kept."""
+
+    own_text = True
 
 
 class PortalHang(WellSkyError):

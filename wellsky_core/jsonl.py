@@ -6,36 +6,73 @@ The file is opened through ``private_files.open_private`` (0600, never through a
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from .private_files import open_private
+from .errors import LocalWriteFailed
+from .private_files import UnsafePathError, open_private
 
 
 class JsonlAppender:
+    setting = "its path"
+    """The setting that names the file (in the error when it cannot be written)."""
+    keeps = "an entry"
+    """What one line keeps, for that error."""
+
     def __init__(self, path: str | Path | None) -> None:
         self.path = Path(path) if path else None
         self._lock = threading.Lock()
         self._fh: Any = None
 
     def append(self, entry: dict[str, Any]) -> None:
-        """Write one entry (no-op without a path)."""
+        """Write one entry (no-op without a path), whole or not at all.
+
+        The line goes to the file descriptor in one or more ``os.write`` calls, never through a buffer: a full
+        volume once left a buffered half line that the next entry continued, and a buffer that could not be
+        flushed raised again at close. A failed write is cut back to the last whole line and raised as
+        :class:`~wellsky_core.errors.LocalWriteFailed` naming the setting: what the line was to keep must not be
+        passed over as if it had been kept."""
         if self.path is None:
             return
         line = orjson.dumps(entry, default=str, option=orjson.OPT_APPEND_NEWLINE)
         with self._lock:
-            if self._fh is None:
-                self._fh = open_private(self.path, "ab")
-            self._fh.write(line)
-            self._fh.flush()
+            start = written = None
+            try:
+                if self._fh is None:
+                    self._fh = open_private(self.path, "ab")
+                fd = self._fh.fileno()
+                start, written = os.lseek(fd, 0, os.SEEK_END), 0
+                view = memoryview(line)
+                while written < len(line):
+                    written += os.write(fd, view[written:])
+            except UnsafePathError:
+                raise  # a planted link or a non-file: its own refusal says so
+            except OSError as exc:
+                if start is not None and written:
+                    self._cut(start, written)
+                raise LocalWriteFailed(
+                    f"could not write {self.keeps} to {self.path} ({self.setting}): "
+                    f"{exc.strerror or type(exc).__name__}; free space on its volume (or fix its permissions), or "
+                    f"set {self.setting} to another place, and run again"
+                ) from None
+
+    def _cut(self, start: int, written: int) -> None:
+        """Drop the part of a line a failed write left, unless another writer appended after it."""
+        fd = self._fh.fileno()
+        with contextlib.suppress(OSError):
+            if os.fstat(fd).st_size == start + written:
+                os.ftruncate(fd, start)
 
     def close(self) -> None:
         with self._lock:
             if self._fh is not None:
-                self._fh.close()
+                with contextlib.suppress(OSError):  # nothing is buffered: every line went out with os.write
+                    self._fh.close()
                 self._fh = None
 
     @staticmethod
