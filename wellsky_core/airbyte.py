@@ -42,7 +42,7 @@ from airbyte_protocol.models import (
 )
 
 from .config import WellSkyConfig
-from .errors import AuthError, ConfigError, StateError, WellSkyError, WellSkyTransportError
+from .errors import AuthError, ConfigError, LocalWriteFailed, StateError, WellSkyError, WellSkyTransportError
 
 _LOG_LEVELS = {
     logging.CRITICAL: "FATAL",
@@ -153,6 +153,7 @@ def describe_error(exc: BaseException) -> tuple[str, str, str]:
     """
     from wellsky_core.disclosure import public_message
 
+    exc = LocalWriteFailed.from_os_error(exc) or exc  # a full volume: one line, as the Singer face says it
     text = public_message(exc)
     if isinstance(exc, ConfigError | AuthError | StateError):
         return text, f"{type(exc).__name__}: {text}", "config_error"

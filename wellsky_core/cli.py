@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .disclosure import public_message, public_traceback
-from .errors import ConfigError, RunNotClean, WellSkyError
+from .errors import ConfigError, LocalWriteFailed, RunNotClean, WellSkyError
 from .private_files import UnsafePathError
 from .redaction import redact, redact_config_message
 
@@ -63,7 +63,7 @@ def exit_code_for(exc: BaseException | None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_FATAL)
     if isinstance(exc, KeyboardInterrupt):
         return 130
-    if isinstance(exc, WellSkyError | UnsafePathError):
+    if isinstance(exc, WellSkyError | UnsafePathError) or LocalWriteFailed.from_os_error(exc) is not None:
         return EXIT_FATAL
     return EXIT_INTERNAL
 
@@ -108,5 +108,8 @@ def run_singer_cli(
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
     except Exception as exc:  # a bug: keep the frames for the report, with public messages only
+        no_room = LocalWriteFailed.from_os_error(exc)  # a full volume is the machine's, not a bug: one line
+        if no_room is not None:
+            fail(name, no_room)
         print(f"{name}: internal error (please report it):\n{public_traceback(exc)}", file=sys.stderr)
         sys.exit(EXIT_INTERNAL)

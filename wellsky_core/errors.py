@@ -500,6 +500,30 @@ class LocalWriteFailed(WellSkyError):
 
     own_text = True
 
+    @classmethod
+    def from_os_error(cls, exc: BaseException) -> LocalWriteFailed | None:
+        """Any other local write that failed for want of room (a window's spool under TMPDIR, a bulk export's
+        spool, the Home Connect queue): the same kind of one line instead of an internal-error traceback, or
+        None when ``exc`` is not such a failure (a bug stays a bug)."""
+        if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
+            reason, where = exc.strerror or type(exc).__name__, exc.filename
+        elif type(exc).__module__ == "sqlite3" and getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL:
+            reason, where = "the disk is full (SQLite)", None
+        else:
+            return None
+        import tempfile
+
+        place = f"writing {where}" if isinstance(where, str) else "writing a temporary or state file"
+        return cls(
+            f"{reason} ({place}); free space on that volume, or point TMPDIR (temporary spools, now "
+            f"{tempfile.gettempdir()}) or state_dir at a larger one, and run again from the last STATE"
+        )
+
+
+_NO_ROOM = frozenset({28, 122, 30})
+"""ENOSPC, EDQUOT and EROFS on Linux: the volume is full, over quota, or read-only."""
+_SQLITE_FULL = 13
+
 
 class PortalHang(WellSkyError):
     """A portal page stopped answering within the configured wait, even after restarting the browser."""

@@ -62,3 +62,26 @@ def test_a_damaged_audit_key_file_is_refused_naming_the_setting(tmp_path: Path) 
     with pytest.raises(ConfigError) as caught:
         key_hash_secret(None, str(audit))
     assert caught.value.field == "audit_log_path" and "damaged" in str(caught.value)
+
+
+def test_a_full_volume_anywhere_is_one_line_on_both_faces_and_a_bug_stays_a_bug(tmp_path: Path) -> None:
+    import sqlite3
+
+    from wellsky_core.airbyte import describe_error
+    from wellsky_core.cli import EXIT_FATAL, EXIT_INTERNAL, exit_code_for
+
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    db = sqlite3.connect(":memory:")
+    try:
+        db.execute("PRAGMA max_page_count=2")
+        db.execute("CREATE TABLE t (x BLOB)")
+        with pytest.raises(sqlite3.OperationalError) as sqlite_full:
+            db.execute("INSERT INTO t VALUES (zeroblob(100000))")
+    finally:
+        db.close()
+    for exc in (full, sqlite_full.value):
+        message, _, failure_type = describe_error(exc)
+        assert message.startswith(("No space left on device", "the disk is full")) and "TMPDIR" in message, message
+        assert failure_type == "system_error" and exit_code_for(exc) == EXIT_FATAL
+    bug = OSError(errno.EBADF, os.strerror(errno.EBADF))
+    assert LocalWriteFailed.from_os_error(bug) is None and exit_code_for(bug) == EXIT_INTERNAL

@@ -17,26 +17,70 @@ from typing import Any
 
 import pytest
 
-from .conftest import assert_no_traceback, run_target_cli
+from .conftest import (
+    SUBPROCESS_TIMEOUT,
+    assert_no_traceback,
+    child_env,
+    last_state,
+    parse_messages,
+    record_set,
+    run_tap_cli,
+    run_target_cli,
+    tap_args,
+    tap_config,
+    truth_set,
+)
 from .test_bad_input import FEED_SAMPLES, _feed_run
 from .test_private_state import _patients
+
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of ``size`` at ``mount`` (skipped where mounting is not allowed; CI runs as root)."""
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({made.stderr.decode().strip()[:80]}); CI runs as root and can")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
     """A 64 kB tmpfs filled to the last byte: every write there fails with ENOSPC, as on a full volume."""
-    mount = tmp_path / "full"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({made.stderr.decode().strip()[:80]}); CI runs as root and can")
-    try:
+    with tmpfs(tmp_path / "full", "64k") as mount:
         with contextlib.suppress(OSError), (mount / "filler").open("wb", buffering=0) as filler:
             while True:
                 filler.write(b"\0" * 512)
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_temporary_volume_that_fills_mid_run_stops_in_one_line_and_a_rerun_loses_nothing(
+    sandbox_factory: Any, tmp_path: Path
+) -> None:
+    """The windowed readers spool pages under TMPDIR. A volume that filled during the run ended in "internal error
+    (please report it)" and a traceback: now one line says what is full and what to point elsewhere, and the
+    rerun from the last STATE delivers every record the first run did not."""
+    sb = sandbox_factory(scale=2000, sftp_port=None)
+    config = tap_config(sb, page_size=100)
+    with tmpfs(tmp_path / "tmp", "128k") as small:
+        first = subprocess.run(
+            tap_args(tmp_path, config, tag="first"), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT,
+            env={**child_env(), "TMPDIR": str(small)},
+        )
+    assert first.returncode == 2, first.stderr[-2000:]
+    assert_no_traceback(first.stderr, "tap with a full TMPDIR")
+    last = first.stderr.strip().splitlines()[-1]
+    assert last.startswith("tap-wellsky: error: No space left on device") and "TMPDIR" in last, last
+    messages = parse_messages(first.stdout)
+    second = run_tap_cli(tmp_path, config, last_state(messages), tag="second")
+    assert second.returncode == 0, second.stderr[-2000:]
+    delivered = record_set(messages) | record_set(parse_messages(second.stdout))
+    truth = truth_set(sb)
+    assert truth <= delivered, f"{len(truth - delivered)} records lost"
+    print(f"FIGURES full TMPDIR: first run {len(record_set(messages))} records, then {last}")
 
 
 @pytest.mark.parametrize("source", list(FEED_SAMPLES))
