@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import random
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -17,6 +13,8 @@ import pytest
 from wellsky_core.config import WellSkyConfig
 from wellsky_core.http import client as transport
 from wellsky_core.http.ratelimit import RequestWindow
+
+from .loopback import Answer, loopback_client
 
 
 class FakeClock:
@@ -182,49 +180,10 @@ def test_a_budget_of_zero_never_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     assert set(_stamps_of_requests(monkeypatch, 0, 50)) == {0.0}
 
 
-class _Answer(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", "2")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-
-@contextlib.contextmanager
-def _loopback_client(**settings: object) -> Iterator[transport.WellSkyClient]:
-    """A budgeted client over httpcore's own transport to a real loopback HTTP server."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        cfg = WellSkyConfig.load(
-            {
-                "base_url": f"http://127.0.0.1:{server.server_address[1]}",
-                "username": "u",
-                "password": "p",
-                "max_requests_per_second": 50,
-                **settings,
-            },
-            env={},
-        )
-        client = transport.WellSkyClient(cfg, auth=httpx.Auth())
-        try:
-            yield client
-        finally:
-            client.close()
-    finally:
-        server.shutdown()
-
-
 def test_a_real_connection_reports_each_request_on_the_wire() -> None:
     """Over a real loopback connection, httpcore's trace tells the window when each request's headers were
     written (the moment its slot counts from), and no grant is left waiting for a report."""
-    with _loopback_client() as client:
+    with loopback_client() as client:
         window = client._limiter
         assert window is not None
         reports: list[str] = []
@@ -241,7 +200,7 @@ def test_the_slot_is_taken_with_the_connection_held_just_before_the_headers_are_
     before the connection pool (its lock, a new connection, the GIL among 60 readers: 39 ms median, 150 ms p90
     at scale M), the client sent ~80 requests/s against a window of 95. Taken in httpcore's
     ``send_request_headers.started``, nothing but the write itself is between them."""
-    with _loopback_client() as client:
+    with loopback_client() as client:
         window = client._limiter
         assert window is not None
         events: list[str] = []
@@ -259,7 +218,7 @@ def test_the_slot_is_taken_with_the_connection_held_just_before_the_headers_are_
     assert all(grant.sent.is_set() for grant in window._slots)
 
 
-class _SlowAnswer(_Answer):
+class _SlowAnswer(Answer):
     def do_GET(self) -> None:
         time.sleep(0.05)  # every reader's request in flight at once
         super().do_GET()
@@ -269,9 +228,8 @@ def test_every_reader_keeps_its_connection_between_requests(monkeypatch: pytest.
     """The pool keeps as many connections open as it may open (``pool_size``): with 16 kept (as before) and more
     readers than that, every request beyond the 16th in flight closed its connection after the answer and the
     next one opened a new one, a TCP and TLS handshake (two round trips to a real tenant) per page."""
-    monkeypatch.setattr(sys.modules[__name__], "_Answer", _SlowAnswer)
     readers = 24
-    with _loopback_client(max_requests_per_second=1000) as client:
+    with loopback_client(_SlowAnswer, max_requests_per_second=1000) as client:
         connects: list[str] = []
         real_trace = client._trace
         client._trace = lambda event, info: (  # type: ignore[method-assign]

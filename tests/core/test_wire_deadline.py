@@ -108,39 +108,15 @@ def test_a_wait_for_the_request_budget_is_not_counted_against_the_deadline(tmp_p
     tenant is trickling its answers" (5 requests/s, a 3 s deadline and a sandbox answering in 150 ms: exit 2).
     The clock now starts when the request reaches the wire."""
     from concurrent.futures import ThreadPoolExecutor
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    class Fast(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    from .loopback import loopback_client
 
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Fast)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        cfg = WellSkyConfig.load(
-            {"base_url": f"http://127.0.0.1:{server.server_address[1]}", "username": "u", "password": "p",
-             "max_retries": 0, "max_requests_per_second": 2, "request_deadline_seconds": 1,
-             "state_dir": str(tmp_path)},
-            env={},
-        )
-        client = WellSkyClient(cfg, auth=httpx.Auth())
+    with loopback_client(
+        max_retries=0, max_requests_per_second=2, request_deadline_seconds=1, state_dir=str(tmp_path)
+    ) as client:
         started = time.monotonic()
         with ThreadPoolExecutor(6) as pool:
             answers = list(pool.map(lambda n: client.get_json(f"/x{n}"), range(6)))
         took = time.monotonic() - started
-        client.close()
-    finally:
-        server.shutdown()
-        server.server_close()
     assert answers == [{}] * 6
     assert took > 1.5, f"{took:.1f} s: the budget did not make anyone wait longer than the deadline"
