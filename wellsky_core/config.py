@@ -328,7 +328,10 @@ class WellSkyConfig(BaseModel):
     sftp_hl7_dir: str = Field(default="/outbound/hl7", description="Remote directory of HL7 files.")
     sftp_export_dir: str = Field(default="/outbound/exports", description="Remote directory of export files.")
     sftp_after_read: Literal["keep", "archive", "delete"] = Field(
-        default="keep", description="What to do with a remote file once read."
+        default="keep",
+        description="What to do with a remote HL7 file once its records were delivered: done by the run after the "
+        "one that read it, when its input state's bookmarks cover the file (a stopped or failed run removes "
+        "nothing it read).",
     )
     chromium_path: str = Field(default="/usr/bin/chromium", description="Chromium binary for the portal channel.")
     agency_timezone: str | None = Field(

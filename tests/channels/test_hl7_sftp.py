@@ -107,13 +107,22 @@ def test_archive_after_read_and_key_auth(sandbox: SandboxServer, tmp_path: Path)
     pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
     sandbox.control("POST", "/_sandbox/sftp/authorized-keys", json={"public_key": pub})
     config = sftp_config(sandbox, tmp_path, sftp_password=None, sftp_private_key=pem, sftp_after_read="archive")
-    with Hl7SftpChannel(config=config) as channel:
-        assert list(channel.iter_records("patients", None)) == sandbox.truth("patients")
-        read = channel.files_read
+    inbox = feeds_for(sandbox.tenant).hl7.dir
     archive = feeds_for(sandbox.tenant).root / "archive"
-    assert len(list(archive.iterdir())) == read
-    with Hl7SftpChannel(config=config) as channel:  # nothing left to read, nothing new rendered
-        assert list(channel.iter_records("patients", None)) == []
+    with Hl7SftpChannel(config=config) as channel:
+        patients = list(channel.iter_records("patients", None))
+        assert patients == sandbox.truth("patients")
+    # a file moves only once a later run's bookmark shows its records were delivered: the first run proves nothing
+    assert list(archive.iterdir()) == []
+    bookmark = max(datetime.fromisoformat(p["updated_at"].replace("Z", "+00:00")) for p in patients)
+    mtimes = {p.name: p.stat().st_mtime for p in inbox.glob("*.hl7")}
+    with Hl7SftpChannel(config=config) as channel:  # the next run, from the committed bookmark
+        again = list(channel.iter_records("patients", bookmark))
+        assert all(p["updated_at"] >= patients[-1]["updated_at"] for p in again)
+    moved = sorted(p.name for p in archive.iterdir())
+    assert moved and moved == sorted(n for n, m in mtimes.items() if m < bookmark.timestamp())
+    kept = sorted(n for n, m in mtimes.items() if m >= bookmark.timestamp())
+    assert sorted(p.name for p in inbox.glob("*.hl7")) == kept
 
 
 # -- a real OpenSSH server ---------------------------------------------------------------------------------
@@ -194,13 +203,23 @@ def test_real_openssh_server(sshd: dict[str, Any], sandbox: SandboxServer, tmp_p
         "dead_letter_path": str(tmp_path / "dead.jsonl"),
     }
     config = WellSkyConfig.load(base | {"sftp_host_key": sshd["host_key"], "sftp_after_read": "archive"})
+    bookmarks = {}
     with Hl7SftpChannel(config=config, archive_dir=str(sshd["home"] / "archive")) as channel:
         for entity in ("patients", "appointments", "encounters"):
-            assert list(channel.iter_records(entity, None)) == sandbox.truth(entity)
+            read = list(channel.iter_records(entity, None))
+            assert read == sandbox.truth(entity)
+            bookmarks[entity] = datetime.fromisoformat(read[-1]["updated_at"].replace("Z", "+00:00"))
+    assert list((sshd["home"] / "archive").iterdir()) == [], "moved before a later run's bookmark covered it"
+    inbox = sshd["home"] / "outbound" / "hl7"
+    cut = min(bookmarks.values()).timestamp()
+    mtimes = {p.name: p.stat().st_mtime for p in inbox.iterdir()}
+    with Hl7SftpChannel(config=config, archive_dir=str(sshd["home"] / "archive")) as channel:
+        for entity, since in bookmarks.items():
+            list(channel.iter_records(entity, since))
     assert sorted(p.name for p in (sshd["home"] / "archive").iterdir()) == sorted(
-        p.name for p in feeds.hl7.dir.glob("*.hl7")
+        n for n, m in mtimes.items() if m < cut
     )
-    assert list((sshd["home"] / "outbound" / "hl7").iterdir()) == []
+    assert sorted(p.name for p in inbox.iterdir()) == sorted(n for n, m in mtimes.items() if m >= cut)
     mismatch = WellSkyConfig.load(base | {"sftp_host_key": sandbox.credentials()["sftp_host_key"]})
     with pytest.raises(AuthError, match="host key mismatch"), Hl7SftpChannel(config=mismatch) as channel:
         list(channel.iter_records("patients", None))

@@ -30,6 +30,7 @@ from .conftest import (
     RecordKey,
     assert_no_traceback,
     child_env,
+    last_state,
     parse_messages,
     record_key,
     run_target_cli,
@@ -45,9 +46,10 @@ SEED = 20260509
 
 # -- tap --------------------------------------------------------------------------------------------------------
 def _run_tap_until_killed(
-    tmp: Path, config: dict[str, Any], state: dict[str, Any] | None, kill_after: int, tag: str
+    tmp: Path, config: dict[str, Any], state: dict[str, Any] | None, kill_after: int, tag: str,
+    sig: int = signal.SIGKILL,
 ) -> tuple[list[dict[str, Any]], int]:
-    """Start the tap, read ``kill_after`` RECORD lines, SIGKILL it, then take whatever it had already written."""
+    """Start the tap, read ``kill_after`` RECORD lines, send ``sig``, then take whatever it had already written."""
     with (tmp / f"{tag}.stderr").open("w") as err:
         proc = subprocess.Popen(
             tap_args(tmp, config, state, tag), stdout=subprocess.PIPE, stderr=err, env=child_env(), bufsize=0
@@ -64,7 +66,7 @@ def _run_tap_until_killed(
             buffer += data
             *complete, buffer = buffer.split(b"\n")
             seen += sum(1 for line in complete if line.startswith(b'{"type":"RECORD"'))
-        os.kill(proc.pid, signal.SIGKILL)
+        os.kill(proc.pid, sig)
         chunks.append(proc.stdout.read())  # what was already in the pipe reaches the consumer; a cut line is dropped
         proc.wait(timeout=30)
     assert_no_traceback((tmp / f"{tag}.stderr").read_text(), tag)
@@ -280,11 +282,17 @@ def _record_keys(messages: list[dict[str, Any]]) -> list[RecordKey]:
 
 
 @pytest.mark.parametrize(
-    ("source", "extra"),
-    [("export", {}), ("hl7_sftp", {}), ("hl7_sftp", {"sftp_after_read": "archive"})],
-    ids=["export", "hl7_sftp", "hl7_sftp-archive"],
+    ("source", "extra", "sig"),
+    [
+        ("export", {}, signal.SIGKILL),
+        ("hl7_sftp", {}, signal.SIGKILL),
+        ("hl7_sftp", {"sftp_after_read": "archive"}, signal.SIGKILL),
+        ("hl7_sftp", {"sftp_after_read": "archive"}, signal.SIGTERM),
+        ("hl7_sftp", {"sftp_after_read": "delete"}, signal.SIGINT),
+    ],
+    ids=["export", "hl7_sftp", "hl7_sftp-archive", "hl7_sftp-archive-sigterm", "hl7_sftp-delete-sigint"],
 )
-def test_a_batch_channel_killed_three_times_loses_nothing(tmp_path, sandbox_factory, source, extra):
+def test_a_batch_channel_killed_three_times_loses_nothing(tmp_path, sandbox_factory, source, extra, sig):
     """The batch channels bookmark a stream only after reading all its files, and move or delete files
     (``sftp_after_read``) only when the run closes them: a SIGKILL at any point leaves every file for the next
     run. Three runs killed at random records, then one to the end: together they deliver exactly what one clean
@@ -306,8 +314,8 @@ def test_a_batch_channel_killed_three_times_loses_nothing(tmp_path, sandbox_fact
     state: dict[str, Any] | None = None
     for run in range(3):
         kill_after = rng.randint(1, len(clean) // 2)
-        messages, code = _run_tap_until_killed(tmp_path, config, state, kill_after, f"{source}-{run}")
-        assert code == -signal.SIGKILL, f"run {run} finished before the kill at record {kill_after}"
+        messages, code = _run_tap_until_killed(tmp_path, config, state, kill_after, f"{source}-{run}", sig)
+        assert code != 0, f"run {run} finished before the signal at record {kill_after} (files gone from the inbox?)"
         assert not any(m["type"] == "RECORD" and m["record"].get("_sdc_deleted_at") for m in messages)
         delivered += _record_keys(messages)
         states = [m["value"] for m in messages if m["type"] == "STATE"]
@@ -320,3 +328,15 @@ def test_a_batch_channel_killed_three_times_loses_nothing(tmp_path, sandbox_fact
     assert not any(m["type"] == "RECORD" and m["record"].get("_sdc_deleted_at") for m in messages)
     delivered += _record_keys(messages)
     assert set(delivered) == clean, f"lost {len(clean - set(delivered))}, extra {len(set(delivered) - clean)}"
+    if extra.get("sftp_after_read"):  # files leave the inbox once a run's input state covers them, not before
+        inbox = sb.data_dir / "sftp" / "outbound" / "hl7"
+        listed = {p.name: p.stat().st_mtime for p in inbox.glob("*.hl7")}
+        bookmarks = last_state(messages)["bookmarks"]
+        cut = min(datetime.fromisoformat(b["replication_key_value"].replace("Z", "+00:00")).timestamp()
+                  for b in bookmarks.values())
+        after = subprocess.run(tap_args(tmp_path, config, last_state(messages), f"{source}-after"),
+                               capture_output=True, text=True, env=child_env(), timeout=180)
+        assert after.returncode == 0, after.stderr[-2000:]
+        assert set(_record_keys(parse_messages(after.stdout))) <= clean
+        left = sorted(p.name for p in inbox.glob("*.hl7"))
+        assert left == sorted(n for n, m in listed.items() if m >= cut) and len(left) < len(listed), (left, cut)

@@ -31,6 +31,7 @@ from .sftp import SftpConnection, close_sftp, connect_sftp, list_files
 log = logging.getLogger(__name__)
 
 HL7_ENTITIES = ("patients", "appointments", "encounters")
+_DONE = {"archive": "archived", "delete": "deleted"}
 
 class Hl7SftpChannel(Channel):
     """HL7 v2 files on SFTP; unordered across files, so the tap bookmarks only after a full read."""
@@ -49,7 +50,11 @@ class Hl7SftpChannel(Channel):
         """Caches a lower-floor scan replaced: another stream's thread may still be reading one (closed at close)."""
         self._lock = threading.RLock()
         """Streams sync in parallel on this one channel: one connection and one scan at a time."""
-        self._processed: list[str] = []
+        self._listed: dict[str, float | None] = {}
+        """Every file a scan listed, with its mtime: the candidates ``sftp_after_read`` may move or delete."""
+        self._delivered_before: dict[str, float] = {}
+        """Per stream read in this run, the file mtime below which an earlier run delivered everything (its
+        bookmark from the input state); -inf when none proves it (a first run, a start_date)."""
         self.last_file: str | None = None
         self.last_mtime: int | None = None
         self.files_read = 0
@@ -78,7 +83,10 @@ class Hl7SftpChannel(Channel):
         if not self.supports(entity):
             raise ValueError(f"the hl7_sftp channel does not carry {entity}; use it for {', '.join(HL7_ENTITIES)}")
         floor = since.timestamp() if since is not None else float("-inf")
+        start = self.config.start_date
+        proven = floor if since is not None and (start is None or since > start) else float("-inf")
         with self._lock:  # the first stream scans; the others wait for it and read the same cache
+            self._delivered_before[entity] = min(self._delivered_before.get(entity, proven), proven)
             if self._cache is None or self._cache_since is None or floor < self._cache_since:
                 self._scan(floor)
             cache = self._cache
@@ -89,12 +97,12 @@ class Hl7SftpChannel(Channel):
         """Read every file that may hold changes at/after ``floor``; keep the newest version per record."""
         cache = LatestVersions()  # on disk: the newest version of each record, constant memory
         directory = self.config.sftp_hl7_dir
-        processed: list[str] = []
         options = self.options
         for file_no, attr in enumerate(list_files(self.sftp, directory, ".hl7", setting="sftp_hl7_dir")):
+            path = posixpath.join(directory, attr.filename)
+            self._listed[path] = attr.st_mtime
             if attr.st_mtime is not None and attr.st_mtime < floor:
                 continue
-            path = posixpath.join(directory, attr.filename)
             with self.sftp.open(path, "rb") as fh:
                 # paramiko pulls a prefetched block only as it is read (the SSH window bounds the rest), so the file
                 # streams through at prefetch speed and is cut into messages as it arrives, never held whole
@@ -113,7 +121,6 @@ class Hl7SftpChannel(Channel):
                         continue
                     for entity, rec in records:
                         cache.offer(entity, rec, (file_no, index))
-            processed.append(path)
             self.files_read += 1
             if self.last_file is None or attr.filename >= self.last_file:
                 self.last_file, self.last_mtime = attr.filename, attr.st_mtime
@@ -123,17 +130,29 @@ class Hl7SftpChannel(Channel):
             log.info("hl7_sftp: skipped message types no stream carries: %s", dict(self.skipped))
         if self._cache is not None:
             self._retired.append(self._cache)
-        self._cache, self._cache_since, self._processed = cache, floor, processed
+        self._cache, self._cache_since = cache, floor
 
     def bookmark(self) -> dict[str, Any]:
         """The newest file read: ``{"file": name, "mtime": unix seconds}``."""
         return {"file": self.last_file, "mtime": self.last_mtime}
 
     def _after_read(self) -> None:
+        """Move or delete (``sftp_after_read``) the files whose every record an earlier run delivered: those older
+        than the bookmark each HL7 stream started from. The bookmark comes from the input state, which an
+        orchestrator stores only once the target has committed what came before it. A file this run read waits
+        for the next run's state to cover it: moved at the close of the run that read it, a SIGTERM mid-run, a
+        failing stream or a target that died after the tap had removed the only copy of records nobody kept."""
         mode = self.config.sftp_after_read
-        if mode == "keep" or not self._processed or self._conn is None:
+        if mode == "keep" or self._conn is None:
             return
-        for path in self._processed:
+        routed = [e for e in HL7_ENTITIES if self.config.source_for(e) == self.name] or list(self._delivered_before)
+        unread = [e for e in routed if e not in self._delivered_before]
+        if unread:  # their bookmarks are unknown: a file may hold their undelivered records
+            log.info("hl7_sftp: no file %s: %s not read in this run", _DONE[mode], ", ".join(unread))
+            return
+        cut = min((self._delivered_before[e] for e in routed), default=float("-inf"))
+        settled = [path for path, mtime in self._listed.items() if mtime is not None and mtime < cut]
+        for path in settled:
             try:
                 if mode == "delete":
                     self.sftp.remove(path)
@@ -141,7 +160,9 @@ class Hl7SftpChannel(Channel):
                     self.sftp.rename(path, posixpath.join(self.archive_dir, posixpath.basename(path)))
             except OSError as exc:
                 log.warning("hl7_sftp: could not %s %s (%s)", mode, posixpath.basename(path), type(exc).__name__)
-        self._processed = []
+        if settled:
+            log.info("hl7_sftp: %d file(s) delivered by an earlier run %s", len(settled), _DONE[mode])
+        self._listed = {}
 
     def close(self) -> None:
         try:
