@@ -119,6 +119,17 @@ def open_private(path: str | os.PathLike[str], mode: str = "w", *, make_parent: 
     return os.fdopen(fd, mode if mode != "r+" else "r+", encoding="utf-8" if text else None)
 
 
+def read_no_follow(path: str | os.PathLike[str]) -> bytes | None:
+    """A file's bytes, never through a symbolic link (a planted one must not point us elsewhere); None when it is
+    absent. A link or an unreadable file raises :class:`OSError`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
+
+
 def write_private(path: str | os.PathLike[str], data: str | bytes) -> Path:
     """Replace ``path`` atomically with ``data`` (a 0600 temporary file beside it, then a rename)."""
     target = Path(path)

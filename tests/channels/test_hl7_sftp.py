@@ -38,7 +38,8 @@ SFTP_KEYS = (
 
 def sftp_config(sandbox: SandboxServer, tmp_path: Path, **over: Any) -> WellSkyConfig:
     creds = sandbox.credentials()
-    raw = {k: creds[k] for k in SFTP_KEYS} | {"dead_letter_path": str(tmp_path / "dead.jsonl")}
+    raw = {k: creds[k] for k in SFTP_KEYS} | {"dead_letter_path": str(tmp_path / "dead.jsonl"),
+                                              "state_dir": str(tmp_path / "state")}
     raw.update(over)
     return WellSkyConfig.load({k: v for k, v in raw.items() if v is not None})
 
@@ -116,12 +117,17 @@ def test_archive_after_read_and_key_auth(sandbox: SandboxServer, tmp_path: Path)
     assert list(archive.iterdir()) == []
     bookmark = max(datetime.fromisoformat(p["updated_at"].replace("Z", "+00:00")) for p in patients)
     mtimes = {p.name: p.stat().st_mtime for p in inbox.glob("*.hl7")}
+    # a late file whose mtime is older than the bookmark (copied with its times kept): no scan reads it, so no
+    # run may move it either; it stays where a person can find it
+    late = inbox / "19990101T000000Z-late.hl7"
+    late.write_bytes(next(inbox.glob("*.hl7")).read_bytes())
+    os.utime(late, (0, 0))
     with Hl7SftpChannel(config=config) as channel:  # the next run, from the committed bookmark
         again = list(channel.iter_records("patients", bookmark))
         assert all(p["updated_at"] >= patients[-1]["updated_at"] for p in again)
     moved = sorted(p.name for p in archive.iterdir())
     assert moved and moved == sorted(n for n, m in mtimes.items() if m < bookmark.timestamp())
-    kept = sorted(n for n, m in mtimes.items() if m >= bookmark.timestamp())
+    kept = sorted([late.name, *(n for n, m in mtimes.items() if m >= bookmark.timestamp())])
     assert sorted(p.name for p in inbox.glob("*.hl7")) == kept
 
 
@@ -201,6 +207,7 @@ def test_real_openssh_server(sshd: dict[str, Any], sandbox: SandboxServer, tmp_p
         "sftp_private_key": sshd["client_key"],
         "sftp_hl7_dir": str(sshd["home"] / "outbound" / "hl7"),
         "dead_letter_path": str(tmp_path / "dead.jsonl"),
+        "state_dir": str(tmp_path / "state"),
     }
     config = WellSkyConfig.load(base | {"sftp_host_key": sshd["host_key"], "sftp_after_read": "archive"})
     bookmarks = {}

@@ -19,12 +19,15 @@ import posixpath
 import threading
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+import orjson
 import paramiko
 
 from ..errors import NormalizationError
 from ..normalize.hl7 import Hl7Options, Unsupported, iter_messages, normalize_records
+from ..private_files import account_slug, read_no_follow, write_private
 from .base import Channel, LatestVersions
 from .sftp import SftpConnection, close_sftp, connect_sftp, list_files
 
@@ -51,7 +54,9 @@ class Hl7SftpChannel(Channel):
         self._lock = threading.RLock()
         """Streams sync in parallel on this one channel: one connection and one scan at a time."""
         self._listed: dict[str, float | None] = {}
-        """Every file a scan listed, with its mtime: the candidates ``sftp_after_read`` may move or delete."""
+        """Every file a scan listed, with its mtime now."""
+        self._read: dict[str, float | None] = {}
+        """The files this run read whole, with their mtime then: ``sftp_after_read`` may move them in a later run."""
         self._delivered_before: dict[str, float] = {}
         """Per stream read in this run, the file mtime below which an earlier run delivered everything (its
         bookmark from the input state); -inf when none proves it (a first run, a start_date)."""
@@ -121,6 +126,7 @@ class Hl7SftpChannel(Channel):
                         continue
                     for entity, rec in records:
                         cache.offer(entity, rec, (file_no, index))
+            self._read[path] = attr.st_mtime
             self.files_read += 1
             if self.last_file is None or attr.filename >= self.last_file:
                 self.last_file, self.last_mtime = attr.filename, attr.st_mtime
@@ -137,32 +143,67 @@ class Hl7SftpChannel(Channel):
         return {"file": self.last_file, "mtime": self.last_mtime}
 
     def _after_read(self) -> None:
-        """Move or delete (``sftp_after_read``) the files whose every record an earlier run delivered: those older
-        than the bookmark each HL7 stream started from. The bookmark comes from the input state, which an
+        """Move or delete (``sftp_after_read``) the files an earlier run read whose records were delivered: those
+        older than the bookmark every HL7 stream started from. That bookmark is the input state, which an
         orchestrator stores only once the target has committed what came before it. A file this run read waits
-        for the next run's state to cover it: moved at the close of the run that read it, a SIGTERM mid-run, a
-        failing stream or a target that died after the tap had removed the only copy of records nobody kept."""
+        for the next run's state to cover it: moved when the run that read it closed, a SIGTERM mid-run, a failing
+        stream or a target that died after the tap had removed the only copy of records nobody kept. Only files a
+        run read whole are ever moved (listed under ``hl7-read/`` in the state directory): a late file with an old
+        mtime, which no scan reads, stays where a person can find it."""
         mode = self.config.sftp_after_read
         if mode == "keep" or self._conn is None:
             return
+        earlier = self._files_read_before()
+        if earlier is None:
+            return
         routed = [e for e in HL7_ENTITIES if self.config.source_for(e) == self.name] or list(self._delivered_before)
         unread = [e for e in routed if e not in self._delivered_before]
+        cut = min((self._delivered_before[e] for e in routed), default=float("-inf")) if not unread else float("-inf")
         if unread:  # their bookmarks are unknown: a file may hold their undelivered records
             log.info("hl7_sftp: no file %s: %s not read in this run", _DONE[mode], ", ".join(unread))
-            return
-        cut = min((self._delivered_before[e] for e in routed), default=float("-inf"))
-        settled = [path for path, mtime in self._listed.items() if mtime is not None and mtime < cut]
+        waiting = {path: mtime for path, mtime in earlier.items() if self._listed.get(path, "gone") == mtime}
+        settled = [path for path, mtime in waiting.items() if path not in self._read and mtime is not None
+                   and mtime < cut]
         for path in settled:
             try:
                 if mode == "delete":
                     self.sftp.remove(path)
                 else:
                     self.sftp.rename(path, posixpath.join(self.archive_dir, posixpath.basename(path)))
+                del waiting[path]
             except OSError as exc:
                 log.warning("hl7_sftp: could not %s %s (%s)", mode, posixpath.basename(path), type(exc).__name__)
         if settled:
-            log.info("hl7_sftp: %d file(s) delivered by an earlier run %s", len(settled), _DONE[mode])
-        self._listed = {}
+            moved = len(settled) - sum(path in waiting for path in settled)
+            log.info("hl7_sftp: %d file(s) delivered by an earlier run %s", moved, _DONE[mode])
+        self._keep_files_read({**waiting, **self._read})
+
+    def _read_files_path(self) -> Path:
+        """Where the files read and not yet moved are listed: private, per SFTP account and directory."""
+        where = f"sftp://{self.config.sftp_host}:{self.config.sftp_port}{self.config.sftp_hl7_dir}"
+        slug = account_slug(where, self.config.sftp_username)
+        return self.config.private_state_path() / "hl7-read" / f"{slug}.json"
+
+    def _files_read_before(self) -> dict[str, float | None] | None:
+        """The files earlier runs read whole and did not move, with their mtime then; None when the list cannot
+        be read (every file then stays in place: nothing is moved on a guess)."""
+        try:
+            raw = read_no_follow(self._read_files_path())
+            kept = orjson.loads(raw) if raw is not None else {}
+        except (OSError, orjson.JSONDecodeError):
+            log.warning("hl7_sftp: the list of files read is unreadable; no file is %s in this run",
+                        _DONE[self.config.sftp_after_read])
+            return None
+        if not isinstance(kept, dict):
+            return None
+        return {str(k): v if isinstance(v, int | float) else None for k, v in kept.items()}
+
+    def _keep_files_read(self, files: dict[str, float | None]) -> None:
+        try:
+            write_private(self._read_files_path(), orjson.dumps(files))
+        except OSError as exc:  # the files stay in place: no loss, only no move
+            log.warning("hl7_sftp: could not keep the list of files read (%s); they stay in place",
+                        exc.strerror or type(exc).__name__)
 
     def close(self) -> None:
         try:

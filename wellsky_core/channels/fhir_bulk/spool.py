@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ...private_files import private_dir, private_sqlite, write_private
+from ...private_files import private_dir, private_sqlite, read_no_follow, write_private
 
 if TYPE_CHECKING:
     from ...config import WellSkyConfig
@@ -61,16 +61,12 @@ def prune(root: Path) -> None:
 
 
 def _read_no_follow(path: Path) -> bytes | None:
-    """A file's bytes, refusing a symlink (a planted job file must not point us elsewhere); None if absent."""
+    """A job file's bytes, refusing a symlink (a planted job file must not point us elsewhere); None if absent."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        return None
+        return read_no_follow(path)
     except OSError:
         log.warning("ignoring a bulk job file that is a symbolic link or unreadable")
         return None
-    with os.fdopen(fd, "rb") as handle:
-        return handle.read()
 
 
 class Spool:
