@@ -372,3 +372,36 @@ def test_an_unusable_login_answer_is_a_sign_in_failure_that_stops_every_stream(a
     assert failure_type == "config_error", failure_type
     assert message.startswith("the login answer (HTTP 201)") and "base_url" in message, message
     assert "Ada" not in internal and "MRN-5521" not in internal
+
+
+def test_a_session_that_expires_again_on_the_replay_is_signed_in_afresh_and_read() -> None:
+    """docs/reliability.md listed this as read from the code only: the session expires, the flow signs in and
+    replays, and the replay meets an expired session again (a mass expiry, parallel streams). A read goes through
+    the auth flow once more (a third sign-in) and succeeds; each sign-in and every replay is counted."""
+    sessions = iter(["s1", "s2", "s3"])
+    seen: list[str] = []
+    refused = {"": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        cookie = request.headers.get("cookie", "")
+        seen.append(f"{request.method} {request.url.path} {cookie}")
+        if request.url.path == "/sessions":
+            value = next(sessions)
+            return httpx.Response(201, json={"session_expires_in": 3600},
+                                  headers={"set-cookie": f"wsk_session={value}; Path=/"})
+        if "wsk_session=s3" not in cookie:
+            refused[""] += 1
+            return httpx.Response(401, json={"error": "session_expired"})
+        return httpx.Response(200, json={"ok": True})
+
+    cfg = WellSkyConfig.load(
+        {"base_url": BASE, "username": "u", "password": "p", "max_retries": 2, "backoff_base_seconds": 0,
+         "backoff_max_seconds": 0, "max_requests_per_second": 0},
+        env={},
+    )
+    client = WellSkyClient(cfg, sleep=lambda s: None, transport=httpx.MockTransport(handler))
+    assert client.get_json("/tenant") == {"ok": True}
+    logins = [line for line in seen if line.startswith("POST /sessions")]
+    # s1 refused, sign in, replay with s2 refused; the retry sends with s2 (refused), signs in, replays with s3
+    assert len(logins) == 3 and refused[""] == 3, seen
+    assert client.metrics.retries == {"401": 1}, client.metrics.retries
