@@ -158,9 +158,11 @@ class Hl7SftpChannel(Channel):
             return
         routed = [e for e in HL7_ENTITIES if self.config.source_for(e) == self.name] or list(self._delivered_before)
         unread = [e for e in routed if e not in self._delivered_before]
-        cut = min((self._delivered_before[e] for e in routed), default=float("-inf")) if not unread else float("-inf")
         if unread:  # their bookmarks are unknown: a file may hold their undelivered records
             log.info("hl7_sftp: no file %s: %s not read in this run", _DONE[mode], ", ".join(unread))
+            cut = float("-inf")
+        else:
+            cut = min((self._delivered_before[e] for e in routed), default=float("-inf"))
         waiting = {path: mtime for path, mtime in earlier.items() if self._listed.get(path, "gone") == mtime}
         settled = [path for path, mtime in waiting.items() if path not in self._read and mtime is not None
                    and mtime < cut]

@@ -258,33 +258,30 @@ def _inflated(inflater: Any, chunk: bytes) -> Iterator[bytes]:
         yield inflater.decompress(inflater.unconsumed_tail, INFLATE_PIECE)
 
 
+def _pieces(response: httpx.Response) -> Iterator[bytes]:
+    """The body's bytes as they arrive, inflated a piece at a time when it is gzip without Content-Encoding."""
+    inflater: Any = None
+    for n, chunk in enumerate(response.iter_bytes()):
+        if n == 0 and chunk[:2] == b"\x1f\x8b":
+            inflater = zlib.decompressobj(wbits=31)
+        if inflater is None:
+            yield chunk
+        else:
+            yield from _inflated(inflater, chunk)
+    if inflater is not None:
+        yield inflater.flush()
+        if not inflater.eof:
+            raise Truncated("the gzip stream ended early")
+
+
 def ndjson_lines(response: httpx.Response, *, max_line: int) -> Iterator[bytes]:
     """Non-empty lines of an NDJSON body read in chunks; a gzip body without Content-Encoding is inflated too.
 
     A line longer than ``max_line`` raises :class:`LineTooLong` as soon as it is: a line that never ended was
     gathered whole in memory, each chunk copying it again. The unfinished line is kept as a list of pieces."""
-    inflater: Any = None
     partial: list[bytes] = []
     held = 0
-    first = True
-
-    def pieces() -> Iterator[bytes]:
-        nonlocal inflater, first
-        for chunk in response.iter_bytes():
-            if first:
-                first = False
-                if chunk[:2] == b"\x1f\x8b":
-                    inflater = zlib.decompressobj(wbits=31)
-            if inflater is None:
-                yield chunk
-            else:
-                yield from _inflated(inflater, chunk)
-        if inflater is not None:
-            yield inflater.flush()
-            if not inflater.eof:
-                raise Truncated("the gzip stream ended early")
-
-    for piece in pieces():
+    for piece in _pieces(response):
         if b"\n" not in piece:
             partial.append(piece)
             held += len(piece)
