@@ -91,11 +91,7 @@ def key_hash_secret(configured: SecretStr | None, audit_path: str | None) -> byt
         with contextlib.suppress(OSError):
             if path.stat().st_size != KEY_HEX_DIGITS:
                 path.unlink()
-        raise LocalWriteFailed(
-            f"could not keep the audit key file {path} (beside audit_log_path): "
-            f"{exc.strerror or type(exc).__name__}; free space on its volume (or fix its permissions), or set "
-            "audit_log_path to another place, and run again"
-        ) from None
+        raise LocalWriteFailed.writing(f"the audit key file {path}", "audit_log_path", exc) from None
     text = path.read_text(errors="replace").strip()
     if len(text) != KEY_HEX_DIGITS or any(c not in "0123456789abcdefABCDEF" for c in text):
         raise ConfigError(

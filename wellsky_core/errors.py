@@ -501,6 +501,14 @@ class LocalWriteFailed(WellSkyError):
     own_text = True
 
     @classmethod
+    def writing(cls, what: str, setting: str, exc: OSError) -> LocalWriteFailed:
+        """``what`` (a file, or a line of one) that ``setting`` places could not be written, for ``exc``'s reason."""
+        return cls(
+            f"could not write {what} ({setting}): {exc.strerror or type(exc).__name__}; free space on its volume (or "
+            f"fix its permissions), or set {setting} to another place, and run again"
+        )
+
+    @classmethod
     def from_os_error(cls, exc: BaseException) -> LocalWriteFailed | None:
         """Any other local write that failed for want of room (a window's spool under TMPDIR, a bulk export's
         spool, the Home Connect queue): the same kind of one line instead of an internal-error traceback, or

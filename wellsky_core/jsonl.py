@@ -55,11 +55,7 @@ class JsonlAppender:
             except OSError as exc:
                 if start is not None and written:
                     self._cut(start, written)
-                raise LocalWriteFailed(
-                    f"could not write {self.keeps} to {self.path} ({self.setting}): "
-                    f"{exc.strerror or type(exc).__name__}; free space on its volume (or fix its permissions), or "
-                    f"set {self.setting} to another place, and run again"
-                ) from None
+                raise LocalWriteFailed.writing(f"{self.keeps} to {self.path}", self.setting, exc) from None
 
     def _cut(self, start: int, written: int) -> None:
         """Drop the part of a line a failed write left, unless another writer appended after it."""
