@@ -48,6 +48,9 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 SESSION_RENEW_MARGIN_SECONDS = 5.0
 AUTH_ANSWER_BYTES = 1024 * 1024
 """The largest login, MFA or token answer read. They are a few hundred bytes: a larger one is not WellSky's."""
+ANSWER_SECONDS_OUTSIDE_A_CLIENT = 300.0
+"""The deadline of a login answer when the flow runs outside a WellSkyClient attempt (whose clock, from
+``request_deadline_seconds``, bounds it otherwise)."""
 TOKEN_RENEW_MARGIN_SECONDS = 60.0
 
 Flow = Generator[httpx.Request, httpx.Response, None]
@@ -71,18 +74,15 @@ class RefreshingAuth(httpx.Auth):
     """The flow reads the bodies of its own login/token exchanges only (see ``sync_auth_flow``): the answer to
     the caller's request stays a stream, so the transport reads it within max_response_bytes and its deadline."""
 
-    deadline = 300.0
-    """Seconds a login, MFA or token answer may take, headers and body (``request_deadline_seconds``)."""
-
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         flow = self.auth_flow(request)
         outgoing = next(flow)
         while True:
-            sent = time.monotonic()
+            outside_a_client = wire_deadline.WireClock(ANSWER_SECONDS_OUTSIDE_A_CLIENT)
             response = yield outgoing
             if outgoing is not request:  # a login, MFA or token exchange: the flow inspects its body
                 try:
-                    self._read_answer(response, sent)
+                    self._read_answer(response, wire_deadline.clock() or outside_a_client)
                 except LoginAnswerUnusable as exc:
                     # into the login, which remembers it as a refusal: the other streams waiting to sign in
                     # stop at once instead of each reading its own endless answer
@@ -93,15 +93,14 @@ class RefreshingAuth(httpx.Auth):
             except StopIteration:
                 break
 
-    def _read_answer(self, response: httpx.Response, sent: float) -> None:
-        """Read a login answer whole, within AUTH_ANSWER_BYTES and the deadline: httpx's own ``read()`` took an
-        endless body until memory ran out, and a body dripping a byte a second held the run forever."""
+    def _read_answer(self, response: httpx.Response, clock: wire_deadline.WireClock) -> None:
+        """Read a login answer whole, within AUTH_ANSWER_BYTES and the attempt's deadline (``clock``: from when the
+        login reached the wire, past any wait for the request budget): httpx's own ``read()`` took an endless body
+        until memory ran out, and a body dripping a byte a second held the run forever."""
         fix = "check base_url and token_url: a look-alike or a wrong host may have answered"
         status = response.status_code
         try:
-            # from when the login reached the wire, past any wait for the request budget (wire_deadline.py)
-            deadline = wire_deadline.current() or sent + self.deadline
-            read_within(response, limit=AUTH_ANSWER_BYTES, deadline=deadline)
+            read_within(response, limit=AUTH_ANSWER_BYTES, deadline=clock.deadline)
         except ResponseTooLarge:
             raise LoginAnswerUnusable(  # our own sentence: nothing of the answer is in it
                 f"the login answer (HTTP {status}) is larger than {AUTH_ANSWER_BYTES:,} bytes, where WellSky's is "
@@ -110,10 +109,10 @@ class RefreshingAuth(httpx.Auth):
                 status=status,
             ) from None
         except (RequestDeadlineExceeded, httpx.TimeoutException) as exc:
-            if isinstance(exc, httpx.TimeoutException) and not wire_deadline.passed():
+            if isinstance(exc, httpx.TimeoutException) and not clock.passed():
                 raise  # a stalled read within the deadline: the client's retry rules decide
             raise LoginAnswerUnusable(
-                f"the login answer (HTTP {status}) took longer than request_deadline_seconds ({self.deadline:g} s); "
+                f"the login answer (HTTP {status}) took longer than request_deadline_seconds ({clock.span:g} s); "
                 f"{fix}, or raise request_deadline_seconds if the tenant's logins are that slow",
                 setting="base_url",
                 status=status,
@@ -535,12 +534,6 @@ class PrivateKeyJwtAuth(_TokenAuth):
 def build_auth(config: WellSkyConfig, *, metrics: Metrics | None = None) -> RefreshingAuth:
     """The auth flow ``config`` describes; also registers its secrets with the log redaction filter."""
     register_secret(*config.secret_values())
-    auth = _build_auth(config, metrics)
-    auth.deadline = float(config.request_deadline_seconds)
-    return auth
-
-
-def _build_auth(config: WellSkyConfig, metrics: Metrics | None) -> RefreshingAuth:
     common: dict[str, Any] = {"timeout": config.timeout_seconds, "metrics": metrics}
     if config.auth_method == "session":
         if not config.base_url:

@@ -203,7 +203,7 @@ class WellSkyClient:
         except RequestDeadlineExceeded:
             return self._past_deadline(request, None, safe=safe, attempt=attempt)
         except (RetryableAuthFailure, httpx.TransportError) as exc:
-            if isinstance(exc, httpx.TimeoutException) and time.monotonic() >= clock.deadline:  # wire_deadline.py
+            if isinstance(exc, httpx.TimeoutException) and clock.passed():  # wire_deadline.py
                 return self._past_deadline(request, _request_of(exc), safe=safe, attempt=attempt)
             return classify_exception(exc, request, safe=safe, connected=self._connected, attempt=attempt)
         self._connected = True
@@ -426,7 +426,7 @@ class WellSkyClient:
                 f"{type(exc).__name__}", url=request.url, attempts=1, reason="connection"
             ) from None
         except httpx.TransportError as exc:
-            if isinstance(exc, httpx.TimeoutException) and time.monotonic() >= clock.deadline:
+            if isinstance(exc, httpx.TimeoutException) and clock.passed():
                 raise self._too_slow(request, 1) from None
             raise WellSkyTransportError(
                 f"{type(exc).__name__}", url=request.url, attempts=1, reason="connection"

@@ -38,35 +38,43 @@ class WireClock:
     def restart(self) -> None:
         self.deadline = time.monotonic() + self.span
 
+    def passed(self) -> bool:
+        return time.monotonic() >= self.deadline
+
 
 @contextmanager
-def exchange_deadline(clock: WireClock) -> Iterator[WireClock]:
-    """Reads and writes on this thread's connections end by ``clock.deadline``, inside the block."""
-    outer = getattr(_local, "clock", None)
-    _local.clock = clock
+def exchange_deadline(attempt: WireClock) -> Iterator[WireClock]:
+    """Reads and writes on this thread's connections end by ``attempt.deadline``, inside the block."""
+    outer = clock()
+    _local.clock = attempt
     try:
-        yield clock
+        yield attempt
     finally:
         _local.clock = outer
 
 
 def on_the_wire() -> None:
     """This thread's request is about to be written (its budget slot granted): its clock starts now."""
-    clock = getattr(_local, "clock", None)
-    if clock is not None:
-        clock.restart()
+    running = clock()
+    if running is not None:
+        running.restart()
+
+
+def clock() -> WireClock | None:
+    """This thread's clock, if an attempt is under way."""
+    return getattr(_local, "clock", None)
 
 
 def current() -> float | None:
     """This thread's deadline (``time.monotonic()``), if an attempt is under way."""
-    clock = getattr(_local, "clock", None)
-    return None if clock is None else clock.deadline
+    running = clock()
+    return None if running is None else running.deadline
 
 
 def passed() -> bool:
     """Whether this thread's exchange deadline has passed (a read timeout then means the deadline, not a stall)."""
-    deadline = current()
-    return deadline is not None and time.monotonic() >= deadline
+    running = clock()
+    return running is not None and running.passed()
 
 
 def _left(timeout: float | None, fails: type[Exception]) -> float | None:
