@@ -330,8 +330,9 @@ class WellSkyConfig(BaseModel):
     sftp_after_read: Literal["keep", "archive", "delete"] = Field(
         default="keep",
         description="What to do with a remote HL7 file once its records were delivered: done by the run after the "
-        "one that read it, when its input state's bookmarks cover the file (a stopped or failed run removes "
-        "nothing it read).",
+        "one that read it, when every HL7 stream's input state lists the file as delivered (a stopped or failed run "
+        "removes nothing it read). keep or archive let a late HL7 record be checked against newer versions and "
+        "sent; delete cannot, so such records are held back and reported.",
     )
     chromium_path: str = Field(default="/usr/bin/chromium", description="Chromium binary for the portal channel.")
     agency_timezone: str | None = Field(

@@ -508,6 +508,24 @@ class Hl7Feed:
             flush()
         return new_files
 
+    def deliver_late(self, changes: list[tuple[str, dict[str, Any]]], *, keep_times: bool) -> str:
+        """Drop ``changes`` (entity, record as it was at its ``updated_at``) in a new file, as an interface engine
+        does when it sends what it queued during an outage: every message keeps its own (older) time. With
+        ``keep_times`` the file keeps the time of its last change too, as a copy made with ``cp -p`` or
+        ``put -p`` does; without, it is written now. Returns the file name (it sorts by its first change)."""
+        fdb = self.feeds.fdb
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with fdb.lock:
+            seq = int(fdb.meta("feed:hl7:seq") or 0) + 1
+            ordered = sorted(changes, key=lambda change: change[1]["updated_at"])
+            messages = [self._render(entity, rec, None, f"L{seq:05d}{n:05d}") for n, (entity, rec) in
+                        enumerate(ordered, start=1)]
+            name = f"{stamp(ordered[0][1]['updated_at'])}-{seq:06d}-late.hl7"
+            mtime = _epoch(ordered[-1][1]["updated_at"]) if keep_times else None
+            _write_atomic(self.dir / name, self._batch_file(name, messages), mtime=mtime)
+            fdb.set_meta("feed:hl7:seq", str(seq))
+        return name
+
     def _render(self, entity: str, rec: dict[str, Any], prev: tuple | None, control: str) -> str:
         facility = self.feeds.facility
         if entity == "patients":

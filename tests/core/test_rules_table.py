@@ -55,6 +55,12 @@ PROOFS: dict[str, list[str]] = {
         "tests/core/test_home_connect_writes.py::test_a_native_payload_keeps_the_one_control_character_rule",
     ],
     "validating a canonical record": [ONCE + "test_defined_once"],
+    "when a batch file's records count as delivered": [
+        "tests/channels/test_hl7_late.py::test_late_hl7_is_sent_by_the_next_run_in_its_newest_version",
+        "tests/channels/test_hl7_late.py::test_without_the_list_of_delivered_files_a_late_file_is_missed",
+        "tests/reliability/test_kills.py::test_a_batch_channel_killed_three_times_loses_nothing",
+    ],
+    "how a memo packs bytes into the stream state": [ONCE + "test_defined_once"],
     "which remote error stops a write run": [
         ONCE + "test_both_writers_ask_the_policy_which_error_stops_a_write_run",
         "tests/reliability/test_server_text.py::test_a_write_answered_with_something_other_than_the_record_stops_in_one_clear_line",
@@ -146,7 +152,7 @@ CONNECTOR = ("wellsky_core", "tap_wellsky", "target_wellsky")
         (r"^def connect_sftp\(", "wellsky_core/channels/sftp.py"),
         (r"paramiko\.Transport\(", "wellsky_core/channels/sftp.py"),
         (r"^def encode_records\(", "wellsky_core/products/personal_care/schedule_memo.py"),
-        (r"zlib\.compress", "wellsky_core/products/personal_care/schedule_memo.py"),
+        (r"zlib\.compress", "wellsky_core/state_codec.py"),
         (r"x0e-\\x1f", "wellsky_core/writes.py"),  # the control-character class of writes
     ],
 )

@@ -7,7 +7,7 @@ import logging
 import queue
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
@@ -238,7 +238,9 @@ class LatestVersions:
 
     PAGE = 1000
 
-    def __init__(self) -> None:
+    def __init__(self, *, sources: bool = False) -> None:
+        """``sources``: also keep which file (``rank[0]``) held each version of a record, not only the newest
+        (:meth:`versions_before`), for a channel that must find versions older than its bookmark in new files."""
         import tempfile
         import threading
 
@@ -254,6 +256,9 @@ class LatestVersions:
             "CREATE TABLE latest (entity TEXT, id TEXT, updated_at TEXT, rank_a INTEGER, rank_b INTEGER, "
             "body BLOB, PRIMARY KEY (entity, id))"
         )
+        self._sources = sources
+        if sources:
+            self._db.execute("CREATE TABLE seen (entity TEXT, id TEXT, updated_at TEXT, source INTEGER)")
         self._db.execute("BEGIN")
 
     def offer(self, entity: str, record: dict[str, Any], rank: tuple[int, int]) -> None:
@@ -272,6 +277,41 @@ class LatestVersions:
             "(latest.updated_at, latest.rank_a, latest.rank_b)",
             (entity, record["id"], record["updated_at"], rank[0], rank[1], body),
         )
+        if self._sources:
+            row = (entity, record["id"], record["updated_at"], rank[0])
+            self._db.execute("INSERT INTO seen VALUES (?, ?, ?, ?)", row)
+
+    def late(self, entity: str, before: str, not_before: str, sources: set[int]) -> tuple[dict[str, str], set[int]]:
+        """Records with a version from one of ``sources`` (files never delivered) dated in ``[not_before,
+        before)``: id -> the oldest such ``updated_at``, and the sources holding them. Needs ``sources=True``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, updated_at, source FROM seen WHERE entity = ? AND updated_at < ? AND updated_at >= ?",
+                (entity, before, not_before),
+            ).fetchall()
+        found: dict[str, str] = {}
+        holding: set[int] = set()
+        for record_id, updated, source in rows:
+            if source in sources:
+                holding.add(source)
+                if record_id not in found or updated < found[record_id]:
+                    found[record_id] = updated
+        return found, holding
+
+    def newest_before(self, entity: str, ids: Iterable[str], before: str) -> list[dict[str, Any]]:
+        """The held (newest) version of each of ``ids`` dated before ``before``, in (updated_at, id) order."""
+        import orjson
+
+        wanted, rows = sorted(set(ids)), []
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            with self._lock:
+                rows += self._db.execute(
+                    f"SELECT updated_at, id, body FROM latest WHERE entity = ? AND updated_at < ? AND id IN ({marks})",
+                    (entity, before, *chunk),
+                ).fetchall()
+        return [orjson.loads(body) for _, _, body in sorted(rows)]
 
     def records(self, entity: str, since: datetime | None) -> Iterator[dict[str, Any]]:
         """The held records of ``entity`` with ``updated_at >= since``, in (updated_at, id) order."""

@@ -32,17 +32,16 @@ run, which only the lost memo knew) is said in that line.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import logging
-import zlib
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from datetime import date, datetime
 from typing import Any
 
 import orjson
+
+from ...state_codec import MemoError, pack, unpack
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +56,6 @@ MAX_PAYLOAD = MEMO_LIMIT * 400
 
 Entry = tuple[bytes, date | None, str | None]
 """What the memo keeps per record key: content hash, record date, person (client or caregiver)."""
-
-
-class MemoError(ValueError):
-    """A stored memo that cannot be decoded; the message says what is wrong with it (never its content)."""
 
 
 def content_hash(record: Mapping[str, Any]) -> bytes:
@@ -121,27 +116,12 @@ def encode_records(records: Mapping[str, Entry]) -> str:
         else:
             month_group[1].append([day.day if day else None, key])
         hashes += digest.ljust(HASH_BYTES, b"\0")[:HASH_BYTES] if digest else bytes(HASH_BYTES)
-    payload = orjson.dumps(groups) + b"\n" + bytes(hashes)
-    return base64.b64encode(zlib.compress(payload, 6)).decode("ascii")
+    return pack(orjson.dumps(groups) + b"\n" + bytes(hashes))
 
 
 def decode_records(text: Any, count: Any) -> dict[str, Entry]:
     """The records :func:`encode_records` wrote; :class:`MemoError` naming what is wrong when they cannot be."""
-    if not isinstance(text, str):
-        raise MemoError(f"records is a {type(text).__name__}, not the encoded string")
-    try:
-        packed = base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError, ValueError):
-        raise MemoError("records is not valid base64 (cut short or edited)") from None
-    inflate = zlib.decompressobj()
-    try:
-        payload = inflate.decompress(packed, MAX_PAYLOAD)
-    except zlib.error:
-        raise MemoError("records does not decompress (cut short or edited)") from None
-    if inflate.unconsumed_tail:
-        raise MemoError(f"records decompresses to more than {MAX_PAYLOAD // 1_000_000} MB")
-    if not inflate.eof:
-        raise MemoError("records does not decompress (cut short or edited)")
+    payload = unpack(text, "records", MAX_PAYLOAD)
     structure, newline, hashes = payload.partition(b"\n")
     try:
         groups = orjson.loads(structure) if newline else None

@@ -1,0 +1,70 @@
+"""HL7 delivered late, through the tap as an orchestrator runs it: each run from the last run's state.
+
+A file dropped in with its old times kept carries a patient nobody was sent and an older version of a patient
+already sent. The next run sends the new patient and never the older version; the run after sends neither again.
+The list of delivered files rides in the state (``content_hashes``): a run whose state was not kept (killed before
+the target committed) leaves the next one to read the late file again.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from tests.reliability.conftest import (
+    assert_no_traceback,
+    child_env,
+    last_state,
+    parse_messages,
+    records,
+    tap_args,
+    tap_config,
+)
+from wellsky_sandbox.hl7 import feeds_for
+
+
+def _run(tmp: Path, config: dict[str, Any], state: dict[str, Any] | None, tag: str) -> list[dict[str, Any]]:
+    proc = subprocess.run(tap_args(tmp, config, state, tag), capture_output=True, text=True, env=child_env(),
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert_no_traceback(proc.stderr, tag)
+    return parse_messages(proc.stdout)
+
+
+def _patients(messages: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {r["id"]: r for s, r in records(messages) if s == "patients"}
+
+
+def test_a_late_hl7_file_is_sent_once_by_the_run_after_it_arrives(tmp_path: Path, sandbox_factory: Any) -> None:
+    sb = sandbox_factory(scale=60)
+    config = {**tap_config(sb), "source": "hl7_sftp", "state_dir": str(tmp_path / "state"),
+              **{k: v for k, v in sb.credentials().items() if k.startswith("sftp_")}}
+    first = _run(tmp_path, config, None, "first")
+    sent = _patients(first)
+    assert sorted(sent) == sorted(p["id"] for p in sb.truth("patients"))
+    state = last_state(first)
+    assert state is not None and "content_hashes" in state["bookmarks"]["patients"]
+
+    newest = max(sent.values(), key=lambda p: (p["updated_at"], p["id"]))
+    bookmark = datetime.fromisoformat(newest["updated_at"].replace("Z", "+00:00"))
+    base = sb.tenant.store.get("patients", newest["id"])
+    def before(days: int) -> str:
+        return (bookmark - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    registered = {**base, "id": "late-patient-9", "mrn": "LATE0009", "updated_at": before(5)}
+    stale = {**base, "last_name": "Stalename", "updated_at": before(1)}
+    feeds_for(sb.tenant).hl7.deliver_late([("patients", registered), ("patients", stale)], keep_times=True)
+
+    killed_state = state  # a run whose state nobody kept: the next one starts from the same input
+    second = _run(tmp_path, config, killed_state, "second")
+    assert "late-patient-9" in _patients(second)
+    second_again = _run(tmp_path, config, killed_state, "second-again")
+    assert "late-patient-9" in _patients(second_again), "a run whose state was not kept delivered nothing"
+    for run in (second, second_again):
+        assert all(p["last_name"] != "Stalename" for p in _patients(run).values())
+        assert _patients(run).get(newest["id"], newest) == newest
+
+    third = _run(tmp_path, config, last_state(second), "third")
+    assert "late-patient-9" not in _patients(third)
