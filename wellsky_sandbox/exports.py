@@ -142,6 +142,32 @@ class ExportFeed:
                 raise
             return sorted(names)
 
+    def deliver_late(self, entity: str, rows: list[dict[str, Any]]) -> str:
+        """A night's file made again later, as support does after a failed export: named with its own (older)
+        stamp, the newest ``updated_at`` of ``rows``, and the next run number. Returns the file name."""
+        fdb = self.feeds.fdb
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with fdb.lock:
+            run = int(fdb.meta("feed:exports:seq") or 0) + 1
+            newest = max(r["updated_at"] for r in rows)
+            name = f"{entity}_{stamp(newest)}_{run:04d}.csv"
+            tmp = self.dir / f".{name}.tmp"
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(EXPORT_COLUMNS[entity])
+                for rec in sorted(rows, key=lambda r: (r["updated_at"], r["id"])):
+                    writer.writerow([cell(rec.get(c)) for c in EXPORT_COLUMNS[entity]])
+            os.replace(tmp, self.dir / name)
+            fdb.db.execute("BEGIN IMMEDIATE")
+            try:
+                fdb.add_file(self.feed, name, entity, self.dir / name, len(rows))
+                fdb.set_meta("feed:exports:seq", str(run))
+                fdb.db.execute("COMMIT")
+            except BaseException:
+                fdb.db.execute("ROLLBACK")
+                raise
+        return name
+
     def _write_full(self, run: int, open_files: dict[str, tuple[Any, Any, Path, int]]) -> None:
         """Every entity's whole current content, one file each (keyed ``<entity>:full`` among the run's files)."""
         fdb = self.feeds.fdb

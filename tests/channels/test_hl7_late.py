@@ -1,5 +1,6 @@
-"""HL7 that arrives late: a file copied in with its old times kept, or messages older than the bookmark in a new
-file (an interface engine sending what it queued during an outage). Each stream remembers, in its state, the files
+"""Batch files that arrive late. HL7: a file copied in with its old times kept, or messages older than the bookmark
+in a new file (an interface engine sending what it queued during an outage). Exports: a night's file made again
+later with its old stamp. Each stream remembers, in its state, the files
 it delivered (``channels/delivered_files.py``), so such records are sent in the next run, in the newest version
 any file holds; and where that cannot be checked (``sftp_after_read=delete``) the run says so."""
 
@@ -14,6 +15,7 @@ import pytest
 
 from tests.channels.test_hl7_sftp import sftp_config
 from wellsky_core.channels import delivered_files
+from wellsky_core.channels.export import ExportChannel
 from wellsky_core.channels.hl7_sftp import Hl7SftpChannel
 from wellsky_core.config import WellSkyConfig
 from wellsky_core.state_codec import MemoError
@@ -175,3 +177,33 @@ def test_the_list_round_trips_and_names_a_file_by_name_time_and_size() -> None:
     assert one != delivered_files.file_digest("a.hl7", 1_700_000_001, 10)
     assert one != delivered_files.file_digest("a.hl7", 1_700_000_000, 11)
     assert one != delivered_files.file_digest("b.hl7", 1_700_000_000, 10)
+
+
+# -- the export channel: a night's file made again later, with its old stamp ----------------------------------
+def _export_run(config: WellSkyConfig, since: datetime | None, memo: Memo
+                ) -> tuple[list[dict[str, Any]], Memo, ExportChannel]:
+    with ExportChannel(config=config) as channel:
+        channel.load_memo("patients", memo)
+        records = list(channel.iter_records("patients", since))
+        return records, channel.dump_memo("patients"), channel
+
+
+@pytest.mark.parametrize("with_list", [True, False], ids=["with-the-list", "without-it"])
+def test_an_export_night_made_again_later_is_read(sandbox: SandboxServer, tmp_path: Path, with_list: bool) -> None:
+    config = sftp_config(sandbox, tmp_path)
+    patients, memo, _ = _export_run(config, None, None)
+    assert sorted(p["id"] for p in patients) == sorted(p["id"] for p in sandbox.truth("patients"))
+    bookmark = max(_instant(p["updated_at"]) for p in patients)
+    registered, stale = _late_changes(sandbox, bookmark)
+    feeds_for(sandbox.tenant).exports.deliver_late("patients", [registered, stale])
+
+    sent, memo2, _ = _export_run(config, bookmark, memo if with_list else None)
+    by_id = {p["id"]: p for p in sent}
+    if not with_list:  # the stamp alone: the old night is skipped (a state from before the list)
+        assert "late-patient-1" not in by_id
+        return
+    assert by_id["late-patient-1"]["mrn"] == "LATE0001"
+    newest = next(p for p in patients if p["id"] == stale["id"])
+    assert by_id.get(stale["id"], newest) == newest and all(p["last_name"] != "Stalename" for p in sent)
+    again, _, _ = _export_run(config, bookmark, memo2)
+    assert "late-patient-1" not in {p["id"] for p in again}

@@ -225,6 +225,11 @@ def prefetch(pages: Iterator[T], depth: int = 2) -> Iterator[T]:
         worker.join(timeout=5)
 
 
+def stored_instant(moment: datetime) -> str:
+    """A moment as :class:`LatestVersions` stores ``updated_at`` (UTC, whole seconds, ``Z``): comparable as text."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 class LatestVersions:
     """The newest version of each record seen in a batch feed, kept on disk so memory stays flat at any size.
 
@@ -317,7 +322,7 @@ class LatestVersions:
         """The held records of ``entity`` with ``updated_at >= since``, in (updated_at, id) order."""
         import orjson
 
-        floor = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if since is not None else ""
+        floor = stored_instant(since) if since is not None else ""
         after = (floor, "")
         while True:
             with self._lock:

@@ -37,7 +37,7 @@ import time
 import typing
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -46,7 +46,8 @@ from ..errors import ConfigError, RemoteError, RequestDeadlineExceeded, Response
 from ..http.bodies import read_within
 from ..models import ENTITIES
 from ..normalize.validation import validated
-from .base import Channel, LatestVersions
+from . import delivered_files
+from .base import Channel, LatestVersions, stored_instant
 
 if TYPE_CHECKING:
     from .sftp import SftpConnection
@@ -74,11 +75,18 @@ def _stamp_epoch(stamp: str) -> float:
     return datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
 
 
+EXPORTED = frozenset(name for name, spec in ENTITIES.items() if spec.modeled_rest and spec.sources is None)
+"""The streams a nightly export carries."""
+MAX_PASSES = 3
+"""Most reads of one stream's files: the second reaches back to a late row's time, the third to a late file's."""
+
+
 class ExportChannel(Channel):
     """Nightly CSV exports; unordered across files, so the tap bookmarks only after a full read."""
 
     name = "export"
     ordered = False
+    memo_streams: ClassVar[frozenset[str]] = EXPORTED
 
     def __init__(self, *, via: str = "auto", **common: Any) -> None:
         """``via``: ``sftp``, ``http`` or ``auto``; ``common``: the base Channel's keyword arguments."""
@@ -96,9 +104,16 @@ class ExportChannel(Channel):
         self._http: httpx.Client | None = None
         self.files_read: list[str] = []
         self.relists = 0
+        self.delivered = delivered_files.DeliveredLists(self.name)
 
     def supports(self, entity: str) -> bool:
-        return entity in ENTITIES and ENTITIES[entity].modeled_rest and ENTITIES[entity].sources is None
+        return entity in EXPORTED
+
+    def load_memo(self, entity: str, previous: dict[str, Any] | None) -> None:
+        self.delivered.load(entity, previous)
+
+    def dump_memo(self, entity: str) -> dict[str, Any] | None:
+        return self.delivered.dump(entity)
 
     def snapshot_view(self, entity: str) -> bool:
         return self.supports(entity)
@@ -133,31 +148,80 @@ class ExportChannel(Channel):
 
     # -- reading --------------------------------------------------------------------------------------
     def iter_records(self, entity: str, since: datetime | None) -> Iterator[dict[str, Any]]:
+        """The newest version of each record in the files that may hold changes at/after ``since``, and the
+        records the stream never got that only files it never delivered hold (a night's file made again later,
+        with its old stamp; rows older than the bookmark in a new file), each in the newest version any file has.
+        """
         if not self.supports(entity):
             raise ValueError(f"unknown entity {entity!r}")
         floor = since.timestamp() if since is not None else float("-inf")
+        delivered = self.delivered.before.get(entity)
         view = self.views.get(entity)
-        latest = LatestVersions()  # on disk: constant memory however large the exports are
+        latest: LatestVersions | None = None
         try:
             with self._sftp_lock if self.via == "sftp" else contextlib.nullcontext():
-                files = [f for f in self._list() if f["entity"] == entity and _stamp_epoch(f["stamp"]) >= floor]
-                full = max((f for f in files if f["full"]), key=lambda f: (f["run"], f["name"]), default=None)
-                if view is not None and full is None:
-                    view.incomplete("no full export file since the last sync (night files hold changes only)")
-                for file_no, info in enumerate(files):
-                    part = "before" if full is None or info["run"] < full["run"] else "view" if info is full else (
-                        "after" if info["run"] > full["run"] else "before")
-                    for row_no, rec in self._rows(entity, info):
-                        latest.offer(entity, rec, (file_no, row_no))
-                        if view is not None:
-                            view.see(rec, part)
-                    self.files_read.append(info["name"])
+                listing = [f for f in self._list() if f["entity"] == entity]
+                digests = {f["name"]: delivered_files.file_digest(f["name"], None, f.get("size")) for f in listing}
+                new = {n for n, d in digests.items() if delivered is not None and d not in delivered}
+                reach = min([floor, *(_stamp_epoch(f["stamp"]) for f in listing if f["name"] in new)])
+                if reach < floor and view is not None:  # an old night made again: not a view to compare with
+                    view.incomplete("an export file older than the last sync arrived; deletions are known from the "
+                                    "next complete view")
+                late: list[dict[str, Any]] = []
+                for _ in range(MAX_PASSES):
+                    files = [f for f in listing if _stamp_epoch(f["stamp"]) >= reach]
+                    if latest is not None:
+                        latest.close()
+                    latest = self._read_files(entity, files, view)
+                    if delivered is None or since is None:
+                        break
+                    start = self.config.start_date
+                    fresh, _ = latest.late(entity, stored_instant(since),
+                                           stored_instant(start) if start is not None else "",
+                                           {no for no, f in enumerate(files) if f["name"] in new})
+                    oldest = min(fresh.values(), default=None)
+                    if oldest is not None and datetime.fromisoformat(oldest).timestamp() < reach:
+                        reach = datetime.fromisoformat(oldest).timestamp()  # a newer version may be older than since
+                        continue
+                    if fresh:
+                        log.info("export: %s: %d record(s) arrived after newer changes were delivered; sent in "
+                                 "their newest version", entity, len(fresh))
+                        late = latest.newest_before(entity, fresh, stored_instant(since))
+                    break
+                self.delivered.after[entity] = {
+                    digests[f["name"]] for f in listing
+                    if _stamp_epoch(f["stamp"]) >= reach
+                    or (digests[f["name"]] in delivered if delivered is not None else _stamp_epoch(f["stamp"]) < floor)
+                }
+            yield from latest.records(entity, since)
+            yield from late
+        finally:
+            if latest is not None:
+                latest.close()
+
+    def _read_files(self, entity: str, files: list[dict[str, Any]], view: Any) -> LatestVersions:
+        """The newest version of each record of ``files`` (read oldest first), and which file held each version;
+        the snapshot view sees every record, placed before, in or after the newest full file."""
+        latest = LatestVersions(sources=True)  # on disk: constant memory however large the exports are
+        try:
+            full = max((f for f in files if f["full"]), key=lambda f: (f["run"], f["name"]), default=None)
+            if view is not None and full is None:
+                view.incomplete("no full export file since the last sync (night files hold changes only)")
+            for file_no, info in enumerate(files):
+                part = "before" if full is None or info["run"] < full["run"] else "view" if info is full else (
+                    "after" if info["run"] > full["run"] else "before")
+                for row_no, rec in self._rows(entity, info):
+                    latest.offer(entity, rec, (file_no, row_no))
+                    if view is not None:
+                        view.see(rec, part)
+                self.files_read.append(info["name"])
             if view is not None and full is not None:
                 as_of = datetime.strptime(full["stamp"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
                 view.complete(f"the full export file of run {full['run']}", as_of)
-            yield from latest.records(entity, since)
-        finally:
+        except BaseException:
             latest.close()
+            raise
+        return latest
 
     def _rows(self, entity: str, info: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]:
         if self.via == "sftp":

@@ -19,7 +19,7 @@ import posixpath
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,7 +30,7 @@ from ..errors import ConfigError, NormalizationError
 from ..normalize.hl7 import Hl7Options, Unsupported, iter_messages, normalize_records
 from ..private_files import account_slug, read_no_follow, write_private
 from . import delivered_files
-from .base import Channel, LatestVersions
+from .base import Channel, LatestVersions, stored_instant
 from .sftp import SftpConnection, close_sftp, connect_sftp, list_files
 
 log = logging.getLogger(__name__)
@@ -144,8 +144,8 @@ class Hl7SftpChannel(Channel):
         every file that could hold a newer version (mtime at or after the late version, a file cannot hold a
         change newer than its writing) is read, the archive too, and the newest version found is sent."""
         mode = self.config.sftp_after_read
-        cut = _instant(since) if since is not None else None
-        low = _instant(self.config.start_date) if self.config.start_date is not None else ""
+        cut = stored_instant(since) if since is not None else None
+        low = stored_instant(self.config.start_date) if self.config.start_date is not None else ""
         for _ in range(MAX_PASSES):
             scan = self._pass
             assert scan is not None
@@ -161,7 +161,7 @@ class Hl7SftpChannel(Channel):
             fresh, holding = scan.cache.late(entity, cut, low, undelivered)
             if not fresh:
                 return [], set()
-            oldest = _parse_instant(min(fresh.values())).timestamp()
+            oldest = datetime.fromisoformat(min(fresh.values()).replace("Z", "+00:00")).timestamp()
             if oldest < scan.floor or (mode == "archive" and not scan.with_archive):
                 self._scan(min(oldest, scan.floor), with_archive=mode == "archive")
                 continue
@@ -346,15 +346,6 @@ class Hl7SftpChannel(Channel):
             for held in (*self._retired, *([self._pass.cache] if self._pass is not None else [])):
                 held.close()
             self._pass, self._retired = None, []
-
-
-def _instant(moment: datetime) -> str:
-    """A moment as the cache stores ``updated_at`` (UTC, whole seconds, ``Z``): comparable as text."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_instant(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 READ_BYTES = 1024 * 1024
