@@ -224,7 +224,8 @@ def write_csv_bytes(entity: str, records: list[dict[str, Any]]) -> bytes:
 
 
 def routes(tenant: Tenant) -> list[BaseRoute]:
-    """``GET /exports``, ``GET /exports/files/{name}``, ``POST /_sandbox/exports`` and SFTP key registration."""
+    """``GET /exports``, ``GET /exports/files/{name}``, ``POST /_sandbox/exports``, ``POST /_sandbox/hl7`` (late
+    HL7 deliveries) and SFTP key registration."""
     from .app import Api, ORJSONResponse, error
 
     api = Api(tenant)
@@ -274,6 +275,24 @@ def routes(tenant: Tenant) -> list[BaseRoute]:
             feed.full_every = every
         return ORJSONResponse({"url_ttl_seconds": feed.url_ttl_seconds, "full_every": feed.full_every})
 
+    async def hl7_settings(request: Request) -> Response:
+        """``{"late": share, "keep_times": bool}``: the share of HL7 changes an outage queues until the next
+        refresh, and whether their late file keeps the messages' time as its mtime (``Hl7Feed.late``)."""
+        body = await api.json_body(request)
+        feed = feeds_for(tenant).hl7
+        if not isinstance(body, dict):
+            return error(400, "invalid_request", 'body must be {"late": share} and/or {"keep_times": true|false}')
+        if "late" in body:
+            share = body["late"]
+            if not isinstance(share, int | float) or isinstance(share, bool) or not 0 <= share <= 1:
+                return error(400, "invalid_request", "late must be a share from 0 to 1")
+            feed.late = float(share)
+        if "keep_times" in body:
+            if not isinstance(body["keep_times"], bool):
+                return error(400, "invalid_request", "keep_times must be true or false")
+            feed.late_keep_times = body["keep_times"]
+        return ORJSONResponse({"late": feed.late, "keep_times": feed.late_keep_times})
+
     async def add_key(request: Request) -> Response:
         body = await api.json_body(request)
         from .sftp import add_authorized_key
@@ -290,6 +309,7 @@ def routes(tenant: Tenant) -> list[BaseRoute]:
         Route("/exports", list_exports, methods=["GET"]),
         Route("/exports/files/{name}", download, methods=["GET"]),
         Route("/_sandbox/exports", settings, methods=["POST"]),
+        Route("/_sandbox/hl7", hl7_settings, methods=["POST"]),
         Route("/_sandbox/sftp/authorized-keys", add_key, methods=["POST"]),
     ]
 

@@ -24,12 +24,17 @@ Messages (``\\r`` segment terminators, batch files wrapped in FHS/BHS ... BTS/FT
   procedure; vendor ``ZEN`` (ZEN-2 finalized Y/N).
 
 MSH-7 (and EVN-2) equal the record's ``updated_at``; MSH-10 control ids are unique across the feed.
+
+Late delivery, off by default (``POST /_sandbox/hl7 {"late": 0.2, "keep_times": true}``): a share of each refresh's
+changes is queued, as an interface engine queues messages during an outage, and arrives with the next refresh in a
+file of its own whose messages keep their time, older than files already delivered (:meth:`Hl7Feed.deliver_late`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import random
 import sqlite3
 import threading
 import weakref
@@ -465,6 +470,11 @@ class Hl7Feed:
         self.feeds = feeds
         self.chunk = chunk
         self.dir = feeds.root / "outbound" / "hl7"
+        self.late = 0.0
+        """Share of changes an outage queues (``POST /_sandbox/hl7 {"late": 0.2}``; off by default): each is
+        sent by the next refresh, in a file of its own with the messages' own time (:meth:`deliver_late`)."""
+        self.late_keep_times = True
+        """Whether the late file keeps its messages' time as its mtime (copied with ``cp -p``) or is written now."""
 
     def refresh(self) -> list[str]:
         """Render everything changed since the last run into new files; returns the new file names."""
@@ -472,7 +482,13 @@ class Hl7Feed:
         self.dir.mkdir(parents=True, exist_ok=True)
         new_files: list[str] = []
         with fdb.lock:
+            queued = orjson.loads(fdb.meta("feed:hl7:queued") or "[]")
+            if queued:  # what the last outage held back arrives now, late
+                new_files.append(self.deliver_late([(e, r) for e, r in queued], keep_times=self.late_keep_times))
+                fdb.set_meta("feed:hl7:queued", "[]")
             seq = int(fdb.meta("feed:hl7:seq") or 0)
+            held: list[tuple[str, dict[str, Any]]] = []
+            rng = random.Random(seq * 7919 + 17)
             mark = int(fdb.meta("feed:hl7:watermark") or -1)
             batch: list[tuple[str, dict[str, Any], str]] = []
 
@@ -501,11 +517,17 @@ class Hl7Feed:
 
             changes = list(fdb.changes(self.feed, HL7_ENTITIES)) if mark >= 0 else fdb.changes(self.feed, HL7_ENTITIES)
             for entity, rec, prev in changes:
+                if self.late and rng.random() < self.late:
+                    held.append((entity, rec))
+                    fdb.emitted(self.feed, entity, rec)  # queued: the feed sends it once, late
+                    continue
                 control = f"{seq + 1:06d}{len(batch) + 1:05d}"
                 batch.append((entity, rec, self._render(entity, rec, prev, control)))
                 if len(batch) >= self.chunk:
                     flush()
             flush()
+            if held:
+                fdb.set_meta("feed:hl7:queued", orjson.dumps(held).decode())
         return new_files
 
     def deliver_late(self, changes: list[tuple[str, dict[str, Any]]], *, keep_times: bool) -> str:

@@ -68,3 +68,34 @@ def test_a_late_hl7_file_is_sent_once_by_the_run_after_it_arrives(tmp_path: Path
 
     third = _run(tmp_path, config, last_state(second), "third")
     assert "late-patient-9" not in _patients(third)
+
+
+def test_an_hl7_feed_with_outages_loses_nothing_and_undoes_nothing(tmp_path: Path, sandbox_factory: Any) -> None:
+    """The sandbox's feed queues a fifth of every refresh's changes (an outage) and sends them with the next one,
+    in a file that keeps their old times. Runs from each other's state, with the tenant changing between them,
+    applied as a warehouse applies them (the last record of an id wins): every record ends at the tenant's version
+    (none lost, no late older version on top)."""
+    sb = sandbox_factory(scale=60)
+    sb.control("POST", "/_sandbox/hl7", json={"late": 0.2, "keep_times": True})
+    config = {**tap_config(sb), "source": "hl7_sftp", "state_dir": str(tmp_path / "state"),
+              **{k: v for k, v in sb.credentials().items() if k.startswith("sftp_")}}
+    table: dict[tuple[str, str], dict[str, Any]] = {}
+    state: dict[str, Any] | None = None
+    for run in range(5):
+        if run:
+            assert sb.advance(fraction=0.05, seed=run)["changed"]
+        messages = _run(tmp_path, config, state, f"run-{run}")
+        for stream, record in records(messages):
+            table[(stream, record["id"])] = record
+        state = last_state(messages) or state
+    sb.control("POST", "/_sandbox/hl7", json={"late": 0})
+    for stream, record in records(_run(tmp_path, config, state, "after-the-outages")):  # the last queue arrives
+        table[(stream, record["id"])] = record
+    late = sorted(p.name for p in feeds_for(sb.tenant).hl7.dir.glob("*-late.hl7"))
+    assert len(late) >= 4, late
+    for entity in ("patients", "appointments", "encounters"):
+        truth = {r["id"]: r for r in sb.truth(entity)}
+        behind = sorted(i for i, r in truth.items() if table.get((entity, i), {}).get("updated_at") != r["updated_at"])
+        assert not behind, f"{entity}: {len(behind)} record(s) not at the tenant's version"
+    for patient_id, patient in {r["id"]: r for r in sb.truth("patients")}.items():
+        assert table[("patients", patient_id)] == patient
