@@ -76,8 +76,9 @@ class DeliveredLists:
         try:
             self.before[entity] = decode(previous)
         except MemoError as exc:
-            log.warning("%s: %s: the state's list of delivered files is unreadable (%s); every file is read again "
-                        "and its records sent again (duplicates, nothing missed)", self.channel, entity, exc)
+            log.warning("%s: %s: the state's list of delivered files (bookmarks.%s.content_hashes) is unreadable "
+                        "(%s); every file is read again and its records sent again (duplicates, nothing missed), and "
+                        "the next state holds a good list", self.channel, entity, entity, exc)
             self.before[entity] = set()
 
     def dump(self, entity: str) -> dict[str, Any] | None:
