@@ -208,3 +208,25 @@ def test_an_export_night_made_again_later_is_read(sandbox: SandboxServer, tmp_pa
     assert by_id.get(stale["id"], newest) == newest and all(p["last_name"] != "Stalename" for p in sent)
     again, _, _ = _export_run(config, bookmark, memo2)
     assert "late-patient-1" not in {p["id"] for p in again}
+
+
+def test_files_still_arriving_late_at_the_last_pass_wait_for_the_next_run(
+    sandbox: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read that runs out of passes (files kept arriving with old times) sends what it has from the bookmark on
+    and keeps every file it had not delivered out of the list: the next run looks at them again."""
+    import wellsky_core.channels.hl7_sftp as hl7_module
+
+    config = sftp_config(sandbox, tmp_path)
+    _, memo, bookmark = _first_run(sandbox, config)
+    registered, _ = _late_changes(sandbox, bookmark)
+    late = feeds_for(sandbox.tenant).hl7.deliver_late([("patients", registered)], keep_times=True)
+    monkeypatch.setattr(hl7_module, "MAX_PASSES", 1)
+    sent, memo2, _ = run(config, bookmark, memo)
+    assert "late-patient-1" not in {p["id"] for p in sent}
+    stat = (feeds_for(sandbox.tenant).hl7.dir / late).stat()
+    assert memo2 is not None
+    assert delivered_files.file_digest(late, stat.st_mtime, stat.st_size) not in delivered_files.decode(memo2)
+    monkeypatch.setattr(hl7_module, "MAX_PASSES", 4)
+    again, _, _ = run(config, bookmark, memo2)
+    assert "late-patient-1" in {p["id"] for p in again}

@@ -75,10 +75,14 @@ def _stamp_epoch(stamp: str) -> float:
     return datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
 
 
+def _stamped_from(listing: list[dict[str, Any]], reach: float) -> list[dict[str, Any]]:
+    """The files stamped at or after ``reach``: those that can hold a change from then on (a file's stamp is its
+    newest ``updated_at``)."""
+    return [f for f in listing if _stamp_epoch(f["stamp"]) >= reach]
+
+
 EXPORTED = frozenset(name for name, spec in ENTITIES.items() if spec.modeled_rest and spec.sources is None)
 """The streams a nightly export carries."""
-MAX_PASSES = 3
-"""Most reads of one stream's files: the second reaches back to a late row's time, the third to a late file's."""
 
 
 class ExportChannel(Channel):
@@ -167,27 +171,22 @@ class ExportChannel(Channel):
                 if reach < floor and view is not None:  # an old night made again: not a view to compare with
                     view.incomplete("an export file older than the last sync arrived; deletions are known from the "
                                     "next complete view")
+                latest = self._read_files(entity, _stamped_from(listing, reach), view)
                 late: list[dict[str, Any]] = []
-                for _ in range(MAX_PASSES):
-                    files = [f for f in listing if _stamp_epoch(f["stamp"]) >= reach]
-                    if latest is not None:
-                        latest.close()
-                    latest = self._read_files(entity, files, view)
-                    if delivered is None or since is None:
-                        break
-                    start = self.config.start_date
-                    fresh, _ = latest.late(entity, stored_instant(since),
-                                           stored_instant(start) if start is not None else "",
-                                           {no for no, f in enumerate(files) if f["name"] in new})
+                if delivered is not None and since is not None:
+                    start = stored_instant(self.config.start_date) if self.config.start_date is not None else ""
+                    fresh = self._late(latest, entity, since, start, listing, reach, new)
                     oldest = min(fresh.values(), default=None)
                     if oldest is not None and datetime.fromisoformat(oldest).timestamp() < reach:
-                        reach = datetime.fromisoformat(oldest).timestamp()  # a newer version may be older than since
-                        continue
+                        # a newer version of a late row may sit in a file stamped from that row on: read those too
+                        reach = datetime.fromisoformat(oldest).timestamp()
+                        latest.close()
+                        latest = self._read_files(entity, _stamped_from(listing, reach), view)
+                        fresh = self._late(latest, entity, since, start, listing, reach, new)
                     if fresh:
                         log.info("export: %s: %d record(s) arrived after newer changes were delivered; sent in "
                                  "their newest version", entity, len(fresh))
                         late = latest.newest_before(entity, fresh, stored_instant(since))
-                    break
                 self.delivered.after[entity] = {
                     digests[f["name"]] for f in listing
                     if _stamp_epoch(f["stamp"]) >= reach
@@ -198,6 +197,16 @@ class ExportChannel(Channel):
         finally:
             if latest is not None:
                 latest.close()
+
+    @staticmethod
+    def _late(latest: LatestVersions, entity: str, since: datetime, start: str, listing: list[dict[str, Any]],
+              reach: float, new: set[str]) -> dict[str, str]:
+        """Records with a version older than ``since`` (and not before ``start_date``) in a file the stream never
+        delivered: id -> that version's ``updated_at``. File numbers are those of the read from ``reach``."""
+        files = _stamped_from(listing, reach)
+        undelivered = {n for n, f in enumerate(files) if f["name"] in new}
+        fresh, _ = latest.late(entity, stored_instant(since), start, undelivered)
+        return fresh
 
     def _read_files(self, entity: str, files: list[dict[str, Any]], view: Any) -> LatestVersions:
         """The newest version of each record of ``files`` (read oldest first), and which file held each version;

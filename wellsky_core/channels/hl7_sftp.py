@@ -178,7 +178,9 @@ class Hl7SftpChannel(Channel):
             return scan.cache.newest_before(entity, fresh, cut), set()
         scan = self._pass
         assert scan is not None
-        pending = {path for path, (_, digest) in scan.listing.items() if path not in scan.read and digest not in memo}
+        # files kept arriving with old times while the read went on: every file not delivered before waits for the
+        # next run (its records from the bookmark on were sent; older ones are looked at then)
+        pending = {path for path, (_, digest) in scan.listing.items() if digest not in memo}
         log.warning("hl7_sftp: %s: files kept arriving with old times during the read; %d are left to the next run",
                     entity, len(pending))
         return [], pending
