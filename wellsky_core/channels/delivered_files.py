@@ -78,7 +78,7 @@ class DeliveredLists:
         except MemoError as exc:
             log.warning("%s: %s: the state's list of delivered files (bookmarks.%s.content_hashes) is unreadable "
                         "(%s); every file is read again and its records sent again (duplicates, nothing missed), and "
-                        "the next state holds a good list", self.channel, entity, entity, exc)
+                        "the next state holds a good list", self.channel, entity, entity, str(exc))
             self.before[entity] = set()
 
     def dump(self, entity: str) -> dict[str, Any] | None:
