@@ -17,6 +17,9 @@ from typing import Any
 class MemoError(ValueError):
     """A stored memo that cannot be decoded; the message says what is wrong with it (never its content)."""
 
+    own_text = True
+    """Our own sentence: shown as it is wherever an error is shown (``disclosure.public_message``)."""
+
 
 def pack(payload: bytes) -> str:
     """``payload`` as one state string."""

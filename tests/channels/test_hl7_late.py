@@ -233,3 +233,12 @@ def test_files_still_arriving_late_at_the_last_pass_wait_for_the_next_run(
     monkeypatch.setattr(hl7_module, "MAX_PASSES", 4)
     again, _, _ = run(config, bookmark, memo2)
     assert "late-patient-1" in {p["id"] for p in again}
+
+
+def test_a_memo_error_is_shown_in_its_own_words() -> None:
+    """Its sentences are ours and never quote the memo: the public rendering keeps them."""
+    from wellsky_core.disclosure import public_message
+
+    with pytest.raises(MemoError) as caught:
+        delivered_files.decode({"version": 1, "count": 1, "files": "***"})
+    assert public_message(caught.value) == "files is not valid base64 (cut short or edited)"

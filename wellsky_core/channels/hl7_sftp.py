@@ -169,7 +169,8 @@ class Hl7SftpChannel(Channel):
                 carriers = {scan.sources[no] for no in holding}
                 log.warning("hl7_sftp: %s: %d record(s) arrived after newer changes were delivered, in %d file(s) "
                             "left in the inbox: not sent, because sftp_after_read=delete removed the files that "
-                            "show whether a newer version was delivered; use archive to have them checked and sent",
+                            "show whether a newer version was delivered. With keep or archive the files this check "
+                            "needs stay readable; switching now sends these, checked against the files still there",
                             entity, len(fresh), len(carriers))
                 self.skipped[f"{entity} arrived late, not checkable (sftp_after_read=delete)"] += len(fresh)
                 return [], carriers
