@@ -21,6 +21,7 @@ from tests.reliability.conftest import (
     records,
     tap_args,
     tap_config,
+    write_json,
 )
 from wellsky_sandbox.hl7 import feeds_for
 
@@ -99,3 +100,40 @@ def test_an_hl7_feed_with_outages_loses_nothing_and_undoes_nothing(tmp_path: Pat
         assert not behind, f"{entity}: {len(behind)} record(s) not at the tenant's version"
     for patient_id, patient in {r["id"]: r for r in sb.truth("patients")}.items():
         assert table[("patients", patient_id)] == patient
+
+
+def test_source_wellsky_sends_a_late_hl7_file_from_its_own_state(tmp_path: Path, sandbox_factory: Any) -> None:
+    """The Airbyte face keeps the same list in its per-stream state and sends the late patient on its next read."""
+    import json
+    import sys
+
+    sb = sandbox_factory(scale=40)
+    config = {**tap_config(sb), "source": "hl7_sftp", "state_dir": str(tmp_path / "state"),
+              **{k: v for k, v in sb.credentials().items() if k.startswith("sftp_")}}
+    catalog = {"streams": [{"stream": {"name": "patients", "json_schema": {}, "supported_sync_modes": ["incremental"]},
+                            "sync_mode": "incremental", "destination_sync_mode": "append",
+                            "cursor_field": ["updated_at"]}]}
+    base = [sys.executable, "-m", "tap_wellsky.airbyte", "read",
+            "--config", str(write_json(tmp_path / "source-config.json", config)),
+            "--catalog", str(write_json(tmp_path / "catalog.json", catalog))]
+
+    def read(state: list[dict[str, Any]] | None, tag: str) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+        cmd = base + (["--state", str(write_json(tmp_path / f"{tag}-state.json", state))] if state else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=180)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        messages = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        patients = {m["record"]["data"]["id"]: m["record"]["data"] for m in messages if m["type"] == "RECORD"}
+        states = [m["state"] for m in messages if m["type"] == "STATE"]
+        return patients, states[-1:]
+
+    first, state = read(None, "first")
+    assert state and "content_hashes" in state[0]["stream"]["stream_state"]
+    newest = max(first.values(), key=lambda p: (p["updated_at"], p["id"]))
+    bookmark = datetime.fromisoformat(newest["updated_at"].replace("Z", "+00:00"))
+    registered = {**sb.tenant.store.get("patients", newest["id"]), "id": "late-patient-7", "mrn": "LATE0007",
+                  "updated_at": (bookmark - timedelta(days=4)).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    feeds_for(sb.tenant).hl7.deliver_late([("patients", registered)], keep_times=True)
+    second, state = read(state, "second")
+    assert second["late-patient-7"]["mrn"] == "LATE0007"
+    third, _ = read(state, "third")
+    assert "late-patient-7" not in third
