@@ -11,6 +11,8 @@ The server must hold exactly the intended records, each created once (server aud
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import random
@@ -56,6 +58,10 @@ def _run_tap_until_killed(
             tap_args(tmp, config, state, tag), stdout=subprocess.PIPE, stderr=err, env=child_env(), bufsize=0
         )
         assert proc.stdout is not None
+        # a pipe of one page: the tap cannot run more than a few records ahead of what was read, so the signal
+        # lands mid-read (with the default 64 kB a small run could finish every stream before it arrived)
+        with contextlib.suppress(OSError):  # EBUSY only if more than a page was written already (it starts first)
+            fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, 4096)
         chunks: list[bytes] = []
         seen = 0
         buffer = b""
