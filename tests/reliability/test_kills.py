@@ -59,7 +59,7 @@ def _run_tap_until_killed(
         )
         assert proc.stdout is not None
         # a pipe of one page: the tap cannot run more than a few records ahead of what was read, so the signal
-        # lands mid-read (with the default 64 kB a small run could finish every stream before it arrived)
+        # lands mid-read (with the default 64 kB a small run could finish every stream before it was handled)
         with contextlib.suppress(OSError):  # EBUSY only if more than a page was written already (it starts first)
             fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, 4096)
         chunks: list[bytes] = []
@@ -74,6 +74,9 @@ def _run_tap_until_killed(
             *complete, buffer = buffer.split(b"\n")
             seen += sum(1 for line in complete if line.startswith(b'{"type":"RECORD"'))
         os.kill(proc.pid, sig)
+        # not read for a moment: a graceful stop is handled on the tap's main thread, which may take a few ms to get
+        # there; the full pipe holds its streams meanwhile (an HL7 cache emits hundreds of records in that time)
+        time.sleep(0.5)
         chunks.append(proc.stdout.read())  # what was already in the pipe reaches the consumer; a cut line is dropped
         proc.wait(timeout=30)
     assert_no_traceback((tmp / f"{tag}.stderr").read_text(), tag)
