@@ -245,7 +245,7 @@ class LatestVersions:
 
     def __init__(self, *, sources: bool = False) -> None:
         """``sources``: also keep which file (``rank[0]``) held each version of a record, not only the newest
-        (:meth:`versions_before`), for a channel that must find versions older than its bookmark in new files."""
+        (:meth:`late`), for a channel that must find versions older than its bookmark in new files."""
         import tempfile
         import threading
 

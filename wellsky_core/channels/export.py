@@ -48,6 +48,7 @@ from ..models import ENTITIES
 from ..normalize.validation import validated
 from . import delivered_files
 from .base import Channel, LatestVersions, stored_instant
+from .windows import parse_instant
 
 if TYPE_CHECKING:
     from .sftp import SftpConnection
@@ -171,17 +172,19 @@ class ExportChannel(Channel):
                 if reach < floor and view is not None:  # an old night made again: not a view to compare with
                     view.incomplete("an export file older than the last sync arrived; deletions are known from the "
                                     "next complete view")
-                latest = self._read_files(entity, _stamped_from(listing, reach), view)
+                checking = delivered is not None and since is not None  # late records can be looked for
+                latest = self._read_files(entity, _stamped_from(listing, reach), view, sources=checking)
                 late: list[dict[str, Any]] = []
-                if delivered is not None and since is not None:
+                if checking:
+                    assert since is not None
                     start = stored_instant(self.config.start_date) if self.config.start_date is not None else ""
                     fresh = self._late(latest, entity, since, start, listing, reach, new)
                     oldest = min(fresh.values(), default=None)
-                    if oldest is not None and datetime.fromisoformat(oldest).timestamp() < reach:
+                    if oldest is not None and parse_instant(oldest).timestamp() < reach:
                         # a newer version of a late row may sit in a file stamped from that row on: read those too
-                        reach = datetime.fromisoformat(oldest).timestamp()
+                        reach = parse_instant(oldest).timestamp()
                         latest.close()
-                        latest = self._read_files(entity, _stamped_from(listing, reach), view)
+                        latest = self._read_files(entity, _stamped_from(listing, reach), view, sources=True)
                         fresh = self._late(latest, entity, since, start, listing, reach, new)
                     if fresh:
                         log.info("export: %s: %d record(s) arrived after newer changes were delivered; sent in "
@@ -208,10 +211,10 @@ class ExportChannel(Channel):
         fresh, _ = latest.late(entity, stored_instant(since), start, undelivered)
         return fresh
 
-    def _read_files(self, entity: str, files: list[dict[str, Any]], view: Any) -> LatestVersions:
-        """The newest version of each record of ``files`` (read oldest first), and which file held each version;
-        the snapshot view sees every record, placed before, in or after the newest full file."""
-        latest = LatestVersions(sources=True)  # on disk: constant memory however large the exports are
+    def _read_files(self, entity: str, files: list[dict[str, Any]], view: Any, *, sources: bool) -> LatestVersions:
+        """The newest version of each record of ``files`` (read oldest first), and (``sources``) which file held
+        each version; the snapshot view sees every record, placed before, in or after the newest full file."""
+        latest = LatestVersions(sources=sources)  # on disk: constant memory however large the exports are
         try:
             full = max((f for f in files if f["full"]), key=lambda f: (f["run"], f["name"]), default=None)
             if view is not None and full is None:

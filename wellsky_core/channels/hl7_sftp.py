@@ -32,6 +32,7 @@ from ..private_files import account_slug, read_no_follow, write_private
 from . import delivered_files
 from .base import Channel, LatestVersions, stored_instant
 from .sftp import SftpConnection, close_sftp, connect_sftp, list_files
+from .windows import parse_instant
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,6 @@ class Hl7SftpChannel(Channel):
         self.delivered = delivered_files.DeliveredLists(self.name)
         self._lock = threading.RLock()
         """Streams sync in parallel on this one channel: one connection and one scan at a time."""
-        self._listed: dict[str, float | None] = {}
-        """Every file a scan listed, with its mtime now."""
         self._read: dict[str, float | None] = {}
         """The files this run read whole, with their mtime then: ``sftp_after_read`` may move them in a later run."""
         self._delivered_before: dict[str, float] = {}
@@ -161,7 +160,7 @@ class Hl7SftpChannel(Channel):
             fresh, holding = scan.cache.late(entity, cut, low, undelivered)
             if not fresh:
                 return [], set()
-            oldest = datetime.fromisoformat(min(fresh.values()).replace("Z", "+00:00")).timestamp()
+            oldest = parse_instant(min(fresh.values())).timestamp()
             if oldest < scan.floor or (mode == "archive" and not scan.with_archive):
                 self._scan(min(oldest, scan.floor), with_archive=mode == "archive")
                 continue
@@ -212,8 +211,8 @@ class Hl7SftpChannel(Channel):
         for file_no, (folder, attr) in enumerate(listed):
             path = posixpath.join(folder, attr.filename)
             scan.sources.append(path)
-            if folder == directory:
-                self._listed[path] = attr.st_mtime
+            inbox = folder == directory
+            if inbox:
                 scan.listing[path] = (attr.st_mtime, delivered_files.file_digest(attr.filename, attr.st_mtime,
                                                                                  attr.st_size))
             if attr.st_mtime is not None and attr.st_mtime < floor:
@@ -223,7 +222,6 @@ class Hl7SftpChannel(Channel):
                 # streams through at prefetch speed and is cut into messages as it arrives, never held whole
                 fh.prefetch(attr.st_size)
                 messages = iter_messages(iter(lambda fh=fh: fh.read(READ_BYTES), b""))
-                inbox = folder == directory
                 for index, message in enumerate(messages, start=1):
                     self.messages_read += inbox
                     try:
@@ -281,7 +279,8 @@ class Hl7SftpChannel(Channel):
             return
         routed = [e for e in HL7_ENTITIES if self.config.source_for(e) == self.name] or list(self._delivered_before)
         unread = [e for e in routed if e not in self._delivered_before]
-        waiting = {path: mtime for path, mtime in earlier.items() if self._listed.get(path, "gone") == mtime}
+        listing = self._pass.listing if self._pass is not None else {}  # the last scan's: the newest
+        waiting = {path: mtime for path, mtime in earlier.items() if path in listing and listing[path][0] == mtime}
         if unread:  # their input states are unknown: a file may hold their undelivered records
             log.info("hl7_sftp: no file %s: %s not read in this run", _DONE[mode], ", ".join(unread))
             settled = []
