@@ -327,6 +327,14 @@ class WellSkyConfig(BaseModel):
     sftp_known_hosts: str | None = Field(default=None, description="known_hosts file for the SFTP host.")
     sftp_hl7_dir: str = Field(default="/outbound/hl7", description="Remote directory of HL7 files.")
     sftp_export_dir: str = Field(default="/outbound/exports", description="Remote directory of export files.")
+    max_export_file_bytes: int = Field(
+        default=4 * 1024**3,
+        ge=1024 * 1024,
+        description="Largest nightly export file downloaded over HTTP (GET /exports), spooled to a temporary file "
+        "under TMPDIR: a file listed as larger is refused before its download, and one whose listing gives no size "
+        "is cut here, so a runaway or endless download stops with a clear error instead of filling the disk. "
+        "Raise it if the tenant's export files really are that large.",
+    )
     sftp_after_read: Literal["keep", "archive", "delete"] = Field(
         default="keep",
         description="What to do with a remote HL7 file once its records were delivered: done by the run after the "

@@ -212,3 +212,49 @@ def test_an_export_file_longer_than_its_listing_is_cut_there_not_spooled_to_the_
     assert "size_mismatch" in err or "listing said 4096" in err, err[-1500:]
     assert sum(served) < 50 * 1024 * 1024, f"{sum(served):,} bytes served before the download stopped"
     assert seconds < 40, seconds
+
+
+def _export_route(served: list[int], size: int | None) -> Route:
+    """``GET /exports`` listing one full patients file (with ``size`` when given) whose body never ends."""
+
+    def route(h: Reply, method: str, path: str, body: bytes) -> bool:
+        if path == "/exports":
+            item: dict = {"name": "patients_20261201T000000Z_1_full.csv",
+                          "url": f"http://127.0.0.1:{h.server.server_address[1]}/files/patients.csv"}
+            if size is not None:
+                item["size"] = size
+            h.send_json(200, [item])
+            return True
+        if path == "/files/patients.csv":
+            def chunks():
+                while True:
+                    served.append(len(CHUNK))
+                    yield CHUNK
+            h.trickle(chunks, 0.0, chunked=True)
+            return True
+        return False
+
+    return route
+
+
+def test_an_export_file_whose_listing_gives_no_size_is_cut_at_max_export_file_bytes(tmp_path):
+    """Without a size in the listing the download had no bound: an endless body filled the disk under TMPDIR (the
+    test killed the tap after 120 s). It now stops at ``max_export_file_bytes``, in one line naming the setting."""
+    served: list[int] = []
+    with HostileServer(_export_route(served, None)) as srv:
+        code, err, seconds, _ = _run(tmp_path, config(srv.base_url, source="export", max_export_file_bytes=2_000_000))
+    assert code == 2, err[-2000:]
+    assert_no_traceback(err, "export")
+    assert "max_export_file_bytes (2,000,000 bytes)" in err, err[-1500:]
+    assert sum(served) < 50 * 1024 * 1024, f"{sum(served):,} bytes served before the download stopped"
+    assert seconds < 40, seconds
+
+
+def test_an_export_file_listed_larger_than_max_export_file_bytes_is_not_downloaded(tmp_path):
+    served: list[int] = []
+    with HostileServer(_export_route(served, 10 * 1024**4)) as srv:  # a listed 10 TiB file
+        code, err, _, _ = _run(tmp_path, config(srv.base_url, source="export"))
+    assert code == 2, err[-2000:]
+    assert_no_traceback(err, "export")
+    assert "is listed at 10,995,116,277,760 bytes: over max_export_file_bytes (4,294,967,296 bytes)" in err, err[-1500:]
+    assert served == [], f"{sum(served):,} bytes downloaded"

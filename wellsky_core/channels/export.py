@@ -14,7 +14,8 @@ Where from: ``via="sftp"`` reads ``sftp_export_dir`` (host key pinned, see ``sft
 expires — a 410 (expired) re-lists and retries with the fresh URL, and size and sha256 are verified when the
 listing gives them. ``via="auto"`` (default) uses SFTP when ``sftp_host`` is set, otherwise HTTP.
 
-Memory stays flat per file: HTTP downloads stream to a temporary file (verified before any row is used), and
+Memory stays flat per file: HTTP downloads stream to a temporary file (verified before any row is used; cut
+once longer than the listing's size, or than ``max_export_file_bytes`` when it gives none), and
 rows are parsed one at a time with the ``csv`` module over a text stream. Cell rules (the export format):
 empty = null, ``true``/``false`` booleans, nested objects and lists as one JSON document per cell; every row
 is validated against the canonical model. A malformed row (wrong column count, bad JSON, a value the model
@@ -250,10 +251,14 @@ class ExportChannel(Channel):
         """The file in a temporary spool, verified; re-lists on 410 (URL expired) up to MAX_RELISTS times."""
         if self._http is None:
             self._http = httpx.Client(timeout=self.config.timeout_seconds, verify=self.config.tls_verify())
+        cap = self.config.max_export_file_bytes
         for _ in range(MAX_RELISTS + 1):
             url = info.get("url")
             if not url:
                 raise RemoteError(200, "invalid_listing", f"export {info['name']} has no url", url="/exports")
+            listed = info.get("size")
+            if listed is not None and listed > cap:
+                raise _too_large(info["name"], cap, f"is listed at {listed:,} bytes", url)
             spool = tempfile.TemporaryFile()  # noqa: SIM115 - returned to the caller, closed by its `with`
             digest, size = hashlib.sha256(), 0
             try:
@@ -278,16 +283,18 @@ class ExportChannel(Channel):
                         raise RemoteError.from_response(
                             response, fix="the export download was refused; check the client's access to /exports"
                         )
-                    listed = info.get("size")
                     for chunk in response.iter_bytes(64 * 1024):
                         digest.update(chunk)
                         size += len(chunk)
-                        if listed is not None and size > listed:
-                            break  # longer than listed: never spool an endless body onto the disk
+                        if size > (cap if listed is None else listed):
+                            break  # longer than listed, or than any file may be: never spool an endless body
                         spool.write(chunk)
             except httpx.HTTPError as exc:
                 spool.close()
                 raise WellSkyTransportError("export download failed", url=url, reason=type(exc).__name__) from None
+            if listed is None and size > cap:
+                spool.close()
+                raise _too_large(info["name"], cap, "has no size in its listing and was still being sent", url)
             if info.get("size") is not None and size != info["size"]:
                 spool.close()
                 raise RemoteError(
@@ -389,6 +396,15 @@ class ExportChannel(Channel):
             self._http = None
         if self._own_dead_letter:
             self.dead_letter.close()
+
+
+def _too_large(name: str, cap: int, what: str, url: str) -> RemoteError:
+    """A download past ``max_export_file_bytes``: it would only fill the disk under TMPDIR."""
+    return RemoteError(
+        200, "export_too_large",
+        f"export {name} {what}: over max_export_file_bytes ({cap:,} bytes); raise max_export_file_bytes if the "
+        "tenant's export files really are that large", url=url,
+    )
 
 
 def _lines(text: typing.TextIO) -> Iterator[str]:
