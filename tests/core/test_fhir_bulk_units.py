@@ -547,13 +547,13 @@ def test_batches_are_exactly_batch_rows_and_a_bad_file_loses_the_batches_it_wrot
 def test_ndjson_lines_across_chunks_and_gzip_without_content_encoding() -> None:
     raw = b'{"a": 1}\n\n  {"b": 2}  \n{"c": 3}'
     chunks = [raw[:3], raw[3:12], raw[12:]]
-    got = list(ndjson_lines(httpx.Response(200, content=iter(chunks)), max_line=100))
+    got = list(ndjson_lines(httpx.Response(200, content=iter(chunks)), max_line=100, grace=60))
     assert got == [b'{"a": 1}', b'{"b": 2}', b'{"c": 3}']
     packed = gzip.compress(raw)
     parts = [packed[:5], packed[5:]]
-    assert list(ndjson_lines(httpx.Response(200, content=iter(parts)), max_line=100))[-1] == b'{"c": 3}'
+    assert list(ndjson_lines(httpx.Response(200, content=iter(parts)), max_line=100, grace=60))[-1] == b'{"c": 3}'
     with pytest.raises(Truncated):
-        list(ndjson_lines(httpx.Response(200, content=packed[:-10]), max_line=100))
+        list(ndjson_lines(httpx.Response(200, content=packed[:-10]), max_line=100, grace=60))
 
 
 def test_entity_of() -> None:
@@ -816,4 +816,61 @@ def test_a_file_longer_than_its_manifest_count_is_cut_there(tmp_path: Path) -> N
     assert "more than the manifest's 3 lines" in str(caught.value) and caught.value.attempts == 2, str(caught.value)
     assert all(e.served == len(page) for e in served), [e.served for e in served]
     assert job.spool.done_files() == set() and job.spool.get("Patient/p1") is None
+    job.spool.close()
+
+
+class Dripping:
+    """A body whose every chunk (one valid line) arrives ``seconds`` after the last, on a clock the test owns."""
+
+    def __init__(self, clock: list[float], seconds: float) -> None:
+        self.clock, self.seconds, self.served = clock, seconds, 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            self.clock[0] += self.seconds
+            self.served += 1
+            yield body("Patient", f"p{self.served}") + b"\n"
+
+
+def test_a_bulk_file_sent_a_line_a_second_is_cut_and_downloaded_again_then_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``timeout_seconds`` bounds each read only: a host sending a short line a second held the run as long as it
+    liked. Past ``request_deadline_seconds`` a download must average 16 KiB/s; a slower one is retried, then fails
+    in one line naming the setting."""
+    from wellsky_core.http import bodies
+
+    clock = [1000.0]
+    monkeypatch.setattr(bodies, "_now", lambda: clock[0])
+    url = f"{BASE}/out/1.ndjson"
+    drips = [Dripping(clock, 1.0), Dripping(clock, 1.0)]
+    loader = downloader(Files({url: [httpx.Response(200, content=d) for d in drips]}), max_retries=1,
+                        request_deadline_seconds=30)
+    job = ExportJob(tmp_path / "j", KICKOFF)
+    with pytest.raises(WellSkyTransportError) as caught:
+        loader.fetch_file(job, url, "Patient", None, True)
+    assert "request_deadline_seconds (30 s)" in str(caught.value), str(caught.value)
+    assert [d.served for d in drips] == [31, 31]  # cut about 30 s in, each time
+    assert job.spool.done_files() == set()
+    job.spool.close()
+
+
+def test_a_slow_but_working_download_is_not_cut(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The grace, then 16 KiB/s on average: a link at 20 KiB/s finishes a file however long it takes."""
+    from wellsky_core.http import bodies
+
+    clock = [1000.0]
+    monkeypatch.setattr(bodies, "_now", lambda: clock[0])
+    url = f"{BASE}/out/1.ndjson"
+    page = lines(*(body("Patient", f"p{i}") for i in range(200)))
+
+    def slow() -> Iterator[bytes]:
+        for start in range(0, len(page), 1024):
+            clock[0] += 1024 / (20 * 1024)
+            yield page[start : start + 1024]
+
+    loader = downloader(Files({url: [httpx.Response(200, content=slow())]}), request_deadline_seconds=1)
+    job = ExportJob(tmp_path / "j", KICKOFF)
+    loader.fetch_file(job, url, "Patient", 200, True)
+    assert job.spool.done_files() == {url}
     job.spool.close()

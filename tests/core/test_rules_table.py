@@ -55,6 +55,7 @@ PROOFS: dict[str, list[str]] = {
         "tests/core/test_home_connect_writes.py::test_a_native_payload_keeps_the_one_control_character_rule",
     ],
     "validating a canonical record": [ONCE + "test_defined_once"],
+    "how much of an answer's body is read": [ONCE + "test_response_bodies_are_iterated_only_in_http_bodies"],
     "when a batch file's records count as delivered": [
         "tests/channels/test_hl7_late.py::test_late_hl7_is_sent_by_the_next_run_in_its_newest_version",
         "tests/channels/test_hl7_late.py::test_without_the_list_of_delivered_files_a_late_file_is_missed",
@@ -303,3 +304,11 @@ def test_both_writers_ask_the_policy_which_error_stops_a_write_run() -> None:
     homes = [p for p, text in code.items() if re.search(r"^def write_run_stops\(", text, re.M)]
     assert homes == ["wellsky_core/http/policy.py"], homes
 
+
+
+def test_response_bodies_are_iterated_only_in_http_bodies() -> None:
+    """A body iterated anywhere else has neither the size bound nor the pace rule (a trickling export once held a
+    run for as long as its host liked): ``iter_bytes`` and its kin appear in ``http/bodies.py`` only."""
+    pattern = re.compile(r"\.iter_(?:bytes|raw|text|lines)\(")
+    homes = sorted(p for p, text in _code(*CONNECTOR).items() if pattern.search(text))
+    assert homes == ["wellsky_core/http/bodies.py"], homes

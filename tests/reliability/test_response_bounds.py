@@ -258,3 +258,28 @@ def test_an_export_file_listed_larger_than_max_export_file_bytes_is_not_download
     assert_no_traceback(err, "export")
     assert "is listed at 10,995,116,277,760 bytes: over max_export_file_bytes (4,294,967,296 bytes)" in err, err[-1500:]
     assert served == [], f"{sum(served):,} bytes downloaded"
+
+
+def test_an_export_file_sent_a_byte_at_a_time_is_cut_after_request_deadline_seconds(tmp_path):
+    """Each byte came within ``timeout_seconds``, so the download of a listed 10,000-byte file at 5 bytes a second
+    took over half an hour (the test killed the tap after 120 s). Past ``request_deadline_seconds`` a file download
+    must average 16 KiB/s (``http/bodies.download_chunks``, shared with bulk files): one line naming the setting."""
+
+    def route(h: Reply, method: str, path: str, body: bytes) -> bool:
+        if path == "/exports":
+            h.send_json(200, [{"name": "patients_20261201T000000Z_1_full.csv", "size": 10_000,
+                               "url": f"http://127.0.0.1:{h.server.server_address[1]}/files/patients.csv"}])
+            return True
+        if path == "/files/patients.csv":
+            h.trickle(lambda: iter(lambda: b"x", None), 0.2, length=10_000)
+            return True
+        return False
+
+    with HostileServer(route) as srv:
+        cfg = config(srv.base_url, source="export", timeout_seconds=5, request_deadline_seconds=2)
+        code, err, seconds, _ = _run(tmp_path, cfg)
+    assert code == 2, err[-2000:]
+    assert_no_traceback(err, "export drip")
+    assert "request_deadline_seconds (2 s)" in err and "16 KiB/s" in err, err[-1500:]
+    assert seconds < 40, f"took {seconds:.0f} s"
+    print(f"FIGURES export at 5 bytes/s: stopped after {seconds:.1f} s")

@@ -44,7 +44,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError, RemoteError, RequestDeadlineExceeded, ResponseTooLarge, WellSkyTransportError
-from ..http.bodies import read_within
+from ..http.bodies import DownloadTooSlow, download_chunks, read_within
 from ..models import ENTITIES
 from ..normalize.validation import validated
 from . import delivered_files
@@ -283,7 +283,8 @@ class ExportChannel(Channel):
                         raise RemoteError.from_response(
                             response, fix="the export download was refused; check the client's access to /exports"
                         )
-                    for chunk in response.iter_bytes(64 * 1024):
+                    grace = self.config.request_deadline_seconds
+                    for chunk in download_chunks(response, grace=grace):
                         digest.update(chunk)
                         size += len(chunk)
                         if size > (cap if listed is None else listed):
@@ -292,6 +293,9 @@ class ExportChannel(Channel):
             except httpx.HTTPError as exc:
                 spool.close()
                 raise WellSkyTransportError("export download failed", url=url, reason=type(exc).__name__) from None
+            except DownloadTooSlow as exc:
+                spool.close()
+                raise WellSkyTransportError(f"export {info['name']}: {exc}", url=url, reason="too_slow") from None
             if listed is None and size > cap:
                 spool.close()
                 raise _too_large(info["name"], cap, "has no size in its listing and was still being sent", url)

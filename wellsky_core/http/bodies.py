@@ -7,10 +7,45 @@ body, would hold a run (and its memory) forever. Every body the connector reads 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import httpx
 
 from ..errors import RequestDeadlineExceeded, ResponseTooLarge
+
+SLOWEST_DOWNLOAD_BYTES_PER_SECOND = 16 * 1024
+"""What a file download (a bulk output file, a nightly export) must average once its first
+``request_deadline_seconds`` are over. Files are too large for one overall deadline, and ``timeout_seconds``
+bounds each read only: a host sending a byte a second held the run for as long as it liked. 16 KiB/s is far
+below any working link (a 1 GB file at that rate takes 18 hours), so only a stalled or hostile host is cut."""
+
+
+_now = time.monotonic
+"""The clock :func:`download_chunks` reads (a test replaces it, never the process's own ``time.monotonic``)."""
+
+
+class DownloadTooSlow(Exception):
+    """A file body sent slower than :data:`SLOWEST_DOWNLOAD_BYTES_PER_SECOND` on average past its grace."""
+
+    def __init__(self, grace: float) -> None:
+        super().__init__(
+            f"the file was sent slower than {SLOWEST_DOWNLOAD_BYTES_PER_SECOND // 1024} KiB/s on average after its "
+            f"first request_deadline_seconds ({grace:g} s); check the file host, or raise request_deadline_seconds "
+            "for a link that slow"
+        )
+
+
+def download_chunks(response: httpx.Response, *, grace: float) -> Iterator[bytes]:
+    """The body's chunks (decoded) while the download keeps up: ``grace`` seconds, plus a second for every
+    :data:`SLOWEST_DOWNLOAD_BYTES_PER_SECOND` bytes received, or :class:`DownloadTooSlow` is raised. Chunks are
+    taken as they arrive: a ``chunk_size`` would gather a trickle into one late chunk, past any check."""
+    started = _now()
+    size = 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if _now() - started > grace + size / SLOWEST_DOWNLOAD_BYTES_PER_SECOND:
+            raise DownloadTooSlow(grace)
+        yield chunk
 
 
 def read_within(response: httpx.Response, *, limit: int, deadline: float) -> None:

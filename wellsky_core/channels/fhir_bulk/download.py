@@ -21,6 +21,7 @@ import httpx
 import orjson
 
 from ...errors import NormalizationError, RemoteError, WellSkyTransportError
+from ...http.bodies import DownloadTooSlow, download_chunks
 from ...http.policy import is_retryable, retry_after
 from ...http.trust import resolve
 from ...normalize import fhir as fhir_norm
@@ -169,9 +170,10 @@ class Downloader:
                     attempts=attempt,
                     reason="too_large",
                 ) from None
-            except (Truncated, httpx.HTTPError, zlib.error, EOFError) as exc:
+            except (Truncated, DownloadTooSlow, httpx.HTTPError, zlib.error, EOFError) as exc:
                 job.spool.discard_file(url)
-                problem = f"{type(exc).__name__}: {exc}" if isinstance(exc, Truncated) else type(exc).__name__
+                own = isinstance(exc, Truncated | DownloadTooSlow)  # our sentences, never the server's text
+                problem = f"{type(exc).__name__}: {exc}" if own else type(exc).__name__
             except WellSkyTransportError as exc:
                 job.spool.discard_file(url)
                 problem = exc.reason or "connection"
@@ -209,7 +211,10 @@ class Downloader:
         rows: list[tuple[str, str, str | None, bytes]] = []
         count = 0
         issues: dict[str, int] = {}
-        for line in ndjson_lines(response, max_line=self.config.max_response_bytes):
+        lines = ndjson_lines(
+            response, max_line=self.config.max_response_bytes, grace=self.config.request_deadline_seconds
+        )
+        for line in lines:
             try:
                 res = orjson.loads(line)
             except orjson.JSONDecodeError:
@@ -258,10 +263,11 @@ def _inflated(inflater: Any, chunk: bytes) -> Iterator[bytes]:
         yield inflater.decompress(inflater.unconsumed_tail, INFLATE_PIECE)
 
 
-def _pieces(response: httpx.Response) -> Iterator[bytes]:
-    """The body's bytes as they arrive, inflated a piece at a time when it is gzip without Content-Encoding."""
+def _pieces(response: httpx.Response, grace: float) -> Iterator[bytes]:
+    """The body's bytes as they arrive, inflated a piece at a time when it is gzip without Content-Encoding, kept
+    to :data:`~wellsky_core.http.bodies.SLOWEST_DOWNLOAD_BYTES_PER_SECOND` after ``grace`` seconds."""
     inflater: Any = None
-    for n, chunk in enumerate(response.iter_bytes()):
+    for n, chunk in enumerate(download_chunks(response, grace=grace)):
         if n == 0 and chunk[:2] == b"\x1f\x8b":
             inflater = zlib.decompressobj(wbits=31)
         if inflater is None:
@@ -274,14 +280,14 @@ def _pieces(response: httpx.Response) -> Iterator[bytes]:
             raise Truncated("the gzip stream ended early")
 
 
-def ndjson_lines(response: httpx.Response, *, max_line: int) -> Iterator[bytes]:
+def ndjson_lines(response: httpx.Response, *, max_line: int, grace: float) -> Iterator[bytes]:
     """Non-empty lines of an NDJSON body read in chunks; a gzip body without Content-Encoding is inflated too.
 
     A line longer than ``max_line`` raises :class:`LineTooLong` as soon as it is: a line that never ended was
     gathered whole in memory, each chunk copying it again. The unfinished line is kept as a list of pieces."""
     partial: list[bytes] = []
     held = 0
-    for piece in _pieces(response):
+    for piece in _pieces(response, grace):
         if b"\n" not in piece:
             partial.append(piece)
             held += len(piece)
