@@ -172,6 +172,22 @@ def test_a_duration_in_an_unknown_unit_leaves_the_end_null_and_flagged() -> None
 
 
 @pytest.mark.parametrize(
+    ("duration", "unit", "end"),
+    [("2", "HRS", "17:00"), ("45", "MINS", "15:45"), ("90", "min", "16:30"), ("1", "h", "16:00"),
+     ("1", "DAY", "15:00"), ("3600", "SECONDS", "16:00")],
+)
+def test_durations_in_the_usual_spellings_of_their_units_give_the_end(duration: str, unit: str, end: str) -> None:
+    """``HRS`` and ``MINS`` (what interface engines send as often as ANSI's ``HR`` and ``MIN``) and UCUM's lower
+    case: the end was null and flagged for every one of them."""
+    sch = "SCH|PL-1|FL-1|||||PT^Physical therapy^WELLSKY|ROUTINE|||||||||||||||||Booked\r"
+    ais = seg("AIS", {1: "1", 3: "G0151^PT^HCPCS", 4: "20260203090000-0600", 7: duration, 8: unit})
+    record = one(MSH.format(type="SIU^S12^SIU_S12") + sch + PID.format(dob="19700101", sex="F") + ais)
+    day = "2026-02-04" if unit == "DAY" else "2026-02-03"
+    assert record["start"] == "2026-02-03T15:00:00Z" and record["end"] == f"{day}T{end}:00Z", record["end"]
+    assert "end" not in flags(record)
+
+
+@pytest.mark.parametrize(
     ("escaped", "text"),
     [
         ("A\\F\\B", "A|B"),
@@ -483,8 +499,10 @@ def test_resources_every_aig_and_later_aip_with_deleted_ones_left_out() -> None:
 
 @pytest.mark.parametrize(
     ("unit", "minutes"),
-    [("", 90), ("MIN", 90), ("min", 90), ("M", 90), ("MINUTES", 90), ("H", 5400), ("HR", 5400), ("HOUR", 5400),
-     ("HOURS", 5400), ("S", 1.5), ("SEC", 1.5), ("D", 129600), ("d^day^ANS+", 129600)],
+    [("", 90), ("MIN", 90), ("min", 90), ("M", 90), ("MINS", 90), ("MINUTE", 90), ("MINUTES", 90), ("H", 5400),
+     ("HR", 5400), ("HRS", 5400), ("HOUR", 5400), ("HOURS", 5400), ("S", 1.5), ("SEC", 1.5), ("SECS", 1.5),
+     ("SECOND", 1.5), ("SECONDS", 1.5), ("D", 129600), ("d^day^ANS+", 129600), ("DAY", 129600), ("DAYS", 129600),
+     ("WK", 907200), ("wk^week^UCUM", 907200), ("WEEK", 907200), ("WEEKS", 907200)],
 )
 def test_each_duration_unit(unit: str, minutes: float) -> None:
     record = siu(f"TQ1|1|||||90^{unit}|20260203090000-0600\r")
@@ -495,8 +513,12 @@ def test_each_duration_unit(unit: str, minutes: float) -> None:
 
 
 def test_the_duration_units_table_is_fully_tested() -> None:
-    assert hl7.DURATION_UNITS == {"": 1, "MIN": 1, "M": 1, "MINUTES": 1, "H": 60, "HR": 60, "HOUR": 60, "HOURS": 60,
-                                  "S": 1 / 60, "SEC": 1 / 60, "D": 1440}
+    assert hl7.DURATION_UNITS == {
+        "": 1, "M": 1, "MIN": 1, "MINS": 1, "MINUTE": 1, "MINUTES": 1,
+        "H": 60, "HR": 60, "HRS": 60, "HOUR": 60, "HOURS": 60,
+        "S": 1 / 60, "SEC": 1 / 60, "SECS": 1 / 60, "SECOND": 1 / 60, "SECONDS": 1 / 60,
+        "D": 1440, "DAY": 1440, "DAYS": 1440, "WK": 10080, "WEEK": 10080, "WEEKS": 10080,
+    }
 
 
 @pytest.mark.parametrize("amount", ["", "ninety", "90^FORTNIGHT"])

@@ -111,8 +111,15 @@ VITALS = {
     "2708-6": ("spo2_pct", int),
     "29463-7": ("weight_lb", float),
 }
-DURATION_UNITS = {"": 1, "MIN": 1, "M": 1, "MINUTES": 1, "H": 60, "HR": 60, "HOUR": 60, "HOURS": 60, "S": 1 / 60,
-                  "SEC": 1 / 60, "D": 1440}
+DURATION_UNITS = {
+    "": 1, "M": 1, "MIN": 1, "MINS": 1, "MINUTE": 1, "MINUTES": 1,
+    "H": 60, "HR": 60, "HRS": 60, "HOUR": 60, "HOURS": 60,
+    "S": 1 / 60, "SEC": 1 / 60, "SECS": 1 / 60, "SECOND": 1 / 60, "SECONDS": 1 / 60,
+    "D": 1440, "DAY": 1440, "DAYS": 1440, "WK": 10080, "WEEK": 10080, "WEEKS": 10080,
+}
+"""Minutes per unit of an AIS/AIG/AIL/AIP duration (field 8 of each, CE: ANSI ``MIN``/``HR``/``S``/``D``/``WK``, UCUM
+``min``/``h``/``s``/``d``/``wk``, and the plain spellings interfaces send, ``HRS`` and ``MINS`` among them). A unit
+of no fixed length (months) or unknown leaves the end null and flagged, never read as minutes."""
 _DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.\d{1,4})?([+-]\d{4})?$")
 _SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 _FRAMING = str.maketrans("", "", "\x0b\x1c\x00")
