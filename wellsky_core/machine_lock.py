@@ -23,6 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 POLL_SECONDS = 0.5
+WAIT_FOR_OTHER_RUN_SECONDS = 900.0
+"""How long a run waits for another run on this machine holding what it needs (a portal account's session, a
+tenant's bulk export job) before it stops in one line."""
 
 _HOLDS: dict[str, list[int]] = {}
 """The paths this process holds: ``[fd, holders]``."""

@@ -585,3 +585,32 @@ def test_identifier_references_resolve_in_a_bulk_export(
     finally:
         channel.close()
         client.close()
+
+
+@pytest.mark.parametrize("tenant", ["home_health"], indirect=True)
+def test_a_second_run_waits_for_the_one_using_the_job_directory_then_stops_in_one_line(
+    tenant: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs of one tenant at once resumed the same job and shared its spool; the first to finish DELETEd the
+    job and removed the spool under the other. The second now waits for the first (``machine_lock``), and stops
+    in one line, without kicking off an export, if the first is still there when the wait ends."""
+    from tests.core.holder_process import start_holder
+    from wellsky_core.channels.fhir_bulk import channel as bulk_channel
+    from wellsky_core.errors import WellSkyError
+
+    channel, client = open_bulk(tenant, tmp_path)
+    setup = "from wellsky_core.machine_lock import MachineLock\nlock = MachineLock(target)\nassert lock.acquire(5)"
+    first = start_holder(setup, channel.job_root / "run.lock")  # the other run, in its own process
+    monkeypatch.setattr(bulk_channel, "JOB_WAIT_SECONDS", 0.3)
+    jobs = Path(tenant.data_dir) / "bulk"
+    try:
+        with pytest.raises(WellSkyError, match="bulk export job directory") as refused:
+            list(channel.iter_records("patients", None))
+        assert "\n" not in str(refused.value) and "fhir_bulk_job_dir" in str(refused.value)
+        assert not jobs.exists() or not [p for p in jobs.iterdir() if (p / "job.json").exists()], "no kick-off"
+    finally:
+        first.kill()
+        first.wait(10)
+    assert by_id(list(channel.iter_records("patients", None))) == canonical("patients", tenant.truth("patients"))
+    channel.close()
+    client.close()

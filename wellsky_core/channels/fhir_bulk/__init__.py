@@ -28,7 +28,8 @@ finished files are not downloaded again, unfinished ones are; the saved status U
 before it gets the token. When the server no longer knows the job (404/410: expired or deleted) before every
 file was spooled, the export is started afresh. Once every stream the job serves has been emitted the spool is
 removed, and so is the spool of a failed run that cannot be resumed (the kick-off or the export failed, or the
-job vanished for good).
+job vanished for good). One run at a time uses a job directory (a machine-wide lock, ``run.lock``): a second
+waits for the first, then stops in one line, instead of sharing its job and spool.
 
 Ordering and bookmark: the channel is *unordered* (NDJSON files come in no order). The bookmark a stream
 should resume from is the export's ``transactionTime`` (:meth:`FhirBulkChannel.resume_point`), which the tap

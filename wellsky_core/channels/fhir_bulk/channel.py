@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ...disclosure import public_outcome
-from ...errors import NormalizationError, RemoteError
+from ...errors import NormalizationError, RemoteError, WellSkyError
+from ...machine_lock import WAIT_FOR_OTHER_RUN_SECONDS, MachineLock
 from ...normalize import fhir as fhir_norm
 from ..base import Channel
 from ..fhir import INCLUDES, FhirChannel, fhir_instant, identifier_parent_keys, normalize_one
@@ -36,6 +37,10 @@ UNDATED_FLAG = {
     "kind": "missing",
     "reason": "the bulk-exported resource had no meta.lastUpdated; updated_at is the export's transactionTime",
 }
+
+
+JOB_WAIT_SECONDS = WAIT_FOR_OTHER_RUN_SECONDS
+"""How long a run waits for another run on this machine using the same bulk job directory."""
 
 
 class FhirBulkChannel(Channel):
@@ -61,6 +66,9 @@ class FhirBulkChannel(Channel):
         self._jobs_lock = threading.RLock()  # streams run in parallel: one of them starts the shared export
         self.undated: dict[str, int] = {}
         self.job_root = job_root(self.config)
+        self._hold = MachineLock(self.job_root / "run.lock")
+        """One run at a time per job directory: two runs of a tenant at once resumed the same job, shared its spool,
+        and the first to finish deleted the job and removed the spool under the other."""
         self.server = BulkServer(self.client, self.config)
         self.downloader = Downloader(
             self.client, self.config, trusted=self.server.trusted, on_reject=self._reject, on_issue=self._report_issue
@@ -244,11 +252,28 @@ class FhirBulkChannel(Channel):
             "entities": entities,
         }
         key = hashlib.sha256(orjson.dumps(kickoff, option=orjson.OPT_SORT_KEYS)).hexdigest()[:24]
+        self._hold_jobs()
         prune(self.job_root)
         job = ExportJob(self.job_root / key, kickoff)
         self._jobs[key] = job
         self._complete(job)
         return job
+
+    def _hold_jobs(self) -> None:
+        """Wait for another run on this machine using this job directory, or stop in one line; held until close."""
+
+        def waiting(pid: int | None) -> None:
+            log.info(
+                "fhir_bulk: another run on this machine (pid %s) is using this tenant's bulk export job directory; "
+                "waiting up to %d min for it to end", pid or "unknown", JOB_WAIT_SECONDS // 60
+            )
+
+        if not self._hold.acquire(JOB_WAIT_SECONDS, waiting):
+            raise WellSkyError(
+                f"another run on this machine kept this tenant's bulk export job directory for "
+                f"{JOB_WAIT_SECONDS / 60:.0f} min (fhir_bulk_job_dir): two runs would share one export job and its "
+                "spool; run again when it has ended"
+            )
 
     def _complete(self, job: ExportJob) -> None:
         """Kick off (or resume), wait for the manifest, spool every file, delete the server's job."""
@@ -318,6 +343,7 @@ class FhirBulkChannel(Channel):
                 job.remove()
             del self._jobs[key]
         self._search.close()
+        self._hold.release()
         if self._own_dead_letter:
             self.dead_letter.close()
 

@@ -31,7 +31,7 @@ from ...channels.portal import PortalLayoutChanged
 from ...errors import ConfigError, NormalizationError, WellSkyError
 from ...http.mfa import build_code_source
 from ...http.paging import LoopGuard
-from ...machine_lock import MachineLock
+from ...machine_lock import WAIT_FOR_OTHER_RUN_SECONDS, MachineLock
 from ...private_files import account_slug
 from . import normalize as norm
 from .browser import PortalBrowser, Step, Tab
@@ -123,7 +123,7 @@ class Job:
     steps: Callable[[], Generator[Step, Tab, Any]]
 
 
-SESSION_WAIT_SECONDS = 900.0
+SESSION_WAIT_SECONDS = WAIT_FOR_OTHER_RUN_SECONDS
 """How long a run waits for another run on this machine signed in with the same portal account."""
 
 
