@@ -54,6 +54,13 @@ class LineNumberingReader(SingerReader):
         return {"type": REFUSED_LINE}
 
     def assert_line_requires(self, line_dict: dict, requires: set[str]) -> None:  # type: ignore[override]
+        if requires == {"properties"}:  # singer-sdk asks this of a SCHEMA message's schema, not of the line
+            if not isinstance(line_dict, dict) or not isinstance(line_dict.get("properties"), dict):
+                raise SingerInputError(
+                    f"input line {self.line_number}: the SCHEMA message's schema has no properties object; the tap "
+                    "must send a JSON schema of an object, with its properties"
+                )
+            return
         missing = sorted(requires - set(line_dict))
         if missing:
             kind = str(line_dict.get("type", "untyped"))[:30]

@@ -234,6 +234,11 @@ FATAL_SINGER = counted(
         (_schema("patients") + "\n" + '{"type": "RECORD", "stream": "patients", "record": {"a": NaN}}', 2, "JSON"),
         (_schema("patients") + "\n" + '{"type": "RECORD", "stream": "patients", "record": []}', 2, "object"),
         ('{"type": "SCHEMA", "stream": "patients", "schema": 5, "key_properties": []}', 1, "object"),
+        # the SDK asks the schema for "properties" with the line's own check: "(untyped message) lacks properties"
+        ('{"type": "SCHEMA", "stream": "patients", "schema": {}, "key_properties": ["id"]}', 1,
+         "the SCHEMA message's schema has no properties object"),
+        ('{"type": "SCHEMA", "stream": "patients", "schema": {"properties": [1]}, "key_properties": ["id"]}', 1,
+         "the SCHEMA message's schema has no properties object"),
         ('{"type": "RECORD", "stream": ["patients"], "record": {}}', 1, "stream"),
         ('{"type": "BATCH"}', 1, "stream"),
         ('{"type": "BATCH", "stream": "patients", "encoding": 5, "manifest": 3}', 1, "SCHEMA"),
