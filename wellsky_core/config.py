@@ -533,6 +533,13 @@ class WellSkyConfig(BaseModel):
                 raise ValueError('must be a JSON object such as {"encounters": "fhir"}') from None
         return value
 
+    @field_validator("stream_sources")
+    @classmethod
+    def _stream_sources_known(cls, value: dict[str, str]) -> dict[str, str]:
+        for stream in value:  # a misspelt stream was ignored: that stream silently kept `source`
+            _require_stream(stream)
+        return value
+
     @field_validator("fhir_bulk_type_filter", mode="before")
     @classmethod
     def _type_filter_list(cls, value: Any) -> Any:
@@ -879,10 +886,7 @@ class TapConfig(WellSkyConfig):
         from .models import ENTITIES
 
         for stream, fields in value.items():
-            if stream not in ENTITIES:
-                near = difflib.get_close_matches(stream, list(ENTITIES), n=1, cutoff=0.6)
-                hint = f"did you mean `{near[0]}`?" if near else f"streams are {', '.join(ENTITIES)}"
-                raise ValueError(f"names no stream {stream!r}; {hint}")
+            _require_stream(stream)
             known = list(ENTITIES[stream].model.model_fields)
             for path in fields:
                 if path.split(".", 1)[0] not in known:
@@ -890,6 +894,18 @@ class TapConfig(WellSkyConfig):
                     hint = f"did you mean `{near[0]}`?" if near else f"its fields are {', '.join(known)}"
                     raise ValueError(f"{stream}: no field {path!r}; {hint}")
         return value
+
+
+def _require_stream(stream: str) -> None:
+    """Refuse a setting's key that names no stream, with the nearest stream's name."""
+    from .models import ENTITIES
+
+    if stream not in ENTITIES:
+        import difflib  # only for misspellings: start-up does not pay for it
+
+        near = difflib.get_close_matches(stream, list(ENTITIES), n=1, cutoff=0.6)
+        hint = f"did you mean `{near[0]}`?" if near else f"streams are {', '.join(ENTITIES)}"
+        raise ValueError(f"names no stream {stream!r}; {hint}")
 
 
 class TargetConfig(WellSkyConfig):

@@ -154,6 +154,8 @@ ISSUE_28_CASES = [  # (config, the one error line must contain)
     ({"max_flagged_fraction": 2}, "max_flagged_fraction"),
     ({"product": "personal_care", "quality_ignore": {"appointments": ["servce_code"]}},
      "quality_ignore: appointments: no field 'servce_code'; did you mean `service_code`?"),
+    # a misspelt stream was ignored: patients went on reading from `source`, without a word
+    ({"stream_sources": {"patientz": "fhir"}}, "stream_sources: names no stream 'patientz'; did you mean `patients`?"),
 ]
 TAP_ONLY = ("max_flagged_fraction", "quality_ignore")
 
