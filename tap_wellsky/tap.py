@@ -53,17 +53,17 @@ class TapWellSky(Tap):
     name = "tap-wellsky"
     config_jsonschema = _config_schema()
 
-    def __init__(self, *args: Any, state: Any = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, state: Any = None, catalog: Any = None, **kwargs: Any) -> None:
         install_redaction()
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the progress log
         if isinstance(state, str | Path):
             state = _read_state_file(state)
         keys = {cls.name: str(cls.replication_key) for cls in (*STREAM_TYPES.values(), WebhookEventsStream)}
         state = checked_state(state, keys)
-        super().__init__(*args, state=state, **kwargs)
+        super().__init__(*args, state=state, catalog=checked_catalog(catalog), **kwargs)
         self._started = time.monotonic()
         self.output_gate = OutputGate()
-        if self.input_catalog:
+        if self.input_catalog is not None:
             self._check_catalog(set(self.input_catalog))
         # before any work: a state written for another tenant or source is refused (one line, exit 2)
         check_ownership(state.get("bookmarks", {}), self.settings, accept_foreign=self.settings.accept_foreign_state)
@@ -82,6 +82,11 @@ class TapWellSky(Tap):
         selected = {name for name in names if _selected(self.input_catalog[name])}
         for name in sorted(selected - served):
             raise ConfigError("catalog", not_offered_reason(self.settings, name))
+        if not selected:
+            self.logger.warning(
+                "the catalog selects no stream, so nothing is read: mark streams selected in it (metadata with "
+                'breadcrumb [] and "selected": true), or run without --catalog to read every stream'
+            )
 
     @classmethod
     def invoke(cls, *, about: bool = False, about_format: str | None = None, config: Any = None,
@@ -348,6 +353,42 @@ def _selected(entry: Any) -> bool:
 
 def _reasons(by_reason: dict[str, int] | None) -> str:
     return f" ({', '.join(f'{k}: {v}' for k, v in sorted(by_reason.items()))})" if by_reason else ""
+
+
+def checked_catalog(catalog: Any) -> Any:
+    """The ``--catalog`` file (or object) as singer-sdk reads it, checked first: a file that is not JSON, or an entry
+    without its ``tap_stream_id``, was an internal error with a traceback. One line names what is wrong."""
+    from singer_sdk.singerlib import Catalog
+
+    if catalog is None or isinstance(catalog, Catalog):  # singer-sdk's own object: built by it, nothing to check
+        return catalog
+    if isinstance(catalog, str | os.PathLike):
+        try:
+            catalog = json.loads(Path(catalog).read_text())
+        except OSError as exc:
+            raise ConfigError("catalog", f"cannot read the catalog file: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise ConfigError("catalog", f"the catalog file is not valid JSON ({exc}); run --discover for a fresh "
+                              "catalog") from None
+    streams = catalog.get("streams") if isinstance(catalog, dict) else None
+    if not isinstance(streams, list):
+        raise ConfigError("catalog", 'must be a JSON object with a "streams" list; run --discover for a fresh catalog')
+    for n, entry in enumerate(streams, 1):
+        where = f"streams[{n - 1}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("tap_stream_id"), str):
+            raise ConfigError("catalog", f"{where} has no tap_stream_id; run --discover for a fresh catalog")
+        if not isinstance(entry.get("schema", {}), dict):
+            raise ConfigError("catalog", f"{where} ({entry['tap_stream_id']}): schema must be a JSON object")
+        metadata = entry.get("metadata", [])
+        if not isinstance(metadata, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("breadcrumb"), list) and isinstance(m.get("metadata"), dict)
+            for m in metadata
+        ):
+            raise ConfigError(
+                "catalog", f"{where} ({entry['tap_stream_id']}): metadata must be a list of "
+                '{"breadcrumb": [...], "metadata": {...}} objects; run --discover for a fresh catalog'
+            )
+    return catalog
 
 
 def _read_state_file(path: str | Path) -> Any:

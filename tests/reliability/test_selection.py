@@ -76,3 +76,46 @@ def test_records_carry_only_what_the_catalog_selects(tmp_path, sandbox, how) -> 
         if how == "removed" and record.get("address"):
             assert "city" not in record["address"] and "state" in record["address"]
     assert all(r["first_name"] for r in records), "selected properties are still emitted"
+
+
+@pytest.mark.parametrize(
+    ("catalog", "needle"),
+    [
+        ([], 'must be a JSON object with a "streams" list'),
+        ({}, 'must be a JSON object with a "streams" list'),
+        ({"streams": "patients"}, 'must be a JSON object with a "streams" list'),
+        ({"streams": [{"stream": "patients"}]}, "streams[0] has no tap_stream_id"),
+        ({"streams": [{"tap_stream_id": "patients", "schema": []}]}, "(patients): schema must be a JSON object"),
+        ({"streams": [{"tap_stream_id": "patients", "metadata": [{"selected": True}]}]},
+         "(patients): metadata must be a list of"),
+    ],
+    ids=["a-list", "no-streams", "streams-not-a-list", "no-tap-stream-id", "schema-not-object", "bad-metadata"],
+)
+def test_a_malformed_catalog_is_one_line_before_any_request(tmp_path, catalog, needle) -> None:
+    """Each was an internal error with a traceback on the Singer face (the Airbyte face already named the
+    problem): now one line naming the catalog and the fix, exit 2, and nothing sent to the tenant."""
+    config = {"base_url": "http://127.0.0.1:9", "product": "home_health", "username": "u", "password": "p"}
+    proc = subprocess.run(
+        [*TAP_CMD, "--config", str(write_json(tmp_path / "c.json", config)),
+         "--catalog", str(write_json(tmp_path / "catalog.json", catalog))],
+        capture_output=True, text=True, env=child_env(), timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-1500:]
+    assert "Traceback" not in proc.stderr and needle in proc.stderr, proc.stderr[-1500:]
+    assert "catalog:" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_catalog_that_selects_no_stream_says_so(tmp_path, sandbox) -> None:
+    config = tap_config(sandbox)
+    catalog = _catalog(tmp_path, config)
+    for entry in catalog["streams"]:
+        for md in entry["metadata"]:
+            if md["breadcrumb"] == []:
+                md["metadata"]["selected"] = False
+    proc = subprocess.run(
+        [*TAP_CMD, "--config", str(write_json(tmp_path / "c.json", config)),
+         "--catalog", str(write_json(tmp_path / "catalog.json", catalog))],
+        capture_output=True, text=True, env=child_env(), timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert "the catalog selects no stream, so nothing is read" in proc.stderr
