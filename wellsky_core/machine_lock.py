@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import threading
 import time
@@ -92,6 +93,23 @@ class MachineLock:
         with _HOLDS_LOCK:
             _HOLDS[self._key] = [fd, 1]
         return True
+
+    def hold(self, wait_seconds: float, *, holding: str, why: str, log: logging.Logger) -> None:
+        """Take the lock, waiting for another run that has it (logged once, with its pid), or raise one line.
+        ``holding`` says what the other run does ("is signed in with this portal account"), ``why`` why this run
+        must not go on beside it."""
+
+        def waiting(pid: int | None) -> None:
+            log.info("another run on this machine (pid %s) %s; waiting up to %d min for it to end",
+                     pid or "unknown", holding, wait_seconds // 60)
+
+        if not self.acquire(wait_seconds, waiting):
+            from .errors import WellSkyError
+
+            raise WellSkyError(
+                f"another run on this machine still {holding} after {wait_seconds / 60:.0f} min: {why}; run again "
+                "when it has ended"
+            )
 
     def release(self) -> None:
         if not self.held:

@@ -190,22 +190,7 @@ def test_an_export_file_longer_than_its_listing_is_cut_there_not_spooled_to_the_
     """A nightly export's body goes to a temporary file, checked against the listing's size once read: an endless
     one filled the disk before the check. The download now stops as soon as it is longer than listed."""
     served: list[int] = []
-
-    def route(h: Reply, method: str, path: str, body: bytes) -> bool:
-        if path == "/exports":
-            h.send_json(200, [{"name": "patients_20261201T000000Z_1_full.csv", "size": 4096,
-                               "url": f"http://127.0.0.1:{h.server.server_address[1]}/files/patients.csv"}])
-            return True
-        if path == "/files/patients.csv":
-            def chunks():
-                while True:
-                    served.append(len(CHUNK))
-                    yield CHUNK
-            h.trickle(chunks, 0.0, chunked=True)
-            return True
-        return False
-
-    with HostileServer(route) as srv:
+    with HostileServer(_export_route(served, 4096)) as srv:
         code, err, seconds, _ = _run(tmp_path, config(srv.base_url, source="export"))
     assert code != 0, err[-2000:]
     assert_no_traceback(err, "export")

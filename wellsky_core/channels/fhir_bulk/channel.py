@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ...disclosure import public_outcome
-from ...errors import NormalizationError, RemoteError, WellSkyError
+from ...errors import NormalizationError, RemoteError
 from ...machine_lock import WAIT_FOR_OTHER_RUN_SECONDS, MachineLock
 from ...normalize import fhir as fhir_norm
 from ..base import Channel
@@ -261,19 +261,10 @@ class FhirBulkChannel(Channel):
 
     def _hold_jobs(self) -> None:
         """Wait for another run on this machine using this job directory, or stop in one line; held until close."""
-
-        def waiting(pid: int | None) -> None:
-            log.info(
-                "fhir_bulk: another run on this machine (pid %s) is using this tenant's bulk export job directory; "
-                "waiting up to %d min for it to end", pid or "unknown", JOB_WAIT_SECONDS // 60
-            )
-
-        if not self._hold.acquire(JOB_WAIT_SECONDS, waiting):
-            raise WellSkyError(
-                f"another run on this machine kept this tenant's bulk export job directory for "
-                f"{JOB_WAIT_SECONDS / 60:.0f} min (fhir_bulk_job_dir): two runs would share one export job and its "
-                "spool; run again when it has ended"
-            )
+        self._hold.hold(
+            JOB_WAIT_SECONDS, holding="is using this tenant's bulk export job directory (fhir_bulk_job_dir)",
+            why="two runs would share one export job and its spool", log=log,
+        )
 
     def _complete(self, job: ExportJob) -> None:
         """Kick off (or resume), wait for the manifest, spool every file, delete the server's job."""

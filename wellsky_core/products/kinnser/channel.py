@@ -190,18 +190,10 @@ class KinnserPortalChannel(Channel):
         would share the resume file, so the second waits for the first. A person signed in with the same account
         still loses their session: give the connector an account of its own (docs/guide.md)."""
 
-        def waiting(pid: int | None) -> None:
-            log.info(
-                "portal: another run on this machine (pid %s) is signed in with this account; waiting up to %d min "
-                "for it to end (the portal allows one session per user)", pid or "unknown", SESSION_WAIT_SECONDS // 60
-            )
-
-        if not self._session.acquire(SESSION_WAIT_SECONDS, waiting):
-            raise WellSkyError(
-                f"another run on this machine kept this portal account signed in for {SESSION_WAIT_SECONDS / 60:.0f} "
-                "min: the portal allows one session per user, and signing in would end that run's session; run "
-                "again when it has ended"
-            )
+        self._session.hold(
+            SESSION_WAIT_SECONDS, holding="is signed in with this portal account",
+            why="the portal allows one session per user, and signing in would end that run's session", log=log,
+        )
 
     # -- records --------------------------------------------------------------------------------------
     def iter_records(self, entity: str, since: datetime | None) -> Iterator[dict[str, Any]]:
