@@ -21,7 +21,7 @@ from tests.channels.child_probe import run_child
 from wellsky_core.channels.hl7_sftp import Hl7SftpChannel
 from wellsky_core.config import WellSkyConfig
 from wellsky_core.deadletter import DeadLetter
-from wellsky_core.errors import AuthError, ConfigError
+from wellsky_core.errors import AuthError, ConfigError, WellSkyTransportError
 from wellsky_sandbox.hl7 import feeds_for
 from wellsky_sandbox.testing import SandboxServer
 
@@ -93,6 +93,25 @@ def test_unknown_or_mismatched_host_key_is_refused(sandbox: SandboxServer, tmp_p
     known.write_text(f"[{creds['sftp_host']}]:{creds['sftp_port']} {creds['sftp_host_key']}\n")
     with Hl7SftpChannel(config=sftp_config(sandbox, tmp_path, sftp_host_key=None, sftp_known_hosts=str(known))) as ch:
         assert len(list(ch.iter_records("encounters", None))) == len(sandbox.truth("encounters"))
+
+
+def test_an_sftp_server_that_cannot_be_reached_is_one_line_naming_the_settings(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """A refused connection was paramiko's ``SSHException`` ("an unexpected SSHException; report it", with a
+    traceback, on both faces), and paramiko connected without any timeout: a host dropping SYNs held the run for
+    the kernel's minutes. Our own socket now connects within ``timeout_seconds``."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    with pytest.raises(WellSkyTransportError, match="check sftp_host and sftp_port") as refused:
+        read_patients(sftp_config(sandbox, tmp_path, sftp_port=port))
+    assert refused.value.reason == "ConnectionRefusedError"
+    started = time.monotonic()
+    with pytest.raises(WellSkyTransportError, match="check sftp_host and sftp_port"):  # TEST-NET-1: never answers
+        read_patients(sftp_config(sandbox, tmp_path, sftp_host="192.0.2.1", timeout_seconds=1))
+    assert time.monotonic() - started < 10
 
 
 def test_bad_password_names_the_setting(sandbox: SandboxServer, tmp_path: Path) -> None:

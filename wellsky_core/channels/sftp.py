@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import socket
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -75,10 +76,15 @@ def connect_sftp(config: WellSkyConfig, timeout: float | None = None) -> tuple[p
     expected = _pinned_key(config, host, port)
     timeout = timeout or config.timeout_seconds
     where = f"sftp://{host}:{port}"
-    try:
-        transport = paramiko.Transport((host, port))
+    try:  # our own socket: paramiko's connects without a timeout (a dropped SYN waited minutes) and raises
+        # SSHException, not OSError, when the connection is refused (an internal error with a traceback)
+        sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
-        raise WellSkyTransportError("cannot connect to the SFTP server", url=where, reason=type(exc).__name__) from None
+        raise WellSkyTransportError(
+            "cannot connect to the SFTP server; check sftp_host and sftp_port, and that it is reachable from here",
+            url=where, reason=type(exc).__name__,
+        ) from None
+    transport = paramiko.Transport(sock)
     try:
         name = expected.get_name()
         transport.get_security_options().key_types = _RSA_NAMES if name == "ssh-rsa" else [name]
