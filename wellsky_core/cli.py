@@ -29,15 +29,19 @@ EXIT_QUALITY = 4
 
 
 def unreadable_input_file(argv: list[str]) -> str | None:
-    """A --config/--state/--catalog file that is missing or not JSON, as one line naming it."""
+    """A --config/--state/--catalog file that is missing or not JSON, or a config that is not an object (a
+    traceback in singer-sdk), as one line naming it. The state and the catalog have their own shape checks."""
     for flag, value in itertools.pairwise(argv):
         if flag in ("--config", "--state", "--catalog") and value != "ENV":
             try:
-                json.loads(Path(value).read_text())
+                data = json.loads(Path(value).read_text())
             except OSError as exc:
                 return f"cannot read {flag} file {value}: {exc.strerror or exc}"
             except ValueError as exc:
                 return f"{flag} file {value} is not valid JSON ({exc}); fix or regenerate it"
+            if flag == "--config" and not isinstance(data, dict):
+                return (f"--config file {value} must hold a JSON object of settings, not a {type(data).__name__}, "
+                        'e.g. {"product": "personal_care"}')
     return None
 
 

@@ -134,12 +134,15 @@ def test_bad_config_through_the_clis_is_one_clear_line(tmp_path: Path) -> None:
     runs.append(([*TAP_CMD, "--config", str(tmp_path / "missing.json")], "missing.json"))
     runs.append(([*TAP_CMD, "--config", str(tmp_path / "broken.json")], "broken.json"))
     runs.append(([*TARGET_CMD, "--config", str(tmp_path / "broken.json")], "broken.json"))
+    (tmp_path / "a-list.json").write_text('[{"product": "personal_care"}]')  # was a traceback on both faces
+    runs.append(([*TAP_CMD, "--config", str(tmp_path / "a-list.json")], "a-list.json must hold a JSON object"))
+    runs.append(([*TARGET_CMD, "--config", str(tmp_path / "a-list.json")], "a-list.json must hold a JSON object"))
     procs = [
         (subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           env=child_env()), field)
         for cmd, field in runs
     ]
-    CASES["config via CLI (file errors)"] = 3
+    CASES["config via CLI (file errors)"] = 5
     for proc, field in procs:
         _, stderr = proc.communicate("", timeout=120)
         assert_no_traceback(stderr, f"CLI with bad {field}")
