@@ -779,6 +779,8 @@ class WellSkyConfig(BaseModel):
         other unknown key is an error naming the nearest valid key, so a typo never passes unnoticed.
         """
         environ = os.environ if env is None else env
+        if mapping is not None and not isinstance(mapping, Mapping):  # a config file holding a list, a string
+            raise ConfigError("config", f"must be a JSON object of settings, not a {type(mapping).__name__}")
         data: dict[str, Any] = {}
         for key, value in (mapping or {}).items():
             if key in ignore_keys:

@@ -32,6 +32,14 @@ def test_missing_password_names_the_field_and_the_fix():
     assert "auth_method=session" in str(info.value) and "WELLSKY_PASSWORD" in str(info.value)
 
 
+@pytest.mark.parametrize("mapping", [[BASE], "product=personal_care", 5], ids=["list", "string", "number"])
+def test_settings_that_are_not_an_object_are_one_config_error(mapping) -> None:
+    """Every loader (the webhook CLIs too) got an AttributeError traceback from a config file holding a list."""
+    with pytest.raises(ConfigError) as info:
+        WellSkyConfig.load(mapping, env={})
+    assert info.value.fields == ["config"] and "must be a JSON object of settings" in str(info.value)
+
+
 def test_bad_totp_secret_is_named_and_not_echoed():
     secret = "not-base32-1890!"
     with pytest.raises(ConfigError) as info:
