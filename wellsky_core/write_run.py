@@ -47,7 +47,8 @@ def parse_input_line(line: str, number: int, *, max_bytes: int, max_depth: int, 
             f"input line {number} is not valid JSON ({exc.msg}); every line must be one {protocol} message"
         ) from None
     if not isinstance(message, dict):
-        raise SingerInputError(f"input line {number} is JSON but not an object; expected a {protocol} message")
+        article = "an" if protocol[:1] in ("A", "E", "I", "O", "U") else "a"
+        raise SingerInputError(f"input line {number} is JSON but not an object; expected {article} {protocol} message")
     if line.count("{") + line.count("[") > max_depth and _deeper_than(message, max_depth):
         raise LineOverBounds(f"nested deeper than max_record_depth ({max_depth} levels)")
     return message
