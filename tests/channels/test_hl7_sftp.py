@@ -151,6 +151,22 @@ def test_archive_after_read_and_key_auth(sandbox: SandboxServer, tmp_path: Path)
     assert sorted(p.name for p in inbox.glob("*.hl7")) == kept
 
 
+def test_a_full_sync_under_archive_reads_the_archive_too(sandbox: SandboxServer, tmp_path: Path) -> None:
+    """A full refresh (a new destination, `meltano run --full-refresh`) after earlier runs archived files read the
+    inbox only: every record held only by archived files was missing, without a word. It reads the archive too."""
+    config = sftp_config(sandbox, tmp_path, sftp_after_read="archive")
+    archive = feeds_for(sandbox.tenant).root / "archive"
+    with Hl7SftpChannel(config=config) as channel:
+        patients = list(channel.iter_records("patients", None))
+    bookmark = max(datetime.fromisoformat(p["updated_at"].replace("Z", "+00:00")) for p in patients)
+    with Hl7SftpChannel(config=config) as channel:  # the next run: its input state shows the files delivered
+        list(channel.iter_records("patients", bookmark))
+    assert list(archive.iterdir()), "files were archived"
+    with Hl7SftpChannel(config=config) as channel:  # a full sync: no state
+        again = list(channel.iter_records("patients", None))
+    assert again == sandbox.truth("patients")
+
+
 # -- a real OpenSSH server ---------------------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:

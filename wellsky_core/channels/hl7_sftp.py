@@ -8,8 +8,9 @@ version of each record wins (by ``updated_at``, then file and message order), an
 ``updated_at >= since`` are yielded in (updated_at, id) order. One pass over the files serves all three
 entities. A message that does not parse goes to the dead-letter file with the file name, message index
 (1-based) and reason; the rest of the file is still read. ``last_file`` / ``last_mtime`` expose the newest file
-processed (a file bookmark). With ``sftp_after_read`` = ``archive`` (to ``archive_dir``) or ``delete``, the
-files read are moved or removed on :meth:`close` — after the sync used them, never before.
+processed (a file bookmark). With ``sftp_after_read`` = ``archive`` (to ``archive_dir``) or ``delete``, a file
+is moved or removed by the run after the one that read it, once its input state shows the records were delivered
+(``_after_read``). A full sync under ``archive`` reads the archive too: it is part of what the server holds.
 """
 
 from __future__ import annotations
@@ -118,10 +119,16 @@ class Hl7SftpChannel(Channel):
         start = self.config.start_date
         proven = floor if since is not None and (start is None or since > start) else float("-inf")
         memo = self.delivered.before.get(entity)
+        # a full sync is everything the server still holds: under archive, files earlier runs moved out of the inbox
+        # too (a full refresh read the inbox only, and silently lacked every record only archived files held)
+        whole = since is None and self.config.sftp_after_read == "archive"
+        if since is None and self.config.sftp_after_read == "delete" and self._pass is None:
+            log.warning("hl7_sftp: a full sync under sftp_after_read=delete holds only the files still in %s: the "
+                        "records of files earlier runs deleted cannot be read again", self.config.sftp_hl7_dir)
         with self._lock:  # the first stream scans; the others wait for it and read the same cache
             self._delivered_before[entity] = min(self._delivered_before.get(entity, proven), proven)
-            if self._pass is None or floor < self._pass.floor:
-                self._scan(floor)
+            if self._pass is None or floor < self._pass.floor or (whole and not self._pass.with_archive):
+                self._scan(floor, with_archive=whole or (self._pass is not None and self._pass.with_archive))
             late: list[dict[str, Any]] = []
             held: set[str] = set()
             if memo is not None:
