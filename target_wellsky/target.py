@@ -103,6 +103,7 @@ class TargetWellSky(Target):
             reader.max_depth = self.settings.max_record_depth
             reader.on_refused = self.refuse_input_line
         self.settings  # noqa: B018 - a bad config fails at startup, even when no record ever arrives
+        self.run  # noqa: B018 - its state directory (ledger, audit, dead letters) is checked before any input
 
     # -- configuration and shared objects ----------------------------------------------------------------
     def _validate_config(self, *, raise_errors: bool = True) -> list[str]:

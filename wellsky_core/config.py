@@ -755,6 +755,21 @@ class WellSkyConfig(BaseModel):
 
         return private_dir(self.private_state_path())
 
+    def usable_state_dir(self) -> Path:
+        """:meth:`private_state_dir`, or one ConfigError naming ``state_dir``: a run checks it before any work, so
+        a directory it cannot create fails at once instead of after the sync, when the report is written."""
+        from .private_files import UnsafePathError
+
+        try:
+            return self.private_state_dir()
+        except UnsafePathError as exc:  # our own sentence: a symlink, not a directory, another user's
+            raise ConfigError("state_dir", str(exc)) from None
+        except OSError as exc:
+            raise ConfigError(
+                "state_dir", f"cannot create {self.private_state_path()} ({exc.strerror or type(exc).__name__}); "
+                "point state_dir at a directory this user can write",
+            ) from None
+
     def private_state_path(self) -> Path:
         """Where :meth:`private_state_dir` is, without creating it (for a use that may do without it)."""
         from .private_files import state_root, tenant_slug

@@ -66,7 +66,9 @@ class Connection:
 
         A refusal still replaces the tenant's data-quality report with an ``aborted`` one (the last run's ``ok``
         must not stand for this run), without a log line: the refusal is the run's one line. The connection is
-        then closed: the run ends here."""
+        then closed: the run ends here. First of all, the state directory the run keeps everything in must be
+        usable (it failed only when the sync was over, as the report was written)."""
+        self.config.usable_state_dir()
         try:
             if any(self.config.source_for(stream) == "api" for stream in streams):
                 self.tenant()

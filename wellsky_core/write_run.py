@@ -70,6 +70,7 @@ class WriteRun:
     """The objects of one run (connection, writer, audit, dead letters) and its counters."""
 
     def __init__(self, settings: TargetConfig, logger: logging.Logger) -> None:
+        settings.usable_state_dir()  # the ledger, audit and dead letters go there: refused before any input
         self.settings = settings
         self.logger = logger
         self.results: Counter[str] = Counter()

@@ -263,3 +263,31 @@ def test_the_batch_channels_latest_version_table_is_private() -> None:
         assert _mode(root) == 0o700 and _mode(root / "latest.sqlite") == 0o600
     finally:
         table.close()
+
+
+def test_a_state_directory_that_cannot_be_made_is_one_line_before_any_work(tmp_path: Path, sandbox: Any) -> None:
+    """``state_dir`` under a regular file: the tap read every stream, then died with a FileNotFoundError traceback
+    writing its report (exit 1, records already out); source-wellsky said "an unexpected FileNotFoundError; report
+    it"; the target and destination wrote on. Every face now refuses it first, in one line naming ``state_dir``."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cfg = {"base_url": sandbox.base_url, "username": sandbox.username, "password": sandbox.password,
+           "product": "home_health", "state_dir": str(blocker / "state")}
+    cfg_path = write_json(tmp_path / "config.json", cfg)
+    needle = "state_dir: cannot create"
+    tap = subprocess.run([*TAP_CMD, "--config", str(cfg_path)], capture_output=True, text=True, env=child_env(),
+                         timeout=SUBPROCESS_TIMEOUT)
+    assert tap.returncode == 2 and needle in tap.stderr and '"RECORD"' not in tap.stdout, tap.stderr[-1500:]
+    assert_no_traceback(tap.stderr, "tap")
+    target = subprocess.run([*TARGET_CMD, "--config", str(cfg_path)], input="", capture_output=True, text=True,
+                            env=child_env(), timeout=SUBPROCESS_TIMEOUT)
+    assert target.returncode == 2 and needle in target.stderr, target.stderr[-1500:]
+    catalog = write_json(tmp_path / "catalog.json", {"streams": [
+        {"stream": {"name": "patients", "json_schema": {}, "supported_sync_modes": ["full_refresh"]},
+         "sync_mode": "full_refresh", "destination_sync_mode": "append"}]})
+    for cmd in ([*SOURCE_CMD, "read"], [sys.executable, "-m", "target_wellsky.destination", "write"]):
+        proc = subprocess.run([*cmd, "--config", str(cfg_path), "--catalog", str(catalog)], input="",
+                              capture_output=True, text=True, env=child_env(), timeout=SUBPROCESS_TIMEOUT)
+        traces = [json.loads(line)["trace"]["error"] for line in proc.stdout.splitlines() if '"TRACE"' in line]
+        assert len(traces) == 1 and needle in traces[0]["message"], (cmd, proc.stdout[-1500:])
+        assert traces[0]["failure_type"] == "config_error" and '"RECORD"' not in proc.stdout
