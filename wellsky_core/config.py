@@ -533,6 +533,18 @@ class WellSkyConfig(BaseModel):
                 raise ValueError('must be a JSON object such as {"encounters": "fhir"}') from None
         return value
 
+    @field_validator("start_date")
+    @classmethod
+    def _start_date_not_ahead(cls, value: datetime | None) -> datetime | None:
+        from datetime import UTC, timedelta
+
+        if value is None:
+            return value
+        moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        if moment > datetime.now(UTC) + timedelta(days=1):  # a day's slack for time zones
+            raise ValueError(f"is in the future ({moment.date()}): nothing would be read until then; use a past date")
+        return value
+
     @field_validator("stream_sources")
     @classmethod
     def _stream_sources_known(cls, value: dict[str, str]) -> dict[str, str]:

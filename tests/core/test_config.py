@@ -40,6 +40,17 @@ def test_settings_that_are_not_an_object_are_one_config_error(mapping) -> None:
     assert info.value.fields == ["config"] and "must be a JSON object of settings" in str(info.value)
 
 
+def test_a_start_date_in_the_future_is_refused_with_a_day_of_slack() -> None:
+    """2099-01-01 read nothing and exited 0: every stream's records are older than it."""
+    from datetime import UTC, datetime, timedelta
+
+    with pytest.raises(ConfigError) as info:
+        load(start_date="2099-01-01T00:00:00Z")
+    assert info.value.fields == ["start_date"] and "is in the future (2099-01-01)" in str(info.value)
+    tomorrow = (datetime.now(UTC) + timedelta(hours=20)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert load(start_date=tomorrow).start_date is not None  # a date given in the agency's zone, ahead of UTC
+
+
 def test_bad_totp_secret_is_named_and_not_echoed():
     secret = "not-base32-1890!"
     with pytest.raises(ConfigError) as info:
