@@ -37,6 +37,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -223,6 +224,10 @@ def write_csv_bytes(entity: str, records: list[dict[str, Any]]) -> bytes:
     return buf.getvalue().encode()
 
 
+_Setting = tuple[str, Callable[[Any], bool], Callable[[Any], Any], str]
+"""A control setting: the feed attribute it sets, whether a value is valid, how it is stored, the refusal."""
+
+
 def routes(tenant: Tenant) -> list[BaseRoute]:
     """``GET /exports``, ``GET /exports/files/{name}``, ``POST /_sandbox/exports``, ``POST /_sandbox/hl7`` (late
     HL7 deliveries) and SFTP key registration."""
@@ -258,40 +263,41 @@ def routes(tenant: Tenant) -> list[BaseRoute]:
             return error(404, "not_found", "export file no longer available; list GET /exports again")
         return FileResponse(path, media_type="text/csv", filename=name)  # streamed in 64 KiB chunks
 
-    async def settings(request: Request) -> Response:
-        body = await api.json_body(request)
-        feed = feeds_for(tenant).exports
-        if not isinstance(body, dict):
-            return error(400, "invalid_request", 'body must be {"url_ttl_seconds": n} or {"full_every": n}')
-        if "url_ttl_seconds" in body:
-            ttl = body["url_ttl_seconds"]
-            if not isinstance(ttl, int | float) or ttl <= 0:
-                return error(400, "invalid_request", "url_ttl_seconds must be a positive number")
-            feed.url_ttl_seconds = float(ttl)
-        if "full_every" in body:
-            every = body["full_every"]
-            if not isinstance(every, int) or isinstance(every, bool) or every < 0:
-                return error(400, "invalid_request", "full_every must be a whole number of runs (0 = never)")
-            feed.full_every = every
-        return ORJSONResponse({"url_ttl_seconds": feed.url_ttl_seconds, "full_every": feed.full_every})
+    def settings_route(feed_of: Callable[[], Any], usage: str, fields: dict[str, _Setting]) -> Callable[..., Any]:
+        """A ``POST /_sandbox/...`` handler: each field of the body checked, then set on the feed, in body order of
+        ``fields``; the answer is every field's value now."""
 
-    async def hl7_settings(request: Request) -> Response:
-        """``{"late": share, "keep_times": bool}``: the share of HL7 changes an outage queues until the next
-        refresh, and whether their late file keeps the messages' time as its mtime (``Hl7Feed.late``)."""
-        body = await api.json_body(request)
-        feed = feeds_for(tenant).hl7
-        if not isinstance(body, dict):
-            return error(400, "invalid_request", 'body must be {"late": share} and/or {"keep_times": true|false}')
-        if "late" in body:
-            share = body["late"]
-            if not isinstance(share, int | float) or isinstance(share, bool) or not 0 <= share <= 1:
-                return error(400, "invalid_request", "late must be a share from 0 to 1")
-            feed.late = float(share)
-        if "keep_times" in body:
-            if not isinstance(body["keep_times"], bool):
-                return error(400, "invalid_request", "keep_times must be true or false")
-            feed.late_keep_times = body["keep_times"]
-        return ORJSONResponse({"late": feed.late, "keep_times": feed.late_keep_times})
+        async def handler(request: Request) -> Response:
+            body = await api.json_body(request)
+            feed = feed_of()
+            if not isinstance(body, dict):
+                return error(400, "invalid_request", usage)
+            for key, (attribute, valid, cast, problem) in fields.items():
+                if key in body:
+                    if not valid(body[key]):
+                        return error(400, "invalid_request", problem)
+                    setattr(feed, attribute, cast(body[key]))
+            return ORJSONResponse({key: getattr(feed, attribute) for key, (attribute, *_) in fields.items()})
+
+        return handler
+
+    settings = settings_route(
+        lambda: feeds_for(tenant).exports, 'body must be {"url_ttl_seconds": n} or {"full_every": n}', {
+            "url_ttl_seconds": ("url_ttl_seconds", lambda v: isinstance(v, int | float) and v > 0, float,
+                                "url_ttl_seconds must be a positive number"),
+            "full_every": ("full_every", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, int,
+                           "full_every must be a whole number of runs (0 = never)"),
+        },
+    )
+    # {"late": share, "keep_times": bool}: the share of HL7 changes an outage queues until the next refresh, and
+    # whether their late file keeps the messages' time as its mtime (Hl7Feed.late)
+    hl7_settings = settings_route(
+        lambda: feeds_for(tenant).hl7, 'body must be {"late": share} and/or {"keep_times": true|false}', {
+            "late": ("late", lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1, float,
+                     "late must be a share from 0 to 1"),
+            "keep_times": ("late_keep_times", lambda v: isinstance(v, bool), bool, "keep_times must be true or false"),
+        },
+    )
 
     async def add_key(request: Request) -> Response:
         body = await api.json_body(request)
