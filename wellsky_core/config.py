@@ -16,7 +16,7 @@ import os
 import re
 import ssl
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -536,8 +536,6 @@ class WellSkyConfig(BaseModel):
     @field_validator("start_date")
     @classmethod
     def _start_date_not_ahead(cls, value: datetime | None) -> datetime | None:
-        from datetime import UTC, timedelta
-
         if value is None:
             return value
         moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)

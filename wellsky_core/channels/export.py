@@ -283,8 +283,7 @@ class ExportChannel(Channel):
                         raise RemoteError.from_response(
                             response, fix="the export download was refused; check the client's access to /exports"
                         )
-                    grace = self.config.request_deadline_seconds
-                    for chunk in download_chunks(response, grace=grace):
+                    for chunk in download_chunks(response, grace=self.config.request_deadline_seconds):
                         digest.update(chunk)
                         size += len(chunk)
                         if size > (cap if listed is None else listed):

@@ -122,10 +122,10 @@ class Hl7SftpChannel(Channel):
         # a full sync is everything the server still holds: under archive, files earlier runs moved out of the inbox
         # too (a full refresh read the inbox only, and silently lacked every record only archived files held)
         whole = since is None and self.config.sftp_after_read == "archive"
-        if since is None and self.config.sftp_after_read == "delete" and self._pass is None:
-            log.warning("hl7_sftp: a full sync under sftp_after_read=delete holds only the files still in %s: the "
-                        "records of files earlier runs deleted cannot be read again", self.config.sftp_hl7_dir)
         with self._lock:  # the first stream scans; the others wait for it and read the same cache
+            if since is None and self.config.sftp_after_read == "delete" and self._pass is None:  # said once a run
+                log.warning("hl7_sftp: a full sync under sftp_after_read=delete holds only the files still in %s: "
+                            "the records of files earlier runs deleted cannot be read again", self.config.sftp_hl7_dir)
             self._delivered_before[entity] = min(self._delivered_before.get(entity, proven), proven)
             if self._pass is None or floor < self._pass.floor or (whole and not self._pass.with_archive):
                 self._scan(floor, with_archive=whole or (self._pass is not None and self._pass.with_archive))
