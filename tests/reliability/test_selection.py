@@ -45,23 +45,20 @@ def _narrowed(catalog: dict, how: str) -> dict:
     return catalog
 
 
+def _sync(tmp_path, config: dict, catalog: object) -> subprocess.CompletedProcess[str]:
+    """``tap-wellsky --config … --catalog …`` as a user runs it."""
+    return subprocess.run(
+        [*TAP_CMD, "--config", str(write_json(tmp_path / "c.json", config)),
+         "--catalog", str(write_json(tmp_path / "catalog.json", catalog))],
+        capture_output=True, text=True, env=child_env(), timeout=180,
+    )
+
+
 @pytest.mark.parametrize("how", ["removed", "deselected"])
 def test_records_carry_only_what_the_catalog_selects(tmp_path, sandbox, how) -> None:
     config = tap_config(sandbox)
     catalog = _narrowed(_catalog(tmp_path, config), how)
-    proc = subprocess.run(
-        [
-            *TAP_CMD,
-            "--config",
-            str(write_json(tmp_path / "c.json", config)),
-            "--catalog",
-            str(write_json(tmp_path / "catalog.json", catalog)),
-        ],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        timeout=180,
-    )
+    proc = _sync(tmp_path, config, catalog)
     assert proc.returncode == 0, proc.stderr[-2000:]
     messages = parse_messages(proc.stdout)
     schema = next(m["schema"] for m in messages if m["type"] == "SCHEMA" and m["stream"] == "patients")
@@ -95,11 +92,7 @@ def test_a_malformed_catalog_is_one_line_before_any_request(tmp_path, catalog, n
     """Each was an internal error with a traceback on the Singer face (the Airbyte face already named the
     problem): now one line naming the catalog and the fix, exit 2, and nothing sent to the tenant."""
     config = {"base_url": "http://127.0.0.1:9", "product": "home_health", "username": "u", "password": "p"}
-    proc = subprocess.run(
-        [*TAP_CMD, "--config", str(write_json(tmp_path / "c.json", config)),
-         "--catalog", str(write_json(tmp_path / "catalog.json", catalog))],
-        capture_output=True, text=True, env=child_env(), timeout=120,
-    )
+    proc = _sync(tmp_path, config, catalog)
     assert proc.returncode == 2, proc.stderr[-1500:]
     assert "Traceback" not in proc.stderr and needle in proc.stderr, proc.stderr[-1500:]
     assert "catalog:" in proc.stderr.strip().splitlines()[-1]
@@ -112,10 +105,6 @@ def test_a_catalog_that_selects_no_stream_says_so(tmp_path, sandbox) -> None:
         for md in entry["metadata"]:
             if md["breadcrumb"] == []:
                 md["metadata"]["selected"] = False
-    proc = subprocess.run(
-        [*TAP_CMD, "--config", str(write_json(tmp_path / "c.json", config)),
-         "--catalog", str(write_json(tmp_path / "catalog.json", catalog))],
-        capture_output=True, text=True, env=child_env(), timeout=120,
-    )
+    proc = _sync(tmp_path, config, catalog)
     assert proc.returncode == 0, proc.stderr[-1500:]
     assert "the catalog selects no stream, so nothing is read" in proc.stderr
